@@ -1,0 +1,8 @@
+"""easytune_jax: step-aware reward fine-tuning of diffusion text-to-motion generators in JAX.
+
+Reimplements EasyTune (Tan, Weng, Lei, Wang; ICLR 2026, arXiv 2602.07967) with its baselines
+(DRaFT-K, ReFL, AlignProp, DRTune), its step-aware reward model (SPM + SPL) and the standard
+text-to-motion evaluation.
+"""
+
+__version__ = "0.1.0"
