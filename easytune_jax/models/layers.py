@@ -1,0 +1,207 @@
+"""Shared Flax building blocks: timestep embeddings, masked transformer encoders, distribution tokens.
+
+Masks are boolean with True = valid position; padded positions never influence valid ones (keys are masked
+in attention, and padded queries are zeroed on output where a caller asks for it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool = True,
+                       downscale_freq_shift: float = 0.0, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal timestep features [B, dim] exactly as diffusers' `get_timestep_embedding`.
+
+  MLD uses flip_sin_to_cos=True, freq_shift=0: emb = [cos(t w_k), sin(t w_k)],
+  w_k = exp(-log(max_period) k / (dim/2 - shift)).
+  """
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
+  emb = jnp.asarray(t, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+  emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
+  if flip_sin_to_cos:
+    emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepMLP(nn.Module):
+  """Sinusoidal features -> Linear -> SiLU -> Linear (diffusers' TimestepEmbedding). t [B] -> [B, out_dim]."""
+
+  out_dim: int
+  freq_dim: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    h = timestep_embedding(t, self.freq_dim or self.out_dim)
+    return nn.Dense(self.out_dim)(nn.silu(nn.Dense(self.out_dim)(h)))
+
+
+def sinusoidal_positions(length: int, dim: int) -> jax.Array:
+  """Absolute sine/cosine positional encodings [length, dim] (Vaswani et al.)."""
+  pos = jnp.arange(length, dtype=jnp.float32)[:, None]
+  div = jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * (-math.log(10000.0) / dim))
+  pe = jnp.zeros((length, dim), jnp.float32)
+  pe = pe.at[:, 0::2].set(jnp.sin(pos * div))
+  return pe.at[:, 1::2].set(jnp.cos(pos * div)[:, : dim // 2])
+
+
+class EncoderLayer(nn.Module):
+  """Transformer encoder layer (self-attention + GELU feed-forward), post-norm as PyTorch's default
+  (MLD's `normalize_before=False`) or pre-norm. x [B, L, C], mask [B, L] bool."""
+
+  num_heads: int
+  ff_dim: int
+  dropout: float = 0.1
+  norm_first: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array], deterministic: bool = True) -> jax.Array:
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    attn = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
+                                           deterministic=deterministic)
+    drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+    def ff(h):
+      h = nn.Dense(self.ff_dim)(h)
+      h = drop(nn.gelu(h, approximate=False))
+      return nn.Dense(x.shape[-1])(h)
+
+    if self.norm_first:
+      h = nn.LayerNorm()(x)
+      x = x + drop(attn(h, h, mask=attn_mask))
+      return x + drop(ff(nn.LayerNorm()(x)))
+    x = nn.LayerNorm()(x + drop(attn(x, x, mask=attn_mask)))
+    return nn.LayerNorm()(x + drop(ff(x)))
+
+
+class TransformerEncoder(nn.Module):
+  """A stack of encoder layers; with `skip=True`, MLD's SkipTransformerEncoder: (n-1)/2 input blocks,
+  a middle block, (n-1)/2 output blocks each fusing the matching input block's output through
+  Linear(concat[x, skip]); a final LayerNorm. x [B, L, C] -> [B, L, C]."""
+
+  num_layers: int
+  num_heads: int
+  ff_dim: int
+  dropout: float = 0.1
+  skip: bool = False
+  norm_first: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, deterministic: bool = True):
+    layer = lambda: EncoderLayer(self.num_heads, self.ff_dim, self.dropout, self.norm_first)
+    if not self.skip:
+      for _ in range(self.num_layers):
+        x = layer()(x, mask, deterministic)
+      return nn.LayerNorm()(x) if self.norm_first else x
+    if self.num_layers % 2 != 1:
+      raise ValueError(f"TransformerEncoder(skip=True).num_layers: expected an odd number, found "
+                       f"{self.num_layers}")
+    n = (self.num_layers - 1) // 2
+    skips = []
+    for _ in range(n):
+      x = layer()(x, mask, deterministic)
+      skips.append(x)
+    x = layer()(x, mask, deterministic)
+    for _ in range(n):
+      x = nn.Dense(x.shape[-1])(jnp.concatenate([x, skips.pop()], axis=-1))
+      x = layer()(x, mask, deterministic)
+    return nn.LayerNorm()(x)
+
+
+class DecoderLayer(nn.Module):
+  """Transformer decoder layer: self-attention, cross-attention to `memory`, feed-forward (post-norm)."""
+
+  num_heads: int
+  ff_dim: int
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, mask, memory, memory_mask, deterministic: bool = True):
+    drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    mha = lambda: nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
+                                                  deterministic=deterministic)
+    self_mask = None if mask is None else mask[:, None, None, :]
+    x = nn.LayerNorm()(x + drop(mha()(x, x, mask=self_mask)))
+    cross_mask = None if memory_mask is None else memory_mask[:, None, None, :]
+    x = nn.LayerNorm()(x + drop(mha()(x, memory, mask=cross_mask)))
+    h = drop(nn.gelu(nn.Dense(self.ff_dim)(x), approximate=False))
+    return nn.LayerNorm()(x + drop(nn.Dense(x.shape[-1])(h)))
+
+
+class TransformerDecoder(nn.Module):
+  num_layers: int
+  num_heads: int
+  ff_dim: int
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, mask, memory, memory_mask=None, deterministic: bool = True):
+    for _ in range(self.num_layers):
+      x = DecoderLayer(self.num_heads, self.ff_dim, self.dropout)(x, mask, memory, memory_mask, deterministic)
+    return x
+
+
+class DistributionTokenEncoder(nn.Module):
+  """Encodes a masked sequence into a Gaussian (mu, logvar) through learned distribution tokens
+  (TMR / MLD-VAE style): the tokens are prepended, the encoder runs, the token outputs are read.
+
+  x [B, L, C_in], mask [B, L] -> (mu, logvar), each [B, num_tokens, latent_dim].
+  An optional `extra` [B, E, width] (e.g. a timestep token) is prepended after the distribution tokens.
+  """
+
+  latent_dim: int
+  num_tokens: int = 1
+  num_layers: int = 2
+  num_heads: int = 4
+  ff_dim: int = 256
+  dropout: float = 0.1
+  max_len: int = 256
+
+  @nn.compact
+  def __call__(self, x, mask, extra=None, deterministic: bool = True):
+    b, length = x.shape[:2]
+    width = self.latent_dim
+    h = nn.Dense(width)(x) + sinusoidal_positions(length, width)[None]
+    mu_tok = self.param("mu_token", nn.initializers.normal(0.02), (self.num_tokens, width))
+    lv_tok = self.param("logvar_token", nn.initializers.normal(0.02), (self.num_tokens, width))
+    toks = jnp.broadcast_to(jnp.concatenate([mu_tok, lv_tok])[None], (b, 2 * self.num_tokens, width))
+    parts, masks = [toks], [jnp.ones((b, 2 * self.num_tokens), bool)]
+    if extra is not None:
+      parts.append(extra)
+      masks.append(jnp.ones(extra.shape[:2], bool))
+    parts.append(h)
+    masks.append(mask)
+    h = TransformerEncoder(self.num_layers, self.num_heads, self.ff_dim, self.dropout)(
+        jnp.concatenate(parts, 1), jnp.concatenate(masks, 1), deterministic)
+    mu = h[:, : self.num_tokens]
+    logvar = h[:, self.num_tokens: 2 * self.num_tokens]
+    return mu, logvar
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
+  """Mean of x [B, L, ...] over valid positions of mask [B, L]."""
+  m = mask.astype(x.dtype).reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+  return jnp.sum(x * m, axis) / jnp.maximum(jnp.sum(m, axis), 1.0)
+
+
+def reparameterize(rng: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
+  return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
+
+
+def kl_to_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mu, exp(logvar)) || N(0, I)), averaged over all elements (MLD/TMR convention)."""
+  return jnp.mean(0.5 * (jnp.exp(logvar) + mu ** 2 - 1.0 - logvar))
+
+
+def kl_between(mu_q, logvar_q, mu_p, logvar_p) -> jax.Array:
+  """KL(N(mu_q, var_q) || N(mu_p, var_p)), averaged over all elements."""
+  return jnp.mean(0.5 * (logvar_p - logvar_q + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) / jnp.exp(logvar_p)
+                         - 1.0))
