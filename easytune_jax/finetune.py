@@ -1,0 +1,692 @@
+"""Reward fine-tuning of diffusion samplers: EasyTune and the DRaFT-K / ReFL / AlignProp / DRTune baselines.
+
+Model-agnostic: every builder takes apply functions, never concrete networks (contracts in WORKSPACE.md):
+
+  denoise(params, x_t [B, ...], t int32 [B], cond) -> model output [B, ...]   (eps / sample / v)
+  reward(x [B, ...], cond, t: None | int32 [B]) -> [B]  (higher is better, differentiable in x)
+  decode(z [B, ...], cond) -> x (optional; e.g. a frozen VAE decoder latent -> motion features)
+
+`cond` is ONE pytree handed to `denoise`, `decode` and `reward`: put in it whatever each needs (text
+embeddings for the denoiser, lengths/mask for the decoder, reward-text features ...). For classifier-free
+guidance `uncond` must have `cond`'s structure (both go through one batched denoiser call).
+
+Notation (DESIGN.md §1): DDIM timesteps t_1 > ... > t_T, step i maps x_{t_i} -> x_{t_{i+1}} and gives
+x0_hat_i = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); guidance eps = eps_u + w (eps_c - eps_u).
+
+  EasyTune (K):  for i in the last K steps: loss_i(theta) = -R(decode(x0_hat_i(theta; sg(x_{t_i}))) [, t_i]);
+                 g_i = grad loss_i is applied by the optimizer at once (K updates per trajectory); the chain
+                 continues from x_{t_{i+1}} without gradient. 'frozen' sampler: trajectory and g_i use the
+                 parameters theta_old of the start of the batch (the official setting); 'online': both use
+                 the latest parameters.
+  DRaFT-K:       loss = -R(decode(x_0)), gradient through the last K steps, sg at x_{t_{T-K}}.
+  ReFL (M):      i_stop ~ U{T-M..T-1}; chain without gradient to x_{t_{i_stop}}; loss on x0_hat_{i_stop}.
+  AlignProp (p): mask_i ~ Bernoulli(p) once per trajectory (resampled until non-empty); masked steps run
+                 the denoiser with gradient, the others with its output stopped (as torch.no_grad in the
+                 official code); the gradient chains through every step's DDIM update to x_0.
+  DRTune:        sg on every step's denoiser INPUT; K steps s + j * (T_train // K) (s random) run the
+                 denoiser with gradient; i_min ~ U{T-M..T-1}; loss on x0_hat_{i_min}.
+
+Memory (DESIGN.md §2): EasyTune's update is ONE `lax.scan` whose body takes `jax.value_and_grad` of the
+one-step loss and applies optax in the carry, so its temporaries do not grow with T. Trajectory losses
+store residuals per differentiated step; `remat=True` checkpoints each step (the fair baseline setting).
+The no-gradient parts of the trajectory losses are computed with `stop_gradient(params)`, so autodiff
+neither differentiates nor stores them (checked by `compiled_memory` in the tests). AlignProp's and
+DRTune's masks are random, so their fixed-shape scans reserve one differentiated step's residuals per step
+(memory ~ DRaFT-T) unless `remat=True`.
+
+Example with your own denoiser and reward:
+
+  import jax, jax.numpy as jnp, optax
+  from easytune_jax import finetune, schedules
+  from easytune_jax.train import common
+
+  def denoise(p, x, t, cond):                     # x [B, D], t int32 [B], cond {'c': [B, D]}
+    h = jnp.tanh(x @ p['w1'] + cond['c'] + p['tw'] * t[:, None] / 1000.0)
+    return h @ p['w2']
+  def reward(x, cond, t):                         # [B], higher is better
+    return -jnp.sum((x - cond['c']) ** 2, axis=-1)
+
+  D = 8
+  params = {'w1': jnp.eye(D) * 0.5, 'w2': jnp.eye(D) * 0.5, 'tw': jnp.zeros(D)}
+  cfg = finetune.FinetuneConfig(method='easytune', num_steps=10, guidance_scale=2.0,
+                                optim=common.OptimConfig(learning_rate=1e-3))
+  schedule = schedules.make_schedule()
+  tx = common.make_optimizer(cfg.optim)           # or make_optimizer(cfg.optim, trainable_mask)
+  update = finetune.make_update_fn(cfg, denoise, reward, schedule, tx)   # jitted
+  state = common.create_train_state(params, tx)
+  cond = {'c': jnp.ones((4, D))}; uncond = {'c': jnp.zeros((4, D))}
+  for step in range(3):
+    rng = jax.random.fold_in(jax.random.key(0), step)
+    x_T = jax.random.normal(jax.random.fold_in(rng, 1), (4, D))
+    state, metrics = update(state, x_T, cond, uncond, rng)   # 10 optimizer updates per call
+  print(metrics['reward'], metrics['reward_per_step'])
+
+References: EasyTune (ICLR 2026); Clark et al., DRaFT, arXiv 2309.17400; Xu et al., ImageReward/ReFL,
+arXiv 2304.05977; Prabhudesai et al., AlignProp, arXiv 2310.03739; Wu et al., DRTune, arXiv 2405.00760.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from easytune_jax import sampling, schedules
+from easytune_jax.train import common
+
+Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+Reward = Callable[[jax.Array, Any, Optional[jax.Array]], jax.Array]
+Decoder = Callable[[jax.Array, Any], jax.Array]
+
+METHODS = ("easytune", "draft", "refl", "alignprop", "drtune")
+SAMPLER_VARIANTS = ("frozen", "online")
+REWARD_INPUTS = ("x0_hat", "x_prev")
+REWARD_TIMESTEPS = (None, "t")
+REGULARIZERS = ("none", "diffusion", "kl")
+
+sg = jax.lax.stop_gradient
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """Which method and its hyper-parameters. Defaults: EasyTune over all 50 DDIM steps, guidance 7.5.
+
+  k: EasyTune: train the last k steps (None = all T); DRaFT: gradient through the last k (None = 1);
+     DRTune: number of training steps (None = min(5, t_train)).
+  m: ReFL / DRTune: the loss step is drawn among the last m steps (None = min(10, T)).
+  p: AlignProp: probability that a step carries gradient.
+  t_train: DRTune: the k training steps are evenly spaced over the first t_train steps (None = T).
+  reward_input: 'x0_hat' scores the one-step clean estimate; 'x_prev' scores the step's noisy output
+     x_{t_{i+1}} (the step's INPUT carries no gradient, so a step-aware reward scores its output).
+  reward_timestep: None calls reward(x, cond, None); 't' passes the scored sample's timestep int32 [B]
+     (t_i for x0_hat, max(t_{i+1}, 0) for x_prev, 0 for a final sample x_0).
+  regularizer: 'diffusion' adds reg_weight * denoising loss on a data batch; 'kl' adds
+     reg_weight * mean((out_theta - out_base)^2) at the visited x_t (guided outputs, base params frozen).
+  """
+
+  method: str = "easytune"
+  num_steps: int = 50
+  k: Optional[int] = None
+  m: Optional[int] = None
+  p: float = 0.5
+  t_train: Optional[int] = None
+  guidance_scale: float = 7.5
+  eta: float = 0.0
+  timestep_spacing: str = "leading"
+  steps_offset: int = 1
+  sampler_variant: str = "frozen"
+  remat: bool = False
+  reward_input: str = "x0_hat"
+  reward_timestep: Optional[str] = None
+  reward_scale: float = 1.0
+  regularizer: str = "none"
+  reg_weight: float = 0.0
+  optim: common.OptimConfig = common.OptimConfig(learning_rate=1e-5, warmup_steps=1000)
+
+  def __post_init__(self):
+    name = "FinetuneConfig"
+    if self.method not in METHODS:
+      raise ValueError(f"{name}.method: expected one of {METHODS}, found {self.method!r}")
+    T = self.num_steps
+    if T < 1:
+      raise ValueError(f"{name}.num_steps: expected >= 1, found {T}")
+    if self.k is not None and not 1 <= self.k <= T:
+      raise ValueError(f"{name}.k: expected 1 <= k <= num_steps={T}, found {self.k}")
+    if self.m is not None and not 1 <= self.m <= T:
+      raise ValueError(f"{name}.m: expected 1 <= m <= num_steps={T}, found {self.m}")
+    if not 0.0 < self.p <= 1.0:
+      raise ValueError(f"{name}.p: expected a probability in (0, 1], found {self.p}")
+    if self.t_train is not None and not 1 <= self.t_train <= T:
+      raise ValueError(f"{name}.t_train: expected 1 <= t_train <= num_steps={T}, found {self.t_train}")
+    if self.method == "drtune" and self.k is not None and self.k > self.train_span:
+      raise ValueError(f"{name}.k: DRTune needs k <= t_train={self.train_span}, found {self.k}")
+    if self.guidance_scale < 0:
+      raise ValueError(f"{name}.guidance_scale: expected >= 0, found {self.guidance_scale}")
+    if self.eta < 0:
+      raise ValueError(f"{name}.eta: expected >= 0, found {self.eta}")
+    if self.sampler_variant not in SAMPLER_VARIANTS:
+      raise ValueError(f"{name}.sampler_variant: expected one of {SAMPLER_VARIANTS}, "
+                       f"found {self.sampler_variant!r}")
+    if self.reward_input not in REWARD_INPUTS:
+      raise ValueError(f"{name}.reward_input: expected one of {REWARD_INPUTS}, found {self.reward_input!r}")
+    if self.reward_timestep not in REWARD_TIMESTEPS:
+      raise ValueError(f"{name}.reward_timestep: expected one of {REWARD_TIMESTEPS}, "
+                       f"found {self.reward_timestep!r}")
+    if self.regularizer not in REGULARIZERS:
+      raise ValueError(f"{name}.regularizer: expected one of {REGULARIZERS}, found {self.regularizer!r}")
+    if self.reg_weight < 0:
+      raise ValueError(f"{name}.reg_weight: expected >= 0, found {self.reg_weight}")
+    sampling.SamplerConfig(num_steps=T, guidance_scale=self.guidance_scale, eta=self.eta,
+                           timestep_spacing=self.timestep_spacing, steps_offset=self.steps_offset)
+
+  @property
+  def num_grad_steps(self) -> int:
+    """K resolved per method (EasyTune: T, DRaFT: 1, DRTune: min(5, t_train) when k is None)."""
+    if self.k is not None:
+      return self.k
+    return {"easytune": self.num_steps, "draft": 1, "drtune": min(5, self.train_span)}.get(self.method, 1)
+
+  @property
+  def stop_range(self) -> int:
+    """M resolved (None -> min(10, T))."""
+    return self.m if self.m is not None else min(10, self.num_steps)
+
+  @property
+  def train_span(self) -> int:
+    return self.t_train if self.t_train is not None else self.num_steps
+
+  @property
+  def updates_per_trajectory(self) -> int:
+    """Optimizer updates per `update` call: K for EasyTune, 1 for the baselines (size schedules by it)."""
+    return self.num_grad_steps if self.method == "easytune" else 1
+
+  def sampler_config(self) -> sampling.SamplerConfig:
+    return sampling.SamplerConfig(num_steps=self.num_steps, guidance_scale=self.guidance_scale,
+                                  eta=self.eta, timestep_spacing=self.timestep_spacing,
+                                  steps_offset=self.steps_offset)
+
+
+# --------------------------------------------------------------------------------------------- shared step
+class StepAux(NamedTuple):
+  """One step's by-products, all without gradient. x_prev, x0_hat [B, ...]; reward [B]; kl []."""
+
+  x_prev: jax.Array
+  x0_hat: jax.Array
+  reward: jax.Array
+  kl: jax.Array
+
+
+class TrajectoryAux(NamedTuple):
+  """By-products of a trajectory loss (no gradient), with the random choices so tests can check them.
+
+  x_scored: what the reward scored [B, ...] (x_0, or x0_hat at the loss step); reward [B]; kl [];
+  grad_mask bool [T]: steps whose denoiser ran with gradient; loss_index int32 []: the step whose output
+  is scored (T-1 for DRaFT/AlignProp, i_stop for ReFL, i_min for DRTune); offset int32 []: DRTune's s.
+  """
+
+  x_scored: jax.Array
+  reward: jax.Array
+  kl: jax.Array
+  grad_mask: jax.Array
+  loss_index: jax.Array
+  offset: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ctx:
+  """The static pieces every builder closes over."""
+
+  denoise: Denoiser
+  reward: Reward
+  decode: Optional[Decoder]
+  schedule: schedules.Schedule
+  timesteps: sampling.Timesteps
+  guidance_scale: float
+  eta: float
+  reward_input: str = "x0_hat"
+  reward_timestep: Optional[str] = None
+  reward_scale: float = 1.0
+  kl_weight: float = 0.0
+
+  @property
+  def T(self) -> int:
+    return int(self.timesteps.t.shape[0])
+
+  def out(self, params, x_in, i, cond, uncond):
+    """Guided denoiser output at step i for input x_in [B, ...]."""
+    return sampling.guided_denoise(self.denoise, params, x_in, self.timesteps.t[i], cond, uncond,
+                                   self.guidance_scale)
+
+  def ddim(self, out, x_t, i, rng):
+    """DDIM update of x_t with a given model output -> (x_prev, x0_hat)."""
+    noise = None
+    if self.eta > 0:
+      if rng is None:
+        raise ValueError("finetune: eta > 0 needs an rng for the DDIM noise")
+      noise = sampling.step_noise(rng, i, x_t.shape, x_t.dtype)
+    return schedules.ddim_step(self.schedule, out, x_t, self.timesteps.t[i], self.timesteps.prev_t[i],
+                               eta=self.eta, noise=noise)
+
+  def _call_reward(self, x, cond, t):
+    if self.decode is not None:
+      x = self.decode(x, cond)
+    tt = None if self.reward_timestep is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32),
+                                                                   x.shape[:1])
+    r = self.reward(x, cond, tt)
+    if r.shape != x.shape[:1]:
+      raise ValueError(f"finetune: reward must return shape [B]={x.shape[:1]}, found {r.shape}")
+    return r
+
+  def score_step(self, x0_hat, x_prev, i, cond):
+    """Reward [B] of step i's output: x0_hat (timestep t_i) or x_prev (timestep max(prev_t_i, 0))."""
+    if self.reward_input == "x0_hat":
+      return self._call_reward(x0_hat, cond, self.timesteps.t[i])
+    return self._call_reward(x_prev, cond, jnp.maximum(self.timesteps.prev_t[i], 0))
+
+  def score_final(self, x0, cond):
+    """Reward [B] of a final sample x_0 (timestep 0)."""
+    return self._call_reward(x0, cond, 0)
+
+  def kl(self, out, base_params, x_in, i, cond, uncond):
+    """mean((out - out_base)^2) at the visited input; 0 when no KL regulariser is asked for."""
+    if self.kl_weight == 0:
+      return jnp.zeros((), out.dtype)
+    if base_params is None:
+      raise ValueError("finetune: regularizer='kl' needs `base_params` (the frozen base model's params)")
+    base = sg(self.out(base_params, sg(x_in), i, cond, uncond))
+    return jnp.mean(jnp.square(out - base))
+
+  def objective(self, reward, kl):
+    return -self.reward_scale * jnp.mean(reward) + self.kl_weight * kl
+
+
+def _ctx(config: FinetuneConfig, denoise, reward, schedule, decode) -> _Ctx:
+  return _Ctx(denoise=denoise, reward=reward, decode=decode, schedule=schedule,
+              timesteps=sampling.make_timesteps(schedule, config.sampler_config()),
+              guidance_scale=config.guidance_scale, eta=config.eta, reward_input=config.reward_input,
+              reward_timestep=config.reward_timestep, reward_scale=config.reward_scale,
+              kl_weight=config.reg_weight if config.regularizer == "kl" else 0.0)
+
+
+def _split(rng):
+  if rng is None:
+    return None, None
+  a, b = jax.random.split(rng)
+  return a, b
+
+
+# --------------------------------------------------------------------------------------------- one-step loss
+def make_step_loss(denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
+                   timesteps: sampling.Timesteps, guidance_scale: float = 7.5, *, eta: float = 0.0,
+                   decode: Optional[Decoder] = None, reward_input: str = "x0_hat",
+                   reward_timestep: Optional[str] = None, reward_scale: float = 1.0,
+                   kl_weight: float = 0.0) -> Callable:
+  """EasyTune's one-step loss.
+
+  Returns `step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None)
+  -> (loss [], StepAux)` with x_t [B, ...] held constant (stop_gradient):
+
+    out = guided(params, x_t, t_i);  (x_prev, x0_hat) = DDIM(out, x_t, t_i -> t_{i+1})
+    loss = -reward_scale * mean_b R(decode(x0_hat)[, t_i]) + kl_weight * mean((out - out_base)^2)
+
+  `rng` gives the DDIM noise when eta > 0 (normal(fold_in(rng, step_index)), as `sampling.sample`);
+  `base_params` is needed when kl_weight > 0. Pure and jit-able; step_index may be traced.
+  """
+  if reward_input not in REWARD_INPUTS:
+    raise ValueError(f"make_step_loss.reward_input: expected one of {REWARD_INPUTS}, found {reward_input!r}")
+  if reward_timestep not in REWARD_TIMESTEPS:
+    raise ValueError(f"make_step_loss.reward_timestep: expected one of {REWARD_TIMESTEPS}, "
+                     f"found {reward_timestep!r}")
+  ctx = _Ctx(denoise, reward, decode, schedule, timesteps, guidance_scale, eta, reward_input,
+             reward_timestep, reward_scale, kl_weight)
+  return _step_loss_from_ctx(ctx)
+
+
+def _step_loss_from_ctx(ctx: _Ctx) -> Callable:
+  def step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None):
+    x_t = sg(x_t)
+    out = ctx.out(params, x_t, step_index, cond, uncond)
+    x_prev, x0_hat = ctx.ddim(out, x_t, step_index, rng)
+    r = ctx.score_step(x0_hat, x_prev, step_index, cond)
+    kl = ctx.kl(out, base_params, x_t, step_index, cond, uncond)
+    return ctx.objective(r, kl), StepAux(sg(x_prev), sg(x0_hat), sg(r), sg(kl))
+  return step_loss
+
+
+# --------------------------------------------------------------------------------------------- regulariser A
+def diffusion_loss(denoise: Denoiser, schedule: schedules.Schedule, params: Any,
+                   data_batch: Mapping[str, Any], rng: jax.Array) -> jax.Array:
+  """Standard denoising loss on data: mean over (masked) elements of (denoise(x_t, t) - target)^2.
+
+  data_batch: {'x0': [B, ...] clean data (latents or motion), 'cond': pytree [B, ...],
+  optional 'mask': bool/float [B, L] (positions beyond a sequence's length do not count)}.
+  t ~ U{0..N-1}, noise ~ N(0, I); the target follows the schedule's prediction_type.
+  """
+  for key in ("x0", "cond"):
+    if key not in data_batch:
+      raise ValueError(f"finetune.diffusion_loss: data_batch needs key {key!r}, found {sorted(data_batch)}")
+  x0 = data_batch["x0"]
+  k_t, k_n = jax.random.split(rng)
+  t = schedules.sample_train_timesteps(k_t, x0.shape[0], schedule)
+  noise = jax.random.normal(k_n, x0.shape, x0.dtype)
+  x_t = schedules.add_noise(schedule, x0, noise, t)
+  err = jnp.square(denoise(params, x_t, t, data_batch["cond"]) -
+                   schedules.training_target(schedule, x0, noise, t))
+  mask = data_batch.get("mask")
+  if mask is None:
+    return jnp.mean(err)
+  w = jnp.asarray(mask, err.dtype).reshape(mask.shape + (1,) * (err.ndim - mask.ndim))
+  w = jnp.broadcast_to(w, err.shape)
+  return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+# --------------------------------------------------------------------------------------------- EasyTune
+def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
+                         schedule: schedules.Schedule, tx: optax.GradientTransformation, *,
+                         decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
+  """EasyTune's update: `update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None)`.
+
+  The first T-K steps run through `sampling.sample` without gradient; the last K steps are ONE `lax.scan`
+  whose body takes `jax.value_and_grad` of the one-step loss (at theta_old for 'frozen', at the latest
+  params for 'online') and applies `common.apply_gradients` (non-finite steps are skipped) in the carry.
+
+  Returns (state, metrics): state.step advanced by K; metrics: loss_per_step [K], reward_per_step [K]
+  (batch mean), grad_norm_per_step [K], finite_per_step bool [K], reward [] (mean over steps),
+  grad_norm [], finite bool [] (all steps finite), skipped int32 [] (steps skipped in this call).
+  """
+  if config.method != "easytune":
+    raise ValueError(f"make_easytune_update: config.method must be 'easytune', found {config.method!r}")
+  ctx = _ctx(config, denoise, reward, schedule, decode)
+  step_loss = _step_loss_from_ctx(ctx)
+  T, K = ctx.T, config.num_grad_steps
+  frozen = config.sampler_variant == "frozen"
+  use_data = config.regularizer == "diffusion"
+
+  def update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None):
+    _check_regularizer_inputs(config, data_batch, base_params)
+    noise_rng, reg_rng = jax.random.split(rng)
+    noise_rng = noise_rng if config.eta > 0 else None
+    theta_old = state.params
+    x = x_T
+    if K < T:
+      x = sampling.sample(denoise, theta_old, schedule, ctx.timesteps, x_T, cond, uncond,
+                          config.guidance_scale, config.eta, noise_rng, stop_index=T - K).x0
+
+    def body(carry, i):
+      st, x_t = carry
+      at = theta_old if frozen else st.params
+
+      def loss_fn(p):
+        loss, aux = step_loss(p, x_t, i, cond, uncond, noise_rng, base_params)
+        if use_data:
+          loss = loss + config.reg_weight * diffusion_loss(denoise, schedule, p, data_batch,
+                                                           jax.random.fold_in(reg_rng, i))
+        return loss, aux
+
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(at)
+      st, finite = common.apply_gradients(st, grads, tx, loss, ema_decay)
+      m = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.global_norm(grads),
+           "finite": finite}
+      return (st, aux.x_prev), m
+
+    skipped0 = state.skipped
+    (state, _), ms = jax.lax.scan(body, (state, x), jnp.arange(T - K, T))
+    metrics = {"loss_per_step": ms["loss"], "reward_per_step": ms["reward"],
+               "grad_norm_per_step": ms["grad_norm"], "finite_per_step": ms["finite"],
+               "loss": jnp.mean(ms["loss"]), "reward": jnp.mean(ms["reward"]),
+               "grad_norm": jnp.mean(ms["grad_norm"]), "finite": jnp.all(ms["finite"]),
+               "skipped": state.skipped - skipped0}
+    return state, metrics
+
+  return update
+
+
+def _check_regularizer_inputs(config, data_batch, base_params):
+  if config.regularizer == "diffusion" and data_batch is None:
+    raise ValueError("finetune: regularizer='diffusion' needs a `data_batch` {'x0', 'cond'[, 'mask']}")
+  if config.regularizer == "kl" and base_params is None:
+    raise ValueError("finetune: regularizer='kl' needs `base_params` (the frozen base model's params)")
+
+
+# --------------------------------------------------------------------------------------------- trajectories
+def make_draft_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
+                    decode: Optional[Decoder] = None) -> Callable:
+  """DRaFT-K: `loss(params, x_T, cond, uncond, rng, base_params=None) -> (loss, TrajectoryAux)`.
+
+  x_{t_{T-K}} = sample(sg(params), steps 0..T-K-1) (no gradient, nothing stored);
+  loss = -R(decode(x_0)) with x_0 the chain of the last K steps differentiated end to end.
+  """
+  ctx = _ctx(config, denoise, reward, schedule, decode)
+  T, K = ctx.T, config.num_grad_steps
+
+  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
+    noise_rng, _ = _split(rng)
+    x = x_T
+    if K < T:
+      x = sampling.sample(denoise, sg(params), schedule, ctx.timesteps, x_T, cond, uncond,
+                          config.guidance_scale, config.eta, noise_rng if config.eta > 0 else None,
+                          stop_index=T - K).x0
+    x = sg(x)
+
+    def body(x_t, i):
+      out = ctx.out(params, x_t, i, cond, uncond)
+      x_prev, _ = ctx.ddim(out, x_t, i, noise_rng)
+      return x_prev, ctx.kl(out, base_params, x_t, i, cond, uncond)
+
+    if config.remat:
+      body = jax.checkpoint(body, prevent_cse=False)
+    x0, kls = jax.lax.scan(body, x, jnp.arange(T - K, T))
+    r = ctx.score_final(x0, cond)
+    kl = jnp.mean(kls)
+    aux = TrajectoryAux(sg(x0), sg(r), sg(kl), jnp.arange(T) >= T - K, jnp.asarray(T - 1, jnp.int32),
+                        jnp.zeros((), jnp.int32))
+    return ctx.objective(r, kl), aux
+
+  return loss_fn
+
+
+def make_refl_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
+                   decode: Optional[Decoder] = None) -> Callable:
+  """ReFL (M): i_stop ~ U{T-M, ..., T-1}; x_{t_{i_stop}} from the chain without gradient; one step with
+  gradient; loss = -R(decode(x0_hat_{i_stop})[, t]). Same signature as `make_draft_loss`'s."""
+  ctx = _ctx(config, denoise, reward, schedule, decode)
+  T, M = ctx.T, config.stop_range
+
+  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
+    noise_rng, choice_rng = jax.random.split(rng)
+    i_stop = jax.random.randint(choice_rng, (), T - M, T, dtype=jnp.int32)
+    p0 = sg(params)
+
+    def nograd_step(i, x):
+      return ctx.ddim(ctx.out(p0, x, i, cond, uncond), x, i, noise_rng)[0]
+
+    x = sg(jax.lax.fori_loop(0, i_stop, nograd_step, x_T))
+
+    def step(p, x_t):
+      out = ctx.out(p, x_t, i_stop, cond, uncond)
+      x_prev, x0_hat = ctx.ddim(out, x_t, i_stop, noise_rng)
+      return x_prev, x0_hat, ctx.kl(out, base_params, x_t, i_stop, cond, uncond)
+
+    if config.remat:
+      step = jax.checkpoint(step, prevent_cse=False)
+    x_prev, x0_hat, kl = step(params, x)
+    r = ctx.score_step(x0_hat, x_prev, i_stop, cond)
+    scored = x0_hat if config.reward_input == "x0_hat" else x_prev
+    aux = TrajectoryAux(sg(scored), sg(r), sg(kl), jnp.arange(T) == i_stop, i_stop,
+                        jnp.zeros((), jnp.int32))
+    return ctx.objective(r, kl), aux
+
+  return loss_fn
+
+
+def alignprop_mask(rng: jax.Array, p: float, num_steps: int) -> jax.Array:
+  """bool [T]: each step True with probability p, redrawn (fold_in(rng, attempt)) until one is True,
+  i.e. the Bernoulli mask conditioned on being non-empty, as the official rejection loop."""
+  draw = lambda j: jax.random.bernoulli(jax.random.fold_in(rng, j), p, (num_steps,))
+  _, mask = jax.lax.while_loop(lambda c: ~jnp.any(c[1]), lambda c: (c[0] + 1, draw(c[0] + 1)), (0, draw(0)))
+  return mask
+
+
+def _masked_chain(ctx: _Ctx, params, x_T, grad_mask, stop_index, sg_input: bool, remat: bool, rng,
+                  cond, uncond, base_params):
+  """All T steps as one scan. Step i runs the denoiser with gradient iff grad_mask[i], otherwise its
+  output is stopped; the DDIM update itself always carries gradient through x. `sg_input` stops the
+  gradient at the denoiser's input (DRTune). Steps after `stop_index` (if given) are skipped.
+  Returns (x_final, x0_hat at stop_index (or None), mean kl over gradient steps)."""
+  p0 = sg(params)
+
+  def run(x, i):
+    x_in = sg(x) if sg_input else x
+
+    def with_grad(x_in):
+      out = ctx.out(params, x_in, i, cond, uncond)
+      return out, ctx.kl(out, base_params, x_in, i, cond, uncond)
+
+    def without(x_in):
+      out = sg(ctx.out(p0, sg(x_in), i, cond, uncond))
+      return out, jnp.zeros((), out.dtype)
+
+    out, kl = jax.lax.cond(grad_mask[i], with_grad, without, x_in)
+    x_prev, x0_hat = ctx.ddim(out, x, i, rng)
+    return x_prev, x0_hat, kl
+
+  if remat:
+    run = jax.checkpoint(run, prevent_cse=False)
+
+  def body(carry, i):
+    x, x0_at, kl_sum = carry
+    if stop_index is None:
+      x_prev, x0_hat, kl = run(x, i)
+    else:
+      x_prev, x0_hat, kl = jax.lax.cond(
+          i <= stop_index, run, lambda x, i: (x, jnp.zeros_like(x), jnp.zeros((), x.dtype)), x, i)
+      x0_at = jnp.where(i == stop_index, x0_hat, x0_at)
+    return (x_prev, x0_at, kl_sum + kl), None
+
+  init = (x_T, jnp.zeros_like(x_T), jnp.zeros((), x_T.dtype))
+  (x, x0_at, kl_sum), _ = jax.lax.scan(body, init, jnp.arange(ctx.T))
+  n_grad = grad_mask if stop_index is None else grad_mask & (jnp.arange(ctx.T) <= stop_index)
+  kl = kl_sum / jnp.maximum(jnp.sum(n_grad), 1).astype(kl_sum.dtype)
+  return x, (None if stop_index is None else x0_at), kl
+
+
+def make_alignprop_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
+                        schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
+  """AlignProp (p): mask = `alignprop_mask(rng, p, T)` once per trajectory; masked steps run the
+  denoiser with gradient, others with its output stopped; loss = -R(decode(x_0)). Same signature."""
+  ctx = _ctx(config, denoise, reward, schedule, decode)
+  T = ctx.T
+
+  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
+    noise_rng, choice_rng = jax.random.split(rng)
+    mask = alignprop_mask(choice_rng, config.p, T)
+    x0, _, kl = _masked_chain(ctx, params, x_T, mask, None, False, config.remat, noise_rng, cond, uncond,
+                              base_params)
+    r = ctx.score_final(x0, cond)
+    aux = TrajectoryAux(sg(x0), sg(r), sg(kl), mask, jnp.asarray(T - 1, jnp.int32), jnp.zeros((), jnp.int32))
+    return ctx.objective(r, kl), aux
+
+  return loss_fn
+
+
+def drtune_choices(rng: jax.Array, num_steps: int, num_train: int, t_train: int,
+                   stop_range: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """DRTune's random choices: (grad_mask bool [T], offset s, i_min).
+
+  Training steps s + j * (t_train // K), j < K, with s ~ U{0..t_train - K * (t_train // K)};
+  i_min ~ U{T - M..T - 1}."""
+  k_s, k_min = jax.random.split(rng)
+  stride = t_train // num_train
+  s = jax.random.randint(k_s, (), 0, t_train - stride * num_train + 1, dtype=jnp.int32)
+  steps = s + stride * jnp.arange(num_train)
+  mask = jnp.zeros((num_steps,), bool).at[steps].set(True)
+  i_min = jax.random.randint(k_min, (), num_steps - stop_range, num_steps, dtype=jnp.int32)
+  return mask, s, i_min
+
+
+def make_drtune_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
+                     schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
+  """DRTune: stop_gradient on every denoiser input; the K steps of `drtune_choices` run the denoiser
+  with gradient; loss = -R(decode(x0_hat_{i_min})[, t]) (the DDIM skip path still carries gradient from
+  earlier training steps). Same signature as `make_draft_loss`'s."""
+  if config.reward_input != "x0_hat":
+    raise ValueError("FinetuneConfig.reward_input: DRTune scores x0_hat at i_min, expected 'x0_hat', "
+                     f"found {config.reward_input!r}")
+  ctx = _ctx(config, denoise, reward, schedule, decode)
+  T = ctx.T
+
+  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
+    noise_rng, choice_rng = jax.random.split(rng)
+    mask, s, i_min = drtune_choices(choice_rng, T, config.num_grad_steps, config.train_span,
+                                    config.stop_range)
+    _, x0_hat, kl = _masked_chain(ctx, params, x_T, mask, i_min, True, config.remat, noise_rng, cond,
+                                  uncond, base_params)
+    r = ctx.score_step(x0_hat, None, i_min, cond)
+    aux = TrajectoryAux(sg(x0_hat), sg(r), sg(kl), mask, i_min, s)
+    return ctx.objective(r, kl), aux
+
+  return loss_fn
+
+
+_TRAJECTORY_BUILDERS = {"draft": make_draft_loss, "refl": make_refl_loss, "alignprop": make_alignprop_loss,
+                        "drtune": make_drtune_loss}
+
+
+def make_trajectory_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
+                         schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
+  """The baseline named by config.method: `loss(params, x_T, cond, uncond, rng, base_params=None)
+  -> (loss [], TrajectoryAux)`; one `jax.grad` of it is one update."""
+  if config.method not in _TRAJECTORY_BUILDERS:
+    raise ValueError(f"make_trajectory_loss: config.method must be one of {tuple(_TRAJECTORY_BUILDERS)}, "
+                     f"found {config.method!r} (EasyTune is `make_easytune_update`)")
+  return _TRAJECTORY_BUILDERS[config.method](config, denoise, reward, schedule, decode)
+
+
+def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
+                           schedule: schedules.Schedule, tx: optax.GradientTransformation, *,
+                           decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
+  """One update per trajectory for a baseline: `update(state, x_T, cond, uncond, rng, data_batch=None,
+  base_params=None) -> (state, metrics)`; metrics: loss, reward, grad_norm, finite, skipped, kl,
+  loss_index, grad_mask [T], offset."""
+  loss_fn = make_trajectory_loss(config, denoise, reward, schedule, decode)
+  use_data = config.regularizer == "diffusion"
+
+  def update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None):
+    _check_regularizer_inputs(config, data_batch, base_params)
+    loss_rng, reg_rng = jax.random.split(rng)
+
+    def total(p):
+      loss, aux = loss_fn(p, x_T, cond, uncond, loss_rng, base_params)
+      if use_data:
+        loss = loss + config.reg_weight * diffusion_loss(denoise, schedule, p, data_batch, reg_rng)
+      return loss, aux
+
+    (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    skipped0 = state.skipped
+    state, finite = common.apply_gradients(state, grads, tx, loss, ema_decay)
+    metrics = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.global_norm(grads),
+               "finite": finite, "skipped": state.skipped - skipped0, "kl": aux.kl,
+               "loss_index": aux.loss_index, "grad_mask": aux.grad_mask, "offset": aux.offset}
+    return state, metrics
+
+  return update
+
+
+def make_update_fn(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
+                   tx: optax.GradientTransformation, *, decode: Optional[Decoder] = None,
+                   ema_decay: float = 0.0, jit: bool = True, donate: bool = False) -> Callable:
+  """The update of config.method, driven the same way for every method:
+
+    update(state, x_T [B, ...], cond, uncond, rng, data_batch=None, base_params=None) -> (state, metrics)
+
+  EasyTune applies K optimizer updates per call, the baselines one; metrics always hold scalar loss,
+  reward, grad_norm, finite (bool) and skipped. `jit` wraps it in `jax.jit` (`donate` donates the state).
+  """
+  if config.method == "easytune":
+    fn = make_easytune_update(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
+  else:
+    fn = make_trajectory_update(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
+  if jit:
+    fn = jax.jit(fn, donate_argnums=(0,) if donate else ())
+  return fn
+
+
+# --------------------------------------------------------------------------------------------- memory
+def compiled_memory(fn: Callable, *args, **kwargs) -> dict:
+  """XLA's compiled memory analysis of `jax.jit(fn)(*args, **kwargs)`, in bytes.
+
+  Returns {'temp', 'argument', 'output', 'alias', 'total'} with total = temp + argument + output - alias.
+  Deterministic and available on CPU, so it is the figure to report (DESIGN.md §2).
+  """
+  compiled = jax.jit(fn).lower(*args, **kwargs).compile()
+  m = compiled.memory_analysis()
+  if m is None:
+    raise RuntimeError("compiled_memory: this backend gives no memory analysis")
+  out = {"temp": int(m.temp_size_in_bytes), "argument": int(m.argument_size_in_bytes),
+         "output": int(m.output_size_in_bytes), "alias": int(m.alias_size_in_bytes)}
+  out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
+  return out
