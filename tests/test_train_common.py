@@ -67,6 +67,9 @@ def test_checkpointer_roundtrip_and_clear_errors(tmp_path):
   assert ck.latest_step() == 3 and ck.metadata()["config"]["lr"] == 0.1
   restored = ck.restore(state)
   jax.tree.map(np.testing.assert_array_equal, restored, state)
+  fresh = common.Checkpointer(tmp_path / "ck")  # a new process's view of the same directory
+  jax.tree.map(np.testing.assert_array_equal, fresh.restore(state), state)
+  assert fresh.metadata(3)["config"] == {"lr": 0.1}
   bad_shape = state.replace(params={"w": jnp.ones(4), "b": jnp.array(0.0)})
   with pytest.raises(common.CheckpointError, match=r"params/w.*expected shape \(4,\), found \(3,\)"):
     ck.restore(common.create_train_state(bad_shape.params, tx))

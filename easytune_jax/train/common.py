@@ -140,7 +140,8 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
     self._mngr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -177,6 +178,9 @@ class Checkpointer:
 
   def _check_structure(self, template: Any, step: int) -> None:
     stored = self._mngr.item_metadata(step)["state"]
+    if stored is None:
+      raise CheckpointError(f"{self.directory / str(step)}: no readable 'state' item (not an easytune_jax "
+                            "checkpoint, or written incompletely)")
     found = {_key_str(p): tuple(getattr(m, "shape", ())) for p, m in
              jax.tree_util.tree_flatten_with_path(stored)[0]}
     want = {_key_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}

@@ -1,0 +1,172 @@
+"""Data-parallel and FSDP-style sharding with `jax.jit` + `NamedSharding` (no pmap), multi-host init.
+
+A mesh has a `data` axis (batch split) and an optional `fsdp` axis (parameters and optimizer state split
+along their largest divisible dimension; the batch is split over both axes). Jitted steps take sharded
+inputs and XLA inserts the collectives: the gradient of a mean over the global batch is all-reduced, and a
+similarity matrix built inside the step from batch embeddings spans the GLOBAL batch (negatives for
+InfoNCE/SPL come from every device), exactly as on one device.
+
+Launch (each host runs the same command):
+  GPU cluster: python -m launch.finetune --mesh=data=8 --coordinator_address=host0:1234 \
+                 --num_processes=4 --process_id=$RANK ...
+  TPU pod slice / SLURM: python -m launch.finetune --mesh=data=32 --distributed  (auto-detected)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp")
+
+
+def parse_mesh_spec(spec: str, num_devices: Optional[int] = None) -> dict[str, int]:
+  """Parses "data=8" / "data=4,fsdp=2" / "" (all devices on `data`). A size of -1 takes the rest."""
+  num_devices = num_devices or jax.device_count()
+  sizes: dict[str, int] = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    name, sep, value = part.partition("=")
+    if not sep or name not in AXES:
+      raise ValueError(f"--mesh: expected comma-separated 'axis=size' with axis in {AXES}, found {part!r} "
+                       f"in {spec!r}")
+    try:
+      sizes[name] = int(value)
+    except ValueError:
+      raise ValueError(f"--mesh: size of axis '{name}' must be an integer, found {value!r}") from None
+    if sizes[name] == 0 or sizes[name] < -1:
+      raise ValueError(f"--mesh: size of axis '{name}' must be positive or -1, found {sizes[name]}")
+  sizes.setdefault("data", -1)
+  sizes.setdefault("fsdp", 1)
+  known = int(np.prod([v for v in sizes.values() if v != -1]))
+  rest = [k for k, v in sizes.items() if v == -1]
+  if len(rest) > 1:
+    raise ValueError(f"--mesh: at most one axis may be -1, found {rest} in {spec!r}")
+  if rest:
+    if num_devices % known:
+      raise ValueError(f"--mesh {spec!r}: {num_devices} devices are not divisible by {known}")
+    sizes[rest[0]] = num_devices // known
+  total = sizes["data"] * sizes["fsdp"]
+  if total != num_devices:
+    raise ValueError(f"--mesh {spec!r}: data x fsdp = {total} devices, but {num_devices} are available")
+  return {k: sizes[k] for k in AXES}
+
+
+def make_mesh(spec: str | dict = "", devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: all devices of all hosts)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  sizes = spec if isinstance(spec, dict) else parse_mesh_spec(spec, len(devices))
+  shape = tuple(sizes[a] for a in AXES)
+  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over every device of the mesh."""
+  return NamedSharding(mesh, P(AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "batch_size") -> None:
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ValueError(f"{what}={global_batch} must be divisible by the number of devices in the mesh "
+                     f"({n}: {dict(mesh.shape)})")
+
+
+def param_spec(x: Any, fsdp: int, min_size: int = 2 ** 12) -> P:
+  """Shards the largest dimension divisible by `fsdp` (arrays of at least `min_size` elements)."""
+  shape = np.shape(x)
+  if fsdp == 1 or np.prod(shape, dtype=np.int64) < min_size:
+    return P()
+  for d in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    if shape[d] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[d] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 12) -> Any:
+  """NamedShardings for a params / optimizer-state / TrainState pytree (FSDP on the 'fsdp' axis)."""
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x, fsdp, min_size)), tree)
+
+
+def shard_state(state: Any, mesh: Mesh, min_size: int = 2 ** 12) -> Any:
+  return jax.device_put(state, state_shardings(mesh, state, min_size))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places a host batch on the mesh, split along the batch dimension.
+
+  Single host: `batch` is the global batch. Multi-host: each process passes ITS shard (global batch /
+  process_count rows, e.g. from `batch_at(..., shard_index=jax.process_index(), num_shards=...)`) and the
+  global array is assembled without any host holding it whole.
+  """
+  sharding = batch_sharding(mesh)
+  leaves = jax.tree.leaves(batch)
+  if leaves:
+    rows = np.shape(leaves[0])[0] * jax.process_count()
+    check_batch_divisible(rows, mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-host settings (absl flags in the launchers). `auto` lets JAX detect TPU pods / SLURM."""
+
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+  auto: bool = False
+
+
+def initialize_distributed(cfg: DistributedConfig) -> bool:
+  """Calls `jax.distributed.initialize` when a multi-host launch is asked for. Returns True if it did."""
+  if cfg.coordinator_address is None and not cfg.auto:
+    return False
+  if cfg.coordinator_address is not None and (cfg.num_processes is None or cfg.process_id is None):
+    raise ValueError("--coordinator_address needs --num_processes and --process_id (or use --distributed "
+                     "for auto-detection on TPU pods and SLURM)")
+  if cfg.auto:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+  return True
+
+
+def define_flags() -> None:
+  """Registers --mesh and the multi-host flags on absl's FLAGS (call once per launcher)."""
+  from absl import flags
+  flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=8' or 'data=4,fsdp=2' (default: all on data).")
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+  flags.DEFINE_bool("distributed", False, "Multi-host with auto-detection (TPU pods, SLURM).")
+
+
+def setup_from_flags() -> Mesh:
+  """Initialises the distributed runtime from the flags of `define_flags` and builds the mesh."""
+  from absl import flags
+  f = flags.FLAGS
+  initialize_distributed(DistributedConfig(f.coordinator_address, f.num_processes, f.process_id,
+                                           f.distributed))
+  return make_mesh(f.mesh)
+
+
+def host_local_slice(global_batch: int) -> slice:
+  """Rows of the global batch this process loads in a multi-host run."""
+  n, i = jax.process_count(), jax.process_index()
+  if global_batch % n:
+    raise ValueError(f"batch_size={global_batch} must be divisible by the process count {n}")
+  per = global_batch // n
+  return slice(i * per, (i + 1) * per)
