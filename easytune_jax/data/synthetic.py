@@ -614,7 +614,7 @@ def write_synthetic_dataset(out_dir: str, num_motions: int = 2000, seed: int = 0
     meta = {"version": 1, "fps": FPS, "seed": seed, "actions": list(ACTIONS), "motions": {}}
     all_feats = []
 
-    def emit(mid, joints, segs, captions, style, extra_lines):
+    def emit(mid, joints, segs, captions, style, extra_lines, sub_meta):
         feats = joints_to_features(joints, 22).astype(np.float32)
         if not np.all(np.isfinite(feats)):
             raise FloatingPointError(f"synthetic motion {mid}: non-finite features")
@@ -629,6 +629,8 @@ def write_synthetic_dataset(out_dir: str, num_motions: int = 2000, seed: int = 0
             "primary_action": segs[0]["action"], "primary_label": segs[0]["label"],
             "captions": [{"caption": c, "labels": [s["label"] for s in segs],
                           "actions": [s["action"] for s in segs]} for c in captions]}
+        if sub_meta is not None:
+            meta["motions"][mid]["subclip_captions"] = [sub_meta]
         return feats
 
     ids = [f"{i:06d}" for i in range(num_motions)]
@@ -647,14 +649,16 @@ def write_synthetic_dataset(out_dir: str, num_motions: int = 2000, seed: int = 0
             end_s = segs[0]["end"] / FPS
             extra = [f"{c}#{' '.join(pos_tag(c))}#0.0#{end_s}"]
             sub_meta = {"caption": c, "start": 0.0, "end": end_s, "labels": [segs[0]["label"]]}
-        emit(mid, joints, segs, captions, style, extra)
-        if sub_meta is not None:
-            meta["motions"][mid]["subclip_captions"] = [sub_meta]
+        emit(mid, joints, segs, captions, style, extra, sub_meta)
         if mirror:
             msegs = _mirror_params(segs)
-            mextra = [mirror_caption(line.split("#")[0]) for line in extra]
-            mextra = [f"{c}#{' '.join(pos_tag(c))}#0.0#{extra[0].split('#')[3]}" for c in mextra]
-            emit("M" + mid, sk.mirror_joints(joints), msegs, [mirror_caption(c) for c in captions], style, mextra)
+            mextra, msub = [], None
+            if sub_meta is not None:
+                c = mirror_caption(sub_meta["caption"])
+                mextra = [f"{c}#{' '.join(pos_tag(c))}#0.0#{sub_meta['end']}"]
+                msub = dict(sub_meta, caption=c)
+            emit("M" + mid, sk.mirror_joints(joints), msegs, [mirror_caption(c) for c in captions], style,
+                 mextra, msub)
 
     mean, std = group_mean_std(np.concatenate(all_feats, axis=0), 22)
     _write_npy(os.path.join(out_dir, "Mean.npy"), mean)
