@@ -2,6 +2,7 @@
 inputs (A4.1), evaluator renormalisation with the real T2M stats, contrastive losses."""
 
 import collections
+import dataclasses
 import functools
 import io
 import pathlib
@@ -210,6 +211,24 @@ def np_motion(motion, lens, state):
     return np_head(np_bigru_last(x, [l // 4 for l in lens], mo), mo)
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(config):
+    """Jitted embed functions (eager Flax dispatch is slow on a shared 2-core CPU)."""
+    text = jax.jit(functools.partial(ev.evaluator_embed_text, config=config))
+    motion = jax.jit(functools.partial(ev.evaluator_embed_motion, config=config), static_argnames="deterministic")
+    return text, motion
+
+
+def _params(config, seed=0, dtype=np.float32):
+    """Random evaluator params through the converter (no jax.random: its compile is slow on CPU)."""
+    params = tc.convert_t2m_state(random_state(dataclasses.replace(config, vocab_size=None), seed), 
+                                  dataclasses.replace(config, vocab_size=None), dtype=dtype)
+    if config.vocab_size is not None:
+        table = np.random.default_rng(seed).normal(size=(config.vocab_size, config.dim_word)).astype(dtype)
+        params["params"]["word_emb"] = {"embedding": table}
+    return params
+
+
 def _inputs(config, seed=1):
     rng = np.random.default_rng(seed)
     words = rng.normal(size=(4, 22, config.dim_word))
@@ -268,15 +287,16 @@ def test_flax_evaluator_equals_float64_numpy_torch_equations(tiny_ckpt):
 
 
 def test_padding_beyond_receptive_field_is_ignored():
-    params = ev.init_evaluator(jax.random.key(0), TINY)
+    _, embed_m = _jitted(TINY)
+    params = _params(TINY)
     _, _, _, motion, mlens = _inputs(TINY)
     m = jnp.asarray(motion, jnp.float32)
-    base = ev.evaluator_embed_motion(params, m, jnp.asarray(mlens), config=TINY)
+    base = embed_m(params, m, jnp.asarray(mlens))
     # frames at or beyond len + 4 feed only conv outputs past len//4: the packed GRU never sees them
     junk = m.at[2, 12:].set(100.0)
-    np.testing.assert_allclose(ev.evaluator_embed_motion(params, junk, jnp.asarray(mlens), config=TINY)[2], base[2], atol=1e-6)
+    np.testing.assert_allclose(embed_m(params, junk, jnp.asarray(mlens))[2], base[2], atol=1e-6)
     # dropout is off by default and on in training mode
-    d1 = ev.evaluator_embed_motion(params, m, jnp.asarray(mlens), config=TINY, deterministic=False, rng=jax.random.key(1))
+    d1 = embed_m(params, m, jnp.asarray(mlens), deterministic=False, rng=jax.random.key(1))
     assert np.abs(np.asarray(d1 - base)).max() > 1e-4
 
 
@@ -321,7 +341,8 @@ def test_paper_shapes_match_documented_checkpoint():
 def test_converted_tree_matches_init_tree(tiny_ckpt):
     path, _ = tiny_ckpt
     conv = tc.load_t2m_evaluator(path, TINY)
-    init = ev.init_evaluator(jax.random.key(0), TINY)
+    # eval_shape: the tree of a from-scratch init, without compiling the random initialisers
+    init = jax.eval_shape(lambda: ev.init_evaluator(jax.random.key(0), TINY))
     assert jax.tree.structure(conv) == jax.tree.structure(init)
     jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), conv, init)
 
@@ -365,16 +386,17 @@ def test_learned_word_path_equals_vector_path():
     vocab = ev.build_word_vocab(toks)
     assert vocab["sos"] == 0 and vocab["eos"] == 1 and vocab["unk"] == 2 and len(vocab) == 10
     cfg_l = ev.EvaluatorConfig(vocab_size=len(vocab))
-    params = ev.init_evaluator(jax.random.key(3), cfg_l)
+    embed_l, _ = _jitted(cfg_l)
+    params = _params(cfg_l, seed=3)
     ids, pos, lens = ev.WordVectorizer(vocab).encode(toks)
-    out_ids = ev.evaluator_embed_text(params, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(lens), config=cfg_l)
+    out_ids = embed_l(params, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(lens))
     table = params["params"]["word_emb"]["embedding"]
     p_vec = {"params": {k: v for k, v in params["params"].items() if k != "word_emb"}}
     cfg_v = ev.EvaluatorConfig()
-    out_vec = ev.evaluator_embed_text(p_vec, table[ids], jnp.asarray(pos), jnp.asarray(lens), config=cfg_v)
+    out_vec = _jitted(cfg_v)[0](p_vec, table[ids], jnp.asarray(pos), jnp.asarray(lens))
     np.testing.assert_allclose(out_ids, out_vec, atol=1e-6)
     with pytest.raises(ValueError, match="vocab_size is None"):
-        ev.evaluator_embed_text(p_vec, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(lens), config=cfg_v)
+        _jitted(cfg_v)[0](p_vec, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(lens))
 
 
 # ------------------------------------------------------------------------------------------------
