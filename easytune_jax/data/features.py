@@ -132,7 +132,7 @@ def smoothed_heading(positions, face_joints=sk.HML_FACE_JOINTS, sigma: float = 2
     l_hip, r_hip, sdr_r, sdr_l = face_joints
     across = (positions[:, r_hip] - positions[:, l_hip]) + (positions[:, sdr_r] - positions[:, sdr_l])
     across = across / np.linalg.norm(across, axis=-1, keepdims=True)
-    forward = np.cross(np.array([0.0, 1.0, 0.0]), across)
+    forward = sk.cross(np.broadcast_to(np.array([0.0, 1.0, 0.0]), across.shape), across)
     if sigma > 0:
         forward = gaussian_filter1d(forward, sigma, axis=0, mode="nearest")
     forward = forward / np.linalg.norm(forward, axis=-1, keepdims=True)
@@ -152,7 +152,7 @@ def normalize_pose_frame(positions, face_joints=sk.HML_FACE_JOINTS):
     r_hip, l_hip, sdr_r, sdr_l = face_joints
     across = (p[0, r_hip] - p[0, l_hip]) + (p[0, sdr_r] - p[0, sdr_l])
     across = across / np.linalg.norm(across)
-    fwd = np.cross(np.array([0.0, 1.0, 0.0]), across)
+    fwd = sk.cross(np.array([0.0, 1.0, 0.0]), across)
     fwd = fwd / np.linalg.norm(fwd)
     q = qbetween(fwd, np.array([0.0, 0.0, 1.0]))
     return qrot(np.broadcast_to(q, p.shape[:-1] + (4,)), p)

@@ -113,17 +113,23 @@ def load_mean_std(root: str, dim: Optional[int] = None, mean_file: str = "Mean.n
     return mean, std
 
 
-def group_mean_std(features: np.ndarray, joints_num: int) -> tuple[np.ndarray, np.ndarray]:
+def group_mean_std(features, joints_num: int) -> tuple[np.ndarray, np.ndarray]:
     """H3D ``cal_mean_variance`` (§A2.2): per-dim mean, and the population std averaged within
     each of the 7 feature groups (dim 0 | 1-2 | 3 | ric | rot | local-vel | contacts).
 
-    features: [N_frames, D] all frames of all files -> (mean float32 [D], std float32 [D]).
+    Args:
+      features: [N_frames, D] all frames of all files, or a list of [F_i, D] arrays (two passes in
+        float64 over the list, so no concatenated float64 copy is made).
+    Returns:
+      (mean float32 [D], std float32 [D]).
     """
-    x = np.asarray(features, np.float64)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    chunks = [features] if isinstance(features, np.ndarray) else list(features)
+    count = sum(c.shape[0] for c in chunks)
+    mean = sum(c.sum(axis=0, dtype=np.float64) for c in chunks) / count
+    var = sum(np.square(c.astype(np.float64) - mean).sum(axis=0) for c in chunks) / count
+    std = np.sqrt(var)
     j = joints_num
-    bounds = [0, 1, 3, 4, 4 + 3 * (j - 1), 4 + 9 * (j - 1), 4 + 9 * (j - 1) + 3 * j, x.shape[1]]
+    bounds = [0, 1, 3, 4, 4 + 3 * (j - 1), 4 + 9 * (j - 1), 4 + 9 * (j - 1) + 3 * j, mean.shape[0]]
     for a, b in zip(bounds[:-1], bounds[1:]):
         std[a:b] = std[a:b].mean()
     return mean.astype(np.float32), std.astype(np.float32)

@@ -660,7 +660,7 @@ def write_synthetic_dataset(out_dir: str, num_motions: int = 2000, seed: int = 0
             emit("M" + mid, sk.mirror_joints(joints), msegs, [mirror_caption(c) for c in captions], style,
                  mextra, msub)
 
-    mean, std = group_mean_std(np.concatenate(all_feats, axis=0), 22)
+    mean, std = group_mean_std(all_feats, 22)
     _write_npy(os.path.join(out_dir, "Mean.npy"), mean)
     _write_npy(os.path.join(out_dir, "Std.npy"), std)
 
