@@ -409,7 +409,7 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
 
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(at)
       st, finite = common.apply_gradients(st, grads, tx, loss, ema_decay)
-      m = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.global_norm(grads),
+      m = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.tree.norm(grads),
            "finite": finite}
       return (st, aux.x_prev), m
 
@@ -648,7 +648,7 @@ def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Re
     (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
     skipped0 = state.skipped
     state, finite = common.apply_gradients(state, grads, tx, loss, ema_decay)
-    metrics = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.tree.norm(grads),
                "finite": finite, "skipped": state.skipped - skipped0, "kl": aux.kl,
                "loss_index": aux.loss_index, "grad_mask": aux.grad_mask, "offset": aux.offset}
     return state, metrics
