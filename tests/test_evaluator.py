@@ -462,3 +462,30 @@ def test_contrastive_losses_match_numpy():
         assert np.all(np.isfinite(np.asarray(g)))
     with pytest.raises(ValueError, match="kind must be 'infonce' or 'hinge', found 'nce'"):
         ev.evaluator_contrastive_loss(jnp.asarray(t), jnp.asarray(m), kind="nce")
+
+
+def test_train_step_reduces_loss_and_freezes_movement_encoder():
+    import optax
+
+    cfg = ev.EvaluatorConfig(dim_pose=12, dim_word=8, dim_text_hidden=8, dim_movement_enc_hidden=8,
+                             dim_movement_latent=8, dim_motion_hidden=8, dim_coemb=8)
+    rng = np.random.default_rng(0)
+    b = 6
+    batch = {"words": jnp.asarray(rng.normal(size=(b, 22, 8)), jnp.float32),
+             "pos_ohot": jnp.asarray(np.eye(15)[rng.integers(0, 15, (b, 22))], jnp.float32),
+             "text_lengths": jnp.asarray([22, 9, 5, 12, 3, 7]),
+             "motion": jnp.asarray(rng.normal(size=(b, 16, 8)), jnp.float32),
+             "motion_lengths": jnp.asarray([16, 12, 8, 16, 4, 12])}
+    params = jax.device_put(_params(cfg))
+    opt = optax.adamw(3e-3, weight_decay=0.1)
+    step = jax.jit(ev.make_evaluator_train_step(cfg, opt, train_movement_encoder=False, kind="hinge", margin=3.0))
+    opt_state = opt.init(params)
+    p = params
+    losses = []
+    for i in range(25):
+        p, opt_state, m = step(p, opt_state, batch, jax.random.fold_in(jax.random.key(0), i))
+        losses.append(float(m["loss"]))
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+    assert step._cache_size() == 1  # no retracing across steps
+    jax.tree.map(np.testing.assert_array_equal, p["params"]["movement_encoder"], params["params"]["movement_encoder"])
+    assert np.abs(p["params"]["text_encoder"]["input_emb"]["kernel"] - params["params"]["text_encoder"]["input_emb"]["kernel"]).max() > 0

@@ -478,3 +478,43 @@ def evaluator_contrastive_loss(text_emb, motion_emb, *, kind: str = "infonce", t
         neg = jnp.mean(jnp.maximum(margin - d_neg, 0.0) ** 2)
         return pos + neg
     raise ValueError(f"evaluator_contrastive_loss: kind must be 'infonce' or 'hinge', found {kind!r}")
+
+
+def evaluator_loss(params, batch, *, config: EvaluatorConfig, rng=None, deterministic: bool = False,
+                   **loss_kwargs):
+    """Contrastive loss of one evaluator batch; returns ``(loss, aux)`` with the embeddings' mean norms.
+
+    ``batch``: ``words`` ([B, T, dim_word] vectors or [B, T] ids), ``pos_ohot`` [B, T, 15], ``text_lengths``
+    [B], ``motion`` [B, L, dim_pose - 4] in evaluator space, ``motion_lengths`` [B] frames.
+    """
+    t = evaluator_embed_text(params, batch["words"], batch["pos_ohot"], batch["text_lengths"], config=config)
+    m = evaluator_embed_motion(params, batch["motion"], batch["motion_lengths"], config=config,
+                               deterministic=deterministic, rng=rng)
+    loss = evaluator_contrastive_loss(t, m, **loss_kwargs)
+    aux = {"text_norm": jnp.mean(jnp.linalg.norm(t, axis=-1)), "motion_norm": jnp.mean(jnp.linalg.norm(m, axis=-1))}
+    return loss, aux
+
+
+def make_evaluator_train_step(config: EvaluatorConfig, optimizer, *, train_movement_encoder: bool = True,
+                              **loss_kwargs):
+    """Pure ``step(params, opt_state, batch, rng) -> (params, opt_state, metrics)`` for evaluator training.
+
+    Dropout is on (training mode). T2M kept its movement encoder frozen (pre-trained by its motion
+    autoencoder); from scratch we train it jointly by default, ``train_movement_encoder=False`` freezes it.
+    Jit it with ``donate_argnums=(0, 1)``. ``optimizer`` is an optax ``GradientTransformation``.
+    """
+    import optax
+
+    def step(params, opt_state, batch, rng):
+        (loss, aux), grads = jax.value_and_grad(evaluator_loss, has_aux=True)(
+            params, batch, config=config, rng=rng, deterministic=False, **loss_kwargs)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if not train_movement_encoder:  # restore, so neither gradients nor weight decay move it
+            new_params = {**new_params, "params": {**new_params["params"],
+                                                   "movement_encoder": params["params"]["movement_encoder"]}}
+        params = new_params
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        return params, opt_state, metrics
+
+    return step
