@@ -70,7 +70,7 @@ def r_precision(text_emb, motion_emb, perm, *, group_size: int = R_PRECISION_GRO
     groups = n // group_size
     if groups < 1:
         raise ValueError(f"r_precision: expected at least group_size={group_size} samples, found {n}")
-    if isinstance(perm, (np.random.Generator, int)):
+    if isinstance(perm, (np.random.Generator, int, np.integer)):
         perm = _rng(perm).permutation(n)
     used = groups * group_size
     t = jnp.take(text_emb, perm, axis=0)[:used].reshape(groups, group_size, -1)
