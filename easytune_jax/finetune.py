@@ -534,9 +534,6 @@ def _masked_chain(ctx: _Ctx, params, x_T, grad_mask, stop_index, sg_input: bool,
     x_prev, x0_hat = ctx.ddim(out, x, i, rng)
     return x_prev, x0_hat, kl
 
-  if remat:
-    run = jax.checkpoint(run, prevent_cse=False)
-
   def body(carry, i):
     x, x0_at, kl_sum = carry
     if stop_index is None:
@@ -547,6 +544,8 @@ def _masked_chain(ctx: _Ctx, params, x_T, grad_mask, stop_index, sg_input: bool,
       x0_at = jnp.where(i == stop_index, x0_hat, x0_at)
     return (x_prev, x0_at, kl_sum + kl), None
 
+  if remat:   # checkpoint the whole step (conds included): only the carry is stored per step
+    body = jax.checkpoint(body, prevent_cse=False)
   init = (x_T, jnp.zeros_like(x_T), jnp.zeros((), x_T.dtype))
   (x, x0_at, kl_sum), _ = jax.lax.scan(body, init, jnp.arange(ctx.T))
   n_grad = grad_mask if stop_index is None else grad_mask & (jnp.arange(ctx.T) <= stop_index)

@@ -169,18 +169,28 @@ def test_step_loss_value_and_grad_match_formula(reward_input, reward_timestep):
 
 
 # --------------------------------------------------------------------------------------------- EasyTune
-@pytest.mark.parametrize("k", [T, 3])
-def test_easytune_frozen_sgd_equals_sum_of_independent_step_grads(k):
+@pytest.mark.parametrize("k,lam", [(T, 0.0), (3, 0.5)])
+def test_easytune_frozen_sgd_equals_sum_of_independent_step_grads(k, lam):
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
-    ref, lr = Ref(), 0.01
+    ref, lr, rng = Ref(), 0.01, jax.random.key(5)
     tx = optax.sgd(lr)
-    update = finetune.make_update_fn(cfg("easytune", k=k), denoise, reward, sched, tx, decode=decode)
-    state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(5))
-    # Reference: trajectory with theta_old; g_i = grad of step i's own loss with x_{t_i} a constant.
+    reg = dict(regularizer="diffusion", reg_weight=lam) if lam else {}
+    update = finetune.make_update_fn(cfg("easytune", k=k, **reg), denoise, reward, sched, tx, decode=decode)
+    data = {"x0": x_T * 0.5, "cond": cond}
+    state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, rng, data if lam else None)
+    # Reference: trajectory with theta_old; g_i = grad of step i's own loss with x_{t_i} a constant
+    # (+ lam * the data denoising loss drawn with the documented key fold_in(split(rng)[1], i)).
     xs = ref.trajectory(params, x_T, cond, uncond, T)
-    grads = [jax.grad(lambda p, i=i: -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond)))(params)
-             for i in range(T - k, T)]
+    reg_rng = jax.random.split(rng)[1]
+
+    def step_obj(p, i):
+      obj = -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond))
+      if lam:
+        obj = obj + lam * finetune.diffusion_loss(denoise, sched, p, data, jax.random.fold_in(reg_rng, i))
+      return obj
+
+    grads = [jax.grad(step_obj)(params, i) for i in range(T - k, T)]
     expected = jax.tree.map(lambda p, *g: p - lr * sum(g), params, *grads)
     assert_tree_close(state.params, expected)
     assert int(state.step) == k and m["reward_per_step"].shape == (k,)
@@ -188,6 +198,10 @@ def test_easytune_frozen_sgd_equals_sum_of_independent_step_grads(k):
     rewards = [float(jnp.mean(ref.R(ref.step(params, xs[i], i, cond, uncond)[1], cond))) for i in range(T - k, T)]
     np.testing.assert_allclose(m["reward_per_step"], rewards, rtol=1e-10)
     assert bool(m["finite"])
+    if lam:   # the regulariser really contributed
+      plain = [jax.grad(lambda p, i=i: -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond)))(params)
+               for i in range(T - k, T)]
+      assert tree_norm(jax.tree.map(lambda *g: sum(g[:k]) - sum(g[k:]), *grads, *plain)) > 1e-3
 
 
 def test_easytune_online_equals_python_loop_with_latest_params():
@@ -266,7 +280,7 @@ def test_refl_equals_definition_given_i_stop():
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref, seen = Ref(), set()
-    for seed in range(6):
+    for seed in (0, 3, 4):
       loss, aux, g = traj_grad("refl", params, sched, x_T, cond, uncond, jax.random.key(seed), m=3)
       i_stop = int(aux.loss_index)
       seen.add(i_stop)
@@ -283,7 +297,7 @@ def test_alignprop_equals_definition_given_mask():
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref, masks = Ref(), []
-    for seed in range(4):
+    for seed in range(3):
       loss, aux, g = traj_grad("alignprop", params, sched, x_T, cond, uncond, jax.random.key(seed), p=0.4)
       mask = np.asarray(aux.grad_mask)
       masks.append(mask)
@@ -314,7 +328,7 @@ def test_drtune_equals_definition_given_choices():
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref, seen = Ref(), set()
-    for seed in range(6):
+    for seed in range(3):
       loss, aux, g = traj_grad("drtune", params, sched, x_T, cond, uncond, jax.random.key(seed), k=2, m=3,
                                t_train=5)
       s, i_min, mask = int(aux.offset), int(aux.loss_index), np.asarray(aux.grad_mask)
@@ -388,33 +402,16 @@ def test_every_method_updates_trainable_params_only(method):
   params, sched, x_T, cond, uncond = setup(jnp.float32)
   mask = {"w1": True, "b1": True, "w2": True, "tw": False}
   tx = common.make_optimizer(common.OptimConfig(learning_rate=1e-2), mask)
-  config = cfg(method, k=2 if method in ("draft", "drtune") else None, m=3, p=0.5, regularizer="diffusion",
-               reg_weight=0.1)
+  # No regulariser: every trainable element must move through the reward path alone.
+  config = cfg(method, k=2 if method in ("draft", "drtune") else None, m=3, p=0.5)
   update = finetune.make_update_fn(config, denoise, reward, sched, tx, decode=decode)
-  data = {"x0": x_T * 0.5, "cond": cond}
-  state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2), data)
+  state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2))
   assert bool(m["finite"]) and np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
   assert int(state.step) == config.updates_per_trajectory
   np.testing.assert_array_equal(state.params["tw"], params["tw"])     # frozen: exactly unchanged
   for name in ("w1", "b1", "w2"):
     new, old = np.asarray(state.params[name]), np.asarray(params[name])
     assert np.isfinite(new).all() and (new != old).all(), f"{method}: {name} not updated everywhere"
-
-
-@pytest.mark.parametrize("method", finetune.METHODS)
-def test_every_method_gradient_nonzero_on_every_leaf(method):
-  params, sched, x_T, cond, uncond = setup(jnp.float32)
-  config = cfg(method, k=2 if method in ("draft", "drtune") else None, m=3, p=0.5)
-  if method == "easytune":
-    from easytune_jax import sampling
-    ts = sampling.make_timesteps(sched, config.sampler_config())
-    f = finetune.make_step_loss(denoise, reward, sched, ts, W, decode=decode)
-    g = jax.grad(lambda p: f(p, x_T, 0, cond, uncond)[0])(params)
-  else:
-    f = finetune.make_trajectory_loss(config, denoise, reward, sched, decode=decode)
-    g = jax.grad(lambda p: f(p, x_T, cond, uncond, jax.random.key(1))[0])(params)
-  for name, v in g.items():
-    assert np.isfinite(v).all() and np.abs(v).max() > 0, f"{method}: zero/non-finite gradient on {name}"
 
 
 def test_update_does_not_retrace():
