@@ -33,6 +33,7 @@ Work directory::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -184,6 +185,24 @@ def _host_tokenizer() -> Tokenizer:
     return _NO_TEXT_TOKENIZER
 
 
+TRACE_COUNTS = {"text": 0, "motion": 0}   # traces of the jitted embed functions (tests check no retrace)
+
+
+# Module-level jits with the (hashable, frozen) config static: every Evaluator of one config shares the
+# compiled functions, so building a new bundle (per validation round, per loader call) does not recompile.
+@functools.partial(jax.jit, static_argnames="config")
+def _embed_text_jit(params, words, pos, lens, *, config: EvaluatorConfig):
+    TRACE_COUNTS["text"] += 1
+    return evaluator_embed_text(params, words, pos, lens, config=config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _embed_motion_jit(params, x_norm, lengths, stats, *, config: EvaluatorConfig):
+    TRACE_COUNTS["motion"] += 1
+    mask = jnp.arange(x_norm.shape[1])[None, :] < lengths[:, None]
+    return evaluator_embed_motion(params, renorm_for_evaluator(x_norm, *stats, mask=mask), lengths, config=config)
+
+
 @dataclasses.dataclass(eq=False)
 class Evaluator:
     """A text-motion evaluator ready to embed host data, trained here or converted from T2M's finest.tar.
@@ -223,22 +242,8 @@ class Evaluator:
         if self.max_length % self.config.unit_length:
             raise ValueError(f"Evaluator.max_length: expected a multiple of {self.config.unit_length}, "
                              f"found {self.max_length}")
-        self.trace_count = 0   # traces of the jitted embed functions (tests check there is no retrace)
-        cfg = self.config
-        stats = tuple(jnp.asarray(a) for a in (self.dataset_mean, self.dataset_std, self.eval_mean, self.eval_std))
-
-        def text_fn(params, words, pos, lens):
-            self.trace_count += 1
-            return evaluator_embed_text(params, words, pos, lens, config=cfg)
-
-        def motion_fn(params, x_norm, lengths):
-            self.trace_count += 1
-            mask = jnp.arange(x_norm.shape[1])[None, :] < lengths[:, None]
-            x_e = renorm_for_evaluator(x_norm, *stats, mask=mask)
-            return evaluator_embed_motion(params, x_e, lengths, config=cfg)
-
-        self._text_fn = jax.jit(text_fn)
-        self._motion_fn = jax.jit(motion_fn)
+        self._stats = tuple(jnp.asarray(a) for a in (self.dataset_mean, self.dataset_std, self.eval_mean,
+                                                     self.eval_std))
 
     @property
     def dim(self) -> int:
@@ -276,9 +281,9 @@ class Evaluator:
         out = []
         for s, e in self._chunks(len(lens)):
             b = self.batch_size
-            emb = self._text_fn(self.params, self._pad_rows(words[s:e], b), self._pad_rows(pos[s:e], b),
-                                # padded rows get length 1 (sos only) so their GRU runs on real data
-                                np.concatenate([lens[s:e], np.ones(b - (e - s), np.int32)]))
+            emb = _embed_text_jit(self.params, self._pad_rows(words[s:e], b), self._pad_rows(pos[s:e], b),
+                                  # padded rows get length 1 (sos only) so their GRU runs on real data
+                                  np.concatenate([lens[s:e], np.ones(b - (e - s), np.int32)]), config=self.config)
             out.append(np.asarray(emb)[:e - s])
         return np.concatenate(out, 0) if out else np.zeros((0, self.dim), np.float32)
 
@@ -306,9 +311,9 @@ class Evaluator:
         out = []
         for s, e in self._chunks(x.shape[0]):
             b = self.batch_size
-            emb = self._motion_fn(self.params, self._pad_rows(x[s:e], b),
-                                  np.concatenate([lengths[s:e], np.full(b - (e - s), self.config.unit_length,
-                                                                        np.int32)]))
+            emb = _embed_motion_jit(self.params, self._pad_rows(x[s:e], b),
+                                    np.concatenate([lengths[s:e], np.full(b - (e - s), self.config.unit_length,
+                                                                          np.int32)]), self._stats, config=self.config)
             out.append(np.asarray(emb)[:e - s])
         return np.concatenate(out, 0) if out else np.zeros((0, self.dim), np.float32)
 
@@ -350,7 +355,7 @@ def make_train_step(config: EvaluatorTrainConfig, tx: optax.GradientTransformati
         (loss, aux), grads = jax.value_and_grad(evaluator_loss, has_aux=True)(
             state.params, eb, config=cfg, rng=k_drop, deterministic=False, **kw)
         state, finite = common.apply_gradients(state, grads, tx, loss)
-        return state, {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite, **aux}
+        return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite, **aux}
 
     return jax.jit(step, donate_argnums=0)
 
@@ -393,9 +398,11 @@ def _metadata(config: EvaluatorTrainConfig, dataset: MotionDataset) -> dict:
                                                "kind": dataset.info.kind, "entries": len(dataset)}}
 
 
+@functools.partial(jax.jit, static_argnames="config")
 def _init_params(config: EvaluatorConfig, key: jax.Array):
-    # One jitted init compiles faster on CPU than Flax's op-by-op eager init (about 9 s vs 12 s, tiny sizes).
-    return jax.jit(lambda k: init_evaluator(k, config, batch=2, motion_len=4 * config.unit_length))(key)
+    # One jitted init compiles faster on CPU than Flax's op-by-op eager init (about 9 s vs 12 s, tiny sizes),
+    # and is cached per config.
+    return init_evaluator(key, config, batch=2, motion_len=4 * config.unit_length)
 
 
 def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Optional[str] = None, *,
