@@ -1,0 +1,226 @@
+"""A trained base generator as one bundle: text -> guided DDIM sampling -> decoded motion -> joints.
+
+`load_generator(workdir)` rebuilds everything from the checkpoints written by `train/base.py` (config,
+tokenizer, dataset Mean/Std and latent scale come from the checkpoint metadata). The bundle also exposes
+what the fine-tuning builders take (WORKSPACE.md contracts):
+
+  gen.denoise(params, x_t, t, cond)   pure denoiser; `params` = gen.params (the TRAINABLE denoiser params)
+  gen.decode(vae_params, z, mask)     diffusion-space sample -> normalised features [B, L, D] (0 at padding);
+                                      `vae_params` = gen.frozen["vae"] (None for MDM: identity + masking)
+  gen.encode_text(texts, lengths)     cond pytree through the FROZEN text encoder (gen.frozen["text"])
+  gen.uncond(batch)                   the unconditional pytree of the same structure
+  gen.latent_shape                    the per-example shape of x_t
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from easytune_jax import sampling, schedules
+from easytune_jax.data.text import TextEmbeddings, Tokenizer
+from easytune_jax.models.text_encoder import TextEncoder
+from easytune_jax.models.vae import MotionVAE, features_to_joints
+from easytune_jax.train import base, common
+
+
+@dataclasses.dataclass(eq=False)
+class Generator:
+  """Trained generator. `params`: trainable denoiser params; `frozen`: {"vae": VAE params or None (MDM),
+  "text": text-encoder params}; `mean`, `std` [D]: dataset statistics; `latent_scale`: diffusion-space
+  latents are `z_vae * latent_scale` (MLD; 1.0 for MDM)."""
+
+  config: base.BaseConfig
+  tokenizer: Tokenizer
+  mean: np.ndarray
+  std: np.ndarray
+  params: Any
+  frozen: dict
+  latent_scale: float = 1.0
+  text_embeddings: Optional[TextEmbeddings] = None
+
+  def __post_init__(self):
+    self.modules = base.build_modules(self.config)
+    self.schedule = schedules.make_schedule(self.config.diffusion)
+    self.trace_count = 0          # incremented each time the sampler is traced (tests check no retrace)
+    self._samplers = {}
+    self._encode = jax.jit(self._encode_impl)
+
+  # -------------------------------------------------------------- contract pieces
+  @property
+  def max_length(self) -> int:
+    """Padded frame count of generated motion (the training window)."""
+    return self.config.data.max_length
+
+  @property
+  def latent_shape(self) -> tuple:
+    """Per-example shape of x_t: (latent_size, latent_dim) for MLD, (max_length, D) for MDM."""
+    if self.config.model == "mld":
+      return (self.config.vae.latent_size, self.config.vae.latent_dim)
+    return (self.max_length, self.config.vae.nfeats)
+
+  def denoise(self, params, x_t: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
+    """Pure denoiser: x_t [B, *latent_shape], t int32 [B], cond -> prediction (schedule.prediction_type)."""
+    return self.modules.denoiser.apply(params, x_t, t, cond)
+
+  def decode(self, vae_params, z: jax.Array, mask: jax.Array) -> jax.Array:
+    """Diffusion-space sample -> normalised features [B, L, D] with padded frames exactly 0; mask [B, L]."""
+    if self.config.model == "mdm":
+      return jnp.where(mask[..., None], z, 0.0)
+    return self.modules.vae.apply(vae_params, z / self.latent_scale, mask, method=MotionVAE.decode)
+
+  def to_joints(self, features: jax.Array) -> jax.Array:
+    """Normalised features [..., L, D] -> joint positions [..., L, J, 3] in metres."""
+    return features_to_joints(features, jnp.asarray(self.mean), jnp.asarray(self.std))
+
+  def denormalize(self, features):
+    return features * self.std + self.mean
+
+  def frame_mask(self, lengths: Sequence[int]) -> np.ndarray:
+    lengths = np.asarray(lengths, np.int64)
+    if lengths.ndim != 1 or np.any(lengths < 1) or np.any(lengths > self.max_length):
+      raise ValueError(f"lengths: expected 1..{self.max_length} frames (the model's max_length) per text, "
+                       f"found {lengths.tolist()}")
+    return np.arange(self.max_length)[None] < lengths[:, None]
+
+  def text_inputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side text -> (token ids [B, Lt] or precomputed embeddings [B, Lt, E], mask [B, Lt])."""
+    if isinstance(texts, str):
+      raise TypeError("texts: expected a sequence of captions, found a single str")
+    if self.config.text.kind == "learned":
+      return self.tokenizer.encode_batch(list(texts))
+    if self.text_embeddings is None:
+      raise ValueError("Generator: text.kind='precomputed' needs the text_embeddings file")
+    return self.text_embeddings.lookup(list(texts))
+
+  def _encode_impl(self, text_params, inputs, mask, frame_mask):
+    return base.make_cond(self.config, self.modules.text, text_params, inputs, mask, frame_mask)
+
+  def encode_text(self, texts: Sequence[str], lengths: Optional[Sequence[int]] = None) -> dict:
+    """cond {"text": [B, Lt, C], "text_mask": [B, Lt]} (+ "frame_mask" [B, L] for MDM, which needs
+    `lengths`) from the frozen text encoder."""
+    inputs, mask = self.text_inputs(texts)
+    fm = self._frame_mask_for(len(texts), lengths)
+    return self._encode(self.frozen["text"], inputs, mask, fm)[0]
+
+  def encode_batch(self, batch: dict) -> tuple[dict, dict]:
+    """(cond, uncond) from a data batch's arrays (tokens or text_emb; mask for MDM's frame_mask)."""
+    inputs, mask = base.text_inputs(self.config, batch)
+    return self._encode(self.frozen["text"], jnp.asarray(inputs), jnp.asarray(mask), jnp.asarray(batch["mask"]))
+
+  def uncond(self, batch) -> dict:
+    """Unconditional pytree: `batch` is a batch size B or a cond pytree (its frame_mask is copied for MDM)."""
+    if isinstance(batch, dict):
+      b, lt = batch["text_mask"].shape
+      fm = batch.get("frame_mask")
+    else:
+      b, lt, fm = int(batch), self.config.data.text_max_length, None
+    u = self.modules.text.apply(self.frozen["text"], b, lt, method=TextEncoder.null)
+    if self.config.model == "mdm":
+      u["frame_mask"] = jnp.ones((b, self.max_length), bool) if fm is None else fm
+    return u
+
+  def _frame_mask_for(self, b, lengths):
+    if lengths is None:
+      if self.config.model == "mdm":
+        raise ValueError("encode_text: model='mdm' needs `lengths` (the frame mask is part of cond)")
+      return jnp.ones((b, self.max_length), bool)
+    if len(lengths) != b:
+      raise ValueError(f"lengths: expected {b} values (one per text), found {len(lengths)}")
+    return jnp.asarray(self.frame_mask(lengths))
+
+  # -------------------------------------------------------------- sampling
+  def sampler(self, num_steps: int):
+    """Jitted `(params, frozen, text_inputs, text_mask, frame_mask, x_T, guidance_scale, rng) ->
+    (normalised features [B, L, D], joints [B, L, J, 3])`, cached per num_steps."""
+    if num_steps in self._samplers:
+      return self._samplers[num_steps]
+    scfg = dataclasses.replace(self.config.sampler, num_steps=num_steps)
+    timesteps = sampling.make_timesteps(self.schedule, scfg)
+
+    def run(params, frozen, inputs, mask, frame_mask, x_T, w, rng):
+      self.trace_count += 1
+      cond, uncond = base.make_cond(self.config, self.modules.text, frozen["text"], inputs, mask, frame_mask)
+      out = sampling.sample(self.denoise, params, self.schedule, timesteps, x_T, cond, uncond, w,
+                            eta=scfg.eta, rng=rng)
+      feats = self.decode(frozen["vae"], out.x0, frame_mask)
+      return feats, self.to_joints(feats)
+
+    self._samplers[num_steps] = jax.jit(run)
+    return self._samplers[num_steps]
+
+  def generate(self, texts: Sequence[str], lengths: Sequence[int], rng: jax.Array,
+               guidance_scale: float = 7.5, num_steps: int = 50, params: Any = None,
+               normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Samples one motion per text.
+
+    Args:
+      texts: B captions; lengths: B frame counts (<= max_length); rng: noise key.
+      guidance_scale: CFG weight w (1 = conditional model); num_steps: DDIM steps.
+      params: denoiser params to use instead of `self.params` (e.g. fine-tuned ones).
+      normalized: return dataset-normalised features instead of de-normalised ones.
+    Returns:
+      (features [B, L, D], joints [B, L, J, 3] in metres), numpy float32 with L = max_length and padded
+      frames zero. Features are DE-NORMALISED (dataset units) unless `normalized`.
+    """
+    inputs, mask = self.text_inputs(texts)
+    fm = self.frame_mask(lengths)
+    if fm.shape[0] != inputs.shape[0]:
+      raise ValueError(f"lengths: expected {inputs.shape[0]} values (one per text), found {fm.shape[0]}")
+    k_noise, k_eta = jax.random.split(rng)
+    x_T = jax.random.normal(k_noise, (len(texts),) + self.latent_shape)
+    feats, joints = self.sampler(num_steps)(
+        self.params if params is None else params, self.frozen, jnp.asarray(inputs), jnp.asarray(mask),
+        jnp.asarray(fm), x_T, jnp.float32(guidance_scale), k_eta)
+    feats, joints = np.asarray(feats), np.asarray(joints)
+    joints = np.where(fm[..., None, None], joints, 0.0).astype(np.float32)
+    if not normalized:
+      feats = np.where(fm[..., None], self.denormalize(feats), 0.0).astype(np.float32)
+    return feats, joints
+
+
+def _restore_state(directory: pathlib.Path, init_fn, tx, use_ema: bool):
+  ckpt = common.Checkpointer(directory)
+  try:
+    template = jax.eval_shape(lambda: common.create_train_state(init_fn(), tx, use_ema=use_ema))
+    state = ckpt.restore(template)
+    meta = ckpt.metadata()
+  finally:
+    ckpt.close()
+  return state, meta
+
+
+def load_generator(workdir: str, use_ema: bool = True) -> Generator:
+  """Rebuilds the generator from `<workdir>/{vae,diffusion}/checkpoints` (latest steps). EMA params are
+  used when the run kept them and `use_ema`."""
+  workdir = pathlib.Path(workdir)
+  ddir = workdir / "diffusion" / "checkpoints"
+  if not ddir.is_dir():
+    raise FileNotFoundError(f"{ddir}: no diffusion checkpoints (run launch/train_base.py first)")
+  meta_ck = common.Checkpointer(ddir)
+  try:
+    meta = meta_ck.metadata()
+  finally:
+    meta_ck.close()
+  config = base.config_from_dict(base.BaseConfig, meta["config"])
+  ema = config.ema_decay > 0
+  key = jax.random.PRNGKey(0)
+  dstate, _ = _restore_state(ddir, lambda: base.init_diffusion_params(config, key), base.diffusion_tx(config), ema)
+  dparams = dstate.ema_params if (use_ema and ema) else dstate.params
+  vae_params = None
+  if config.model == "mld":
+    vstate, _ = _restore_state(workdir / "vae" / "checkpoints", lambda: base.init_vae_params(config, key),
+                               base.vae_tx(config), ema)
+    vae_params = vstate.ema_params if (use_ema and ema) else vstate.params
+  tok_path = workdir / meta["tokenizer"]
+  emb = TextEmbeddings(config.data.text_embeddings) if config.text.kind == "precomputed" else None
+  return Generator(config=config, tokenizer=Tokenizer.load(str(tok_path)),
+                   mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
+                   params=dparams["denoiser"], frozen={"vae": vae_params, "text": dparams["text"]},
+                   latent_scale=float(meta["latent_scale"]), text_embeddings=emb)
