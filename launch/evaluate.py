@@ -1,0 +1,80 @@
+"""Standard text-to-motion evaluation (HUMANML3D.md §B) of one or several generators side by side.
+
+  python launch/evaluate.py --generator_workdir=/tmp/base,/tmp/finetuned --evaluator_workdir=/tmp/evaluator \
+      --data_dir=/tmp/synthetic_hml --out_dir=/tmp/eval [--quick] [--replications=20]
+
+Writes <out_dir>/eval.json and <out_dir>/eval.md (Real row + one row per generator; reward and physical
+extras in separate tables). --t2m_dir/--glove_dir/--evaluator_stats_dir select the official T2M evaluator
+instead of a trained one.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from easytune_jax import evaluation as E
+from easytune_jax.data.humanml3d import load_dataset
+from easytune_jax.train import evaluator as te
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated).", required=True)
+flags.DEFINE_list("names", None, "Row names (default: the work directories' base names).")
+flags.DEFINE_string("evaluator_workdir", None, "Work directory of launch/train_evaluator.py.")
+flags.DEFINE_string("t2m_dir", None, "Official evaluator: folder with text_mot_match/model/finest.tar.")
+flags.DEFINE_string("glove_dir", None, "Official evaluator: GloVe folder (our_vab_*).")
+flags.DEFINE_string("evaluator_stats_dir", None, "Official evaluator: meta mean.npy/std.npy folder.")
+flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", required=True)
+flags.DEFINE_string("split", "test", "Split evaluated.")
+flags.DEFINE_string("out_dir", None, "Output folder for eval.json / eval.md.", required=True)
+flags.DEFINE_integer("replications", 20, "Independent passes (mean ± 1.96 std / sqrt(n)).")
+flags.DEFINE_bool("quick", False, "Few replications, no MultiModality.")
+flags.DEFINE_bool("mm", True, "Run MultiModality.")
+flags.DEFINE_integer("batch_size", 32, "Generator batch size.")
+flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight.")
+flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
+flags.DEFINE_integer("seed", 0, "Evaluation seed.")
+
+
+def generate_fn_for(gen, guidance_scale: float, num_steps: int):
+    """Adapter to the protocol's (captions, pos_tokens, lengths, rng) -> dataset-normalised features."""
+    def generate(captions, pos_tokens, lengths, rng):
+        del pos_tokens
+        feats, _ = gen.generate(captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps,
+                                normalized=True)
+        return feats
+    return generate
+
+
+def main(argv):
+    del argv
+    from easytune_jax.generate import load_generator
+
+    test = load_dataset(FLAGS.data_dir, FLAGS.split)
+    if FLAGS.t2m_dir:
+        evaluator = te.load_official_evaluator(FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir,
+                                               dataset_mean=test.mean, dataset_std=test.std,
+                                               kind="t2m" if test.info.dim == 263 else "kit")
+    elif FLAGS.evaluator_workdir:
+        evaluator = te.load_trained_evaluator(FLAGS.evaluator_workdir).with_dataset_stats(test.mean, test.std)
+    else:
+        raise app.UsageError("pass --evaluator_workdir or --t2m_dir/--glove_dir/--evaluator_stats_dir")
+    names = FLAGS.names or [os.path.basename(os.path.normpath(w)) for w in FLAGS.generator_workdir]
+    if len(names) != len(FLAGS.generator_workdir):
+        raise app.UsageError(f"--names: expected {len(FLAGS.generator_workdir)} names, found {len(names)}")
+    results = []
+    for name, workdir in zip(names, FLAGS.generator_workdir):
+        gen = load_generator(workdir)
+        evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
+        res = E.evaluate(generate_fn_for(gen, FLAGS.guidance_scale, FLAGS.num_steps), evaluator, test,
+                         replications=FLAGS.replications, batch_size=FLAGS.batch_size,
+                         max_length=min(gen.max_length, evaluator.max_length), mm=FLAGS.mm, seed=FLAGS.seed,
+                         quick=FLAGS.quick, method=name, progress=True)
+        results.append(res)
+        logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
+    paths = E.write_results(results, FLAGS.out_dir)
+    print(open(paths["markdown"]).read())
+    logging.info("wrote %s", paths)
+
+
+if __name__ == "__main__":
+    app.run(main)
