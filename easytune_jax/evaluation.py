@@ -35,12 +35,10 @@ import dataclasses
 import inspect
 import json
 import os
-import pathlib
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
