@@ -1,0 +1,440 @@
+"""Training and evaluation of the step-aware reward model (SPM): TMR pretraining and SPL fine-tuning.
+
+Stages (EasyTune, arXiv 2602.07967; TMR, arXiv 2305.00976):
+
+* pretraining (`spl=False`): smooth-L1 reconstruction of the clean motion from the text latent and from the
+  motion latent, KL terms (text||motion, motion||text, text||N(0,I), motion||N(0,I)) x 1e-5, latent
+  smooth-L1 x 1e-5, InfoNCE with near-duplicate-caption filtering x 0.1; lr 1e-4.
+* SPL fine-tuning (`spl=True`, usually `init_from` a pretrained workdir): the same loss + 0.01 x the SPL
+  preference loss on the text x motion cosine matrix of the latents' means; lr 1e-5.
+
+Noise-aware training: with probability 1 - noise_threshold a batch is noised (DDPM forward process with the
+MLD schedule, on the normalised motion features) to per-sample t ~ U{0, ..., 499}; the timestep goes to the
+encoders selected by the mode. Clean batches use t = 0. Reconstruction targets are always the clean motion.
+
+Workdir layout: `checkpoints/` (orbax, with JSON metadata: configs, tokenizer vocabulary, stage),
+`metrics.jsonl|csv` + TensorBoard events, `retrieval.json` (when an evaluation set is given).
+The reward takes dataset-normalised features, so Mean/Std are not stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from easytune_jax import spl as spl_lib
+from easytune_jax.data.batching import batch_at, iterate_batches
+from easytune_jax.data.humanml3d import MotionDataset
+from easytune_jax.data.text import TextEmbeddings, Tokenizer
+from easytune_jax.models.layers import kl_between, kl_to_standard_normal, reparameterize
+from easytune_jax.models.spm import (SPM, SPMConfig, encode_motion, encode_text, init_spm, reward_fn,
+                                     text_inputs)
+from easytune_jax.schedules import DiffusionConfig, Schedule, add_noise, make_schedule
+from easytune_jax.train.common import (Checkpointer, MetricWriter, OptimConfig, TrainState, apply_gradients,
+                                       check_config_matches, create_train_state, make_optimizer, train_loop)
+
+_WHERE = "easytune_jax/train/reward.py"
+META_KIND = "easytune_jax.spm_reward"
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTrainConfig:
+  """Reward-model training. Defaults: tiny CPU run; :meth:`paper` gives EasyTune's settings.
+
+  Attributes:
+    model: the SPM architecture (`vocab_size` is filled in from the tokenizer).
+    batch_size, max_length: batch shape [B, max_length, D] (crops longer clips).
+    text_max_length: tokenizer length Lt (sos/eos included).
+    num_steps: optimizer steps of a stage (overridable per call).
+    learning_rate / spl_learning_rate: AdamW rates of pretraining / SPL fine-tuning (paper: 1e-4 / 1e-5; the
+      tiny CPU run uses 1e-3 / 1e-4 to learn within a few hundred steps, keeping the 10x ratio).
+    noise_threshold: probability that a batch stays clean (0.5: half the batches are noised).
+    max_timestep: noised batches draw t ~ U{0, ..., max_timestep - 1}.
+    temperature, threshold_selfsim: InfoNCE temperature and near-duplicate caption threshold.
+    spl_k, spl_high_sim, spl_temperature, spl_weight: SPL top-k, high-similarity rule, tau, loss weight.
+    w_*: pretraining loss weights (reconstruction, KL, latent matching, contrastive).
+  """
+
+  model: SPMConfig = SPMConfig()
+  diffusion: DiffusionConfig = DiffusionConfig()
+  batch_size: int = 32
+  max_length: int = 196
+  text_max_length: int = 24
+  num_steps: int = 600
+  learning_rate: float = 1e-3
+  spl_learning_rate: float = 1e-4
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 1.0
+  noise_threshold: float = 0.5
+  max_timestep: int = 500
+  temperature: float = 0.1
+  threshold_selfsim: float = 0.9
+  spl_k: int = 10
+  spl_high_sim: float = 0.8
+  spl_temperature: float = 0.1
+  spl_weight: float = 0.01
+  w_recons: float = 1.0
+  w_kl: float = 1e-5
+  w_latent: float = 1e-5
+  w_contrastive: float = 0.1
+  seed: int = 0
+  log_every: int = 50
+  checkpoint_every: int = 500
+
+  def __post_init__(self):
+    if not 0.0 <= self.noise_threshold <= 1.0:
+      raise ValueError(f"{_WHERE}: RewardTrainConfig.noise_threshold: expected in [0, 1], found "
+                       f"{self.noise_threshold}")
+    if not 1 <= self.max_timestep <= self.diffusion.num_train_timesteps:
+      raise ValueError(f"{_WHERE}: RewardTrainConfig.max_timestep: expected in [1, "
+                       f"{self.diffusion.num_train_timesteps}], found {self.max_timestep}")
+    if self.batch_size < 2:
+      raise ValueError(f"{_WHERE}: RewardTrainConfig.batch_size: expected >= 2 (contrastive), found "
+                       f"{self.batch_size}")
+
+  @classmethod
+  def paper(cls, **overrides) -> "RewardTrainConfig":
+    base = dict(model=SPMConfig.paper(), max_length=196, text_max_length=32, num_steps=100_000,
+                learning_rate=1e-4, spl_learning_rate=1e-5,
+                log_every=100, checkpoint_every=2000)
+    base.update(overrides)
+    return cls(**base)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "RewardTrainConfig":
+    d = dict(d)
+    d["model"] = SPMConfig.from_dict(d["model"])
+    d["diffusion"] = DiffusionConfig(**d["diffusion"])
+    return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------- losses
+def smooth_l1(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Elementwise smooth-L1 (Huber with beta 1, PyTorch's SmoothL1Loss before reduction)."""
+  d = jnp.abs(x - y)
+  return jnp.where(d < 1.0, 0.5 * d * d, d - 0.5)
+
+
+def masked_smooth_l1(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean smooth-L1 over valid frames: pred/target [B, L, D], mask [B, L]."""
+  m = mask.astype(pred.dtype)[..., None]
+  return jnp.sum(smooth_l1(pred, target) * m) / jnp.maximum(jnp.sum(m) * pred.shape[-1], 1.0)
+
+
+def caption_features(config: SPMConfig, batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Caption features for near-duplicate filtering, [B, F]: bag-of-words counts over word ids (ids below
+  `num_special_tokens` ignored) for token input; the masked mean of `text_emb` for embedding input."""
+  if config.text_input == "tokens":
+    tokens, tmask = batch["tokens"], batch["token_mask"]
+    valid = tmask.astype(bool) & (tokens >= config.num_special_tokens)
+    return jnp.sum(jax.nn.one_hot(tokens, config.vocab_size) * valid[..., None], axis=1)
+  emb, m = batch["text_emb"], batch["text_emb_mask"].astype(jnp.float32)
+  return jnp.sum(emb * m[..., None], 1) / jnp.maximum(jnp.sum(m, 1, keepdims=True), 1.0)
+
+
+def noise_batch(rng: jax.Array, motion: jax.Array, mask: jax.Array, schedule: Schedule,
+                noise_threshold: float, max_timestep: int) -> tuple[jax.Array, jax.Array]:
+  """Noise-aware augmentation: with probability 1 - noise_threshold the whole batch is noised to per-sample
+  t ~ U{0, ..., max_timestep - 1}; otherwise t = 0 and x is clean. -> (x [B, L, D], t int32 [B])."""
+  k_coin, k_t, k_eps = jax.random.split(rng, 3)
+  noised = jax.random.uniform(k_coin) >= noise_threshold
+  b = motion.shape[0]
+  t = jnp.where(noised, jax.random.randint(k_t, (b,), 0, max_timestep, jnp.int32), 0).astype(jnp.int32)
+  x_t = add_noise(schedule, motion, jax.random.normal(k_eps, motion.shape, motion.dtype), t)
+  x = jnp.where(noised, x_t, motion)
+  return x * mask[..., None].astype(x.dtype), t
+
+
+def reward_loss(params, batch: Mapping[str, jax.Array], rng: jax.Array, config: RewardTrainConfig,
+                schedule: Schedule, use_spl: bool, deterministic: bool = False
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total SPM loss of one batch -> (scalar, metrics). See the module docstring for the terms."""
+  mc = config.model
+  model = SPM(mc)
+  motion, mask = batch["motion"], batch["mask"].astype(bool)
+  k_noise, k_drop_t, k_drop_m, k_drop_d, k_zt, k_zm = jax.random.split(rng, 6)
+  x, t = noise_batch(k_noise, motion, mask, schedule, config.noise_threshold, config.max_timestep)
+  text, tmask = text_inputs(mc, batch)
+  t_mu, t_lv = model.apply(params, text, tmask, t, deterministic, method=SPM.encode_text,
+                           rngs={"dropout": k_drop_t})
+  m_mu, m_lv = model.apply(params, x, mask, t, deterministic, method=SPM.encode_motion,
+                           rngs={"dropout": k_drop_m})
+  t_z = reparameterize(k_zt, t_mu, t_lv)
+  m_z = reparameterize(k_zm, m_mu, m_lv)
+  # Both latents are decoded in one call (shared decoder): [2B, latent] -> [2B, L, D].
+  recon = model.apply(params, jnp.concatenate([t_z, m_z]), jnp.concatenate([mask, mask]), deterministic,
+                      method=SPM.decode, rngs={"dropout": k_drop_d})
+  b = motion.shape[0]
+  recons = masked_smooth_l1(recon[:b], motion, mask) + masked_smooth_l1(recon[b:], motion, mask)
+  kl = (kl_between(t_mu, t_lv, m_mu, m_lv) + kl_between(m_mu, m_lv, t_mu, t_lv)
+        + kl_to_standard_normal(t_mu, t_lv) + kl_to_standard_normal(m_mu, m_lv))
+  latent = jnp.mean(smooth_l1(t_z, m_z))
+  contrastive = spl_lib.info_nce_with_filtering(t_z, m_z, caption_features(mc, batch), config.temperature,
+                                                config.threshold_selfsim)
+  total = (config.w_recons * recons + config.w_kl * kl + config.w_latent * latent
+           + config.w_contrastive * contrastive)
+  metrics = {"recons": recons, "kl": kl, "latent": latent, "contrastive": contrastive,
+             "noised_frac": jnp.mean((t > 0).astype(jnp.float32))}
+  if use_spl:
+    # SPL ranks with the latent means: the reward reads mu, so that is the ranking to refine.
+    loss_spl, aux = spl_lib.spl_loss(t_mu, m_mu, k=config.spl_k, high_sim=config.spl_high_sim,
+                                     temperature=config.spl_temperature)
+    total = total + config.spl_weight * loss_spl
+    metrics.update(spl=loss_spl, **aux)
+  metrics["loss"] = total
+  return total, metrics
+
+
+def make_train_step(config: RewardTrainConfig, tx: optax.GradientTransformation, use_spl: bool,
+                    rng: jax.Array) -> Callable:
+  """jit-compiled `(state, batch) -> (state, metrics)`; per-step randomness = fold_in(rng, state.step)."""
+  schedule = make_schedule(config.diffusion)
+
+  def step(state: TrainState, batch):
+    step_rng = jax.random.fold_in(rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(reward_loss, has_aux=True)(
+        state.params, batch, step_rng, config, schedule, use_spl)
+    state, finite = apply_gradients(state, grads, tx, loss)
+    metrics = dict(metrics, finite=finite, grad_norm=optax.global_norm(grads))
+    return state, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+# --------------------------------------------------------------------------------------------- train
+def _optim(config: RewardTrainConfig, learning_rate: float) -> OptimConfig:
+  return OptimConfig(learning_rate=learning_rate, weight_decay=config.weight_decay,
+                     grad_clip_norm=config.grad_clip_norm)
+
+
+def _tokenizer_meta(tok: Optional[Tokenizer]) -> Optional[dict]:
+  if tok is None:
+    return None
+  return {"vocab": tok.vocab, "max_length": tok.max_length, "add_sos_eos": tok.add_sos_eos}
+
+
+def _tokenizer_from_meta(d: Optional[Mapping[str, Any]]) -> Optional[Tokenizer]:
+  return None if d is None else Tokenizer(d["vocab"], d["max_length"], d["add_sos_eos"])
+
+
+def read_reward_metadata(workdir: str | os.PathLike) -> dict:
+  """Metadata of the latest checkpoint in `<workdir>/checkpoints`; clear error when it is not an SPM."""
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  try:
+    meta = ckpt.metadata()
+  finally:
+    ckpt.close()
+  if meta.get("kind") != META_KIND:
+    raise ValueError(f"{workdir}: checkpoint metadata field 'kind': expected {META_KIND!r}, found "
+                     f"{meta.get('kind')!r}")
+  return meta
+
+
+def _state_template(config: RewardTrainConfig, optim: OptimConfig, text_emb_dim: int = 32):
+  shapes = jax.eval_shape(lambda: init_spm(config.model, jax.random.key(0), text_emb_dim=text_emb_dim))
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  tx = make_optimizer(optim)
+  return create_train_state(params, tx), tx
+
+
+def _restore(workdir, meta) -> TrainState:
+  config = RewardTrainConfig.from_dict(meta["train"])
+  template, _ = _state_template(config, OptimConfig(**meta["optim"]), meta.get("text_emb_dim") or 32)
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  try:
+    return ckpt.restore(template)
+  finally:
+    ckpt.close()
+
+
+def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset: MotionDataset, *,
+                 mode: Optional[str] = None, noise_threshold: Optional[float] = None, spl: bool = False,
+                 init_from: Optional[str | os.PathLike] = None, steps: Optional[int] = None,
+                 tokenizer: Optional[Tokenizer] = None, text_embeddings: Optional[TextEmbeddings] = None,
+                 eval_dataset: Optional[MotionDataset] = None, eval_timesteps: Sequence[int] = (0, 100, 300),
+                 learning_rate: Optional[float] = None, progress: bool = True) -> dict:
+  """Trains (or resumes) one SPM stage in `workdir` and returns a summary dict.
+
+  Args:
+    config: training config (model sizes in `config.model`).
+    workdir: output folder; an existing checkpoint there is resumed.
+    dataset: training split (normalised with its own Mean/Std).
+    mode, noise_threshold: override `config.model.mode` / `config.noise_threshold`.
+    spl: add the SPL loss (x config.spl_weight) and use `config.spl_learning_rate`.
+    init_from: workdir of a trained SPM whose parameters (and tokenizer) start this stage.
+    steps: number of optimizer steps of this stage (default config.num_steps).
+    tokenizer: word tokenizer (default: the init checkpoint's, else built from `dataset`'s captions).
+    text_embeddings: precomputed text embeddings (switches the model to text_input='embeddings').
+    eval_dataset: when given, retrieval metrics at `eval_timesteps` are written to `retrieval.json`.
+    learning_rate: overrides the stage's default rate.
+
+  Returns:
+    {'params', 'config', 'workdir', 'steps', 'train_seconds', 'retrieval' (or None), 'preempted'}.
+  """
+  workdir = pathlib.Path(workdir)
+  init_meta = read_reward_metadata(init_from) if init_from is not None else None
+  if init_meta is not None:
+    base = RewardTrainConfig.from_dict(init_meta["train"])
+    config = dataclasses.replace(config, model=base.model, text_max_length=base.text_max_length)
+    if tokenizer is None:
+      tokenizer = _tokenizer_from_meta(init_meta["tokenizer"])
+  model_over = {}
+  if mode is not None:
+    model_over["mode"] = mode
+  if text_embeddings is not None:
+    model_over["text_input"] = "embeddings"
+  elif config.model.text_input == "tokens":
+    if tokenizer is None:
+      tokenizer = Tokenizer.build((c for e in dataset.entries for c, _ in e.captions),
+                                  max_length=config.text_max_length)
+    model_over["vocab_size"] = tokenizer.vocab_size
+  model_over["dim_motion"] = dataset.info.dim
+  config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model_over))
+  if noise_threshold is not None:
+    config = dataclasses.replace(config, noise_threshold=noise_threshold)
+  if init_meta is not None:
+    check_config_matches(init_meta["train"]["model"], config.model.to_dict(), f"{init_from} (init_from)")
+  num_steps = config.num_steps if steps is None else int(steps)
+  lr = learning_rate or (config.spl_learning_rate if spl else config.learning_rate)
+  optim = _optim(config, lr)
+  text_emb_dim = text_embeddings.dim if text_embeddings is not None else 32
+
+  rng = jax.random.key(config.seed)
+  k_init, k_train = jax.random.split(rng)
+  state, tx = _state_template(config, optim, text_emb_dim)
+  if init_meta is not None:
+    params = _restore(init_from, init_meta).params
+  else:
+    params = init_spm(config.model, k_init, text_emb_dim=text_emb_dim)
+  state = create_train_state(params, tx)
+  # A different fold for the SPL stage so it does not replay the pretraining noise sequence.
+  step_fn = make_train_step(config, tx, spl, jax.random.fold_in(k_train, int(spl)))
+
+  metadata = {"kind": META_KIND, "train": config.to_dict(), "optim": dataclasses.asdict(optim),
+              "stage": "spl" if spl else "pretrain", "init_from": None if init_from is None else str(init_from),
+              "tokenizer": _tokenizer_meta(tokenizer), "text_emb_dim": text_emb_dim if text_embeddings else None,
+              "text_embeddings_path": None if text_embeddings is None else text_embeddings.path,
+              "dataset": {"root": dataset.root, "split": dataset.split, "dim": dataset.info.dim},
+              "inputs": "reward(x, cond, t): x = dataset-normalised motion features [B, L, D]; "
+                        "Mean/Std are not stored (normalise with the dataset's own)."}
+  ckpt = Checkpointer(workdir / "checkpoints")
+  if ckpt.latest_step() is not None:
+    saved = ckpt.metadata()
+    check_config_matches(saved["train"], config.to_dict(), str(workdir / "checkpoints"),
+                         ignore=("log_every", "checkpoint_every", "num_steps"))
+  writer = MetricWriter(workdir)
+  emb_kwargs = {"text_embeddings": text_embeddings} if text_embeddings is not None else {}
+
+  def batch_fn(step):
+    arrays, _ = batch_at(dataset, step, config.batch_size, config.seed, tokenizer or _dummy_tokenizer(),
+                         max_length=config.max_length, **emb_kwargs)
+    return arrays
+
+  t0 = time.time()
+  result = train_loop(state=state, step_fn=step_fn, batch_fn=batch_fn, num_steps=num_steps, checkpointer=ckpt,
+                      writer=writer, metadata=metadata, log_every=config.log_every,
+                      checkpoint_every=config.checkpoint_every, desc=f"spm-{metadata['stage']}",
+                      progress=progress)
+  train_seconds = time.time() - t0
+  ckpt.close()
+  retrieval = None
+  if eval_dataset is not None and not result.preempted:
+    retrieval = evaluate_retrieval(result.state.params, config, eval_dataset, tokenizer,
+                                   timesteps=eval_timesteps, text_embeddings=text_embeddings)
+    (workdir / "retrieval.json").write_text(json.dumps(retrieval, indent=1, sort_keys=True))
+    writer.write(result.last_step, {f"retrieval/{k}/{m}": v for k, d in retrieval.items() for m, v in d.items()
+                                    if m.endswith(("R@1", "R@3", "MedR"))})
+  writer.close()
+  return {"params": result.state.params, "config": config, "workdir": str(workdir), "steps": result.last_step,
+          "train_seconds": train_seconds, "retrieval": retrieval, "preempted": result.preempted,
+          "tokenizer": tokenizer}
+
+
+def _dummy_tokenizer() -> Tokenizer:
+  # Batches always carry word ids; with precomputed embeddings they are unused by the model.
+  return Tokenizer(["<pad>", "<unk>", "<sos>", "<eos>"], max_length=4)
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def encode_dataset(params, config: RewardTrainConfig, dataset: MotionDataset, tokenizer: Optional[Tokenizer],
+                   timesteps: Sequence[int] = (0,), batch_size: int = 32, seed: int = 1234,
+                   text_embeddings: Optional[TextEmbeddings] = None, noise_seed: int = 0
+                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """Latent means of every entry (one random caption, one crop, fixed shuffled order) at each timestep.
+
+  Motion at t > 0 is the DDPM-noised normalised motion (fixed noise per entry); texts get t only in T1 modes.
+  Returns {t: (text_mu [N, latent], motion_mu [N, latent])}.
+  """
+  mc = config.model
+  schedule = make_schedule(config.diffusion)
+
+  @jax.jit
+  def enc(params, batch, t, key):
+    mask = batch["mask"].astype(bool)
+    x = batch["motion"]
+    tt = jnp.full((x.shape[0],), t, jnp.int32)
+    x = jnp.where(t > 0, add_noise(schedule, x, jax.random.normal(key, x.shape, x.dtype), tt), x)
+    x = x * mask[..., None]
+    return encode_text(params, mc, batch, tt), encode_motion(params, mc, x, mask, tt)
+
+  kwargs = {"text_embeddings": text_embeddings} if text_embeddings is not None else {}
+  out = {int(t): ([], []) for t in timesteps}
+  batches = iterate_batches(dataset, batch_size, seed, 0, tokenizer or _dummy_tokenizer(), drop_last=False,
+                            max_length=config.max_length, **kwargs)
+  for i, (arrays, _) in enumerate(batches):
+    n = arrays["motion"].shape[0]
+    if n < batch_size:   # pad the last batch so the jitted encoder is not retraced
+      arrays = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, 0)]) for k, v in arrays.items()}
+    for t in timesteps:
+      key = jax.random.fold_in(jax.random.key(noise_seed), i)
+      tm, mm = jax.device_get(enc(params, arrays, jnp.int32(t), key))
+      out[int(t)][0].append(tm[:n])
+      out[int(t)][1].append(mm[:n])
+  return {t: (np.concatenate(a), np.concatenate(b)) for t, (a, b) in out.items()}
+
+
+def evaluate_retrieval(params, config: RewardTrainConfig, dataset: MotionDataset, tokenizer: Optional[Tokenizer],
+                       timesteps: Sequence[int] = (0, 100, 300), batch_size: int = 32, seed: int = 1234,
+                       text_embeddings: Optional[TextEmbeddings] = None) -> dict[str, dict[str, float]]:
+  """Text<->motion retrieval of the SPM on `dataset`, clean (t=0) and with motion noised at each t.
+
+  Returns {'t=<t>/full': metrics, 't=<t>/batch<batch_size>': metrics} with the keys of
+  :func:`easytune_jax.spl.retrieval_metrics` (R@k in %, MedR).
+  """
+  lat = encode_dataset(params, config, dataset, tokenizer, timesteps, batch_size, seed, text_embeddings)
+  out = {}
+  for t, (text, motion) in lat.items():
+    out[f"t={t}/full"] = spl_lib.retrieval_metrics(spl_lib.cosine_similarity_matrix(text, motion))
+    out[f"t={t}/batch{batch_size}"] = spl_lib.batched_retrieval_metrics(text, motion, batch_size)
+  return out
+
+
+# --------------------------------------------------------------------------------------------- load
+def load_reward(workdir: str | os.PathLike) -> tuple[Callable[..., jax.Array], Any, RewardTrainConfig]:
+  """(reward(x, cond, t=None) -> [B], params, training config) of the latest checkpoint in `workdir`.
+
+  cond needs the text inputs (`tokens`/`token_mask` encoded with `load_reward_tokenizer(workdir)`, or
+  `text_emb`/`text_emb_mask`) and optionally the frame `mask`; x is dataset-normalised motion.
+  """
+  meta = read_reward_metadata(workdir)
+  params = _restore(workdir, meta).params
+  config = RewardTrainConfig.from_dict(meta["train"])
+  return reward_fn(params, config.model), params, config
+
+
+def load_reward_tokenizer(workdir: str | os.PathLike) -> Optional[Tokenizer]:
+  """The word tokenizer stored with an SPM checkpoint (None for embedding-input models)."""
+  return _tokenizer_from_meta(read_reward_metadata(workdir)["tokenizer"])
