@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import time
 from typing import Any, Optional, Sequence
 
 import jax
@@ -224,3 +225,49 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
                    mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
                    params=dparams["denoiser"], frozen={"vae": vae_params, "text": dparams["text"]},
                    latent_scale=float(meta["latent_scale"]), text_embeddings=emb)
+
+
+def save_samples(generator: Generator, texts: Sequence[str], lengths: Sequence[int], out_dir: str,
+                 rng: jax.Array, guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True) -> dict:
+  """Generates one motion per text and writes `features.npy` (de-normalised [B, L, D]), `joints.npy`
+  ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `easytune_jax.viz` is importable and
+  `gif`, one stick-figure GIF per motion. Returns {"features", "joints", "files"}."""
+  os.makedirs(out_dir, exist_ok=True)
+  feats, joints = generator.generate(texts, lengths, rng, guidance_scale, num_steps)
+  np.save(os.path.join(out_dir, "features.npy"), feats)
+  np.save(os.path.join(out_dir, "joints.npy"), joints)
+  np.save(os.path.join(out_dir, "lengths.npy"), np.asarray(lengths, np.int32))
+  with open(os.path.join(out_dir, "captions.txt"), "w") as f:
+    f.write("".join(f"{t}\n" for t in texts))
+  files = ["features.npy", "joints.npy", "lengths.npy", "captions.txt"]
+  if gif:
+    try:
+      from easytune_jax import viz
+    except ImportError:  # viz is optional (matplotlib); the arrays above are the result
+      viz = None
+    if viz is not None:
+      for i, (t, n) in enumerate(zip(texts, lengths)):
+        path = viz.animate_motion(joints[i, :n], os.path.join(out_dir, f"sample_{i:02d}.gif"), title=t[:60])
+        files.append(os.path.basename(path))
+  return {"features": feats, "joints": joints, "files": files}
+
+
+def train_and_sample(config: "base.BaseConfig", workdir: str, data_dir: str, num_samples: int = 4,
+                     guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True,
+                     progress: bool = True) -> dict:
+  """`base.train_and_evaluate` on `data_dir`, then `save_samples` of the first `num_samples` held-out
+  captions (their own lengths, cut to the model's max_length) into <workdir>/samples/. This is what
+  `launch/train_base.py` runs."""
+  t0 = time.time()
+  train, val = base.load_data(config, data_dir)
+  out = base.train_and_evaluate(config, workdir, dataset=train, val_dataset=val, progress=progress)
+  out["seconds"]["total_train"] = time.time() - t0
+  if num_samples > 0:
+    gen = load_generator(workdir)
+    entries = val.entries[:num_samples]
+    texts = [e.captions[0][0] for e in entries]
+    u = config.data.unit_length
+    lengths = [min(gen.max_length, u * (e.length // u)) for e in entries]
+    out["samples"] = save_samples(gen, texts, lengths, os.path.join(workdir, "samples"),
+                                  jax.random.PRNGKey(config.seed), guidance_scale, num_steps, gif)
+  return out

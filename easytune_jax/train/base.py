@@ -297,7 +297,7 @@ def _vae_step_fn(config: BaseConfig):
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state, finite = common.apply_gradients(state, grads, tx, loss, config.ema_decay)
-    return state, {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite}
+    return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   return step
 
@@ -361,7 +361,7 @@ def _diffusion_step_fn(config: BaseConfig):
     (loss, metrics), grads = jax.value_and_grad(
         lambda p: diffusion_loss(config, p, vae_params, batch, rng, latent_scale), has_aux=True)(state.params)
     state, finite = common.apply_gradients(state, grads, tx, loss, config.ema_decay)
-    return state, {**metrics, "grad_norm": optax.global_norm(grads), "finite": finite}
+    return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   return step
 
@@ -490,7 +490,7 @@ def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenize
   finally:
     writer.close()
     ckpt.close()
-  return params, final
+  return params, {**final, "step": result.last_step}
 
 
 @functools.lru_cache(maxsize=16)
@@ -529,15 +529,25 @@ def validation_diffusion_loss(config: BaseConfig, params, vae_params, batches, l
 
 
 def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenizer: Tokenizer,
-                    vae_params=None, val_dataset: Optional[MotionDataset] = None,
-                    progress: bool = True) -> tuple[dict, dict]:
+                    vae_params=None, val_dataset: Optional[MotionDataset] = None, progress: bool = True,
+                    vae_step: Optional[int] = None) -> tuple[dict, dict]:
   """Trains (or resumes) the denoiser and the text encoder in the frozen VAE's latent space (MLD) or on
-  motion features (MDM). Returns ({"denoiser", "text"} params (EMA when enabled), final val metrics)."""
+  motion features (MDM). Returns ({"denoiser", "text"} params (EMA when enabled), final val metrics).
+
+  `vae_step` (the VAE checkpoint's step) is stored in the metadata: resuming a diffusion run on a VAE that
+  was trained further since would mix two latent spaces, so it raises instead."""
   if config.model == "mld" and vae_params is None:
     raise ValueError("train_diffusion: model='mld' needs the trained vae_params")
   stage_dir = pathlib.Path(workdir) / "diffusion"
   ckpt = common.Checkpointer(stage_dir / "checkpoints")
   _check_resume(ckpt, config)
+  if ckpt.latest_step() is not None and config.model == "mld":
+    saved = ckpt.metadata().get("vae_step")
+    if saved != vae_step:
+      ckpt.close()
+      raise common.CheckpointError(
+          f"{ckpt.directory}: diffusion checkpoint was trained on the VAE at step {saved}, but the VAE is now "
+          f"at step {vae_step}; delete {stage_dir} to retrain the diffusion on the new latent space")
   writer = common.MetricWriter(stage_dir)
   root = jax.random.PRNGKey(config.seed)
   latent_scale = measure_latent_scale(config, vae_params, dataset, tokenizer)
@@ -555,7 +565,8 @@ def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, to
     result = common.train_loop(
         state=state, step_fn=make_diffusion_step(config, vae_params, latent_scale, jax.random.fold_in(root, 1)),
         batch_fn=batch_fn, num_steps=config.diffusion_steps, checkpointer=ckpt, writer=writer,
-        metadata=_metadata(config, dataset, "diffusion", latent_scale), log_every=config.log_every,
+        metadata={**_metadata(config, dataset, "diffusion", latent_scale), "vae_step": vae_step},
+        log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, eval_fn=eval_fn,
         eval_every=config.eval_every, desc="diffusion", progress=progress)
     s = result.state
@@ -615,7 +626,8 @@ def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str]
     out["seconds"]["vae"] = time.time() - t0
     logging.info("VAE: %s (%.1f s)", out["vae"], out["seconds"]["vae"])
   t0 = time.time()
-  _, out["diffusion"] = train_diffusion(config, workdir, dataset, tokenizer, vae_params, val_dataset, progress)
+  _, out["diffusion"] = train_diffusion(config, workdir, dataset, tokenizer, vae_params, val_dataset, progress,
+                                        vae_step=out["vae"]["step"] if vae_params is not None else None)
   out["seconds"]["diffusion"] = time.time() - t0
   logging.info("diffusion: %s (%.1f s)", out["diffusion"], out["seconds"]["diffusion"])
   return out
