@@ -92,9 +92,9 @@ def test_training_loss_gradients_reach_both_encoders_and_decoder():
   @jax.jit
   def grads_of(params, batch):
     (loss, metrics), grads = jax.value_and_grad(R.reward_loss, has_aux=True)(
-        params, batch, jax.random.key(3), cfg, sched, True)
+        params, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)
     # The contrastive term alone (same graph, read from the metrics) must also reach both encoders.
-    g_con = jax.grad(lambda p: R.reward_loss(p, batch, jax.random.key(3), cfg, sched, True)[1]["contrastive"])(
+    g_con = jax.grad(lambda p: R.reward_loss(p, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)[1]["contrastive"])(
         params)
     return loss, metrics, grads, g_con
 
