@@ -71,7 +71,7 @@ class RewardTrainConfig:
   batch_size: int = 32
   max_length: int = 196
   text_max_length: int = 24
-  num_steps: int = 600
+  num_steps: int = 400
   learning_rate: float = 1e-3
   spl_learning_rate: float = 1e-4
   weight_decay: float = 0.0
