@@ -47,6 +47,8 @@ class VAEConfig:
   kl_weight: float = 1e-4
   feature_weight: float = 1.0
   joint_weight: float = 1.0    # smooth-L1 on joint positions recovered from de-normalised features
+  logvar_offset: float = -6.0  # added to the encoder's logvar output: < 0 starts training with a narrow
+                               # posterior (MLD: 0); short CPU runs otherwise spend their steps on z noise
 
   def __post_init__(self):
     if self.query_pos not in QUERY_POS:
@@ -59,7 +61,7 @@ class VAEConfig:
   @classmethod
   def paper(cls, **kw) -> "VAEConfig":
     return cls(**{**dict(latent_size=1, latent_dim=256, width=256, encoder_layers=9, decoder_layers=9,
-                         num_heads=4, ff_dim=1024, dropout=0.1, skip=True), **kw})
+                         num_heads=4, ff_dim=1024, dropout=0.1, skip=True, logvar_offset=0.0), **kw})
 
 
 class VAEEncoder(nn.Module):
@@ -82,7 +84,7 @@ class VAEEncoder(nn.Module):
     dist = out[:, :2 * n]
     if cfg.width != cfg.latent_dim:
       dist = nn.Dense(cfg.latent_dim, name="dist_proj")(dist)
-    return dist[:, :n], dist[:, n:]
+    return dist[:, :n], dist[:, n:] + cfg.logvar_offset
 
 
 class VAEDecoder(nn.Module):

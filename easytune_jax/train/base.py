@@ -85,11 +85,11 @@ class BaseConfig:
   diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
   sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
   vae_optim: common.OptimConfig = dataclasses.field(
-      default_factory=lambda: common.OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=550))
+      default_factory=lambda: common.OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=450))
   diffusion_optim: common.OptimConfig = dataclasses.field(
-      default_factory=lambda: common.OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=950))
-  vae_steps: int = 600
-  diffusion_steps: int = 1000
+      default_factory=lambda: common.OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=750))
+  vae_steps: int = 500
+  diffusion_steps: int = 800
   cond_drop_prob: float = 0.1      # unconditional dropout for classifier-free guidance
   ema_decay: float = 0.0           # 0 disables the EMA copy; generation uses EMA params when present
   scale_latents: bool = True       # multiply latents by 1/std (measured once on training batches)
@@ -115,7 +115,7 @@ def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
     return BaseConfig(
         model=model, data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=8),
         vae=VAEConfig(latent_dim=128, width=128, encoder_layers=5, decoder_layers=5, ff_dim=512,
-                      dropout=0.1),
+                      dropout=0.1, logvar_offset=0.0),
         denoiser=DenoiserConfig(width=128, num_layers=5, ff_dim=512, dropout=0.1),
         text=TextEncoderConfig(width=128, num_layers=2, ff_dim=512, dropout=0.1),
         vae_optim=common.OptimConfig(learning_rate=2e-4, warmup_steps=1000, decay_steps=49000),
