@@ -16,3 +16,10 @@ def shared_data() -> pathlib.Path:
     pytest.fail(f"real reference data not found at {SHARED_DATA}: tests need ../shared/data beside the "
                 "checkout (or EASYTUNE_SHARED_DATA pointing at it)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+  """A tiny trained dataset + generator + reward + evaluator (see tests/pipeline.py)."""
+  from tests import pipeline
+  return pipeline.build(tmp_path_factory.mktemp("pipeline"))

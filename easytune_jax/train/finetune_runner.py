@@ -1,0 +1,310 @@
+"""Reward fine-tuning of a trained generator with a trained reward model: the harness behind
+`launch/finetune.py`, the benchmark and the quickstart.
+
+`MotionTask` adapts the concrete models to the model-agnostic builders of `easytune_jax.finetune`:
+
+  cond = {"gen": generator condition (frozen text encoder output), "reward": reward-model text inputs,
+          "mask": frame mask [B, L]};  uncond has the same structure with the generator's null condition.
+  denoise(params, x_t, t, cond) = generator denoiser on cond["gen"]
+  decode(z, cond)               = frozen VAE decoder (MLD) with cond["mask"] -> normalised features [B, L, D]
+  reward(x, cond, t)            = SPM cosine(text, motion) [B] on cond["reward"] and cond["mask"]
+
+`run_finetune` drives any method through `finetune.make_update_fn` with `common.train_loop` (resume, SIGTERM,
+non-finite policy), logs the reward per update and per step index, evaluates a held-out reward (fixed val
+captions and noise, full sampling with the current parameters) at intervals, optionally the evaluator's
+quick metrics, and keeps the best checkpoint by held-out reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from easytune_jax import finetune
+from easytune_jax.data import batching
+from easytune_jax.data.humanml3d import MotionDataset, load_dataset
+from easytune_jax.generate import Generator, load_generator
+from easytune_jax.models import spm
+from easytune_jax.train import common
+from easytune_jax.train import reward as reward_train
+
+
+# --------------------------------------------------------------------------------------------- task
+@dataclasses.dataclass(eq=False)
+class MotionTask:
+  """A generator + a frozen reward model, exposed through the fine-tuning contracts."""
+
+  gen: Generator
+  reward_params: Any
+  reward_config: spm.SPMConfig
+  reward_tokenizer: Any
+
+  def denoise(self, params, x_t, t, cond):
+    return self.gen.denoise(params, x_t, t, cond["gen"])
+
+  def decode(self, z, cond):
+    return self.gen.decode(self.gen.frozen["vae"], z, cond["mask"])
+
+  def reward(self, x, cond, t=None):
+    return spm.reward_apply(self.reward_params, self.reward_config, x, {**cond["reward"], "mask": cond["mask"]}, t)
+
+  def inputs(self, captions: Sequence[str], lengths: Sequence[int]) -> tuple[dict, dict]:
+    """(cond, uncond) for B captions with B frame counts (<= gen.max_length)."""
+    lengths = np.minimum(np.asarray(lengths), self.gen.max_length)
+    gen_cond = self.gen.encode_text(list(captions), lengths)
+    mask = jnp.asarray(self.gen.frame_mask(lengths))
+    if self.reward_tokenizer is None:
+      raise ValueError("MotionTask: the reward model takes precomputed text embeddings; pass them in cond")
+    tokens, token_mask = self.reward_tokenizer.encode_batch(list(captions))
+    reward_cond = {"tokens": jnp.asarray(tokens), "token_mask": jnp.asarray(token_mask)}
+    cond = {"gen": gen_cond, "reward": reward_cond, "mask": mask}
+    uncond = {"gen": self.gen.uncond(gen_cond), "reward": reward_cond, "mask": mask}
+    return cond, uncond
+
+  def noise(self, rng: jax.Array, batch_size: int) -> jax.Array:
+    return jax.random.normal(rng, (batch_size,) + tuple(self.gen.latent_shape))
+
+  def sample_rewards(self, params, cond, uncond, x_T, guidance_scale: float, num_steps: int) -> jax.Array:
+    """Per-example reward [B] of fully sampled clean motion (the held-out score)."""
+    fn = self._reward_sampler(num_steps)
+    return fn(params, cond, uncond, x_T, jnp.float32(guidance_scale))
+
+  def _reward_sampler(self, num_steps: int):
+    cache = self.__dict__.setdefault("_samplers", {})
+    if num_steps not in cache:
+      from easytune_jax import sampling
+      timesteps = sampling.make_timesteps(
+          self.gen.schedule, dataclasses.replace(self.gen.config.sampler, num_steps=num_steps))
+
+      def run(params, cond, uncond, x_T, w):
+        out = sampling.sample(self.denoise, params, self.gen.schedule, timesteps, x_T, cond, uncond, w)
+        return self.reward(self.decode(out.x0, cond), cond, None)
+      cache[num_steps] = jax.jit(run)
+    return cache[num_steps]
+
+
+def load_task(generator_workdir: str, reward_workdir: str) -> MotionTask:
+  gen = load_generator(generator_workdir)
+  _, params, rcfg = reward_train.load_reward(reward_workdir)
+  if rcfg.model.dim_motion != gen.mean.shape[0]:
+    raise ValueError(f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
+                     f"{generator_workdir} produces {gen.mean.shape[0]}-dim features")
+  return MotionTask(gen, params, rcfg.model, reward_train.load_reward_tokenizer(reward_workdir))
+
+
+def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
+  """Bool pytree: leaves whose '/'-joined path matches any comma-separated regex in `patterns` train.
+  'all' (or '') trains everything (returns None)."""
+  if patterns in ("", "all"):
+    return None
+  regexes = [re.compile(p.strip()) for p in patterns.split(",") if p.strip()]
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in flat]
+  mask = [any(r.search(path) for r in regexes) for path in paths]
+  if not any(mask):
+    raise ValueError(f"--trainable={patterns!r} matches no parameter; paths look like {paths[:3]}")
+  return jax.tree_util.tree_unflatten(jax.tree.structure(params), mask)
+
+
+# --------------------------------------------------------------------------------------------- run
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A fine-tuning run: method config, data, schedule of evaluation and checkpoints."""
+
+  finetune: finetune.FinetuneConfig = finetune.FinetuneConfig(
+      num_steps=10, guidance_scale=2.5, optim=common.OptimConfig(learning_rate=2e-4, warmup_steps=10))
+  trajectories: int = 20
+  batch_size: int = 16
+  seed: int = 0
+  eval_every: int = 5
+  heldout_size: int = 64
+  heldout_num_steps: Optional[int] = None      # DDIM steps of held-out sampling (default: finetune.num_steps)
+  checkpoint_every: int = 10
+  trainable: str = "all"
+  ema_decay: float = 0.0
+  on_nonfinite: str = "skip"
+
+  def __post_init__(self):
+    if self.trajectories < 1 or self.batch_size < 1:
+      raise ValueError(f"RunConfig: trajectories and batch_size must be >= 1, found {self.trajectories}, "
+                       f"{self.batch_size}")
+
+  def to_dict(self) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def run_config_from_dict(d: dict) -> RunConfig:
+  ft = dict(d["finetune"])
+  ft["optim"] = common.OptimConfig(**ft["optim"])
+  return RunConfig(**{**d, "finetune": finetune.FinetuneConfig(**ft)})
+
+
+def _flatten_metrics(metrics: dict) -> dict:
+  """Scalars pass through; per-step vectors [K] become `name/step_i` scalars."""
+  out = {}
+  for k, v in metrics.items():
+    v = np.asarray(v)
+    if v.ndim == 0:
+      out[k] = v
+    elif v.ndim == 1 and k in ("reward_per_step", "loss_per_step", "grad_norm_per_step"):
+      out.update({f"{k}/{i:03d}": v[i] for i in range(v.shape[0])})
+  return out
+
+
+class HeldOut:
+  """Fixed held-out captions, lengths and noise; scores full samples of given params with the reward."""
+
+  def __init__(self, task: MotionTask, dataset: MotionDataset, cfg: RunConfig):
+    n = min(cfg.heldout_size, len(dataset))
+    arrays, host = batching.batch_at(dataset, 0, n, cfg.seed + 1, task.gen.tokenizer,
+                                     max_length=task.gen.max_length)
+    self.captions = list(host["caption"])
+    self.lengths = np.asarray(arrays["length"])
+    self.cond, self.uncond = task.inputs(self.captions, self.lengths)
+    self.x_T = task.noise(jax.random.key(cfg.seed + 7), n)
+    self.task, self.cfg = task, cfg
+    self.num_steps = cfg.heldout_num_steps or cfg.finetune.num_steps
+
+  def rewards(self, params) -> np.ndarray:
+    return np.asarray(self.task.sample_rewards(params, self.cond, self.uncond, self.x_T,
+                                               self.cfg.finetune.guidance_scale, self.num_steps))
+
+
+def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_workdir: str, data_dir: str,
+                 evaluator_workdir: Optional[str] = None, progress: bool = True) -> dict:
+  """Fine-tunes the generator of `generator_workdir` with the reward of `reward_workdir`.
+
+  Writes `<workdir>/finetune.json` (configs and sources), `checkpoints/` (resumable state), `best/` (params
+  with the best held-out reward), `metrics.*` (reward per update and per step index, held-out reward) and
+  returns a summary dict with the base and final held-out reward and the wall time.
+  """
+  t0 = time.time()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  task = load_task(generator_workdir, reward_workdir)
+  train = load_dataset(data_dir, "train")
+  val = load_dataset(data_dir, "val")
+  meta = {"run": cfg.to_dict(), "generator_workdir": str(pathlib.Path(generator_workdir).absolute()),
+          "reward_workdir": str(pathlib.Path(reward_workdir).absolute()),
+          "data_dir": str(pathlib.Path(data_dir).absolute())}
+  info_path = workdir / "finetune.json"
+  if info_path.exists():
+    # A rerun may extend the run or change its logging cadence, nothing else.
+    common.check_config_matches(json.loads(info_path.read_text())["run"], meta["run"], str(info_path),
+                                ignore=("trajectories", "eval_every", "checkpoint_every"))
+  tmp = info_path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(meta, indent=2))
+  tmp.replace(info_path)
+
+  ft = cfg.finetune
+  mask = trainable_mask(task.gen.params, cfg.trainable)
+  tx = common.make_optimizer(ft.optim, mask)
+  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
+                                   ema_decay=cfg.ema_decay)
+  per_traj = ft.updates_per_trajectory
+  state = common.create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
+  heldout = HeldOut(task, val, cfg)
+  base_rewards = heldout.rewards(task.gen.params)
+  best = {"reward": float(np.mean(base_rewards)), "trajectory": 0}
+  best_ck = common.Checkpointer(workdir / "best", max_to_keep=1)
+  if best_ck.latest_step() is not None:
+    best = best_ck.metadata()["best"]
+  evaluator = None
+  if evaluator_workdir:
+    from easytune_jax.train import evaluator as te
+    evaluator = te.load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
+    test = load_dataset(data_dir, "test")
+  key = jax.random.key(cfg.seed)
+
+  def batch_fn(it):
+    arrays, host = batching.batch_at(train, it, cfg.batch_size, cfg.seed, task.gen.tokenizer,
+                                     max_length=task.gen.max_length)
+    cond, uncond = task.inputs(host["caption"], arrays["length"])
+    rng = jax.random.fold_in(key, it)
+    return task.noise(jax.random.fold_in(rng, 1), cfg.batch_size), cond, uncond, jax.random.fold_in(rng, 2)
+
+  def eval_fn(state, it):
+    r = heldout.rewards(state.params)
+    out = {"heldout_reward": float(np.mean(r))}
+    if out["heldout_reward"] > best["reward"]:
+      best.update(reward=out["heldout_reward"], trajectory=it)
+      best_ck.save(it, state.params, {"best": best})
+    if evaluator is not None:
+      from easytune_jax import evaluation
+      res = evaluation.evaluate(_generate_fn(task, state.params, ft), evaluator, test, quick=True,
+                                batch_size=32, max_length=min(task.gen.max_length, evaluator.max_length),
+                                seed=it)
+      out.update({f"eval/{k}": v[0] for k, v in res["metrics"].items()
+                  if k in ("R_precision_top_1", "R_precision_top_3", "Matching_score", "FID", "Diversity")})
+    logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
+    return out
+
+  writer = common.MetricWriter(workdir)
+  ck = common.Checkpointer(workdir / "checkpoints")
+  try:
+    loop = common.train_loop(
+        state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b), batch_fn=batch_fn,
+        num_steps=cfg.trajectories, checkpointer=ck, writer=writer, metadata={"run": meta["run"]},
+        log_every=1, checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
+        on_nonfinite=cfg.on_nonfinite, desc=f"finetune[{ft.method}]", progress=progress,
+        state_step=lambda s: int(s.step) // per_traj)
+  finally:
+    writer.close()
+    ck.close()
+  final_rewards = heldout.rewards(loop.state.params)
+  summary = {"method": ft.method, "trajectories": loop.last_step, "updates": int(loop.state.step),
+             "base_heldout_reward": float(np.mean(base_rewards)),
+             "final_heldout_reward": float(np.mean(final_rewards)), "best": best,
+             "seconds": time.time() - t0, "preempted": loop.preempted,
+             "nonfinite_steps": loop.nonfinite_steps, "workdir": str(workdir)}
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  best_ck.close()
+  return summary
+
+
+def _step_with_flat_metrics(update, state, batch):
+  x_T, cond, uncond, rng = batch
+  state, metrics = update(state, x_T, cond, uncond, rng)
+  return state, _flatten_metrics(metrics)
+
+
+def _generate_fn(task: MotionTask, params, ft: finetune.FinetuneConfig):
+  def generate(captions, pos_tokens, lengths, rng):
+    del pos_tokens
+    feats, _ = task.gen.generate(captions, lengths, rng, guidance_scale=ft.guidance_scale,
+                                 num_steps=ft.num_steps, params=params, normalized=True)
+    return feats
+  return generate
+
+
+def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
+  """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
+  checkpoint, 'best' = best held-out reward)."""
+  workdir = pathlib.Path(workdir)
+  info = json.loads((workdir / "finetune.json").read_text())
+  gen = load_generator(info["generator_workdir"])
+  run = run_config_from_dict(info["run"])
+  if which == "best" and (workdir / "best").is_dir():
+    ck = common.Checkpointer(workdir / "best", max_to_keep=1)
+    params = ck.restore(gen.params)
+  else:
+    mask = trainable_mask(gen.params, run.trainable)
+    tx = common.make_optimizer(run.finetune.optim, mask)
+    ck = common.Checkpointer(workdir / "checkpoints")
+    template = jax.eval_shape(lambda: common.create_train_state(gen.params, tx, use_ema=run.ema_decay > 0))
+    params = ck.restore(template).params
+  ck.close()
+  return dataclasses.replace(gen, params=params)
+
+
+def is_finetune_workdir(workdir: str) -> bool:
+  return (pathlib.Path(workdir) / "finetune.json").exists()
