@@ -147,6 +147,14 @@ class TextEmbeddings:
         if self.mask.shape != self.embeddings.shape[:2] or len(captions) != self.embeddings.shape[0]:
             raise ValueError(f"{path}: inconsistent shapes: embeddings {self.embeddings.shape}, "
                              f"mask {self.mask.shape}, captions ({len(captions)},)")
+        if not np.all(np.isfinite(self.embeddings)):
+            bad = np.argwhere(~np.isfinite(self.embeddings))
+            raise ValueError(f"{path}: field 'embeddings': expected finite values, found {len(bad)} NaN/inf "
+                             f"(first at row {int(bad[0, 0])}, caption {captions[int(bad[0, 0])]!r})")
+        if len(set(captions)) != len(captions):
+            dup = next(c for i, c in enumerate(captions) if c in captions[:i])
+            raise ValueError(f"{path}: field 'captions': expected unique strings (the lookup key), found "
+                             f"{len(captions) - len(set(captions))} duplicate(s), e.g. {dup!r}")
         self.path = path
         self.captions = captions
         self._index = {c: i for i, c in enumerate(captions)}
