@@ -156,6 +156,8 @@ def parse_text_file(path: str) -> list[tuple[str, list[str], float, float]]:
                 raise ValueError(f"{path}:{lineno}: caption line: expected 'caption#tok/POS ...#start#end' "
                                  f"(4 '#'-separated fields), found {len(parts)} field(s): {line!r}")
             caption, toks = parts[0], parts[1]
+            if not caption.strip():
+                raise ValueError(f"{path}:{lineno}: field caption: expected non-empty text, found {line!r}")
             try:
                 start, end = float(parts[2]), float(parts[3])
             except ValueError:
@@ -194,6 +196,9 @@ def load_dataset(root: str, split: str = "train", *, min_len: int = 40, max_len:
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing: expected 'error' or 'skip', found {on_missing!r}")
+    if not 1 <= min_len < max_len:
+        raise ValueError(f"min_len/max_len: expected 1 <= min_len < max_len, found min_len={min_len}, "
+                         f"max_len={max_len}")
     ids = read_split(root, split)
     if max_items is not None:
         ids = ids[:max_items]
@@ -203,7 +208,14 @@ def load_dataset(root: str, split: str = "train", *, min_len: int = 40, max_len:
         mean, std = load_mean_std(root, dim)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
-    info = dataset_info(mean.shape[0])
+    if mean.ndim != 1 or mean.shape != std.shape:
+        raise ValueError(f"{root}: Mean/Std: expected equal shapes (D,), found mean {mean.shape}, std {std.shape}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError(f"{root}: Mean/Std: expected finite values and std > 0, found min std {np.min(std)}")
+    try:
+        info = dataset_info(mean.shape[0])
+    except ValueError as e:
+        raise ValueError(f"{os.path.join(root, 'Mean.npy')}: {e}") from None
     fps = info.fps if fps is None else fps
     rng = np.random.default_rng(seed)
     skipped = {"missing": 0, "nonfinite": 0, "length": 0, "subclip_length": 0}
