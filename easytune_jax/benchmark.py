@@ -1,0 +1,605 @@
+"""Memory, speed and alignment benchmark of EasyTune against DRaFT-K / ReFL / AlignProp / DRTune on a real
+trained task (generator + SPM reward, `train.finetune_runner.MotionTask`). The library behind
+`launch/benchmark.py`.
+
+Three measurements, all from the same base model, reward model, seeds and batches:
+
+  memory     For each variant (method, K, remat) and each T: XLA's compiled memory of the jitted update
+             (`finetune.compiled_memory`: temp / argument / output bytes, lowered and compiled only, never
+             run, so T=200 is cheap) and of plain sampling (guided DDIM of T steps + decode + reward on the
+             same inputs). "Additional memory" = update minus sampling (the paper's definition). The process
+             peak RSS and, on GPU, the allocator's peak bytes are recorded after each compile (both are
+             process-wide running peaks: they only grow).
+  speed      Seconds per update call (= per trajectory) and per optimizer update after warm-up (median of
+             `speed_repeats` runs, block_until_ready); then from the base params, updates in a loop until a
+             budget of training wall time (compile excluded: warmed up beforehand) or of trajectories is
+             spent, with the held-out reward (`finetune_runner.HeldOut`) at the start, at a few points in
+             between (evaluation time excluded from the clock) and at the end -> reward gain per second.
+  alignment  With an evaluator: the quick evaluation (`evaluation.evaluate(..., quick=True)`) of the base
+             model and of each method's final params: R-precision, MM-Dist (Matching_score), FID,
+             diversity, and the relative MM-Dist improvement over the base model.
+
+Outputs (`write_outputs`): benchmark.json (machine description + one record per variant x T), benchmark.md
+(tables) and PNG plots (memory vs T, held-out reward vs training wall time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from easytune_jax import finetune, sampling
+from easytune_jax.train import common
+
+_WHERE = "easytune_jax/benchmark.py"
+
+
+# --------------------------------------------------------------------------------------------- variants
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One benchmarked method setting. `k`: DRaFT's backprop depth (None = all T steps, 'DRaFT-T')."""
+
+  method: str
+  k: Optional[int] = None
+  remat: bool = False
+
+  @property
+  def name(self) -> str:
+    if self.method == "easytune":
+      base = "EasyTune"
+    elif self.method == "draft":
+      base = f"DRaFT-{'T' if self.k is None else self.k}"
+    else:
+      base = {"refl": "ReFL", "alignprop": "AlignProp", "drtune": "DRTune"}[self.method]
+    return base + ("+remat" if self.remat else "")
+
+  def resolve_k(self, T: int) -> Optional[int]:
+    """K passed to FinetuneConfig at T steps (None where the method's default applies)."""
+    if self.method == "draft":
+      return T if self.k is None else self.k
+    return None
+
+  def applies(self, T: int) -> bool:
+    return not (self.method == "draft" and self.k is not None and self.k > T)
+
+
+def parse_variant(spec: str) -> Variant:
+  """'easytune' | 'draft-1' | 'draft-10' | 'draft-T' | 'refl' | 'alignprop' | 'drtune', optionally
+  suffixed '+remat' (baselines only)."""
+  s = spec.strip()
+  remat = s.endswith("+remat")
+  s = s[:-len("+remat")] if remat else s
+  k = None
+  if s.startswith("draft-"):
+    tail = s[len("draft-"):]
+    if tail != "T":
+      if not tail.isdigit() or int(tail) < 1:
+        raise ValueError(f"{_WHERE}: variant {spec!r}: expected 'draft-<K>' with K >= 1 or 'draft-T', "
+                         f"found K={tail!r}")
+      k = int(tail)
+    s = "draft"
+  if s not in finetune.METHODS:
+    raise ValueError(f"{_WHERE}: variant {spec!r}: expected a method in {finetune.METHODS} (DRaFT as "
+                     f"'draft-<K>'/'draft-T'), optionally '+remat'; found {s!r}")
+  if s == "draft" and k is None and not spec.strip().startswith("draft-T"):
+    raise ValueError(f"{_WHERE}: variant {spec!r}: DRaFT needs its depth, e.g. 'draft-1' or 'draft-T'")
+  if remat and s == "easytune":
+    raise ValueError(f"{_WHERE}: variant {spec!r}: EasyTune stores no trajectory, '+remat' does not apply")
+  return Variant(s, k, remat)
+
+
+ALL_MEMORY_VARIANTS = ("easytune", "draft-1", "draft-1+remat", "draft-10", "draft-10+remat", "draft-T",
+                       "draft-T+remat", "refl", "alignprop", "alignprop+remat", "drtune", "drtune+remat")
+ALL_SPEED_VARIANTS = ("easytune", "draft-1", "draft-10", "draft-T", "refl", "alignprop", "drtune")
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """What to measure. Defaults: the tiny CPU config (a few minutes on 2 cores).
+
+  memory_steps: the T values of the memory sweep; speed_steps: the T of the speed / alignment runs.
+  budget_seconds / budget_trajectories: the fixed training budget per method (whichever ends first;
+  None = unbounded, at least one must be set). curve_points: held-out evaluations between start and end.
+  """
+
+  memory_variants: tuple = ALL_MEMORY_VARIANTS
+  memory_steps: tuple = (10, 50, 200)
+  speed_variants: tuple = ALL_SPEED_VARIANTS
+  speed_steps: int = 10
+  batch_size: int = 8
+  guidance_scale: float = 2.5
+  learning_rate: float = 2e-4
+  warmup_steps: int = 0
+  speed_repeats: int = 3
+  budget_seconds: Optional[float] = 20.0
+  budget_trajectories: Optional[int] = None
+  curve_points: int = 3
+  heldout_size: int = 16
+  eval_batch_size: int = 16
+  seed: int = 0
+
+  def __post_init__(self):
+    for v in tuple(self.memory_variants) + tuple(self.speed_variants):
+      parse_variant(v)
+    if not self.memory_steps or min(self.memory_steps) < 1:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found "
+                       f"{self.memory_steps}")
+    if self.speed_steps < 1 or self.batch_size < 1 or self.speed_repeats < 1 or self.heldout_size < 1:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig: speed_steps, batch_size, speed_repeats, heldout_size must "
+                       f"be >= 1, found {self.speed_steps}, {self.batch_size}, {self.speed_repeats}, "
+                       f"{self.heldout_size}")
+    if self.budget_seconds is None and self.budget_trajectories is None:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig: set budget_seconds or budget_trajectories (found neither)")
+    if self.budget_seconds is not None and self.budget_seconds <= 0:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.budget_seconds: expected > 0, found {self.budget_seconds}")
+    if self.budget_trajectories is not None and self.budget_trajectories < 1:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.budget_trajectories: expected >= 1, found "
+                       f"{self.budget_trajectories}")
+
+  def to_dict(self) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def get_config(name: str = "tiny") -> BenchmarkConfig:
+  """'tiny': CPU, T in (10, 50, 200) for memory, speed/alignment at T=10, 20 s per method.
+  'paper': GPU at MLD sizes, T in (10, 50, 200) for memory, speed/alignment at T=50 (the paper's
+  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method."""
+  if name == "tiny":
+    return BenchmarkConfig()
+  if name == "paper":
+    return BenchmarkConfig(speed_steps=50, batch_size=32, guidance_scale=7.5, learning_rate=1e-5,
+                           warmup_steps=0, speed_repeats=5, budget_seconds=600.0, curve_points=5,
+                           heldout_size=64, eval_batch_size=32)
+  raise ValueError(f"{_WHERE}: benchmark config name: expected 'tiny' or 'paper', found {name!r}")
+
+
+def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.FinetuneConfig:
+  return finetune.FinetuneConfig(
+      method=variant.method, num_steps=T, k=variant.resolve_k(T), remat=variant.remat,
+      guidance_scale=cfg.guidance_scale,
+      optim=common.OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps))
+
+
+# --------------------------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+  dev = jax.devices()[0]
+  return {"jax_version": jax.__version__, "backend": jax.default_backend(), "device_kind": dev.device_kind,
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version()}
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+  r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(r if platform.system() == "Darwin" else r * 1024)
+
+
+def device_peak_bytes() -> Optional[int]:
+  """The allocator's peak bytes in use on device 0 (GPU/TPU), None where the backend reports none (CPU)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # noqa: BLE001 -- backends without the API raise various errors
+    return None
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return int(stats["peak_bytes_in_use"])
+
+
+# --------------------------------------------------------------------------------------------- inputs
+class Inputs:
+  """Fixed training batches (cond, uncond, x_T, rng per trajectory index), shared by every method; built
+  lazily and cached so that data preparation never enters a method's clock."""
+
+  def __init__(self, task, train_dataset, batch_size: int, seed: int):
+    from easytune_jax.data import batching
+    self._batching = batching
+    self.task, self.train, self.batch_size, self.seed = task, train_dataset, batch_size, seed
+    self.key = jax.random.key(seed)
+    self._cache: dict = {}
+
+  def __call__(self, it: int):
+    if it not in self._cache:
+      arrays, host = self._batching.batch_at(self.train, it, self.batch_size, self.seed, self.task.gen.tokenizer,
+                                             max_length=self.task.gen.max_length)
+      cond, uncond = self.task.inputs(host["caption"], arrays["length"])
+      rng = jax.random.fold_in(self.key, it)
+      x_T = self.task.noise(jax.random.fold_in(rng, 1), self.batch_size)
+      self._cache[it] = (x_T, cond, uncond, jax.random.fold_in(rng, 2))
+    return self._cache[it]
+
+
+def _tx(ft: finetune.FinetuneConfig):
+  return common.make_optimizer(ft.optim)
+
+
+# --------------------------------------------------------------------------------------------- memory
+def sampling_memory(task, T: int, guidance_scale: float, x_T, cond, uncond) -> dict:
+  """compiled_memory of plain guided DDIM sampling of T steps + decode + reward (the reference of
+  'additional memory')."""
+  timesteps = sampling.make_timesteps(task.gen.schedule, sampling.SamplerConfig(num_steps=T,
+                                                                                guidance_scale=guidance_scale))
+
+  def run(params, x_T, cond, uncond):
+    out = sampling.sample(task.denoise, params, task.gen.schedule, timesteps, x_T, cond, uncond,
+                          guidance_scale)
+    return task.reward(task.decode(out.x0, cond), cond, None)
+
+  return finetune.compiled_memory(run, task.gen.params, x_T, cond, uncond)
+
+
+def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> dict:
+  """compiled_memory of the (unrun) update of `ft` on the task's base params."""
+  tx = _tx(ft)
+  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
+                                   jit=False)
+  state = common.create_train_state(task.gen.params, tx)
+  return finetune.compiled_memory(update, state, x_T, cond, uncond, rng)
+
+
+def measure_memory(task, cfg: BenchmarkConfig, inputs: Inputs) -> list[dict]:
+  """One record per applicable (variant, T): memory, sampling memory, additional memory, peaks."""
+  x_T, cond, uncond, rng = inputs(0)
+  records = []
+  for T in sorted(set(cfg.memory_steps)):
+    samp = sampling_memory(task, T, cfg.guidance_scale, x_T, cond, uncond)
+    for spec in cfg.memory_variants:
+      v = parse_variant(spec)
+      if not v.applies(T):
+        continue
+      t0 = time.time()
+      ft = finetune_config(cfg, v, T)
+      mem = update_memory(task, ft, x_T, cond, uncond, rng)
+      records.append({
+          "variant": v.name, "spec": spec, "method": v.method, "T": T, "K": ft.num_grad_steps,
+          "remat": v.remat, "memory": mem, "sampling_memory": samp,
+          "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
+          "compile_seconds": time.time() - t0, "peak_rss_bytes": peak_rss_bytes(),
+          "device_peak_bytes": device_peak_bytes()})
+      logging.info("benchmark memory %s T=%d: temp %.2f MiB (sampling %.2f MiB)", v.name, T,
+                   mem["temp"] / 2**20, samp["temp"] / 2**20)
+  return records
+
+
+# --------------------------------------------------------------------------------------------- speed
+def _block(tree):
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
+
+
+def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Inputs, heldout,
+                  base_reward: float) -> dict:
+  """Timing after warm-up, then the budgeted run from the base params (see the module docstring)."""
+  T = cfg.speed_steps
+  ft = finetune_config(cfg, variant, T)
+  tx = _tx(ft)
+  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode)
+  state0 = common.create_train_state(task.gen.params, tx)
+  x_T, cond, uncond, rng = inputs(0)
+  t0 = time.perf_counter()
+  _block(update(state0, x_T, cond, uncond, rng))          # compile + first run, excluded from every clock
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(cfg.speed_repeats):
+    t0 = time.perf_counter()
+    _block(update(state0, x_T, cond, uncond, rng))
+    times.append(time.perf_counter() - t0)
+  per_traj = statistics.median(times)
+  per_update = per_traj / ft.updates_per_trajectory
+
+  # Budgeted run: the clock counts update calls only; held-out evaluations happen with the clock stopped.
+  state, train_s, it = state0, 0.0, 0
+  curve_t, curve_r = [0.0], [base_reward]
+  n_points = max(cfg.curve_points, 0)
+  next_eval = _next_checkpoint(cfg, 1, n_points)
+  while True:
+    batch = inputs(it)
+    t0 = time.perf_counter()
+    state, metrics = update(state, *batch)
+    _block((state, metrics))
+    train_s += time.perf_counter() - t0
+    it += 1
+    done = ((cfg.budget_seconds is not None and train_s >= cfg.budget_seconds)
+            or (cfg.budget_trajectories is not None and it >= cfg.budget_trajectories))
+    if done:
+      break
+    if next_eval is not None and _progress(cfg, train_s, it) >= next_eval[0]:
+      curve_t.append(train_s)
+      curve_r.append(float(np.mean(heldout.rewards(state.params))))
+      next_eval = _next_checkpoint(cfg, next_eval[1] + 1, n_points)
+  final = float(np.mean(heldout.rewards(state.params)))
+  curve_t.append(train_s)
+  curve_r.append(final)
+  gain = final - base_reward
+  return {"T": T, "K": ft.num_grad_steps, "compile_seconds": compile_s, "seconds_per_trajectory": per_traj,
+          "seconds_per_update": per_update, "updates_per_trajectory": ft.updates_per_trajectory,
+          "timing_runs": times, "trajectories": it, "updates": int(state.step), "train_seconds": train_s,
+          "base_reward": base_reward, "final_reward": final, "reward_gain": gain,
+          "reward_gain_per_second": gain / train_s, "curve": {"seconds": curve_t, "reward": curve_r},
+          "skipped_updates": int(state.skipped), "params": state.params,
+          "peak_rss_bytes": peak_rss_bytes(), "device_peak_bytes": device_peak_bytes()}
+
+
+def _progress(cfg: BenchmarkConfig, train_s: float, it: int) -> float:
+  """Fraction of the budget spent (the larger of the time and trajectory fractions)."""
+  fr = []
+  if cfg.budget_seconds is not None:
+    fr.append(train_s / cfg.budget_seconds)
+  if cfg.budget_trajectories is not None:
+    fr.append(it / cfg.budget_trajectories)
+  return max(fr)
+
+
+def _next_checkpoint(cfg, j: int, n: int):
+  """(fraction, index) of the j-th of n evenly spaced intermediate evaluations, None past the last."""
+  if j > n:
+    return None
+  return (j / (n + 1), j)
+
+
+# --------------------------------------------------------------------------------------------- alignment
+def quick_eval(task, params, ft: finetune.FinetuneConfig, evaluator, test_dataset, cfg: BenchmarkConfig) -> dict:
+  """Quick evaluation of the generator with `params`: {R_precision_top_1/3, MM_Dist, FID, Diversity}."""
+  from easytune_jax import evaluation
+  from easytune_jax.train.finetune_runner import _generate_fn
+  res = evaluation.evaluate(_generate_fn(task, params, ft), evaluator, test_dataset, quick=True,
+                            batch_size=cfg.eval_batch_size,
+                            max_length=min(task.gen.max_length, evaluator.max_length), seed=cfg.seed)
+  m = res["metrics"]
+  return {"R_precision_top_1": m["R_precision_top_1"][0], "R_precision_top_3": m["R_precision_top_3"][0],
+          "MM_Dist": m["Matching_score"][0], "FID": m["FID"][0], "Diversity": m["Diversity"][0]}
+
+
+# --------------------------------------------------------------------------------------------- driver
+def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: str, data_dir: str,
+                  evaluator_workdir: Optional[str] = None, memory: bool = True, speed: bool = True) -> dict:
+  """Runs the memory sweep and the speed / alignment runs; returns the JSON-able result
+  {'machine', 'config', 'inputs', 'records', 'base', 'summary', 'seconds'}."""
+  from easytune_jax.data.humanml3d import load_dataset
+  from easytune_jax.train import finetune_runner
+  t_start = time.time()
+  task = finetune_runner.load_task(generator_workdir, reward_workdir)
+  train = load_dataset(data_dir, "train")
+  inputs = Inputs(task, train, cfg.batch_size, cfg.seed)
+  records = measure_memory(task, cfg, inputs) if memory else []
+  base_info: dict = {}
+  if speed:
+    val = load_dataset(data_dir, "val")
+    run_cfg = finetune_runner.RunConfig(
+        finetune=finetune.FinetuneConfig(num_steps=cfg.speed_steps, guidance_scale=cfg.guidance_scale),
+        heldout_size=cfg.heldout_size, seed=cfg.seed)
+    heldout = finetune_runner.HeldOut(task, val, run_cfg)
+    base_reward = float(np.mean(heldout.rewards(task.gen.params)))
+    base_info = {"heldout_reward": base_reward, "heldout_size": len(heldout.captions)}
+    evaluator = test = None
+    if evaluator_workdir:
+      from easytune_jax.train import evaluator as te
+      evaluator = te.load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
+      test = load_dataset(data_dir, "test")
+      base_ft = finetune_config(cfg, Variant("easytune"), cfg.speed_steps)
+      base_info["eval"] = quick_eval(task, task.gen.params, base_ft, evaluator, test, cfg)
+    for spec in cfg.speed_variants:
+      v = parse_variant(spec)
+      if not v.applies(cfg.speed_steps):
+        continue
+      logging.info("benchmark speed %s T=%d", v.name, cfg.speed_steps)
+      sp = measure_speed(task, cfg, v, inputs, heldout, base_reward)
+      params = sp.pop("params")
+      rec = _find(records, v.name, cfg.speed_steps)
+      if rec is None:
+        rec = {"variant": v.name, "spec": spec, "method": v.method, "T": cfg.speed_steps, "K": sp["K"],
+               "remat": v.remat}
+        records.append(rec)
+      rec["speed"] = sp
+      if evaluator is not None:
+        ev = quick_eval(task, params, finetune_config(cfg, v, cfg.speed_steps), evaluator, test, cfg)
+        base_mm = base_info["eval"]["MM_Dist"]
+        ev["MM_Dist_relative_improvement"] = (base_mm - ev["MM_Dist"]) / base_mm
+        rec["alignment"] = ev
+      del params
+  result = {"machine": machine_info(), "config": cfg.to_dict(),
+            "inputs": {"generator_workdir": str(generator_workdir), "reward_workdir": str(reward_workdir),
+                       "data_dir": str(data_dir), "evaluator_workdir": evaluator_workdir,
+                       "latent_shape": list(task.gen.latent_shape), "max_length": task.gen.max_length,
+                       "param_bytes": int(sum(x.size * x.dtype.itemsize
+                                              for x in jax.tree.leaves(task.gen.params)))},
+            "records": records, "base": base_info}
+  result["summary"] = summarize(result)
+  result["seconds"] = time.time() - t_start
+  return result
+
+
+def _find(records, name, T):
+  for r in records:
+    if r["variant"] == name and r["T"] == T:
+      return r
+  return None
+
+
+def summarize(result: dict) -> dict:
+  """Headline figures next to the paper's (EasyTune's additional memory 31.16% of DRaFT-50's... see
+  docs): additional memory of EasyTune as a fraction of DRaFT-T (no remat) at each T, EasyTune's memory
+  at the largest vs the smallest T, and the gain-per-second ratio EasyTune / DRaFT-T."""
+  recs = result["records"]
+  out: dict = {"easytune_over_draft_T_additional": {}, "easytune_over_draft_T_total": {}}
+  Ts = sorted({r["T"] for r in recs if "memory" in r})
+  for T in Ts:
+    e, d = _find(recs, "EasyTune", T), _find(recs, "DRaFT-T", T)
+    if e and d and "memory" in e and "memory" in d:
+      out["easytune_over_draft_T_additional"][str(T)] = _ratio(e["additional_memory"]["total"],
+                                                               d["additional_memory"]["total"])
+      out["easytune_over_draft_T_total"][str(T)] = _ratio(e["memory"]["total"], d["memory"]["total"])
+  es = [_find(recs, "EasyTune", T) for T in Ts]
+  es = [r for r in es if r and "memory" in r]
+  if len(es) >= 2:
+    out["easytune_memory_largest_over_smallest_T"] = {
+        "T": [es[0]["T"], es[-1]["T"]], "temp": _ratio(es[-1]["memory"]["temp"], es[0]["memory"]["temp"]),
+        "total": _ratio(es[-1]["memory"]["total"], es[0]["memory"]["total"])}
+  sp = {r["variant"]: r["speed"] for r in recs if "speed" in r}
+  if "EasyTune" in sp and "DRaFT-T" in sp:
+    out["gain_per_second_easytune_over_draft_T"] = _ratio(sp["EasyTune"]["reward_gain_per_second"],
+                                                          sp["DRaFT-T"]["reward_gain_per_second"])
+    out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(sp["DRaFT-T"]["seconds_per_trajectory"],
+                                                                 sp["EasyTune"]["seconds_per_trajectory"])
+    out["speed_T"] = sp["EasyTune"]["T"]
+  out["paper"] = {"easytune_memory_over_draft_50": 0.3116, "speedup_over_draft_50": 7.3}
+  return out
+
+
+def _ratio(a, b) -> Optional[float]:
+  return float(a) / float(b) if b not in (0, None) and a is not None else None
+
+
+# --------------------------------------------------------------------------------------------- outputs
+_MiB = 2.0 ** 20
+
+
+def _fmt(x, digits=3):
+  if x is None:
+    return "-"
+  if isinstance(x, float) and not math.isfinite(x):
+    return str(x)
+  return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def markdown(result: dict) -> str:
+  recs = result["records"]
+  m = result["machine"]
+  lines = [f"# Benchmark ({m['backend']}: {m['device_kind']}, {m['cpu_count']} CPUs, jax {m['jax_version']})", ""]
+  mem = [r for r in recs if "memory" in r]
+  if mem:
+    lines += ["## Compiled update memory (MiB; XLA memory_analysis, not run)", "",
+              "| variant | T | K | temp | total | sampling total | additional (total) | additional (temp) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in mem:
+      lines.append(f"| {r['variant']} | {r['T']} | {r['K']} | {r['memory']['temp'] / _MiB:.3f} | "
+                   f"{r['memory']['total'] / _MiB:.3f} | {r['sampling_memory']['total'] / _MiB:.3f} | "
+                   f"{r['additional_memory']['total'] / _MiB:.3f} | {r['additional_memory']['temp'] / _MiB:.3f} |")
+    lines.append("")
+  sp = [r for r in recs if "speed" in r]
+  if sp:
+    base = result.get("base", {})
+    lines += [f"## Speed and reward at T={sp[0]['speed']['T']} (base held-out reward "
+              f"{_fmt(base.get('heldout_reward'), 4)})", "",
+              "| variant | s/trajectory | s/update | trajectories | train s | final reward | gain | gain/s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in sp:
+      s = r["speed"]
+      lines.append(f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {s['seconds_per_update']:.4f} | "
+                   f"{s['trajectories']} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
+                   f"{s['reward_gain']:+.4f} | {s['reward_gain_per_second']:+.5f} |")
+    lines.append("")
+  al = [r for r in recs if "alignment" in r]
+  if al:
+    b = result["base"]["eval"]
+    lines += ["## Alignment (quick evaluation, same budget per method)", "",
+              "| variant | R@1 | R@3 | MM-Dist | FID | Diversity | MM-Dist rel. improvement |",
+              "|---|---|---|---|---|---|---|",
+              f"| base | {b['R_precision_top_1']:.3f} | {b['R_precision_top_3']:.3f} | {b['MM_Dist']:.3f} | "
+              f"{b['FID']:.3f} | {b['Diversity']:.3f} | - |"]
+    for r in al:
+      a = r["alignment"]
+      lines.append(f"| {r['variant']} | {a['R_precision_top_1']:.3f} | {a['R_precision_top_3']:.3f} | "
+                   f"{a['MM_Dist']:.3f} | {a['FID']:.3f} | {a['Diversity']:.3f} | "
+                   f"{a['MM_Dist_relative_improvement']:+.2%} |")
+    lines.append("")
+  s = result["summary"]
+  lines += ["## Headline figures", "",
+            f"- EasyTune additional memory / DRaFT-T (no remat): "
+            + ", ".join(f"T={T}: {_fmt(v)}" for T, v in s.get("easytune_over_draft_T_additional", {}).items())
+            + " (paper: 31.16% total memory vs DRaFT-50)",
+            f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",
+            f"- reward gain per second, EasyTune / DRaFT-T: {_fmt(s.get('gain_per_second_easytune_over_draft_T'))}"
+            " (paper: 7.3x faster than DRaFT-50)", ""]
+  return "\n".join(lines)
+
+
+def write_outputs(result: dict, out_dir: str) -> dict:
+  """benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png under out_dir; returns their paths."""
+  from easytune_jax import viz
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {"json": out / "benchmark.json", "md": out / "benchmark.md"}
+  paths["json"].write_text(json.dumps(result, indent=2))
+  paths["md"].write_text(markdown(result))
+  recs = result["records"]
+  mem_curves: dict = {}
+  for r in recs:
+    if "memory" in r:
+      ts, vs = mem_curves.setdefault(r["variant"], ([], []))
+      ts.append(r["T"])
+      vs.append(r["memory"]["total"] / _MiB)
+  if mem_curves:
+    paths["memory_png"] = pathlib.Path(viz.plot_curves(
+        {k: v for k, v in mem_curves.items() if len(v[0]) >= 1}, out / "memory_vs_T.png",
+        title="compiled update memory", xlabel="DDIM steps T", ylabel="MiB", figsize=(6.5, 4.5)))
+  rw = {r["variant"]: (r["speed"]["curve"]["seconds"], r["speed"]["curve"]["reward"]) for r in recs if "speed" in r}
+  if rw:
+    paths["reward_png"] = pathlib.Path(viz.plot_curves(
+        rw, out / "reward_vs_time.png", title="held-out reward vs training wall time", xlabel="seconds",
+        ylabel="held-out reward", figsize=(6.5, 4.5)))
+  return {k: str(v) for k, v in paths.items()}
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+@dataclasses.dataclass(frozen=True)
+class TinyPipeline:
+  data: str
+  generator: str
+  reward: str
+  evaluator: str
+
+
+TINY_BASE_OVERRIDES = (
+    "data.batch_size=8", "data.max_length=32", "data.text_max_length=16", "data.num_val_batches=1",
+    "vae.latent_dim=16", "vae.width=32", "vae.ff_dim=64", "vae.num_heads=2",
+    "denoiser.width=32", "denoiser.num_layers=1", "denoiser.ff_dim=64", "denoiser.num_heads=2",
+    "text.width=32", "text.ff_dim=64", "text.num_heads=2",
+    "vae_optim.warmup_steps=0", "vae_optim.decay_steps=0", "diffusion_optim.warmup_steps=0",
+    "diffusion_optim.decay_steps=0", "log_every=2", "checkpoint_every=2", "vae_steps=6", "diffusion_steps=6")
+
+
+def build_tiny_pipeline(root: str, *, num_motions: int = 48, base_overrides: Sequence[str] = TINY_BASE_OVERRIDES,
+                        max_length: int = 32, reward_steps: int = 4, evaluator_steps: int = 4,
+                        seed: int = 5, progress: bool = False) -> TinyPipeline:
+  """A synthetic dataset + base generator + SPM reward + evaluator under `root` (the steps of
+  tests/pipeline.py). Defaults: the seconds-long test sizes; pass `base_overrides` of
+  `train.base.apply_overrides` (e.g. the 'tiny' config with fewer steps) and larger step counts for a
+  pipeline whose models have learned something. `max_length` is the reward's and evaluator's window (keep
+  it equal to the generator's data.max_length). Existing stages are resumed by their trainers."""
+  from easytune_jax import generate
+  from easytune_jax.data.humanml3d import load_dataset
+  from easytune_jax.data.synthetic import write_synthetic_dataset
+  from easytune_jax.models.spm import SPMConfig
+  from easytune_jax.train import base
+  from easytune_jax.train import evaluator as te
+  from easytune_jax.train import reward as R
+  root_p = pathlib.Path(root)
+  data = root_p / "data"
+  if not (data / "Mean.npy").exists():
+    write_synthetic_dataset(str(data), num_motions=num_motions, seed=seed, min_len=40, max_len=72)
+  cfg = base.apply_overrides(base.get_config("tiny"), list(base_overrides))
+  generate.train_and_sample(cfg, str(root_p / "base"), str(data), 0, progress=progress)
+  rcfg = R.RewardTrainConfig(
+      model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
+      batch_size=8, max_length=max_length, text_max_length=12, log_every=max(1, reward_steps // 4),
+      checkpoint_every=max(100, reward_steps))
+  R.train_reward(rcfg, root_p / "reward", load_dataset(str(data), "train"), mode="M1T1", steps=reward_steps,
+                 progress=progress)
+  ecfg = dataclasses.replace(te.get_config("tiny"), steps=evaluator_steps, max_length=max_length,
+                             eval_every=max(100, evaluator_steps), checkpoint_every=max(100, evaluator_steps),
+                             log_every=max(2, evaluator_steps // 4))
+  te.train_evaluator(ecfg, str(root_p / "evaluator"), str(data), progress=progress)
+  return TinyPipeline(str(data), str(root_p / "base"), str(root_p / "reward"), str(root_p / "evaluator"))

@@ -1,0 +1,78 @@
+"""Memory / speed / alignment benchmark of EasyTune vs DRaFT-K, ReFL, AlignProp, DRTune (issue 8).
+
+  python -m launch.benchmark --config=tiny --out_dir=docs/benchmark \
+      --generator_workdir=runs/base --reward_workdir=runs/reward --data_dir=runs/data \
+      [--evaluator_workdir=runs/evaluator]
+
+Without the workdir flags, --config=tiny builds a seconds-long tiny pipeline under <out_dir>/pipeline
+(`benchmark.build_tiny_pipeline`) and benchmarks it. --config=paper is for a GPU with MLD-size models
+(train them first with launch/train_base.py --config=paper, train_reward.py, train_evaluator.py): memory at
+T in (10, 50, 200) and speed / alignment at T=50 (the paper's DRaFT-50 comparison), 10 minutes of training
+per method. Writes benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png to --out_dir.
+"""
+
+import json
+
+from absl import app, flags, logging
+
+from easytune_jax import benchmark
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Benchmark preset (benchmark.get_config).")
+flags.DEFINE_string("out_dir", None, "Where benchmark.json / .md / .png go.", required=True)
+flags.DEFINE_string("generator_workdir", None, "Work directory of launch/train_base.py.")
+flags.DEFINE_string("reward_workdir", None, "Work directory of launch/train_reward.py.")
+flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train batches, val held-out, test eval).")
+flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator for R-precision / MM-Dist / FID.")
+flags.DEFINE_list("memory_steps", None, "Override: T values of the memory sweep (e.g. 10,50,200).")
+flags.DEFINE_integer("speed_steps", None, "Override: T of the speed / alignment runs.")
+flags.DEFINE_list("memory_variants", None, "Override: e.g. easytune,draft-1,draft-T,draft-T+remat,refl.")
+flags.DEFINE_list("speed_variants", None, "Override: e.g. easytune,draft-T.")
+flags.DEFINE_float("budget_seconds", None, "Override: training wall-time budget per method (s).")
+flags.DEFINE_integer("budget_trajectories", None, "Override: trajectory budget per method.")
+flags.DEFINE_integer("batch_size", None, "Override: captions per trajectory.")
+flags.DEFINE_bool("memory", True, "Run the memory sweep.")
+flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
+
+
+def config_from_flags() -> benchmark.BenchmarkConfig:
+  cfg = benchmark.get_config(FLAGS.config)
+  over = {}
+  if FLAGS.memory_steps:
+    over["memory_steps"] = tuple(int(t) for t in FLAGS.memory_steps)
+  if FLAGS.speed_steps is not None:
+    over["speed_steps"] = FLAGS.speed_steps
+  if FLAGS.memory_variants:
+    over["memory_variants"] = tuple(FLAGS.memory_variants)
+  if FLAGS.speed_variants:
+    over["speed_variants"] = tuple(FLAGS.speed_variants)
+  if FLAGS.budget_seconds is not None:
+    over["budget_seconds"] = FLAGS.budget_seconds
+  if FLAGS.budget_trajectories is not None:
+    over["budget_trajectories"] = FLAGS.budget_trajectories
+  if FLAGS.batch_size is not None:
+    over["batch_size"] = FLAGS.batch_size
+  import dataclasses
+  return dataclasses.replace(cfg, **over)
+
+
+def main(argv):
+  del argv
+  cfg = config_from_flags()
+  gen, rew, data, ev = FLAGS.generator_workdir, FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir
+  given = [x is not None for x in (gen, rew, data)]
+  if any(given) and not all(given):
+    raise app.UsageError("--generator_workdir, --reward_workdir and --data_dir go together")
+  if not any(given):
+    if FLAGS.config != "tiny":
+      raise app.UsageError("--config=paper needs --generator_workdir, --reward_workdir and --data_dir")
+    logging.info("no workdirs given: building the tiny pipeline under %s/pipeline", FLAGS.out_dir)
+    p = benchmark.build_tiny_pipeline(f"{FLAGS.out_dir}/pipeline")
+    gen, rew, data, ev = p.generator, p.reward, p.data, ev or p.evaluator
+  result = benchmark.run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed)
+  paths = benchmark.write_outputs(result, FLAGS.out_dir)
+  print(json.dumps({"summary": result["summary"], "outputs": paths}, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,118 @@
+"""The benchmark (easytune_jax/benchmark.py) on the shared tiny trained pipeline: JSON schema, finite and
+positive figures, outputs on disk, and EasyTune's compiled memory flat in T while DRaFT-T grows."""
+
+import json
+import math
+
+import pytest
+
+from easytune_jax import benchmark
+
+
+def _finite(x):
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_pipeline, tmp_path_factory):
+  cfg = benchmark.BenchmarkConfig(
+      memory_variants=("easytune", "draft-1", "draft-T", "draft-T+remat", "draft-10"), memory_steps=(4, 8),
+      speed_variants=("easytune", "draft-T"), speed_steps=4, batch_size=4, speed_repeats=2,
+      budget_seconds=1.0, budget_trajectories=3, curve_points=1, heldout_size=4, eval_batch_size=4)
+  p = tiny_pipeline
+  res = benchmark.run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator)
+  out = tmp_path_factory.mktemp("bench")
+  paths = benchmark.write_outputs(res, str(out))
+  return res, paths
+
+
+def _rec(res, name, T):
+  hits = [r for r in res["records"] if r["variant"] == name and r["T"] == T]
+  assert len(hits) == 1, (name, T, [(r["variant"], r["T"]) for r in res["records"]])
+  return hits[0]
+
+
+def test_schema_and_figures(result):
+  res, paths = result
+  m = res["machine"]
+  for k in ("jax_version", "backend", "device_kind", "cpu_count"):
+    assert m[k], k
+  # draft-10 does not apply at T <= 8: skipped, every other variant x T present once.
+  names = {(r["variant"], r["T"]) for r in res["records"]}
+  assert names == {(n, T) for n in ("EasyTune", "DRaFT-1", "DRaFT-T", "DRaFT-T+remat") for T in (4, 8)}
+  for r in res["records"]:
+    assert r["K"] == {"EasyTune": r["T"], "DRaFT-1": 1, "DRaFT-T": r["T"], "DRaFT-T+remat": r["T"]}[r["variant"]]
+    for part in ("memory", "sampling_memory"):
+      for k in ("temp", "argument", "output", "total"):
+        assert isinstance(r[part][k], int) and r[part][k] > 0, (r["variant"], part, k)
+    assert r["additional_memory"]["total"] == r["memory"]["total"] - r["sampling_memory"]["total"]
+    assert r["additional_memory"]["temp"] == r["memory"]["temp"] - r["sampling_memory"]["temp"]
+    assert r["peak_rss_bytes"] > 0
+    assert r["device_peak_bytes"] is None or r["device_peak_bytes"] > 0
+  for name in ("EasyTune", "DRaFT-T"):
+    r = _rec(res, name, 4)
+    s = r["speed"]
+    for k in ("seconds_per_trajectory", "seconds_per_update", "train_seconds", "compile_seconds"):
+      assert _finite(s[k]) and s[k] > 0, (name, k)
+    assert 1 <= s["trajectories"] <= 3
+    assert s["updates"] == s["trajectories"] * s["updates_per_trajectory"]
+    assert s["updates_per_trajectory"] == (4 if name == "EasyTune" else 1)
+    assert math.isclose(s["seconds_per_update"] * s["updates_per_trajectory"], s["seconds_per_trajectory"])
+    for k in ("base_reward", "final_reward", "reward_gain", "reward_gain_per_second"):
+      assert _finite(s[k]), (name, k)
+    assert math.isclose(s["reward_gain"], s["final_reward"] - s["base_reward"], abs_tol=1e-9)
+    assert s["base_reward"] == res["base"]["heldout_reward"]
+    c = s["curve"]
+    assert len(c["seconds"]) == len(c["reward"]) >= 2 and c["seconds"][0] == 0.0
+    assert c["seconds"] == sorted(c["seconds"]) and c["reward"][-1] == s["final_reward"]
+    a = r["alignment"]
+    for k in ("R_precision_top_1", "R_precision_top_3", "MM_Dist", "FID", "Diversity",
+              "MM_Dist_relative_improvement"):
+      assert _finite(a[k]), (name, k)
+    assert a["MM_Dist"] > 0 and a["FID"] >= 0 and 0 <= a["R_precision_top_1"] <= a["R_precision_top_3"] <= 1
+    base_mm = res["base"]["eval"]["MM_Dist"]
+    assert math.isclose(a["MM_Dist_relative_improvement"], (base_mm - a["MM_Dist"]) / base_mm)
+  # The file on disk is the same result, strictly JSON (no NaN), with the markdown and both plots.
+  on_disk = json.loads(open(paths["json"]).read(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+  assert on_disk["summary"] == json.loads(json.dumps(res["summary"]))
+  md = open(paths["md"]).read()
+  assert "| EasyTune | 8 | 8 |" in md and "DRaFT-T+remat" in md and "MM-Dist" in md
+  for k in ("memory_png", "reward_png"):
+    assert open(paths[k], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_scaling(result):
+  """XLA memory_analysis is deterministic: EasyTune's temp memory does not grow with T (one scan with the
+  gradient inside the body), DRaFT-T's stores residuals per differentiated step, remat shrinks them."""
+  res, _ = result
+  e4, e8 = _rec(res, "EasyTune", 4)["memory"], _rec(res, "EasyTune", 8)["memory"]
+  d4, d8 = _rec(res, "DRaFT-T", 4)["memory"], _rec(res, "DRaFT-T", 8)["memory"]
+  r8 = _rec(res, "DRaFT-T+remat", 8)["memory"]
+  assert abs(e8["temp"] - e4["temp"]) <= 0.1 * e4["temp"], (e4, e8)
+  assert d8["temp"] - d4["temp"] > 0.5 * (d4["temp"] - _rec(res, "DRaFT-1", 4)["memory"]["temp"]), (d4, d8)
+  assert d8["temp"] > 1.2 * d4["temp"], (d4, d8)
+  assert r8["temp"] < d8["temp"]
+  s = res["summary"]
+  assert s["easytune_memory_largest_over_smallest_T"]["T"] == [4, 8]
+  assert math.isclose(s["easytune_over_draft_T_additional"]["8"],
+                      _rec(res, "EasyTune", 8)["additional_memory"]["total"]
+                      / _rec(res, "DRaFT-T", 8)["additional_memory"]["total"])
+
+
+def test_variant_parsing_and_config_errors():
+  assert benchmark.parse_variant("draft-10+remat") == benchmark.Variant("draft", 10, True)
+  assert benchmark.parse_variant("draft-T").name == "DRaFT-T"
+  assert benchmark.parse_variant("alignprop+remat").name == "AlignProp+remat"
+  with pytest.raises(ValueError, match="easytune_jax/benchmark.py.*'draft-x'.*K='x'"):
+    benchmark.parse_variant("draft-x")
+  with pytest.raises(ValueError, match="expected a method in"):
+    benchmark.parse_variant("dpo")
+  with pytest.raises(ValueError, match="'\\+remat' does not apply"):
+    benchmark.parse_variant("easytune+remat")
+  with pytest.raises(ValueError, match="DRaFT needs its depth"):
+    benchmark.parse_variant("draft")
+  with pytest.raises(ValueError, match="budget_seconds or budget_trajectories"):
+    benchmark.BenchmarkConfig(budget_seconds=None, budget_trajectories=None)
+  with pytest.raises(ValueError, match="expected 'tiny' or 'paper', found 'huge'"):
+    benchmark.get_config("huge")
+  assert benchmark.get_config("paper").speed_steps == 50
