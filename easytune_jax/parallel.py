@@ -15,7 +15,7 @@ Launch (each host runs the same command):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -170,3 +170,51 @@ def host_local_slice(global_batch: int) -> slice:
     raise ValueError(f"batch_size={global_batch} must be divisible by the process count {n}")
   per = global_batch // n
   return slice(i * per, (i + 1) * per)
+
+
+def _shape_key(tree: Any) -> tuple:
+  return (jax.tree.structure(tree), tuple(np.shape(x) for x in jax.tree.leaves(tree)))
+
+
+def jit_sharded(step: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (1,), min_size: int = 2 ** 12,
+                donate_state: bool = False) -> Callable:
+  """`jax.jit` of an UNJITTED `step(state, *args) -> (state, metrics)` with explicit shardings on `mesh`.
+
+  The state (argument 0; params / optimizer state / TrainState) keeps `state_shardings` in and out (FSDP
+  on the 'fsdp' axis), the arguments at `batch_argnums` (pytrees whose leaves lead with the global batch
+  dim) are split over every device with `batch_sharding`, every other argument (keys, constants, frozen
+  params) and the metrics are replicated. Shardings are derived from the call's shapes (one compile per
+  distinct state/argument structure); inputs are placed on the mesh on each call (host batches via
+  `shard_batch`, so multi-host processes pass only their rows, and a global batch that does not divide the
+  device count raises a clear ValueError before XLA sees it).
+  """
+  cache: dict = {}
+  batch_argnums = tuple(batch_argnums)
+
+  def call(state, *args):
+    key = (_shape_key(state), tuple(_shape_key(a) for a in args))
+    if key not in cache:
+      st = state_shardings(mesh, state, min_size)
+      rest = tuple(jax.tree.map(lambda _: batch_sharding(mesh) if i + 1 in batch_argnums else replicated(mesh),
+                                a) for i, a in enumerate(args))
+      cache[key] = (jax.jit(step, in_shardings=(st, *rest), out_shardings=(st, replicated(mesh)),
+                            donate_argnums=(0,) if donate_state else ()), st)
+    fn, st = cache[key]
+    # Placing the inputs is a no-op for arrays already laid out as required (e.g. the previous step's state);
+    # host batches go through shard_batch so that multi-host runs pass only their local rows.
+    state = jax.device_put(state, st)
+    args = tuple(shard_batch(a, mesh) if i + 1 in batch_argnums else
+                 jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), a) for i, a in enumerate(args))
+    return fn(state, *args)
+
+  return call
+
+
+def local_rows(batch: Any) -> Any:
+  """This process's rows of a GLOBAL host batch (every process built the same one; identity on one process),
+  i.e. what `shard_batch` / `jit_sharded` expect from each process of a multi-host run."""
+  if jax.process_count() == 1:
+    return batch
+  leaves = jax.tree.leaves(batch)
+  rows = host_local_slice(np.shape(leaves[0])[0]) if leaves else slice(None)
+  return jax.tree.map(lambda x: np.asarray(x)[rows], batch)

@@ -4,6 +4,9 @@
       --generator_workdir=runs/base --reward_workdir=runs/reward --data_dir=runs/data \
       [--evaluator_workdir=runs/evaluator] [--num_steps=50 --k=50 --guidance_scale=7.5 --lr=1e-5 ...]
 
+Scale-out: --mesh=data=8 (or data=4,fsdp=2) splits --batch_size over the devices; multi-host with
+--coordinator_address/--num_processes/--process_id or --distributed (see easytune_jax/parallel.py).
+
 Rerunning the same command resumes from the last checkpoint. Writes metrics.jsonl/csv + TensorBoard events
 (reward per update and per step index, held-out reward), checkpoints/, best/ and summary.json.
 """
@@ -12,7 +15,7 @@ import json
 
 from absl import app, flags
 
-from easytune_jax import finetune
+from easytune_jax import finetune, parallel
 from easytune_jax.train import common, finetune_runner
 
 FLAGS = flags.FLAGS
@@ -49,6 +52,7 @@ flags.DEFINE_integer("heldout_size", 64, "Held-out val captions.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every this many trajectories.")
 flags.DEFINE_string("trainable", "all", "Comma-separated regexes of trainable parameter paths ('all').")
 flags.DEFINE_enum("on_nonfinite", "skip", ["skip", "stop"], "Non-finite loss/gradient policy.")
+parallel.define_flags()
 
 
 def config_from_flags() -> finetune_runner.RunConfig:
@@ -68,8 +72,10 @@ def config_from_flags() -> finetune_runner.RunConfig:
 
 def main(argv):
   del argv
+  mesh = parallel.setup_from_flags()
   summary = finetune_runner.run_finetune(config_from_flags(), FLAGS.workdir, FLAGS.generator_workdir,
-                                         FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir)
+                                         FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir,
+                                         mesh=mesh if mesh.devices.size > 1 else None)
   print(json.dumps(summary, indent=2))
 
 

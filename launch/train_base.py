@@ -5,13 +5,16 @@
   python launch/train_base.py --config=tiny --workdir=/tmp/base_mdm --data_dir=/tmp/synth --model=mdm \
       --set diffusion_steps=2000 --set denoiser.width=128
 
+Scale-out: --mesh=data=8 (or data=4,fsdp=2; data.batch_size is the global batch); multi-host with
+--coordinator_address/--num_processes/--process_id or --distributed.
+
 Re-running the same command resumes from the latest checkpoints. Samples (features.npy, joints.npy and
 GIFs) of held-out captions go to <workdir>/samples/.
 """
 
 from absl import app, flags, logging
 
-from easytune_jax import generate
+from easytune_jax import generate, parallel
 from easytune_jax.train import base
 
 FLAGS = flags.FLAGS
@@ -24,11 +27,17 @@ flags.DEFINE_integer("num_samples", 4, "Held-out captions to generate after trai
 flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight for the samples.")
 flags.DEFINE_integer("num_steps", 50, "DDIM steps for the samples.")
 flags.DEFINE_bool("gif", True, "Also write stick-figure GIFs of the samples.")
+parallel.define_flags()
 
 
 def main(argv):
   del argv
   config = base.apply_overrides(base.get_config(FLAGS.config, FLAGS.model), FLAGS.set)
+  mesh = parallel.setup_from_flags()
+  if mesh.devices.size > 1:
+    # Trains both stages on the mesh; train_and_sample below then restores the finished checkpoints
+    # (no further steps) and writes the samples.
+    base.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir, mesh=mesh)
   out = generate.train_and_sample(config, FLAGS.workdir, FLAGS.data_dir, FLAGS.num_samples,
                                   FLAGS.guidance_scale, FLAGS.num_steps, FLAGS.gif)
   logging.info("VAE: %s", out.get("vae"))

@@ -2,6 +2,8 @@
 
   python launch/train_evaluator.py --workdir=/tmp/evaluator --data_dir=/tmp/synthetic_hml --config=tiny
 
+Scale-out: --mesh=data=8 (multi-host flags as in launch/finetune.py).
+
 Re-running with the same --workdir resumes (or just reports a finished run).
 """
 
@@ -9,6 +11,7 @@ import json
 
 from absl import app, flags, logging
 
+from easytune_jax import parallel
 from easytune_jax.train import evaluator as te
 
 FLAGS = flags.FLAGS
@@ -19,12 +22,15 @@ flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Named config (tiny = the
 flags.DEFINE_integer("steps", None, "Override the number of steps.")
 flags.DEFINE_integer("batch_size", None, "Override the batch size.")
 flags.DEFINE_integer("seed", None, "Override the evaluator's own seed.")
+parallel.define_flags()
 
 
 def main(argv):
     del argv
+    mesh = parallel.setup_from_flags()
     out = te.train_evaluator(te.get_config(FLAGS.config), FLAGS.workdir, FLAGS.data_dir, steps=FLAGS.steps,
-                             batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+                             batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                             mesh=mesh if mesh.devices.size > 1 else None)
     logging.info("evaluator trained: %d steps in %.1f s; validation %s", out["steps"], out["seconds"],
                  json.dumps(out["val"]))
 

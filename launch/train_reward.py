@@ -6,6 +6,9 @@
       --init_from=/tmp/spm
   # EasyTune's sizes: --config=paper
 
+Scale-out: --mesh=data=8 (or data=4,fsdp=2); --batch_size is the global batch and the InfoNCE/SPL negatives
+span it. Multi-host: --coordinator_address/--num_processes/--process_id or --distributed.
+
 Re-running with the same --workdir resumes from its latest checkpoint. Retrieval metrics on --eval_split
 (clean and noised motion) go to <workdir>/retrieval.json.
 """
@@ -17,6 +20,7 @@ import json
 
 from absl import app, flags, logging
 
+from easytune_jax import parallel
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.text import TextEmbeddings
 from easytune_jax.models.spm import MODES
@@ -37,10 +41,12 @@ flags.DEFINE_string("text_embeddings", None, "Precomputed text-embeddings .npz (
 flags.DEFINE_string("train_split", "train", "Training split file stem.")
 flags.DEFINE_string("eval_split", "test", "Evaluation split ('' to skip retrieval evaluation).")
 flags.DEFINE_integer("seed", None, "Override the seed.")
+parallel.define_flags()
 
 
 def main(argv):
   del argv
+  mesh = parallel.setup_from_flags()
   config = RewardTrainConfig() if FLAGS.config == "tiny" else RewardTrainConfig.paper()
   overrides = {k: v for k, v in (("batch_size", FLAGS.batch_size), ("seed", FLAGS.seed)) if v is not None}
   if overrides:
@@ -50,7 +56,8 @@ def main(argv):
   emb = TextEmbeddings(FLAGS.text_embeddings) if FLAGS.text_embeddings else None
   result = train_reward(config, FLAGS.workdir, train, mode=FLAGS.mode, noise_threshold=FLAGS.noise_threshold,
                         spl=FLAGS.spl, init_from=FLAGS.init_from, steps=FLAGS.steps, text_embeddings=emb,
-                        eval_dataset=evaluation, learning_rate=FLAGS.learning_rate)
+                        eval_dataset=evaluation, learning_rate=FLAGS.learning_rate,
+                        mesh=mesh if mesh.devices.size > 1 else None)
   logging.info("trained %d steps in %.1f s -> %s", result["steps"], result["train_seconds"], FLAGS.workdir)
   if result["retrieval"]:
     short = {k: {m: round(v, 2) for m, v in d.items() if m in ("t2m/R@1", "t2m/R@3", "t2m/MedR")}

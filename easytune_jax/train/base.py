@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from easytune_jax import schedules
+from easytune_jax import parallel, schedules
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
@@ -275,6 +275,11 @@ def _arrays(batch) -> dict:
   return {k: jnp.asarray(v) for k, v in arrays.items() if k in _ARRAY_KEYS}
 
 
+def _local(batch, mesh):
+  """On a mesh, each process keeps its rows of the (identical on every host) global batch."""
+  return batch if mesh is None else parallel.local_rows(_arrays(batch))
+
+
 def _model_key(config: BaseConfig) -> BaseConfig:
   """The config with the fields that do not change compiled code zeroed: jitted functions are cached on it,
   so a resumed (or longer) run with the same model reuses the compiled steps."""
@@ -282,11 +287,15 @@ def _model_key(config: BaseConfig) -> BaseConfig:
                              eval_every=0, data=dataclasses.replace(config.data, num_val_batches=0))
 
 
+def _jit(step, mesh):
+  """Plain jit on one device; on a mesh the batch (argument 1) is split and the state FSDP-sharded."""
+  return jax.jit(step) if mesh is None else parallel.jit_sharded(step, mesh, batch_argnums=(1,))
+
+
 @functools.lru_cache(maxsize=16)
-def _vae_step_fn(config: BaseConfig):
+def _vae_step_fn(config: BaseConfig, mesh=None):
   vae, tx = MotionVAE(config.vae), vae_tx(config)
 
-  @jax.jit
   def step(state, batch, mean, std, key):
     k_z, k_drop = jax.random.split(jax.random.fold_in(key, state.step))
 
@@ -299,13 +308,13 @@ def _vae_step_fn(config: BaseConfig):
     state, finite = common.apply_gradients(state, grads, tx, loss, config.ema_decay)
     return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
-  return step
+  return _jit(step, mesh)
 
 
-def make_vae_step(config: BaseConfig, mean: np.ndarray, std: np.ndarray, key: jax.Array):
+def make_vae_step(config: BaseConfig, mean: np.ndarray, std: np.ndarray, key: jax.Array, mesh=None):
   """`(state, batch) -> (state, metrics)` for the VAE, jitted; dropout and z-sampling keys are
-  `fold_in(key, state.step)`."""
-  step = _vae_step_fn(_model_key(config))
+  `fold_in(key, state.step)`. `mesh`: data-parallel / FSDP step (same result as one device)."""
+  step = _vae_step_fn(_model_key(config), mesh)
   mean, std = jnp.asarray(mean), jnp.asarray(std)
   return lambda state, batch: step(state, _arrays(batch), mean, std, key)
 
@@ -352,10 +361,9 @@ def diffusion_loss(config: BaseConfig, params: dict, vae_params, batch: dict, rn
 
 
 @functools.lru_cache(maxsize=16)
-def _diffusion_step_fn(config: BaseConfig):
+def _diffusion_step_fn(config: BaseConfig, mesh=None):
   tx = diffusion_tx(config)
 
-  @jax.jit
   def step(state, batch, vae_params, latent_scale, key):
     rng = jax.random.fold_in(key, state.step)
     (loss, metrics), grads = jax.value_and_grad(
@@ -363,13 +371,13 @@ def _diffusion_step_fn(config: BaseConfig):
     state, finite = common.apply_gradients(state, grads, tx, loss, config.ema_decay)
     return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
-  return step
+  return _jit(step, mesh)
 
 
-def make_diffusion_step(config: BaseConfig, vae_params, latent_scale: float, key: jax.Array):
+def make_diffusion_step(config: BaseConfig, vae_params, latent_scale: float, key: jax.Array, mesh=None):
   """`(state, batch) -> (state, metrics)`: one DDPM step on {"denoiser", "text"} (VAE frozen), jitted;
-  per-step randomness is `fold_in(key, state.step)`."""
-  step = _diffusion_step_fn(_model_key(config))
+  per-step randomness is `fold_in(key, state.step)`. `mesh`: data-parallel / FSDP step (same result)."""
+  step = _diffusion_step_fn(_model_key(config), mesh)
   scale = jnp.float32(latent_scale)
   return lambda state, batch: step(state, _arrays(batch), vae_params, scale, key)
 
@@ -457,9 +465,10 @@ def reconstruction_error(config: BaseConfig, vae_params, batches: list[dict], me
 
 
 def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenizer: Tokenizer,
-              val_dataset: Optional[MotionDataset] = None, progress: bool = True) -> tuple[Any, dict]:
+              val_dataset: Optional[MotionDataset] = None, progress: bool = True, mesh=None) -> tuple[Any, dict]:
   """Trains (or resumes, or just restores when finished) the VAE. Returns (vae params, final val metrics);
-  the params are the EMA copy when ema_decay > 0."""
+  the params are the EMA copy when ema_decay > 0. `mesh` (`parallel.make_mesh`): data-parallel / FSDP steps
+  (config.data.batch_size is the GLOBAL batch and must divide the device count)."""
   if config.model != "mld":
     raise ValueError(f"train_vae: only the 'mld' model has a VAE, found model={config.model!r}")
   stage_dir = pathlib.Path(workdir) / "vae"
@@ -474,11 +483,11 @@ def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenize
   val = validation_batches(config, val_dataset if val_dataset is not None else dataset, tokenizer, emb)
   eval_fn = lambda s, step: reconstruction_error(config, s.ema_params if s.ema_params is not None else s.params,
                                                  val, dataset.mean, dataset.std)
-  batch_fn = lambda step: batching.batch_at(dataset, step, config.data.batch_size, config.seed, tokenizer,
-                                            **_batch_kwargs(config, emb))
+  batch_fn = lambda step: _local(batching.batch_at(
+      dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh)
   try:
     result = common.train_loop(
-        state=state, step_fn=make_vae_step(config, dataset.mean, dataset.std, jax.random.fold_in(root, 0)),
+        state=state, step_fn=make_vae_step(config, dataset.mean, dataset.std, jax.random.fold_in(root, 0), mesh),
         batch_fn=batch_fn, num_steps=config.vae_steps, checkpointer=ckpt, writer=writer,
         metadata=_metadata(config, dataset, "vae"), log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, eval_fn=eval_fn,
@@ -530,12 +539,12 @@ def validation_diffusion_loss(config: BaseConfig, params, vae_params, batches, l
 
 def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenizer: Tokenizer,
                     vae_params=None, val_dataset: Optional[MotionDataset] = None, progress: bool = True,
-                    vae_step: Optional[int] = None) -> tuple[dict, dict]:
+                    vae_step: Optional[int] = None, mesh=None) -> tuple[dict, dict]:
   """Trains (or resumes) the denoiser and the text encoder in the frozen VAE's latent space (MLD) or on
   motion features (MDM). Returns ({"denoiser", "text"} params (EMA when enabled), final val metrics).
 
   `vae_step` (the VAE checkpoint's step) is stored in the metadata: resuming a diffusion run on a VAE that
-  was trained further since would mix two latent spaces, so it raises instead."""
+  was trained further since would mix two latent spaces, so it raises instead. `mesh`: as in `train_vae`."""
   if config.model == "mld" and vae_params is None:
     raise ValueError("train_diffusion: model='mld' needs the trained vae_params")
   stage_dir = pathlib.Path(workdir) / "diffusion"
@@ -559,11 +568,12 @@ def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, to
   val = validation_batches(config, val_dataset if val_dataset is not None else dataset, tokenizer, emb)
   eval_fn = lambda s, step: validation_diffusion_loss(
       config, s.ema_params if s.ema_params is not None else s.params, vae_params, val, latent_scale)
-  batch_fn = lambda step: batching.batch_at(dataset, step, config.data.batch_size, config.seed, tokenizer,
-                                            **_batch_kwargs(config, emb))
+  batch_fn = lambda step: _local(batching.batch_at(
+      dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh)
   try:
     result = common.train_loop(
-        state=state, step_fn=make_diffusion_step(config, vae_params, latent_scale, jax.random.fold_in(root, 1)),
+        state=state, step_fn=make_diffusion_step(config, vae_params, latent_scale, jax.random.fold_in(root, 1),
+                                                 mesh),
         batch_fn=batch_fn, num_steps=config.diffusion_steps, checkpointer=ckpt, writer=writer,
         metadata={**_metadata(config, dataset, "diffusion", latent_scale), "vae_step": vae_step},
         log_every=config.log_every,
@@ -606,9 +616,9 @@ def finalize_config(config: BaseConfig, dataset: MotionDataset, tokenizer: Token
 
 def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str] = None,
                        dataset: Optional[MotionDataset] = None, val_dataset: Optional[MotionDataset] = None,
-                       progress: bool = True) -> dict:
-  """Runs (or resumes) both stages. Returns {"config", "vae": val metrics, "diffusion": val metrics,
-  "seconds": {"vae", "diffusion"}}."""
+                       progress: bool = True, mesh=None) -> dict:
+  """Runs (or resumes) both stages (on `mesh` when given). Returns {"config", "vae": val metrics,
+  "diffusion": val metrics, "seconds": {"vae", "diffusion"}}."""
   if dataset is None:
     if data_dir is None:
       raise ValueError("train_and_evaluate: pass data_dir or dataset")
@@ -622,12 +632,13 @@ def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str]
   vae_params = None
   if config.model == "mld":
     t0 = time.time()
-    vae_params, out["vae"] = train_vae(config, workdir, dataset, tokenizer, val_dataset, progress)
+    vae_params, out["vae"] = train_vae(config, workdir, dataset, tokenizer, val_dataset, progress, mesh)
     out["seconds"]["vae"] = time.time() - t0
     logging.info("VAE: %s (%.1f s)", out["vae"], out["seconds"]["vae"])
   t0 = time.time()
   _, out["diffusion"] = train_diffusion(config, workdir, dataset, tokenizer, vae_params, val_dataset, progress,
-                                        vae_step=out["vae"]["step"] if vae_params is not None else None)
+                                        vae_step=out["vae"]["step"] if vae_params is not None else None,
+                                        mesh=mesh)
   out["seconds"]["diffusion"] = time.time() - t0
   logging.info("diffusion: %s (%.1f s)", out["diffusion"], out["seconds"]["diffusion"])
   return out

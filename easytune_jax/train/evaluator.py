@@ -48,6 +48,7 @@ import optax
 from absl import logging
 
 from easytune_jax import metrics as M
+from easytune_jax import parallel
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, group_mean_std, load_dataset
 from easytune_jax.data.text import Tokenizer
@@ -332,10 +333,11 @@ def _batch_fn(config: EvaluatorTrainConfig, dataset: MotionDataset, vectorizer: 
 
 
 def make_train_step(config: EvaluatorTrainConfig, tx: optax.GradientTransformation, dataset_mean, dataset_std,
-                    eval_mean, eval_std, key: jax.Array):
+                    eval_mean, eval_std, key: jax.Array, mesh=None):
     """Jitted ``step(state, batch) -> (state, metrics)``; batch = motion (dataset-normalised) [B, L, D], mask,
     length, words [B, 22], pos_ohot, text_lengths. Dropout key = fold_in(key, step); non-finite steps are
-    skipped by :func:`common.apply_gradients`."""
+    skipped by :func:`common.apply_gradients`. ``mesh`` (``parallel.make_mesh``): data-parallel / FSDP step;
+    the contrastive loss's negatives still span the GLOBAL batch."""
     cfg = config.model
     stats = tuple(jnp.asarray(a, jnp.float32) for a in (dataset_mean, dataset_std, eval_mean, eval_std))
     loss_kw = {"kind": config.loss}
@@ -357,6 +359,8 @@ def make_train_step(config: EvaluatorTrainConfig, tx: optax.GradientTransformati
         state, finite = common.apply_gradients(state, grads, tx, loss)
         return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite, **aux}
 
+    if mesh is not None:
+        return parallel.jit_sharded(step, mesh, batch_argnums=(1,), donate_state=True)
     return jax.jit(step, donate_argnums=0)
 
 
@@ -408,7 +412,7 @@ def _init_params(config: EvaluatorConfig, key: jax.Array):
 def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Optional[str] = None, *,
                     dataset: Optional[MotionDataset] = None, val_dataset: Optional[MotionDataset] = None,
                     steps: Optional[int] = None, batch_size: Optional[int] = None, seed: Optional[int] = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, mesh=None) -> dict:
     """Trains (or resumes, or restores when finished) the evaluator on the TRAIN split into ``workdir``.
 
     Args:
@@ -417,6 +421,8 @@ def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Option
       workdir: output folder (layout in the module docstring); an existing run there is resumed.
       data_dir: HumanML3D-layout folder; ``config.train_split`` is read from it (and ``val_split`` / 'test' for
         monitoring). Or pass ``dataset`` (the training split, loaded) and optionally ``val_dataset``.
+      mesh: ``parallel.make_mesh(...)`` for data-parallel / FSDP steps (batch_size = GLOBAL batch, must divide
+        the device count).
     Returns:
       ``{"config", "seconds", "steps", "val": final validation retrieval metrics (or {}), "workdir"}``.
     """
@@ -456,8 +462,12 @@ def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Option
     root = jax.random.PRNGKey(config.seed)
     tx = common.make_optimizer(config.optim)
     state = common.create_train_state(_init_params(config.model, jax.random.fold_in(root, 1)), tx)
-    step_fn = make_train_step(config, tx, dataset.mean, dataset.std, mean_e, std_e, jax.random.fold_in(root, 2))
+    step_fn = make_train_step(config, tx, dataset.mean, dataset.std, mean_e, std_e, jax.random.fold_in(root, 2),
+                              mesh)
 
+    # On a mesh each process keeps its rows of the (identical on every host) global batch.
+    train_batch = _batch_fn(config, dataset, vectorizer)
+    batch_fn = train_batch if mesh is None else (lambda step: parallel.local_rows(train_batch(step)))
     eval_fn = None
     if val_dataset is not None and config.eval_every:
         vx, vl, vt = validation_samples(val_dataset, config.max_length, config.seed, config.model.unit_length)
@@ -468,7 +478,7 @@ def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Option
             return retrieval_metrics(ev, vx, vl, vt, group=config.r_precision_group, seed=config.seed)
     try:
         result = common.train_loop(
-            state=state, step_fn=step_fn, batch_fn=_batch_fn(config, dataset, vectorizer), num_steps=config.steps,
+            state=state, step_fn=step_fn, batch_fn=batch_fn, num_steps=config.steps,
             checkpointer=ckpt, writer=writer, metadata=_metadata(config, dataset), log_every=config.log_every,
             checkpoint_every=config.checkpoint_every, eval_fn=eval_fn, eval_every=config.eval_every,
             desc="evaluator", progress=progress)

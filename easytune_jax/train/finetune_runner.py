@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from easytune_jax import finetune
+from easytune_jax import finetune, parallel
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
 from easytune_jax.generate import Generator, load_generator
@@ -180,12 +180,14 @@ class HeldOut:
 
 
 def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_workdir: str, data_dir: str,
-                 evaluator_workdir: Optional[str] = None, progress: bool = True) -> dict:
+                 evaluator_workdir: Optional[str] = None, progress: bool = True, mesh=None) -> dict:
   """Fine-tunes the generator of `generator_workdir` with the reward of `reward_workdir`.
 
   Writes `<workdir>/finetune.json` (configs and sources), `checkpoints/` (resumable state), `best/` (params
   with the best held-out reward), `metrics.*` (reward per update and per step index, held-out reward) and
-  returns a summary dict with the base and final held-out reward and the wall time.
+  returns a summary dict with the base and final held-out reward and the wall time. `mesh`
+  (`parallel.make_mesh`): the update runs data-parallel / FSDP (cfg.batch_size is the GLOBAL batch and must
+  divide the device count; same result as one device).
   """
   t0 = time.time()
   workdir = pathlib.Path(workdir)
@@ -209,7 +211,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   mask = trainable_mask(task.gen.params, cfg.trainable)
   tx = common.make_optimizer(ft.optim, mask)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
-                                   ema_decay=cfg.ema_decay)
+                                   ema_decay=cfg.ema_decay, jit=mesh is None)
+  if mesh is not None:
+    # x_T, cond and uncond are split over the mesh; the state is FSDP-sharded, the key replicated.
+    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3))
   per_traj = ft.updates_per_trajectory
   state = common.create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
   heldout = HeldOut(task, val, cfg)
@@ -230,7 +235,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
                                      max_length=task.gen.max_length)
     cond, uncond = task.inputs(host["caption"], arrays["length"])
     rng = jax.random.fold_in(key, it)
-    return task.noise(jax.random.fold_in(rng, 1), cfg.batch_size), cond, uncond, jax.random.fold_in(rng, 2)
+    x_T = task.noise(jax.random.fold_in(rng, 1), cfg.batch_size)
+    if mesh is not None:   # each process keeps its rows of the global batch
+      x_T, cond, uncond = parallel.local_rows((x_T, cond, uncond))
+    return x_T, cond, uncond, jax.random.fold_in(rng, 2)
 
   def eval_fn(state, it):
     r = heldout.rewards(state.params)

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from easytune_jax import parallel
 from easytune_jax import spl as spl_lib
 from easytune_jax.data.batching import batch_at, iterate_batches
 from easytune_jax.data.humanml3d import MotionDataset
@@ -200,7 +201,7 @@ def reward_loss(params, batch: Mapping[str, jax.Array], rng: jax.Array, config: 
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool) -> Callable:
+def _jitted_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, mesh=None) -> Callable:
   # Cached by the (hashable, frozen) configs so that resumed or repeated runs in one process reuse the
   # compiled step instead of compiling it again.
   schedule = make_schedule(config.diffusion)
@@ -214,13 +215,19 @@ def _jitted_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool) -
     metrics = dict(metrics, finite=finite, grad_norm=optax.tree.norm(grads))
     return state, metrics
 
+  if mesh is not None:
+    # Batch split over the mesh, state FSDP-sharded; the InfoNCE/SPL similarity matrices inside reward_loss
+    # still span the GLOBAL batch (XLA gathers the embeddings), as on one device.
+    return parallel.jit_sharded(step, mesh, batch_argnums=(1,), donate_state=True)
   return jax.jit(step, donate_argnums=0)
 
 
-def make_train_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, rng: jax.Array) -> Callable:
+def make_train_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, rng: jax.Array,
+                    mesh=None) -> Callable:
   """jit-compiled `(state, batch) -> (state, metrics)` with the optimizer of `optim`; per-step randomness is
-  fold_in(rng, state.step), so a resumed run draws the same numbers."""
-  step = _jitted_step(config, optim, use_spl)
+  fold_in(rng, state.step), so a resumed run draws the same numbers. `mesh` (a `parallel.make_mesh`):
+  data-parallel / FSDP step with the same result as one device on the same global batch."""
+  step = _jitted_step(config, optim, use_spl, mesh)
   return lambda state, batch: step(state, batch, rng)
 
 
@@ -275,7 +282,7 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
                  init_from: Optional[str | os.PathLike] = None, steps: Optional[int] = None,
                  tokenizer: Optional[Tokenizer] = None, text_embeddings: Optional[TextEmbeddings] = None,
                  eval_dataset: Optional[MotionDataset] = None, eval_timesteps: Sequence[int] = (0, 100, 300),
-                 learning_rate: Optional[float] = None, progress: bool = True) -> dict:
+                 learning_rate: Optional[float] = None, progress: bool = True, mesh=None) -> dict:
   """Trains (or resumes) one SPM stage in `workdir` and returns a summary dict.
 
   Args:
@@ -290,6 +297,8 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
     text_embeddings: precomputed text embeddings (switches the model to text_input='embeddings').
     eval_dataset: when given, retrieval metrics at `eval_timesteps` are written to `retrieval.json`.
     learning_rate: overrides the stage's default rate.
+    mesh: `parallel.make_mesh(...)` for data-parallel / FSDP steps; config.batch_size is the GLOBAL batch
+      (must divide the device count) and the InfoNCE/SPL negatives span it, as on one device.
 
   Returns:
     {'params', 'config', 'workdir', 'steps', 'train_seconds', 'retrieval' (or None), 'preempted'}.
@@ -333,7 +342,7 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
     params = init_spm(config.model, k_init, text_emb_dim=text_emb_dim)
   state = create_train_state(params, tx)
   # A different fold for the SPL stage so it does not replay the pretraining noise sequence.
-  step_fn = make_train_step(config, optim, spl, jax.random.fold_in(k_train, int(spl)))
+  step_fn = make_train_step(config, optim, spl, jax.random.fold_in(k_train, int(spl)), mesh)
 
   metadata = {"kind": META_KIND, "train": config.to_dict(), "optim": dataclasses.asdict(optim),
               "stage": "spl" if spl else "pretrain", "init_from": None if init_from is None else str(init_from),
@@ -353,7 +362,7 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   def batch_fn(step):
     arrays, _ = batch_at(dataset, step, config.batch_size, config.seed, tokenizer or _dummy_tokenizer(),
                          max_length=config.max_length, **emb_kwargs)
-    return arrays
+    return arrays if mesh is None else parallel.local_rows(arrays)
 
   t0 = time.time()
   result = train_loop(state=state, step_fn=step_fn, batch_fn=batch_fn, num_steps=num_steps, checkpointer=ckpt,
