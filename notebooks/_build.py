@@ -449,8 +449,7 @@ print(f"SPL: {spl_run['steps']} steps in {spl_run['train_seconds']:.0f} s")
 
 lines = ["| motion | protocol | metric | before SPL | after SPL |", "|---|---|---|---|---|"]
 for key in sorted(before):
-    for metric in ("R@1", "R@3", "MedR"):
-        name = next(m for m in before[key] if m.endswith(metric))
+    for name in ("t2m/R@1", "t2m/R@3", "t2m/MedR", "m2t/R@1"):
         lines.append(f"| t={key.split('/')[0][2:]} | {key.split('/')[1]} | {name} | {before[key][name]:.2f} | "
                      f"{after[key][name]:.2f} |")
 display(Markdown("\\n".join(lines)))
