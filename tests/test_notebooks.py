@@ -7,6 +7,7 @@ promises must exist, and the printed numbers must show what the notebook claims.
 """
 
 import ast
+import json
 import os
 import pathlib
 import re
@@ -89,7 +90,9 @@ def test_notebook_executes(name, nb_env):
     assert "image/gif" in mimes, f"01_quickstart: the side-by-side GIF was not displayed ({mimes})"
     assert "text/markdown" in mimes, "01_quickstart: the metric table was not displayed"
     table = (out / name / "eval/eval.md").read_text()
-    assert "base" in table and "easytune" in table and "R_precision" in table.replace(" ", "_"), table[:600]
+    assert all(w in table for w in ("| base", "| easytune", "R@1", "FID")), table[:600]
+    methods = [r["method"] for r in json.loads((out / name / "eval/eval.json").read_text())["results"]]
+    assert methods == ["base", "easytune"], methods
     m = re.search(r"(\d+) updates in", text)
     assert m and int(m.group(1)) == 8, f"01_quickstart: expected 2 trajectories x T=4 updates, output: {text[-800:]}"
 
