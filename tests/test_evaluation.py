@@ -9,7 +9,7 @@ from easytune_jax import evaluation as E
 from easytune_jax import metrics as M
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.train import evaluator as te
-from test_train_evaluator import tiny_run
+from tests.test_train_evaluator import tiny_run
 
 
 def perfect(captions, pos_tokens, lengths, rng, reference):

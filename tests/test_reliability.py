@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -290,6 +291,14 @@ def _kill_after_checkpoint(proc, workdir, newer_than, sig, timeout=240):
   raise AssertionError("no checkpoint appeared in time")
 
 
+def _wait_for_checkpoint(proc, workdir, timeout=240):
+  t0 = time.time()
+  while not _ckpt_steps(workdir):
+    if proc.poll() is not None or time.time() - t0 > timeout:
+      raise AssertionError(f"reference run made no checkpoint: {proc.communicate()[0][-3000:]}")
+    time.sleep(0.05)
+
+
 def _final(workdir):
   with np.load(pathlib.Path(workdir) / "final.npz") as z:
     return {k: z[k] for k in z.files}
@@ -299,9 +308,15 @@ def test_sigkill_and_sigterm_resume_bit_identical(tmp_path):
   from easytune_jax.data.synthetic import write_synthetic_dataset
   data = tmp_path / "data"
   write_synthetic_dataset(str(data), num_motions=40, seed=5, min_len=40, max_len=72)
-  cache = tmp_path / "jax_cache"
+  # Persistent compilation cache shared by the subprocesses (and by later sessions: entries are keyed by
+  # the computation and the jax version, so a stale entry cannot be picked up).
+  cache = pathlib.Path(os.environ.get("EASYTUNE_TEST_JAX_CACHE",
+                                      pathlib.Path(tempfile.gettempdir()) / "easytune_jax_reliability_cache"))
   steps = 6
-  ref = _start(data, tmp_path / "ref", steps, cache)        # uninterrupted, alongside the interrupted chain
+  ref = _start(data, tmp_path / "ref", steps, cache)        # uninterrupted
+  # Start the interrupted chain once the reference has compiled (its first checkpoint exists), so the two
+  # do not compile the same step concurrently; then they overlap.
+  _wait_for_checkpoint(ref, tmp_path / "ref")
   run = tmp_path / "run"
   p1 = _start(data, run, steps, cache)
   killed_at = _kill_after_checkpoint(p1, run, 0, signal.SIGKILL)

@@ -126,7 +126,7 @@ def test_resume_restores_finished_run_and_loader_embeds(run):
 
 
 def test_official_loader_matches_direct_path(tmp_path):
-    import test_evaluator as tev  # torch-zip writer of the evaluator tests
+    from tests import test_evaluator as tev  # torch-zip writer of the evaluator tests
 
     for name in ("t2m_mean.npy", "t2m_std.npy"):
         if not (DATA / "evaluator_stats" / name).exists():

@@ -27,6 +27,12 @@ from easytune_jax.data.humanml3d import load_dataset  # noqa: E402
 from easytune_jax.models.spm import SPMConfig  # noqa: E402
 from easytune_jax.train import reward as R  # noqa: E402
 
+# The trainer initialises the SPM eagerly (thousands of tiny dispatches, ~10 s per process on a loaded CPU);
+# one jitted init gives the same kind of parameters and is loaded from the shared compilation cache. Every
+# run of this test (reference and resumed ones) uses the same patched init, and resumed runs restore their
+# parameters from the checkpoint anyway.
+R.init_spm = jax.jit(R.init_spm, static_argnums=0, static_argnames="text_emb_dim")
+
 # tests/pipeline.py REWARD, but checkpointing every step.
 CONFIG = R.RewardTrainConfig(
     model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
