@@ -34,10 +34,9 @@ import platform
 import resource
 import statistics
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -519,7 +518,7 @@ def markdown(result: dict) -> str:
     lines.append("")
   s = result["summary"]
   lines += ["## Headline figures", "",
-            f"- EasyTune additional memory / DRaFT-T (no remat): "
+            "- EasyTune additional memory / DRaFT-T (no remat): "
             + ", ".join(f"T={T}: {_fmt(v)}" for T, v in s.get("easytune_over_draft_T_additional", {}).items())
             + " (paper: 31.16% total memory vs DRaFT-50)",
             f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import jax
 import numpy as np

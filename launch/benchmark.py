@@ -16,6 +16,7 @@ import json
 from absl import app, flags, logging
 
 from easytune_jax import benchmark
+from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Benchmark preset (benchmark.get_config).")
@@ -58,6 +59,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   cfg = config_from_flags()
   gen, rew, data, ev = FLAGS.generator_workdir, FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir
   given = [x is not None for x in (gen, rew, data)]

@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from easytune_jax import evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.train import evaluator as te
+from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated).", required=True)
@@ -47,6 +48,7 @@ def generate_fn_for(gen, guidance_scale: float, num_steps: int):
 
 def main(argv):
     del argv
+    common.quiet_library_logs()
     from easytune_jax.generate import load_generator
 
     test = load_dataset(FLAGS.data_dir, FLAGS.split)

@@ -72,6 +72,7 @@ def config_from_flags() -> finetune_runner.RunConfig:
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   mesh = parallel.setup_from_flags()
   summary = finetune_runner.run_finetune(config_from_flags(), FLAGS.workdir, FLAGS.generator_workdir,
                                          FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir,

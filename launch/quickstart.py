@@ -10,6 +10,7 @@ Rerunning the same command resumes every stage from its checkpoints.
 from absl import app, flags, logging
 
 from easytune_jax import finetune, quickstart
+from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
@@ -26,6 +27,7 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   unknown = [m for m in FLAGS.methods if m not in finetune.METHODS]
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")

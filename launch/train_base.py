@@ -16,6 +16,7 @@ from absl import app, flags, logging
 
 from easytune_jax import generate, parallel
 from easytune_jax.train import base
+from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "small", "paper"], "Named config.")
@@ -32,6 +33,7 @@ parallel.define_flags()
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   config = base.apply_overrides(base.get_config(FLAGS.config, FLAGS.model), FLAGS.set)
   mesh = parallel.setup_from_flags()
   if mesh.devices.size > 1:

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 
 from easytune_jax import parallel
 from easytune_jax.train import evaluator as te
+from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output folder (checkpoints, vocab.json, mean.npy/std.npy, metrics).",
@@ -27,6 +28,7 @@ parallel.define_flags()
 
 def main(argv):
     del argv
+    common.quiet_library_logs()
     mesh = parallel.setup_from_flags()
     out = te.train_evaluator(te.get_config(FLAGS.config), FLAGS.workdir, FLAGS.data_dir, steps=FLAGS.steps,
                              batch_size=FLAGS.batch_size, seed=FLAGS.seed,

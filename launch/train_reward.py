@@ -25,6 +25,7 @@ from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.text import TextEmbeddings
 from easytune_jax.models.spm import MODES
 from easytune_jax.train.reward import RewardTrainConfig, train_reward
+from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Named config: tiny (CPU) or paper (EasyTune sizes).")
@@ -46,6 +47,7 @@ parallel.define_flags()
 
 def main(argv):
   del argv
+  common.quiet_library_logs()
   mesh = parallel.setup_from_flags()
   config = RewardTrainConfig() if FLAGS.config == "tiny" else RewardTrainConfig.paper()
   overrides = {k: v for k, v in (("batch_size", FLAGS.batch_size), ("seed", FLAGS.seed)) if v is not None}

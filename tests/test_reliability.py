@@ -9,7 +9,6 @@
   by train_loop (skip policy) / NonFiniteError (stop policy), and every checkpoint stays finite.
 """
 
-import dataclasses
 import os
 import pathlib
 import re

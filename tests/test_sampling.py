@@ -81,7 +81,6 @@ def test_jit_and_no_jit_agree_and_partial_runs_compose():
 
 def test_guidance_one_equals_conditional_model():
   params, denoise = tiny_denoiser()
-  s = schedules.make_schedule()
   x, t = jax.random.normal(jax.random.key(4), (3, 6)), jnp.array([981, 500, 1])
   cond, uncond = {"c": jnp.ones((3, 6))}, {"c": jnp.zeros((3, 6))}
   guided = sampling.guided_denoise(denoise, params, x, t, cond, uncond, 1.0)

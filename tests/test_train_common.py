@@ -1,6 +1,5 @@
 """Optimizer, guarded updates, atomic checkpoints, metric logs and the resumable loop."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -131,3 +130,29 @@ def test_loop_nonfinite_stop_policy_reports_step(tmp_path):
   res = common.train_loop(state=common.create_train_state(params, tx), step_fn=step_fn,
                           batch_fn=batch_fn, num_steps=6, checkpointer=None, writer=None, progress=False)
   assert res.nonfinite_steps == [3] and int(res.state.skipped) == 1
+
+
+def test_config_from_dict_inverts_asdict_through_json():
+  import dataclasses
+  import json
+
+  from easytune_jax.finetune import FinetuneConfig
+  from easytune_jax.train.finetune_runner import RunConfig
+
+  cfg = RunConfig(finetune=FinetuneConfig(method="draft", num_steps=7, k=3,
+                                          optim=common.OptimConfig(learning_rate=3e-4)),
+                  trajectories=5, trainable="dec.*,mlp")
+  back = common.config_from_dict(RunConfig, json.loads(json.dumps(dataclasses.asdict(cfg))))
+  assert back == cfg and isinstance(back.finetune.optim, common.OptimConfig)
+  hash(back)
+
+  @dataclasses.dataclass(frozen=True)
+  class Sweep:
+    steps: tuple = (10, 50)
+    grid: tuple = ((1, 2), (3, 4))
+  sweep = common.config_from_dict(Sweep, json.loads(json.dumps(dataclasses.asdict(Sweep()))))
+  assert sweep == Sweep() and hash(sweep)  # JSON lists come back as (nested) tuples: configs stay hashable
+  bad = json.loads(json.dumps(dataclasses.asdict(cfg)))
+  bad["finetune"]["optim"]["learnig_rate"] = 1.0
+  with pytest.raises(ValueError, match=r"run.json\.finetune\.optim: unknown OptimConfig fields \['learnig_rate'\]"):
+    common.config_from_dict(RunConfig, bad, "run.json")

@@ -5,7 +5,6 @@ import json
 import pathlib
 import pickle
 
-import jax
 import numpy as np
 import pytest
 

@@ -146,7 +146,6 @@ def qmul(q, r):
 
 def qrot(q, v):
     """Rotates v by unit quaternion q: v + 2 (w u×v + u×(u×v)). q: [..., 4], v: [..., 3]."""
-    xp = xp_of(q, v)
     u = q[..., 1:]
     uv = cross(u, v)
     uuv = cross(u, uv)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from easytune_jax.models.layers import TimestepMLP, TransformerEncoder, sinusoidal_positions

@@ -24,7 +24,6 @@ import json
 import os
 import pathlib
 import time
-import typing
 from typing import Any, Optional, Sequence
 
 import jax
@@ -138,18 +137,7 @@ def config_to_dict(config) -> dict:
   return dataclasses.asdict(config)
 
 
-def config_from_dict(cls, d: dict):
-  """Inverse of `config_to_dict` for (nested) frozen dataclasses; unknown keys raise."""
-  hints = typing.get_type_hints(cls)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - names)
-  if unknown:
-    raise ValueError(f"{cls.__name__}: unknown fields {unknown}; expected some of {sorted(names)}")
-  kw = {}
-  for k, v in d.items():
-    t = hints[k]
-    kw[k] = config_from_dict(t, v) if dataclasses.is_dataclass(t) else (tuple(v) if isinstance(v, list) else v)
-  return cls(**kw)
+config_from_dict = common.config_from_dict
 
 
 def _parse_value(text: str, current: Any, key: str):

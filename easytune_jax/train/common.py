@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging as std_logging
 import os
 import pathlib
 import signal
 import struct
 import time
+import typing
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import flax.struct
@@ -200,6 +202,29 @@ class Checkpointer:
     self._mngr.close()
 
 
+def _tuples(v):
+  return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def config_from_dict(cls, d: Mapping[str, Any], where: str = "config"):
+  """Inverse of `dataclasses.asdict` for (nested) frozen config dataclasses read back from JSON.
+
+  Nested dataclass fields are rebuilt from their dicts, JSON lists become tuples (configs stay hashable);
+  an unknown key raises ValueError naming `where`, the class and the fields it accepts.
+  """
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - names)
+  if unknown:
+    raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}; expected some of {sorted(names)}")
+  kw = {}
+  for k, v in d.items():
+    t = hints[k]
+    kw[k] = config_from_dict(t, v, f"{where}.{k}") if dataclasses.is_dataclass(t) and isinstance(v, Mapping) \
+        else _tuples(v)
+  return cls(**kw)
+
+
 def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any], where: str,
                          ignore: Iterable[str] = ()) -> None:
   """Raises CheckpointError naming every differing config field (flattened 'a.b' keys)."""
@@ -219,6 +244,19 @@ def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any], w
 
 
 # --------------------------------------------------------------------------------------------- logging
+class _DropOrbaxInfo(std_logging.Filter):
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Drops orbax's per-save INFO lines from absl logging (its warnings and errors still pass). Idempotent;
+  the launchers call it so that progress bars and the project's own log lines stay readable."""
+  logger = std_logging.getLogger("absl")
+  if not any(isinstance(f, _DropOrbaxInfo) for f in logger.filters):
+    logger.addFilter(_DropOrbaxInfo())
+
+
 def _crc32c(data: bytes) -> int:
   crc = 0xFFFFFFFF
   for b in data:

@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import time
-import typing
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -139,21 +138,8 @@ def config_to_dict(config: EvaluatorTrainConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def _from_dict(cls, d: Mapping[str, Any], where: str):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}; expected some of {sorted(names)}")
-    kw = {}
-    for k, v in d.items():
-        t = hints[k]
-        kw[k] = _from_dict(t, v, where) if dataclasses.is_dataclass(t) else v
-    return cls(**kw)
-
-
 def config_from_dict(d: Mapping[str, Any], where: str = "config") -> EvaluatorTrainConfig:
-    return _from_dict(EvaluatorTrainConfig, d, where)
+    return common.config_from_dict(EvaluatorTrainConfig, d, where)
 
 
 # --------------------------------------------------------------------------------------------- statistics

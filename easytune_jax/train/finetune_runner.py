@@ -143,9 +143,7 @@ class RunConfig:
 
 
 def run_config_from_dict(d: dict) -> RunConfig:
-  ft = dict(d["finetune"])
-  ft["optim"] = common.OptimConfig(**ft["optim"])
-  return RunConfig(**{**d, "finetune": finetune.FinetuneConfig(**ft)})
+  return common.config_from_dict(RunConfig, d, "RunConfig")
 
 
 def _flatten_metrics(metrics: dict) -> dict:

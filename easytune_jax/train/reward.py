@@ -43,7 +43,8 @@ from easytune_jax.models.spm import (SPM, SPMConfig, encode_motion, encode_text,
                                      text_inputs)
 from easytune_jax.schedules import DiffusionConfig, Schedule, add_noise, make_schedule
 from easytune_jax.train.common import (Checkpointer, MetricWriter, OptimConfig, TrainState, apply_gradients,
-                                       check_config_matches, create_train_state, make_optimizer, train_loop)
+                                       check_config_matches, config_from_dict, create_train_state, make_optimizer,
+                                       train_loop)
 
 _WHERE = "easytune_jax/train/reward.py"
 META_KIND = "easytune_jax.spm_reward"
@@ -117,10 +118,7 @@ class RewardTrainConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "RewardTrainConfig":
-    d = dict(d)
-    d["model"] = SPMConfig.from_dict(d["model"])
-    d["diffusion"] = DiffusionConfig(**d["diffusion"])
-    return cls(**d)
+    return config_from_dict(cls, d, "RewardTrainConfig")
 
 
 # --------------------------------------------------------------------------------------------- losses

@@ -9,7 +9,6 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from easytune_jax import parallel
