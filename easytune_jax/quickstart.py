@@ -34,7 +34,7 @@ class QuickstartConfig:
   data_dir: Optional[str] = None          # a HumanML3D-layout folder; None writes the synthetic dataset
   num_motions: int = 1000
   seed: int = 0
-  base_overrides: tuple = ("vae_steps=300", "diffusion_steps=500")
+  base_overrides: tuple = ("vae_steps=600", "diffusion_steps=1000")
   reward_steps: int = 250
   spl_steps: int = 80
   evaluator_steps: int = 200
@@ -63,11 +63,15 @@ def stage_data(cfg: QuickstartConfig, root: pathlib.Path) -> str:
 
 
 def stage_base(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> str:
-  overrides = []
-  for o in cfg.base_overrides:
-    key, _, value = o.partition("=")
-    overrides.append(f"{key}={cfg.steps(int(value))}" if key.endswith("_steps") else o)
-  config = base.apply_overrides(base.get_config("tiny"), overrides + [f"seed={cfg.seed}"])
+  config = base.apply_overrides(base.get_config("tiny"), list(cfg.base_overrides) + [f"seed={cfg.seed}"])
+  # Scale each stage's steps and stretch its cosine decay over them (lr would otherwise reach 0 early).
+  scaled = []
+  for stage in ("vae", "diffusion"):
+    steps = cfg.steps(getattr(config, f"{stage}_steps"))
+    warmup = min(getattr(config, f"{stage}_optim").warmup_steps, steps // 2)
+    scaled += [f"{stage}_steps={steps}", f"{stage}_optim.warmup_steps={warmup}",
+               f"{stage}_optim.decay_steps={max(1, steps - warmup)}"]
+  config = base.apply_overrides(config, scaled)
   generate.train_and_sample(config, str(root / "base"), data_dir, num_samples=0)
   return str(root / "base")
 

@@ -56,6 +56,24 @@ def test_baselines_run_through_the_same_harness(tiny_pipeline, tmp_path, method)
   assert json.loads((tmp_path / method / "summary.json").read_text())["method"] == method
 
 
+@pytest.mark.parametrize("regularizer", ["diffusion", "kl"])
+def test_regularizers_get_their_inputs_from_the_harness(tiny_pipeline, tmp_path, regularizer):
+  """'diffusion' gets the data batch's latents + condition, 'kl' the base params: the logged loss is
+  -reward + reg_weight * regulariser, so loss + reward > 0 once the regulariser is non-zero."""
+  p = tiny_pipeline
+  s = fr.run_finetune(_cfg("easytune", 2, regularizer=regularizer, reg_weight=10.0), str(tmp_path / regularizer),
+                      p.generator, p.reward, p.data, progress=False)
+  assert s["updates"] == 8 and np.isfinite(s["final_heldout_reward"])
+  rows = [r for r in common.read_metrics(tmp_path / regularizer) if "reward_per_step/000" in r]
+  reg = [r[f"loss_per_step/{i:03d}"] + r[f"reward_per_step/{i:03d}"] for r in rows for i in range(4)]
+  if regularizer == "kl":
+    # The frozen sampler takes every gradient of a trajectory at the parameters it started from: KL to the base
+    # is exactly 0 through the first trajectory (params == base) and positive in the second.
+    assert reg[:4] == pytest.approx([0.0] * 4, abs=1e-5) and all(v > 0 for v in reg[4:])
+  else:
+    assert all(v > 0 for v in reg)
+
+
 def test_trainable_mask_patterns(tiny_pipeline):
   task = fr.load_task(tiny_pipeline.generator, tiny_pipeline.reward)
   assert fr.trainable_mask(task.gen.params, "all") is None

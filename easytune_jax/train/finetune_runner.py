@@ -70,6 +70,20 @@ class MotionTask:
     uncond = {"gen": self.gen.uncond(gen_cond), "reward": reward_cond, "mask": mask}
     return cond, uncond
 
+  def data_batch(self, arrays: dict, cond: dict) -> dict:
+    """The 'diffusion' regulariser's data batch {'x0', 'cond'[, 'mask']} from a data batch's arrays
+    (`batching.batch_at` with the generator's tokenizer and max_length) and its `cond` from `inputs`:
+    x0 is the motion in diffusion space (VAE posterior mean * latent_scale for MLD, the features for MDM)."""
+    motion, mask = jnp.asarray(arrays["motion"]), jnp.asarray(arrays["mask"])
+    if self.gen.config.model == "mdm":
+      return {"x0": motion, "cond": {"gen": cond["gen"]}, "mask": mask}
+    if "_encode_latents" not in self.__dict__:
+      from easytune_jax.train import base
+      self._encode_latents = jax.jit(lambda vae, x, m, scale: base.encode_latents(
+          self.gen.config, vae, {"motion": x, "mask": m}, None, scale))
+    return {"x0": self._encode_latents(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
+            "cond": {"gen": cond["gen"]}}
+
   def noise(self, rng: jax.Array, batch_size: int) -> jax.Array:
     return jax.random.normal(rng, (batch_size,) + tuple(self.gen.latent_shape))
 
@@ -211,8 +225,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
                                    ema_decay=cfg.ema_decay, jit=mesh is None)
   if mesh is not None:
-    # x_T, cond and uncond are split over the mesh; the state is FSDP-sharded, the key replicated.
-    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3))
+    # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
+    # the key and the base params (KL regulariser) replicated.
+    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5))
+  base_params = task.gen.params if ft.regularizer == "kl" else None
   per_traj = ft.updates_per_trajectory
   state = common.create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
   heldout = HeldOut(task, val, cfg)
@@ -234,9 +250,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     cond, uncond = task.inputs(host["caption"], arrays["length"])
     rng = jax.random.fold_in(key, it)
     x_T = task.noise(jax.random.fold_in(rng, 1), cfg.batch_size)
+    data = task.data_batch(arrays, cond) if ft.regularizer == "diffusion" else None
     if mesh is not None:   # each process keeps its rows of the global batch
-      x_T, cond, uncond = parallel.local_rows((x_T, cond, uncond))
-    return x_T, cond, uncond, jax.random.fold_in(rng, 2)
+      x_T, cond, uncond, data = parallel.local_rows((x_T, cond, uncond, data))
+    return x_T, cond, uncond, jax.random.fold_in(rng, 2), data
 
   def eval_fn(state, it):
     r = heldout.rewards(state.params)
@@ -258,7 +275,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   ck = common.Checkpointer(workdir / "checkpoints")
   try:
     loop = common.train_loop(
-        state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b), batch_fn=batch_fn,
+        state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params), batch_fn=batch_fn,
         num_steps=cfg.trajectories, checkpointer=ck, writer=writer, metadata={"run": meta["run"]},
         log_every=1, checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
         on_nonfinite=cfg.on_nonfinite, desc=f"finetune[{ft.method}]", progress=progress,
@@ -277,9 +294,9 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   return summary
 
 
-def _step_with_flat_metrics(update, state, batch):
-  x_T, cond, uncond, rng = batch
-  state, metrics = update(state, x_T, cond, uncond, rng)
+def _step_with_flat_metrics(update, state, batch, base_params=None):
+  x_T, cond, uncond, rng, data = batch
+  state, metrics = update(state, x_T, cond, uncond, rng, data, base_params)
   return state, _flatten_metrics(metrics)
 
 
