@@ -33,8 +33,10 @@ class QuickstartConfig:
 
   data_dir: Optional[str] = None          # a HumanML3D-layout folder; None writes the synthetic dataset
   num_motions: int = 1000
+  max_frames: int = 64                    # longest synthetic motion: the tiny generator's 64-frame window, so a
+                                          # caption never describes frames outside the window it trains on
   seed: int = 0
-  base_overrides: tuple = ("vae_steps=600", "diffusion_steps=1000")
+  base_overrides: tuple = ("vae_steps=1500", "diffusion_steps=1500")
   reward_steps: int = 250
   spl_steps: int = 80
   evaluator_steps: int = 200
@@ -58,7 +60,8 @@ def stage_data(cfg: QuickstartConfig, root: pathlib.Path) -> str:
     return cfg.data_dir
   out = root / "data"
   if not (out / "metadata.json").exists():
-    synthetic.write_synthetic_dataset(str(out), num_motions=cfg.num_motions, seed=cfg.seed)
+    synthetic.write_synthetic_dataset(str(out), num_motions=cfg.num_motions, seed=cfg.seed,
+                                      max_len=cfg.max_frames)
   return str(out)
 
 

@@ -16,6 +16,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout folder; default writes the synthetic dataset.")
 flags.DEFINE_integer("num_motions", quickstart.QuickstartConfig.num_motions, "Synthetic dataset size.")
+flags.DEFINE_integer("max_frames", quickstart.QuickstartConfig.max_frames,
+                     "Longest synthetic motion in frames (longer ones are cropped to the tiny generator's "
+                     "64-frame window in training).")
 flags.DEFINE_float("scale", 1.0, "Multiplies every stage's step count.")
 flags.DEFINE_list("methods", list(quickstart.QuickstartConfig.methods),
                   f"Fine-tuning methods, from {list(finetune.METHODS)}.")
@@ -33,7 +36,7 @@ def main(argv):
     raise app.UsageError(f"--methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")
   logging.set_verbosity(logging.INFO)
   cfg = quickstart.QuickstartConfig(
-      data_dir=FLAGS.data_dir, num_motions=FLAGS.num_motions, scale=FLAGS.scale, methods=tuple(FLAGS.methods),
+      data_dir=FLAGS.data_dir, num_motions=FLAGS.num_motions, max_frames=FLAGS.max_frames, scale=FLAGS.scale, methods=tuple(FLAGS.methods),
       num_steps=FLAGS.num_steps, trajectories=FLAGS.trajectories, replications=FLAGS.replications,
       seed=FLAGS.seed)
   summary = quickstart.run_quickstart(cfg, FLAGS.workdir)

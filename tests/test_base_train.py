@@ -3,6 +3,7 @@ generator reload, no retrace."""
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +127,16 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   # A changed model config refuses to resume.
   with pytest.raises(common.CheckpointError, match="vae.width"):
     _run(b, synth, TINY + steps(4) + ["vae.width=64"])
+  # Denoiser-only settings: the diffusion stage refuses them, the VAE stage does not, so a new denoiser can
+  # be trained on a finished VAE (copied into a new workdir: the VAE is reused unchanged, no VAE step runs).
+  with pytest.raises(common.CheckpointError, match=r"diffusion/checkpoints.*denoiser.ff_dim"):
+    _run(b, synth, TINY + steps(4) + ["denoiser.ff_dim=32"])
+  c = tmp_path / "c"
+  shutil.copytree(os.path.join(b, "vae"), c / "vae")
+  shutil.copy(os.path.join(b, "tokenizer.json"), c / "tokenizer.json")
+  _run(str(c), synth, TINY + ["vae_steps=4", "diffusion_steps=1", "denoiser.ff_dim=32"])
+  assert [r["step"] for r in common.read_metrics(c / "vae") if "loss" in r] == [1, 2, 3, 4]   # b's log only
+  jax.tree.map(np.testing.assert_array_equal, generate.load_generator(str(c)).frozen["vae"], gb.frozen["vae"])
   # ... and so does a diffusion run whose VAE was trained further since.
   with pytest.raises(common.CheckpointError, match="VAE at step 4, but the VAE is now at step 5"):
     _run(b, synth, TINY + ["vae_steps=5", "diffusion_steps=6"])
