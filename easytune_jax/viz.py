@@ -91,9 +91,9 @@ def _render(motions, titles, chain, suptitle, ncols, panel_size, dpi):
     for i, m in enumerate(motions):
         ax = fig.add_subplot(nrows, ncols, i + 1, projection="3d")
         panels.append(_Panel(ax, m, chain, titles[i] if titles else "", center, radius))
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.9 if suptitle else 1.0, wspace=0, hspace=0)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.8 if suptitle else 1.0, wspace=0, hspace=0)
+    if suptitle:   # above the panels' own titles
+        fig.suptitle(suptitle, fontsize=9, y=0.99)
     frames = []
     for f in range(max(len(m) for m in motions)):
         for p in panels:

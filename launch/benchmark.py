@@ -11,6 +11,7 @@ T in (10, 50, 200) and speed / alignment at T=50 (the paper's DRaFT-50 compariso
 per method. Writes benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png to --out_dir.
 """
 
+import dataclasses
 import json
 
 from absl import app, flags, logging
@@ -32,6 +33,7 @@ flags.DEFINE_list("speed_variants", None, "Override: e.g. easytune,draft-T.")
 flags.DEFINE_float("budget_seconds", None, "Override: training wall-time budget per method (s).")
 flags.DEFINE_integer("budget_trajectories", None, "Override: trajectory budget per method.")
 flags.DEFINE_integer("batch_size", None, "Override: captions per trajectory.")
+flags.DEFINE_float("learning_rate", None, "Override: AdamW learning rate of every method.")
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
 flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
 
@@ -39,21 +41,12 @@ flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
 def config_from_flags() -> benchmark.BenchmarkConfig:
   cfg = benchmark.get_config(FLAGS.config)
   over = {}
-  if FLAGS.memory_steps:
-    over["memory_steps"] = tuple(int(t) for t in FLAGS.memory_steps)
-  if FLAGS.speed_steps is not None:
-    over["speed_steps"] = FLAGS.speed_steps
-  if FLAGS.memory_variants:
-    over["memory_variants"] = tuple(FLAGS.memory_variants)
-  if FLAGS.speed_variants:
-    over["speed_variants"] = tuple(FLAGS.speed_variants)
-  if FLAGS.budget_seconds is not None:
-    over["budget_seconds"] = FLAGS.budget_seconds
-  if FLAGS.budget_trajectories is not None:
-    over["budget_trajectories"] = FLAGS.budget_trajectories
-  if FLAGS.batch_size is not None:
-    over["batch_size"] = FLAGS.batch_size
-  import dataclasses
+  for name in ("memory_steps", "memory_variants", "speed_variants"):
+    if getattr(FLAGS, name):
+      over[name] = tuple(int(t) for t in FLAGS[name].value) if name == "memory_steps" else tuple(FLAGS[name].value)
+  for name in ("speed_steps", "budget_seconds", "budget_trajectories", "batch_size", "learning_rate"):
+    if getattr(FLAGS, name) is not None:
+      over[name] = getattr(FLAGS, name)
   return dataclasses.replace(cfg, **over)
 
 

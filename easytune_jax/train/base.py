@@ -72,8 +72,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BaseConfig:
-  """Everything the base-generator training needs. Defaults are the tiny CPU config (about 3 minutes for
-  both stages on 2 cores, see `get_config`)."""
+  """Everything the base-generator training needs. Defaults are the tiny CPU config (VAE 500 + diffusion 800
+  steps, about 1.5 minutes on 2 cores; the quickstart trains 1500 + 1500 in about 2.5 minutes)."""
 
   model: str = "mld"
   seed: int = 0
