@@ -213,4 +213,7 @@ def test_config_overrides_and_roundtrip():
   assert (paper.denoiser.num_layers, paper.denoiser.num_heads, paper.denoiser.ff_dim) == (9, 4, 1024)
   assert paper.denoiser.skip and paper.denoiser.dropout == 0.1 and paper.cond_drop_prob == 0.1
   assert paper.vae.logvar_offset == 0.0 and paper.vae.kl_weight == 1e-4
-  assert dataclasses.asdict(paper.diffusion) == dataclasses.asdict(schedules.DiffusionConfig())
+  assert dataclasses.asdict(paper.diffusion) == dataclasses.asdict(schedules.DiffusionConfig())   # MLD: epsilon
+  # MDM predicts the clean motion (its paper); so does the tiny CPU config (epsilon stayed at chance there).
+  assert base.get_config("paper", "mdm").diffusion.prediction_type == "sample"
+  assert base.get_config("tiny").diffusion.prediction_type == "sample"
