@@ -41,9 +41,11 @@ flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
 def config_from_flags() -> benchmark.BenchmarkConfig:
   cfg = benchmark.get_config(FLAGS.config)
   over = {}
-  for name in ("memory_steps", "memory_variants", "speed_variants"):
+  if FLAGS.memory_steps:
+    over["memory_steps"] = tuple(int(t) for t in FLAGS.memory_steps)
+  for name in ("memory_variants", "speed_variants"):
     if getattr(FLAGS, name):
-      over[name] = tuple(int(t) for t in FLAGS[name].value) if name == "memory_steps" else tuple(FLAGS[name].value)
+      over[name] = tuple(getattr(FLAGS, name))
   for name in ("speed_steps", "budget_seconds", "budget_trajectories", "batch_size", "learning_rate"):
     if getattr(FLAGS, name) is not None:
       over[name] = getattr(FLAGS, name)

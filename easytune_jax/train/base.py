@@ -111,8 +111,8 @@ def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
   """Named configs: 'tiny' (CPU: widths 64, 1-layer VAE encoder/decoder, 3-layer skip denoiser, no dropout,
   64-frame windows, sample prediction, ~1.5 min for both stages), 'small' (one GPU, minutes to an hour, sample
   prediction), 'paper' (MLD sizes: latent [1, 256], 9 layers, 4 heads, ff 1024, dropout 0.1, skip, epsilon
-  prediction; MDM: width 512, 8 layers, sample prediction as in MDM). Step counts of 'paper' are round numbers, not
-  MLD's epoch schedule."""
+  prediction; MDM: width 512, 8 layers, sample prediction as in MDM). Step counts of 'paper' are round
+  numbers, not MLD's epoch schedule."""
   if name == "tiny":
     return BaseConfig(model=model)
   if name == "small":
