@@ -14,7 +14,9 @@ Three measurements, all from the same base model, reward model, seeds and batche
              `speed_repeats` runs, block_until_ready); then from the base params, updates in a loop until a
              budget of training wall time (compile excluded: warmed up beforehand) or of trajectories is
              spent, with the held-out reward (`finetune_runner.HeldOut`) at the start, at a few points in
-             between (evaluation time excluded from the clock) and at the end -> reward gain per second.
+             between (evaluation time excluded from the clock) and at the end -> reward gain per second over
+             the budget, the peak gain per second along the curve, and the seconds to reach a common
+             target gain (`time_to_gain`; a method that saturates early is not penalised by the budget).
   alignment  With an evaluator: the quick evaluation (`evaluation.evaluate(..., quick=True)`) of the base
              model and of each method's final params: R-precision, MM-Dist (Matching_score), FID,
              diversity, and the relative MM-Dist improvement over the base model.
@@ -113,6 +115,8 @@ class BenchmarkConfig:
   memory_steps: the T values of the memory sweep; speed_steps: the T of the speed / alignment runs.
   budget_seconds / budget_trajectories: the fixed training budget per method (whichever ends first;
   None = unbounded, at least one must be set). curve_points: held-out evaluations between start and end.
+  target_gain: the held-out reward gain whose reaching time is compared across methods (`time_to_gain`);
+  None = half the largest final gain among the speed variants (so every good method reaches it).
   """
 
   memory_variants: tuple = ALL_MEMORY_VARIANTS
@@ -127,6 +131,7 @@ class BenchmarkConfig:
   budget_seconds: Optional[float] = 20.0
   budget_trajectories: Optional[int] = None
   curve_points: int = 3
+  target_gain: Optional[float] = None
   heldout_size: int = 16
   eval_batch_size: int = 16
   seed: int = 0
@@ -141,6 +146,8 @@ class BenchmarkConfig:
       raise ValueError(f"{_WHERE}: BenchmarkConfig: speed_steps, batch_size, speed_repeats, heldout_size must "
                        f"be >= 1, found {self.speed_steps}, {self.batch_size}, {self.speed_repeats}, "
                        f"{self.heldout_size}")
+    if self.target_gain is not None and not self.target_gain > 0:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.target_gain: expected > 0 or None, found {self.target_gain}")
     if self.budget_seconds is None and self.budget_trajectories is None:
       raise ValueError(f"{_WHERE}: BenchmarkConfig: set budget_seconds or budget_trajectories (found neither)")
     if self.budget_seconds is not None and self.budget_seconds <= 0:
@@ -324,13 +331,27 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Inputs, 
   curve_t.append(train_s)
   curve_r.append(final)
   gain = final - base_reward
+  peak = max((r - base_reward) / t for t, r in zip(curve_t, curve_r) if t > 0)
   return {"T": T, "K": ft.num_grad_steps, "compile_seconds": compile_s, "seconds_per_trajectory": per_traj,
           "seconds_per_update": per_update, "updates_per_trajectory": ft.updates_per_trajectory,
           "timing_runs": times, "trajectories": it, "updates": int(state.step), "train_seconds": train_s,
           "base_reward": base_reward, "final_reward": final, "reward_gain": gain,
-          "reward_gain_per_second": gain / train_s, "curve": {"seconds": curve_t, "reward": curve_r},
+          "reward_gain_per_second": gain / train_s, "peak_gain_per_second": peak,
+          "curve": {"seconds": curve_t, "reward": curve_r},
           "skipped_updates": int(state.skipped), "params": state.params,
           "peak_rss_bytes": peak_rss_bytes(), "device_peak_bytes": device_peak_bytes()}
+
+
+def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> Optional[float]:
+  """Training seconds at which the held-out reward curve first reaches rewards[0] + target, linearly
+  interpolated between the two evaluations that bracket it; None if it never does. seconds, rewards: [P]
+  (seconds[0] = 0, rewards[0] = the base reward)."""
+  level = rewards[0] + target
+  for j in range(1, len(rewards)):
+    if rewards[j] >= level:
+      r0, r1, t0, t1 = rewards[j - 1], rewards[j], seconds[j - 1], seconds[j]
+      return float(t0 + (level - r0) / (r1 - r0) * (t1 - t0)) if r1 > r0 else float(t1)
+  return None
 
 
 def _progress(cfg: BenchmarkConfig, train_s: float, it: int) -> float:
@@ -455,6 +476,20 @@ def summarize(result: dict) -> dict:
     out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(sp["DRaFT-T"]["seconds_per_trajectory"],
                                                                  sp["EasyTune"]["seconds_per_trajectory"])
     out["speed_T"] = sp["EasyTune"]["T"]
+  if sp:
+    # Rates over a fixed budget understate a method that saturates early; also compare the time to reach
+    # the same gain and each method's best rate along its held-out curve.
+    target = result["config"].get("target_gain")
+    if target is None:
+      target = 0.5 * max(s["reward_gain"] for s in sp.values())
+    if target > 0:
+      ttg = {v: time_to_gain(s["curve"]["seconds"], s["curve"]["reward"], target) for v, s in sp.items()}
+      out["target_gain"] = target
+      out["seconds_to_target_gain"] = ttg
+      if ttg.get("EasyTune"):
+        out["time_to_target_over_easytune"] = {v: _ratio(t, ttg["EasyTune"]) for v, t in ttg.items()
+                                               if v != "EasyTune"}
+    out["peak_gain_per_second"] = {v: s.get("peak_gain_per_second") for v, s in sp.items()}
   out["paper"] = {"easytune_memory_over_draft_50": 0.3116, "speedup_over_draft_50": 7.3}
   return out
 
@@ -494,14 +529,19 @@ def markdown(result: dict) -> str:
     base = result.get("base", {})
     lines += [f"## Speed and reward at T={sp[0]['speed']['T']} (base held-out reward "
               f"{_fmt(base.get('heldout_reward'), 4)})", "",
-              "| variant | s/trajectory | s/update | trajectories | train s | final reward | gain | gain/s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| variant | s/trajectory | s/update | trajectories | train s | final reward | gain | gain/s | "
+              "peak gain/s | s to target |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    ttg = result["summary"].get("seconds_to_target_gain", {})
     for r in sp:
       s = r["speed"]
       lines.append(f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {s['seconds_per_update']:.4f} | "
                    f"{s['trajectories']} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
-                   f"{s['reward_gain']:+.4f} | {s['reward_gain_per_second']:+.5f} |")
-    lines.append("")
+                   f"{s['reward_gain']:+.4f} | {s['reward_gain_per_second']:+.5f} | "
+                   f"{_fmt(s.get('peak_gain_per_second'))} | {_fmt(ttg.get(r['variant']))} |")
+    lines += ["", "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at a "
+              "held-out evaluation; s to target: train s until the held-out gain first reaches "
+              f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never).", ""]
   al = [r for r in recs if "alignment" in r]
   if al:
     b = result["base"]["eval"]
@@ -523,7 +563,9 @@ def markdown(result: dict) -> str:
             + " (paper: 31.16% total memory vs DRaFT-50)",
             f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",
             f"- reward gain per second, EasyTune / DRaFT-T: {_fmt(s.get('gain_per_second_easytune_over_draft_T'))}"
-            " (paper: 7.3x faster than DRaFT-50)", ""]
+            " (paper: 7.3x faster than DRaFT-50)",
+            "- time to the target gain, method / EasyTune: "
+            + ", ".join(f"{v}: {_fmt(x)}" for v, x in s.get("time_to_target_over_easytune", {}).items()), ""]
   return "\n".join(lines)
 
 

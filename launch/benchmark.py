@@ -32,6 +32,9 @@ flags.DEFINE_list("memory_variants", None, "Override: e.g. easytune,draft-1,draf
 flags.DEFINE_list("speed_variants", None, "Override: e.g. easytune,draft-T.")
 flags.DEFINE_float("budget_seconds", None, "Override: training wall-time budget per method (s).")
 flags.DEFINE_integer("budget_trajectories", None, "Override: trajectory budget per method.")
+flags.DEFINE_integer("curve_points", None, "Override: held-out evaluations between start and end.")
+flags.DEFINE_float("target_gain", None, "Override: held-out reward gain whose reaching time is compared "
+                   "(default: half the largest final gain).")
 flags.DEFINE_integer("batch_size", None, "Override: captions per trajectory.")
 flags.DEFINE_float("learning_rate", None, "Override: AdamW learning rate of every method.")
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
@@ -46,7 +49,8 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
   for name in ("memory_variants", "speed_variants"):
     if getattr(FLAGS, name):
       over[name] = tuple(getattr(FLAGS, name))
-  for name in ("speed_steps", "budget_seconds", "budget_trajectories", "batch_size", "learning_rate"):
+  for name in ("speed_steps", "budget_seconds", "budget_trajectories", "batch_size", "learning_rate",
+               "curve_points", "target_gain"):
     if getattr(FLAGS, name) is not None:
       over[name] = getattr(FLAGS, name)
   return dataclasses.replace(cfg, **over)

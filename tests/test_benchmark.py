@@ -65,6 +65,9 @@ def test_schema_and_figures(result):
     c = s["curve"]
     assert len(c["seconds"]) == len(c["reward"]) >= 2 and c["seconds"][0] == 0.0
     assert c["seconds"] == sorted(c["seconds"]) and c["reward"][-1] == s["final_reward"]
+    assert math.isclose(s["peak_gain_per_second"],
+                        max((r - c["reward"][0]) / t for t, r in zip(c["seconds"], c["reward"]) if t > 0))
+    assert s["peak_gain_per_second"] >= s["reward_gain_per_second"] - 1e-12
     a = r["alignment"]
     for k in ("R_precision_top_1", "R_precision_top_3", "MM_Dist", "FID", "Diversity",
               "MM_Dist_relative_improvement"):
@@ -72,6 +75,14 @@ def test_schema_and_figures(result):
     assert a["MM_Dist"] > 0 and a["FID"] >= 0 and 0 <= a["R_precision_top_1"] <= a["R_precision_top_3"] <= 1
     base_mm = res["base"]["eval"]["MM_Dist"]
     assert math.isclose(a["MM_Dist_relative_improvement"], (base_mm - a["MM_Dist"]) / base_mm)
+  summ = res["summary"]
+  gains = [_rec(res, n, 4)["speed"]["reward_gain"] for n in ("EasyTune", "DRaFT-T")]
+  if max(gains) > 0:
+    assert math.isclose(summ["target_gain"], 0.5 * max(gains))
+    for n in ("EasyTune", "DRaFT-T"):
+      c = _rec(res, n, 4)["speed"]["curve"]
+      assert summ["seconds_to_target_gain"][n] == benchmark.time_to_gain(c["seconds"], c["reward"],
+                                                                          summ["target_gain"])
   # The file on disk is the same result, strictly JSON (no NaN), with the markdown and both plots.
   on_disk = json.loads(open(paths["json"]).read(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
   assert on_disk["summary"] == json.loads(json.dumps(res["summary"]))
@@ -97,6 +108,17 @@ def test_memory_scaling(result):
   assert math.isclose(s["easytune_over_draft_T_additional"]["8"],
                       _rec(res, "EasyTune", 8)["additional_memory"]["total"]
                       / _rec(res, "DRaFT-T", 8)["additional_memory"]["total"])
+
+
+def test_time_to_gain_interpolates_the_first_crossing():
+  secs, rew = [0.0, 2.0, 4.0, 6.0], [0.5, 0.6, 0.8, 0.7]
+  # level 0.7 is crossed between 2 s (0.6) and 4 s (0.8): halfway -> 3 s; the later dip does not matter.
+  assert math.isclose(benchmark.time_to_gain(secs, rew, 0.2), 3.0)
+  assert math.isclose(benchmark.time_to_gain(secs, rew, 0.05), 1.0)
+  assert math.isclose(benchmark.time_to_gain(secs, rew, 0.25), 3.5)
+  assert benchmark.time_to_gain(secs, rew, 0.31) is None
+  with pytest.raises(ValueError, match="target_gain: expected > 0 or None, found -0.1"):
+    benchmark.BenchmarkConfig(target_gain=-0.1)
 
 
 def test_variant_parsing_and_config_errors():
