@@ -51,11 +51,15 @@ _WHERE = "easytune_jax/benchmark.py"
 # --------------------------------------------------------------------------------------------- variants
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One benchmarked method setting. `k`: DRaFT's backprop depth (None = all T steps, 'DRaFT-T')."""
+  """One benchmarked method setting. `k`: DRaFT's backprop depth (None = all T steps, 'DRaFT-T');
+  `learning_rate`: this variant's own rate (None = the config's), for per-method tuning; `online`: EasyTune
+  with the 'online' sampler (trajectory and gradients at the latest params; default 'frozen')."""
 
   method: str
   k: Optional[int] = None
   remat: bool = False
+  learning_rate: Optional[float] = None
+  online: bool = False
 
   @property
   def name(self) -> str:
@@ -65,7 +69,13 @@ class Variant:
       base = f"DRaFT-{'T' if self.k is None else self.k}"
     else:
       base = {"refl": "ReFL", "alignprop": "AlignProp", "drtune": "DRTune"}[self.method]
-    return base + ("+remat" if self.remat else "")
+    return (base + ("+remat" if self.remat else "") + ("+online" if self.online else "")
+            + (f"@{self.learning_rate:g}" if self.learning_rate else ""))
+
+  @property
+  def family(self) -> str:
+    """The name without the learning rate (variants of one family differ only in their rate)."""
+    return dataclasses.replace(self, learning_rate=None).name
 
   def resolve_k(self, T: int) -> Optional[int]:
     """K passed to FinetuneConfig at T steps (None where the method's default applies)."""
@@ -79,10 +89,20 @@ class Variant:
 
 def parse_variant(spec: str) -> Variant:
   """'easytune' | 'draft-1' | 'draft-10' | 'draft-T' | 'refl' | 'alignprop' | 'drtune', optionally
-  suffixed '+remat' (baselines only)."""
-  s = spec.strip()
-  remat = s.endswith("+remat")
-  s = s[:-len("+remat")] if remat else s
+  suffixed '+remat' (baselines only) or '+online' (EasyTune only), then optionally '@<learning rate>'
+  (e.g. 'draft-1@1e-4', 'easytune+online@2e-5')."""
+  s, _, lr_text = spec.strip().partition("@")
+  lr = None
+  if lr_text:
+    try:
+      lr = float(lr_text)
+    except ValueError:
+      lr = -1.0
+    if not lr > 0:
+      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '@<learning rate>' with a rate > 0, found "
+                       f"{lr_text!r}")
+  remat, online = s.endswith("+remat"), s.endswith("+online")
+  s = s.rsplit("+", 1)[0] if remat or online else s
   k = None
   if s.startswith("draft-"):
     tail = s[len("draft-"):]
@@ -99,7 +119,9 @@ def parse_variant(spec: str) -> Variant:
     raise ValueError(f"{_WHERE}: variant {spec!r}: DRaFT needs its depth, e.g. 'draft-1' or 'draft-T'")
   if remat and s == "easytune":
     raise ValueError(f"{_WHERE}: variant {spec!r}: EasyTune stores no trajectory, '+remat' does not apply")
-  return Variant(s, k, remat)
+  if online and s != "easytune":
+    raise ValueError(f"{_WHERE}: variant {spec!r}: '+online' is EasyTune's sampler variant, not for {s!r}")
+  return Variant(s, k, remat, lr, online)
 
 
 ALL_MEMORY_VARIANTS = ("easytune", "draft-1", "draft-1+remat", "draft-10", "draft-10+remat", "draft-T",
@@ -117,6 +139,8 @@ class BenchmarkConfig:
   None = unbounded, at least one must be set). curve_points: held-out evaluations between start and end.
   target_gain: the held-out reward gain whose reaching time is compared across methods (`time_to_gain`);
   None = half the largest final gain among the speed variants (so every good method reaches it).
+  speed_seeds: independent budgeted runs per method (training batches and noise of seeds seed, seed + 1,
+  ...; the held-out set is fixed): gains are reported as mean and standard deviation over them.
   """
 
   memory_variants: tuple = ALL_MEMORY_VARIANTS
@@ -132,6 +156,7 @@ class BenchmarkConfig:
   budget_trajectories: Optional[int] = None
   curve_points: int = 3
   target_gain: Optional[float] = None
+  speed_seeds: int = 1
   heldout_size: int = 16
   eval_batch_size: int = 16
   seed: int = 0
@@ -142,10 +167,10 @@ class BenchmarkConfig:
     if not self.memory_steps or min(self.memory_steps) < 1:
       raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found "
                        f"{self.memory_steps}")
-    if self.speed_steps < 1 or self.batch_size < 1 or self.speed_repeats < 1 or self.heldout_size < 1:
-      raise ValueError(f"{_WHERE}: BenchmarkConfig: speed_steps, batch_size, speed_repeats, heldout_size must "
-                       f"be >= 1, found {self.speed_steps}, {self.batch_size}, {self.speed_repeats}, "
-                       f"{self.heldout_size}")
+    counts = {k: getattr(self, k) for k in ("speed_steps", "batch_size", "speed_repeats", "speed_seeds",
+                                             "heldout_size")}
+    if min(counts.values()) < 1:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig: expected {', '.join(counts)} >= 1, found {counts}")
     if self.target_gain is not None and not self.target_gain > 0:
       raise ValueError(f"{_WHERE}: BenchmarkConfig.target_gain: expected > 0 or None, found {self.target_gain}")
     if self.budget_seconds is None and self.budget_trajectories is None:
@@ -176,8 +201,10 @@ def get_config(name: str = "tiny") -> BenchmarkConfig:
 def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.FinetuneConfig:
   return finetune.FinetuneConfig(
       method=variant.method, num_steps=T, k=variant.resolve_k(T), remat=variant.remat,
+      sampler_variant="online" if variant.online else "frozen",
       guidance_scale=cfg.guidance_scale,
-      optim=common.OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps))
+      optim=common.OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate,
+                               warmup_steps=cfg.warmup_steps))
 
 
 # --------------------------------------------------------------------------------------------- machine
@@ -285,15 +312,17 @@ def _block(tree):
   return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
 
 
-def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Inputs, heldout,
+def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence[Inputs], heldout,
                   base_reward: float) -> dict:
-  """Timing after warm-up, then the budgeted run from the base params (see the module docstring)."""
+  """Timing after warm-up, then one budgeted run from the base params per entry of `inputs` (one training
+  stream per seed; see the module docstring). Gains are averaged over the runs (with their standard
+  deviation); `runs` keeps each run, `curve` is the first run's; `params` are the first run's final params."""
   T = cfg.speed_steps
   ft = finetune_config(cfg, variant, T)
   tx = _tx(ft)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode)
   state0 = common.create_train_state(task.gen.params, tx)
-  x_T, cond, uncond, rng = inputs(0)
+  x_T, cond, uncond, rng = inputs[0](0)
   t0 = time.perf_counter()
   # Compile + first runs, excluded from every clock. Two chained calls: the state an update returns can
   # differ from the freshly created one in weak types, so the second call may compile once more.
@@ -305,9 +334,28 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Inputs, 
     _block(update(state0, x_T, cond, uncond, rng))
     times.append(time.perf_counter() - t0)
   per_traj = statistics.median(times)
-  per_update = per_traj / ft.updates_per_trajectory
+  runs, params = [], None
+  for r, inp in enumerate(inputs):
+    run, state = _budgeted_run(cfg, update, state0, inp, heldout, base_reward)
+    runs.append({"seed": inp.seed, **run})
+    params = state.params if r == 0 else params
+    del state
+  out = {"T": T, "K": ft.num_grad_steps, "compile_seconds": compile_s, "seconds_per_trajectory": per_traj,
+         "seconds_per_update": per_traj / ft.updates_per_trajectory,
+         "updates_per_trajectory": ft.updates_per_trajectory, "timing_runs": times, "base_reward": base_reward}
+  for k in ("trajectories", "updates", "train_seconds", "final_reward", "reward_gain", "reward_gain_per_second",
+            "peak_gain_per_second", "skipped_updates"):
+    out[k] = float(np.mean([run[k] for run in runs])) if len(runs) > 1 else runs[0][k]
+  for k in ("reward_gain", "reward_gain_per_second", "peak_gain_per_second"):
+    out[k + "_std"] = float(np.std([run[k] for run in runs], ddof=1)) if len(runs) > 1 else None
+  out.update(curve=runs[0]["curve"], runs=runs, params=params, peak_rss_bytes=peak_rss_bytes(),
+             device_peak_bytes=device_peak_bytes())
+  return out
 
-  # Budgeted run: the clock counts update calls only; held-out evaluations happen with the clock stopped.
+
+def _budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, base_reward: float):
+  """Updates from state0 until the budget is spent; the clock counts update calls only, held-out
+  evaluations happen with the clock stopped. Returns (run dict, final state)."""
   state, train_s, it = state0, 0.0, 0
   curve_t, curve_r = [0.0], [base_reward]
   n_points = max(cfg.curve_points, 0)
@@ -332,14 +380,9 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Inputs, 
   curve_r.append(final)
   gain = final - base_reward
   peak = max((r - base_reward) / t for t, r in zip(curve_t, curve_r) if t > 0)
-  return {"T": T, "K": ft.num_grad_steps, "compile_seconds": compile_s, "seconds_per_trajectory": per_traj,
-          "seconds_per_update": per_update, "updates_per_trajectory": ft.updates_per_trajectory,
-          "timing_runs": times, "trajectories": it, "updates": int(state.step), "train_seconds": train_s,
-          "base_reward": base_reward, "final_reward": final, "reward_gain": gain,
-          "reward_gain_per_second": gain / train_s, "peak_gain_per_second": peak,
-          "curve": {"seconds": curve_t, "reward": curve_r},
-          "skipped_updates": int(state.skipped), "params": state.params,
-          "peak_rss_bytes": peak_rss_bytes(), "device_peak_bytes": device_peak_bytes()}
+  return {"trajectories": it, "updates": int(state.step), "train_seconds": train_s, "final_reward": final,
+          "reward_gain": gain, "reward_gain_per_second": gain / train_s, "peak_gain_per_second": peak,
+          "curve": {"seconds": curve_t, "reward": curve_r}, "skipped_updates": int(state.skipped)}, state
 
 
 def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> Optional[float]:
@@ -396,6 +439,7 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
   train = load_dataset(data_dir, "train")
   inputs = Inputs(task, train, cfg.batch_size, cfg.seed)
   records = measure_memory(task, cfg, inputs) if memory else []
+  streams = [inputs] + [Inputs(task, train, cfg.batch_size, cfg.seed + r) for r in range(1, cfg.speed_seeds)]
   base_info: dict = {}
   if speed:
     val = load_dataset(data_dir, "val")
@@ -417,7 +461,7 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
       if not v.applies(cfg.speed_steps):
         continue
       logging.info("benchmark speed %s T=%d", v.name, cfg.speed_steps)
-      sp = measure_speed(task, cfg, v, inputs, heldout, base_reward)
+      sp = measure_speed(task, cfg, v, streams, heldout, base_reward)
       params = sp.pop("params")
       rec = _find(records, v.name, cfg.speed_steps)
       if rec is None:
@@ -470,12 +514,25 @@ def summarize(result: dict) -> dict:
         "T": [es[0]["T"], es[-1]["T"]], "temp": _ratio(es[-1]["memory"]["temp"], es[0]["memory"]["temp"]),
         "total": _ratio(es[-1]["memory"]["total"], es[0]["memory"]["total"])}
   sp = {r["variant"]: r["speed"] for r in recs if "speed" in r}
-  if "EasyTune" in sp and "DRaFT-T" in sp:
-    out["gain_per_second_easytune_over_draft_T"] = _ratio(sp["EasyTune"]["reward_gain_per_second"],
-                                                          sp["DRaFT-T"]["reward_gain_per_second"])
-    out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(sp["DRaFT-T"]["seconds_per_trajectory"],
-                                                                 sp["EasyTune"]["seconds_per_trajectory"])
-    out["speed_T"] = sp["EasyTune"]["T"]
+  # Per method family, the variant (learning rate) with the largest gain per second: a tuned comparison.
+  best: dict = {}
+  for r in recs:
+    if "speed" in r:
+      fam = parse_variant(r["spec"]).family
+      if fam not in best or sp[r["variant"]]["reward_gain_per_second"] > sp[best[fam]]["reward_gain_per_second"]:
+        best[fam] = r["variant"]
+  out["best_variant_per_method"] = best
+  e, d = best.get("EasyTune"), best.get("DRaFT-T")
+  if e and d:
+    out["gain_per_second_easytune_over_draft_T"] = _ratio(sp[e]["reward_gain_per_second"],
+                                                          sp[d]["reward_gain_per_second"])
+    out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(sp[d]["seconds_per_trajectory"],
+                                                                 sp[e]["seconds_per_trajectory"])
+  others = [sp[v]["reward_gain_per_second"] for f, v in best.items() if f != "EasyTune"]
+  if e and others:
+    out["gain_per_second_easytune_over_best_baseline"] = _ratio(sp[e]["reward_gain_per_second"], max(others))
+  if e:
+    out["speed_T"] = sp[e]["T"]
   if sp:
     # Rates over a fixed budget understate a method that saturates early; also compare the time to reach
     # the same gain and each method's best rate along its held-out curve.
@@ -483,12 +540,15 @@ def summarize(result: dict) -> dict:
     if target is None:
       target = 0.5 * max(s["reward_gain"] for s in sp.values())
     if target > 0:
-      ttg = {v: time_to_gain(s["curve"]["seconds"], s["curve"]["reward"], target) for v, s in sp.items()}
+      per_run = {v: [time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], target)
+                     for run in s.get("runs", [s])] for v, s in sp.items()}
+      # Mean over the runs; None unless every run reaches the target.
+      ttg = {v: (float(np.mean(ts)) if None not in ts else None) for v, ts in per_run.items()}
       out["target_gain"] = target
       out["seconds_to_target_gain"] = ttg
-      if ttg.get("EasyTune"):
-        out["time_to_target_over_easytune"] = {v: _ratio(t, ttg["EasyTune"]) for v, t in ttg.items()
-                                               if v != "EasyTune"}
+      out["seconds_to_target_gain_per_run"] = per_run
+      if e and ttg.get(e):
+        out["time_to_target_over_easytune"] = {v: _ratio(t, ttg[e]) for v, t in ttg.items() if v != e}
     out["peak_gain_per_second"] = {v: s.get("peak_gain_per_second") for v, s in sp.items()}
   out["paper"] = {"easytune_memory_over_draft_50": 0.3116, "speedup_over_draft_50": 7.3}
   return out
@@ -508,6 +568,15 @@ def _fmt(x, digits=3):
   if isinstance(x, float) and not math.isfinite(x):
     return str(x)
   return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _pm(speed: dict, key: str, spec: str) -> str:
+  """'mean ± std' of a speed field (just the value for a single run)."""
+  std = speed.get(key + "_std")
+  v = speed.get(key)
+  if v is None:
+    return "-"
+  return f"{v:{spec}}" + (f" ± {std:{spec.lstrip('+')}}" if std is not None else "")
 
 
 def markdown(result: dict) -> str:
@@ -536,12 +605,15 @@ def markdown(result: dict) -> str:
     for r in sp:
       s = r["speed"]
       lines.append(f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {s['seconds_per_update']:.4f} | "
-                   f"{s['trajectories']} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
-                   f"{s['reward_gain']:+.4f} | {s['reward_gain_per_second']:+.5f} | "
-                   f"{_fmt(s.get('peak_gain_per_second'))} | {_fmt(ttg.get(r['variant']))} |")
+                   f"{s['trajectories']:.0f} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
+                   f"{_pm(s, 'reward_gain', '+.4f')} | {_pm(s, 'reward_gain_per_second', '+.5f')} | "
+                   f"{_pm(s, 'peak_gain_per_second', '.4f')} | {_fmt(ttg.get(r['variant']))} |")
+    n_runs = len(sp[0]["speed"].get("runs", [None]))
     lines += ["", "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at a "
               "held-out evaluation; s to target: train s until the held-out gain first reaches "
-              f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never).", ""]
+              f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never)."
+              + (f" Mean ± standard deviation over {n_runs} runs (seeds) per method; trajectories, train s and "
+                 "final reward are means." if n_runs > 1 else ""), ""]
   al = [r for r in recs if "alignment" in r]
   if al:
     b = result["base"]["eval"]
@@ -563,7 +635,9 @@ def markdown(result: dict) -> str:
             + " (paper: 31.16% total memory vs DRaFT-50)",
             f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",
             f"- reward gain per second, EasyTune / DRaFT-T: {_fmt(s.get('gain_per_second_easytune_over_draft_T'))}"
-            " (paper: 7.3x faster than DRaFT-50)",
+            " (paper: 7.3x faster than DRaFT-50); EasyTune / best other method: "
+            f"{_fmt(s.get('gain_per_second_easytune_over_best_baseline'))} (each method at its best learning "
+            f"rate among those run: {', '.join(s.get('best_variant_per_method', {}).values())})",
             "- time to the target gain, method / EasyTune: "
             + ", ".join(f"{v}: {_fmt(x)}" for v, x in s.get("time_to_target_over_easytune", {}).items()), ""]
   return "\n".join(lines)

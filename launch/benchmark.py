@@ -35,6 +35,7 @@ flags.DEFINE_integer("budget_trajectories", None, "Override: trajectory budget p
 flags.DEFINE_integer("curve_points", None, "Override: held-out evaluations between start and end.")
 flags.DEFINE_float("target_gain", None, "Override: held-out reward gain whose reaching time is compared "
                    "(default: half the largest final gain).")
+flags.DEFINE_integer("speed_seeds", None, "Override: independent budgeted runs (seeds) per method.")
 flags.DEFINE_integer("batch_size", None, "Override: captions per trajectory.")
 flags.DEFINE_float("learning_rate", None, "Override: AdamW learning rate of every method.")
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
@@ -50,7 +51,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
     if getattr(FLAGS, name):
       over[name] = tuple(getattr(FLAGS, name))
   for name in ("speed_steps", "budget_seconds", "budget_trajectories", "batch_size", "learning_rate",
-               "curve_points", "target_gain"):
+               "curve_points", "target_gain", "speed_seeds"):
     if getattr(FLAGS, name) is not None:
       over[name] = getattr(FLAGS, name)
   return dataclasses.replace(cfg, **over)

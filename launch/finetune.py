@@ -51,6 +51,9 @@ flags.DEFINE_integer("eval_every", 5, "Held-out evaluation every this many traje
 flags.DEFINE_integer("heldout_size", 64, "Held-out val captions.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every this many trajectories.")
 flags.DEFINE_string("trainable", "all", "Comma-separated regexes of trainable parameter paths ('all').")
+flags.DEFINE_enum("best_metric", "heldout_reward", sorted(finetune_runner.BEST_METRICS),
+                  "Criterion of best/: held-out reward, or an evaluator metric on the val split (needs "
+                  "--evaluator_workdir; guards against reward over-optimisation).")
 flags.DEFINE_enum("on_nonfinite", "skip", ["skip", "stop"], "Non-finite loss/gradient policy.")
 parallel.define_flags()
 
@@ -67,7 +70,7 @@ def config_from_flags() -> finetune_runner.RunConfig:
   return finetune_runner.RunConfig(
       finetune=ft, trajectories=FLAGS.trajectories, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       eval_every=FLAGS.eval_every, heldout_size=FLAGS.heldout_size, checkpoint_every=FLAGS.checkpoint_every,
-      trainable=FLAGS.trainable, on_nonfinite=FLAGS.on_nonfinite)
+      trainable=FLAGS.trainable, on_nonfinite=FLAGS.on_nonfinite, best_metric=FLAGS.best_metric)
 
 
 def main(argv):

@@ -4,6 +4,7 @@ positive figures, outputs on disk, and EasyTune's compiled memory flat in T whil
 import json
 import math
 
+import numpy as np
 import pytest
 
 from easytune_jax import benchmark
@@ -18,7 +19,7 @@ def result(tiny_pipeline, tmp_path_factory):
   cfg = benchmark.BenchmarkConfig(
       memory_variants=("easytune", "draft-1", "draft-T", "draft-T+remat", "draft-10"), memory_steps=(4, 8),
       speed_variants=("easytune", "draft-T"), speed_steps=4, batch_size=4, speed_repeats=2,
-      budget_seconds=1.0, budget_trajectories=3, curve_points=1, heldout_size=4, eval_batch_size=4)
+      budget_seconds=1.0, budget_trajectories=3, curve_points=1, speed_seeds=2, heldout_size=4, eval_batch_size=4)
   p = tiny_pipeline
   res = benchmark.run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator)
   out = tmp_path_factory.mktemp("bench")
@@ -62,12 +63,21 @@ def test_schema_and_figures(result):
       assert _finite(s[k]), (name, k)
     assert math.isclose(s["reward_gain"], s["final_reward"] - s["base_reward"], abs_tol=1e-9)
     assert s["base_reward"] == res["base"]["heldout_reward"]
-    c = s["curve"]
-    assert len(c["seconds"]) == len(c["reward"]) >= 2 and c["seconds"][0] == 0.0
-    assert c["seconds"] == sorted(c["seconds"]) and c["reward"][-1] == s["final_reward"]
-    assert math.isclose(s["peak_gain_per_second"],
-                        max((r - c["reward"][0]) / t for t, r in zip(c["seconds"], c["reward"]) if t > 0))
-    assert s["peak_gain_per_second"] >= s["reward_gain_per_second"] - 1e-12
+    # Two budgeted runs (seeds 0, 1); the record holds their means and standard deviations.
+    assert [run["seed"] for run in s["runs"]] == [0, 1] and s["curve"] == s["runs"][0]["curve"]
+    for k in ("final_reward", "reward_gain", "reward_gain_per_second", "peak_gain_per_second"):
+      vals = [run[k] for run in s["runs"]]
+      assert math.isclose(s[k], np.mean(vals), rel_tol=1e-9, abs_tol=1e-12), (name, k)
+    assert math.isclose(s["reward_gain_per_second_std"], np.std([run["reward_gain_per_second"]
+                                                                 for run in s["runs"]], ddof=1), abs_tol=1e-12)
+    for run in s["runs"]:
+      c = run["curve"]
+      assert len(c["seconds"]) == len(c["reward"]) >= 2 and c["seconds"][0] == 0.0
+      assert c["seconds"] == sorted(c["seconds"]) and c["reward"][-1] == run["final_reward"]
+      assert math.isclose(run["reward_gain_per_second"], run["reward_gain"] / run["train_seconds"])
+      assert math.isclose(run["peak_gain_per_second"],
+                          max((r - c["reward"][0]) / t for t, r in zip(c["seconds"], c["reward"]) if t > 0))
+      assert run["peak_gain_per_second"] >= run["reward_gain_per_second"] - 1e-12
     a = r["alignment"]
     for k in ("R_precision_top_1", "R_precision_top_3", "MM_Dist", "FID", "Diversity",
               "MM_Dist_relative_improvement"):
@@ -80,9 +90,10 @@ def test_schema_and_figures(result):
   if max(gains) > 0:
     assert math.isclose(summ["target_gain"], 0.5 * max(gains))
     for n in ("EasyTune", "DRaFT-T"):
-      c = _rec(res, n, 4)["speed"]["curve"]
-      assert summ["seconds_to_target_gain"][n] == benchmark.time_to_gain(c["seconds"], c["reward"],
-                                                                          summ["target_gain"])
+      ts = [benchmark.time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
+            for run in _rec(res, n, 4)["speed"]["runs"]]
+      assert summ["seconds_to_target_gain_per_run"][n] == ts
+      assert summ["seconds_to_target_gain"][n] == (None if None in ts else pytest.approx(np.mean(ts)))
   # The file on disk is the same result, strictly JSON (no NaN), with the markdown and both plots.
   on_disk = json.loads(open(paths["json"]).read(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
   assert on_disk["summary"] == json.loads(json.dumps(res["summary"]))
@@ -125,6 +136,18 @@ def test_variant_parsing_and_config_errors():
   assert benchmark.parse_variant("draft-10+remat") == benchmark.Variant("draft", 10, True)
   assert benchmark.parse_variant("draft-T").name == "DRaFT-T"
   assert benchmark.parse_variant("alignprop+remat").name == "AlignProp+remat"
+  v = benchmark.parse_variant("draft-1+remat@1e-4")
+  assert v == benchmark.Variant("draft", 1, True, 1e-4) and v.family == "DRaFT-1+remat"
+  assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).optim.learning_rate == 1e-4
+  assert benchmark.finetune_config(benchmark.BenchmarkConfig(learning_rate=3e-5), benchmark.parse_variant("refl"),
+                                   10).optim.learning_rate == 3e-5
+  v = benchmark.parse_variant("easytune+online@2e-5")
+  assert v.name == "EasyTune+online@2e-05" and v.family == "EasyTune+online"
+  assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).sampler_variant == "online"
+  with pytest.raises(ValueError, match="'\\+online' is EasyTune's sampler variant, not for 'refl'"):
+    benchmark.parse_variant("refl+online")
+  with pytest.raises(ValueError, match="'easytune@fast'.*rate > 0, found 'fast'"):
+    benchmark.parse_variant("easytune@fast")
   with pytest.raises(ValueError, match="easytune_jax/benchmark.py.*'draft-x'.*K='x'"):
     benchmark.parse_variant("draft-x")
   with pytest.raises(ValueError, match="expected a method in"):

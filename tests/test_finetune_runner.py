@@ -82,3 +82,30 @@ def test_trainable_mask_patterns(tiny_pipeline):
   mask = fr.trainable_mask(task.gen.params, "Dense_0")
   leaves = jax.tree.leaves(mask)
   assert any(leaves) and not all(leaves)
+
+
+def test_best_checkpoint_by_a_val_split_evaluator_metric(tiny_pipeline, tmp_path):
+  """best/ starts as the base params and is replaced only when the val-split metric improves (MM-Dist:
+  lower is better); its metadata names the metric, the value and the trajectory."""
+  p = tiny_pipeline
+  with pytest.raises(ValueError, match="RunConfig.best_metric: expected one of .*found 'loss'"):
+    fr.RunConfig(best_metric="loss")
+  cfg = fr.RunConfig(**{**_cfg("draft", 3).__dict__, "eval_every": 1, "best_metric": "Matching_score"})
+  with pytest.raises(ValueError, match="best_metric='Matching_score' is an evaluator metric: pass "
+                                       "evaluator_workdir"):
+    fr.run_finetune(cfg, str(tmp_path / "noeval"), p.generator, p.reward, p.data, progress=False)
+  work = tmp_path / "best"
+  s = fr.run_finetune(cfg, str(work), p.generator, p.reward, p.data, evaluator_workdir=p.evaluator,
+                      progress=False)
+  best = s["best"]
+  logged = {r["step"]: r["val/Matching_score"] for r in common.read_metrics(work) if "val/Matching_score" in r}
+  assert sorted(logged) == [1, 2, 3] and best["metric"] == "Matching_score"
+  assert best["value"] <= min(logged.values()) + 1e-9
+  base = fr.load_task(p.generator, p.reward).gen.params
+  best_params = fr.load_finetuned_generator(str(work), which="best").params
+  same_as_base = all(bool(np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(best_params),
+                                                                jax.tree.leaves(base)))
+  if best["trajectory"] == 0:      # nothing beat the base: best/ holds the base params
+    assert same_as_base and best["value"] < min(logged.values())
+  else:
+    assert not same_as_base and best["value"] == pytest.approx(logged[best["trajectory"]])

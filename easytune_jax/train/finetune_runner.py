@@ -12,7 +12,8 @@
 `run_finetune` drives any method through `finetune.make_update_fn` with `common.train_loop` (resume, SIGTERM,
 non-finite policy), logs the reward per update and per step index, evaluates a held-out reward (fixed val
 captions and noise, full sampling with the current parameters) at intervals, optionally the evaluator's
-quick metrics, and keeps the best checkpoint by held-out reward.
+quick metrics (test split, monitoring), and keeps the best checkpoint by `RunConfig.best_metric` (held-out
+reward, or an evaluator metric on the val split).
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
 
 
 # --------------------------------------------------------------------------------------------- run
+# Criteria for `best/`: +1 higher is better, -1 lower is better. Evaluator metrics are measured on the VAL
+# split (quick evaluation, fixed seed), never on the test split the final numbers are reported on.
+BEST_METRICS = {"heldout_reward": 1.0, "R_precision_top_1": 1.0, "R_precision_top_3": 1.0,
+                "Matching_score": -1.0, "FID": -1.0}
+_EVAL_METRICS = ("R_precision_top_1", "R_precision_top_3", "Matching_score", "FID", "Diversity")
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """A fine-tuning run: method config, data, schedule of evaluation and checkpoints."""
@@ -146,11 +153,15 @@ class RunConfig:
   trainable: str = "all"
   ema_decay: float = 0.0
   on_nonfinite: str = "skip"
+  best_metric: str = "heldout_reward"
 
   def __post_init__(self):
     if self.trajectories < 1 or self.batch_size < 1:
       raise ValueError(f"RunConfig: trajectories and batch_size must be >= 1, found {self.trajectories}, "
                        f"{self.batch_size}")
+    if self.best_metric not in BEST_METRICS:
+      raise ValueError(f"RunConfig.best_metric: expected one of {sorted(BEST_METRICS)}, found "
+                       f"{self.best_metric!r}")
 
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -196,7 +207,8 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   """Fine-tunes the generator of `generator_workdir` with the reward of `reward_workdir`.
 
   Writes `<workdir>/finetune.json` (configs and sources), `checkpoints/` (resumable state), `best/` (params
-  with the best held-out reward), `metrics.*` (reward per update and per step index, held-out reward) and
+  best by `cfg.best_metric`: held-out reward, or an evaluator metric on the val split; starts as the base),
+  `metrics.*` (reward per update and per step index, held-out reward, val/ and eval/ metrics) and
   returns a summary dict with the base and final held-out reward and the wall time. `mesh`
   (`parallel.make_mesh`): the update runs data-parallel / FSDP (cfg.batch_size is the GLOBAL batch and must
   divide the device count; same result as one device).
@@ -213,7 +225,8 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    common.check_config_matches(json.loads(info_path.read_text())["run"], meta["run"], str(info_path),
+    saved = {"best_metric": "heldout_reward", **json.loads(info_path.read_text())["run"]}  # runs before it
+    common.check_config_matches(saved, meta["run"], str(info_path),
                                 ignore=("trajectories", "eval_every", "checkpoint_every"))
   tmp = info_path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(meta, indent=2))
@@ -233,15 +246,41 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   state = common.create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
   heldout = HeldOut(task, val, cfg)
   base_rewards = heldout.rewards(task.gen.params)
-  best = {"reward": float(np.mean(base_rewards)), "trajectory": 0}
-  best_ck = common.Checkpointer(workdir / "best", max_to_keep=1)
-  if best_ck.latest_step() is not None:
-    best = best_ck.metadata()["best"]
   evaluator = None
   if evaluator_workdir:
     from easytune_jax.train import evaluator as te
     evaluator = te.load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
     test = load_dataset(data_dir, "test")
+  elif cfg.best_metric != "heldout_reward":
+    raise ValueError(f"run_finetune: best_metric={cfg.best_metric!r} is an evaluator metric: pass "
+                     "evaluator_workdir (or use best_metric='heldout_reward')")
+
+  def quick_eval(params, dataset, seed):
+    from easytune_jax import evaluation
+    res = evaluation.evaluate(_generate_fn(task, params, ft), evaluator, dataset, quick=True, batch_size=32,
+                              max_length=min(task.gen.max_length, evaluator.max_length), seed=seed)
+    return {k: v[0] for k, v in res["metrics"].items() if k in _EVAL_METRICS}
+
+  def criterion(params, heldout_reward):
+    """(value of cfg.best_metric, val-split evaluator metrics {'val/...'} or {})."""
+    if cfg.best_metric == "heldout_reward":
+      return heldout_reward, {}
+    vm = quick_eval(params, val, cfg.seed)   # same seed every time: differences come from the params
+    return vm[cfg.best_metric], {f"val/{k}": v for k, v in vm.items()}
+
+  # `best/` starts as the base model (trajectory 0): a run that never improves keeps the base params.
+  best_ck = common.Checkpointer(workdir / "best", max_to_keep=1)
+  if best_ck.latest_step() is not None:
+    best = best_ck.metadata()["best"]
+    if "value" not in best:   # written before best_metric existed: {'reward', 'trajectory'}
+      best = {"metric": "heldout_reward", "value": best["reward"], "trajectory": best["trajectory"],
+              "heldout_reward": best["reward"]}
+  else:
+    value, _ = criterion(task.gen.params, float(np.mean(base_rewards)))
+    best = {"metric": cfg.best_metric, "value": float(value), "trajectory": 0,
+            "heldout_reward": float(np.mean(base_rewards))}
+    best_ck.save(0, task.gen.params, {"best": best})
+  sign = BEST_METRICS[cfg.best_metric]
   key = jax.random.key(cfg.seed)
 
   def batch_fn(it):
@@ -258,16 +297,13 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   def eval_fn(state, it):
     r = heldout.rewards(state.params)
     out = {"heldout_reward": float(np.mean(r))}
-    if out["heldout_reward"] > best["reward"]:
-      best.update(reward=out["heldout_reward"], trajectory=it)
+    value, val_metrics = criterion(state.params, out["heldout_reward"])
+    out.update(val_metrics)
+    if sign * value > sign * best["value"]:
+      best.update(value=float(value), trajectory=it, heldout_reward=out["heldout_reward"])
       best_ck.save(it, state.params, {"best": best})
-    if evaluator is not None:
-      from easytune_jax import evaluation
-      res = evaluation.evaluate(_generate_fn(task, state.params, ft), evaluator, test, quick=True,
-                                batch_size=32, max_length=min(task.gen.max_length, evaluator.max_length),
-                                seed=it)
-      out.update({f"eval/{k}": v[0] for k, v in res["metrics"].items()
-                  if k in ("R_precision_top_1", "R_precision_top_3", "Matching_score", "FID", "Diversity")})
+    if evaluator is not None:   # test-split monitoring (not used for any choice)
+      out.update({f"eval/{k}": v for k, v in quick_eval(state.params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
     return out
 
@@ -311,7 +347,7 @@ def _generate_fn(task: MotionTask, params, ft: finetune.FinetuneConfig):
 
 def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
   """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
-  checkpoint, 'best' = best held-out reward)."""
+  checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them)."""
   workdir = pathlib.Path(workdir)
   info = json.loads((workdir / "finetune.json").read_text())
   gen = load_generator(info["generator_workdir"])
