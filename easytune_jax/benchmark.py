@@ -64,7 +64,7 @@ class Variant:
   @property
   def name(self) -> str:
     if self.method == "easytune":
-      base = "EasyTune"
+      base = "EasyTune" + ("" if self.k is None else f"-{self.k}")
     elif self.method == "draft":
       base = f"DRaFT-{'T' if self.k is None else self.k}"
     else:
@@ -81,14 +81,15 @@ class Variant:
     """K passed to FinetuneConfig at T steps (None where the method's default applies)."""
     if self.method == "draft":
       return T if self.k is None else self.k
-    return None
+    return self.k if self.method == "easytune" else None
 
   def applies(self, T: int) -> bool:
-    return not (self.method == "draft" and self.k is not None and self.k > T)
+    return not (self.method in ("draft", "easytune") and self.k is not None and self.k > T)
 
 
 def parse_variant(spec: str) -> Variant:
-  """'easytune' | 'draft-1' | 'draft-10' | 'draft-T' | 'refl' | 'alignprop' | 'drtune', optionally
+  """'easytune' | 'easytune-<K>' (train the last K steps) | 'draft-1' | 'draft-10' | 'draft-T' | 'refl' |
+  'alignprop' | 'drtune', optionally
   suffixed '+remat' (baselines only) or '+online' (EasyTune only), then optionally '@<learning rate>'
   (e.g. 'draft-1@1e-4', 'easytune+online@2e-5')."""
   s, _, lr_text = spec.strip().partition("@")
@@ -104,14 +105,15 @@ def parse_variant(spec: str) -> Variant:
   remat, online = s.endswith("+remat"), s.endswith("+online")
   s = s.rsplit("+", 1)[0] if remat or online else s
   k = None
-  if s.startswith("draft-"):
-    tail = s[len("draft-"):]
-    if tail != "T":
-      if not tail.isdigit() or int(tail) < 1:
-        raise ValueError(f"{_WHERE}: variant {spec!r}: expected 'draft-<K>' with K >= 1 or 'draft-T', "
-                         f"found K={tail!r}")
-      k = int(tail)
-    s = "draft"
+  for m in ("draft", "easytune"):
+    if s.startswith(m + "-"):
+      tail = s[len(m) + 1:]
+      if tail != "T":
+        if not tail.isdigit() or int(tail) < 1:
+          raise ValueError(f"{_WHERE}: variant {spec!r}: expected '{m}-<K>' with K >= 1 or '{m}-T', "
+                           f"found K={tail!r}")
+        k = int(tail)
+      s = m
   if s not in finetune.METHODS:
     raise ValueError(f"{_WHERE}: variant {spec!r}: expected a method in {finetune.METHODS} (DRaFT as "
                      f"'draft-<K>'/'draft-T'), optionally '+remat'; found {s!r}")
@@ -519,16 +521,22 @@ def summarize(result: dict) -> dict:
   for r in recs:
     if "speed" in r:
       fam = parse_variant(r["spec"]).family
-      if fam not in best or sp[r["variant"]]["reward_gain_per_second"] > sp[best[fam]]["reward_gain_per_second"]:
+      rate = sp[r["variant"]]["reward_gain_per_second"]
+      if fam not in best or rate > sp[best[fam]]["reward_gain_per_second"]:
         best[fam] = r["variant"]
   out["best_variant_per_method"] = best
-  e, d = best.get("EasyTune"), best.get("DRaFT-T")
+  # EasyTune = its best variant over both samplers; every comparison below is against that one.
+  ez = [v for f, v in best.items() if f.startswith("EasyTune")]
+  e = max(ez, key=lambda v: sp[v]["reward_gain_per_second"]) if ez else None
+  d = best.get("DRaFT-T")
+  if e:
+    out["easytune_variant"] = e
   if e and d:
     out["gain_per_second_easytune_over_draft_T"] = _ratio(sp[e]["reward_gain_per_second"],
                                                           sp[d]["reward_gain_per_second"])
     out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(sp[d]["seconds_per_trajectory"],
                                                                  sp[e]["seconds_per_trajectory"])
-  others = [sp[v]["reward_gain_per_second"] for f, v in best.items() if f != "EasyTune"]
+  others = [sp[v]["reward_gain_per_second"] for f, v in best.items() if not f.startswith("EasyTune")]
   if e and others:
     out["gain_per_second_easytune_over_best_baseline"] = _ratio(sp[e]["reward_gain_per_second"], max(others))
   if e:
@@ -609,11 +617,11 @@ def markdown(result: dict) -> str:
                    f"{_pm(s, 'reward_gain', '+.4f')} | {_pm(s, 'reward_gain_per_second', '+.5f')} | "
                    f"{_pm(s, 'peak_gain_per_second', '.4f')} | {_fmt(ttg.get(r['variant']))} |")
     n_runs = len(sp[0]["speed"].get("runs", [None]))
-    lines += ["", "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at a "
-              "held-out evaluation; s to target: train s until the held-out gain first reaches "
+    lines += ["", "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at "
+              "a held-out evaluation; s to target: train s until the held-out gain first reaches "
               f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never)."
-              + (f" Mean ± standard deviation over {n_runs} runs (seeds) per method; trajectories, train s and "
-                 "final reward are means." if n_runs > 1 else ""), ""]
+              + (f" Mean ± standard deviation over {n_runs} runs (seeds) per method; trajectories, train s "
+                 "and final reward are means." if n_runs > 1 else ""), ""]
   al = [r for r in recs if "alignment" in r]
   if al:
     b = result["base"]["eval"]
@@ -638,7 +646,7 @@ def markdown(result: dict) -> str:
             " (paper: 7.3x faster than DRaFT-50); EasyTune / best other method: "
             f"{_fmt(s.get('gain_per_second_easytune_over_best_baseline'))} (each method at its best learning "
             f"rate among those run: {', '.join(s.get('best_variant_per_method', {}).values())})",
-            "- time to the target gain, method / EasyTune: "
+            f"- time to the target gain, method / EasyTune ({s.get('easytune_variant', '-')}): "
             + ", ".join(f"{v}: {_fmt(x)}" for v, x in s.get("time_to_target_over_easytune", {}).items()), ""]
   return "\n".join(lines)
 

@@ -141,6 +141,12 @@ def test_variant_parsing_and_config_errors():
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).optim.learning_rate == 1e-4
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(learning_rate=3e-5), benchmark.parse_variant("refl"),
                                    10).optim.learning_rate == 3e-5
+  v = benchmark.parse_variant("easytune-10+online")
+  assert v.name == "EasyTune-10+online" and not v.applies(8) and v.applies(10)
+  assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 50).num_grad_steps == 10
+  assert benchmark.parse_variant("easytune-T") == benchmark.parse_variant("easytune")
+  with pytest.raises(ValueError, match="expected 'easytune-<K>' with K >= 1 or 'easytune-T', found K='0'"):
+    benchmark.parse_variant("easytune-0")
   v = benchmark.parse_variant("easytune+online@2e-5")
   assert v.name == "EasyTune+online@2e-05" and v.family == "EasyTune+online"
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).sampler_variant == "online"
