@@ -163,12 +163,13 @@ def plot_curves(curves: Mapping[str, tuple], path, *, title: str = "", xlabel: s
     if not curves:
         raise ValueError("plot_curves: expected at least one curve, found none")
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-    for name, (steps, values) in curves.items():
+    for i, (name, (steps, values)) in enumerate(curves.items()):
         steps, values = np.asarray(steps), np.asarray(values)
         if steps.shape != values.shape or steps.ndim != 1:
             raise ValueError(f"plot_curves: curve {name!r} expected steps and values of equal 1-D shape, "
                              f"found {steps.shape} and {values.shape}")
-        ax.plot(steps, values, label=name, lw=1.5)
+        # the default cycle has 10 colours: later curves change line style so that none look alike
+        ax.plot(steps, values, label=name, lw=1.5, ls=("-", "--", ":", "-.")[(i // 10) % 4])
     ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
