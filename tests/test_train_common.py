@@ -84,6 +84,23 @@ def test_checkpointer_roundtrip_and_clear_errors(tmp_path):
     common.check_config_matches({"lr": 0.1}, {"lr": 0.2}, "ck")
 
 
+def test_checkpoint_saved_on_another_machine_restores_from_a_shape_only_template(tmp_path):
+  """A checkpoint written on a machine whose devices this one lacks (here: its sharding metadata names a GPU)
+  restores into an `eval_shape` template, which is how generators and rewards are loaded (found on a GPU
+  with CPU-trained checkpoints: orbax's 'Topology mismatch')."""
+  params, tx, _ = quadratic_problem()
+  state = common.create_train_state(params, tx)
+  common.Checkpointer(tmp_path / "ck").save(1, state)
+  sharding_file = tmp_path / "ck" / "1" / "state" / "_sharding"
+  text = sharding_file.read_text()
+  assert '\\"device_str\\": \\"cpu:0\\"' in text, text  # the layout this test rewrites
+  sharding_file.write_text(text.replace("cpu:0", "gpu:0"))
+  template = jax.eval_shape(lambda: common.create_train_state(params, tx))
+  restored = common.Checkpointer(tmp_path / "ck").restore(template)
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  assert all(leaf.devices() == {jax.devices()[0]} for leaf in jax.tree.leaves(restored.params))
+
+
 def test_metric_writer_jsonl_csv_tensorboard(tmp_path):
   w = common.MetricWriter(tmp_path)
   w.write(1, {"loss": 2.5, "acc": np.float32(0.25)})

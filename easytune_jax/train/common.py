@@ -165,10 +165,20 @@ class Checkpointer:
     return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
-    """Restores into the structure/shapes/dtypes (and shardings) of `template`."""
+    """Restores into the structure/shapes/dtypes (and shardings) of `template`. Leaves without a sharding
+    (e.g. from `jax.eval_shape`) go to this process's first device, never to the saving machine's devices
+    (a checkpoint written on a CPU host restores on a GPU and vice versa)."""
     step = self._resolve(step)
     self._check_structure(template, step)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def abstract_leaf(x):
+      s = ocp.utils.to_shape_dtype_struct(x)
+      if isinstance(s, jax.ShapeDtypeStruct) and s.sharding is None:
+        s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=here)
+      return s
+
+    abstract = jax.tree.map(abstract_leaf, template)
     return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
 
   def _resolve(self, step: Optional[int]) -> int:
