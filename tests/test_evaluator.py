@@ -4,10 +4,8 @@ inputs (A4.1), evaluator renormalisation with the real T2M stats, contrastive lo
 import collections
 import dataclasses
 import functools
-import io
 import pathlib
 import pickle
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ import pytest
 
 from easytune_jax.models import evaluator as ev
 from easytune_jax.models import t2m_convert as tc
+from tests.torch_zip import write_torch_zip
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,98 +24,6 @@ def _data(rel):
     if not p.exists():
         raise FileNotFoundError(f"reference data {p} is missing: tests need ../shared/data next to the repo")
     return p
-
-
-# ------------------------------------------------------------------------------------------------
-# A tiny writer of torch.save's zip format (what torch does, without torch)
-# ------------------------------------------------------------------------------------------------
-
-
-class _Global:
-    """Pickled as GLOBAL '<module>\\n<name>', like torch's references to its own functions/classes."""
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def __call__(self, *args):  # pickle requires REDUCE targets to be callable
-        raise RuntimeError("marker only")
-
-
-class _Storage:
-    def __init__(self, key, flat, type_name):
-        self.key, self.flat, self.type_name = key, flat, type_name
-
-
-class _Tensor:
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-
-    def __reduce__(self):
-        return (_Global("torch._utils", "_rebuild_tensor_v2"),
-                (self.storage, self.offset, tuple(self.size), tuple(self.stride), False, collections.OrderedDict()))
-
-
-class _TorchPickler(pickle._Pickler):
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_global(self, obj):
-        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-        self.memoize(obj)
-
-    dispatch[_Global] = _save_global
-
-    def persistent_id(self, obj):
-        if isinstance(obj, _Storage):
-            return ("storage", _Global("torch", obj.type_name), obj.key, "cpu", obj.flat.size)
-        return None
-
-
-_TYPE_NAMES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage"}
-
-
-def write_torch_zip(path, state, transpose_keys=(), shared_bias=True):
-    """Writes ``{module: {name: ndarray}}`` like torch.save: state dicts as OrderedDicts with _metadata,
-    some tensors as non-contiguous views (``transpose_keys``) and two biases sharing one storage."""
-    storages = []
-
-    def new_storage(flat):
-        s = _Storage(str(len(storages)), np.ascontiguousarray(flat), _TYPE_NAMES[flat.dtype])
-        storages.append(s)
-        return s
-
-    obj = collections.OrderedDict()
-    for module, sd in state.items():
-        od = collections.OrderedDict()
-        od._metadata = collections.OrderedDict([("", {"version": 1})])
-        items = list(sd.items())
-        shared = [k for k, v in items if k.endswith(".bias") and v.ndim == 1][:2] if shared_bias else []
-        if len(shared) == 2:
-            a, b = sd[shared[0]], sd[shared[1]]
-            st = new_storage(np.concatenate([a, b]))
-            od_shared = {shared[0]: _Tensor(st, 0, a.shape, (1,)), shared[1]: _Tensor(st, a.size, b.shape, (1,))}
-        else:
-            od_shared = {}
-        for k, v in items:
-            if k in od_shared:
-                od[k] = od_shared[k]
-            elif f"{module}.{k}" in transpose_keys and v.ndim == 2:
-                # stored as the transpose, viewed back with swapped strides (a non-contiguous tensor)
-                st = new_storage(np.ascontiguousarray(v.T).reshape(-1))
-                od[k] = _Tensor(st, 0, v.shape, (1, v.shape[0]))
-            else:
-                st = new_storage(v.reshape(-1))
-                od[k] = _Tensor(st, 0, v.shape, tuple(int(np.prod(v.shape[i + 1:])) for i in range(v.ndim)))
-        obj[module] = od
-    obj["epoch"] = 7
-    buf = io.BytesIO()
-    _TorchPickler(buf, protocol=2).dump(obj)
-    arch = pathlib.Path(path).stem
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{arch}/data.pkl", buf.getvalue())
-        for s in storages:
-            zf.writestr(f"{arch}/data/{s.key}", s.flat.astype("<" + s.flat.dtype.str[1:]).tobytes())
-        zf.writestr(f"{arch}/version", "3\n")
-        zf.writestr(f"{arch}/byteorder", "little")
 
 
 TINY = ev.EvaluatorConfig(dim_pose=263, dim_word=16, dim_pos_ohot=15, dim_text_hidden=8,
