@@ -5,7 +5,7 @@
       [--evaluator_workdir=runs/evaluator]
 
 Without the workdir flags, --config=tiny builds a seconds-long tiny pipeline under <out_dir>/pipeline
-(`benchmark.build_tiny_pipeline`) and benchmarks it. --config=paper is for a GPU with MLD-size models
+(`pipelines.tiny.build_tiny_pipeline`) and benchmarks it. --config=paper is for a GPU with MLD-size models
 (train them first with launch/train_base.py --config=paper, train_reward.py, train_evaluator.py): memory at
 T in (10, 50, 200) and speed / alignment at T=50 (the paper's DRaFT-50 comparison), 10 minutes of training
 per method. Writes benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png to --out_dir.
@@ -16,8 +16,9 @@ import json
 
 from absl import app, flags, logging
 
-from easytune_jax import benchmark
-from easytune_jax.train import common
+from easytune_jax.bench import benchmark
+from easytune_jax.pipelines.tiny import build_tiny_pipeline
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Benchmark preset (benchmark.get_config).")
@@ -59,7 +60,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
 
 def main(argv):
   del argv
-  common.quiet_library_logs()
+  quiet_library_logs()
   cfg = config_from_flags()
   gen, rew, data, ev = FLAGS.generator_workdir, FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir
   given = [x is not None for x in (gen, rew, data)]
@@ -69,7 +70,7 @@ def main(argv):
     if FLAGS.config != "tiny":
       raise app.UsageError("--config=paper needs --generator_workdir, --reward_workdir and --data_dir")
     logging.info("no workdirs given: building the tiny pipeline under %s/pipeline", FLAGS.out_dir)
-    p = benchmark.build_tiny_pipeline(f"{FLAGS.out_dir}/pipeline")
+    p = build_tiny_pipeline(f"{FLAGS.out_dir}/pipeline")
     gen, rew, data, ev = p.generator, p.reward, p.data, ev or p.evaluator
   result = benchmark.run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed)
   paths = benchmark.write_outputs(result, FLAGS.out_dir)

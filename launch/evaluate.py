@@ -12,10 +12,11 @@ import os
 
 from absl import app, flags, logging
 
-from easytune_jax import evaluation as E
+from easytune_jax.eval import evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
-from easytune_jax.train import evaluator as te
-from easytune_jax.train import common
+from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
+from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.bundles.generator import load_generator
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated).", required=True)
@@ -48,16 +49,15 @@ def generate_fn_for(gen, guidance_scale: float, num_steps: int):
 
 def main(argv):
     del argv
-    common.quiet_library_logs()
-    from easytune_jax.generate import load_generator
+    quiet_library_logs()
 
     test = load_dataset(FLAGS.data_dir, FLAGS.split)
     if FLAGS.t2m_dir:
-        evaluator = te.load_official_evaluator(FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir,
+        evaluator = load_official_evaluator(FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir,
                                                dataset_mean=test.mean, dataset_std=test.std,
                                                kind="t2m" if test.info.dim == 263 else "kit")
     elif FLAGS.evaluator_workdir:
-        evaluator = te.load_trained_evaluator(FLAGS.evaluator_workdir).with_dataset_stats(test.mean, test.std)
+        evaluator = load_trained_evaluator(FLAGS.evaluator_workdir).with_dataset_stats(test.mean, test.std)
     else:
         raise app.UsageError("pass --evaluator_workdir or --t2m_dir/--glove_dir/--evaluator_stats_dir")
     names = FLAGS.names or [os.path.basename(os.path.normpath(w)) for w in FLAGS.generator_workdir]

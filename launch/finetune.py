@@ -15,8 +15,11 @@ import json
 
 from absl import app, flags
 
-from easytune_jax import finetune, parallel
-from easytune_jax.train import common, finetune_runner
+from easytune_jax import finetune
+from easytune_jax.core import parallel
+from easytune_jax.train import finetune_runner
+from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.core.optim import OptimConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "easytune", list(finetune.METHODS), "Fine-tuning method.")
@@ -65,7 +68,7 @@ def config_from_flags() -> finetune_runner.RunConfig:
       remat=FLAGS.remat, reward_input=FLAGS.reward_input,
       reward_timestep="t" if FLAGS.step_aware_reward else None, regularizer=FLAGS.regularizer,
       reg_weight=FLAGS.reg_weight,
-      optim=common.OptimConfig(learning_rate=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,
+      optim=OptimConfig(learning_rate=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,
                                grad_clip_norm=FLAGS.grad_clip))
   return finetune_runner.RunConfig(
       finetune=ft, trajectories=FLAGS.trajectories, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
@@ -75,7 +78,7 @@ def config_from_flags() -> finetune_runner.RunConfig:
 
 def main(argv):
   del argv
-  common.quiet_library_logs()
+  quiet_library_logs()
   mesh = parallel.setup_from_flags()
   summary = finetune_runner.run_finetune(config_from_flags(), FLAGS.workdir, FLAGS.generator_workdir,
                                          FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir,

@@ -9,8 +9,9 @@ Rerunning the same command resumes every stage from its checkpoints.
 
 from absl import app, flags, logging
 
-from easytune_jax import finetune, quickstart
-from easytune_jax.train import common
+from easytune_jax import finetune
+from easytune_jax.pipelines import quickstart
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
@@ -30,7 +31,7 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 
 def main(argv):
   del argv
-  common.quiet_library_logs()
+  quiet_library_logs()
   unknown = [m for m in FLAGS.methods if m not in finetune.METHODS]
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")

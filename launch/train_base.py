@@ -14,9 +14,9 @@ GIFs) of held-out captions go to <workdir>/samples/.
 
 from absl import app, flags, logging
 
-from easytune_jax import generate, parallel
+from easytune_jax.core import parallel
 from easytune_jax.train import base
-from easytune_jax.train import common
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "small", "paper"], "Named config.")
@@ -33,14 +33,14 @@ parallel.define_flags()
 
 def main(argv):
   del argv
-  common.quiet_library_logs()
+  quiet_library_logs()
   config = base.apply_overrides(base.get_config(FLAGS.config, FLAGS.model), FLAGS.set)
   mesh = parallel.setup_from_flags()
   if mesh.devices.size > 1:
     # Trains both stages on the mesh; train_and_sample below then restores the finished checkpoints
     # (no further steps) and writes the samples.
     base.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir, mesh=mesh)
-  out = generate.train_and_sample(config, FLAGS.workdir, FLAGS.data_dir, FLAGS.num_samples,
+  out = base.train_and_sample(config, FLAGS.workdir, FLAGS.data_dir, FLAGS.num_samples,
                                   FLAGS.guidance_scale, FLAGS.num_steps, FLAGS.gif)
   logging.info("VAE: %s", out.get("vae"))
   logging.info("diffusion: %s", out["diffusion"])

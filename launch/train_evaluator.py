@@ -11,9 +11,9 @@ import json
 
 from absl import app, flags, logging
 
-from easytune_jax import parallel
+from easytune_jax.core import parallel
 from easytune_jax.train import evaluator as te
-from easytune_jax.train import common
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output folder (checkpoints, vocab.json, mean.npy/std.npy, metrics).",
@@ -28,7 +28,7 @@ parallel.define_flags()
 
 def main(argv):
     del argv
-    common.quiet_library_logs()
+    quiet_library_logs()
     mesh = parallel.setup_from_flags()
     out = te.train_evaluator(te.get_config(FLAGS.config), FLAGS.workdir, FLAGS.data_dir, steps=FLAGS.steps,
                              batch_size=FLAGS.batch_size, seed=FLAGS.seed,

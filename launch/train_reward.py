@@ -20,12 +20,12 @@ import json
 
 from absl import app, flags, logging
 
-from easytune_jax import parallel
+from easytune_jax.core import parallel
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.text import TextEmbeddings
 from easytune_jax.models.spm import MODES
 from easytune_jax.train.reward import RewardTrainConfig, train_reward
-from easytune_jax.train import common
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "paper"], "Named config: tiny (CPU) or paper (EasyTune sizes).")
@@ -47,7 +47,7 @@ parallel.define_flags()
 
 def main(argv):
   del argv
-  common.quiet_library_logs()
+  quiet_library_logs()
   mesh = parallel.setup_from_flags()
   config = RewardTrainConfig() if FLAGS.config == "tiny" else RewardTrainConfig.paper()
   overrides = {k: v for k, v in (("batch_size", FLAGS.batch_size), ("seed", FLAGS.seed)) if v is not None}

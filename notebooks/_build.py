@@ -55,7 +55,7 @@ print(f"jax {{jax.__version__}} on {{jax.default_backend()}}; SMALL={{SMALL}}; P
 
 
 PIPELINE_DIRS = '''\
-from easytune_jax import quickstart as qs
+from easytune_jax.pipelines import quickstart as qs
 
 # Stage sizes when the notebook trains its own pipeline (SMALL: seconds; otherwise a few CPU minutes).
 QS = qs.QuickstartConfig(num_motions=96 if SMALL else 300, scale=0.02 if SMALL else 0.2)
@@ -113,10 +113,10 @@ display(Image(filename=strip_png))
       new_markdown_cell("## 2. Base generator\n\nA VAE (motion -> latent) and a latent denoiser with a small "
                         "text encoder, trained with the standard diffusion loss (`easytune_jax.train.base`)."),
       new_code_cell('''\
-from easytune_jax import generate
+from easytune_jax.bundles import generator
 
 gen_dir = stage_dir("base", qs.stage_base, data_dir)
-base_gen = generate.load_generator(gen_dir)
+base_gen = generator.load_generator(gen_dir)
 n_params = sum(x.size for x in jax.tree.leaves(base_gen.params))
 print(f"denoiser + text encoder parameters: {n_params:,}; max_length {base_gen.max_length} frames")
 '''),
@@ -141,12 +141,13 @@ if (pathlib.Path(reward_dir) / "retrieval.json").exists():
                         "gradient), so memory does not grow with T."),
       new_code_cell('''\
 from easytune_jax import finetune
-from easytune_jax.train import common
+from easytune_jax.core.metric_writer import read_metrics
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.train import finetune_runner as fr
 
 NUM_STEPS = 4 if SMALL else 10
 ft_cfg = finetune.FinetuneConfig(method="easytune", num_steps=NUM_STEPS, guidance_scale=2.5,
-                                 optim=common.OptimConfig(learning_rate=1e-3 if SMALL else 2e-4, warmup_steps=0))
+                                 optim=OptimConfig(learning_rate=1e-3 if SMALL else 2e-4, warmup_steps=0))
 run = fr.RunConfig(finetune=ft_cfg, trajectories=2 if SMALL else 12, batch_size=4 if SMALL else 16,
                    eval_every=1 if SMALL else 3, heldout_size=8 if SMALL else 64, checkpoint_every=100)
 ft_dir = str(OUT / "finetune_easytune")
@@ -157,7 +158,7 @@ print(f"{summary['updates']} updates in {summary['seconds']:.0f} s; held-out rew
       new_code_cell('''\
 from easytune_jax import viz
 
-rows = common.read_metrics(ft_dir)
+rows = read_metrics(ft_dir)
 train_rows = [r for r in rows if "reward" in r]
 held = [r for r in rows if "heldout_reward" in r]
 curves = {"train reward (mean over the T steps)": ([r["step"] for r in train_rows], [r["reward"] for r in train_rows])}
@@ -171,10 +172,9 @@ display(Image(filename=curve_png))
                         "evaluator (`quick=True`: 2 replications, no multimodality; the full protocol is "
                         "`evaluate(..., replications=20)`), base vs fine-tuned, plus the mean SPM reward."),
       new_code_cell('''\
-from easytune_jax import evaluation
-from easytune_jax.train import evaluator as te
-
-evaluator = te.load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
+from easytune_jax.eval import evaluation
+from easytune_jax.bundles.evaluator import load_trained_evaluator
+evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
 task = fr.load_task(gen_dir, reward_dir)
 tuned_gen = fr.load_finetuned_generator(ft_dir)
 max_len = min(base_gen.max_length, evaluator.max_length)
@@ -229,8 +229,11 @@ import jax.numpy as jnp
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from easytune_jax import finetune, sampling, schedules
-from easytune_jax.train import common
+from easytune_jax import finetune
+from easytune_jax.core import sampling
+from easytune_jax.core import schedules
+from easytune_jax.core.metric_writer import read_metrics
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 
 D, H, B = 8, 32, 8          # data dim, hidden width, batch
 T = 10                      # DDIM steps for the gradient and reward comparisons
@@ -276,11 +279,11 @@ def per_step_denoise(timesteps):
 
 def draft_full_cfg(T):
     return finetune.FinetuneConfig(method="draft", num_steps=T, k=T, guidance_scale=2.0,
-                                   optim=common.OptimConfig(learning_rate=1e-2, warmup_steps=0))
+                                   optim=OptimConfig(learning_rate=1e-2, warmup_steps=0))
 
 def easytune_cfg(T):
     return finetune.FinetuneConfig(method="easytune", num_steps=T, guidance_scale=2.0,
-                                   optim=common.OptimConfig(learning_rate=1e-2 / T, warmup_steps=0))
+                                   optim=OptimConfig(learning_rate=1e-2 / T, warmup_steps=0))
 
 cfg = draft_full_cfg(T)
 timesteps = sampling.make_timesteps(schedule, cfg.sampler_config())
@@ -289,9 +292,9 @@ stack = jax.tree.map(lambda a: jnp.broadcast_to(a, (T,) + a.shape), params)
 g_stack = jax.jit(jax.grad(lambda s: draft_loss(s, x_T, cond, uncond, jax.random.key(2))[0]))(stack)
 draft_norms = np.sqrt(sum(np.sum(np.asarray(g) ** 2, axis=tuple(range(1, g.ndim))) for g in jax.tree.leaves(g_stack)))
 
-tx = common.make_optimizer(easytune_cfg(T).optim)
+tx = make_optimizer(easytune_cfg(T).optim)
 et_update = finetune.make_update_fn(easytune_cfg(T), mlp_denoise, reward, schedule, tx)
-_, et_metrics = et_update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2))
+_, et_metrics = et_update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2))
 easytune_norms = np.asarray(et_metrics["grad_norm_per_step"])
 
 fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
@@ -315,9 +318,9 @@ TS = [5, 20] if SMALL else [5, 10, 20, 40]
 memory = {"EasyTune": [], "DRaFT-T": []}
 for t_steps in TS:
     for name, c in (("EasyTune", easytune_cfg(t_steps)), ("DRaFT-T", draft_full_cfg(t_steps))):
-        tx_t = common.make_optimizer(c.optim)
+        tx_t = make_optimizer(c.optim)
         upd = finetune.make_update_fn(c, mlp_denoise, reward, schedule, tx_t, jit=False)
-        m = finetune.compiled_memory(upd, common.create_train_state(params, tx_t), x_T, cond, uncond,
+        m = finetune.compiled_memory(upd, create_train_state(params, tx_t), x_T, cond, uncond,
                                      jax.random.key(0))
         memory[name].append(m["temp"])
 for name, v in memory.items():
@@ -344,9 +347,9 @@ def heldout_reward(p):
 
 curves = {}
 for name, c in (("EasyTune", easytune_cfg(T)), ("DRaFT-T", draft_full_cfg(T))):
-    tx_m = common.make_optimizer(c.optim)
+    tx_m = make_optimizer(c.optim)
     upd = finetune.make_update_fn(c, mlp_denoise, reward, schedule, tx_m)
-    state = common.create_train_state(params, tx_m)
+    state = create_train_state(params, tx_m)
     updates, values = [0], [float(heldout_reward(state.params))]
     for it in range(TRAJ):
         rng = jax.random.fold_in(jax.random.key(3), it)
@@ -412,7 +415,7 @@ print("SPM:", pre_cfg.model.mode, "mode, latent", pre_cfg.model.latent_dim, "| b
                         "exceeds `high_sim`). Rows marked `pair` are the preferences SPL trains on: the "
                         "ground-truth motion should beat the retrieved one."),
       new_code_cell('''\
-from easytune_jax import spl
+from easytune_jax.rewards import spl
 from easytune_jax.data.batching import iterate_batches
 
 BATCH = min(8 if SMALL else 32, len(train))

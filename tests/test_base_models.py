@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax import sampling, schedules
+from easytune_jax.core.config import config_from_dict
+from easytune_jax.core import sampling
+from easytune_jax.core import schedules
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig, drop_condition
@@ -199,7 +201,7 @@ def test_config_overrides_and_roundtrip():
       "model=mdm"])
   assert cfg.vae.width == 32 and cfg.diffusion.prediction_type == "v_prediction"
   assert cfg.ema_decay == 0.99 and cfg.vae.skip is False and cfg.model == "mdm"
-  assert base.config_from_dict(base.BaseConfig, base.config_to_dict(cfg)) == cfg
+  assert config_from_dict(base.BaseConfig, base.config_to_dict(cfg)) == cfg
   with pytest.raises(ValueError, match="has no field 'widht'"):
     base.apply_overrides(cfg, ["vae.widht=3"])
   with pytest.raises(ValueError, match="expected int"):

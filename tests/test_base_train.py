@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax import generate
+from easytune_jax.bundles import generator
 from easytune_jax.data import batching
 from easytune_jax.data.synthetic import write_synthetic_dataset
-from easytune_jax.train import base, common
+from easytune_jax.train import base
+from easytune_jax.core.checkpoint import CheckpointError
+from easytune_jax.core.metric_writer import read_metrics
+from easytune_jax.core.optim import create_train_state
 
 # Small model, few steps: compile time dominates on CPU, so every test shares these sizes (the jitted
 # steps are cached on the model config) and runs a handful of steps.
@@ -34,7 +37,7 @@ def synth(tmp_path_factory):
 
 def _run(workdir, synth, overrides, model="mld", num_samples=0, **kw):
   cfg = base.apply_overrides(base.get_config("tiny", model), overrides)
-  return generate.train_and_sample(cfg, workdir, synth, num_samples, progress=False, **kw)
+  return base.train_and_sample(cfg, workdir, synth, num_samples, progress=False, **kw)
 
 
 def _config(*extra):
@@ -54,7 +57,7 @@ def test_training_steps_reduce_loss_on_fixed_batch(synth, tmp_path):
   batch = base._arrays(batching.batch_at(train, 0, 8, 0, tok, max_length=32))
   key = jax.random.PRNGKey(0)
   # VAE: 30 steps on one batch.
-  state = common.create_train_state(base.init_vae_params(cfg, key), base.vae_tx(cfg))
+  state = create_train_state(base.init_vae_params(cfg, key), base.vae_tx(cfg))
   step = base.make_vae_step(cfg, train.mean, train.std, key)
   rec0 = base.reconstruction_error(cfg, state.params, [batch], train.mean, train.std)
   losses = []
@@ -65,7 +68,7 @@ def test_training_steps_reduce_loss_on_fixed_batch(synth, tmp_path):
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
   assert rec1["val/mpjpe_m"] < rec0["val/mpjpe_m"]
   # Diffusion in that VAE's latent space: the fixed-key loss drops.
-  dstate = common.create_train_state(base.init_diffusion_params(cfg, key), base.diffusion_tx(cfg))
+  dstate = create_train_state(base.init_diffusion_params(cfg, key), base.diffusion_tx(cfg))
   dstep = base.make_diffusion_step(cfg, state.params, 1.0, key)
   before = base.validation_diffusion_loss(cfg, dstate.params, state.params, [batch], 1.0)["val/diffusion_loss"]
   for _ in range(30):
@@ -82,7 +85,7 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   out_a = _run(a, synth, TINY + steps(4), num_samples=2, num_steps=3, gif=False)
   for stage in ("vae", "diffusion"):
     assert sorted(os.listdir(os.path.join(a, stage, "checkpoints"))) == ["2", "4"]
-    logged = [r["step"] for r in common.read_metrics(os.path.join(a, stage)) if "loss" in r]
+    logged = [r["step"] for r in read_metrics(os.path.join(a, stage)) if "loss" in r]
     assert logged == [1, 2, 3, 4]
   assert out_a["vae"]["val/mpjpe_m"] > 0 and np.isfinite(out_a["diffusion"]["val/diffusion_loss"])
   for f in ("features.npy", "joints.npy", "captions.txt"):
@@ -96,9 +99,9 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   _run(b, synth, TINY + ["vae_steps=4", "diffusion_steps=2"])
   _run(b, synth, TINY + steps(4))
   for stage in ("vae", "diffusion"):
-    logged = [r["step"] for r in common.read_metrics(os.path.join(b, stage)) if "loss" in r]
+    logged = [r["step"] for r in read_metrics(os.path.join(b, stage)) if "loss" in r]
     assert logged == [1, 2, 3, 4]          # no step was run twice
-  ga, gb = generate.load_generator(a), generate.load_generator(b)
+  ga, gb = generator.load_generator(a), generator.load_generator(b)
   jax.tree.map(np.testing.assert_array_equal, ga.params, gb.params)      # bit-identical resume
   jax.tree.map(np.testing.assert_array_equal, ga.frozen, gb.frozen)
   assert ga.latent_scale == gb.latent_scale and ga.latent_shape == (1, 16)
@@ -113,7 +116,7 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
                            jax.random.PRNGKey(0), num_steps=3)
   np.testing.assert_array_equal(j_again, joints)     # the reloaded model reproduces the saved samples
   f3, _ = ga.generate(texts[::-1], lengths, jax.random.PRNGKey(1), num_steps=3, guidance_scale=2.0)
-  assert ga.trace_count == 1
+  assert ga.sampler(3)._cache_size() == 1   # one trace for every call above
   assert np.all(f1[1, 20:] == 0) and np.all(j1[1, 20:] == 0) and not np.allclose(f1, f3)
   # Fine-tuning accessors: decode(denoise-space x0) reproduces generate's normalised output.
   cond = ga.encode_text(texts)
@@ -125,27 +128,27 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   with pytest.raises(ValueError, match="lengths: expected 1..32"):
     ga.generate(texts, [40, 8], jax.random.PRNGKey(0), num_steps=3)
   # A changed model config refuses to resume.
-  with pytest.raises(common.CheckpointError, match="vae.width"):
+  with pytest.raises(CheckpointError, match="vae.width"):
     _run(b, synth, TINY + steps(4) + ["vae.width=64"])
   # Denoiser-only settings: the diffusion stage refuses them, the VAE stage does not, so a new denoiser can
   # be trained on a finished VAE (copied into a new workdir: the VAE is reused unchanged, no VAE step runs).
-  with pytest.raises(common.CheckpointError, match=r"diffusion/checkpoints.*denoiser.ff_dim"):
+  with pytest.raises(CheckpointError, match=r"diffusion/checkpoints.*denoiser.ff_dim"):
     _run(b, synth, TINY + steps(4) + ["denoiser.ff_dim=32"])
   c = tmp_path / "c"
   shutil.copytree(os.path.join(b, "vae"), c / "vae")
   shutil.copy(os.path.join(b, "tokenizer.json"), c / "tokenizer.json")
   _run(str(c), synth, TINY + ["vae_steps=4", "diffusion_steps=1", "denoiser.ff_dim=32"])
-  assert [r["step"] for r in common.read_metrics(c / "vae") if "loss" in r] == [1, 2, 3, 4]   # b's log only
-  jax.tree.map(np.testing.assert_array_equal, generate.load_generator(str(c)).frozen["vae"], gb.frozen["vae"])
+  assert [r["step"] for r in read_metrics(c / "vae") if "loss" in r] == [1, 2, 3, 4]   # b's log only
+  jax.tree.map(np.testing.assert_array_equal, generator.load_generator(str(c)).frozen["vae"], gb.frozen["vae"])
   # ... and so does a diffusion run whose VAE was trained further since.
-  with pytest.raises(common.CheckpointError, match="VAE at step 4, but the VAE is now at step 5"):
+  with pytest.raises(CheckpointError, match="VAE at step 4, but the VAE is now at step 5"):
     _run(b, synth, TINY + ["vae_steps=5", "diffusion_steps=6"])
 
 
 def test_mdm_tiny_run(synth, tmp_path):
   out = _run(str(tmp_path), synth, TINY + ["diffusion_steps=2"], model="mdm")
   assert "vae" not in out and np.isfinite(out["diffusion"]["val/diffusion_loss"])
-  gen = generate.load_generator(str(tmp_path))
+  gen = generator.load_generator(str(tmp_path))
   assert gen.latent_shape == (32, 263)
   cond = gen.encode_text(["a person walks."], lengths=[12])
   assert cond["frame_mask"].shape == (1, 32) and int(cond["frame_mask"].sum()) == 12

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from easytune_jax import benchmark
+from easytune_jax.bench import benchmark
 
 
 def _finite(x):

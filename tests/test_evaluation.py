@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from easytune_jax import evaluation as E
+from easytune_jax.eval import evaluation as E
 from easytune_jax import metrics as M
 from easytune_jax.data.humanml3d import load_dataset
-from easytune_jax.train import evaluator as te
+from easytune_jax.bundles.evaluator import load_trained_evaluator
 from tests.test_train_evaluator import tiny_run
 
 
@@ -28,7 +28,7 @@ def bad(captions, pos_tokens, lengths, rng, reference):
 def setup(tmp_path_factory):
     data, work, _ = tiny_run(tmp_path_factory)
     test = load_dataset(str(data), "test")
-    evl = te.load_trained_evaluator(str(work), max_length=196).with_dataset_stats(test.mean, test.std)
+    evl = load_trained_evaluator(str(work), max_length=196).with_dataset_stats(test.mean, test.std)
     calls = []
 
     def reward(x, captions, lengths):  # a stand-in reward: mean root height of the valid frames (dataset units)

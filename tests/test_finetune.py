@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from easytune_jax import finetune, schedules
-from easytune_jax.train import common
+from easytune_jax import finetune
+from easytune_jax.core import schedules
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 
 B, D, H, C = 3, 5, 7, 5
 T = 5
@@ -144,7 +145,7 @@ def test_step_loss_value_and_grad_match_formula(reward_input, reward_timestep):
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref = Ref()
-    from easytune_jax import sampling
+    from easytune_jax.core import sampling
     ts = sampling.make_timesteps(sched, sampling.SamplerConfig(num_steps=T))
     loss_fn = finetune.make_step_loss(denoise, reward, sched, ts, W, decode=decode, reward_input=reward_input,
                                       reward_timestep=reward_timestep)
@@ -178,7 +179,7 @@ def test_easytune_frozen_sgd_equals_sum_of_independent_step_grads(k, lam):
     reg = dict(regularizer="diffusion", reg_weight=lam) if lam else {}
     update = finetune.make_update_fn(cfg("easytune", k=k, **reg), denoise, reward, sched, tx, decode=decode)
     data = {"x0": x_T * 0.5, "cond": cond}
-    state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, rng, data if lam else None)
+    state, m = update(create_train_state(params, tx), x_T, cond, uncond, rng, data if lam else None)
     # Reference: trajectory with theta_old; g_i = grad of step i's own loss with x_{t_i} a constant
     # (+ lam * the data denoising loss drawn with the documented key fold_in(split(rng)[1], i)).
     xs = ref.trajectory(params, x_T, cond, uncond, T)
@@ -211,7 +212,7 @@ def test_easytune_online_equals_python_loop_with_latest_params():
     tx = optax.sgd(lr)
     update = finetune.make_update_fn(cfg("easytune", sampler_variant="online"), denoise, reward, sched, tx,
                                      decode=decode)
-    state, _ = update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(5))
+    state, _ = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(5))
     p, x = params, x_T
     for i in range(T):
       g = jax.grad(lambda q: -jnp.mean(ref.R(ref.step(q, x, i, cond, uncond)[1], cond)))(p)
@@ -220,7 +221,7 @@ def test_easytune_online_equals_python_loop_with_latest_params():
     assert_tree_close(state.params, p)
     # ... and differs from the frozen variant (the test can tell them apart).
     frozen = finetune.make_update_fn(cfg("easytune"), denoise, reward, sched, tx, decode=decode)
-    s2, _ = frozen(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(5))
+    s2, _ = frozen(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(5))
     assert tree_norm(jax.tree.map(jnp.subtract, s2.params, state.params)) > 1e-6
 
 
@@ -234,7 +235,7 @@ def test_easytune_skips_nonfinite_steps():
     tx = optax.sgd(lr)
     update = finetune.make_update_fn(cfg("easytune", num_steps=4, reward_timestep="t"), denoise, nan_reward,
                                      sched, tx, decode=decode)
-    state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
+    state, m = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
     assert list(ref.ts) == [751, 501, 251, 1]
     np.testing.assert_array_equal(m["finite_per_step"], [False, False, True, True])
     assert int(m["skipped"]) == 2 and int(state.skipped) == 2 and not bool(m["finite"])
@@ -371,11 +372,11 @@ def test_kl_regulariser_in_draft_and_errors():
     update = finetune.make_update_fn(cfg("draft", regularizer="kl", reg_weight=beta), denoise, reward, sched,
                                      tx, decode=decode, jit=False)
     with pytest.raises(ValueError, match="regularizer='kl' needs `base_params`"):
-      update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
+      update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
     update = finetune.make_update_fn(cfg("easytune", regularizer="diffusion", reg_weight=0.1), denoise, reward,
                                      sched, tx, decode=decode, jit=False)
     with pytest.raises(ValueError, match="regularizer='diffusion' needs a `data_batch`"):
-      update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
+      update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
 
 
 def test_diffusion_loss_matches_formula_with_mask():
@@ -401,11 +402,11 @@ def test_diffusion_loss_matches_formula_with_mask():
 def test_every_method_updates_trainable_params_only(method):
   params, sched, x_T, cond, uncond = setup(jnp.float32)
   mask = {"w1": True, "b1": True, "w2": True, "tw": False}
-  tx = common.make_optimizer(common.OptimConfig(learning_rate=1e-2), mask)
+  tx = make_optimizer(OptimConfig(learning_rate=1e-2), mask)
   # No regulariser: every trainable element must move through the reward path alone.
   config = cfg(method, k=2 if method in ("draft", "drtune") else None, m=3, p=0.5)
   update = finetune.make_update_fn(config, denoise, reward, sched, tx, decode=decode)
-  state, m = update(common.create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2))
+  state, m = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2))
   assert bool(m["finite"]) and np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
   assert int(state.step) == config.updates_per_trajectory
   np.testing.assert_array_equal(state.params["tw"], params["tw"])     # frozen: exactly unchanged
@@ -420,7 +421,7 @@ def test_update_does_not_retrace():
   for method in ("easytune", "refl"):
     raw = finetune.make_update_fn(cfg(method), denoise, reward, sched, tx, decode=decode, jit=False)
     update = jax.jit(chex.assert_max_traces(raw, n=1))
-    state = common.create_train_state(params, tx)
+    state = create_train_state(params, tx)
     for step in range(3):
       rng = jax.random.fold_in(jax.random.key(0), step)
       state, _ = update(state, x_T + step, cond, uncond, rng)
@@ -445,7 +446,7 @@ def test_easytune_memory_flat_in_T_while_draft_grows():
   x_T = jnp.ones((b, l, d))
   cond, uncond = {"c": jnp.ones((b, h))}, {"c": jnp.zeros((b, h))}
   tx = optax.adam(1e-3)
-  state = common.create_train_state(params, tx)
+  state = create_train_state(params, tx)
   temp = {}
   for method, n, k in [("easytune", 10, None), ("easytune", 100, None), ("draft", 10, 10), ("draft", 50, 50)]:
     update = finetune.make_update_fn(cfg(method, num_steps=n, k=k), mlp, rew, sched, tx, jit=False)

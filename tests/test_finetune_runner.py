@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from easytune_jax import finetune
-from easytune_jax.train import common
+from easytune_jax.core.checkpoint import CheckpointError
+from easytune_jax.core.metric_writer import read_metrics
+from easytune_jax.core.optim import OptimConfig
 from easytune_jax.train import finetune_runner as fr
 
 
 def _cfg(method, trajectories=3, **kw):
   k = None if method == "easytune" else 2
   ft = finetune.FinetuneConfig(method=method, num_steps=4, k=k, m=2, guidance_scale=2.0,
-                               optim=common.OptimConfig(learning_rate=1e-3), **kw)
+                               optim=OptimConfig(learning_rate=1e-3), **kw)
   return fr.RunConfig(finetune=ft, trajectories=trajectories, batch_size=4, eval_every=2, heldout_size=8,
                       checkpoint_every=2)
 
@@ -28,7 +30,7 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   s2 = fr.run_finetune(_cfg("easytune", 4), str(work), p.generator, p.reward, p.data,
                        evaluator_workdir=p.evaluator, progress=False)
   assert s2["trajectories"] == 4 and s2["updates"] == 16         # resumed, not restarted
-  rows = common.read_metrics(work)
+  rows = read_metrics(work)
   train_rows = [r for r in rows if "reward" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   assert all(f"reward_per_step/{i:03d}" in train_rows[0] for i in range(4))
@@ -43,7 +45,7 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   assert max(diff) > 0
   feats, joints = gen.generate(["a person walks forward."], [32], jax.random.key(0), num_steps=4)
   assert feats.shape[0] == 1 and np.all(np.isfinite(joints))
-  with pytest.raises(common.CheckpointError, match="batch_size"):
+  with pytest.raises(CheckpointError, match="batch_size"):
     fr.run_finetune(fr.RunConfig(**{**_cfg("easytune", 4).__dict__, "batch_size": 2}), str(work),
                     p.generator, p.reward, p.data, progress=False)
 
@@ -64,7 +66,7 @@ def test_regularizers_get_their_inputs_from_the_harness(tiny_pipeline, tmp_path,
   s = fr.run_finetune(_cfg("easytune", 2, regularizer=regularizer, reg_weight=10.0), str(tmp_path / regularizer),
                       p.generator, p.reward, p.data, progress=False)
   assert s["updates"] == 8 and np.isfinite(s["final_heldout_reward"])
-  rows = [r for r in common.read_metrics(tmp_path / regularizer) if "reward_per_step/000" in r]
+  rows = [r for r in read_metrics(tmp_path / regularizer) if "reward_per_step/000" in r]
   reg = [r[f"loss_per_step/{i:03d}"] + r[f"reward_per_step/{i:03d}"] for r in rows for i in range(4)]
   if regularizer == "kl":
     # The frozen sampler takes every gradient of a trajectory at the parameters it started from: KL to the base
@@ -98,7 +100,7 @@ def test_best_checkpoint_by_a_val_split_evaluator_metric(tiny_pipeline, tmp_path
   s = fr.run_finetune(cfg, str(work), p.generator, p.reward, p.data, evaluator_workdir=p.evaluator,
                       progress=False)
   best = s["best"]
-  logged = {r["step"]: r["val/Matching_score"] for r in common.read_metrics(work) if "val/Matching_score" in r}
+  logged = {r["step"]: r["val/Matching_score"] for r in read_metrics(work) if "val/Matching_score" in r}
   assert sorted(logged) == [1, 2, 3] and best["metric"] == "Matching_score"
   assert best["value"] <= min(logged.values()) + 1e-9
   base = fr.load_task(p.generator, p.reward).gen.params

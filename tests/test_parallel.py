@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from easytune_jax import parallel
-from easytune_jax.train import common
+from easytune_jax.core import parallel
+from easytune_jax.core.checkpoint import Checkpointer
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,7 @@ def test_sharded_steps_equal_single_device_and_restore_elsewhere(tmp_path):
   assert res["restore_on_4"]["diff"] == 0.0 and res["restore_on_4"]["devices"] == 4
   assert "batch_size=30 must be divisible by the number of devices in the mesh (8" in res["indivisible_error"]
   # The same checkpoint restores on this single-device process.
-  ck = common.Checkpointer(tmp_path / "ck")
+  ck = Checkpointer(tmp_path / "ck")
   assert ck.metadata()["note"] == "written on 8 devices"
   params = ck.restore(_template())
   assert len(params.params["wt"].sharding.device_set) == 1 and np.all(np.isfinite(params.params["wt"]))
@@ -60,6 +61,6 @@ def test_sharded_steps_equal_single_device_and_restore_elsewhere(tmp_path):
 
 def _template():
   import jax.numpy as jnp
-  tx = common.make_optimizer(common.OptimConfig(learning_rate=1e-2))
+  tx = make_optimizer(OptimConfig(learning_rate=1e-2))
   params = {"wt": jnp.zeros((64, 128)), "wm": jnp.zeros((64, 128))}
-  return common.create_train_state(params, tx)
+  return create_train_state(params, tx)

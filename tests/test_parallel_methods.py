@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from easytune_jax import parallel
+from easytune_jax.core import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,7 @@
 
 * A table of bad inputs goes through the public entry points; each error must name the offending file /
   field / flag and what was expected vs found, and no failing call may leave a file behind.
-* The tiny reward trainer (train_reward -> common.train_loop + Checkpointer, data from batch_at) runs in
+* The tiny reward trainer (train_reward -> train_loop + Checkpointer, data from batch_at) runs in
   subprocesses (tests/reliability/run_reward.py): SIGKILL mid-run, resume, SIGTERM mid-run (checkpoint and
   exit), resume to the end; the final parameters equal an uninterrupted run's bit for bit.
 * A NaN reward at a chosen step of the EasyTune update (finetune.make_update_fn) is reported at that step
@@ -24,9 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax import finetune, metrics, parallel, sampling, schedules
+from easytune_jax import finetune, metrics
+from easytune_jax.core import parallel
+from easytune_jax.core import sampling
+from easytune_jax.core import schedules
 from easytune_jax.data import humanml3d, text
-from easytune_jax.train import common
+from easytune_jax.core.checkpoint import CheckpointError, Checkpointer, NonFiniteStateError
+from easytune_jax.core.config import check_config_matches
+from easytune_jax.core.metric_writer import MetricWriter, read_metrics
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer, tree_all_finite
+from easytune_jax.train.loop import NonFiniteError, train_loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 D = 263
@@ -62,7 +69,7 @@ def _write_emb(path, embeddings=None, mask=None, captions=None, drop=None):
 
 
 def _ckpt_with_state(d):
-  ck = common.Checkpointer(d)
+  ck = Checkpointer(d)
   ck.save(1, {"w": np.zeros(3, np.float32), "b": np.ones(2, np.float32)}, {"config": {"lr": 0.1}})
   return ck
 
@@ -163,19 +170,19 @@ CASES = [
     ("emb_lookup_unknown", lambda t: text.TextEmbeddings(_write_emb(t / "e.npz")).lookup(["a", "zzz"]), KeyError,
      [r"e\.npz", "1 caption", "'zzz'"]),
     # checkpoints
-    ("ckpt_missing_key", _ckpt_case(lambda ck: ck.restore({"w": np.zeros(3, np.float32)})), common.CheckpointError,
+    ("ckpt_missing_key", _ckpt_case(lambda ck: ck.restore({"w": np.zeros(3, np.float32)})), CheckpointError,
      [r"ck/1", "missing keys \\[\\]", "unexpected keys \\['b'\\]"]),
     ("ckpt_extra_key", _ckpt_case(lambda ck: ck.restore({"w": np.zeros(3), "b": np.ones(2), "c": np.ones(1)})),
-     common.CheckpointError, [r"ck/1", "missing keys \\['c'\\]"]),
+     CheckpointError, [r"ck/1", "missing keys \\['c'\\]"]),
     ("ckpt_shape", _ckpt_case(lambda ck: ck.restore({"w": np.zeros(4, np.float32), "b": np.ones(2, np.float32)})),
-     common.CheckpointError, [r"ck/1", "key 'w'", r"expected shape \(4,\)", r"found \(3,\)"]),
+     CheckpointError, [r"ck/1", "key 'w'", r"expected shape \(4,\)", r"found \(3,\)"]),
     ("ckpt_no_step", _ckpt_case(lambda ck: ck.restore({"w": np.zeros(3), "b": np.ones(2)}, step=7)),
-     common.CheckpointError, ["ck", "no checkpoint at step 7", r"found steps \[1\]"]),
+     CheckpointError, ["ck", "no checkpoint at step 7", r"found steps \[1\]"]),
     ("ckpt_nonfinite_save", _ckpt_case(lambda ck: ck.save(2, {"w": np.array([0.0, np.nan, 0.0]), "b": np.ones(2)})),
-     common.NonFiniteStateError, ["non-finite", "ck", "step 2"]),
-    ("ckpt_config_mismatch", lambda t: common.check_config_matches(
+     NonFiniteStateError, ["non-finite", "ck", "step 2"]),
+    ("ckpt_config_mismatch", lambda t: check_config_matches(
         {"lr": 0.1, "model": {"width": 32, "heads": 2}}, {"lr": 0.1, "model": {"width": 64, "heads": 2}}, str(t / "ck")),
-     common.CheckpointError, ["ck", "different config", "model.width: checkpoint has 32, config has 64"]),
+     CheckpointError, ["ck", "different config", "model.width: checkpoint has 32, config has 64"]),
     # flags and configs
     ("finetune_method", lambda t: finetune.FinetuneConfig(method="ppo"), ValueError,
      ["FinetuneConfig.method", "expected one of", "'ppo'"]),
@@ -195,9 +202,9 @@ CASES = [
      ["DiffusionConfig.beta_schedule", "expected one of", "'cosine_x'"]),
     ("diffusion_prediction", lambda t: schedules.DiffusionConfig(prediction_type="x0"), ValueError,
      ["DiffusionConfig.prediction_type", "'x0'"]),
-    ("optim_lr", lambda t: common.OptimConfig(learning_rate=0.0), ValueError,
+    ("optim_lr", lambda t: OptimConfig(learning_rate=0.0), ValueError,
      ["OptimConfig.learning_rate", "> 0", "found 0.0"]),
-    ("loop_policy", lambda t: common.train_loop(state=None, step_fn=None, batch_fn=None, num_steps=1,
+    ("loop_policy", lambda t: train_loop(state=None, step_fn=None, batch_fn=None, num_steps=1,
                                                 checkpointer=None, writer=None, on_nonfinite="ignore"),
      ValueError, ["on_nonfinite", "'skip' or 'stop'", "'ignore'"]),
     ("mesh_axis", lambda t: parallel.parse_mesh_spec("model=2", 2), ValueError, ["--mesh", "'model=2'", "axis in"]),
@@ -339,7 +346,7 @@ def test_sigkill_and_sigterm_resume_bit_identical(tmp_path):
   for k in a:
     assert np.array_equal(a[k], b[k]), f"{k}: resumed run differs (killed at {killed_at}, SIGTERM at {term_at})"
   # Metrics of the resumed run cover every step; the preempted steps are logged once per run that did them.
-  logged = {r["step"] for r in common.read_metrics(run)}
+  logged = {r["step"] for r in read_metrics(run)}
   assert logged == set(range(1, steps + 1))
 
 
@@ -355,10 +362,10 @@ def _toy_finetune(K=2, T=4, dim=6, batch=4):
 
   params = {"w1": jnp.eye(dim) * 0.5, "w2": jnp.eye(dim) * 0.5, "tw": jnp.zeros(dim)}
   cfg = finetune.FinetuneConfig(method="easytune", num_steps=T, k=K, guidance_scale=2.0,
-                                optim=common.OptimConfig(learning_rate=1e-2))
-  tx = common.make_optimizer(cfg.optim)
+                                optim=OptimConfig(learning_rate=1e-2))
+  tx = make_optimizer(cfg.optim)
   update = finetune.make_update_fn(cfg, denoise, reward, schedules.make_schedule(), tx)
-  return update, common.create_train_state(params, tx), K, dim, batch
+  return update, create_train_state(params, tx), K, dim, batch
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
@@ -377,25 +384,25 @@ def test_nan_reward_reported_at_its_step_and_checkpoints_stay_finite(tmp_path, p
   def step_fn(s, b):
     return update(s, *b)
 
-  ck = common.Checkpointer(tmp_path / "ck", max_to_keep=10)
-  writer = common.MetricWriter(tmp_path / "log", tensorboard=False)
+  ck = Checkpointer(tmp_path / "ck", max_to_keep=10)
+  writer = MetricWriter(tmp_path / "log", tensorboard=False)
   kwargs = dict(state=state, step_fn=step_fn, batch_fn=batch_fn, num_steps=num_steps, checkpointer=ck,
                 writer=writer, log_every=1, checkpoint_every=1, on_nonfinite=policy, progress=False,
                 state_step=lambda s: int(s.step) // K)
   if policy == "stop":
-    with pytest.raises(common.NonFiniteError, match=f"at step {bad_step} .last finite checkpoint: step {bad_step + 1}"):
-      common.train_loop(**kwargs)
+    with pytest.raises(NonFiniteError, match=f"at step {bad_step} .last finite checkpoint: step {bad_step + 1}"):
+      train_loop(**kwargs)
     assert ck.latest_step() == bad_step + 1
   else:
-    res = common.train_loop(**kwargs)
+    res = train_loop(**kwargs)
     assert res.nonfinite_steps == [bad_step] and res.last_step == num_steps
     assert int(res.state.skipped) == K                       # both inner EasyTune updates of that call skipped
   writer.close()
-  logged = {r["step"]: r for r in common.read_metrics(tmp_path / "log")}
+  logged = {r["step"]: r for r in read_metrics(tmp_path / "log")}
   assert logged[bad_step + 1]["finite"] == 0.0 and logged[bad_step]["finite"] == 1.0
   for s in ck.all_steps():
     restored = ck.restore(state, step=s)
-    assert bool(common.tree_all_finite(restored.params)), f"checkpoint {s} holds non-finite params"
+    assert bool(tree_all_finite(restored.params)), f"checkpoint {s} holds non-finite params"
   # The skipped call left the parameters untouched: checkpoint after the bad step == checkpoint before.
   before, after = ck.restore(state, step=bad_step), ck.restore(state, step=bad_step + 1)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), before.params, after.params)

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax import sampling, schedules
+from easytune_jax.core import sampling
+from easytune_jax.core import schedules
 
 
 def tiny_denoiser():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax import schedules
+from easytune_jax.core import schedules
 
 
 class RefDDIM:

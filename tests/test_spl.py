@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax import spl
+from easytune_jax.rewards import spl
 
 
 # --------------------------------------------------------------------------------------------- references

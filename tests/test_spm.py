@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from easytune_jax.models import spm
-from easytune_jax.schedules import make_schedule
+from easytune_jax.core.schedules import make_schedule
 from easytune_jax.train import reward as R
 
 B, L, LT, D = 4, 12, 6, 263

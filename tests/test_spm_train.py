@@ -11,7 +11,8 @@ from easytune_jax.data.batching import batch_at
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.models.spm import SPMConfig, reward_apply
-from easytune_jax.train import common
+from easytune_jax.core.checkpoint import CheckpointError
+from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.train import reward as R
 
 TINY = R.RewardTrainConfig(
@@ -36,12 +37,12 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   r2 = R.train_reward(TINY, pre, train, mode="M1T1", steps=3, eval_dataset=test, eval_timesteps=(0, 300),
                       progress=False)
   assert r2["steps"] == 3
-  steps = [m["step"] for m in common.read_metrics(pre) if "loss" in m]
+  steps = [m["step"] for m in read_metrics(pre) if "loss" in m]
   assert steps == [1, 2, 3]
   ret = json.loads((pre / "retrieval.json").read_text())
   assert set(ret) == {"t=0/full", "t=300/full"} and 0 <= ret["t=0/full"]["t2m/R@1"] <= 100
   # A different model config in the same workdir is refused with the differing field named.
-  with pytest.raises(common.CheckpointError, match="model.mode"):
+  with pytest.raises(CheckpointError, match="model.mode"):
     R.train_reward(TINY, pre, train, mode="M0T0", steps=4, progress=False)
 
   # SPL stage from the pretrained checkpoint: starts from its parameters, logs the SPL terms.
@@ -50,7 +51,7 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   meta = R.read_reward_metadata(spl_dir)
   assert meta["stage"] == "spl" and meta["optim"]["learning_rate"] == TINY.spl_learning_rate
   assert r3["config"].model == r2["config"].model
-  logged = [m for m in common.read_metrics(spl_dir) if "loss" in m]
+  logged = [m for m in read_metrics(spl_dir) if "loss" in m]
   assert len(logged) == 2 and all("spl" in m and 0 <= m["spl_correct_frac"] <= 1 for m in logged)
 
   # load_reward rebuilds the same reward; its tokenizer encodes captions for the cond.
@@ -68,5 +69,5 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
 
 
 def test_load_reward_errors(tmp_path):
-  with pytest.raises(common.CheckpointError, match="no checkpoint"):
+  with pytest.raises(CheckpointError, match="no checkpoint"):
     R.load_reward(tmp_path / "empty")

@@ -11,7 +11,10 @@ import pytest
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.models import evaluator as ev
-from easytune_jax.train import common
+from easytune_jax.core.checkpoint import CheckpointError, Checkpointer
+from easytune_jax.core.metric_writer import read_metrics
+from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
+from easytune_jax.bundles import evaluator as evaluator_bundle
 from easytune_jax.train import evaluator as te
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -72,7 +75,7 @@ def test_vocabulary_from_train_tokens(run):
 
 def test_training_learns_and_logs(run):
     _, work, out = run
-    logs = [m for m in common.read_metrics(work) if "loss" in m]
+    logs = [m for m in read_metrics(work) if "loss" in m]
     assert [m["step"] for m in logs] == list(range(1, STEPS + 1))
     first, last = np.mean([m["loss"] for m in logs[:10]]), np.mean([m["loss"] for m in logs[-10:]])
     assert last < first - 0.3, (first, last)
@@ -80,12 +83,12 @@ def test_training_learns_and_logs(run):
     # 10 validation entries form one group: chance R@1 is 0.1; matched pairs are closer than shuffled ones.
     assert val["val/R_precision_top_3"] > 0.5, val
     assert val["val/Matching_score"] < val["val/shuffled_Matching_score"], val
-    assert any("val/R_precision_top_1" in m for m in common.read_metrics(work))
+    assert any("val/R_precision_top_1" in m for m in read_metrics(work))
 
 
 def test_resume_restores_finished_run_and_loader_embeds(run):
     data, work, out = run
-    ck = common.Checkpointer(work / "checkpoints")
+    ck = Checkpointer(work / "checkpoints")
     assert ck.all_steps() == [30, 60]
     meta = ck.metadata()
     ck.close()
@@ -93,15 +96,16 @@ def test_resume_restores_finished_run_and_loader_embeds(run):
     again = te.train_evaluator(out["config"], str(work), str(data), progress=False)
     assert again["steps"] == STEPS
     assert again["val"] == pytest.approx(out["val"], abs=1e-6)
-    with pytest.raises(common.CheckpointError, match="different config.*batch_size"):
+    with pytest.raises(CheckpointError, match="different config.*batch_size"):
         te.train_evaluator(dataclasses.replace(out["config"], batch_size=16), str(work), str(data), progress=False)
 
-    evl = te.load_trained_evaluator(str(work), max_length=96)
+    evl = load_trained_evaluator(str(work), max_length=96)
     train = load_dataset(str(data), "train")
     np.testing.assert_array_equal(evl.dataset_mean, train.mean)
     x, lens, toks = te.validation_samples(train, 96, seed=0)
     x, lens, toks = x[:40], lens[:40], toks[:40]
-    before = dict(te.TRACE_COUNTS)
+    traces = lambda: (evaluator_bundle._embed_motion_jit._cache_size(), evaluator_bundle._embed_text_jit._cache_size())  # noqa: E731
+    before = traces()
     m = evl.embed_motion(x, lens)
     t = evl.embed_text(toks)
     assert m.shape == (40, 64) and t.shape == (40, 64) and m.dtype == np.float32
@@ -115,13 +119,13 @@ def test_resume_restores_finished_run_and_loader_embeds(run):
     junk = np.where(mask[..., None], x, 7.0)
     np.testing.assert_allclose(evl.embed_motion(junk[:5, :90], lens[:5]), m[:5], rtol=1e-5, atol=1e-5)
     evl.embed_text(toks[:3])
-    assert te.TRACE_COUNTS["motion"] - before["motion"] <= 1 and te.TRACE_COUNTS["text"] - before["text"] <= 1
+    assert all(a - b <= 1 for a, b in zip(traces(), before))   # at most one new trace per function
     with pytest.raises(ValueError, match=r"expected x_norm \[B, L, 263\]"):
         evl.embed_motion(x[..., :10], lens)
     with pytest.raises(ValueError, match="lengths expected in"):
         evl.embed_motion(x[:2, :40], np.array([44, 40]))
     with pytest.raises(FileNotFoundError, match="config.json: missing"):
-        te.load_trained_evaluator(str(work / "nowhere"))
+        load_trained_evaluator(str(work / "nowhere"))
 
 
 def test_official_loader_matches_direct_path(tmp_path):
@@ -141,7 +145,7 @@ def test_official_loader_matches_direct_path(tmp_path):
     (tmp_path / "our_vab_idx.pkl").write_bytes(pickle.dumps({w: i for i, w in enumerate(words)}))
     real = DATA / "humanml3d_sample"
     dmean, dstd = np.load(real / "Mean.npy"), np.load(real / "Std.npy")
-    off = te.load_official_evaluator(str(tmp_path), str(tmp_path), str(DATA / "evaluator_stats"),
+    off = load_official_evaluator(str(tmp_path), str(tmp_path), str(DATA / "evaluator_stats"),
                                      dataset_mean=dmean, dataset_std=dstd, config=cfg, batch_size=4)
     np.testing.assert_allclose(off.eval_mean, np.load(DATA / "evaluator_stats" / "t2m_mean.npy"), rtol=1e-6)
     toks = [["a/DET", "person/NOUN", "walk/VERB", "forward/ADV"], ["a/DET", "zebra/NOUN"]]
@@ -158,7 +162,7 @@ def test_official_loader_matches_direct_path(tmp_path):
     got = off.embed_motion(x[None], [168])
     np.testing.assert_allclose(got, np.asarray(ref_m), rtol=1e-4, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="T2M evaluator checkpoint"):
-        te.load_official_evaluator(str(tmp_path / "x"), str(tmp_path), str(DATA / "evaluator_stats"),
+        load_official_evaluator(str(tmp_path / "x"), str(tmp_path), str(DATA / "evaluator_stats"),
                                    dataset_mean=dmean, dataset_std=dstd, config=cfg)
 
 

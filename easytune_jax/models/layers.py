@@ -186,12 +186,6 @@ class DistributionTokenEncoder(nn.Module):
     return mu, logvar
 
 
-def masked_mean(x: jax.Array, mask: jax.Array, axis: int = 1) -> jax.Array:
-  """Mean of x [B, L, ...] over valid positions of mask [B, L]."""
-  m = mask.astype(x.dtype).reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
-  return jnp.sum(x * m, axis) / jnp.maximum(jnp.sum(m, axis), 1.0)
-
-
 def reparameterize(rng: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Array:
   return mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
 

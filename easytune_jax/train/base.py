@@ -24,7 +24,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,235 +32,25 @@ import numpy as np
 import optax
 from absl import logging
 
-from easytune_jax import parallel, schedules
+from easytune_jax.bundles import generator
+from easytune_jax.core import parallel
+from easytune_jax.core import schedules
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
-from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
-from easytune_jax.models.layers import reparameterize
-from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig, drop_condition
-from easytune_jax.models.vae import MotionVAE, VAEConfig, features_to_joints, vae_loss
-from easytune_jax.sampling import SamplerConfig
-from easytune_jax.schedules import DiffusionConfig
-from easytune_jax.train import common
+from easytune_jax.models.text_encoder import drop_condition
+from easytune_jax.models.vae import MotionVAE, features_to_joints, vae_loss
+from easytune_jax.core.checkpoint import CheckpointError, Checkpointer
+from easytune_jax.core.config import check_config_matches
+from easytune_jax.core.metric_writer import MetricWriter
+from easytune_jax.core.optim import apply_gradients, create_train_state
+from easytune_jax.core.config import apply_overrides, config_to_dict  # noqa: F401  (launchers override base configs)
+from easytune_jax.models.generator import (MODELS, BaseConfig, DataConfig, Modules, build_modules, diffusion_tx,  # noqa: F401
+                                          encode_latents, get_config, init_diffusion_params, init_vae_params,
+                                          make_cond,
+                                          text_inputs, vae_tx)
+from easytune_jax.train.loop import train_loop
 
-MODELS = ("mld", "mdm")
-
-
-# --------------------------------------------------------------------------------------------- config
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Batching. `max_length` is the fixed padded window in frames (multiple of unit_length); the tiny CPU
-  config trains on random 64-frame windows (HumanML3D's own limit is 196)."""
-
-  batch_size: int = 32
-  max_length: int = 64
-  unit_length: int = 4
-  text_max_length: int = 24
-  min_len: int = 40
-  max_len: int = 200
-  train_split: str = "train"
-  val_split: str = "val"
-  text_embeddings: str = ""      # .npz of precomputed token embeddings (text.kind == "precomputed")
-  num_val_batches: int = 2
-
-  def __post_init__(self):
-    if self.max_length % self.unit_length:
-      raise ValueError(f"DataConfig.max_length: expected a multiple of unit_length={self.unit_length}, "
-                       f"found {self.max_length}")
-
-
-@dataclasses.dataclass(frozen=True)
-class BaseConfig:
-  """Everything the base-generator training needs. Defaults are the tiny CPU config (VAE 500 + diffusion 800
-  steps, about 1.5 minutes on 2 cores; the quickstart trains 1500 + 1500 in about 2.5 minutes)."""
-
-  model: str = "mld"
-  seed: int = 0
-  data: DataConfig = dataclasses.field(default_factory=DataConfig)
-  vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
-  denoiser: DenoiserConfig = dataclasses.field(default_factory=DenoiserConfig)
-  text: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
-  # The tiny config predicts the clean sample (MDM's choice): with 1000 CPU steps an epsilon-predicting
-  # denoiser stayed at chance R-precision (its x0 estimate at high t was noise), a sample-predicting one reached
-  # the VAE's own reconstruction R-precision (WORKSPACE "Base generator"). 'paper' keeps MLD's epsilon.
-  diffusion: DiffusionConfig = dataclasses.field(
-      default_factory=lambda: DiffusionConfig(prediction_type="sample"))
-  sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
-  vae_optim: common.OptimConfig = dataclasses.field(
-      default_factory=lambda: common.OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=450))
-  diffusion_optim: common.OptimConfig = dataclasses.field(
-      default_factory=lambda: common.OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=750))
-  vae_steps: int = 500
-  diffusion_steps: int = 800
-  cond_drop_prob: float = 0.1      # unconditional dropout for classifier-free guidance
-  ema_decay: float = 0.0           # 0 disables the EMA copy; generation uses EMA params when present
-  scale_latents: bool = True       # multiply latents by 1/std (measured once on training batches)
-  log_every: int = 50
-  checkpoint_every: int = 500
-  eval_every: int = 0              # periodic validation; 0: only once at the end of each stage
-
-  def __post_init__(self):
-    if self.model not in MODELS:
-      raise ValueError(f"BaseConfig.model: expected one of {MODELS}, found {self.model!r}")
-    if not 0.0 <= self.cond_drop_prob < 1.0:
-      raise ValueError(f"BaseConfig.cond_drop_prob: expected in [0, 1), found {self.cond_drop_prob}")
-
-
-def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
-  """Named configs: 'tiny' (CPU: widths 64, 1-layer VAE encoder/decoder, 3-layer skip denoiser, no dropout,
-  64-frame windows, sample prediction, ~1.5 min for both stages), 'small' (one GPU, minutes to an hour, sample
-  prediction), 'paper' (MLD sizes: latent [1, 256], 9 layers, 4 heads, ff 1024, dropout 0.1, skip, epsilon
-  prediction; MDM: width 512, 8 layers, sample prediction as in MDM). Step counts of 'paper' are round
-  numbers, not MLD's epoch schedule."""
-  if name == "tiny":
-    return BaseConfig(model=model)
-  if name == "small":
-    return BaseConfig(
-        model=model, data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=8),
-        vae=VAEConfig(latent_dim=128, width=128, encoder_layers=5, decoder_layers=5, ff_dim=512,
-                      dropout=0.1, logvar_offset=0.0),
-        denoiser=DenoiserConfig(width=128, num_layers=5, ff_dim=512, dropout=0.1),
-        text=TextEncoderConfig(width=128, num_layers=2, ff_dim=512, dropout=0.1),
-        vae_optim=common.OptimConfig(learning_rate=2e-4, warmup_steps=1000, decay_steps=49000),
-        diffusion_optim=common.OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=99000),
-        vae_steps=50_000, diffusion_steps=100_000, ema_decay=0.999, log_every=100, checkpoint_every=5000,
-        eval_every=5000)
-  if name == "paper":
-    den = DenoiserConfig.paper() if model == "mld" else DenoiserConfig.mdm_paper()
-    return BaseConfig(
-        model=model, data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=16),
-        diffusion=DiffusionConfig(prediction_type="epsilon" if model == "mld" else "sample"),
-        vae=VAEConfig.paper(), denoiser=den, text=TextEncoderConfig.paper(),
-        vae_optim=common.OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
-        diffusion_optim=common.OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
-        vae_steps=300_000, diffusion_steps=300_000, ema_decay=0.9999, log_every=100,
-        checkpoint_every=10_000, eval_every=10_000)
-  raise ValueError(f"config name: expected 'tiny', 'small' or 'paper', found {name!r}")
-
-
-def config_to_dict(config) -> dict:
-  return dataclasses.asdict(config)
-
-
-config_from_dict = common.config_from_dict
-
-
-def _parse_value(text: str, current: Any, key: str):
-  if isinstance(current, bool):
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-      return True
-    if low in ("0", "false", "no", "off"):
-      return False
-    raise ValueError(f"override {key}={text!r}: expected a boolean (true/false)")
-  try:
-    if isinstance(current, int):
-      return int(text)
-    if isinstance(current, float):
-      return float(text)
-  except ValueError:
-    raise ValueError(f"override {key}={text!r}: expected {type(current).__name__}") from None
-  return text
-
-
-def apply_overrides(config, overrides: Sequence[str]):
-  """Applies `key=value` strings ('vae.width=32', 'diffusion.prediction_type=sample') to a frozen dataclass
-  config, converting each value to the type of the field it replaces."""
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"override {item!r}: expected 'key=value'")
-    key, text = item.split("=", 1)
-    config = _override(config, key.strip().split("."), text, key.strip())
-  return config
-
-
-def _override(obj, path, text, full):
-  names = [f.name for f in dataclasses.fields(obj)]
-  if path[0] not in names:
-    raise ValueError(f"override {full!r}: {type(obj).__name__} has no field {path[0]!r}; fields: {names}")
-  cur = getattr(obj, path[0])
-  if len(path) > 1:
-    if not dataclasses.is_dataclass(cur):
-      raise ValueError(f"override {full!r}: {path[0]!r} is not a nested config")
-    return dataclasses.replace(obj, **{path[0]: _override(cur, path[1:], text, full)})
-  if dataclasses.is_dataclass(cur):
-    raise ValueError(f"override {full!r}: {path[0]!r} is a config group; set one of its fields")
-  return dataclasses.replace(obj, **{path[0]: _parse_value(text, cur, full)})
-
-
-# --------------------------------------------------------------------------------------------- models
-@dataclasses.dataclass(frozen=True)
-class Modules:
-  vae: Optional[MotionVAE]
-  denoiser: Any
-  text: TextEncoder
-
-
-def build_modules(config: BaseConfig) -> Modules:
-  vae = MotionVAE(config.vae) if config.model == "mld" else None
-  den = LatentDenoiser(config.denoiser) if config.model == "mld" else MotionDenoiser(config.denoiser)
-  return Modules(vae, den, TextEncoder(config.text))
-
-
-def init_vae_params(config: BaseConfig, rng: jax.Array) -> Any:
-  vae = MotionVAE(config.vae)
-  length = config.data.max_length
-  return vae.init(rng, jnp.zeros((1, length, config.vae.nfeats)), jnp.ones((1, length), bool))
-
-
-def _dummy_text_inputs(config: BaseConfig, b: int = 1):
-  lt = config.data.text_max_length
-  if config.text.kind == "learned":
-    return jnp.zeros((b, lt), jnp.int32), jnp.ones((b, lt), bool)
-  return jnp.zeros((b, lt, config.text.embed_dim)), jnp.ones((b, lt), bool)
-
-
-def init_diffusion_params(config: BaseConfig, rng: jax.Array) -> dict:
-  """{"denoiser": ..., "text": ...} (the text encoder trains with the denoiser here)."""
-  m = build_modules(config)
-  k_text, k_den = jax.random.split(rng)
-  tok, tmask = _dummy_text_inputs(config)
-  text_params = m.text.init(k_text, tok, tmask)
-  cond = m.text.apply(text_params, tok, tmask)
-  if config.model == "mld":
-    x = jnp.zeros((1, config.vae.latent_size, config.vae.latent_dim))
-  else:
-    x = jnp.zeros((1, config.data.max_length, config.vae.nfeats))
-    cond = {**cond, "frame_mask": jnp.ones((1, config.data.max_length), bool)}
-  return {"denoiser": m.denoiser.init(k_den, x, jnp.zeros((1,), jnp.int32), cond), "text": text_params}
-
-
-def text_inputs(config: BaseConfig, batch: dict) -> tuple[jax.Array, jax.Array]:
-  """The text encoder's inputs from a data batch (token ids, or precomputed embeddings)."""
-  if config.text.kind == "learned":
-    return batch["tokens"], batch["token_mask"]
-  if "text_emb" not in batch:
-    raise ValueError("batch: text.kind='precomputed' needs 'text_emb' (set data.text_embeddings to the .npz)")
-  return batch["text_emb"], batch["text_emb_mask"]
-
-
-def make_cond(config: BaseConfig, text: TextEncoder, text_params, inputs, mask, frame_mask=None,
-              deterministic: bool = True, rng: Optional[jax.Array] = None) -> tuple[dict, dict]:
-  """(cond, uncond) for the denoiser. MDM adds `frame_mask` [B, L] to both."""
-  rngs = None if rng is None else {"dropout": rng}
-  cond = text.apply(text_params, inputs, mask, deterministic, rngs=rngs)
-  uncond = text.apply(text_params, mask.shape[0], mask.shape[1], method=TextEncoder.null)
-  if config.model == "mdm":
-    cond = {**cond, "frame_mask": frame_mask}
-    uncond = {**uncond, "frame_mask": frame_mask}
-  return cond, uncond
-
-
-def vae_tx(config: BaseConfig):
-  return common.make_optimizer(config.vae_optim)
-
-
-def diffusion_tx(config: BaseConfig):
-  return common.make_optimizer(config.diffusion_optim)
-
-
-# --------------------------------------------------------------------------------------------- steps
 _ARRAY_KEYS = ("motion", "mask", "length", "tokens", "token_mask", "text_emb", "text_emb_mask")
 
 
@@ -299,7 +89,7 @@ def _vae_step_fn(config: BaseConfig, mesh=None):
       return vae_loss(recon, batch["motion"], batch["mask"], mu, logvar, config.vae, mean, std)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state, finite = common.apply_gradients(state, grads, tx, loss, config.ema_decay)
+    state, finite = apply_gradients(state, grads, tx, loss, config.ema_decay)
     return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   return _jit(step, mesh)
@@ -311,15 +101,6 @@ def make_vae_step(config: BaseConfig, mean: np.ndarray, std: np.ndarray, key: ja
   step = _vae_step_fn(_model_key(config), mesh)
   mean, std = jnp.asarray(mean), jnp.asarray(std)
   return lambda state, batch: step(state, _arrays(batch), mean, std, key)
-
-
-def encode_latents(config: BaseConfig, vae_params, batch: dict, rng: Optional[jax.Array],
-                   latent_scale) -> jax.Array:
-  """z [B, latent_size, latent_dim] in diffusion space (sampled from q(z|x) when rng is given) * scale."""
-  mu, logvar = MotionVAE(config.vae).apply(vae_params, batch["motion"], batch["mask"],
-                                           method=MotionVAE.encode)
-  z = mu if rng is None else reparameterize(rng, mu, logvar)
-  return z * latent_scale
 
 
 def diffusion_loss(config: BaseConfig, params: dict, vae_params, batch: dict, rng: jax.Array,
@@ -362,7 +143,7 @@ def _diffusion_step_fn(config: BaseConfig, mesh=None):
     rng = jax.random.fold_in(key, state.step)
     (loss, metrics), grads = jax.value_and_grad(
         lambda p: diffusion_loss(config, p, vae_params, batch, rng, latent_scale), has_aux=True)(state.params)
-    state, finite = common.apply_gradients(state, grads, tx, loss, config.ema_decay)
+    state, finite = apply_gradients(state, grads, tx, loss, config.ema_decay)
     return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
   return _jit(step, mesh)
@@ -432,12 +213,12 @@ _VAE_IGNORE = ("denoiser.", "text.", "diffusion.", "diffusion_optim.", "sampler.
                "scale_latents", "data.text_max_length", "data.text_embeddings")
 
 
-def _check_resume(ckpt: common.Checkpointer, config: BaseConfig, stage: str) -> None:
+def _check_resume(ckpt: Checkpointer, config: BaseConfig, stage: str) -> None:
   if ckpt.latest_step() is None:
     return
   saved = ckpt.metadata()["config"]
   ignore = _RESUME_IGNORE + (_VAE_IGNORE if stage == "vae" else ())
-  common.check_config_matches(saved, config_to_dict(config), str(ckpt.directory), ignore=ignore)
+  check_config_matches(saved, config_to_dict(config), str(ckpt.directory), ignore=ignore)
 
 
 @functools.lru_cache(maxsize=16)
@@ -473,12 +254,12 @@ def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenize
   if config.model != "mld":
     raise ValueError(f"train_vae: only the 'mld' model has a VAE, found model={config.model!r}")
   stage_dir = pathlib.Path(workdir) / "vae"
-  ckpt = common.Checkpointer(stage_dir / "checkpoints")
+  ckpt = Checkpointer(stage_dir / "checkpoints")
   _check_resume(ckpt, config, "vae")
-  writer = common.MetricWriter(stage_dir)
+  writer = MetricWriter(stage_dir)
   root = jax.random.PRNGKey(config.seed)
   tx = vae_tx(config)
-  state = common.create_train_state(init_vae_params(config, jax.random.fold_in(root, 10)), tx,
+  state = create_train_state(init_vae_params(config, jax.random.fold_in(root, 10)), tx,
                                     use_ema=config.ema_decay > 0)
   emb = _text_embeddings(config)
   val = validation_batches(config, val_dataset if val_dataset is not None else dataset, tokenizer, emb)
@@ -487,7 +268,7 @@ def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenize
   batch_fn = lambda step: _local(batching.batch_at(
       dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh)
   try:
-    result = common.train_loop(
+    result = train_loop(
         state=state, step_fn=make_vae_step(config, dataset.mean, dataset.std, jax.random.fold_in(root, 0), mesh),
         batch_fn=batch_fn, num_steps=config.vae_steps, checkpointer=ckpt, writer=writer,
         metadata=_metadata(config, dataset, "vae"), log_every=config.log_every,
@@ -549,21 +330,21 @@ def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, to
   if config.model == "mld" and vae_params is None:
     raise ValueError("train_diffusion: model='mld' needs the trained vae_params")
   stage_dir = pathlib.Path(workdir) / "diffusion"
-  ckpt = common.Checkpointer(stage_dir / "checkpoints")
+  ckpt = Checkpointer(stage_dir / "checkpoints")
   _check_resume(ckpt, config, "diffusion")
   if ckpt.latest_step() is not None and config.model == "mld":
     saved = ckpt.metadata().get("vae_step")
     if saved != vae_step:
       ckpt.close()
-      raise common.CheckpointError(
+      raise CheckpointError(
           f"{ckpt.directory}: diffusion checkpoint was trained on the VAE at step {saved}, but the VAE is now "
           f"at step {vae_step}; delete {stage_dir} to retrain the diffusion on the new latent space")
-  writer = common.MetricWriter(stage_dir)
+  writer = MetricWriter(stage_dir)
   root = jax.random.PRNGKey(config.seed)
   latent_scale = measure_latent_scale(config, vae_params, dataset, tokenizer)
   logging.info("latent scale: %.5f", latent_scale)
   tx = diffusion_tx(config)
-  state = common.create_train_state(init_diffusion_params(config, jax.random.fold_in(root, 11)), tx,
+  state = create_train_state(init_diffusion_params(config, jax.random.fold_in(root, 11)), tx,
                                     use_ema=config.ema_decay > 0)
   emb = _text_embeddings(config)
   val = validation_batches(config, val_dataset if val_dataset is not None else dataset, tokenizer, emb)
@@ -572,7 +353,7 @@ def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, to
   batch_fn = lambda step: _local(batching.batch_at(
       dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh)
   try:
-    result = common.train_loop(
+    result = train_loop(
         state=state, step_fn=make_diffusion_step(config, vae_params, latent_scale, jax.random.fold_in(root, 1),
                                                  mesh),
         batch_fn=batch_fn, num_steps=config.diffusion_steps, checkpointer=ckpt, writer=writer,
@@ -642,4 +423,25 @@ def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str]
                                         mesh=mesh)
   out["seconds"]["diffusion"] = time.time() - t0
   logging.info("diffusion: %s (%.1f s)", out["diffusion"], out["seconds"]["diffusion"])
+  return out
+
+
+def train_and_sample(config: BaseConfig, workdir: str, data_dir: str, num_samples: int = 4,
+                     guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True,
+                     progress: bool = True) -> dict:
+  """`train_and_evaluate` on `data_dir`, then `save_samples` of the first `num_samples` held-out
+  captions (their own lengths, cut to the model's max_length) into <workdir>/samples/. This is what
+  `launch/train_base.py` runs."""
+  t0 = time.time()
+  train, val = load_data(config, data_dir)
+  out = train_and_evaluate(config, workdir, dataset=train, val_dataset=val, progress=progress)
+  out["seconds"]["total_train"] = time.time() - t0
+  if num_samples > 0:
+    gen = generator.load_generator(workdir)
+    entries = val.entries[:num_samples]
+    texts = [e.captions[0][0] for e in entries]
+    u = config.data.unit_length
+    lengths = [min(gen.max_length, u * (e.length // u)) for e in entries]
+    out["samples"] = generator.save_samples(gen, texts, lengths, os.path.join(workdir, "samples"),
+                                  jax.random.PRNGKey(config.seed), guidance_scale, num_steps, gif)
   return out

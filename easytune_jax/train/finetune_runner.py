@@ -9,7 +9,7 @@
   decode(z, cond)               = frozen VAE decoder (MLD) with cond["mask"] -> normalised features [B, L, D]
   reward(x, cond, t)            = SPM cosine(text, motion) [B] on cond["reward"] and cond["mask"]
 
-`run_finetune` drives any method through `finetune.make_update_fn` with `common.train_loop` (resume, SIGTERM,
+`run_finetune` drives any method through `finetune.make_update_fn` with `train_loop` (resume, SIGTERM,
 non-finite policy), logs the reward per update and per step index, evaluates a held-out reward (fixed val
 captions and noise, full sampling with the current parameters) at intervals, optionally the evaluator's
 quick metrics (test split, monitoring), and keeps the best checkpoint by `RunConfig.best_metric` (held-out
@@ -23,97 +23,44 @@ import json
 import pathlib
 import re
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from easytune_jax import finetune, parallel
+from easytune_jax import finetune
+from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.core import parallel
+from easytune_jax.eval import evaluation
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
-from easytune_jax.generate import Generator, load_generator
-from easytune_jax.models import spm
-from easytune_jax.train import common
+from easytune_jax.bundles.generator import Generator, load_generator
+from easytune_jax.bundles.task import MotionTask
+from easytune_jax.data.features import joints_num_for_dim
+from easytune_jax.rewards.registry import RewardContext, build_reward, parse_spec
+from easytune_jax.core.checkpoint import Checkpointer
+from easytune_jax.core.config import check_config_matches, config_from_dict
+from easytune_jax.core.metric_writer import MetricWriter
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
+from easytune_jax.train.loop import train_loop
 from easytune_jax.train import reward as reward_train
 
 
 # --------------------------------------------------------------------------------------------- task
-@dataclasses.dataclass(eq=False)
-class MotionTask:
-  """A generator + a frozen reward model, exposed through the fine-tuning contracts."""
-
-  gen: Generator
-  reward_params: Any
-  reward_config: spm.SPMConfig
-  reward_tokenizer: Any
-
-  def denoise(self, params, x_t, t, cond):
-    return self.gen.denoise(params, x_t, t, cond["gen"])
-
-  def decode(self, z, cond):
-    return self.gen.decode(self.gen.frozen["vae"], z, cond["mask"])
-
-  def reward(self, x, cond, t=None):
-    return spm.reward_apply(self.reward_params, self.reward_config, x, {**cond["reward"], "mask": cond["mask"]}, t)
-
-  def inputs(self, captions: Sequence[str], lengths: Sequence[int]) -> tuple[dict, dict]:
-    """(cond, uncond) for B captions with B frame counts (<= gen.max_length)."""
-    lengths = np.minimum(np.asarray(lengths), self.gen.max_length)
-    gen_cond = self.gen.encode_text(list(captions), lengths)
-    mask = jnp.asarray(self.gen.frame_mask(lengths))
-    if self.reward_tokenizer is None:
-      raise ValueError("MotionTask: the reward model takes precomputed text embeddings; pass them in cond")
-    tokens, token_mask = self.reward_tokenizer.encode_batch(list(captions))
-    reward_cond = {"tokens": jnp.asarray(tokens), "token_mask": jnp.asarray(token_mask)}
-    cond = {"gen": gen_cond, "reward": reward_cond, "mask": mask}
-    uncond = {"gen": self.gen.uncond(gen_cond), "reward": reward_cond, "mask": mask}
-    return cond, uncond
-
-  def data_batch(self, arrays: dict, cond: dict) -> dict:
-    """The 'diffusion' regulariser's data batch {'x0', 'cond'[, 'mask']} from a data batch's arrays
-    (`batching.batch_at` with the generator's tokenizer and max_length) and its `cond` from `inputs`:
-    x0 is the motion in diffusion space (VAE posterior mean * latent_scale for MLD, the features for MDM)."""
-    motion, mask = jnp.asarray(arrays["motion"]), jnp.asarray(arrays["mask"])
-    if self.gen.config.model == "mdm":
-      return {"x0": motion, "cond": {"gen": cond["gen"]}, "mask": mask}
-    if "_encode_latents" not in self.__dict__:
-      from easytune_jax.train import base
-      self._encode_latents = jax.jit(lambda vae, x, m, scale: base.encode_latents(
-          self.gen.config, vae, {"motion": x, "mask": m}, None, scale))
-    return {"x0": self._encode_latents(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
-            "cond": {"gen": cond["gen"]}}
-
-  def noise(self, rng: jax.Array, batch_size: int) -> jax.Array:
-    return jax.random.normal(rng, (batch_size,) + tuple(self.gen.latent_shape))
-
-  def sample_rewards(self, params, cond, uncond, x_T, guidance_scale: float, num_steps: int) -> jax.Array:
-    """Per-example reward [B] of fully sampled clean motion (the held-out score)."""
-    fn = self._reward_sampler(num_steps)
-    return fn(params, cond, uncond, x_T, jnp.float32(guidance_scale))
-
-  def _reward_sampler(self, num_steps: int):
-    cache = self.__dict__.setdefault("_samplers", {})
-    if num_steps not in cache:
-      from easytune_jax import sampling
-      timesteps = sampling.make_timesteps(
-          self.gen.schedule, dataclasses.replace(self.gen.config.sampler, num_steps=num_steps))
-
-      def run(params, cond, uncond, x_T, w):
-        out = sampling.sample(self.denoise, params, self.gen.schedule, timesteps, x_T, cond, uncond, w)
-        return self.reward(self.decode(out.x0, cond), cond, None)
-      cache[num_steps] = jax.jit(run)
-    return cache[num_steps]
-
-
-def load_task(generator_workdir: str, reward_workdir: str) -> MotionTask:
+def load_task(generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm") -> MotionTask:
+  """The generator of `generator_workdir` with the reward `reward` (a `rewards.registry` spec such as
+  'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`."""
   gen = load_generator(generator_workdir)
-  _, params, rcfg = reward_train.load_reward(reward_workdir)
-  if rcfg.model.dim_motion != gen.mean.shape[0]:
-    raise ValueError(f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
-                     f"{generator_workdir} produces {gen.mean.shape[0]}-dim features")
-  return MotionTask(gen, params, rcfg.model, reward_train.load_reward_tokenizer(reward_workdir))
+  spm_fn, tokenizer = None, None
+  if reward_workdir:
+    spm_fn, _, rcfg = reward_train.load_reward(reward_workdir)
+    if rcfg.model.dim_motion != gen.mean.shape[0]:
+      raise ValueError(f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
+                       f"{generator_workdir} produces {gen.mean.shape[0]}-dim features")
+    tokenizer = reward_train.load_reward_tokenizer(reward_workdir)
+  context = RewardContext(mean=gen.mean, std=gen.std, joints_num=joints_num_for_dim(gen.mean.shape[0]), spm=spm_fn)
+  return MotionTask(gen, build_reward(reward, context), tokenizer)
 
 
 def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
@@ -142,7 +89,7 @@ class RunConfig:
   """A fine-tuning run: method config, data, schedule of evaluation and checkpoints."""
 
   finetune: finetune.FinetuneConfig = finetune.FinetuneConfig(
-      num_steps=10, guidance_scale=2.5, optim=common.OptimConfig(learning_rate=2e-4, warmup_steps=10))
+      num_steps=10, guidance_scale=2.5, optim=OptimConfig(learning_rate=2e-4, warmup_steps=10))
   trajectories: int = 20
   batch_size: int = 16
   seed: int = 0
@@ -154,8 +101,10 @@ class RunConfig:
   ema_decay: float = 0.0
   on_nonfinite: str = "skip"
   best_metric: str = "heldout_reward"
+  reward: str = "spm"                          # rewards.registry spec, e.g. 'spm:1.0,skating:0.2'
 
   def __post_init__(self):
+    parse_spec(self.reward)   # a malformed spec fails here, before anything is loaded
     if self.trajectories < 1 or self.batch_size < 1:
       raise ValueError(f"RunConfig: trajectories and batch_size must be >= 1, found {self.trajectories}, "
                        f"{self.batch_size}")
@@ -168,7 +117,7 @@ class RunConfig:
 
 
 def run_config_from_dict(d: dict) -> RunConfig:
-  return common.config_from_dict(RunConfig, d, "RunConfig")
+  return config_from_dict(RunConfig, d, "RunConfig")
 
 
 def _flatten_metrics(metrics: dict) -> dict:
@@ -197,9 +146,15 @@ class HeldOut:
     self.task, self.cfg = task, cfg
     self.num_steps = cfg.heldout_num_steps or cfg.finetune.num_steps
 
+  def reward_terms(self, params) -> dict[str, np.ndarray]:
+    """{term: reward [N]} of the task's reward terms on the held-out samples of `params`."""
+    terms = self.task.sample_rewards(params, self.cond, self.uncond, self.x_T, self.cfg.finetune.guidance_scale,
+                                     self.num_steps)
+    return {k: np.asarray(v) for k, v in terms.items()}
+
   def rewards(self, params) -> np.ndarray:
-    return np.asarray(self.task.sample_rewards(params, self.cond, self.uncond, self.x_T,
-                                               self.cfg.finetune.guidance_scale, self.num_steps))
+    """Total (weighted) reward [N] of the held-out samples of `params`."""
+    return np.asarray(self.task.reward_fn.combine(self.reward_terms(params)))
 
 
 def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_workdir: str, data_dir: str,
@@ -216,7 +171,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   t0 = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  task = load_task(generator_workdir, reward_workdir)
+  task = load_task(generator_workdir, reward_workdir, cfg.reward)
   train = load_dataset(data_dir, "train")
   val = load_dataset(data_dir, "val")
   meta = {"run": cfg.to_dict(), "generator_workdir": str(pathlib.Path(generator_workdir).absolute()),
@@ -225,8 +180,8 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    saved = {"best_metric": "heldout_reward", **json.loads(info_path.read_text())["run"]}  # runs before it
-    common.check_config_matches(saved, meta["run"], str(info_path),
+    saved = {"best_metric": "heldout_reward", "reward": "spm", **json.loads(info_path.read_text())["run"]}  # older runs
+    check_config_matches(saved, meta["run"], str(info_path),
                                 ignore=("trajectories", "eval_every", "checkpoint_every"))
   tmp = info_path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(meta, indent=2))
@@ -234,7 +189,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
 
   ft = cfg.finetune
   mask = trainable_mask(task.gen.params, cfg.trainable)
-  tx = common.make_optimizer(ft.optim, mask)
+  tx = make_optimizer(ft.optim, mask)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
                                    ema_decay=cfg.ema_decay, jit=mesh is None)
   if mesh is not None:
@@ -243,21 +198,19 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5))
   base_params = task.gen.params if ft.regularizer == "kl" else None
   per_traj = ft.updates_per_trajectory
-  state = common.create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
+  state = create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
   heldout = HeldOut(task, val, cfg)
   base_rewards = heldout.rewards(task.gen.params)
   evaluator = None
   if evaluator_workdir:
-    from easytune_jax.train import evaluator as te
-    evaluator = te.load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
+    evaluator = load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
     test = load_dataset(data_dir, "test")
   elif cfg.best_metric != "heldout_reward":
     raise ValueError(f"run_finetune: best_metric={cfg.best_metric!r} is an evaluator metric: pass "
                      "evaluator_workdir (or use best_metric='heldout_reward')")
 
   def quick_eval(params, dataset, seed):
-    from easytune_jax import evaluation
-    res = evaluation.evaluate(_generate_fn(task, params, ft), evaluator, dataset, quick=True, batch_size=32,
+    res = evaluation.evaluate(generate_fn_for(task, params, ft), evaluator, dataset, quick=True, batch_size=32,
                               max_length=min(task.gen.max_length, evaluator.max_length), seed=seed)
     return {k: v[0] for k, v in res["metrics"].items() if k in _EVAL_METRICS}
 
@@ -269,7 +222,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     return vm[cfg.best_metric], {f"val/{k}": v for k, v in vm.items()}
 
   # `best/` starts as the base model (trajectory 0): a run that never improves keeps the base params.
-  best_ck = common.Checkpointer(workdir / "best", max_to_keep=1)
+  best_ck = Checkpointer(workdir / "best", max_to_keep=1)
   if best_ck.latest_step() is not None:
     best = best_ck.metadata()["best"]
     if "value" not in best:   # written before best_metric existed: {'reward', 'trajectory'}
@@ -295,8 +248,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     return x_T, cond, uncond, jax.random.fold_in(rng, 2), data
 
   def eval_fn(state, it):
-    r = heldout.rewards(state.params)
-    out = {"heldout_reward": float(np.mean(r))}
+    terms = heldout.reward_terms(state.params)
+    out = {"heldout_reward": float(np.mean(task.reward_fn.combine(terms)))}
+    if len(terms) > 1:   # a composite reward: every term on its own
+      out.update({f"heldout_reward_terms/{k}": float(np.mean(v)) for k, v in terms.items()})
     value, val_metrics = criterion(state.params, out["heldout_reward"])
     out.update(val_metrics)
     if sign * value > sign * best["value"]:
@@ -307,10 +262,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
     return out
 
-  writer = common.MetricWriter(workdir)
-  ck = common.Checkpointer(workdir / "checkpoints")
+  writer = MetricWriter(workdir)
+  ck = Checkpointer(workdir / "checkpoints")
   try:
-    loop = common.train_loop(
+    loop = train_loop(
         state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params), batch_fn=batch_fn,
         num_steps=cfg.trajectories, checkpointer=ck, writer=writer, metadata={"run": meta["run"]},
         log_every=1, checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
@@ -336,7 +291,7 @@ def _step_with_flat_metrics(update, state, batch, base_params=None):
   return state, _flatten_metrics(metrics)
 
 
-def _generate_fn(task: MotionTask, params, ft: finetune.FinetuneConfig):
+def generate_fn_for(task: MotionTask, params, ft: finetune.FinetuneConfig):
   def generate(captions, pos_tokens, lengths, rng):
     del pos_tokens
     feats, _ = task.gen.generate(captions, lengths, rng, guidance_scale=ft.guidance_scale,
@@ -353,17 +308,13 @@ def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
   gen = load_generator(info["generator_workdir"])
   run = run_config_from_dict(info["run"])
   if which == "best" and (workdir / "best").is_dir():
-    ck = common.Checkpointer(workdir / "best", max_to_keep=1)
+    ck = Checkpointer(workdir / "best", max_to_keep=1)
     params = ck.restore(gen.params)
   else:
     mask = trainable_mask(gen.params, run.trainable)
-    tx = common.make_optimizer(run.finetune.optim, mask)
-    ck = common.Checkpointer(workdir / "checkpoints")
-    template = jax.eval_shape(lambda: common.create_train_state(gen.params, tx, use_ema=run.ema_decay > 0))
+    tx = make_optimizer(run.finetune.optim, mask)
+    ck = Checkpointer(workdir / "checkpoints")
+    template = jax.eval_shape(lambda: create_train_state(gen.params, tx, use_ema=run.ema_decay > 0))
     params = ck.restore(template).params
   ck.close()
   return dataclasses.replace(gen, params=params)
-
-
-def is_finetune_workdir(workdir: str) -> bool:
-  return (pathlib.Path(workdir) / "finetune.json").exists()

@@ -33,18 +33,20 @@ import numpy as np
 import optax
 from absl import logging
 
-from easytune_jax import parallel
-from easytune_jax import spl as spl_lib
+from easytune_jax.core import parallel
+from easytune_jax.rewards import spl as spl_lib
 from easytune_jax.data.batching import batch_at, iterate_batches
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
 from easytune_jax.models.layers import kl_between, kl_to_standard_normal, reparameterize
 from easytune_jax.models.spm import (SPM, SPMConfig, encode_motion, encode_text, init_spm, reward_fn,
                                      text_inputs)
-from easytune_jax.schedules import DiffusionConfig, Schedule, add_noise, make_schedule
-from easytune_jax.train.common import (Checkpointer, MetricWriter, OptimConfig, TrainState, apply_gradients,
-                                       check_config_matches, config_from_dict, create_train_state, make_optimizer,
-                                       train_loop)
+from easytune_jax.core.schedules import DiffusionConfig, Schedule, add_noise, make_schedule
+from easytune_jax.core.checkpoint import Checkpointer
+from easytune_jax.core.config import check_config_matches, config_from_dict
+from easytune_jax.core.metric_writer import MetricWriter
+from easytune_jax.core.optim import OptimConfig, TrainState, apply_gradients, create_train_state, make_optimizer
+from easytune_jax.train.loop import train_loop
 
 _WHERE = "easytune_jax/train/reward.py"
 META_KIND = "easytune_jax.spm_reward"

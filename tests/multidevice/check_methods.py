@@ -15,9 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from easytune_jax import finetune, parallel, schedules
+from easytune_jax import finetune
+from easytune_jax.core import parallel
+from easytune_jax.core import schedules
 from easytune_jax.models.spm import SPMConfig, init_spm
-from easytune_jax.train import base, common
+from easytune_jax.train import base
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.train import reward as R
 
 assert jax.device_count() == 8, jax.devices()
@@ -78,9 +81,9 @@ def finetune_problem(method):
   params = {"w1": jax.random.normal(ks[0], (D, H)) * 0.1, "b1": jnp.zeros(H),
             "w2": jax.random.normal(ks[1], (H, D)) * 0.1, "tw": jax.random.normal(ks[2], (H,)) * 0.5}
   cfg = finetune.FinetuneConfig(method=method, num_steps=4, k=2, guidance_scale=2.0,
-                                optim=common.OptimConfig(learning_rate=1e-2, warmup_steps=0))
-  tx = common.make_optimizer(cfg.optim)
-  state = common.create_train_state(params, tx)
+                                optim=OptimConfig(learning_rate=1e-2, warmup_steps=0))
+  tx = make_optimizer(cfg.optim)
+  state = create_train_state(params, tx)
   x_T = jax.random.normal(ks[3], (B, D))
   cond = {"c": jax.random.normal(ks[4], (B, H)) * 0.3, "target": jax.random.normal(ks[5], (B, D))}
   uncond = {"c": jnp.zeros((B, H)), "target": cond["target"]}
@@ -103,7 +106,7 @@ rcfg = R.RewardTrainConfig(
 # Adam's first step is lr * g / (|g| + eps): with eps=1e-8 a parameter whose gradient is ~1e-8 moves by a
 # lr-sized amount whose sign follows float32 rounding, so the comparison uses eps=1e-3 (then a gradient
 # difference dg moves a parameter by at most lr * dg / 1e-3). EasyTune/DRaFT gradients are large.
-optim = common.OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-3)
+optim = OptimConfig(learning_rate=1e-3, warmup_steps=0, eps=1e-3)
 ks = np.random.default_rng(0)
 lengths = ks.integers(16, L + 1, B)
 mask = np.arange(L)[None] < lengths[:, None]
@@ -113,8 +116,8 @@ spm_batch = {"motion": (ks.standard_normal((B, L, 263)) * mask[..., None]).astyp
              "mask": mask, "length": lengths.astype(np.int32),
              "tokens": np.where(token_mask, ks.integers(4, V, (B, LT)), 0).astype(np.int32),
              "token_mask": token_mask}
-tx = common.make_optimizer(optim)
-spm_state = common.create_train_state(init_spm(rcfg.model, jax.random.key(3)), tx)
+tx = make_optimizer(optim)
+spm_state = create_train_state(init_spm(rcfg.model, jax.random.key(3)), tx)
 initial["spm_spl"] = spm_state
 key = jax.random.key(11)
 fresh = lambda: jax.tree.map(jnp.copy, spm_state)   # the jitted step donates its state
@@ -141,7 +144,7 @@ assert nfeats == 263, nfeats   # the HumanML3D feature size, as the SPM batch ab
 vae_batch = {"motion": spm_batch["motion"], "mask": mask,
              "length": spm_batch["length"], "tokens": spm_batch["tokens"], "token_mask": token_mask}
 mean, std = np.zeros(nfeats, np.float32), np.ones(nfeats, np.float32)
-vae_state = common.create_train_state(base.init_vae_params(bcfg, jax.random.key(4)), base.vae_tx(bcfg))
+vae_state = create_train_state(base.init_vae_params(bcfg, jax.random.key(4)), base.vae_tx(bcfg))
 initial["vae"] = vae_state
 compare("vae", lambda: base.make_vae_step(bcfg, mean, std, jax.random.key(5))(vae_state, vae_batch),
         lambda mesh: base.make_vae_step(bcfg, mean, std, jax.random.key(5), mesh=mesh)(vae_state, vae_batch))

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from easytune_jax import parallel
-from easytune_jax.train import common
+from easytune_jax.core import parallel
+from easytune_jax.core.checkpoint import Checkpointer
+from easytune_jax.core.optim import OptimConfig, apply_gradients, create_train_state, make_optimizer
 
 assert jax.device_count() == 8, jax.devices()
 results = {}
@@ -26,7 +27,7 @@ def mlp_contrastive_problem():
   """A two-tower model with an InfoNCE loss over the whole batch: negatives must be global."""
   k = jax.random.split(jax.random.key(0), 3)
   params = {"wt": jax.random.normal(k[0], (64, 128)) * 0.1, "wm": jax.random.normal(k[1], (64, 128)) * 0.1}
-  tx = common.make_optimizer(common.OptimConfig(learning_rate=1e-2))
+  tx = make_optimizer(OptimConfig(learning_rate=1e-2))
 
   def loss_fn(p, batch):
     t = batch["text"] @ p["wt"]
@@ -38,11 +39,11 @@ def mlp_contrastive_problem():
 
   def step(state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-    state, finite = common.apply_gradients(state, grads, tx, loss)
+    state, finite = apply_gradients(state, grads, tx, loss)
     return state, {"loss": loss}
 
   batch = {"text": jax.random.normal(k[2], (32, 64)), "motion": jax.random.normal(k[2], (32, 64)) + 0.3}
-  return common.create_train_state(params, tx), step, batch
+  return create_train_state(params, tx), step, batch
 
 
 def check_contrastive(spec):
@@ -65,7 +66,7 @@ results["contrastive_data4_fsdp2"], sharded_state = check_contrastive("data=4,fs
 # A checkpoint written from the 8-device (FSDP) state restores on 4 devices here and on 1 device in the
 # parent test process.
 ckdir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
-ck = common.Checkpointer(ckdir)
+ck = Checkpointer(ckdir)
 ck.save(1, sharded_state, {"note": "written on 8 devices"})
 mesh4 = parallel.make_mesh("data=4", devices=jax.devices()[:4])
 template4 = parallel.shard_state(mlp_contrastive_problem()[0], mesh4, min_size=16)

@@ -18,10 +18,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from easytune_jax import evaluation, finetune, generate, viz
+from easytune_jax import finetune, viz
+from easytune_jax.eval import evaluation
+from easytune_jax.bundles import generator
 from easytune_jax.data import synthetic
 from easytune_jax.data.humanml3d import load_dataset
-from easytune_jax.train import base, common
+from easytune_jax.train import base
+from easytune_jax.core.metric_writer import read_metrics
+from easytune_jax.core.optim import OptimConfig
+from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import finetune_runner as fr
 from easytune_jax.train import reward as R
@@ -79,7 +84,7 @@ def base_config(cfg: QuickstartConfig) -> base.BaseConfig:
 
 
 def stage_base(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> str:
-  generate.train_and_sample(base_config(cfg), str(root / "base"), data_dir, num_samples=0)
+  base.train_and_sample(base_config(cfg), str(root / "base"), data_dir, num_samples=0)
   return str(root / "base")
 
 
@@ -106,7 +111,7 @@ def run_config(cfg: QuickstartConfig, method: str) -> fr.RunConfig:
   ft = finetune.FinetuneConfig(
       method=method, num_steps=cfg.num_steps, k=cfg.draft_k if method == "draft" else None,
       guidance_scale=cfg.guidance_scale,
-      optim=common.OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=5))
+      optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=5))
   return fr.RunConfig(finetune=ft, trajectories=cfg.steps(cfg.trajectories), batch_size=cfg.finetune_batch,
                       seed=cfg.seed, eval_every=max(1, cfg.steps(cfg.trajectories) // 4), heldout_size=64)
 
@@ -123,7 +128,7 @@ def stage_finetune(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
 def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str,
                    eval_dir: str, reward_dir: str) -> dict:
   test = load_dataset(data_dir, "test")
-  evaluator = te.load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
+  evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
   task = fr.load_task(gen_dir, reward_dir)
   rows = {"base": task.gen}
   for method in cfg.methods:
@@ -156,12 +161,12 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
   media.mkdir(parents=True, exist_ok=True)
   curves = {}
   for method in cfg.methods:
-    rows = [r for r in common.read_metrics(root / f"finetune_{method}") if "heldout_reward" in r]
+    rows = [r for r in read_metrics(root / f"finetune_{method}") if "heldout_reward" in r]
     if rows:
       curves[method] = ([r["step"] for r in rows], [r["heldout_reward"] for r in rows])
   out = {"curves": viz.plot_curves(curves, str(media / "heldout_reward.png"), title="held-out reward",
                                    xlabel="trajectory", ylabel="SPM reward")}
-  base_gen = generate.load_generator(gen_dir)
+  base_gen = generator.load_generator(gen_dir)
   tuned = {m: fr.load_finetuned_generator(str(root / f"finetune_{m}")) for m in cfg.methods}
   test = load_dataset(data_dir, "test")
   out["animations"] = []

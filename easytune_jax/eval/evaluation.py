@@ -46,8 +46,7 @@ from easytune_jax import metrics as M
 from easytune_jax.data import batching
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.data.humanml3d import MotionDataset
-from easytune_jax.train.evaluator import (Evaluator, _host_tokenizer, load_official_evaluator,  # noqa: F401
-                                          load_trained_evaluator)
+from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
 
 GenerateFn = Callable[..., np.ndarray]
 EMBEDDING_METRICS = ("R_precision_top_1", "R_precision_top_2", "R_precision_top_3", "Matching_score", "FID",
@@ -72,7 +71,7 @@ def draw_test_samples(dataset: MotionDataset, rng: np.random.Generator, *, indic
     """Random caption + unit-length crop per entry (all entries in dataset order, or ``indices``), normalised
     with the dataset Mean/Std and zero-padded to ``max_length`` (crops longer than it get a random window)."""
     idx = np.arange(len(dataset)) if indices is None else np.asarray(indices)
-    arrays, host = batching.make_batch(dataset, idx, rng, _host_tokenizer(), max_length=max_length,
+    arrays, host = batching.make_batch(dataset, idx, rng, pos_only_tokenizer(), max_length=max_length,
                                        unit_length=unit_length)
     return TestSamples(arrays["motion"], arrays["length"], host["caption"], host["pos_tokens"], host["name"])
 

@@ -1,6 +1,6 @@
 """A trained base generator as one bundle: text -> guided DDIM sampling -> decoded motion -> joints.
 
-`load_generator(workdir)` rebuilds everything from the checkpoints written by `train/base.py` (config,
+`load_generator(workdir)` rebuilds everything from the checkpoints written by `train/gm.py` (config,
 tokenizer, dataset Mean/Std and latent scale come from the checkpoint metadata). The bundle also exposes
 what the fine-tuning builders take (WORKSPACE.md contracts):
 
@@ -17,18 +17,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import time
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from easytune_jax import sampling, schedules
+from easytune_jax import viz
+from easytune_jax.core import sampling
+from easytune_jax.core import schedules
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
 from easytune_jax.models.text_encoder import TextEncoder
 from easytune_jax.models.vae import MotionVAE, features_to_joints
-from easytune_jax.train import base, common
+from easytune_jax.models import generator as gm
+from easytune_jax.core.checkpoint import Checkpointer
+from easytune_jax.core.config import config_from_dict
+from easytune_jax.core.optim import create_train_state
 
 
 @dataclasses.dataclass(eq=False)
@@ -37,7 +41,7 @@ class Generator:
   "text": text-encoder params}; `mean`, `std` [D]: dataset statistics; `latent_scale`: diffusion-space
   latents are `z_vae * latent_scale` (MLD; 1.0 for MDM)."""
 
-  config: base.BaseConfig
+  config: gm.BaseConfig
   tokenizer: Tokenizer
   mean: np.ndarray
   std: np.ndarray
@@ -47,9 +51,8 @@ class Generator:
   text_embeddings: Optional[TextEmbeddings] = None
 
   def __post_init__(self):
-    self.modules = base.build_modules(self.config)
+    self.modules = gm.build_modules(self.config)
     self.schedule = schedules.make_schedule(self.config.diffusion)
-    self.trace_count = 0          # incremented each time the sampler is traced (tests check no retrace)
     self._samplers = {}
     self._encode = jax.jit(self._encode_impl)
 
@@ -101,7 +104,7 @@ class Generator:
     return self.text_embeddings.lookup(list(texts))
 
   def _encode_impl(self, text_params, inputs, mask, frame_mask):
-    return base.make_cond(self.config, self.modules.text, text_params, inputs, mask, frame_mask)
+    return gm.make_cond(self.config, self.modules.text, text_params, inputs, mask, frame_mask)
 
   def encode_text(self, texts: Sequence[str], lengths: Optional[Sequence[int]] = None) -> dict:
     """cond {"text": [B, Lt, C], "text_mask": [B, Lt]} (+ "frame_mask" [B, L] for MDM, which needs
@@ -112,7 +115,7 @@ class Generator:
 
   def encode_batch(self, batch: dict) -> tuple[dict, dict]:
     """(cond, uncond) from a data batch's arrays (tokens or text_emb; mask for MDM's frame_mask)."""
-    inputs, mask = base.text_inputs(self.config, batch)
+    inputs, mask = gm.text_inputs(self.config, batch)
     return self._encode(self.frozen["text"], jnp.asarray(inputs), jnp.asarray(mask), jnp.asarray(batch["mask"]))
 
   def uncond(self, batch) -> dict:
@@ -146,8 +149,7 @@ class Generator:
     timesteps = sampling.make_timesteps(self.schedule, scfg)
 
     def run(params, frozen, inputs, mask, frame_mask, x_T, w, rng):
-      self.trace_count += 1
-      cond, uncond = base.make_cond(self.config, self.modules.text, frozen["text"], inputs, mask, frame_mask)
+      cond, uncond = gm.make_cond(self.config, self.modules.text, frozen["text"], inputs, mask, frame_mask)
       out = sampling.sample(self.denoise, params, self.schedule, timesteps, x_T, cond, uncond, w,
                             eta=scfg.eta, rng=rng)
       feats = self.decode(frozen["vae"], out.x0, frame_mask)
@@ -187,9 +189,9 @@ class Generator:
 
 
 def _restore_state(directory: pathlib.Path, init_fn, tx, use_ema: bool):
-  ckpt = common.Checkpointer(directory)
+  ckpt = Checkpointer(directory)
   try:
-    template = jax.eval_shape(lambda: common.create_train_state(init_fn(), tx, use_ema=use_ema))
+    template = jax.eval_shape(lambda: create_train_state(init_fn(), tx, use_ema=use_ema))
     state = ckpt.restore(template)
     meta = ckpt.metadata()
   finally:
@@ -204,20 +206,20 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
   ddir = workdir / "diffusion" / "checkpoints"
   if not ddir.is_dir():
     raise FileNotFoundError(f"{ddir}: no diffusion checkpoints (run launch/train_base.py first)")
-  meta_ck = common.Checkpointer(ddir)
+  meta_ck = Checkpointer(ddir)
   try:
     meta = meta_ck.metadata()
   finally:
     meta_ck.close()
-  config = base.config_from_dict(base.BaseConfig, meta["config"])
+  config = config_from_dict(gm.BaseConfig, meta["config"])
   ema = config.ema_decay > 0
   key = jax.random.PRNGKey(0)
-  dstate, _ = _restore_state(ddir, lambda: base.init_diffusion_params(config, key), base.diffusion_tx(config), ema)
+  dstate, _ = _restore_state(ddir, lambda: gm.init_diffusion_params(config, key), gm.diffusion_tx(config), ema)
   dparams = dstate.ema_params if (use_ema and ema) else dstate.params
   vae_params = None
   if config.model == "mld":
-    vstate, _ = _restore_state(workdir / "vae" / "checkpoints", lambda: base.init_vae_params(config, key),
-                               base.vae_tx(config), ema)
+    vstate, _ = _restore_state(workdir / "vae" / "checkpoints", lambda: gm.init_vae_params(config, key),
+                               gm.vae_tx(config), ema)
     vae_params = vstate.ema_params if (use_ema and ema) else vstate.params
   tok_path = workdir / meta["tokenizer"]
   emb = TextEmbeddings(config.data.text_embeddings) if config.text.kind == "precomputed" else None
@@ -230,8 +232,7 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
 def save_samples(generator: Generator, texts: Sequence[str], lengths: Sequence[int], out_dir: str,
                  rng: jax.Array, guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True) -> dict:
   """Generates one motion per text and writes `features.npy` (de-normalised [B, L, D]), `joints.npy`
-  ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `easytune_jax.viz` is importable and
-  `gif`, one stick-figure GIF per motion. Returns {"features", "joints", "files"}."""
+  ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `gif`, one stick-figure GIF per motion. Returns {"features", "joints", "files"}."""
   os.makedirs(out_dir, exist_ok=True)
   feats, joints = generator.generate(texts, lengths, rng, guidance_scale, num_steps)
   np.save(os.path.join(out_dir, "features.npy"), feats)
@@ -241,33 +242,7 @@ def save_samples(generator: Generator, texts: Sequence[str], lengths: Sequence[i
     f.write("".join(f"{t}\n" for t in texts))
   files = ["features.npy", "joints.npy", "lengths.npy", "captions.txt"]
   if gif:
-    try:
-      from easytune_jax import viz
-    except ImportError:  # viz is optional (matplotlib); the arrays above are the result
-      viz = None
-    if viz is not None:
-      for i, (t, n) in enumerate(zip(texts, lengths)):
-        path = viz.animate_motion(joints[i, :n], os.path.join(out_dir, f"sample_{i:02d}.gif"), title=t[:60])
-        files.append(os.path.basename(path))
+    for i, (t, n) in enumerate(zip(texts, lengths)):
+      path = viz.animate_motion(joints[i, :n], os.path.join(out_dir, f"sample_{i:02d}.gif"), title=t[:60])
+      files.append(os.path.basename(path))
   return {"features": feats, "joints": joints, "files": files}
-
-
-def train_and_sample(config: "base.BaseConfig", workdir: str, data_dir: str, num_samples: int = 4,
-                     guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True,
-                     progress: bool = True) -> dict:
-  """`base.train_and_evaluate` on `data_dir`, then `save_samples` of the first `num_samples` held-out
-  captions (their own lengths, cut to the model's max_length) into <workdir>/samples/. This is what
-  `launch/train_base.py` runs."""
-  t0 = time.time()
-  train, val = base.load_data(config, data_dir)
-  out = base.train_and_evaluate(config, workdir, dataset=train, val_dataset=val, progress=progress)
-  out["seconds"]["total_train"] = time.time() - t0
-  if num_samples > 0:
-    gen = load_generator(workdir)
-    entries = val.entries[:num_samples]
-    texts = [e.captions[0][0] for e in entries]
-    u = config.data.unit_length
-    lengths = [min(gen.max_length, u * (e.length // u)) for e in entries]
-    out["samples"] = save_samples(gen, texts, lengths, os.path.join(workdir, "samples"),
-                                  jax.random.PRNGKey(config.seed), guidance_scale, num_steps, gif)
-  return out

@@ -42,8 +42,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from easytune_jax import finetune, sampling
-from easytune_jax.train import common
+from easytune_jax import finetune
+from easytune_jax.core import sampling
+from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
+from easytune_jax import viz
+from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.data import batching
+from easytune_jax.data.humanml3d import load_dataset
+from easytune_jax.eval import evaluation
+from easytune_jax.train import finetune_runner
+from easytune_jax.train.finetune_runner import generate_fn_for
 
 _WHERE = "easytune_jax/benchmark.py"
 
@@ -205,7 +213,7 @@ def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.
       method=variant.method, num_steps=T, k=variant.resolve_k(T), remat=variant.remat,
       sampler_variant="online" if variant.online else "frozen",
       guidance_scale=cfg.guidance_scale,
-      optim=common.OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate,
+      optim=OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate,
                                warmup_steps=cfg.warmup_steps))
 
 
@@ -240,15 +248,13 @@ class Inputs:
   lazily and cached so that data preparation never enters a method's clock."""
 
   def __init__(self, task, train_dataset, batch_size: int, seed: int):
-    from easytune_jax.data import batching
-    self._batching = batching
     self.task, self.train, self.batch_size, self.seed = task, train_dataset, batch_size, seed
     self.key = jax.random.key(seed)
     self._cache: dict = {}
 
   def __call__(self, it: int):
     if it not in self._cache:
-      arrays, host = self._batching.batch_at(self.train, it, self.batch_size, self.seed, self.task.gen.tokenizer,
+      arrays, host = batching.batch_at(self.train, it, self.batch_size, self.seed, self.task.gen.tokenizer,
                                              max_length=self.task.gen.max_length)
       cond, uncond = self.task.inputs(host["caption"], arrays["length"])
       rng = jax.random.fold_in(self.key, it)
@@ -258,7 +264,7 @@ class Inputs:
 
 
 def _tx(ft: finetune.FinetuneConfig):
-  return common.make_optimizer(ft.optim)
+  return make_optimizer(ft.optim)
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -281,7 +287,7 @@ def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> 
   tx = _tx(ft)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
                                    jit=False)
-  state = common.create_train_state(task.gen.params, tx)
+  state = create_train_state(task.gen.params, tx)
   return finetune.compiled_memory(update, state, x_T, cond, uncond, rng)
 
 
@@ -323,7 +329,7 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence
   ft = finetune_config(cfg, variant, T)
   tx = _tx(ft)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode)
-  state0 = common.create_train_state(task.gen.params, tx)
+  state0 = create_train_state(task.gen.params, tx)
   x_T, cond, uncond, rng = inputs[0](0)
   t0 = time.perf_counter()
   # Compile + first runs, excluded from every clock. Two chained calls: the state an update returns can
@@ -419,9 +425,7 @@ def _next_checkpoint(cfg, j: int, n: int):
 # --------------------------------------------------------------------------------------------- alignment
 def quick_eval(task, params, ft: finetune.FinetuneConfig, evaluator, test_dataset, cfg: BenchmarkConfig) -> dict:
   """Quick evaluation of the generator with `params`: {R_precision_top_1/3, MM_Dist, FID, Diversity}."""
-  from easytune_jax import evaluation
-  from easytune_jax.train.finetune_runner import _generate_fn
-  res = evaluation.evaluate(_generate_fn(task, params, ft), evaluator, test_dataset, quick=True,
+  res = evaluation.evaluate(generate_fn_for(task, params, ft), evaluator, test_dataset, quick=True,
                             batch_size=cfg.eval_batch_size,
                             max_length=min(task.gen.max_length, evaluator.max_length), seed=cfg.seed)
   m = res["metrics"]
@@ -434,8 +438,6 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
                   evaluator_workdir: Optional[str] = None, memory: bool = True, speed: bool = True) -> dict:
   """Runs the memory sweep and the speed / alignment runs; returns the JSON-able result
   {'machine', 'config', 'inputs', 'records', 'base', 'summary', 'seconds'}."""
-  from easytune_jax.data.humanml3d import load_dataset
-  from easytune_jax.train import finetune_runner
   t_start = time.time()
   task = finetune_runner.load_task(generator_workdir, reward_workdir)
   train = load_dataset(data_dir, "train")
@@ -453,8 +455,7 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
     base_info = {"heldout_reward": base_reward, "heldout_size": len(heldout.captions)}
     evaluator = test = None
     if evaluator_workdir:
-      from easytune_jax.train import evaluator as te
-      evaluator = te.load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
+      evaluator = load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
       test = load_dataset(data_dir, "test")
       base_ft = finetune_config(cfg, Variant("easytune"), cfg.speed_steps)
       base_info["eval"] = quick_eval(task, task.gen.params, base_ft, evaluator, test, cfg)
@@ -653,7 +654,6 @@ def markdown(result: dict) -> str:
 
 def write_outputs(result: dict, out_dir: str) -> dict:
   """benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png under out_dir; returns their paths."""
-  from easytune_jax import viz
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = {"json": out / "benchmark.json", "md": out / "benchmark.md"}
@@ -676,55 +676,3 @@ def write_outputs(result: dict, out_dir: str) -> dict:
         rw, out / "reward_vs_time.png", title="held-out reward vs training wall time", xlabel="seconds",
         ylabel="held-out reward", figsize=(6.5, 4.5)))
   return {k: str(v) for k, v in paths.items()}
-
-
-# --------------------------------------------------------------------------------------------- pipeline
-@dataclasses.dataclass(frozen=True)
-class TinyPipeline:
-  data: str
-  generator: str
-  reward: str
-  evaluator: str
-
-
-TINY_BASE_OVERRIDES = (
-    "data.batch_size=8", "data.max_length=32", "data.text_max_length=16", "data.num_val_batches=1",
-    "vae.latent_dim=16", "vae.width=32", "vae.ff_dim=64", "vae.num_heads=2",
-    "denoiser.width=32", "denoiser.num_layers=1", "denoiser.ff_dim=64", "denoiser.num_heads=2",
-    "text.width=32", "text.ff_dim=64", "text.num_heads=2",
-    "vae_optim.warmup_steps=0", "vae_optim.decay_steps=0", "diffusion_optim.warmup_steps=0",
-    "diffusion_optim.decay_steps=0", "log_every=2", "checkpoint_every=2", "vae_steps=6", "diffusion_steps=6")
-
-
-def build_tiny_pipeline(root: str, *, num_motions: int = 48, base_overrides: Sequence[str] = TINY_BASE_OVERRIDES,
-                        max_length: int = 32, reward_steps: int = 4, evaluator_steps: int = 4,
-                        seed: int = 5, progress: bool = False) -> TinyPipeline:
-  """A synthetic dataset + base generator + SPM reward + evaluator under `root` (the steps of
-  tests/pipeline.py). Defaults: the seconds-long test sizes; pass `base_overrides` of
-  `train.base.apply_overrides` (e.g. the 'tiny' config with fewer steps) and larger step counts for a
-  pipeline whose models have learned something. `max_length` is the reward's and evaluator's window (keep
-  it equal to the generator's data.max_length). Existing stages are resumed by their trainers."""
-  from easytune_jax import generate
-  from easytune_jax.data.humanml3d import load_dataset
-  from easytune_jax.data.synthetic import write_synthetic_dataset
-  from easytune_jax.models.spm import SPMConfig
-  from easytune_jax.train import base
-  from easytune_jax.train import evaluator as te
-  from easytune_jax.train import reward as R
-  root_p = pathlib.Path(root)
-  data = root_p / "data"
-  if not (data / "Mean.npy").exists():
-    write_synthetic_dataset(str(data), num_motions=num_motions, seed=seed, min_len=40, max_len=72)
-  cfg = base.apply_overrides(base.get_config("tiny"), list(base_overrides))
-  generate.train_and_sample(cfg, str(root_p / "base"), str(data), 0, progress=progress)
-  rcfg = R.RewardTrainConfig(
-      model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
-      batch_size=8, max_length=max_length, text_max_length=12, log_every=max(1, reward_steps // 4),
-      checkpoint_every=max(100, reward_steps))
-  R.train_reward(rcfg, root_p / "reward", load_dataset(str(data), "train"), mode="M1T1", steps=reward_steps,
-                 progress=progress)
-  ecfg = dataclasses.replace(te.get_config("tiny"), steps=evaluator_steps, max_length=max_length,
-                             eval_every=max(100, evaluator_steps), checkpoint_every=max(100, evaluator_steps),
-                             log_every=max(2, evaluator_steps // 4))
-  te.train_evaluator(ecfg, str(root_p / "evaluator"), str(data), progress=progress)
-  return TinyPipeline(str(data), str(root_p / "base"), str(root_p / "reward"), str(root_p / "evaluator"))

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from easytune_jax import schedules
+from easytune_jax.core import schedules
 
 Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 

@@ -39,8 +39,9 @@ DRTune's masks are random, so their fixed-shape scans reserve one differentiated
 Example with your own denoiser and reward:
 
   import jax, jax.numpy as jnp, optax
-  from easytune_jax import finetune, schedules
-  from easytune_jax.train import common
+  from easytune_jax import finetune
+  from easytune_jax.core import schedules
+  from easytune_jax.core.optim import OptimConfig, apply_gradients, create_train_state, make_optimizer
 
   def denoise(p, x, t, cond):                     # x [B, D], t int32 [B], cond {'c': [B, D]}
     h = jnp.tanh(x @ p['w1'] + cond['c'] + p['tw'] * t[:, None] / 1000.0)
@@ -51,11 +52,11 @@ Example with your own denoiser and reward:
   D = 8
   params = {'w1': jnp.eye(D) * 0.5, 'w2': jnp.eye(D) * 0.5, 'tw': jnp.zeros(D)}
   cfg = finetune.FinetuneConfig(method='easytune', num_steps=10, guidance_scale=2.0,
-                                optim=common.OptimConfig(learning_rate=1e-3))
+                                optim=OptimConfig(learning_rate=1e-3))
   schedule = schedules.make_schedule()
-  tx = common.make_optimizer(cfg.optim)           # or make_optimizer(cfg.optim, trainable_mask)
+  tx = make_optimizer(cfg.optim)           # or make_optimizer(cfg.optim, trainable_mask)
   update = finetune.make_update_fn(cfg, denoise, reward, schedule, tx)   # jitted
-  state = common.create_train_state(params, tx)
+  state = create_train_state(params, tx)
   cond = {'c': jnp.ones((4, D))}; uncond = {'c': jnp.zeros((4, D))}
   for step in range(3):
     rng = jax.random.fold_in(jax.random.key(0), step)
@@ -76,8 +77,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from easytune_jax import sampling, schedules
-from easytune_jax.train import common
+from easytune_jax.core import sampling
+from easytune_jax.core import schedules
+from easytune_jax.core.optim import OptimConfig, apply_gradients
 
 Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 Reward = Callable[[jax.Array, Any, Optional[jax.Array]], jax.Array]
@@ -127,7 +129,7 @@ class FinetuneConfig:
   reward_scale: float = 1.0
   regularizer: str = "none"
   reg_weight: float = 0.0
-  optim: common.OptimConfig = common.OptimConfig(learning_rate=1e-5, warmup_steps=1000)
+  optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=1000)
 
   def __post_init__(self):
     name = "FinetuneConfig"
@@ -374,7 +376,7 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
 
   The first T-K steps run through `sampling.sample` without gradient; the last K steps are ONE `lax.scan`
   whose body takes `jax.value_and_grad` of the one-step loss (at theta_old for 'frozen', at the latest
-  params for 'online') and applies `common.apply_gradients` (non-finite steps are skipped) in the carry.
+  params for 'online') and applies `apply_gradients` (non-finite steps are skipped) in the carry.
 
   Returns (state, metrics): state.step advanced by K; metrics: loss_per_step [K], reward_per_step [K]
   (batch mean), grad_norm_per_step [K], finite_per_step bool [K], reward [] (mean over steps),
@@ -410,7 +412,7 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
         return loss, aux
 
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(at)
-      st, finite = common.apply_gradients(st, grads, tx, loss, ema_decay)
+      st, finite = apply_gradients(st, grads, tx, loss, ema_decay)
       m = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.tree.norm(grads),
            "finite": finite}
       return (st, aux.x_prev), m
@@ -648,7 +650,7 @@ def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Re
 
     (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
     skipped0 = state.skipped
-    state, finite = common.apply_gradients(state, grads, tx, loss, ema_decay)
+    state, finite = apply_gradients(state, grads, tx, loss, ema_decay)
     metrics = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.tree.norm(grads),
                "finite": finite, "skipped": state.skipped - skipped0, "kl": aux.kl,
                "loss_index": aux.loss_index, "grad_mask": aux.grad_mask, "offset": aux.offset}
