@@ -81,6 +81,18 @@ def test_clip_text_matches_transformers(name, expected, captions):
   assert emb.shape == (2, 1, 24) and mask.all()
 
 
+def test_tokenizers_match_hf_on_random_strings(expected):
+  """200 random strings (whitespace kinds, accents / combining marks, ligatures, full-width and non-Latin letters and
+  digits, emoji, control characters, literal <|endoftext|>): the same ids as the HF tokenizers."""
+  texts = json.loads(str(expected["fuzz_texts_json"]))
+  st5 = load_sentence_t5(os.path.join(FIX, "st5_bin"))
+  ref = expected["st5_bin/fuzz_ids"]
+  for t, row in zip(texts, ref):
+    assert st5.tokenizer.encode(t) == [int(i) for i in row if i >= 0], repr(t)
+  clip = load_clip_text(os.path.join(FIX, "clip_bin"))
+  np.testing.assert_array_equal(clip.tokenizer(texts)[0], expected["clip_bin/fuzz_ids"])
+
+
 def test_clip_pre_tokenize_and_specials():
   assert pre_tokenize("don't stop!!  it's 12") == ["don", "'t", "stop", "!!", "it", "'s", "1", "2"]
   assert pre_tokenize("'abc café") == ["'", "abc", "café"]
