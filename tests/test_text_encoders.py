@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
 
 from easytune_jax.core.safetensors import load_safetensors, save_safetensors
 from easytune_jax.core.torch_zip import load_torch_checkpoint
+from easytune_jax.data.text import TextEmbeddings, precompute_text_embeddings
 from easytune_jax.models.clip_text import load_clip_text, pre_tokenize
 from easytune_jax.models.t5_encoder import load_sentence_t5, relative_position_buckets
 
@@ -35,11 +37,19 @@ def captions(expected):
   return [str(c) for c in expected["captions"]]
 
 
+@pytest.fixture(scope="module")
+def models():
+  """Each fixture folder loaded once (their jitted applies compile once per shape for the whole module)."""
+  out = {n: load_sentence_t5(os.path.join(FIX, n)) for n in ("st5_safetensors", "st5_bin")}
+  out.update({n: load_clip_text(os.path.join(FIX, n)) for n in ("clip_safetensors", "clip_bin")})
+  return out
+
+
 @pytest.mark.parametrize("name", ["st5_safetensors", "st5_bin"])
-def test_sentence_t5_matches_sentence_transformers(name, expected, captions):
+def test_sentence_t5_matches_sentence_transformers(name, expected, captions, models):
   """Token ids / mask (SentencePiece + </s>, truncation to max_seq_length, padding to the batch's longest), token
   embeddings at every position, and the pooled + Dense + normalised sentence embedding."""
-  st5 = load_sentence_t5(os.path.join(FIX, name))
+  st5 = models[name]
   ids, mask = st5.tokenizer(captions)
   np.testing.assert_array_equal(ids, expected[f"{name}/ids"])
   np.testing.assert_array_equal(mask, expected[f"{name}/mask"])
@@ -51,53 +61,75 @@ def test_sentence_t5_matches_sentence_transformers(name, expected, captions):
   np.testing.assert_allclose(np.linalg.norm(sentence, axis=-1), 1.0, rtol=1e-5)
 
 
-def test_sentence_t5_layouts_and_configs():
+def test_sentence_t5_layouts_and_configs(models, captions):
   """The two fixture folders exercise both config generations and both FF kinds."""
-  new, old = load_sentence_t5(os.path.join(FIX, "st5_safetensors")), load_sentence_t5(os.path.join(FIX, "st5_bin"))
+  new, old = models["st5_safetensors"], models["st5_bin"]
   assert new.config.t5.is_gated_act and new.config.t5.dense_act_fn == "gelu_new"
   assert not old.config.t5.is_gated_act and old.config.t5.dense_act_fn == "relu"
   for m in (new, old):
     assert m.config.pooling == "mean" and m.config.normalize and m.config.dense_bias == (False,)
     assert m.config.dense_features == ((32, 24),) and m.config.max_seq_length == 24
-  emb, mask = new.embeddings(["a man walks", "x"], output="tokens")
-  assert emb.shape[:2] == mask.shape and not np.any(emb[~mask])
-  emb, mask = new.embeddings(["a man walks", "x"], output="sentence")
-  assert emb.shape == (2, 1, 24) and mask.all()
+  emb, mask = new.embeddings(captions[:4], output="tokens")
+  assert emb.shape[:2] == mask.shape and not np.any(emb[~mask]) and np.all(np.abs(emb[mask]).sum(-1) > 0)
+  emb, mask = new.embeddings(captions[:4], output="sentence")
+  assert emb.shape == (4, 1, 24) and mask.all()
 
 
 @pytest.mark.parametrize("name", ["clip_safetensors", "clip_bin"])
-def test_clip_text_matches_transformers(name, expected, captions):
+def test_clip_text_matches_transformers(name, expected, captions, models):
   """Token ids (normalisation, split, byte-level BPE, specials, truncation, padding to 77), get_text_features and
   last_hidden_state; clip_safetensors is a CLIPModel with the legacy eos_token_id=2 (argmax pooling), clip_bin a
   CLIPTextModelWithProjection with the real EOS id (first-EOS pooling)."""
-  clip = load_clip_text(os.path.join(FIX, name))
+  clip = models[name]
   assert clip.tokenizer.max_length == int(expected[f"{name}/model_max_length"]) == 77
   feats, hidden, ids = clip.encode(captions, batch_size=4)
   np.testing.assert_array_equal(ids, expected[f"{name}/ids"])
   np.testing.assert_array_equal(clip.tokenizer(captions)[1], expected[f"{name}/mask"])
   np.testing.assert_allclose(feats, expected[f"{name}/features"], **TOL)
   np.testing.assert_allclose(hidden, expected[f"{name}/hidden"], **TOL)
-  emb, mask = clip.embeddings(captions[:2], output="features")
-  assert emb.shape == (2, 1, 24) and mask.all()
+  emb, mask = clip.embeddings(captions[:4], output="features")
+  assert emb.shape == (4, 1, 24) and mask.all()
 
 
-def test_tokenizers_match_hf_on_random_strings(expected):
+def test_tokenizers_match_hf_on_random_strings(expected, models):
   """200 random strings (whitespace kinds, accents / combining marks, ligatures, full-width and non-Latin letters and
   digits, emoji, control characters, literal <|endoftext|>): the same ids as the HF tokenizers."""
   texts = json.loads(str(expected["fuzz_texts_json"]))
-  st5 = load_sentence_t5(os.path.join(FIX, "st5_bin"))
+  st5 = models["st5_bin"]
   ref = expected["st5_bin/fuzz_ids"]
   for t, row in zip(texts, ref):
     assert st5.tokenizer.encode(t) == [int(i) for i in row if i >= 0], repr(t)
-  clip = load_clip_text(os.path.join(FIX, "clip_bin"))
+  clip = models["clip_bin"]
   np.testing.assert_array_equal(clip.tokenizer(texts)[0], expected["clip_bin/fuzz_ids"])
 
 
-def test_clip_pre_tokenize_and_specials():
+def test_clip_pre_tokenize_and_specials(models):
   assert pre_tokenize("don't stop!!  it's 12") == ["don", "'t", "stop", "!!", "it", "'s", "1", "2"]
   assert pre_tokenize("'abc café") == ["'", "abc", "café"]
-  clip = load_clip_text(os.path.join(FIX, "clip_bin"))
+  clip = models["clip_bin"]
   assert clip.tokenizer.encode("<|endoftext|>") == [clip.tokenizer.eot_id]
+
+
+def test_precompute_text_embeddings_roundtrip(tmp_path, models, captions):
+  """The .npz written through both encoders reads back with TextEmbeddings and equals direct encoding; chunks of
+  different token lengths are zero-padded; duplicates are written once."""
+  st5, clip = models["st5_safetensors"], models["clip_bin"]
+  path = str(tmp_path / "t5_tokens.npz")
+  n = precompute_text_embeddings(path, captions + captions[:2], partial(st5.embeddings, output="tokens", batch_size=4),
+                                 batch_size=4)
+  assert n == len(captions)
+  table = TextEmbeddings(path)
+  emb, mask = table.lookup(captions[4:])
+  ref_emb, ref_mask = st5.embeddings(captions[4:], output="tokens", batch_size=4)
+  length = ref_mask.shape[1]
+  assert table.max_length >= length and not mask[:, length:].any() and not emb[:, length:].any()
+  np.testing.assert_array_equal(mask[:, :length], ref_mask)
+  np.testing.assert_allclose(emb[:, :length], ref_emb, rtol=1e-6, atol=1e-6)
+  path = str(tmp_path / "clip_features.npz")
+  precompute_text_embeddings(path, captions, partial(clip.embeddings, output="features", batch_size=4), batch_size=4)
+  emb, mask = TextEmbeddings(path).lookup(captions[:4])
+  assert emb.shape == (4, 1, 24) and mask.all()
+  np.testing.assert_allclose(emb[:, 0], clip.encode(captions[:4], batch_size=4)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_relative_position_buckets_properties():

@@ -326,12 +326,13 @@ class CLIPText:
 
   def encode(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Texts -> (features float32 [B, P] (``get_text_features``), last_hidden_state float32 [B, 77, D],
-    ids int32 [B, 77]). Chunks of ``batch_size`` rows (the last padded), so calls reuse one compilation."""
+    ids int32 [B, 77]). Chunks of ``min(batch_size, next power of two >= B)`` rows (the last padded), so calls
+    reuse compilations."""
     texts = list(texts)
     if not texts:
       raise ValueError("CLIPText.encode: expected at least one text")
     ids, _ = self.tokenizer(texts)
-    bs = min(batch_size, len(texts))
+    bs = min(batch_size, 1 << (len(texts) - 1).bit_length())  # rows bucketed to a power of two
     feats, hidden = [], []
     for s in range(0, len(texts), bs):
       chunk = ids[s:s + bs]

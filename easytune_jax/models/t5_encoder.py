@@ -355,8 +355,8 @@ class SentenceT5:
   def encode(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``SentenceTransformer.encode(texts, output_value=None)`` on one batch, in JAX.
 
-    Rows are run in chunks of ``batch_size`` (the last chunk padded with empty rows) at a power-of-two padded
-    length, so repeated calls reuse compilations; outputs are cut back to the longest caption of ``texts``
+    Rows are run in chunks of ``min(batch_size, next power of two >= B)`` rows (the last chunk filled with
+    ``</s>``-only rows) at a power-of-two padded length, so repeated calls reuse compilations; outputs are cut back to the longest caption of ``texts``
     (padded positions are computed exactly as the reference computes them, since T5 has no absolute positions).
 
     Returns:
@@ -372,7 +372,7 @@ class SentenceT5:
     pad_mask = np.zeros((ids.shape[0], padded), bool)
     pad_ids[:, :length], pad_mask[:, :length] = ids, mask
     toks, sents = [], []
-    bs = min(batch_size, len(texts))
+    bs = min(batch_size, 1 << (len(texts) - 1).bit_length())  # rows bucketed to a power of two too
     for s in range(0, len(texts), bs):
       i, m = pad_ids[s:s + bs], pad_mask[s:s + bs]
       n = i.shape[0]
