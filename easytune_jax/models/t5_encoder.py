@@ -356,8 +356,9 @@ class SentenceT5:
     """``SentenceTransformer.encode(texts, output_value=None)`` on one batch, in JAX.
 
     Rows are run in chunks of ``min(batch_size, next power of two >= B)`` rows (the last chunk filled with
-    ``</s>``-only rows) at a power-of-two padded length, so repeated calls reuse compilations; outputs are cut back to the longest caption of ``texts``
-    (padded positions are computed exactly as the reference computes them, since T5 has no absolute positions).
+    ``</s>``-only rows) at a power-of-two padded length, so repeated calls reuse compilations; outputs are cut back
+    to the longest caption of ``texts`` (padded positions come out exactly as in the reference: T5 has no absolute
+    positions and masked keys get zero weight).
 
     Returns:
       token_embeddings float32 [B, L, d_model], attention mask bool [B, L], sentence_embedding float32 [B, S].
