@@ -234,3 +234,27 @@ def test_config_errors(tmp_path):
   (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "weightedmean"}))
   with pytest.raises(ValueError, match=r"expected exactly one pooling mode"):
     load_sentence_t5(folder)
+
+
+def test_sharded_safetensors_and_default_layout(tmp_path, models):
+  """A ``model.safetensors.index.json`` shard set loads the same params; a folder without ``modules.json`` is read as
+  sentence-t5's default layout (Transformer at the root, 1_Pooling, 2_Dense, Normalize)."""
+  import jax
+
+  folder = _copy(tmp_path, "st5_safetensors")
+  tensors = load_safetensors(folder / "model.safetensors")
+  os.remove(folder / "model.safetensors")
+  keys = sorted(tensors)
+  shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+  for shard, ks in shards.items():
+    save_safetensors(folder / shard, {k: tensors[k] for k in ks})
+  (folder / "model.safetensors.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: shard for shard, ks in shards.items() for k in ks}}))
+  sharded = load_sentence_t5(folder)
+  ref = models["st5_safetensors"]
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), sharded.params, ref.params))
+
+  folder = _copy(tmp_path, "st5_bin")
+  os.remove(folder / "modules.json")
+  plain = load_sentence_t5(folder)
+  assert plain.config == models["st5_bin"].config
