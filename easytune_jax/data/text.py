@@ -10,7 +10,9 @@ read by :class:`TextEmbeddings`), so T5 / CLIP embeddings computed elsewhere plu
 * ``mask`` bool [N, Lt]: True on valid tokens;
 * ``captions`` unicode str array [N]: the exact caption strings (the lookup key, unique).
 
-Lookup is by the exact caption string (as read from ``texts/*.txt``).
+Lookup is by the exact caption string (as read from ``texts/*.txt``). :func:`precompute_text_embeddings`
+writes such a file with any frozen encoder (e.g. the official sentence-T5 / CLIP of ``easytune_jax.models``;
+command: ``launch/precompute_text_embeddings.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import os
 import re
 from collections import Counter
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -176,3 +178,47 @@ class TextEmbeddings:
                            f"e.g. {shown}")
         idx = np.array([self._index[c] for c in captions], np.int64)
         return self.embeddings[idx], self.mask[idx]
+
+
+def precompute_text_embeddings(path: str, captions: Iterable[str],
+                               encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+                               batch_size: int = 256, progress: bool = False) -> int:
+    """Encodes captions with a frozen text encoder and writes the ``.npz`` of :func:`save_text_embeddings`.
+
+    Args:
+      path: output ``.npz``.
+      captions: caption strings; duplicates are encoded once (first occurrence order is kept).
+      encode: ``encode(list of b captions) -> (embeddings [b, L, E], mask bool [b, L])``, e.g.
+        ``partial(load_sentence_t5(folder).embeddings, output="sentence")`` (``easytune_jax.models.t5_encoder``) or
+        ``partial(load_clip_text(folder).embeddings, output="features")`` (``easytune_jax.models.clip_text``).
+        L may differ between calls: rows are zero-padded to the longest L.
+      batch_size: captions per ``encode`` call.
+      progress: show a tqdm bar.
+
+    Returns:
+      the number of captions written. Note the size: N x Lt x E float32 (token-level outputs of 40k captions at
+      1024-d are gigabytes; sentence-level ones are [N, 1, E]).
+    """
+    unique = list(dict.fromkeys(str(c) for c in captions))
+    if not unique:
+        raise ValueError("precompute_text_embeddings: expected at least one caption")
+    embs, masks = [], []
+    starts = range(0, len(unique), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="text embeddings", unit="batch")
+    for s in starts:
+        chunk = unique[s:s + batch_size]
+        e, m = encode(chunk)
+        e, m = np.asarray(e, np.float32), np.asarray(m, bool)
+        if e.ndim != 3 or e.shape[0] != len(chunk) or m.shape != e.shape[:2]:
+            raise ValueError(f"precompute_text_embeddings: encode returned embeddings {e.shape} and mask {m.shape} "
+                             f"for {len(chunk)} captions (expected [b, L, E] and [b, L])")
+        embs.append(e * m[..., None])
+        masks.append(m)
+    length = max(e.shape[1] for e in embs)
+    pad = lambda a, v: np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=v)
+    save_text_embeddings(path, unique, np.concatenate([pad(e, 0.0) for e in embs]),
+                         np.concatenate([pad(m, False) for m in masks]))
+    return len(unique)
