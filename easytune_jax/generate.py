@@ -199,8 +199,12 @@ def _restore_state(directory: pathlib.Path, init_fn, tx, use_ema: bool):
 
 def load_generator(workdir: str, use_ema: bool = True) -> Generator:
   """Rebuilds the generator from `<workdir>/{vae,diffusion}/checkpoints` (latest steps). EMA params are
-  used when the run kept them and `use_ema`."""
+  used when the run kept them and `use_ema`. A directory written by
+  `official_generator.write_official_generator` (an official MLD checkpoint) loads as that bundle."""
   workdir = pathlib.Path(workdir)
+  if (workdir / "official_mld.json").is_file():  # a converted official MLD checkpoint (official_generator.py)
+    from easytune_jax import official_generator
+    return official_generator.load_official_generator(workdir)
   ddir = workdir / "diffusion" / "checkpoints"
   if not ddir.is_dir():
     raise FileNotFoundError(f"{ddir}: no diffusion checkpoints (run launch/train_base.py first)")
