@@ -44,7 +44,7 @@ from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
 from easytune_jax.generate import Generator
 from easytune_jax.models import mld_convert
 from easytune_jax.models.mld_official import (OfficialDenoiserConfig, OfficialMLDDenoiser, OfficialMLDVAE,
-                                              OfficialVAEConfig, init_denoiser, init_vae)
+                                              OfficialVAEConfig)
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
 from easytune_jax.schedules import DiffusionConfig
@@ -250,10 +250,9 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None) ->
   emb = _embeddings(text_embeddings if text_embeddings is not None else (cfg.data.text_embeddings or None),
                     dcfg.text_dim)
   tree = serialization.msgpack_restore((workdir / "params.msgpack").read_bytes())
-  key = jax.random.PRNGKey(0)
-  want = jax.eval_shape(lambda: {"vae": init_vae(vcfg, key), "denoiser": init_denoiser(dcfg, key)})
+  want = mld_convert.flax_param_shapes(vcfg, dcfg)
   for k in ("vae", "denoiser"):
-    got = jax.tree.map(np.shape, tree.get(k, {}))
+    got = jax.tree.map(np.shape, tree.get(k, {}).get("params", {}))
     exp = jax.tree.map(lambda s: tuple(s.shape), want[k])
     if got != exp:
       raise ValueError(f"{workdir / 'params.msgpack'}: {k} parameters do not match {MARKER}'s config")

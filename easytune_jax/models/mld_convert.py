@@ -19,6 +19,7 @@ shapes. Nothing is written by these functions.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -80,7 +81,9 @@ def _from_torch(path: tuple[str, ...], arr: np.ndarray) -> np.ndarray:
   return arr
 
 
-def _flax_shapes(vae_config: OfficialVAEConfig, denoiser_config: OfficialDenoiserConfig) -> dict:
+@functools.lru_cache(maxsize=8)
+def flax_param_shapes(vae_config: OfficialVAEConfig, denoiser_config: OfficialDenoiserConfig) -> dict:
+  """{"vae": ..., "denoiser": ...} param trees of ShapeDtypeStructs (jax.eval_shape, cached per config pair)."""
   key = jax.random.PRNGKey(0)
   return {"vae": jax.eval_shape(lambda: init_vae(vae_config, key))["params"],
           "denoiser": jax.eval_shape(lambda: init_denoiser(denoiser_config, key))["params"]}
@@ -90,7 +93,7 @@ def expected_state_shapes(vae_config: OfficialVAEConfig,
                           denoiser_config: OfficialDenoiserConfig) -> dict[str, tuple[int, ...]]:
   """The official state-dict keys (`vae.*`, `denoiser.*`) and their PyTorch shapes for these configs."""
   out = {}
-  for module, tree in _flax_shapes(vae_config, denoiser_config).items():
+  for module, tree in flax_param_shapes(vae_config, denoiser_config).items():
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       names = tuple(k.key for k in path)
       out[torch_key(module, names)] = _to_torch_shape(names, tuple(leaf.shape))
@@ -162,7 +165,7 @@ def convert_official_mld_state(state: Mapping[str, Any], vae_config: OfficialVAE
   problems, ignored = [], {}
   params = {m: {} for m in MODULES}
   expected = set()
-  for module, tree in _flax_shapes(vae_config, denoiser_config).items():
+  for module, tree in flax_param_shapes(vae_config, denoiser_config).items():
     cfg = vae_config if module == "vae" else denoiser_config
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       names = tuple(k.key for k in path)
