@@ -178,9 +178,11 @@ def official_generator_from_checkpoint(ckpt_path: str | os.PathLike, mean: Array
   null = _null_text(null_text, emb, dcfg.text_dim)
   m, s = _stats(mean, std, vcfg.nfeats)
   cfg = official_base_config(vcfg, dcfg.text_dim, emb.path if emb is not None else "", max_length)
-  return OfficialMLDGenerator(config=cfg, tokenizer=_tokenizer(), mean=m, std=s, params=den_vars,
-                              frozen={"vae": vae_vars, "text": {"params": {"null_text": null}}}, latent_scale=1.0,
-                              text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg)
+  gen = OfficialMLDGenerator(config=cfg, tokenizer=_tokenizer(), mean=m, std=s, params=den_vars,
+                             frozen={"vae": vae_vars, "text": {"params": {"null_text": null}}}, latent_scale=1.0,
+                             text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg)
+  gen.conversion_report = {"ignored": report["ignored"], "converted": report["converted"]}
+  return gen
 
 
 def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.PathLike, mean: ArrayOrPath,
@@ -197,6 +199,7 @@ def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.Pat
       "vae": dataclasses.asdict(gen.vae_config), "denoiser": dataclasses.asdict(gen.denoiser_config),
       "config": base.config_to_dict(gen.config), "latent_scale": gen.latent_scale,
       "param_counts": {"vae": _count(gen.frozen["vae"]), "denoiser": _count(gen.params)},
+      "ignored": gen.conversion_report["ignored"],   # top-level state-dict groups not converted (text encoder, ...)
   }
   workdir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{workdir.name}.tmp-", dir=workdir.parent))
