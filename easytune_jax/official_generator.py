@@ -126,7 +126,7 @@ def _array(x: Optional[ArrayOrPath], name: str) -> Optional[np.ndarray]:
 
 def _null_text(null_text, embeddings: Optional[TextEmbeddings], text_dim: int) -> np.ndarray:
   if null_text is None and embeddings is not None and "" in embeddings.captions:
-    emb, mask = embeddings.lookup([""])
+    emb, _ = embeddings.lookup([""])
     null_text = emb[0, 0]
   if null_text is None:
     raise ValueError("official generator: classifier-free guidance needs the sentence embedding of the empty "

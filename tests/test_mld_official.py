@@ -61,7 +61,8 @@ def official_keys(v: mo.OfficialVAEConfig, d: mo.OfficialDenoiserConfig) -> dict
   keys.update(_skip_keys("vae.encoder.", c, v.ff_size, v.num_layers, False))
   keys.update(_skip_keys("vae.decoder.", c, v.ff_size, v.num_layers, True))
   c = d.latent_dim
-  keys.update({"denoiser.time_embedding.linear_1.weight": (c, d.time_dim), "denoiser.time_embedding.linear_1.bias": (c,),
+  keys.update({"denoiser.time_embedding.linear_1.weight": (c, d.time_dim),
+               "denoiser.time_embedding.linear_1.bias": (c,),
                "denoiser.time_embedding.linear_2.weight": (c, c), "denoiser.time_embedding.linear_2.bias": (c,),
                "denoiser.emb_proj.1.weight": (c, d.text_dim), "denoiser.emb_proj.1.bias": (c,),
                "denoiser.query_pos.pe": (d.max_len, 1, c)})
@@ -281,7 +282,8 @@ def test_errors_name_file_key_and_shapes(tmp_path):
   # paper-size config against a tiny file: every mismatch is listed, with the count
   msg = _expect_error(tmp_path, sd, r"problem\(s\)", vae_config=mo.OfficialVAEConfig(),
                       denoiser_config=mo.OfficialDenoiserConfig())
-  assert "421 problem(s)" in msg and "expected shape (256,) (from OfficialVAEConfig), found (16,)" in msg and "more" in msg
+  assert "421 problem(s)" in msg and "more" in msg
+  assert "expected shape (256,) (from OfficialVAEConfig), found (16,)" in msg
   # no MLD keys at all
   _expect_error(tmp_path, {"model.weight": np.zeros(2, np.float32)}, r"vae\.\* and denoiser\.\*")
 
@@ -302,7 +304,8 @@ def test_unreadable_files(tmp_path, ckpt):
 
 
 def test_generator_bundle(tmp_path, ckpt):
-  from easytune_jax import generate, official_generator as og
+  from easytune_jax import generate
+  from easytune_jax import official_generator as og
   from easytune_jax.data.text import save_text_embeddings
 
   path, _ = ckpt

@@ -30,8 +30,7 @@ import jax
 import numpy as np
 
 from easytune_jax.core.torch_zip import load_torch_checkpoint
-from easytune_jax.models.mld_official import (OfficialDenoiserConfig, OfficialVAEConfig, init_denoiser,
-                                              init_vae)
+from easytune_jax.models.mld_official import OfficialDenoiserConfig, OfficialVAEConfig, init_denoiser, init_vae
 
 MODULES = ("vae", "denoiser")
 _INDEXED = re.compile(r"^(input_blocks|output_blocks|linear_blocks)_(\d+)$")
