@@ -1,0 +1,6 @@
+"""Bundles: a generator, an evaluator or a fine-tuning task, loaded from a work directory or an official checkpoint.
+
+Importing the package registers the converted-checkpoint generator kinds with `generator.load_generator`.
+"""
+
+from easytune_jax.bundles import official_generator  # noqa: F401  (registers its workdir loader)

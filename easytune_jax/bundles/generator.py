@@ -199,10 +199,23 @@ def _restore_state(directory: pathlib.Path, init_fn, tx, use_ema: bool):
   return state, meta
 
 
+_WORKDIR_LOADERS: dict[str, Any] = {}
+
+
+def register_workdir_loader(marker: str, loader) -> None:
+  """`load_generator(workdir)` returns `loader(workdir)` when `<workdir>/<marker>` exists: how other bundle kinds
+  (e.g. `official_generator`, marker `official_mld.json`) share the one loading entry point."""
+  _WORKDIR_LOADERS[marker] = loader
+
+
 def load_generator(workdir: str, use_ema: bool = True) -> Generator:
   """Rebuilds the generator from `<workdir>/{vae,diffusion}/checkpoints` (latest steps). EMA params are
-  used when the run kept them and `use_ema`."""
+  used when the run kept them and `use_ema`. A directory written by
+  `official_generator.write_official_generator` (an official MLD checkpoint) loads as that bundle."""
   workdir = pathlib.Path(workdir)
+  for marker, loader in _WORKDIR_LOADERS.items():   # converted official checkpoints (bundles/__init__.py)
+    if (workdir / marker).is_file():
+      return loader(workdir)
   ddir = workdir / "diffusion" / "checkpoints"
   if not ddir.is_dir():
     raise FileNotFoundError(f"{ddir}: no diffusion checkpoints (run launch/train_base.py first)")

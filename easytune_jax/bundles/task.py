@@ -73,8 +73,9 @@ class MotionTask:
     if self.gen.config.model == "mdm":
       return {"x0": motion, "cond": {"gen": cond["gen"]}, "mask": mask}
     if "_encode_latents" not in self.__dict__:
-      self._encode_latents = jax.jit(lambda vae, x, m, scale: gm.encode_latents(
-          self.gen.config, vae, {"motion": x, "mask": m}, None, scale))
+      own = getattr(self.gen, "encode_latents", None)  # bundles with their own VAE (official_generator.py)
+      self._encode_latents = jax.jit((lambda vae, x, m, scale: own(vae, x, m)) if own else (
+          lambda vae, x, m, scale: gm.encode_latents(self.gen.config, vae, {"motion": x, "mask": m}, None, scale)))
     return {"x0": self._encode_latents(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
             "cond": {"gen": cond["gen"]}}
 

@@ -1,0 +1,266 @@
+"""The official MLD checkpoint as a `Generator` bundle (what `generate`, fine-tuning, evaluation and the
+benchmark take).
+
+Two ways in:
+
+* `write_official_generator(ckpt, workdir, mean, std, text_embeddings=...)` converts `mld_humanml_v1.ckpt`
+  (torch-free, `models/mld_convert.py`) into a generator work directory; `generate.load_generator(workdir)`
+  recognises it by its `official_mld.json`, so every launcher that takes a generator workdir takes it:
+
+      <workdir>/official_mld.json   format, source checkpoint, model configs, BaseConfig, latent scale, report
+      <workdir>/params.msgpack      {"vae", "denoiser", "text"} Flax variables (flax.serialization)
+      <workdir>/mean.npy, std.npy   the dataset statistics the features are normalised with
+      <workdir>/tokenizer.json      a specials-only word tokenizer (the data batcher wants one; unused here)
+
+  The directory is written under a temporary name and renamed at the end; a failure leaves nothing.
+* `official_generator_from_checkpoint(...)` builds the same bundle in memory.
+
+Text conditioning: the official denoiser takes a 768-d sentence embedding per caption (sentence-T5-large,
+`[B, 1, 768]`); until the JAX sentence-T5 encoder lands, captions are looked up in a precomputed `.npz`
+(`data.text.TextEmbeddings`, Lt = 1). Classifier-free guidance's unconditional input is, as in the official
+code, the embedding of the empty caption "": taken from the `.npz` (caption "") or passed as `null_text`; it
+is stored as the frozen text params `{"params": {"null_text": [768]}}`. The VAE scale factor is 1
+(`vae_scale_factor` is unset in the official configs); the schedule and sampler are the config defaults,
+which are MLD's DDIM (1000 steps, scaled_linear 0.00085..0.012, epsilon, steps_offset 1, 50 steps, w 7.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
+from easytune_jax.bundles.generator import Generator, register_workdir_loader
+from easytune_jax.models import mld_convert
+from easytune_jax.models.mld_official import (OfficialDenoiserConfig, OfficialMLDDenoiser, OfficialMLDVAE,
+                                              OfficialVAEConfig)
+from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
+from easytune_jax.models.vae import VAEConfig
+from easytune_jax.core.schedules import DiffusionConfig
+from easytune_jax.core.config import config_from_dict, config_to_dict
+from easytune_jax.models import generator as gm
+
+MARKER = "official_mld.json"
+FORMAT = "easytune_jax.official_mld/1"
+ArrayOrPath = Union[np.ndarray, str, os.PathLike]
+
+
+class SentenceEmbeddingText(TextEncoder):
+  """Frozen sentence embeddings passed through unchanged (the official denoiser projects them itself):
+  inputs [B, Lt, E], mask [B, Lt] -> {"text": inputs, "text_mask": mask}. `null(B, Lt)` (inherited) puts the
+  stored `null_text` [E] (the embedding of "") at position 0."""
+
+  def setup(self):
+    self.null_text = self.param("null_text", nn.initializers.zeros, (self.config.width,))
+
+  def __call__(self, inputs, mask, deterministic: bool = True):
+    del deterministic
+    if inputs.ndim != 3 or inputs.shape[-1] != self.config.width or mask.shape != inputs.shape[:2]:
+      raise ValueError(f"SentenceEmbeddingText: expected embeddings [B, Lt, {self.config.width}] and mask [B, Lt], "
+                       f"found {inputs.shape} and {mask.shape}")
+    return {"text": inputs.astype(jnp.float32), "text_mask": mask.astype(bool)}
+
+
+@dataclasses.dataclass(eq=False)
+class OfficialMLDGenerator(Generator):
+  """`Generator` whose VAE / denoiser are the official MLD modules (`models/mld_official.py`); everything
+  else (sampling, guidance, generate) is the base class's. `params` are the denoiser variables,
+  `frozen = {"vae": VAE variables, "text": {"params": {"null_text": [E]}}}`."""
+
+  vae_config: OfficialVAEConfig = dataclasses.field(default_factory=OfficialVAEConfig)
+  denoiser_config: OfficialDenoiserConfig = dataclasses.field(default_factory=OfficialDenoiserConfig)
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.modules = gm.Modules(OfficialMLDVAE(self.vae_config), OfficialMLDDenoiser(self.denoiser_config),
+                                SentenceEmbeddingText(self.config.text))
+
+  @property
+  def latent_shape(self) -> tuple:
+    return (self.vae_config.latent_size, self.vae_config.latent_dim)
+
+  def decode(self, vae_params, z: jax.Array, mask: jax.Array) -> jax.Array:
+    return self.modules.vae.apply(vae_params, z / self.latent_scale, mask, method=OfficialMLDVAE.decode)
+
+  def encode_latents(self, vae_params, motion: jax.Array, mask: jax.Array) -> jax.Array:
+    """Posterior mean in diffusion space: mu(motion) * latent_scale, [B, latent_size, latent_dim]."""
+    mu, _ = self.modules.vae.apply(vae_params, motion, mask, method=OfficialMLDVAE.encode)
+    return mu * self.latent_scale
+
+
+def official_base_config(vae_config: OfficialVAEConfig, text_dim: int, text_embeddings: str = "",
+                         max_length: int = 196) -> gm.BaseConfig:
+  """The BaseConfig the bundle carries: MLD's schedule and sampler (the defaults), 196-frame windows,
+  one text token of `text_dim` (precomputed sentence embeddings). Its `vae` field only mirrors the latent
+  shape; the official modules' own configs travel beside it."""
+  vae = VAEConfig(nfeats=vae_config.nfeats, latent_size=vae_config.latent_size, latent_dim=vae_config.latent_dim,
+                  width=vae_config.latent_dim, num_heads=vae_config.num_heads, encoder_layers=vae_config.num_layers,
+                  decoder_layers=vae_config.num_layers, ff_dim=vae_config.ff_size, logvar_offset=0.0)
+  heads = next(h for h in (4, 2, 1) if text_dim % h == 0)
+  return gm.BaseConfig(
+      model="mld", data=gm.DataConfig(max_length=max_length, text_max_length=1, text_embeddings=text_embeddings),
+      vae=vae, text=TextEncoderConfig(kind="precomputed", embed_dim=text_dim, width=text_dim, num_layers=0,
+                                      num_heads=heads),
+      diffusion=DiffusionConfig(prediction_type="epsilon"), cond_drop_prob=0.1)
+
+
+def _array(x: Optional[ArrayOrPath], name: str) -> Optional[np.ndarray]:
+  if x is None:
+    return None
+  if isinstance(x, (str, os.PathLike)):
+    if not os.path.exists(x):
+      raise FileNotFoundError(f"{name}: file {os.fspath(x)!r} does not exist")
+    return np.asarray(np.load(x, allow_pickle=False), np.float32)
+  return np.asarray(x, np.float32)
+
+
+def _null_text(null_text, embeddings: Optional[TextEmbeddings], text_dim: int) -> np.ndarray:
+  if null_text is None and embeddings is not None and "" in embeddings.captions:
+    emb, _ = embeddings.lookup([""])
+    null_text = emb[0, 0]
+  if null_text is None:
+    raise ValueError("official generator: classifier-free guidance needs the sentence embedding of the empty "
+                     "caption ''; add '' to the text-embeddings .npz or pass null_text")
+  arr = _array(null_text, "null_text").reshape(-1)
+  if arr.shape != (text_dim,) or not np.all(np.isfinite(arr)):
+    raise ValueError(f"null_text: expected {text_dim} finite values (the denoiser's text_dim), found shape "
+                     f"{arr.shape}")
+  return arr
+
+
+def _stats(mean, std, nfeats):
+  mean, std = _array(mean, "mean"), _array(std, "std")
+  for name, a in (("mean", mean), ("std", std)):
+    if a is None or a.shape != (nfeats,):
+      raise ValueError(f"{name}: expected shape ({nfeats},) (the checkpoint's nfeats), found "
+                       f"{None if a is None else a.shape}")
+    if not np.all(np.isfinite(a)):
+      raise ValueError(f"{name}: holds non-finite values")
+  if np.any(std <= 0):
+    raise ValueError("std: expected positive values")
+  return mean, std
+
+
+def _embeddings(text_embeddings, text_dim) -> Optional[TextEmbeddings]:
+  if text_embeddings is None:
+    return None
+  emb = text_embeddings if isinstance(text_embeddings, TextEmbeddings) else TextEmbeddings(os.fspath(text_embeddings))
+  if emb.dim != text_dim or emb.max_length != 1:
+    raise ValueError(f"{emb.path}: expected sentence embeddings [N, 1, {text_dim}] for the official denoiser, "
+                     f"found [N, {emb.max_length}, {emb.dim}]")
+  return emb
+
+
+def _tokenizer() -> Tokenizer:
+  return Tokenizer([PAD, UNK, SOS, EOS], max_length=3)
+
+
+def official_generator_from_checkpoint(ckpt_path: str | os.PathLike, mean: ArrayOrPath, std: ArrayOrPath,
+                                       text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
+                                       num_heads: int = 4, vae_config: Optional[OfficialVAEConfig] = None,
+                                       denoiser_config: Optional[OfficialDenoiserConfig] = None,
+                                       max_length: int = 196) -> OfficialMLDGenerator:
+  """Official `.ckpt` -> an in-memory `OfficialMLDGenerator` (see the module docstring for the arguments).
+  `text_embeddings`: a `.npz` path or `TextEmbeddings` of [N, 1, text_dim] sentence embeddings."""
+  vae_vars, den_vars, report = mld_convert.load_official_mld(ckpt_path, vae_config, denoiser_config, num_heads)
+  vcfg, dcfg = report["vae_config"], report["denoiser_config"]
+  emb = _embeddings(text_embeddings, dcfg.text_dim)
+  null = _null_text(null_text, emb, dcfg.text_dim)
+  m, s = _stats(mean, std, vcfg.nfeats)
+  cfg = official_base_config(vcfg, dcfg.text_dim, emb.path if emb is not None else "", max_length)
+  gen = OfficialMLDGenerator(config=cfg, tokenizer=_tokenizer(), mean=m, std=s, params=den_vars,
+                             frozen={"vae": vae_vars, "text": {"params": {"null_text": null}}}, latent_scale=1.0,
+                             text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg)
+  gen.conversion_report = {"ignored": report["ignored"], "converted": report["converted"]}
+  return gen
+
+
+def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.PathLike, mean: ArrayOrPath,
+                             std: ArrayOrPath, text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
+                             num_heads: int = 4, overwrite: bool = False, **kw) -> dict:
+  """Converts the official checkpoint into a generator work directory (atomically; nothing is written when the
+  conversion or a check fails). Returns the metadata written to `official_mld.json`."""
+  workdir = pathlib.Path(workdir)
+  if workdir.exists() and not overwrite:
+    raise FileExistsError(f"{workdir}: already exists (pass overwrite=True to replace it)")
+  gen = official_generator_from_checkpoint(ckpt_path, mean, std, text_embeddings, null_text, num_heads, **kw)
+  meta = {
+      "format": FORMAT, "source": os.path.abspath(os.fspath(ckpt_path)),
+      "vae": dataclasses.asdict(gen.vae_config), "denoiser": dataclasses.asdict(gen.denoiser_config),
+      "config": config_to_dict(gen.config), "latent_scale": gen.latent_scale,
+      "param_counts": {"vae": _count(gen.frozen["vae"]), "denoiser": _count(gen.params)},
+      "ignored": gen.conversion_report["ignored"],   # top-level state-dict groups not converted (text encoder, ...)
+  }
+  workdir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{workdir.name}.tmp-", dir=workdir.parent))
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the workdir should look like any other
+    tree = {"vae": gen.frozen["vae"], "denoiser": gen.params, "text": gen.frozen["text"]}
+    (tmp / "params.msgpack").write_bytes(serialization.msgpack_serialize(jax.tree.map(np.asarray, tree)))
+    np.save(tmp / "mean.npy", gen.mean)
+    np.save(tmp / "std.npy", gen.std)
+    gen.tokenizer.save(str(tmp / "tokenizer.json"))
+    (tmp / MARKER).write_text(json.dumps(meta, indent=1))
+    if workdir.exists():
+      old = workdir.parent / f".{workdir.name}.old-{os.getpid()}"
+      os.rename(workdir, old)
+      os.rename(tmp, workdir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, workdir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return meta
+
+
+def _count(tree) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def load_official_generator(workdir: str | os.PathLike, text_embeddings=None) -> OfficialMLDGenerator:
+  """Reads a work directory written by `write_official_generator`. `text_embeddings` (path or
+  TextEmbeddings) replaces the `.npz` recorded at conversion time."""
+  workdir = pathlib.Path(workdir)
+  marker = workdir / MARKER
+  if not marker.is_file():
+    raise FileNotFoundError(f"{workdir}: no {MARKER} (not an official-MLD generator directory)")
+  meta = json.loads(marker.read_text())
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{marker}: expected format {FORMAT!r}, found {meta.get('format')!r}")
+  vcfg = config_from_dict(OfficialVAEConfig, meta["vae"], f"{marker}:vae")
+  dcfg = config_from_dict(OfficialDenoiserConfig, meta["denoiser"], f"{marker}:denoiser")
+  cfg = config_from_dict(gm.BaseConfig, meta["config"], f"{marker}:config")
+  if text_embeddings is not None:
+    path = text_embeddings.path if isinstance(text_embeddings, TextEmbeddings) else os.fspath(text_embeddings)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, text_embeddings=path))
+  emb = _embeddings(text_embeddings if text_embeddings is not None else (cfg.data.text_embeddings or None),
+                    dcfg.text_dim)
+  tree = serialization.msgpack_restore((workdir / "params.msgpack").read_bytes())
+  want = mld_convert.flax_param_shapes(vcfg, dcfg)
+  for k in ("vae", "denoiser"):
+    got = jax.tree.map(np.shape, tree.get(k, {}).get("params", {}))
+    exp = jax.tree.map(lambda s: tuple(s.shape), want[k])
+    if got != exp:
+      raise ValueError(f"{workdir / 'params.msgpack'}: {k} parameters do not match {MARKER}'s config")
+  return OfficialMLDGenerator(
+      config=cfg, tokenizer=Tokenizer.load(str(workdir / "tokenizer.json")),
+      mean=np.load(workdir / "mean.npy"), std=np.load(workdir / "std.npy"), params=tree["denoiser"],
+      frozen={"vae": tree["vae"], "text": tree["text"]}, latent_scale=float(meta["latent_scale"]),
+      text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg)
+
+
+register_workdir_loader(MARKER, load_official_generator)

@@ -1,0 +1,40 @@
+"""Converts the official MLD checkpoint (torch-free) into a generator work directory.
+
+  python launch/convert_official_mld.py --checkpoint=checkpoints/mld_humanml/mld_humanml_v1.ckpt \
+      --mean=datasets/humanml3d/Mean.npy --std=datasets/humanml3d/Std.npy \
+      --text_embeddings=/tmp/sentence_t5_humanml3d.npz --out=/tmp/mld_official
+
+The output directory is accepted wherever a generator workdir is (`--generator_workdir` of launch/finetune.py,
+launch/evaluate.py, launch/benchmark.py; `generate.load_generator`). --text_embeddings: a `.npz` of 768-d
+sentence-T5-large embeddings per caption ([N, 1, 768], `data.text.save_text_embeddings`) that includes the
+empty caption '' (the unconditional input of classifier-free guidance), or pass --null_text=PATH.npy.
+"""
+
+from absl import app, flags, logging
+
+from easytune_jax.bundles import official_generator
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Official MLD .ckpt (torch.save zip with state_dict vae.* / denoiser.*).",
+                    required=True)
+flags.DEFINE_string("out", None, "Generator work directory to create.", required=True)
+flags.DEFINE_string("mean", None, "Dataset Mean.npy the features are normalised with.", required=True)
+flags.DEFINE_string("std", None, "Dataset Std.npy.", required=True)
+flags.DEFINE_string("text_embeddings", None, "Sentence-embeddings .npz ([N, 1, text_dim], with caption '').")
+flags.DEFINE_string("null_text", None, ".npy [text_dim]: embedding of '' (when the .npz lacks it).")
+flags.DEFINE_integer("num_heads", 4, "Attention heads (not stored in the checkpoint; 4 in the official configs).")
+flags.DEFINE_integer("max_length", 196, "Padded frame window of generation.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+
+
+def main(argv):
+  del argv
+  meta = official_generator.write_official_generator(
+      FLAGS.checkpoint, FLAGS.out, FLAGS.mean, FLAGS.std, text_embeddings=FLAGS.text_embeddings,
+      null_text=FLAGS.null_text, num_heads=FLAGS.num_heads, overwrite=FLAGS.overwrite, max_length=FLAGS.max_length)
+  logging.info("wrote %s: VAE %d parameters, denoiser %d parameters, ignored groups %s", FLAGS.out,
+               meta["param_counts"]["vae"], meta["param_counts"]["denoiser"], meta["ignored"])
+
+
+if __name__ == "__main__":
+  app.run(main)
