@@ -6,6 +6,7 @@ resume, preemption handling, non-finite detection and logging behave the same ev
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -136,13 +137,21 @@ class Checkpointer:
   """Atomic orbax checkpoints of one pytree (`state`) plus JSON metadata (config, data stats, ...).
 
   Orbax writes into a temporary directory and renames it when complete, so an interrupted save never
-  replaces the last good checkpoint. Non-finite states are refused.
+  replaces the last good checkpoint. Non-finite states are refused. The directory is created by the first
+  save (reading a missing directory creates nothing); a truncated or corrupt checkpoint raises a
+  CheckpointError naming its step directory.
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
-    self._mngr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    if self.directory.exists() and not self.directory.is_dir():
+      raise CheckpointError(f"{self.directory}: expected a checkpoint directory, found a file")
+    self._max_to_keep = max_to_keep
+    self._mngr = self._manager()
+
+  def _manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=False),
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
@@ -156,13 +165,35 @@ class Checkpointer:
       raise NonFiniteStateError(f"refusing to write a non-finite state to {self.directory} at step {step}")
     if step in self._mngr.all_steps():
       return
+    if not self.directory.is_dir():   # first save: create the directory now (nothing is created on reads)
+      self.directory.mkdir(parents=True, exist_ok=True)
+      self._mngr.close()
+      self._mngr = self._manager()
     self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(dict(metadata or {}))))
     self._mngr.wait_until_finished()
 
   def metadata(self, step: Optional[int] = None) -> dict:
     step = self._resolve(step)
-    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    with self._readable(step, "meta"):
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"{self.directory / str(step)}: item 'meta': expected a JSON object, found "
+                            f"{type(meta).__name__}")
+    return meta
+
+  @contextlib.contextmanager
+  def _readable(self, step: int, item: str):
+    """Turns orbax/tensorstore/JSON errors of a damaged checkpoint into one CheckpointError."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001  (orbax raises ValueError, JSONDecodeError, FileNotFoundError, ...)
+      first = (str(e).splitlines() or [""])[0]
+      raise CheckpointError(f"{self.directory / str(step)}: item '{item}': expected a complete orbax checkpoint, "
+                            f"found unreadable files (truncated or corrupt; {type(e).__name__}: {first[:300]}); "
+                            "delete this step directory to fall back to an earlier step") from None
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """Restores into the structure/shapes/dtypes (and shardings) of `template`. Leaves without a sharding
@@ -179,17 +210,21 @@ class Checkpointer:
       return s
 
     abstract = jax.tree.map(abstract_leaf, template)
-    return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    with self._readable(step, "state"):
+      return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
 
   def _resolve(self, step: Optional[int]) -> int:
     step = self.latest_step() if step is None else step
+    if step is None and not self.directory.is_dir():
+      raise CheckpointError(f"{self.directory}: no checkpoints (the directory does not exist)")
     if step is None or step not in self._mngr.all_steps():
       raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; found steps "
                             f"{self.all_steps()}")
     return step
 
   def _check_structure(self, template: Any, step: int) -> None:
-    stored = self._mngr.item_metadata(step)["state"]
+    with self._readable(step, "state"):
+      stored = self._mngr.item_metadata(step)["state"]
     if stored is None:
       raise CheckpointError(f"{self.directory / str(step)}: no readable 'state' item (not an easytune_jax "
                             "checkpoint, or written incompletely)")
@@ -324,10 +359,18 @@ def _event(wall_time: float, step: int, tag_values: Optional[Mapping[str, float]
 
 class MetricWriter:
   """Scalar metrics to `<dir>/metrics.jsonl`, `<dir>/metrics.csv` (step,name,value) and a TensorBoard
-  event file (`events.out.tfevents.*`, readable by TensorBoard without TensorFlow installed here)."""
+  event file (`events.out.tfevents.*`, readable by TensorBoard without TensorFlow installed here).
+
+  Files (and the directory) are created by the first `write`: a writer that writes nothing (a resumed run
+  that was already finished, a run that fails early) leaves no empty event file or folder behind.
+  """
 
   def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
     self.directory = pathlib.Path(directory)
+    self._tensorboard = tensorboard
+    self._jsonl = self._csv_file = self._csv = self._tb = None
+
+  def _open(self) -> None:
     self.directory.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(self.directory / "metrics.jsonl", "a")
     new_csv = not (self.directory / "metrics.csv").exists()
@@ -335,8 +378,7 @@ class MetricWriter:
     self._csv = csv.writer(self._csv_file)
     if new_csv:
       self._csv.writerow(["step", "name", "value"])
-    self._tb = None
-    if tensorboard:
+    if self._tensorboard:
       path = self.directory / f"events.out.tfevents.{int(time.time())}.{os.getpid()}.easytune"
       self._tb = open(path, "ab")
       self._tb_write(_event(time.time(), 0, file_version="brain.Event:2"))
@@ -348,6 +390,8 @@ class MetricWriter:
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    if self._jsonl is None:
+      self._open()
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     for k, v in scalars.items():
       self._csv.writerow([int(step), k, repr(v)])

@@ -50,6 +50,7 @@ from easytune_jax import metrics as M
 from easytune_jax import parallel
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, group_mean_std, load_dataset
+from easytune_jax.data.safe_io import load_npy, read_json
 from easytune_jax.data.text import Tokenizer
 from easytune_jax.models.evaluator import (EvaluatorConfig, WordVectorizer, build_word_vocab, evaluator_embed_motion,
                                            evaluator_embed_text, evaluator_loss, init_evaluator,
@@ -428,7 +429,7 @@ def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Option
     work.mkdir(parents=True, exist_ok=True)
     vocab_path = work / "vocab.json"
     if vocab_path.exists():   # resume: the vocabulary must not change under trained embeddings
-        vocab = json.loads(vocab_path.read_text())
+        vocab = read_json(vocab_path, "evaluator vocabulary")
     else:
         vocab = build_word_vocab([toks for e in dataset.entries for _, toks in e.captions], config.min_word_count)
         vocab_path.write_text(json.dumps(vocab, indent=0))
@@ -492,8 +493,8 @@ def load_trained_evaluator(workdir: str, *, dataset_mean: Optional[np.ndarray] =
         if not (work / f).exists():
             raise FileNotFoundError(f"{work / f}: missing; is {work} an evaluator work directory written by "
                                     "launch/train_evaluator.py?")
-    config = config_from_dict(json.loads((work / "config.json").read_text()), str(work / "config.json"))
-    vocab = json.loads((work / "vocab.json").read_text())
+    config = config_from_dict(read_json(work / "config.json", "evaluator config"), str(work / "config.json"))
+    vocab = read_json(work / "vocab.json", "evaluator vocabulary")
     vectorizer = WordVectorizer(vocab)
     if vectorizer.vocab_size != config.model.vocab_size:
         raise ValueError(f"{work / 'vocab.json'}: {vectorizer.vocab_size} words, config.json model.vocab_size "
@@ -509,7 +510,10 @@ def load_trained_evaluator(workdir: str, *, dataset_mean: Optional[np.ndarray] =
         ckpt.close()
     dm = np.asarray(meta["dataset_mean"], np.float32) if dataset_mean is None else dataset_mean
     ds = np.asarray(meta["dataset_std"], np.float32) if dataset_std is None else dataset_std
-    return Evaluator(config.model, state.params, vectorizer, np.load(work / "mean.npy"), np.load(work / "std.npy"),
+    dim = config.model.dim_pose
+    mean_e = load_npy(work / "mean.npy", "evaluator statistics", shape=(dim,))
+    std_e = load_npy(work / "std.npy", "evaluator statistics", shape=(dim,))
+    return Evaluator(config.model, state.params, vectorizer, mean_e, std_e,
                      dm, ds, batch_size=batch_size, max_length=max_length, name=f"trained:{work}")
 
 
@@ -558,9 +562,7 @@ def load_official_evaluator(t2m_dir: str, glove_dir: str, mean_std_dir: str, *, 
             break
     else:
         raise FileNotFoundError(f"evaluator statistics: none of {[str(c[0]) for c in candidates]} (+ std) exists")
-    mean_e, std_e = np.load(mpath), np.load(spath)
-    for p, a in ((mpath, mean_e), (spath, std_e)):
-        if a.shape != (dim,):
-            raise ValueError(f"{p}: expected shape ({dim},), found {a.shape}")
+    mean_e = load_npy(mpath, "evaluator statistics", shape=(dim,))
+    std_e = load_npy(spath, "evaluator statistics", shape=(dim,))
     return Evaluator(config, params, vectorizer, mean_e, std_e, dataset_mean, dataset_std, batch_size=batch_size,
                      max_length=max_length, name=f"official:{ckpt}")

@@ -33,6 +33,7 @@ from absl import logging
 from easytune_jax import finetune, parallel
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
+from easytune_jax.data.safe_io import read_json
 from easytune_jax.generate import Generator, load_generator
 from easytune_jax.models import spm
 from easytune_jax.train import common
@@ -225,7 +226,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    saved = {"best_metric": "heldout_reward", **json.loads(info_path.read_text())["run"]}  # runs before it
+    saved = {"best_metric": "heldout_reward", **read_json(info_path, "fine-tuning run info")["run"]}  # older runs
     common.check_config_matches(saved, meta["run"], str(info_path),
                                 ignore=("trajectories", "eval_every", "checkpoint_every"))
   tmp = info_path.with_suffix(".json.tmp")
@@ -349,7 +350,7 @@ def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
   """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
   checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them)."""
   workdir = pathlib.Path(workdir)
-  info = json.loads((workdir / "finetune.json").read_text())
+  info = read_json(workdir / "finetune.json", "fine-tuning run info")
   gen = load_generator(info["generator_workdir"])
   run = run_config_from_dict(info["run"])
   if which == "best" and (workdir / "best").is_dir():
