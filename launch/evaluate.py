@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags, logging
 
-from easytune_jax import evaluation as E
+from easytune_jax import cli, evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import common
@@ -34,6 +34,7 @@ flags.DEFINE_integer("batch_size", 32, "Generator batch size.")
 flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight.")
 flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
 flags.DEFINE_integer("seed", 0, "Evaluation seed.")
+cli.define_flags()
 
 
 def generate_fn_for(gen, guidance_scale: float, num_steps: int):
@@ -79,4 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "evaluator_workdir", "t2m_dir", "glove_dir",
+                       "evaluator_stats_dir", "data_dir"))

@@ -15,7 +15,7 @@ import json
 
 from absl import app, flags
 
-from easytune_jax import finetune, parallel
+from easytune_jax import cli, finetune, parallel
 from easytune_jax.train import common, finetune_runner
 
 FLAGS = flags.FLAGS
@@ -56,6 +56,7 @@ flags.DEFINE_enum("best_metric", "heldout_reward", sorted(finetune_runner.BEST_M
                   "--evaluator_workdir; guards against reward over-optimisation).")
 flags.DEFINE_enum("on_nonfinite", "skip", ["skip", "stop"], "Non-finite loss/gradient policy.")
 parallel.define_flags()
+cli.define_flags()
 
 
 def config_from_flags() -> finetune_runner.RunConfig:
@@ -84,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("workdir",), inputs=("generator_workdir", "reward_workdir", "data_dir", "evaluator_workdir"))

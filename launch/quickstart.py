@@ -9,7 +9,7 @@ Rerunning the same command resumes every stage from its checkpoints.
 
 from absl import app, flags, logging
 
-from easytune_jax import finetune, quickstart
+from easytune_jax import cli, finetune, quickstart
 from easytune_jax.train import common
 
 FLAGS = flags.FLAGS
@@ -26,6 +26,7 @@ flags.DEFINE_integer("num_steps", quickstart.QuickstartConfig.num_steps, "DDIM s
 flags.DEFINE_integer("trajectories", quickstart.QuickstartConfig.trajectories, "Fine-tuning trajectories.")
 flags.DEFINE_integer("replications", quickstart.QuickstartConfig.replications, "Evaluation replications.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+cli.define_flags()
 
 
 def main(argv):
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("workdir",), inputs=("data_dir",))

@@ -20,7 +20,7 @@ import json
 
 from absl import app, flags, logging
 
-from easytune_jax import parallel
+from easytune_jax import cli, parallel
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.text import TextEmbeddings
 from easytune_jax.models.spm import MODES
@@ -43,6 +43,7 @@ flags.DEFINE_string("train_split", "train", "Training split file stem.")
 flags.DEFINE_string("eval_split", "test", "Evaluation split ('' to skip retrieval evaluation).")
 flags.DEFINE_integer("seed", None, "Override the seed.")
 parallel.define_flags()
+cli.define_flags()
 
 
 def main(argv):
@@ -68,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("workdir",), inputs=("data_dir", "init_from"), files=("text_embeddings",))

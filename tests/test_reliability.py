@@ -164,6 +164,42 @@ def _torch_zip_damaged(keep):
   return run
 
 
+class LauncherFailed(Exception):
+  """A launcher exited with its one-line error (the message is that line)."""
+
+
+def _launcher(module, args, prepare=None, leftover=()):
+  """Runs `python -m launch.<module> <args>` on a bad input; the call must fail with exit status 1 and ONE stderr
+  line 'error: ...' (no traceback) and leave nothing behind: `{tmp}` in args is the test's tmp folder, `{ds}` a
+  valid dataset (prepared by `prepare(ds)`), `{empty}` an existing empty folder; `leftover` lists the paths
+  (relative to tmp) that must exist afterwards (created before the call)."""
+  def run(tmp):
+    ds = _write_folder(tmp / "ds")
+    for split in ("val", "test"):
+      (ds / f"{split}.txt").write_text((ds / "train.txt").read_text())
+    (tmp / "empty").mkdir()
+    for rel in leftover:
+      (tmp / rel).mkdir(parents=True, exist_ok=True)
+    if prepare is not None:
+      prepare(ds)
+    before = {p for p in _snapshot(tmp) if not p.startswith("ds")}
+    argv = [a.format(tmp=tmp, ds=ds, empty=tmp / "empty") for a in args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", f"launch.{module}", *argv], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, f"exit status {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-2000:]
+    assert proc.stderr.rstrip().endswith(errors[0]), "the error line must be the last line: " + proc.stderr[-2000:]
+    after = {p for p in _snapshot(tmp) if not p.startswith("ds")}
+    assert after == before, f"the failed call left {sorted(after - before)} behind / removed {sorted(before - after)}"
+    raise LauncherFailed(errors[0])
+  return run
+
+
+_FT = ["--generator_workdir={empty}", "--reward_workdir={empty}", "--data_dir={ds}"]
+
+
 def _fake_mesh(data, fsdp):
   # check_batch_divisible reads only mesh.devices.size and mesh.shape; this test process has one CPU device.
   return types.SimpleNamespace(devices=np.empty((data, fsdp)), shape={"data": data, "fsdp": fsdp})
@@ -315,6 +351,35 @@ CASES = [
     ("mesh_two_rest", lambda t: parallel.parse_mesh_spec("data=-1,fsdp=-1", 8), ValueError, ["--mesh", "at most one"]),
     ("batch_not_divisible", lambda t: parallel.check_batch_divisible(10, _fake_mesh(4, 1)), ValueError,
      ["batch_size=10", "divisible", r"\(4: "]),
+    # launchers (subprocesses): one line, exit status 1, no traceback, nothing left behind
+    ("launcher_data_dir_missing", _launcher("finetune", ["--workdir={tmp}/runs/ft", "--generator_workdir={empty}",
+                                                         "--reward_workdir={empty}", "--data_dir={tmp}/nope"]),
+     LauncherFailed, [r"^error: --data_dir=\S*nope: folder does not exist"]),
+    ("launcher_config_field_is_flag", _launcher("finetune", ["--workdir={tmp}/ft", *_FT, "--num_steps=0"]),
+     LauncherFailed, [r"^error: --num_steps \(FinetuneConfig\.num_steps\): expected >= 1, found 0"]),
+    ("launcher_lr_alias", _launcher("finetune", ["--workdir={tmp}/ft", *_FT, "--lr=0"]),
+     LauncherFailed, [r"^error: --lr \(OptimConfig\.learning_rate\): expected > 0"]),
+    ("launcher_empty_generator_workdir", _launcher("finetune", ["--workdir={tmp}/runs/ft", *_FT]), LauncherFailed,
+     [r"^error: \S*empty/diffusion/checkpoints: no diffusion checkpoints", "train_base"]),
+    ("launcher_existing_workdir_kept", _launcher("finetune", ["--workdir={tmp}/mine", *_FT], leftover=("mine",)),
+     LauncherFailed, ["no diffusion checkpoints"]),
+    ("launcher_truncated_features", _launcher("train_base", ["--workdir={tmp}/base", "--data_dir={ds}"],
+                                              prepare=lambda ds: _truncate(_feat_file(ds), 0.6)),
+     LauncherFailed, [r"^error: \S*000001\.npy: features: truncated"]),
+    ("launcher_empty_caption_names_flag", _launcher(
+        "evaluate", ["--generator_workdir={empty}", "--evaluator_workdir={empty}", "--data_dir={ds}", "--split=train",
+                     "--out_dir={tmp}/eval"], prepare=lambda ds: (ds / "texts" / "000001.txt").write_text("")),
+     LauncherFailed, [r"000001\.txt \(empty\)", "--on_missing=skip"]),
+    ("launcher_on_missing_skip_flag", _launcher(   # skips the id, then stops at the (empty) evaluator folder
+        "evaluate", ["--generator_workdir={empty}", "--evaluator_workdir={empty}", "--data_dir={ds}", "--split=train",
+                     "--out_dir={tmp}/eval", "--on_missing=skip"],
+        prepare=lambda ds: (ds / "texts" / "000001.txt").write_text("")),
+     LauncherFailed, [r"^error: \S*empty/config\.json: missing"]),
+    ("launcher_usage_error", _launcher("quickstart", ["--workdir={tmp}/qs", "--methods=easytune,ppo"]),
+     LauncherFailed, [r"^error: --methods: unknown \['ppo'\]", r"see --help"]),
+    ("launcher_file_flag_missing", _launcher("train_reward", ["--workdir={tmp}/rw", "--data_dir={ds}",
+                                                              "--text_embeddings={tmp}/none.npz"]),
+     LauncherFailed, [r"^error: --text_embeddings=\S*none\.npz: file does not exist"]),
     # metrics
     ("fid_nan", lambda t: metrics.fid(np.r_[np.zeros((4, 3)), [[np.nan, 0, 0]]], np.ones((5, 3))), ValueError,
      ["fid", "gen_emb", "1 non-finite"]),
@@ -334,6 +399,16 @@ def test_bad_input_is_named(tmp_path, name, fn, exc, patterns):
   msg = str(info.value)
   for pat in patterns:
     assert re.search(pat, msg), f"{name}: message lacks {pat!r}: {msg}"
+
+
+@pytest.mark.parametrize("launcher", ["finetune", "train_base", "train_reward", "train_evaluator"])
+def test_multihost_flags_in_help(launcher):
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--help"], cwd=str(ROOT), env=env,
+                       capture_output=True, text=True, timeout=300).stdout
+  for flag in ("--mesh", "--coordinator_address", "--num_processes", "--process_id", "--[no]distributed",
+               "--[no]verbose", "--on_missing", "--[no]drop_nonfinite"):
+    assert f"  {flag}" in out, f"{launcher} --help does not list {flag}"
 
 
 def test_bad_input_table_is_large_and_distinct():

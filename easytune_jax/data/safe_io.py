@@ -56,7 +56,8 @@ def check_array(a: np.ndarray, where: str, *, kinds: Optional[str] = "f", ndim: 
     `a`, unchanged.
   """
   if kinds is not None and a.dtype.kind not in kinds:
-    raise BadFileError(f"{where}: expected dtype {_kinds_text(kinds)}, found {a.dtype} ({_KIND_NAMES.get(a.dtype.kind, a.dtype.kind)})")
+    found = _KIND_NAMES.get(a.dtype.kind, a.dtype.kind)
+    raise BadFileError(f"{where}: expected dtype {_kinds_text(kinds)}, found {a.dtype} ({found})")
   if shape is not None:
     ok = a.ndim == len(shape) and all(w is None or w == s for w, s in zip(shape, a.shape))
     if not ok:
