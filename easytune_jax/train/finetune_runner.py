@@ -295,7 +295,14 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
       x_T, cond, uncond, data = parallel.local_rows((x_T, cond, uncond, data))
     return x_T, cond, uncond, jax.random.fold_in(rng, 2), data
 
+  # Fine-tuning wall clock for the curves against seconds: from the loop's start (compilation included),
+  # without the held-out evaluations, continued across resumes.
+  prior = [r["wall_seconds"] for r in common.read_metrics(workdir) if "wall_seconds" in r]
+  clock = {"offset": max(prior, default=0.0), "start": time.time(), "evals": 0.0}
+
   def eval_fn(state, it):
+    t_eval = time.time()
+    wall = clock["offset"] + (t_eval - clock["start"] - clock["evals"])
     r = heldout.rewards(state.params)
     out = {"heldout_reward": float(np.mean(r))}
     value, val_metrics = criterion(state.params, out["heldout_reward"])
@@ -306,10 +313,13 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     if evaluator is not None:   # test-split monitoring (not used for any choice)
       out.update({f"eval/{k}": v for k, v in quick_eval(state.params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
+    out["wall_seconds"] = wall
+    clock["evals"] += time.time() - t_eval
     return out
 
   writer = common.MetricWriter(workdir)
   ck = common.Checkpointer(workdir / "checkpoints")
+  clock["start"] = time.time()
   try:
     loop = common.train_loop(
         state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params), batch_fn=batch_fn,
