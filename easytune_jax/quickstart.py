@@ -170,7 +170,8 @@ def reward_curves(root: pathlib.Path, methods) -> tuple[dict, dict]:
       by_traj[method] = (steps, values)
     timed = [r for r in rows if "wall_seconds" in r]
     if timed and base_reward is not None:
-      by_time[method] = ([0.0] + [r["wall_seconds"] for r in timed], [base_reward] + [r["heldout_reward"] for r in timed])
+      by_time[method] = ([0.0] + [r["wall_seconds"] for r in timed],
+                         [base_reward] + [r["heldout_reward"] for r in timed])
   return by_traj, by_time
 
 

@@ -77,6 +77,7 @@ def test_rerun_of_finished_quickstart_skips_everything(tmp_path, counted):
   assert second["skipped"] == ["data", "base", "reward", "evaluator", "finetune", "evaluate", "media"]
   assert _outputs(root) == before, "the rerun changed an output"
   assert sorted(root.rglob("events.out.tfevents.*")) == events, "the rerun created event files"
+  print(f"\nrerun of the finished tiny quickstart: {seconds:.2f} s")
   assert seconds < 10, f"rerun took {seconds:.1f} s"
   assert second["timings"] == first["timings"] and "unchanged since the last run" in quickstart.summary_screen(second)
 
