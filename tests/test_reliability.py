@@ -366,6 +366,9 @@ CASES = [
     ("launcher_truncated_features", _launcher("train_base", ["--workdir={tmp}/base", "--data_dir={ds}"],
                                               prepare=lambda ds: _truncate(_feat_file(ds), 0.6)),
      LauncherFailed, [r"^error: \S*000001\.npy: features: truncated"]),
+    ("launcher_quickstart_truncated_features", _launcher(
+        "quickstart", ["--workdir={tmp}/runs/qs", "--data_dir={ds}"], prepare=lambda ds: _truncate(_feat_file(ds), 0.6)),
+     LauncherFailed, [r"^error: \S*000001\.npy: features: truncated"]),
     ("launcher_empty_caption_names_flag", _launcher(
         "evaluate", ["--generator_workdir={empty}", "--evaluator_workdir={empty}", "--data_dir={ds}", "--split=train",
                      "--out_dir={tmp}/eval"], prepare=lambda ds: (ds / "texts" / "000001.txt").write_text("")),
