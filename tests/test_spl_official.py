@@ -119,8 +119,8 @@ def test_filter_convention_tmr_maps_threshold_to_two_t_minus_one():
   sent[1] = 0.85 * u + np.sqrt(1 - 0.85 ** 2) * v / np.linalg.norm(v)   # cosine 0.85 with row 0
   s = sent / np.linalg.norm(sent, axis=1, keepdims=True)
   assert 0.8 < s[0] @ s[1] < 0.9
-  args = (jnp.asarray(text), jnp.asarray(motion), jnp.asarray(sent), 0.1, 0.9)
   with jax.enable_x64(True):
+    args = (jnp.asarray(text), jnp.asarray(motion), jnp.asarray(sent), 0.1, 0.9)
     tmr = float(spl.info_nce_with_filtering(*args, convention="tmr"))
     cos = float(spl.info_nce_with_filtering(*args, convention="cosine"))
   assert tmr == pytest.approx(info_nce_reference(text, motion, sent, 0.1, 0.8), rel=1e-10)
