@@ -95,7 +95,8 @@ def _state_dict(obj: Any, source: str) -> Mapping[str, np.ndarray]:
   """The state dict inside a loaded checkpoint: `obj['state_dict']`, or `obj` itself when it is one."""
   if isinstance(obj, Mapping) and "state_dict" in obj:
     obj = obj["state_dict"]
-  if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) for k in obj):
+  if (not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) for k in obj)
+      or not all(isinstance(v, np.ndarray) for v in obj.values())):
     raise ValueError(f"{source}: expected a checkpoint {{'state_dict': {{name: tensor}}}} (official train_spm.py "
                      f"layout) or a bare state dict, found {type(obj).__name__}")
   return obj
