@@ -15,10 +15,12 @@ from easytune_jax import spl
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.data.text import TextEmbeddings, save_text_embeddings
-from easytune_jax.models import spm
+from easytune_jax.models import spm, spm_convert
 from easytune_jax.models.spm import SPMConfig
 from easytune_jax.schedules import make_schedule
 from easytune_jax.train import reward as R
+from tests.test_spm_official import synthetic_state
+from tests.torch_zip import save_torch
 
 E = 10
 MODEL = SPMConfig.official(dim_motion=6, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)
@@ -63,7 +65,7 @@ def test_noise_batch_official_timesteps():
   assert not np.allclose(np.asarray(noisy), 1.0)
   # t ~ U{0, ..., 500}: max_timestep=501 reaches 500 and never 501.
   ts = jax.vmap(lambda k: R.noise_batch(k, x[:1], mask[:1], sched, 0.0, 501, "sampled")[1])(
-      jax.random.split(jax.random.key(0), 4000))
+      jax.random.split(jax.random.key(0), 3000))
   assert int(ts.min()) == 0 and int(ts.max()) == 500
   # Noise with probability 1 - NoiseThr (one coin per batch).
   coins = jax.vmap(lambda k: jnp.any(R.noise_batch(k, x, mask, sched, 0.7, 501, "sampled")[0] != x))(
@@ -107,7 +109,7 @@ def _run(monkeypatch, params, config, use_spl):
   return calls, metrics
 
 
-@pytest.mark.parametrize("mode", ["M1T0", "M0T0", "M1T1"])
+@pytest.mark.parametrize("mode", ["M1T0", "M0T1"])
 def test_timestep_routing_per_stage(monkeypatch, params, mode):
   clean = dataclasses.replace(OFFICIAL, noise_threshold=1.0, model=dataclasses.replace(MODEL, mode=mode))
   # Official pretraining: no timestep anywhere, whatever the mode.
@@ -168,7 +170,10 @@ def test_reconstruction_targets():
   assert float(a["kl"]) == pytest.approx(float(b["kl"]), rel=1e-6)      # the encoders see the same inputs
 
 
-def test_tiny_official_training_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_spl_stage_from_a_converted_official_checkpoint(tmp_path):
+  """An official checkpoint converts into a workdir that the trainer starts the SPL stage from (official objective),
+  and the result loads as a reward."""
   root = tmp_path / "synth"
   write_synthetic_dataset(str(root), num_motions=12, seed=3, min_len=40, max_len=48)
   train = load_dataset(str(root), "train")
@@ -178,18 +183,19 @@ def test_tiny_official_training_end_to_end(tmp_path):
   save_text_embeddings(str(tmp_path / "t5.npz"), captions,
                        (rng.normal(size=(len(captions), 5, E)) * emb_mask[..., None]).astype(np.float32), emb_mask)
   emb = TextEmbeddings(str(tmp_path / "t5.npz"))
-  cfg = dataclasses.replace(OFFICIAL, max_length=48, log_every=1, checkpoint_every=10,
-                            model=dataclasses.replace(MODEL, dim_motion=train.info.dim))
+  model = dataclasses.replace(MODEL, dim_motion=train.info.dim)
+  save_torch(tmp_path / "spm.pth", {"state_dict": synthetic_state(model, E)})
+  converted = spm_convert.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "converted", num_heads=2)
+  cfg = dataclasses.replace(OFFICIAL, max_length=16, log_every=1, checkpoint_every=10, model=model)
   with pytest.raises(ValueError, match="text_embeddings"):
-    R.train_reward(cfg, tmp_path / "none", train, steps=1, progress=False)
-  pre = R.train_reward(cfg, tmp_path / "pre", train, steps=1, text_embeddings=emb, progress=False)
-  assert pre["steps"] == 1
-  spl_run = R.train_reward(cfg, tmp_path / "spl", train, spl=True, init_from=tmp_path / "pre", steps=1,
-                           text_embeddings=emb, progress=False)
+    R.train_reward(cfg, tmp_path / "none", train, spl=True, init_from=converted, steps=1, progress=False)
+  run = R.train_reward(cfg, tmp_path / "spl", train, spl=True, init_from=converted, steps=1, text_embeddings=emb,
+                       progress=False)
+  assert run["steps"] == 1 and run["config"].spl_latents == "sample"
   meta = R.read_reward_metadata(tmp_path / "spl")
   assert meta["optim"]["learning_rate"] == 1e-5 and meta["optim"]["weight_decay"] == 0.01
   reward, _, rc = R.load_reward(tmp_path / "spl")
-  assert rc.model.arch == "official" and spl_run["config"].spl_latents == "sample"
+  assert rc.model.arch == "official"
   b = _batch()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, train.info.dim)), jnp.float32)
   r = reward(x, {"text_emb": b["text_emb"], "text_emb_mask": b["text_emb_mask"], "reward_rng": jax.random.key(0)})

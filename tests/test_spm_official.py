@@ -164,6 +164,7 @@ def test_converted_checkpoint_matches_an_independent_numpy_forward(tmp_path):
   assert float(jnp.abs(grads["params"]["time_embedding"]["linear_1"]["kernel"]).sum()) > 0
 
 
+@pytest.mark.slow
 def test_convert_checkpoint_writes_a_reward_workdir_with_the_official_reward(tmp_path):
   sd = synthetic_state(seed=3)
   path = tmp_path / "spm.pth"
