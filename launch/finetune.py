@@ -26,7 +26,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "easytune", list(finetune.METHODS), "Fine-tuning method.")
 flags.DEFINE_string("workdir", None, "Output / resume directory.", required=True)
 flags.DEFINE_string("generator_workdir", None, "Work directory of launch/train_base.py.", required=True)
-flags.DEFINE_string("reward_workdir", None, "Work directory of launch/train_reward.py.", required=True)
+flags.DEFINE_string("reward_workdir", None, "Reward model: a workdir of launch/train_reward.py or a converted "
+                    "official SPM (train.reward.convert_spm_checkpoint).")
+flags.DEFINE_string("reward", "spm", "Reward terms and weights (rewards/registry.py): 'spm', "
+                    "'spm:1.0,skating:0.2', physical terms skating|jitter|penetration, or module:function.")
+flags.DEFINE_string("reward_text", "", "Text encoder of an embedding-input reward (the official SPM): a "
+                    "sentence-t5-large folder or a precomputed .npz.")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train captions, val held-out).", required=True)
 flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator: quick R-precision/FID/MM-Dist at evals.")
 flags.DEFINE_integer("num_steps", 10, "DDIM steps T of the sampled trajectories.")
@@ -75,7 +80,8 @@ def config_from_flags() -> finetune_runner.RunConfig:
   return finetune_runner.RunConfig(
       finetune=ft, trajectories=FLAGS.trajectories, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       eval_every=FLAGS.eval_every, heldout_size=FLAGS.heldout_size, checkpoint_every=FLAGS.checkpoint_every,
-      trainable=FLAGS.trainable, on_nonfinite=FLAGS.on_nonfinite, best_metric=FLAGS.best_metric)
+      trainable=FLAGS.trainable, on_nonfinite=FLAGS.on_nonfinite, best_metric=FLAGS.best_metric,
+      reward=FLAGS.reward, reward_text=FLAGS.reward_text)
 
 
 def main(argv):

@@ -218,7 +218,7 @@ def make_fns(gen):
     def generate_fn(captions, pos_tokens, lengths, rng):
         return gen.generate(captions, lengths, rng, guidance_scale=2.5, num_steps=NUM_STEPS, normalized=True)[0]
     def reward_fn(x, captions, lengths):
-        cond, _ = task.inputs(captions, np.minimum(lengths, gen.max_length))
+        cond, _ = task.inputs(captions, np.minimum(lengths, gen.max_length), rng=jax.random.key(0))
         return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
     return generate_fn, reward_fn
 

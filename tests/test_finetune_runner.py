@@ -1,7 +1,9 @@
 """The fine-tuning harness on real (tiny) trained models: every method runs, resumes, logs, and the
 fine-tuned generator reloads; EasyTune raises the held-out reward."""
 
+import dataclasses
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -11,7 +13,11 @@ from easytune_jax import finetune
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig
+from easytune_jax.models.spm import SPMConfig
 from easytune_jax.train import finetune_runner as fr
+from easytune_jax.train import reward as R
+from tests.test_spm_official import synthetic_state
+from tests.torch_zip import save_torch
 
 
 def _cfg(method, trajectories=3, **kw):
@@ -111,3 +117,40 @@ def test_best_checkpoint_by_a_val_split_evaluator_metric(tiny_pipeline, tmp_path
     assert same_as_base and best["value"] < min(logged.values())
   else:
     assert not same_as_base and best["value"] == pytest.approx(logged[best["trajectory"]])
+
+
+def test_composite_reward_logs_every_term_and_needs_no_reward_model_for_physical_terms(tiny_pipeline, tmp_path):
+  p = tiny_pipeline
+  cfg = dataclasses.replace(_cfg("easytune", 2), reward="spm:1.0,skating:0.5")
+  fr.run_finetune(cfg, str(tmp_path / "mix"), p.generator, p.reward, p.data, progress=False)
+  ev = [r for r in read_metrics(tmp_path / "mix") if "heldout_reward" in r][-1]
+  want = ev["heldout_reward_terms/spm"] + 0.5 * ev["heldout_reward_terms/skating"]
+  assert ev["heldout_reward"] == pytest.approx(want, rel=1e-5, abs=1e-6)
+  assert ev["heldout_reward_terms/skating"] <= 0
+  # A physical-only reward runs without a reward model (no text inputs at all).
+  s = fr.run_finetune(dataclasses.replace(_cfg("draft", 1), reward="jitter:0.001"), str(tmp_path / "phys"),
+                      p.generator, None, p.data, progress=False)
+  assert np.isfinite(s["final_heldout_reward"]) and s["final_heldout_reward"] < 0
+  with pytest.raises(ValueError, match="not registered"):
+    fr.run_finetune(dataclasses.replace(_cfg("draft", 1), reward="skateing"), str(tmp_path / "bad"),
+                    p.generator, None, p.data, progress=False)
+
+
+def test_official_spm_reward_through_the_harness(tiny_pipeline, tmp_path):
+  """A converted official-architecture SPM (stochastic: sampled latents, dropout on) scores through the harness
+  with sentence-T5 token embeddings encoded on the fly; the reward needs a key, which the harness supplies."""
+  p = tiny_pipeline
+  st5 = pathlib.Path(__file__).parent / "fixtures" / "text_encoders" / "st5_safetensors"
+  config = SPMConfig.official(dim_motion=263, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)
+  sd = synthetic_state(config, e=32, seed=4)          # the fixture's T5 width is 32
+  save_torch(tmp_path / "spm.pth", {"state_dict": sd})
+  reward_dir = R.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "spm", num_heads=2)
+  with pytest.raises(ValueError, match="--reward_text"):
+    fr.load_task(p.generator, str(reward_dir))
+  task = fr.load_task(p.generator, str(reward_dir), reward_text=str(st5))
+  assert task.reward_needs_rng
+  with pytest.raises(ValueError, match="pass rng"):
+    task.inputs(["a person walks."], [32])
+  s = fr.run_finetune(dataclasses.replace(_cfg("easytune", 1), reward_text=str(st5)), str(tmp_path / "ft"),
+                      p.generator, str(reward_dir), p.data, progress=False)
+  assert s["updates"] == 4 and np.isfinite(s["final_heldout_reward"])

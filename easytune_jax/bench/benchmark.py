@@ -256,8 +256,8 @@ class Inputs:
     if it not in self._cache:
       arrays, host = batching.batch_at(self.train, it, self.batch_size, self.seed, self.task.gen.tokenizer,
                                              max_length=self.task.gen.max_length)
-      cond, uncond = self.task.inputs(host["caption"], arrays["length"])
       rng = jax.random.fold_in(self.key, it)
+      cond, uncond = self.task.inputs(host["caption"], arrays["length"], rng=jax.random.fold_in(rng, 3))
       x_T = self.task.noise(jax.random.fold_in(rng, 1), self.batch_size)
       self._cache[it] = (x_T, cond, uncond, jax.random.fold_in(rng, 2))
     return self._cache[it]

@@ -8,7 +8,8 @@ cond = {"gen": generator condition, "reward": reward text inputs, "mask": frame 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,8 @@ import numpy as np
 from easytune_jax.bundles.generator import Generator
 from easytune_jax.core import sampling
 from easytune_jax.models import generator as gm
+from easytune_jax.data.text import TextEmbeddings
+from easytune_jax.models.t5_encoder import load_sentence_t5
 from easytune_jax.rewards.registry import WeightedReward
 
 
@@ -29,11 +32,18 @@ class MotionTask:
     reward_fn: the reward on dataset-normalised motion, `reward_fn(x [B, L, D], {text inputs, mask}, t) -> [B]`
       (a `rewards.registry.WeightedReward`: one term or a weighted sum, each term readable for logs).
     reward_tokenizer: word tokenizer of the SPM's text inputs; None when no term reads text.
+    reward_text: captions -> (text_emb float32 [B, Lt, E], text_emb_mask bool [B, Lt]) for rewards that read
+      text embeddings (the official SPM: sentence-T5-large token embeddings); see `reward_text_encoder`.
+    reward_needs_rng: the reward is stochastic (the official SPM scores sampled latents with dropout on): `inputs`
+      then needs a key, carried to the reward as `cond['reward']['reward_rng']` (one draw per batch: every
+      step of a trajectory scores with the same noise, where the official code draws anew per call).
   """
 
   gen: Generator
   reward_fn: WeightedReward
   reward_tokenizer: Any = None
+  reward_text: Optional[Callable[[list], tuple]] = None
+  reward_needs_rng: bool = False
 
   def denoise(self, params, x_t, t, cond):
     return self.gen.denoise(params, x_t, t, cond["gen"])
@@ -52,8 +62,9 @@ class MotionTask:
   def _reward_cond(cond):
     return {**cond["reward"], "mask": cond["mask"]}
 
-  def inputs(self, captions: Sequence[str], lengths: Sequence[int]) -> tuple[dict, dict]:
-    """(cond, uncond) for B captions with B frame counts (<= gen.max_length)."""
+  def inputs(self, captions: Sequence[str], lengths: Sequence[int], rng: Optional[jax.Array] = None
+             ) -> tuple[dict, dict]:
+    """(cond, uncond) for B captions with B frame counts (<= gen.max_length); `rng` keys a stochastic reward."""
     lengths = np.minimum(np.asarray(lengths), self.gen.max_length)
     gen_cond = self.gen.encode_text(list(captions), lengths)
     mask = jnp.asarray(self.gen.frame_mask(lengths))
@@ -61,6 +72,13 @@ class MotionTask:
     if self.reward_tokenizer is not None:
       tokens, token_mask = self.reward_tokenizer.encode_batch(list(captions))
       reward_cond = {"tokens": jnp.asarray(tokens), "token_mask": jnp.asarray(token_mask)}
+    if self.reward_text is not None:
+      emb, emb_mask = self.reward_text(list(captions))
+      reward_cond = {"text_emb": jnp.asarray(emb), "text_emb_mask": jnp.asarray(emb_mask)}
+    if self.reward_needs_rng:
+      if rng is None:
+        raise ValueError("MotionTask.inputs: the reward is stochastic (official SPM scoring): pass rng=")
+      reward_cond["reward_rng"] = jax.random.key_data(rng)
     cond = {"gen": gen_cond, "reward": reward_cond, "mask": mask}
     uncond = {"gen": self.gen.uncond(gen_cond), "reward": reward_cond, "mask": mask}
     return cond, uncond
@@ -99,3 +117,27 @@ class MotionTask:
         return self.reward_terms(self.decode(out.x0, cond), cond, None)
       cache[num_steps] = jax.jit(run)
     return cache[num_steps]
+
+
+def reward_text_encoder(source: str, pad_to: int = 32) -> Callable[[list], tuple[np.ndarray, np.ndarray]]:
+  """Captions -> (token embeddings [B, Lt, E], mask [B, Lt]) for an embedding-input reward.
+
+  `source` is a precomputed `.npz` (`data.text.TextEmbeddings`, exact-caption lookup) or a sentence-transformers
+  `sentence-t5-large` folder encoded on the fly (`models.t5_encoder`, token outputs: what the official SPM reads).
+  Lt is padded up to a multiple of `pad_to` so the jitted fine-tuning update sees few distinct shapes.
+  """
+  if source.endswith(".npz"):
+    encode = TextEmbeddings(source).lookup
+  elif os.path.isdir(source):
+    st5 = load_sentence_t5(source)
+    encode = lambda captions: st5.embeddings(captions, output="tokens")  # noqa: E731
+  else:
+    raise FileNotFoundError(f"reward text encoder {source!r}: expected a text-embeddings .npz or a "
+                            "sentence-t5 folder")
+
+  def reward_text(captions):
+    emb, mask = encode(captions)
+    n = -(-emb.shape[1] // pad_to) * pad_to
+    pad = ((0, 0), (0, n - emb.shape[1]))
+    return np.pad(emb, pad + ((0, 0),)), np.pad(mask, pad)
+  return reward_text

@@ -317,7 +317,7 @@ def reward_apply(params, config: SPMConfig, x: jax.Array, cond: Mapping[str, jax
     mask = jnp.ones(x.shape[:2], bool)
   if config.reward_timestep == "none":
     t = None
-  stochastic = config.reward_latent == "sample" or (config.reward_dropout and config.dropout > 0)
+  stochastic = is_stochastic(config)
   if not stochastic:
     text_z = encode_text(params, config, cond, t)
     motion_z = encode_motion(params, config, x, mask, t)
@@ -345,6 +345,11 @@ def reward_apply(params, config: SPMConfig, x: jax.Array, cond: Mapping[str, jax
   num = jnp.sum(text_z * motion_z, axis=-1)
   den = jnp.maximum(jnp.linalg.norm(text_z, axis=-1) * jnp.linalg.norm(motion_z, axis=-1), 1e-8)
   return (num / den).astype(jnp.float32)
+
+
+def is_stochastic(config: SPMConfig) -> bool:
+  """Whether the reward draws noise (sampled latents or active dropout) and so needs a PRNG key."""
+  return config.reward_latent == "sample" or (config.reward_dropout and config.dropout > 0)
 
 
 def reward_fn(params, config: SPMConfig, **reward_overrides) -> Callable[..., jax.Array]:

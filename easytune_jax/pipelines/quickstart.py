@@ -144,7 +144,7 @@ def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
 
     def reward_fn(x, captions, lengths, gen=gen):
       lengths = np.minimum(lengths, gen.max_length)
-      cond, _ = task.inputs(captions, lengths)
+      cond, _ = task.inputs(captions, lengths, rng=jax.random.key(cfg.seed))
       return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
 
     results.append(evaluation.evaluate(

@@ -36,8 +36,9 @@ from easytune_jax.eval import evaluation
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
 from easytune_jax.bundles.generator import Generator, load_generator
-from easytune_jax.bundles.task import MotionTask
+from easytune_jax.bundles.task import MotionTask, reward_text_encoder
 from easytune_jax.data.features import joints_num_for_dim
+from easytune_jax.models import spm
 from easytune_jax.rewards.registry import RewardContext, build_reward, parse_spec
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import check_config_matches, config_from_dict
@@ -49,19 +50,27 @@ from easytune_jax.train import reward as reward_train
 
 
 # --------------------------------------------------------------------------------------------- task
-def load_task(generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm") -> MotionTask:
+def load_task(generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm",
+              reward_text: str = "") -> MotionTask:
   """The generator of `generator_workdir` with the reward `reward` (a `rewards.registry` spec such as
-  'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`."""
+  'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`. A reward
+  that reads text embeddings (the official SPM) gets them from `reward_text` (`bundles.task.reward_text_encoder`:
+  a `.npz` of precomputed embeddings or a sentence-t5 folder)."""
   gen = load_generator(generator_workdir)
-  spm_fn, tokenizer = None, None
+  spm_fn, tokenizer, stochastic = None, None, False
   if reward_workdir:
     spm_fn, _, rcfg = reward_train.load_reward(reward_workdir)
     if rcfg.model.dim_motion != gen.mean.shape[0]:
       raise ValueError(f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
                        f"{generator_workdir} produces {gen.mean.shape[0]}-dim features")
     tokenizer = reward_train.load_reward_tokenizer(reward_workdir)
+    stochastic = spm.is_stochastic(rcfg.model)
+    if rcfg.model.text_input == "embeddings" and not reward_text:
+      raise ValueError(f"reward model {reward_workdir} reads text embeddings: pass --reward_text (a sentence-t5 "
+                       "folder or a precomputed .npz)")
   context = RewardContext(mean=gen.mean, std=gen.std, joints_num=joints_num_for_dim(gen.mean.shape[0]), spm=spm_fn)
-  return MotionTask(gen, build_reward(reward, context), tokenizer)
+  text = reward_text_encoder(reward_text) if reward_text else None
+  return MotionTask(gen, build_reward(reward, context), tokenizer, text, stochastic)
 
 
 def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
@@ -103,6 +112,7 @@ class RunConfig:
   on_nonfinite: str = "skip"
   best_metric: str = "heldout_reward"
   reward: str = "spm"                          # rewards.registry spec, e.g. 'spm:1.0,skating:0.2'
+  reward_text: str = ""                        # embedding-input rewards: sentence-t5 folder or .npz
 
   def __post_init__(self):
     parse_spec(self.reward)   # a malformed spec fails here, before anything is loaded
@@ -142,7 +152,7 @@ class HeldOut:
                                      max_length=task.gen.max_length)
     self.captions = list(host["caption"])
     self.lengths = np.asarray(arrays["length"])
-    self.cond, self.uncond = task.inputs(self.captions, self.lengths)
+    self.cond, self.uncond = task.inputs(self.captions, self.lengths, rng=jax.random.key(cfg.seed + 11))
     self.x_T = task.noise(jax.random.key(cfg.seed + 7), n)
     self.task, self.cfg = task, cfg
     self.num_steps = cfg.heldout_num_steps or cfg.finetune.num_steps
@@ -158,7 +168,7 @@ class HeldOut:
     return np.asarray(self.task.reward_fn.combine(self.reward_terms(params)))
 
 
-def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_workdir: str, data_dir: str,
+def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_workdir: Optional[str], data_dir: str,
                  evaluator_workdir: Optional[str] = None, progress: bool = True, mesh=None) -> dict:
   """Fine-tunes the generator of `generator_workdir` with the reward of `reward_workdir`.
 
@@ -172,16 +182,16 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   t0 = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  task = load_task(generator_workdir, reward_workdir, cfg.reward)
+  task = load_task(generator_workdir, reward_workdir, cfg.reward, cfg.reward_text)
   train = load_dataset(data_dir, "train")
   val = load_dataset(data_dir, "val")
   meta = {"run": cfg.to_dict(), "generator_workdir": str(pathlib.Path(generator_workdir).absolute()),
-          "reward_workdir": str(pathlib.Path(reward_workdir).absolute()),
+          "reward_workdir": str(pathlib.Path(reward_workdir).absolute()) if reward_workdir else None,
           "data_dir": str(pathlib.Path(data_dir).absolute())}
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    saved = {"best_metric": "heldout_reward", "reward": "spm", **read_json(info_path, "fine-tuning run info")["run"]}  # older runs
+    saved = {"best_metric": "heldout_reward", "reward": "spm", "reward_text": "", **read_json(info_path, "fine-tuning run info")["run"]}  # older runs
     check_config_matches(saved, meta["run"], str(info_path),
                                 ignore=("trajectories", "eval_every", "checkpoint_every"))
   tmp = info_path.with_suffix(".json.tmp")
@@ -193,6 +203,9 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   tx = make_optimizer(ft.optim, mask)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
                                    ema_decay=cfg.ema_decay, jit=mesh is None)
+  if mesh is not None and task.reward_needs_rng:
+    raise ValueError("run_finetune: a stochastic reward (official SPM scoring: sampled latents / dropout) is not "
+                     "supported on a mesh; load the reward with reward_latent='mean', reward_dropout=False")
   if mesh is not None:
     # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
     # the key and the base params (KL regulariser) replicated.
@@ -240,8 +253,8 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   def batch_fn(it):
     arrays, host = batching.batch_at(train, it, cfg.batch_size, cfg.seed, task.gen.tokenizer,
                                      max_length=task.gen.max_length)
-    cond, uncond = task.inputs(host["caption"], arrays["length"])
     rng = jax.random.fold_in(key, it)
+    cond, uncond = task.inputs(host["caption"], arrays["length"], rng=jax.random.fold_in(rng, 3))
     x_T = task.noise(jax.random.fold_in(rng, 1), cfg.batch_size)
     data = task.data_batch(arrays, cond) if ft.regularizer == "diffusion" else None
     if mesh is not None:   # each process keeps its rows of the global batch
