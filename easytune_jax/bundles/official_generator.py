@@ -209,6 +209,20 @@ def _encoded_null(model: SentenceT5) -> np.ndarray:
   return emb[0, 0]
 
 
+def _null_params(model: SentenceT5) -> dict:
+  return {"params": {"null_text": _encoded_null(model)}}
+
+
+def with_sentence_t5(gen: OfficialMLDGenerator, sentence_t5) -> OfficialMLDGenerator:
+  """`gen` (e.g. a fine-tuned one from `train.finetune_runner.load_finetuned_generator`) with captions encoded by
+  `sentence_t5` (folder or `SentenceT5`) and the unconditional input set to its encoding of ""."""
+  if not isinstance(gen, OfficialMLDGenerator):
+    raise TypeError(f"with_sentence_t5: expected an OfficialMLDGenerator, found {type(gen).__name__} (only the "
+                    "official MLD reads sentence-T5 embeddings)")
+  model = _sentence_t5(sentence_t5, gen.denoiser_config.text_dim)
+  return dataclasses.replace(gen, text_model=model, frozen={**gen.frozen, "text": _null_params(model)})
+
+
 def _tokenizer() -> Tokenizer:
   return Tokenizer([PAD, UNK, SOS, EOS], max_length=3)
 
@@ -315,7 +329,7 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, se
   text_model = _sentence_t5(st5, dcfg.text_dim)
   tree = serialization.msgpack_restore((workdir / "params.msgpack").read_bytes())
   if text_model is not None:
-    tree["text"] = {"params": {"null_text": _encoded_null(text_model)}}
+    tree["text"] = _null_params(text_model)
   want = mld_convert.flax_param_shapes(vcfg, dcfg)
   for k in ("vae", "denoiser"):
     got = jax.tree.map(np.shape, tree.get(k, {}).get("params", {}))

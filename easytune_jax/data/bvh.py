@@ -22,11 +22,13 @@ Rest pose (OFFSETs), per motion:
   down, feet and head forward);
 * a joint with several children (pelvis -> hips + spine1, spine3 -> neck + collars): one rotation must carry all its
   child bones, so their rest vectors are the motion's own mean geometry of that group, measured in the group's own
-  frame (x from the right to the left child, y towards the third child). HumanML3D's joints come from SMPL's rigid pelvis /
-  chest, so these groups are rigid within a motion (angles between the three bones of sample 012314 vary by
+  frame (x from the right to the left child, y towards the third child). HumanML3D's joints come from SMPL's rigid
+  pelvis / chest, so these groups are rigid within a motion (angles between the three bones of sample 012314 vary by
   < 1e-3 degrees over its frames) and the fit is exact there.
 
-Rotations (the standard shortest-arc IK of HumanML3D / MotionLCM's exporters, solved in closed form):
+Rotations (the shortest-arc IK of HumanML3D's ``inverse_kinematics_np``, restated for the parent-based BVH
+convention and solved in closed form; some exporters, e.g. MoMask's ``joints2bvh``, instead fit the rotations of a
+template skeleton iteratively):
 
 * one child: the shortest arc taking the rest direction onto the observed bone direction in the parent's frame
   (twist about a bone is unobservable from positions; zero twist relative to the parent is the choice);
@@ -35,8 +37,8 @@ Rotations (the standard shortest-arc IK of HumanML3D / MotionLCM's exporters, so
 * leaves: identity.
 
 So every bone direction of a joint with one child is reproduced exactly and positions are exact when the input's
-bone lengths are constant and its multi-child groups rigid (data on the HumanML3D skeleton: the round trip of
-tests/test_bvh.py is float round-off, ~1e-7 m). Generated joints (features -> ``recover_from_ric``) have bone lengths
+bone lengths are constant and its multi-child groups rigid (tests/test_bvh.py, written, parsed back and FK'd: a
+rigid synthetic skeleton 2e-8 m, the real float32 sample 012314 1.4e-6 m). Generated joints (features -> ``recover_from_ric``) have bone lengths
 that vary a little from frame to frame: the BVH keeps the per-motion mean lengths, so joint positions then differ
 by the accumulated length deviations along each chain; :func:`joints_to_bvh` reports the max error.
 """
