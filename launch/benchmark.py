@@ -16,6 +16,7 @@ import json
 
 from absl import app, flags, logging
 
+from easytune_jax import cli
 from easytune_jax.bench import benchmark
 from easytune_jax.pipelines.tiny import build_tiny_pipeline
 from easytune_jax.core.metric_writer import quiet_library_logs
@@ -41,6 +42,7 @@ flags.DEFINE_integer("batch_size", None, "Override: captions per trajectory.")
 flags.DEFINE_float("learning_rate", None, "Override: AdamW learning rate of every method.")
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
 flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
+cli.define_flags()
 
 
 def config_from_flags() -> benchmark.BenchmarkConfig:
@@ -78,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "reward_workdir", "data_dir", "evaluator_workdir"))

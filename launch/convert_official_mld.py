@@ -5,7 +5,7 @@
       --sentence_t5_dir=deps/sentence-t5-large --out=/tmp/mld_official
 
 The output directory is accepted wherever a generator workdir is (`--generator_workdir` of launch/finetune.py,
-launch/evaluate.py, launch/benchmark.py; `generate.load_generator`). --text_embeddings: a `.npz` of 768-d
+launch/evaluate.py, launch/benchmark.py; ``load_generator` (bundles/generator.py)`). --text_embeddings: a `.npz` of 768-d
 sentence-T5-large embeddings per caption ([N, 1, 768], `data.text.save_text_embeddings`) that includes the
 empty caption '' (the unconditional input of classifier-free guidance), or pass --null_text=PATH.npy.
 --sentence_t5_dir: the sentence-transformers `sentence-t5-large` folder; captions are then encoded on the fly (JAX,

@@ -6,17 +6,24 @@
 Writes <out_dir>/eval.json and <out_dir>/eval.md (Real row + one row per generator; reward and physical
 extras in separate tables). --t2m_dir/--glove_dir/--evaluator_stats_dir select the official T2M evaluator
 instead of a trained one.
+
+A rerun with the same flags and unchanged inputs (generator, evaluator and dataset folders: file sizes and
+modification times) prints the existing eval.md without recomputing it (<out_dir>/manifest.json; --force
+recomputes).
 """
 
 import os
+import time
 
 from absl import app, flags, logging
 
+from easytune_jax import cli
+from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
-from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.bundles.generator import load_generator
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated).", required=True)
@@ -35,6 +42,8 @@ flags.DEFINE_integer("batch_size", 32, "Generator batch size.")
 flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight.")
 flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
 flags.DEFINE_integer("seed", 0, "Evaluation seed.")
+flags.DEFINE_bool("force", False, "Recompute even when the inputs and flags equal those of the existing results.")
+cli.define_flags()
 
 
 def generate_fn_for(gen, guidance_scale: float, num_steps: int):
@@ -51,6 +60,22 @@ def main(argv):
     del argv
     quiet_library_logs()
 
+    settings = {n: FLAGS[n].value for n in ("generator_workdir", "names", "evaluator_workdir", "t2m_dir", "glove_dir",
+                                             "evaluator_stats_dir", "data_dir", "split", "replications", "quick",
+                                             "mm", "batch_size", "guidance_scale", "num_steps", "seed", "on_missing",
+                                             "drop_nonfinite")}
+    inputs = [*FLAGS.generator_workdir, FLAGS.data_dir] + [
+        d for d in (FLAGS.evaluator_workdir, FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir) if d]
+    key = rerun.settings_key(settings=settings, inputs=rerun.fingerprint(inputs))
+    outputs = [os.path.join(FLAGS.out_dir, f) for f in ("eval.json", "eval.md")]
+    manifest = rerun.Manifest(FLAGS.out_dir)
+    entry = None if FLAGS.force else manifest.lookup("evaluate", key, outputs)
+    if entry is not None:
+        logging.info("inputs and flags unchanged since %s: printing the existing results (--force recomputes)",
+                     entry["time"])
+        print(open(outputs[1]).read())
+        return
+    t0 = time.time()
     test = load_dataset(FLAGS.data_dir, FLAGS.split)
     if FLAGS.t2m_dir:
         evaluator = load_official_evaluator(FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir,
@@ -74,9 +99,11 @@ def main(argv):
         results.append(res)
         logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
     paths = E.write_results(results, FLAGS.out_dir)
+    manifest.record("evaluate", key, outputs, paths, time.time() - t0)
     print(open(paths["markdown"]).read())
     logging.info("wrote %s", paths)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "evaluator_workdir", "t2m_dir", "glove_dir",
+                       "evaluator_stats_dir", "data_dir"))

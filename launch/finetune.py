@@ -13,9 +13,10 @@ Rerunning the same command resumes from the last checkpoint. Writes metrics.json
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from easytune_jax import finetune
+from easytune_jax import cli
 from easytune_jax.core import parallel
 from easytune_jax.train import finetune_runner
 from easytune_jax.core.metric_writer import quiet_library_logs
@@ -59,6 +60,7 @@ flags.DEFINE_enum("best_metric", "heldout_reward", sorted(finetune_runner.BEST_M
                   "--evaluator_workdir; guards against reward over-optimisation).")
 flags.DEFINE_enum("on_nonfinite", "skip", ["skip", "stop"], "Non-finite loss/gradient policy.")
 parallel.define_flags()
+cli.define_flags()
 
 
 def config_from_flags() -> finetune_runner.RunConfig:
@@ -87,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("workdir",), inputs=("generator_workdir", "reward_workdir", "data_dir", "evaluator_workdir"))

@@ -6,8 +6,9 @@
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from easytune_jax import cli
 from easytune_jax.data import synthetic
 
 FLAGS = flags.FLAGS
@@ -19,6 +20,7 @@ flags.DEFINE_integer("max_len", 196, "Maximum feature length in frames.")
 flags.DEFINE_bool("mirror", False, "Also write mirrored M<id> copies.")
 flags.DEFINE_float("subclip_fraction", 0.1, "Fraction of multi-action motions given a sub-clip caption line.")
 flags.DEFINE_string("preview", None, "If set, write a stick-figure PNG of the first 6 motions here.")
+cli.define_flags(dataset=False)
 
 
 def main(argv):
@@ -35,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, outputs=("out_dir",), inputs=())

@@ -12,8 +12,9 @@ Re-running the same command resumes from the latest checkpoints. Samples (featur
 GIFs) of held-out captions go to <workdir>/samples/.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from easytune_jax import cli
 from easytune_jax.core import parallel
 from easytune_jax.train import base
 from easytune_jax.core.metric_writer import quiet_library_logs
@@ -29,6 +30,7 @@ flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight for t
 flags.DEFINE_integer("num_steps", 50, "DDIM steps for the samples.")
 flags.DEFINE_bool("gif", True, "Also write stick-figure GIFs of the samples.")
 parallel.define_flags()
+cli.define_flags()
 
 
 def main(argv):
@@ -48,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("workdir",), inputs=("data_dir",))

@@ -9,8 +9,9 @@ Re-running with the same --workdir resumes (or just reports a finished run).
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from easytune_jax import cli
 from easytune_jax.core import parallel
 from easytune_jax.train import evaluator as te
 from easytune_jax.core.metric_writer import quiet_library_logs
@@ -24,6 +25,7 @@ flags.DEFINE_integer("steps", None, "Override the number of steps.")
 flags.DEFINE_integer("batch_size", None, "Override the batch size.")
 flags.DEFINE_integer("seed", None, "Override the evaluator's own seed.")
 parallel.define_flags()
+cli.define_flags()
 
 
 def main(argv):
@@ -38,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, outputs=("workdir",), inputs=("data_dir",))

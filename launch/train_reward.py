@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from easytune_jax import cli
 from easytune_jax.core import parallel
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.text import TextEmbeddings
@@ -43,6 +44,7 @@ flags.DEFINE_string("train_split", "train", "Training split file stem.")
 flags.DEFINE_string("eval_split", "test", "Evaluation split ('' to skip retrieval evaluation).")
 flags.DEFINE_integer("seed", None, "Override the seed.")
 parallel.define_flags()
+cli.define_flags()
 
 
 def main(argv):
@@ -68,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("workdir",), inputs=("data_dir", "init_from"), files=("text_embeddings",))

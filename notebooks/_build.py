@@ -1,8 +1,13 @@
 """Writes the tutorial notebooks (`python notebooks/_build.py`) so their source stays reviewable as Python.
 
 Every notebook:
-  * opens with a Colab badge (the GitHub owner is the placeholder OWNER: replace it once the repository is
-    public) and an install cell that is skipped when `easytune_jax` is already importable;
+  * opens with a Colab badge, the notebook's estimated run time on a Colab CPU and GPU runtime, and an install
+    cell that is skipped when `easytune_jax` is already importable. Both the badge and the install cell are
+    generated from ONE setting, the repository location `REPO` below ("owner/name" on GitHub); set it with
+    `python notebooks/_build.py --repo owner/name` (or the EASYTUNE_REPO environment variable) to regenerate the
+    notebooks for a fork. In the notebook, `EASYTUNE_SOURCE` in the install cell (or the environment variable
+    of the same name) may instead name a wheel (`/content/easytune_jax-0.1.0-py3-none-any.whl`) or a local
+    checkout (`/content/easytune_jax`);
   * imports the library (no library code is copied into a notebook);
   * reads three environment variables:
       EASYTUNE_NB_SMALL=1        everything tiny (CI);
@@ -13,28 +18,58 @@ Every notebook:
       EASYTUNE_NB_OUT=<dir>      where figures, GIFs and run folders go (default ./notebook_outputs).
 """
 
+import argparse
+import os
 import pathlib
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO = "OWNER/easytune_jax"   # placeholder GitHub owner
+# THE repository location (GitHub "owner/name"): the Colab badges and the install cells are generated from it.
+# "OWNER" is a placeholder until the repository is published: regenerate with --repo owner/name.
+PLACEHOLDER = "OWNER/easytune_jax"
+REPO = os.environ.get("EASYTUNE_REPO", PLACEHOLDER)
+BRANCH = "main"
+
+# Run time of each notebook from top to bottom without EASYTUNE_NB_PIPELINE (it trains its own small pipeline).
+# Estimates, not measured on Colab: scaled from the 2-core CPU runs of this repository (Colab's CPU runtime
+# has 2 cores); on a GPU runtime compilation dominates.
+RUN_TIME = {
+    "01_quickstart": "about 10 minutes on a Colab CPU runtime, about 4 minutes on a GPU runtime",
+    "02_step_aware_gradients": "about 3 minutes on a Colab CPU runtime, about 2 minutes on a GPU runtime",
+    "03_reward_model_spl": "about 8 minutes on a Colab CPU runtime, about 3 minutes on a GPU runtime",
+}
 
 
 def badge(name: str, title: str, intro: str) -> str:
-  url = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name}.ipynb"
-  return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})\n\n"
+  url = f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/{name}.ipynb"
+  text = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})\n\n"
           f"# {title}\n\n{intro}\n\n"
-          "_`OWNER` in the links is a placeholder for the GitHub owner of the repository._")
+          f"**Run time** (estimate, not measured on Colab): {RUN_TIME[name]}, mostly compilation and the small "
+          "training runs.")
+  if REPO == PLACEHOLDER:
+    text += ("\n\n_`OWNER` in the badge is a placeholder: the notebooks are regenerated for the published "
+             "repository with `python notebooks/_build.py --repo owner/name`; until then set `EASYTUNE_SOURCE` "
+             "in the install cell to a wheel or a local checkout._")
+  return text
 
 
-INSTALL = '''\
-# Installs easytune_jax only when it is not importable yet (Colab); a local checkout is used as is.
+def install_cell() -> str:
+  """The install cell: pip-installs EASYTUNE_SOURCE (git URL of REPO, a wheel or a local path) when needed."""
+  return f'''\
+# Installs easytune_jax when it is not importable yet (Colab); a local checkout is used as is.
+# EASYTUNE_SOURCE: the repository ("git+https://github.com/owner/name"), a wheel file or a local checkout folder
+# (the environment variable of the same name overrides it).
+import os
+EASYTUNE_SOURCE = os.environ.get("EASYTUNE_SOURCE", "git+https://github.com/{REPO}@{BRANCH}")
 try:
     import easytune_jax  # noqa: F401
 except ImportError:
-    get_ipython().run_line_magic("pip", 'install -q "easytune_jax @ git+https://github.com/OWNER/easytune_jax"')
+    if "{PLACEHOLDER}" in EASYTUNE_SOURCE:
+        raise RuntimeError("EASYTUNE_SOURCE still names the placeholder repository {PLACEHOLDER}: set it to the "
+                           "repository's git URL, a wheel (.whl) or a local checkout folder")
+    get_ipython().run_line_magic("pip", f"install -q {{EASYTUNE_SOURCE!r}}")
 '''
 
 
@@ -84,7 +119,7 @@ def nb01() -> nbformat.NotebookNode:
           "The whole pipeline on a CPU in a few minutes: a synthetic HumanML3D-format dataset, a tiny latent "
           "diffusion text-to-motion generator, the step-aware reward model (SPM), EasyTune fine-tuning, the "
           "standard T2M metrics and side-by-side animations of the base and the fine-tuned generator.")),
-      new_code_cell(INSTALL),
+      new_code_cell(install_cell()),
       new_code_cell(settings("01_quickstart")),
       new_markdown_cell("## 1. Data\n\nA synthetic dataset in the HumanML3D layout (263-d features, 22 joints, "
                         "captions with POS tags). Set `QS = qs.QuickstartConfig(data_dir=...)` to use the real "
@@ -222,7 +257,7 @@ def nb02() -> nbformat.NotebookNode:
           "them. EasyTune optimises each step on its own (the reward of the step's clean estimate, the "
           "step's input detached). This notebook makes both visible with the model-agnostic builders of "
           "`easytune_jax.finetune`, a small MLP denoiser and a quadratic reward (seconds on a CPU).")),
-      new_code_cell(INSTALL),
+      new_code_cell(install_cell()),
       new_code_cell(settings("02_step_aware_gradients")),
       new_code_cell('''\
 import jax.numpy as jnp
@@ -382,7 +417,7 @@ def nb03() -> nbformat.NotebookNode:
           "text/motion similarity. It is pretrained contrastively, then refined with SPL: in each batch the "
           "model retrieves a motion for every caption; where the ground truth is not in its top-k the pair "
           "(retrieved, ground truth) becomes a preference the model is trained on.")),
-      new_code_cell(INSTALL),
+      new_code_cell(install_cell()),
       new_code_cell(settings("03_reward_model_spl")),
       new_code_cell(PIPELINE_DIRS + '''
 from easytune_jax.data.humanml3d import load_dataset
@@ -490,6 +525,10 @@ NOTEBOOKS = {"01_quickstart": nb01, "02_step_aware_gradients": nb02, "03_reward_
 
 
 def main():
+  global REPO
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repo", default=REPO, help=f"GitHub owner/name of the repository (default {REPO})")
+  REPO = parser.parse_args().repo
   for name, fn in NOTEBOOKS.items():
     nb = fn()
     for i, cell in enumerate(nb.cells):   # stable ids: a rebuild without changes gives the same file

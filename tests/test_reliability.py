@@ -114,6 +114,99 @@ def _ckpt_case(action):
   return run
 
 
+def _truncate(path, keep=0.5):
+  data = pathlib.Path(path).read_bytes()
+  pathlib.Path(path).write_bytes(data[:int(len(data) * keep)] if isinstance(keep, float) else data[:keep])
+
+
+def _feat_file(r):
+  return r / "new_joint_vecs" / "000001.npy"
+
+
+def _npy_object(r):
+  np.save(_feat_file(r), np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+
+
+def _ckpt_damaged(rel, action):
+  """A saved checkpoint with one of its files truncated; `action(Checkpointer)` must raise; nothing is written."""
+  def run(tmp):
+    ck = _ckpt_with_state(tmp / "ck")
+    ck.close()
+    _truncate(tmp / "ck" / "1" / rel)
+    before = _snapshot(tmp / "ck")
+    ck = Checkpointer(tmp / "ck")
+    try:
+      action(ck)
+    finally:
+      ck.close()
+      assert _snapshot(tmp / "ck") == before, "a failed checkpoint read changed the directory"
+  return run
+
+
+def _ckpt_absent(tmp):
+  try:
+    Checkpointer(tmp / "nope").metadata()
+  finally:
+    assert not (tmp / "nope").exists(), "reading a missing checkpoint directory created it"
+
+
+def _glove_truncated(tmp):
+  import pickle
+  from easytune_jax.models import t2m_convert
+  np.save(tmp / "our_vab_data.npy", np.zeros((2, 300), np.float32))
+  (tmp / "our_vab_words.pkl").write_bytes(pickle.dumps(["a", "b"]))
+  (tmp / "our_vab_idx.pkl").write_bytes(pickle.dumps({"a": 0, "b": 1}))
+  _truncate(tmp / "our_vab_data.npy", 200)
+  t2m_convert.load_glove(tmp)
+
+
+def _torch_zip_damaged(keep):
+  def run(tmp):
+    from easytune_jax.core import torch_zip
+    from tests.torch_zip import write_torch_zip
+    path = tmp / "finest.tar"
+    write_torch_zip(path, {"text_encoder": {"w": np.ones((4, 3), np.float32)}})
+    _truncate(path, keep)
+    torch_zip.load_torch_checkpoint(path)
+  return run
+
+
+class LauncherFailed(Exception):
+  """A launcher exited with its one-line error (the message is that line)."""
+
+
+def _launcher(module, args, prepare=None, leftover=()):
+  """Runs `python -m launch.<module> <args>` on a bad input; the call must fail with exit status 1 and ONE stderr
+  line 'error: ...' (no traceback) and leave nothing behind: `{tmp}` in args is the test's tmp folder, `{ds}` a
+  valid dataset (prepared by `prepare(ds)`), `{empty}` an existing empty folder; `leftover` lists the paths
+  (relative to tmp) that must exist afterwards (created before the call)."""
+  def run(tmp):
+    ds = _write_folder(tmp / "ds")
+    for split in ("val", "test"):
+      (ds / f"{split}.txt").write_text((ds / "train.txt").read_text())
+    (tmp / "empty").mkdir()
+    for rel in leftover:
+      (tmp / rel).mkdir(parents=True, exist_ok=True)
+    if prepare is not None:
+      prepare(ds)
+    before = {p for p in _snapshot(tmp) if not p.startswith("ds")}
+    argv = [a.format(tmp=tmp, ds=ds, empty=tmp / "empty") for a in args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", f"launch.{module}", *argv], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, f"exit status {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-2000:]
+    assert proc.stderr.rstrip().endswith(errors[0]), "the error line must be the last line: " + proc.stderr[-2000:]
+    after = {p for p in _snapshot(tmp) if not p.startswith("ds")}
+    assert after == before, f"the failed call left {sorted(after - before)} behind / removed {sorted(before - after)}"
+    raise LauncherFailed(errors[0])
+  return run
+
+
+_FT = ["--generator_workdir={empty}", "--reward_workdir={empty}", "--data_dir={ds}"]
+
+
 def _fake_mesh(data, fsdp):
   # check_batch_divisible reads only mesh.devices.size and mesh.shape; this test process has one CPU device.
   return types.SimpleNamespace(devices=np.empty((data, fsdp)), shape={"data": data, "fsdp": fsdp})
@@ -152,6 +245,35 @@ CASES = [
      ValueError, [r"Mean\.npy", "263 .HumanML3D. or 251 .KIT.", "found 10"]),
     ("on_missing_policy", _data(lambda r: None, on_missing="ignore"), ValueError,
      ["on_missing", "'error' or 'skip'", "'ignore'"]),
+    # corrupt / truncated / mistyped data files (issue 21): the file, what was expected, what was found
+    ("dataset_folder_missing", lambda t: humanml3d.load_dataset(str(t / "no_such_dir")), FileNotFoundError,
+     [r"no_such_dir: dataset folder does not exist"]),
+    ("split_empty", _data(lambda r: (r / "train.txt").write_text("\n\n")), ValueError,
+     [r"train\.txt", "split file", "no ids"]),
+    ("split_binary", _data(lambda r: (r / "train.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")), ValueError,
+     [r"train\.txt", "expected UTF-8 text", "byte"]),
+    ("caption_binary", _data(lambda r: (r / "texts" / "000001.txt").write_bytes(b"a man\xff\xfe#a/DET#0#0\n")),
+     ValueError, [r"000001\.txt", "caption file", "UTF-8", "byte 5"]),
+    ("feature_npy_truncated", _data(lambda r: _truncate(_feat_file(r), 0.6)), ValueError,
+     [r"000001\.npy", "features", "truncated", r"float32 \(60, 263\)", "63120 bytes of data", "found 3"]),
+    ("feature_npy_header_truncated", _data(lambda r: _truncate(_feat_file(r), 90)), ValueError,
+     [r"000001\.npy", "features", "unreadable header", "90 bytes"]),
+    ("feature_npy_empty", _data(lambda r: _truncate(_feat_file(r), 0)), ValueError,
+     [r"000001\.npy", "features", "empty file"]),
+    ("feature_npy_not_npy", _data(lambda r: _feat_file(r).write_text("0.1 0.2 0.3\n" * 40)), ValueError,
+     [r"000001\.npy", "features", r"expected a \.npy array", "unreadable header"]),
+    ("feature_npy_dtype_str", _data(_save_feat(np.full((60, D), "x"))), ValueError,
+     [r"000001\.npy", "features", "expected dtype floating point", "<U1"]),
+    ("feature_npy_dtype_int", _data(_save_feat(np.zeros((60, D), np.int64))), ValueError,
+     [r"000001\.npy", "features", "floating point", "found int64"]),
+    ("feature_npy_object", _data(_npy_object), ValueError, [r"000001\.npy", "features", "object", "pickled"]),
+    ("feature_inf", _data(_save_feat(np.where(np.eye(60, D) > 0, np.inf, 0).astype(np.float32))), ValueError,
+     [r"000001\.npy", "60 NaN/inf", "--drop_nonfinite"]),
+    ("mean_npy_truncated", _data(lambda r: _truncate(r / "Mean.npy", 0.5)), ValueError,
+     [r"Mean\.npy", "normalisation", "truncated", r"\(263,\)"]),
+    ("std_npy_empty", _data(lambda r: _truncate(r / "Std.npy", 0)), ValueError, [r"Std\.npy", "empty file"]),
+    ("std_nan", _data(lambda r: np.save(r / "Std.npy", np.r_[np.ones(D - 1), np.nan].astype(np.float32))),
+     ValueError, [r"Std\.npy", "finite", "1 non-finite"]),
     # precomputed text embeddings
     ("emb_file_missing", lambda t: text.TextEmbeddings(str(t / "nope.npz")), FileNotFoundError,
      [r"nope\.npz", "not found"]),
@@ -167,6 +289,19 @@ CASES = [
      ValueError, [r"e\.npz", "'embeddings'", "finite", "1 NaN/inf", "row 1", "'b'"]),
     ("emb_duplicate_captions", lambda t: text.TextEmbeddings(_write_emb(t / "e.npz", captions=np.array(["a", "a"]))),
      ValueError, [r"e\.npz", "'captions'", "unique", "'a'"]),
+    ("emb_npz_truncated", lambda t: (_truncate(_write_emb(t / "e.npz"), 0.5), text.TextEmbeddings(str(t / "e.npz"))),
+     ValueError, [r"e\.npz", "text embeddings", r"expected a \.npz archive", "truncated"]),
+    ("emb_npz_empty", lambda t: (_truncate(_write_emb(t / "e.npz"), 0), text.TextEmbeddings(str(t / "e.npz"))),
+     ValueError, [r"e\.npz", "empty file"]),
+    ("emb_dtype", lambda t: text.TextEmbeddings(_write_emb(t / "e.npz", embeddings=np.full((2, 3, 4), "x"))),
+     ValueError, [r"e\.npz", "'embeddings'", "floating point", "<U1"]),
+    ("emb_captions_dtype", lambda t: text.TextEmbeddings(_write_emb(t / "e.npz", captions=np.array([1.0, 2.0]))),
+     ValueError, [r"e\.npz", "'captions'", "unicode string", "float64"]),
+    ("tokenizer_json_truncated", lambda t: (t / "tok.json").write_text('{"vocab": ["<pad>", "<u') and
+     text.Tokenizer.load(str(t / "tok.json")), ValueError, [r"tok\.json", "tokenizer", "invalid JSON", "line 1"]),
+    ("glove_npy_truncated", _glove_truncated, ValueError, [r"our_vab_data\.npy", "GloVe", "truncated"]),
+    ("torch_zip_truncated", _torch_zip_damaged(0.6), ValueError, [r"finest\.tar", "zip"]),
+    ("torch_zip_empty", _torch_zip_damaged(0), ValueError, [r"finest\.tar", "not a zip"]),
     ("emb_lookup_unknown", lambda t: text.TextEmbeddings(_write_emb(t / "e.npz")).lookup(["a", "zzz"]), KeyError,
      [r"e\.npz", "1 caption", "'zzz'"]),
     # checkpoints
@@ -180,6 +315,15 @@ CASES = [
      CheckpointError, ["ck", "no checkpoint at step 7", r"found steps \[1\]"]),
     ("ckpt_nonfinite_save", _ckpt_case(lambda ck: ck.save(2, {"w": np.array([0.0, np.nan, 0.0]), "b": np.ones(2)})),
      NonFiniteStateError, ["non-finite", "ck", "step 2"]),
+    ("ckpt_state_truncated", _ckpt_damaged("state/manifest.ocdbt", lambda ck: ck.restore(
+        {"w": np.zeros(3, np.float32), "b": np.ones(2, np.float32)})), CheckpointError,
+     [r"ck/1", "item 'state'", "truncated or corrupt"]),
+    ("ckpt_state_metadata_truncated", _ckpt_damaged("state/_METADATA", lambda ck: ck.restore(
+        {"w": np.zeros(3, np.float32), "b": np.ones(2, np.float32)})), CheckpointError,
+     [r"ck/1", "item 'state'", "truncated or corrupt", "JSONDecodeError"]),
+    ("ckpt_meta_truncated", _ckpt_damaged("meta/metadata", lambda ck: ck.metadata()), CheckpointError,
+     [r"ck/1", "item 'meta'", "truncated or corrupt"]),
+    ("ckpt_dir_missing", _ckpt_absent, CheckpointError, [r"nope", "no checkpoints", "does not exist"]),
     ("ckpt_config_mismatch", lambda t: check_config_matches(
         {"lr": 0.1, "model": {"width": 32, "heads": 2}}, {"lr": 0.1, "model": {"width": 64, "heads": 2}}, str(t / "ck")),
      CheckpointError, ["ck", "different config", "model.width: checkpoint has 32, config has 64"]),
@@ -214,6 +358,38 @@ CASES = [
     ("mesh_two_rest", lambda t: parallel.parse_mesh_spec("data=-1,fsdp=-1", 8), ValueError, ["--mesh", "at most one"]),
     ("batch_not_divisible", lambda t: parallel.check_batch_divisible(10, _fake_mesh(4, 1)), ValueError,
      ["batch_size=10", "divisible", r"\(4: "]),
+    # launchers (subprocesses): one line, exit status 1, no traceback, nothing left behind
+    ("launcher_data_dir_missing", _launcher("finetune", ["--workdir={tmp}/runs/ft", "--generator_workdir={empty}",
+                                                         "--reward_workdir={empty}", "--data_dir={tmp}/nope"]),
+     LauncherFailed, [r"^error: --data_dir=\S*nope: folder does not exist"]),
+    ("launcher_config_field_is_flag", _launcher("finetune", ["--workdir={tmp}/ft", *_FT, "--num_steps=0"]),
+     LauncherFailed, [r"^error: --num_steps \(FinetuneConfig\.num_steps\): expected >= 1, found 0"]),
+    ("launcher_lr_alias", _launcher("finetune", ["--workdir={tmp}/ft", *_FT, "--lr=0"]),
+     LauncherFailed, [r"^error: --lr \(OptimConfig\.learning_rate\): expected > 0"]),
+    ("launcher_empty_generator_workdir", _launcher("finetune", ["--workdir={tmp}/runs/ft", *_FT]), LauncherFailed,
+     [r"^error: \S*empty/diffusion/checkpoints: no diffusion checkpoints", "train_base"]),
+    ("launcher_existing_workdir_kept", _launcher("finetune", ["--workdir={tmp}/mine", *_FT], leftover=("mine",)),
+     LauncherFailed, ["no diffusion checkpoints"]),
+    ("launcher_truncated_features", _launcher("train_base", ["--workdir={tmp}/base", "--data_dir={ds}"],
+                                              prepare=lambda ds: _truncate(_feat_file(ds), 0.6)),
+     LauncherFailed, [r"^error: \S*000001\.npy: features: truncated"]),
+    ("launcher_quickstart_truncated_features", _launcher(
+        "quickstart", ["--workdir={tmp}/runs/qs", "--data_dir={ds}"], prepare=lambda ds: _truncate(_feat_file(ds), 0.6)),
+     LauncherFailed, [r"^error: \S*000001\.npy: features: truncated"]),
+    ("launcher_empty_caption_names_flag", _launcher(
+        "evaluate", ["--generator_workdir={empty}", "--evaluator_workdir={empty}", "--data_dir={ds}", "--split=train",
+                     "--out_dir={tmp}/eval"], prepare=lambda ds: (ds / "texts" / "000001.txt").write_text("")),
+     LauncherFailed, [r"000001\.txt \(empty\)", "--on_missing=skip"]),
+    ("launcher_on_missing_skip_flag", _launcher(   # skips the id, then stops at the (empty) evaluator folder
+        "evaluate", ["--generator_workdir={empty}", "--evaluator_workdir={empty}", "--data_dir={ds}", "--split=train",
+                     "--out_dir={tmp}/eval", "--on_missing=skip"],
+        prepare=lambda ds: (ds / "texts" / "000001.txt").write_text("")),
+     LauncherFailed, [r"^error: \S*empty/config\.json: missing"]),
+    ("launcher_usage_error", _launcher("quickstart", ["--workdir={tmp}/qs", "--methods=easytune,ppo"]),
+     LauncherFailed, [r"^error: --methods: unknown \['ppo'\]", r"see --help"]),
+    ("launcher_file_flag_missing", _launcher("train_reward", ["--workdir={tmp}/rw", "--data_dir={ds}",
+                                                              "--text_embeddings={tmp}/none.npz"]),
+     LauncherFailed, [r"^error: --text_embeddings=\S*none\.npz: file does not exist"]),
     # metrics
     ("fid_nan", lambda t: metrics.fid(np.r_[np.zeros((4, 3)), [[np.nan, 0, 0]]], np.ones((5, 3))), ValueError,
      ["fid", "gen_emb", "1 non-finite"]),
@@ -233,6 +409,16 @@ def test_bad_input_is_named(tmp_path, name, fn, exc, patterns):
   msg = str(info.value)
   for pat in patterns:
     assert re.search(pat, msg), f"{name}: message lacks {pat!r}: {msg}"
+
+
+@pytest.mark.parametrize("launcher", ["finetune", "train_base", "train_reward", "train_evaluator"])
+def test_multihost_flags_in_help(launcher):
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", f"launch.{launcher}", "--help"], cwd=str(ROOT), env=env,
+                       capture_output=True, text=True, timeout=300).stdout
+  for flag in ("--mesh", "--coordinator_address", "--num_processes", "--process_id", "--[no]distributed",
+               "--[no]verbose", "--on_missing", "--[no]drop_nonfinite"):
+    assert f"  {flag}" in out, f"{launcher} --help does not list {flag}"
 
 
 def test_bad_input_table_is_large_and_distinct():

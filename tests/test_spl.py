@@ -110,10 +110,10 @@ def test_preference_loss_matches_hand_computation():
   # Row 2: p = softmax([4, 1]); KL([0, 1] || p) = -log p1.
   row2 = -math.log(math.exp(1) / (math.exp(4) + math.exp(1)))
   expected = (0.0 + row1 + row2) / 3
-  got = float(spl.preference_loss(jnp.asarray(sim), pairs, tau))
+  got = float(spl.preference_loss(jnp.asarray(sim), pairs, tau, "single"))
   assert got == pytest.approx(expected, rel=1e-5)
   # The gradient raises the ground truth of the incorrect row and lowers its retrieved column.
-  g = np.asarray(jax.grad(lambda s: spl.preference_loss(s, pairs, tau))(jnp.asarray(sim)))
+  g = np.asarray(jax.grad(lambda s: spl.preference_loss(s, pairs, tau, "single"))(jnp.asarray(sim)))
   assert g[2, 2] < 0 < g[2, 0]
   np.testing.assert_allclose(g[0], 0.0, atol=1e-7)
 

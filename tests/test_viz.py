@@ -69,3 +69,32 @@ def test_plot_curves(tmp_path):
         assert im.format == "PNG" and im.size == (200, 150)
     with pytest.raises(ValueError, match=r"curve 'bad' expected steps and values of equal 1-D shape"):
         viz.plot_curves({"bad": ([1, 2], [1])}, tmp_path / "d.png")
+
+
+def test_report_sized_animation_with_trails(tmp_path):
+    # The quickstart's report GIFs: three 320-px panels = 960 px wide, thick limbs, root path and end-joint trails.
+    j = _joints()[:8]
+    plain = viz.side_by_side([j, j, j], ["base", "easytune", "draft"], tmp_path / "p.gif", panel_size=3.2, dpi=100)
+    out = viz.side_by_side([j, j, j], ["base", "easytune", "draft"], tmp_path / "r.gif", suptitle="a person walks",
+                           panel_size=3.2, dpi=100, linewidth=3.5, trail=12)
+    fmt, n, sizes = _frames(out)
+    assert fmt == "GIF" and n == 8 and sizes == {(960, 320)}
+    with Image.open(plain) as a, Image.open(out) as b:
+        a.seek(7)
+        b.seek(7)
+        ink = lambda im: int((np.asarray(im.convert("L")) < 200).sum())   # noqa: E731
+        assert ink(b) > ink(a)   # thicker limbs and trails draw more
+
+
+def test_curve_panels_start_at_zero(tmp_path):
+    curves = {"easytune": ([0, 6, 12], [0.70, 0.80, 0.85]), "draft": ([0, 6, 12], [0.70, 0.74, 0.78])}
+    seconds = {"easytune": ([0.0, 10.5, 20.1], [0.70, 0.80, 0.85]), "draft": ([0.0, 7.0, 14.2], [0.70, 0.74, 0.78])}
+    out = viz.plot_curve_panels([(curves, "trajectories"), (seconds, "seconds")], tmp_path / "c.png",
+                                title="held-out reward", ylabel="reward", panel_size=(5.0, 3.6), dpi=100)
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (1000, 360)
+        rows = np.nonzero((np.asarray(im.convert("L")) < 128).any(axis=1))[0]
+    # the x-axis labels are drawn near the bottom, inside the image (not clipped at its edge)
+    assert 0.9 * 360 < rows.max() < 359
+    with pytest.raises(ValueError, match="at least one panel"):
+        viz.plot_curve_panels([({}, "x")], tmp_path / "d.png")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any, Optional, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import config_from_dict
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
+from easytune_jax.data.safe_io import load_npy, read_json
 from easytune_jax.data.text import Tokenizer
 from easytune_jax.models import t2m_convert
 from easytune_jax.models.evaluator import (EvaluatorConfig, WordVectorizer, evaluator_embed_motion, evaluator_embed_text,
@@ -191,11 +191,11 @@ def load_trained_evaluator(workdir: str, *, dataset_mean: Optional[np.ndarray] =
         if not (work / f).exists():
             raise FileNotFoundError(f"{work / f}: missing; is {work} an evaluator work directory written by "
                                     "launch/train_evaluator.py?")
-    saved = json.loads((work / "config.json").read_text())
+    saved = read_json(work / "config.json", "evaluator config")
     where = str(work / "config.json")
     config = config_from_dict(EvaluatorConfig, saved["model"], f"{where}: model")
     optim = config_from_dict(OptimConfig, saved["optim"], f"{where}: optim")
-    vocab = json.loads((work / "vocab.json").read_text())
+    vocab = read_json(work / "vocab.json", "evaluator vocabulary")
     vectorizer = WordVectorizer(vocab)
     if vectorizer.vocab_size != config.vocab_size:
         raise ValueError(f"{work / 'vocab.json'}: {vectorizer.vocab_size} words, config.json model.vocab_size "
@@ -211,7 +211,9 @@ def load_trained_evaluator(workdir: str, *, dataset_mean: Optional[np.ndarray] =
         ckpt.close()
     dm = np.asarray(meta["dataset_mean"], np.float32) if dataset_mean is None else dataset_mean
     ds = np.asarray(meta["dataset_std"], np.float32) if dataset_std is None else dataset_std
-    return Evaluator(config, state.params, vectorizer, np.load(work / "mean.npy"), np.load(work / "std.npy"),
+    mean_e = load_npy(work / "mean.npy", "evaluator statistics", shape=(config.dim_pose,))
+    std_e = load_npy(work / "std.npy", "evaluator statistics", shape=(config.dim_pose,))
+    return Evaluator(config, state.params, vectorizer, mean_e, std_e,
                      dm, ds, batch_size=batch_size, max_length=max_length, name=f"trained:{work}")
 
 
@@ -258,9 +260,7 @@ def load_official_evaluator(t2m_dir: str, glove_dir: str, mean_std_dir: str, *, 
             break
     else:
         raise FileNotFoundError(f"evaluator statistics: none of {[str(c[0]) for c in candidates]} (+ std) exists")
-    mean_e, std_e = np.load(mpath), np.load(spath)
-    for p, a in ((mpath, mean_e), (spath, std_e)):
-        if a.shape != (dim,):
-            raise ValueError(f"{p}: expected shape ({dim},), found {a.shape}")
+    mean_e = load_npy(mpath, "evaluator statistics", shape=(dim,))
+    std_e = load_npy(spath, "evaluator statistics", shape=(dim,))
     return Evaluator(config, params, vectorizer, mean_e, std_e, dataset_mean, dataset_std, batch_size=batch_size,
                      max_length=max_length, name=f"official:{ckpt}")

@@ -4,7 +4,7 @@ benchmark take).
 Two ways in:
 
 * `write_official_generator(ckpt, workdir, mean, std, text_embeddings=...)` converts `mld_humanml_v1.ckpt`
-  (torch-free, `models/mld_convert.py`) into a generator work directory; `generate.load_generator(workdir)`
+  (torch-free, `models/mld_convert.py`) into a generator work directory; ``load_generator` (bundles/generator.py)(workdir)`
   recognises it by its `official_mld.json`, so every launcher that takes a generator workdir takes it:
 
       <workdir>/official_mld.json   format, source checkpoint, model configs, BaseConfig, latent scale, report

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from typing import Any, Mapping, Optional
@@ -31,13 +32,21 @@ class Checkpointer:
   """Atomic orbax checkpoints of one pytree (`state`) plus JSON metadata (config, data stats, ...).
 
   Orbax writes into a temporary directory and renames it when complete, so an interrupted save never
-  replaces the last good checkpoint. Non-finite states are refused.
+  replaces the last good checkpoint. Non-finite states are refused. The directory is created by the first
+  save (reading a missing directory creates nothing); a truncated or corrupt checkpoint raises a
+  CheckpointError naming its step directory.
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
-    self._mngr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    if self.directory.exists() and not self.directory.is_dir():
+      raise CheckpointError(f"{self.directory}: expected a checkpoint directory, found a file")
+    self._max_to_keep = max_to_keep
+    self._mngr = self._manager()
+
+  def _manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=False),
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
@@ -51,13 +60,35 @@ class Checkpointer:
       raise NonFiniteStateError(f"refusing to write a non-finite state to {self.directory} at step {step}")
     if step in self._mngr.all_steps():
       return
+    if not self.directory.is_dir():   # first save: create the directory now (nothing is created on reads)
+      self.directory.mkdir(parents=True, exist_ok=True)
+      self._mngr.close()
+      self._mngr = self._manager()
     self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(dict(metadata or {}))))
     self._mngr.wait_until_finished()
 
   def metadata(self, step: Optional[int] = None) -> dict:
     step = self._resolve(step)
-    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    with self._readable(step, "meta"):
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"{self.directory / str(step)}: item 'meta': expected a JSON object, found "
+                            f"{type(meta).__name__}")
+    return meta
+
+  @contextlib.contextmanager
+  def _readable(self, step: int, item: str):
+    """Turns orbax/tensorstore/JSON errors of a damaged checkpoint into one CheckpointError."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001  (orbax raises ValueError, JSONDecodeError, FileNotFoundError, ...)
+      first = (str(e).splitlines() or [""])[0]
+      raise CheckpointError(f"{self.directory / str(step)}: item '{item}': expected a complete orbax checkpoint, "
+                            f"found unreadable files (truncated or corrupt; {type(e).__name__}: {first[:300]}); "
+                            "delete this step directory to fall back to an earlier step") from None
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """Restores into the structure/shapes/dtypes (and shardings) of `template`. Leaves without a sharding
@@ -74,17 +105,21 @@ class Checkpointer:
       return s
 
     abstract = jax.tree.map(abstract_leaf, template)
-    return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    with self._readable(step, "state"):
+      return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
 
   def _resolve(self, step: Optional[int]) -> int:
     step = self.latest_step() if step is None else step
+    if step is None and not self.directory.is_dir():
+      raise CheckpointError(f"{self.directory}: no checkpoints (the directory does not exist)")
     if step is None or step not in self._mngr.all_steps():
       raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; found steps "
                             f"{self.all_steps()}")
     return step
 
   def _check_structure(self, template: Any, step: int) -> None:
-    stored = self._mngr.item_metadata(step)["state"]
+    with self._readable(step, "state"):
+      stored = self._mngr.item_metadata(step)["state"]
     if stored is None:
       raise CheckpointError(f"{self.directory / str(step)}: no readable 'state' item (not an easytune_jax "
                             "checkpoint, or written incompletely)")

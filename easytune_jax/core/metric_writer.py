@@ -85,10 +85,18 @@ def _event(wall_time: float, step: int, tag_values: Optional[Mapping[str, float]
 
 class MetricWriter:
   """Scalar metrics to `<dir>/metrics.jsonl`, `<dir>/metrics.csv` (step,name,value) and a TensorBoard
-  event file (`events.out.tfevents.*`, readable by TensorBoard without TensorFlow installed here)."""
+  event file (`events.out.tfevents.*`, readable by TensorBoard without TensorFlow installed here).
+
+  Files (and the directory) are created by the first `write`: a writer that writes nothing (a resumed run
+  that was already finished, a run that fails early) leaves no empty event file or folder behind.
+  """
 
   def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
     self.directory = pathlib.Path(directory)
+    self._tensorboard = tensorboard
+    self._jsonl = self._csv_file = self._csv = self._tb = None
+
+  def _open(self) -> None:
     self.directory.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(self.directory / "metrics.jsonl", "a")
     new_csv = not (self.directory / "metrics.csv").exists()
@@ -96,8 +104,7 @@ class MetricWriter:
     self._csv = csv.writer(self._csv_file)
     if new_csv:
       self._csv.writerow(["step", "name", "value"])
-    self._tb = None
-    if tensorboard:
+    if self._tensorboard:
       path = self.directory / f"events.out.tfevents.{int(time.time())}.{os.getpid()}.easytune"
       self._tb = open(path, "ab")
       self._tb_write(_event(time.time(), 0, file_version="brain.Event:2"))
@@ -109,6 +116,8 @@ class MetricWriter:
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    if self._jsonl is None:
+      self._open()
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     for k, v in scalars.items():
       self._csv.writerow([int(step), k, repr(v)])

@@ -146,6 +146,7 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
 def define_flags() -> None:
   """Registers --mesh and the multi-host flags on absl's FLAGS (call once per launcher)."""
   from absl import flags
+  flags.disclaim_key_flags()   # key flags of the launcher calling this function: listed by its --help
   flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=8' or 'data=4,fsdp=2' (default: all on data).")
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")

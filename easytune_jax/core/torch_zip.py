@@ -18,7 +18,9 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -132,6 +134,16 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: expected a torch.save zip archive (torch >= 1.6 format), found a file that "
                          "is not a zip; legacy torch files must be re-saved with torch first")
+    try:
+        return _read_zip(path)
+    except (zipfile.BadZipFile, EOFError, zlib.error, pickle.UnpicklingError, struct.error) as e:
+        if str(e).startswith(path):
+            raise
+        raise ValueError(f"{path}: expected a complete torch.save zip archive, found a corrupt or truncated one "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _read_zip(path: str) -> Any:
     with zipfile.ZipFile(path) as zf:
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:

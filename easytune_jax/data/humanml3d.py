@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from easytune_jax.data.features import feature_dim
+from easytune_jax.data.safe_io import BadFileError, load_npy, read_text
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVW"
 
@@ -98,7 +99,7 @@ def load_mean_std(root: str, dim: Optional[int] = None, mean_file: str = "Mean.n
         path = os.path.join(root, fname)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: normalisation file not found")
-        a = np.load(path).astype(np.float32)
+        a = load_npy(path, "normalisation statistics", finite=False).astype(np.float32)
         if a.ndim != 1 or (dim is not None and a.shape[0] != dim):
             raise ValueError(f"{path}: expected shape ({dim if dim is not None else 'D'},), found {a.shape}")
         if not np.all(np.isfinite(a)):
@@ -135,46 +136,75 @@ def group_mean_std(features, joints_num: int) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def check_dataset_folder(root: str) -> None:
+    """FileNotFoundError when the dataset folder itself is missing (before any file inside it is blamed)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: dataset folder does not exist" if not os.path.exists(root) else
+                                f"{root}: expected a dataset folder, found a file")
+
+
 def read_split(root: str, split: str) -> list[str]:
+    """Ids of ``<root>/<split>.txt``, one per line (blank lines ignored); at least one."""
+    check_dataset_folder(root)
     path = os.path.join(root, f"{split}.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: split file '{split}.txt' not found")
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    ids = [line.strip() for line in read_text(path, "split file").splitlines() if line.strip()]
+    if not ids:
+        raise BadFileError(f"{path}: split file: expected one motion id per line, found no ids (empty file)")
+    bad = [i for i in ids if any(c in i for c in "/\\#\t ")]
+    if bad:
+        raise BadFileError(f"{path}: split file: expected one motion id per line (file stems), found {bad[0]!r}")
+    return ids
 
 
 def parse_text_file(path: str) -> list[tuple[str, list[str], float, float]]:
     """Lines ``caption#tok/POS tok/POS#start#end`` -> [(caption, tokens, start, end)], nan -> 0."""
     out = []
-    with open(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            parts = line.split("#")
-            if len(parts) < 4:
-                raise ValueError(f"{path}:{lineno}: caption line: expected 'caption#tok/POS ...#start#end' "
-                                 f"(4 '#'-separated fields), found {len(parts)} field(s): {line!r}")
-            caption, toks = parts[0], parts[1]
-            if not caption.strip():
-                raise ValueError(f"{path}:{lineno}: field caption: expected non-empty text, found {line!r}")
-            try:
-                start, end = float(parts[2]), float(parts[3])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: fields start/end: expected floats, found "
-                                 f"{parts[2]!r}, {parts[3]!r}") from None
-            start = 0.0 if math.isnan(start) else start
-            end = 0.0 if math.isnan(end) else end
-            tokens = toks.split(" ")
-            bad = [t for t in tokens if "/" not in t]
-            if bad:
-                raise ValueError(f"{path}:{lineno}: field tokens: expected 'word/POS' items, found {bad[:3]}")
-            out.append((caption, tokens, start, end))
+    for lineno, raw in enumerate(read_text(path, "caption file").splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.split("#")
+        if len(parts) < 4:
+            raise ValueError(f"{path}:{lineno}: caption line: expected 'caption#tok/POS ...#start#end' "
+                             f"(4 '#'-separated fields), found {len(parts)} field(s): {line!r}")
+        caption, toks = parts[0], parts[1]
+        if not caption.strip():
+            raise ValueError(f"{path}:{lineno}: field caption: expected non-empty text, found {line!r}")
+        try:
+            start, end = float(parts[2]), float(parts[3])
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: fields start/end: expected floats, found "
+                             f"{parts[2]!r}, {parts[3]!r}") from None
+        start = 0.0 if math.isnan(start) else start
+        end = 0.0 if math.isnan(end) else end
+        tokens = toks.split(" ")
+        bad = [t for t in tokens if "/" not in t]
+        if bad:
+            raise ValueError(f"{path}:{lineno}: field tokens: expected 'word/POS' items, found {bad[:3]}")
+        out.append((caption, tokens, start, end))
     return out
 
 
+# Process-wide defaults of load_dataset's skip policies (the launchers' --on_missing / --drop_nonfinite set them).
+_POLICY = {"on_missing": "error", "drop_nonfinite": False}
+
+
+def set_default_policy(on_missing: Optional[str] = None, drop_nonfinite: Optional[bool] = None) -> None:
+    """Sets the defaults of ``load_dataset(on_missing=..., drop_nonfinite=...)`` for every later call that
+    does not pass them (the launchers' ``--on_missing=skip`` and ``--drop_nonfinite`` flags)."""
+    if on_missing is not None:
+        if on_missing not in ("error", "skip"):
+            raise ValueError(f"on_missing: expected 'error' or 'skip', found {on_missing!r}")
+        _POLICY["on_missing"] = on_missing
+    if drop_nonfinite is not None:
+        _POLICY["drop_nonfinite"] = bool(drop_nonfinite)
+
+
 def load_dataset(root: str, split: str = "train", *, min_len: int = 40, max_len: int = 200,
-                 fps: Optional[float] = None, on_missing: str = "error", drop_nonfinite: bool = False,
+                 fps: Optional[float] = None, on_missing: Optional[str] = None,
+                 drop_nonfinite: Optional[bool] = None,
                  seed: int = 0, mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None,
                  max_items: Optional[int] = None) -> MotionDataset:
     """Builds the dataset of one split (§A1.5 construction).
@@ -186,14 +216,18 @@ def load_dataset(root: str, split: str = "train", *, min_len: int = 40, max_len:
       fps: sub-clip seconds -> frames (default: the kind's fps, 20 HumanML3D / 12.5 KIT; KIT
         captions are always whole-clip, so it only matters for HumanML3D).
       on_missing: 'error' raises on an id without a feature or text file (or an empty text file);
-        'skip' skips it, counts it in ``skipped`` and logs a warning.
-      drop_nonfinite: drop (counted, logged) instead of raising on features with NaN/inf.
+        'skip' skips it, counts it in ``skipped`` and logs a warning. None: the process default
+        (:func:`set_default_policy`, 'error' unless a launcher got ``--on_missing=skip``).
+      drop_nonfinite: drop (counted, logged) instead of raising on features with NaN/inf. None: the process
+        default (False unless a launcher got ``--drop_nonfinite``).
       seed: RNG seed of the sub-clip letter names.
       mean, std: override the Mean.npy / Std.npy of ``root``.
       max_items: read only the first ids of the split (quick tests).
     Returns:
       MotionDataset.
     """
+    on_missing = _POLICY["on_missing"] if on_missing is None else on_missing
+    drop_nonfinite = _POLICY["drop_nonfinite"] if drop_nonfinite is None else drop_nonfinite
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing: expected 'error' or 'skip', found {on_missing!r}")
     if not 1 <= min_len < max_len:
@@ -204,7 +238,8 @@ def load_dataset(root: str, split: str = "train", *, min_len: int = 40, max_len:
         ids = ids[:max_items]
     if mean is None or std is None:
         m_path = os.path.join(root, "Mean.npy")
-        dim = int(np.load(m_path, mmap_mode="r").shape[0]) if os.path.exists(m_path) else None
+        m = load_npy(m_path, "normalisation statistics", finite=False) if os.path.exists(m_path) else None
+        dim = int(m.shape[0]) if m is not None and m.ndim == 1 else None
         mean, std = load_mean_std(root, dim)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
@@ -231,18 +266,20 @@ def load_dataset(root: str, split: str = "train", *, min_len: int = 40, max_len:
         if missing:
             msg = f"id {mid!r} of {split}.txt: missing {', '.join(missing)}"
             if on_missing == "error":
-                raise FileNotFoundError(msg + " (pass on_missing='skip' to skip such ids)")
+                raise FileNotFoundError(msg + " (pass --on_missing=skip to a launcher, or on_missing='skip' to "
+                                        "load_dataset, to skip such ids)")
             skipped["missing"] += 1
             logging.warning("%s; skipped", msg)
             continue
-        motion = np.load(mpath)
+        motion = load_npy(mpath, "features", finite=False)
         if motion.ndim != 2 or motion.shape[1] != info.dim:
             raise ValueError(f"{mpath}: field 'features': expected shape (F, {info.dim}), found {motion.shape}")
         motion = motion.astype(np.float32)
         if not np.all(np.isfinite(motion)):
             msg = f"{mpath}: features contain {int(np.sum(~np.isfinite(motion)))} NaN/inf values"
             if not drop_nonfinite:
-                raise ValueError(msg + " (pass drop_nonfinite=True to drop such files)")
+                raise ValueError(msg + " (pass --drop_nonfinite to a launcher, or drop_nonfinite=True to "
+                                 "load_dataset, to drop such files)")
             skipped["nonfinite"] += 1
             logging.warning("%s; dropped", msg)
             continue

@@ -27,6 +27,7 @@ import numpy as np
 from easytune_jax.data import skeleton as sk
 from easytune_jax.data.features import joints_to_features, recover_from_ric
 from easytune_jax.data.humanml3d import group_mean_std
+from easytune_jax.data.safe_io import load_npy
 
 FPS = 20.0
 ACTIONS = ("walk", "jog", "run", "jump", "wave", "kick", "squat", "turn", "spin", "raise_arms",
@@ -695,6 +696,6 @@ def write_preview(root: str, path: str, ids: Sequence[str]) -> None:
     from easytune_jax.data.preview import plot_motion_strips  # matplotlib only when asked
 
     meta = load_metadata(root)
-    joints = [np.load(os.path.join(root, "new_joints", f"{i}.npy")) for i in ids]
+    joints = [load_npy(os.path.join(root, "new_joints", f"{i}.npy"), "joints", ndim=3) for i in ids]
     captions = [f"{i}: {meta['motions'][i]['captions'][0]['caption']}" for i in ids]
     plot_motion_strips(joints, captions, path)

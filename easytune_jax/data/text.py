@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from easytune_jax.data.safe_io import NpzReader, read_json
+
 _WORD_RE = re.compile(r"[a-z]+")
 
 PAD, UNK, SOS, EOS = "<pad>", "<unk>", "<sos>", "<eos>"
@@ -109,8 +111,9 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
-        with open(path) as f:
-            d = json.load(f)
+        d = read_json(path, "tokenizer")
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a Tokenizer JSON object, found {type(d).__name__}")
         for k in ("vocab", "max_length", "add_sos_eos"):
             if k not in d:
                 raise ValueError(f"{path}: missing field '{k}' (expected a Tokenizer JSON)")
@@ -137,13 +140,14 @@ class TextEmbeddings:
     def __init__(self, path: str):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: text-embeddings file not found")
-        with np.load(path, allow_pickle=False) as z:
+        with NpzReader(path, "text embeddings") as z:
             for k in ("embeddings", "mask", "captions"):
                 if k not in z.files:
                     raise ValueError(f"{path}: missing array '{k}' (expected embeddings, mask, captions; found {z.files})")
-            self.embeddings = z["embeddings"].astype(np.float32)
-            self.mask = z["mask"].astype(bool)
-            captions = [str(c) for c in z["captions"]]
+            # NaN/inf are reported below with the caption of the first bad row.
+            self.embeddings = z.get("embeddings", kinds="f", finite=False).astype(np.float32)
+            self.mask = z.get("mask", kinds="bui").astype(bool)
+            captions = [str(c) for c in z.get("captions", kinds="U", ndim=1)]
         if self.embeddings.ndim != 3:
             raise ValueError(f"{path}: field 'embeddings': expected rank 3 [N, Lt, E], found shape {self.embeddings.shape}")
         if self.mask.shape != self.embeddings.shape[:2] or len(captions) != self.embeddings.shape[0]:

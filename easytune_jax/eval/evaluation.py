@@ -230,9 +230,10 @@ def evaluate(generate_fn: GenerateFn, evaluator: Evaluator, dataset: MotionDatas
             pg = physical_metrics(gen, gt.lengths, dataset.mean, dataset.std, batch_size)
             pr = physical_metrics(gt.x_norm, gt.lengths, dataset.mean, dataset.std, batch_size)
             phys_reps.append({**pg, **{f"gt_{k}": v for k, v in pr.items()}})
-        if progress:
-            logging.info("evaluate %s: replication %d/%d: %s", method, r + 1, replications,
-                         {k: round(v, 4) for k, v in vals.items()})
+        if progress:   # one short line; every value is in the returned `replications`
+            logging.info("evaluate %s: replication %d/%d: R@1 %.3f, R@3 %.3f, MM-Dist %.2f, FID %.2f (%.0f s)", method,
+                         r + 1, replications, vals["R_precision_top_1"], vals["R_precision_top_3"],
+                         vals["Matching_score"], vals["FID"], time.time() - t_start)
     lists = lambda d: {k: [float(v[0]), float(v[1])] for k, v in d.items()}
     results = {
         "method": method,

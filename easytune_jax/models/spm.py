@@ -14,6 +14,11 @@ Architecture (TMR, Petrovich et al., ICCV 2023; EasyTune, arXiv 2602.07967):
 
 Reward (the project's reward contract): cos(mu_text, mu_motion) in [-1, 1], higher is better,
 differentiable in the motion. Inputs are dataset-normalised features, so Mean/Std are not part of the model.
+
+`SPMConfig(arch='official')` (:meth:`SPMConfig.official`) selects the official EasyTune architecture instead
+(:mod:`easytune_jax.models.spm_official`, loadable from official checkpoints by
+:mod:`easytune_jax.models.spm_convert`); the helpers below (`init_spm`, `encode_*`, `reward_apply`, `reward_fn`)
+dispatch on it. The `reward_*` fields choose how the reward scores (see :func:`reward_apply`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from easytune_jax.models.layers import (DistributionTokenEncoder, TimestepMLP, T
 
 MODES = ("M0T0", "M1T0", "M0T1", "M1T1")
 TEXT_INPUTS = ("tokens", "embeddings")
+ARCHS = ("tmr", "official")
+REWARD_LATENTS = ("mean", "sample")
+REWARD_TIMESTEPS = ("mode", "none")
 _WHERE = "easytune_jax/models/spm.py"
 
 
@@ -55,6 +63,14 @@ class SPMConfig:
     patch_size: frames per motion token (1 = TMR: one token per frame). The tiny CPU config groups 4 frames
       into one token (encoder input Linear(4D -> latent), decoder output Linear(latent -> 4D)) so that whole
       clips fit the CPU budget; a token is valid when any of its frames is.
+    arch: 'tmr' (this module's SPM) or 'official' (EasyTune's released architecture,
+      :mod:`easytune_jax.models.spm_official`; needs text_input='embeddings', patch_size=1, odd num_layers).
+    reward_latent: what the reward compares: 'mean' (the latent means, deterministic; ours) or 'sample'
+      (a reparameterised sample of each latent, as the official `get_reward_t2m` reads `encode_*()[0]`).
+    reward_timestep: 'mode' (the scored sample's t goes to the encoders the mode selects; ours) or 'none'
+      (no timestep to either encoder, as the official `get_reward_t2m`).
+    reward_dropout: dropout active while scoring (the official fine-tuning scripts never switch the reward
+      model to eval mode, so its dropout stays on); False = deterministic network (ours).
   """
 
   dim_motion: int = 263
@@ -69,6 +85,10 @@ class SPMConfig:
   mode: str = "M1T0"
   num_special_tokens: int = 4
   patch_size: int = 4
+  arch: str = "tmr"
+  reward_latent: str = "mean"
+  reward_timestep: str = "mode"
+  reward_dropout: bool = False
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -85,11 +105,35 @@ class SPMConfig:
                        f"found {self.latent_dim}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"{_WHERE}: SPMConfig.dropout: expected in [0, 1), found {self.dropout}")
+    for name, allowed in (("arch", ARCHS), ("reward_latent", REWARD_LATENTS), ("reward_timestep", REWARD_TIMESTEPS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{_WHERE}: SPMConfig.{name}: expected one of {allowed}, found {getattr(self, name)!r}")
+    if self.arch == "official":
+      if self.text_input != "embeddings":
+        raise ValueError(f"{_WHERE}: SPMConfig.text_input: arch='official' reads precomputed sentence-T5 token "
+                         f"embeddings: expected 'embeddings', found {self.text_input!r}")
+      if self.patch_size != 1:
+        raise ValueError(f"{_WHERE}: SPMConfig.patch_size: arch='official' has one token per frame: expected 1, "
+                         f"found {self.patch_size}")
+      if self.num_layers % 2 != 1:
+        raise ValueError(f"{_WHERE}: SPMConfig.num_layers: arch='official' (skip transformers) needs an odd "
+                         f"number, found {self.num_layers}")
 
   @classmethod
   def paper(cls, **overrides) -> "SPMConfig":
     """EasyTune's SPM: latent 256, ff 1024, 9 layers, 4 heads, dropout 0.1."""
     base = dict(latent_dim=256, ff_dim=1024, num_layers=9, num_heads=4, dropout=0.1, word_dim=256, patch_size=1)
+    base.update(overrides)
+    return cls(**base)
+
+  @classmethod
+  def official(cls, **overrides) -> "SPMConfig":
+    """The official EasyTune SPM (HumanML3D: D = 263, 1024-d sentence-T5-large token embeddings, latent 256,
+    ff 1024, 9 layers, 4 heads, dropout 0.1, mode M1T0 as the official README's example) with the official
+    reward semantics: sampled latents, no timestep, dropout on. 26,515,975 parameters."""
+    base = dict(arch="official", text_input="embeddings", latent_dim=256, ff_dim=1024, num_layers=9, num_heads=4,
+                dropout=0.1, patch_size=1, mode="M1T0", reward_latent="sample", reward_timestep="none",
+                reward_dropout=True)
     base.update(overrides)
     return cls(**base)
 
@@ -201,6 +245,23 @@ def _patchify(x: Optional[jax.Array], mask: jax.Array, p: int):
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def spm_module(config: SPMConfig) -> nn.Module:
+  """The Flax module of `config.arch`: :class:`SPM` ('tmr') or `spm_official.OfficialSPM` ('official').
+  Both have `encode_text`, `encode_motion`, `decode` and `__call__` with the same signatures."""
+  if config.arch == "official":
+    from easytune_jax.models.spm_official import OfficialSPM  # pylint: disable=import-outside-toplevel
+    return OfficialSPM(config)
+  return SPM(config)
+
+
+def route_timestep(config: SPMConfig, t: Optional[jax.Array], stream: str) -> Optional[jax.Array]:
+  """The timestep one stream ('text' | 'motion') gets under `config.mode`: t when the mode gives that stream
+  a timestep token, else None. (Our SPM ignores t for streams the mode excludes anyway; the official module
+  adds a token whenever t is not None, so the caller gates.)"""
+  sees = config.text_sees_t if stream == "text" else config.motion_sees_t
+  return t if sees else None
+
+
 def text_inputs(config: SPMConfig, cond: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
   """Picks (text, text_mask) out of a cond/batch dict: `tokens`/`token_mask` or `text_emb`/`text_emb_mask`."""
   keys = ("tokens", "token_mask") if config.text_input == "tokens" else ("text_emb", "text_emb_mask")
@@ -222,45 +283,84 @@ def init_spm(config: SPMConfig, rng: jax.Array, batch_size: int = 2, length: int
   motion = jnp.zeros((batch_size, length, config.dim_motion), jnp.float32)
   mask = jnp.ones((batch_size, length), bool)
   t = jnp.zeros((batch_size,), jnp.int32)
-  return SPM(config).init({"params": rng}, text, tmask, motion, mask, t)
+  return spm_module(config).init({"params": rng}, text, tmask, motion, mask, t)
 
 
 def encode_text(params, config: SPMConfig, cond, t=None):
-  """mu of the text latent [B, latent] (inference)."""
+  """mu of the text latent [B, latent] (inference; t reaches the text encoder only if the mode says so)."""
   text, tmask = text_inputs(config, cond)
-  return SPM(config).apply(params, text, tmask, t, method=SPM.encode_text)[0]
+  return spm_module(config).apply(params, text, tmask, route_timestep(config, t, "text"), method="encode_text")[0]
 
 
 def encode_motion(params, config: SPMConfig, motion, mask, t=None):
-  """mu of the motion latent [B, latent] (inference)."""
-  return SPM(config).apply(params, motion, mask, t, method=SPM.encode_motion)[0]
+  """mu of the motion latent [B, latent] (inference; t reaches the motion encoder only if the mode says so)."""
+  return spm_module(config).apply(params, motion, mask, route_timestep(config, t, "motion"),
+                                  method="encode_motion")[0]
 
 
 def reward_apply(params, config: SPMConfig, x: jax.Array, cond: Mapping[str, jax.Array],
-                 t: Optional[jax.Array] = None) -> jax.Array:
-  """Pure reward: cos(mu_text, mu_motion) [B] float32.
+                 t: Optional[jax.Array] = None, rng: Optional[jax.Array] = None) -> jax.Array:
+  """Pure reward: cos(z_text, z_motion) [B] float32.
 
   x: motion features [B, L, D] (dataset-normalised); cond: dict with the text inputs (see
-  :func:`text_inputs`) and optionally `mask` bool [B, L] (all frames valid when absent); t: None (clean) or
-  int32 [B] (step-aware: the noisy x is scored at timestep t by the encoders the mode gives t to; ignored
-  in M0T0).
+  :func:`text_inputs`), optionally `mask` bool [B, L] (all frames valid when absent) and `reward_rng`;
+  t: None (clean) or int32 [B] (step-aware: the noisy x is scored at timestep t by the encoders the mode gives
+  t to; ignored in M0T0 and with reward_timestep='none').
+
+  The config's reward fields choose the semantics: z = the latent means ('mean', deterministic) or
+  reparameterised samples ('sample', the official reward), dropout off or on (`reward_dropout`). The stochastic
+  variants need a PRNG key: `rng`, else `cond['reward_rng']` (one key, typed or raw uint32[2]; pass a fresh one
+  per call, as the official reward draws new noise every call). Missing key -> ValueError.
   """
   mask = cond.get("mask")
   if mask is None:
     mask = jnp.ones(x.shape[:2], bool)
-  text_mu = encode_text(params, config, cond, t)
-  motion_mu = encode_motion(params, config, x, mask, t)
-  num = jnp.sum(text_mu * motion_mu, axis=-1)
-  den = jnp.maximum(jnp.linalg.norm(text_mu, axis=-1) * jnp.linalg.norm(motion_mu, axis=-1), 1e-8)
+  if config.reward_timestep == "none":
+    t = None
+  stochastic = config.reward_latent == "sample" or (config.reward_dropout and config.dropout > 0)
+  if not stochastic:
+    text_z = encode_text(params, config, cond, t)
+    motion_z = encode_motion(params, config, x, mask, t)
+  else:
+    rng = cond.get("reward_rng") if rng is None else rng
+    if rng is None:
+      raise ValueError(f"{_WHERE}: reward_apply: this reward is stochastic (reward_latent={config.reward_latent!r}, "
+                       f"reward_dropout={config.reward_dropout}) and needs a PRNG key: pass rng= or "
+                       f"cond['reward_rng'], or use reward_latent='mean', reward_dropout=False")
+    if not jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
+      rng = jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
+    k_dt, k_dm, k_zt, k_zm = jax.random.split(rng, 4)
+    module = spm_module(config)
+    det = not config.reward_dropout
+    text, tmask = text_inputs(config, cond)
+    t_mu, t_lv = module.apply(params, text, tmask, route_timestep(config, t, "text"), det, method="encode_text",
+                              rngs={"dropout": k_dt})
+    m_mu, m_lv = module.apply(params, x, mask, route_timestep(config, t, "motion"), det, method="encode_motion",
+                              rngs={"dropout": k_dm})
+    if config.reward_latent == "sample":
+      text_z = t_mu + jnp.exp(0.5 * t_lv) * jax.random.normal(k_zt, t_mu.shape, t_mu.dtype)
+      motion_z = m_mu + jnp.exp(0.5 * m_lv) * jax.random.normal(k_zm, m_mu.shape, m_mu.dtype)
+    else:
+      text_z, motion_z = t_mu, m_mu
+  num = jnp.sum(text_z * motion_z, axis=-1)
+  den = jnp.maximum(jnp.linalg.norm(text_z, axis=-1) * jnp.linalg.norm(motion_z, axis=-1), 1e-8)
   return (num / den).astype(jnp.float32)
 
 
-def reward_fn(params, config: SPMConfig) -> Callable[..., jax.Array]:
+def reward_fn(params, config: SPMConfig, **reward_overrides) -> Callable[..., jax.Array]:
   """The reward contract `reward(x, cond, t=None) -> [B]` with `params` bound (frozen reward).
+
+  `reward_overrides` (reward_latent=, reward_timestep=, reward_dropout=) replace the config's scoring
+  semantics, e.g. `reward_fn(p, SPMConfig.official(), reward_latent='mean', reward_dropout=False)` for a
+  deterministic official-architecture reward. Stochastic rewards read `cond['reward_rng']` (see
+  :func:`reward_apply`).
 
   Under an outer `jit` the bound params become constants of the program; for big models prefer
   `functools.partial(reward_apply, params_arg, config)` with the params passed as a jit argument.
   """
+  if reward_overrides:
+    config = dataclasses.replace(config, **reward_overrides)
+
   def reward(x, cond, t=None):
     return reward_apply(params, config, x, cond, t)
   return reward

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from easytune_jax.core.torch_zip import load_torch_checkpoint
+from easytune_jax.data.safe_io import load_npy
 from easytune_jax.models.evaluator import EvaluatorConfig, WordVectorizer
 
 
@@ -156,7 +157,7 @@ def load_glove(glove_dir: str | os.PathLike, prefix: str = "our_vab", dim_word: 
     for p in paths.values():
         if not os.path.exists(p):
             raise FileNotFoundError(f"GloVe file {p!r} does not exist")
-    vectors = np.load(paths["data.npy"], allow_pickle=False).astype(np.float32)
+    vectors = load_npy(paths["data.npy"], "GloVe vectors", ndim=2).astype(np.float32)
     words = _load_plain_pickle(paths["words.pkl"])
     idx = _load_plain_pickle(paths["idx.pkl"])
     if vectors.ndim != 2 or vectors.shape[1] != dim_word:

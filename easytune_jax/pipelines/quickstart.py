@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from easytune_jax import finetune, viz
+from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation
 from easytune_jax.bundles import generator
 from easytune_jax.data import synthetic
@@ -34,7 +35,8 @@ from easytune_jax.train import reward as R
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig:
-  """Sizes of each stage. Defaults fit ~10 minutes on a 2-core CPU; `scale` multiplies every step count."""
+  """Sizes of each stage. Defaults take about 8-9 minutes on an otherwise idle 2-core CPU (longer on a busy one);
+  `scale` multiplies every step count."""
 
   data_dir: Optional[str] = None          # a HumanML3D-layout folder; None writes the synthetic dataset
   num_motions: int = 1000
@@ -154,22 +156,49 @@ def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
   return {"results": results, "paths": paths}
 
 
+# Bumped when the media change (curves, animation size): media recorded by an older version are redone.
+MEDIA_VERSION = 2
+
+
+def reward_curves(root: pathlib.Path, methods) -> tuple[dict, dict]:
+  """Held-out reward per method against trajectories and against fine-tuning seconds, each starting at the
+  base model (0 trajectories, 0 s; its held-out reward from the run's summary)."""
+  by_traj, by_time = {}, {}
+  for method in methods:
+    run = root / f"finetune_{method}"
+    rows = [r for r in read_metrics(run) if "heldout_reward" in r]
+    base_reward = json.loads((run / "summary.json").read_text())["base_heldout_reward"] \
+        if (run / "summary.json").exists() else None
+    steps, values = [r["step"] for r in rows], [r["heldout_reward"] for r in rows]
+    if base_reward is not None:
+      steps, values = [0] + steps, [base_reward] + values
+    if len(values) > 0:
+      by_traj[method] = (steps, values)
+    timed = [r for r in rows if "wall_seconds" in r]
+    if timed and base_reward is not None:
+      by_time[method] = ([0.0] + [r["wall_seconds"] for r in timed],
+                         [base_reward] + [r["heldout_reward"] for r in timed])
+  return by_traj, by_time
+
+
 def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str) -> dict:
-  """Reward curves (held-out reward per trajectory, per method) and side-by-side GIFs base vs fine-tuned for
-  the same captions and the same noise."""
+  """Reward curves (held-out reward per trajectory and per second, per method, from the base model at 0) and
+  side-by-side GIFs base vs fine-tuned for the same captions and the same noise (960 px wide for three
+  panels, thick limbs, root path and hand/foot trails)."""
   media = root / "report"
   media.mkdir(parents=True, exist_ok=True)
-  curves = {}
-  for method in cfg.methods:
-    rows = [r for r in read_metrics(root / f"finetune_{method}") if "heldout_reward" in r]
-    if rows:
-      curves[method] = ([r["step"] for r in rows], [r["heldout_reward"] for r in rows])
-  out = {"curves": viz.plot_curves(curves, str(media / "heldout_reward.png"), title="held-out reward",
-                                   xlabel="trajectory", ylabel="SPM reward")}
+  by_traj, by_time = reward_curves(root, cfg.methods)
+  panels = [(by_traj, "trajectories (base model at 0)")]
+  if by_time:
+    panels.append((by_time, "fine-tuning seconds, wall clock (held-out evaluations excluded)"))
+  out = {"curves": viz.plot_curve_panels(panels, str(media / "heldout_reward.png"),
+                                         title="held-out reward (SPM, fixed val captions and noise)",
+                                         ylabel="held-out reward")}
   base_gen = generator.load_generator(gen_dir)
   tuned = {m: fr.load_finetuned_generator(str(root / f"finetune_{m}")) for m in cfg.methods}
   test = load_dataset(data_dir, "test")
   out["animations"] = []
+  panel_px = 960 / (1 + len(tuned))
   for i, entry in enumerate(test.entries[:cfg.num_animations]):
     caption = entry.captions[0][0]
     length = min(base_gen.max_length, 4 * (entry.length // 4))
@@ -179,23 +208,60 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
     for m, gen in tuned.items():
       joints.append(gen.generate([caption], [length], rng, cfg.guidance_scale, cfg.num_steps)[1][0, :length])
       titles.append(m)
-    path = viz.side_by_side(joints, titles, str(media / f"sample_{i}.gif"), suptitle=caption)
+    path = viz.side_by_side(joints, titles, str(media / f"sample_{i}.gif"), suptitle=caption,
+                            panel_size=panel_px / 100, dpi=100, linewidth=3.5, trail=12)
     out["animations"].append({"caption": caption, "path": path})
   return out
 
 
+def _summary_table(summary: dict) -> list[str]:
+  """One row per model, one measure per column: the val held-out reward of fine-tuning (fixed captions and
+  noise) and the test-split reward-model score and evaluator metrics of the evaluation protocol."""
+  results = summary["evaluate"]["results"]
+  ft = summary["finetune"]
+  first_ft = next(iter(ft.values()), None)
+  fmt = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"   # noqa: E731
+  lines = ["| | val held-out reward | test reward-model score | R@1 | R@3 | MM-Dist | FID | Diversity |",
+           "|---|---|---|---|---|---|---|---|"]
+  if results:
+    m, r = results[0]["metrics"], results[0].get("reward", {})
+    lines.append(f"| Real motions | – | {fmt(r['gt_reward']) if r else '–'} | {fmt(m['gt_R_precision_top_1'])} | "
+                 f"{fmt(m['gt_R_precision_top_3'])} | {fmt(m['gt_Matching_score'], 2)} | {fmt(m['gt_FID'], 2)} | "
+                 f"{fmt(m['gt_Diversity'], 2)} |")
+  for res in results:
+    name, m, r = res["method"], res["metrics"], res.get("reward", {})
+    if name == "base":
+      val = f"{first_ft['base_heldout_reward']:.3f}" if first_ft else "–"
+    else:
+      val = f"{ft[name]['final_heldout_reward']:.3f}" if name in ft else "–"
+    lines.append(f"| {name} | {val} | {fmt(r['reward']) if r else '–'} | {fmt(m['R_precision_top_1'])} | "
+                 f"{fmt(m['R_precision_top_3'])} | {fmt(m['Matching_score'], 2)} | {fmt(m['FID'], 2)} | "
+                 f"{fmt(m['Diversity'], 2)} |")
+  return lines
+
+
 def write_report(root: pathlib.Path, summary: dict) -> str:
   ev = summary["evaluate"]
+  timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings"].items())
   lines = ["# easytune_jax quickstart report", "",
            f"Machine: jax {jax.__version__}, backend {jax.default_backend()}, "
-           f"{jax.devices()[0].device_kind}; total time {summary['seconds']:.0f} s.", "",
-           "## Held-out reward (SPM, fixed val captions and noise)", "",
-           "| method | base | fine-tuned | gain | fine-tuning seconds |", "|---|---|---|---|---|"]
+           f"{jax.devices()[0].device_kind}; compute time {summary['seconds']:.0f} s ({timings}).", "",
+           "## Summary", "",
+           "Two different reward measures, in separate columns: the *val held-out reward* is the reward model's "
+           "score of fine-tuning's fixed val captions and noise (what `best/` and the curves use); the *test "
+           "reward-model score* is the same reward model on the test split under the evaluation protocol (mean ± "
+           "95% CI over the replications). R-precision, MM-Dist, FID and diversity come from the separate "
+           "T2M-style evaluator on the test split.", ""]
+  lines += _summary_table(summary)
+  lines += ["", "## Held-out reward during fine-tuning (val split, fixed captions and noise)", "",
+            "| method | base | fine-tuned | gain | fine-tuning seconds |", "|---|---|---|---|---|"]
   for m, s in summary["finetune"].items():
     lines.append(f"| {m} | {s['base_heldout_reward']:.4f} | {s['final_heldout_reward']:.4f} | "
                  f"{s['final_heldout_reward'] - s['base_heldout_reward']:+.4f} | {s['seconds']:.0f} |")
-  lines += ["", "## Standard metrics (separate T2M-style evaluator)", "",
-            pathlib.Path(ev["paths"]["markdown"]).read_text(), "",
+  details = pathlib.Path(ev["paths"]["markdown"]).read_text()
+  details = "\n".join("#" + line if line.startswith("## ") else line for line in details.splitlines())
+  details = details.replace("(mean ± 95% CI)\n|", "(mean ± 95% CI)\n\n|")
+  lines += ["", "## Test-split evaluation in detail (`eval/eval.md`)", "", details, "",
             "## Curves and animations", "", f"![held-out reward]({pathlib.Path(summary['media']['curves']).name})", ""]
   for a in summary["media"]["animations"]:
     lines.append(f"- {a['caption']}: ![{a['caption']}]({pathlib.Path(a['path']).name})")
@@ -204,45 +270,103 @@ def write_report(root: pathlib.Path, summary: dict) -> str:
   return str(path)
 
 
+def _stage_plan(cfg: QuickstartConfig, root: pathlib.Path) -> dict:
+  """Per stage: (settings that change its result, the stage folders it reads, the outputs it writes)."""
+  data = cfg.data_dir or str(root / "data")
+  ft_dirs = [str(root / f"finetune_{m}") for m in cfg.methods]
+  base, reward, ev = str(root / "base"), [str(root / "reward_pretrain"), str(root / "reward")], str(root / "evaluator")
+  gen = {"num_steps": cfg.num_steps, "guidance_scale": cfg.guidance_scale, "seed": cfg.seed, "methods": cfg.methods}
+  return {
+      "data": ({"data_dir": cfg.data_dir, "num_motions": cfg.num_motions, "max_frames": cfg.max_frames,
+                "seed": cfg.seed}, [], [data]),
+      "base": ({"config": dataclasses.asdict(base_config(cfg))}, [data], [base]),
+      "reward": ({"seed": cfg.seed, "steps": [cfg.steps(cfg.reward_steps), cfg.steps(cfg.spl_steps)],
+                  "max_length": base_config(cfg).data.max_length}, [data], reward),
+      "evaluator": ({"steps": cfg.steps(cfg.evaluator_steps)}, [data], [ev]),
+      "finetune": ({m: run_config(cfg, m).to_dict() for m in cfg.methods}, [data, base, *reward], ft_dirs),
+      "evaluate": ({**gen, "replications": cfg.replications}, [data, base, *reward, ev, *ft_dirs],
+                   [str(root / "eval")]),
+      "media": ({**gen, "num_animations": cfg.num_animations, "media_version": MEDIA_VERSION}, [data, base, *ft_dirs],
+                None),   # outputs: the files it returned (report/ also holds the report itself)
+  }
+
+
+def _media_files(result: dict) -> list:
+  return [result["curves"]] + [a["path"] for a in result["animations"]]
+
+
 def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
-  """Runs (or resumes) every stage; returns a summary and writes `<workdir>/report/report.md`."""
+  """Runs (or resumes) every stage; returns a summary and writes `<workdir>/report/report.md`.
+
+  A stage whose settings and input folders are unchanged since it last finished, and whose outputs are still
+  as it wrote them, is skipped (`<workdir>/manifest.json`, see `easytune_jax.core.rerun`): a rerun of a finished
+  quickstart re-reads the recorded results and rewrites the same report in seconds. The summary's `timings`
+  and `seconds` are those of the runs that computed the results; `wall_seconds` is this call's wall time.
+  """
   t0 = time.time()
   root = pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
-  timings = {}
+  manifest = rerun.Manifest(root)
+  plan = _stage_plan(cfg, root)
+  timings, skipped = {}, []
 
-  def timed(name, fn, *args):
+  def stage(name, fn, *args):
+    if name == "data" and cfg.data_dir:   # the user's folder: nothing to compute (and nothing written on failure)
+      timings[name] = 0.0
+      return fn(*args)
+    settings, inputs, outputs = plan[name]
+    key = rerun.settings_key(workdir=str(root.absolute()), settings=settings, inputs=rerun.fingerprint(inputs))
+    if outputs is None:   # media: the files the recorded run returned
+      try:
+        outputs = _media_files(manifest.entries[name]["result"])
+      except (KeyError, TypeError):
+        outputs = []
+    entry = manifest.lookup(name, key, outputs)
+    if entry is not None:
+      logging.info("quickstart: stage %s: inputs unchanged since %s: skipped", name, entry["time"])
+      timings[name] = entry["seconds"]
+      skipped.append(name)
+      return entry["result"]
     t = time.time()
     logging.info("quickstart: stage %s", name)
-    out = fn(*args)
+    out = json.loads(json.dumps(fn(*args), default=str))   # as a rerun will read it back
     timings[name] = time.time() - t
+    manifest.record(name, key, _media_files(out) if name == "media" else outputs, out, timings[name])
     return out
 
-  data_dir = timed("data", stage_data, cfg, root)
-  gen_dir = timed("base", stage_base, cfg, root, data_dir)
-  reward_dir = timed("reward", stage_reward, cfg, root, data_dir)
-  eval_dir = timed("evaluator", stage_evaluator, cfg, root, data_dir)
-  ft = timed("finetune", stage_finetune, cfg, root, data_dir, gen_dir, reward_dir)
-  ev = timed("evaluate", stage_evaluate, cfg, root, data_dir, gen_dir, eval_dir, reward_dir)
-  media = timed("media", stage_media, cfg, root, data_dir, gen_dir)
+  data_dir = stage("data", stage_data, cfg, root)
+  gen_dir = stage("base", stage_base, cfg, root, data_dir)
+  reward_dir = stage("reward", stage_reward, cfg, root, data_dir)
+  eval_dir = stage("evaluator", stage_evaluator, cfg, root, data_dir)
+  ft = stage("finetune", stage_finetune, cfg, root, data_dir, gen_dir, reward_dir)
+  ev = stage("evaluate", stage_evaluate, cfg, root, data_dir, gen_dir, eval_dir, reward_dir)
+  media = stage("media", stage_media, cfg, root, data_dir, gen_dir)
   summary = {"finetune": ft, "evaluate": ev, "media": media, "timings": timings,
-             "seconds": time.time() - t0, "workdir": str(root)}
+             "seconds": sum(timings.values()), "workdir": str(root)}
   summary["report"] = write_report(root, summary)
   (root / "report" / "summary.json").write_text(json.dumps(
       {k: v for k, v in summary.items() if k != "evaluate"} | {"metrics": [r["metrics"] for r in ev["results"]]},
       indent=2, default=str))
+  summary["wall_seconds"] = time.time() - t0
+  summary["skipped"] = skipped
   return summary
 
 
 def summary_screen(summary: dict) -> str:
   """One screen: per-method rewards, the metric table and the files written."""
-  lines = ["", "=" * 78, "easytune_jax quickstart: done in %.0f s" % summary["seconds"],
-           "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items()), ""]
+  wall = summary.get("wall_seconds", summary["seconds"])
+  skipped = summary.get("skipped", [])
+  lines = ["", "=" * 78, "easytune_jax quickstart: done in %.0f s" % wall,
+           "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items())]
+  if skipped:
+    lines.append(f"unchanged since the last run, not recomputed: {', '.join(skipped)} (their recorded seconds "
+                 f"above; delete {pathlib.Path(summary['workdir']) / rerun.MANIFEST} to recompute)")
+  lines.append("")
   for m, s in summary["finetune"].items():
     lines.append(f"{m:>10}: held-out reward {s['base_heldout_reward']:.4f} -> {s['final_heldout_reward']:.4f}")
   lines += ["", pathlib.Path(summary["evaluate"]["paths"]["markdown"]).read_text().strip(), "",
             "files:", f"  report      {summary['report']}", f"  metrics     {summary['evaluate']['paths']['json']}",
             f"  curves      {summary['media']['curves']}"]
   lines += [f"  animation   {a['path']}" for a in summary["media"]["animations"]]
-  lines.append("=" * 78)
+  lines += [f"  TensorBoard tensorboard --logdir {summary['workdir']}   (pip install tensorboard)", "=" * 78]
   return "\n".join(lines)

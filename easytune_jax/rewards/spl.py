@@ -45,8 +45,23 @@ def _check_rank(x, rank: int, name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- InfoNCE
+FILTER_CONVENTIONS = ("cosine", "tmr")
+TEMPERATURE_CONVENTIONS = ("official", "single")
+
+
+def filter_cutoff(threshold: float, convention: str = "cosine") -> float:
+  """The caption cosine above which a negative is dropped: `threshold` ('cosine', ours) or `2 * threshold - 1`
+  ('tmr': TMR's and the official SPM's `InfoNCE_with_filtering`, which maps the threshold from [0, 1] to the
+  cosine range [-1, 1]; 0.9 -> 0.8)."""
+  if convention not in FILTER_CONVENTIONS:
+    raise ValueError(f"easytune_jax/spl.py: filter convention: expected one of {FILTER_CONVENTIONS}, found "
+                     f"{convention!r}")
+  return 2.0 * threshold - 1.0 if convention == "tmr" else threshold
+
+
 def info_nce_with_filtering(text: jax.Array, motion: jax.Array, sent_emb: Optional[jax.Array] = None,
-                            temperature: float = 0.1, threshold: float = 0.9) -> jax.Array:
+                            temperature: float = 0.1, threshold: float = 0.9,
+                            convention: str = "cosine") -> jax.Array:
   """Symmetric InfoNCE over cosine similarities, dropping near-duplicate-caption negatives (TMR).
 
   Args:
@@ -55,8 +70,10 @@ def info_nce_with_filtering(text: jax.Array, motion: jax.Array, sent_emb: Option
       InfoNCE. Negatives (i, j), i != j, with cos(sent_emb_i, sent_emb_j) > threshold are removed from
       both directions' softmax; positives are never removed.
     temperature: logits = cos / temperature (0.1 in EasyTune's SPM).
-    threshold: caption self-similarity above which a negative is dropped (0.9). TMR compares the raw cosine
-      with 2 * threshold - 1; here the threshold applies to the cosine directly.
+    threshold: caption self-similarity threshold (0.9), read by `convention` (see :func:`filter_cutoff`):
+      'cosine' drops negatives whose cosine exceeds the threshold itself; 'tmr' (the official SPM) drops
+      those whose cosine exceeds 2 * threshold - 1.
+    convention: 'cosine' | 'tmr'.
 
   Returns:
     scalar loss: (CE(text->motion) + CE(motion->text)) / 2, each the mean over rows.
@@ -72,7 +89,7 @@ def info_nce_with_filtering(text: jax.Array, motion: jax.Array, sent_emb: Option
     if sent_emb.ndim != 2 or sent_emb.shape[0] != b:
       raise ValueError(f"easytune_jax/spl.py: 'sent_emb': expected shape [B={b}, F], found {sent_emb.shape}")
     selfsim = cosine_similarity_matrix(sent_emb, sent_emb)
-    drop = (selfsim > threshold) & ~jnp.eye(b, dtype=bool)
+    drop = (selfsim > filter_cutoff(threshold, convention)) & ~jnp.eye(b, dtype=bool)
     # -inf removes the entry from both softmaxes; the diagonal is never -inf so no row is empty.
     logits = jnp.where(jax.lax.stop_gradient(drop), -jnp.inf, logits)
   diag = jnp.diagonal(logits)
@@ -130,16 +147,34 @@ def mine_preference_pairs(sim: jax.Array, k: int = 10, high_sim: float = 0.8,
   return PreferencePairs(retrieved.astype(jnp.int32), targets, correct, topk.astype(jnp.int32))
 
 
-def preference_loss(sim: jax.Array, pairs: PreferencePairs, temperature: float = 0.1) -> jax.Array:
-  """KL(target || softmax([sim(row, retrieved), sim(row, target)] / temperature)).
+def preference_loss(sim: jax.Array, pairs: PreferencePairs, temperature: float = 0.1,
+                    convention: str = "official") -> jax.Array:
+  """KL(target || softmax(logits)) of the pair [sim(row, retrieved), sim(row, target)].
 
   target = [0.5, 0.5] on correct rows, [0, 1] on incorrect rows; the KL is summed over the pair and
   averaged over rows (0 log 0 = 0). sim [B, M] carries the gradient; pairs from
   :func:`mine_preference_pairs`. Returns a scalar.
+
+  Temperature conventions:
+    'official': logits = (sim / tau) / tau, i.e. an effective temperature tau**2 (0.01 for tau = 0.1), as
+      EasyTune's `compute_finetune_loss` (train_spm.py) divides the similarity by tau and then the softmax
+      input by tau again.
+    'single': logits = sim / tau (our earlier convention; about 9x smaller losses and weaker gradients at
+      tau = 0.1).
+
+  The official code takes `softmax(...).log()`, which underflows to log(0) = -inf in float32 once the two
+  logits differ by more than ~104 (|sim difference| > ~1.04 at tau**2 = 0.01) and then yields inf/nan; here
+  the log-probabilities come from `log_softmax`, which is finite everywhere and equal to the official value
+  wherever that one is finite.
   """
   _check_rank(sim, 2, "sim")
+  if convention not in TEMPERATURE_CONVENTIONS:
+    raise ValueError(f"easytune_jax/spl.py: preference_loss: 'convention': expected one of "
+                     f"{TEMPERATURE_CONVENTIONS}, found {convention!r}")
   rows = jnp.arange(sim.shape[0])
   z = jnp.stack([sim[rows, pairs.retrieved], sim[rows, pairs.target]], axis=-1) / temperature
+  if convention == "official":
+    z = z / temperature
   logp = jax.nn.log_softmax(z, axis=-1)
   q = jnp.where(pairs.correct[:, None], jnp.array([0.5, 0.5], z.dtype), jnp.array([0.0, 1.0], z.dtype))
   kl = jnp.sum(jax.scipy.special.xlogy(q, q) - q * logp, axis=-1)
@@ -147,15 +182,16 @@ def preference_loss(sim: jax.Array, pairs: PreferencePairs, temperature: float =
 
 
 def spl_loss(text: jax.Array, motion: jax.Array, k: int = 10, high_sim: float = 0.8,
-             temperature: float = 0.1, targets: Optional[jax.Array] = None
+             temperature: float = 0.1, targets: Optional[jax.Array] = None, convention: str = "official"
              ) -> tuple[jax.Array, Mapping[str, jax.Array]]:
   """SPL loss from latents: text [B, E], motion [M, E] -> (scalar loss, aux).
 
+  convention: the temperature convention of :func:`preference_loss` ('official' divides by tau twice).
   aux: `spl_correct_frac` (fraction of correct rows), `spl_top1_frac` (rows whose top-1 is the ground truth).
   """
   sim = cosine_similarity_matrix(text, motion)
   pairs = mine_preference_pairs(sim, k=k, high_sim=high_sim, targets=targets)
-  loss = preference_loss(sim, pairs, temperature)
+  loss = preference_loss(sim, pairs, temperature, convention)
   aux = {"spl_correct_frac": jnp.mean(pairs.correct.astype(jnp.float32)),
          "spl_top1_frac": jnp.mean((pairs.retrieved == pairs.target).astype(jnp.float32))}
   return loss, aux

@@ -11,7 +11,7 @@ Importable from notebooks: `train_and_evaluate(config, workdir, data_dir)` runs 
     <workdir>/diffusion/metrics.*
 
 Checkpoint metadata carries the config, the dataset Mean/Std, the tokenizer path and the latent scale, so
-`easytune_jax.generate.load_generator(workdir)` rebuilds everything. Per-step randomness is
+`easytune_jax.`load_generator` (bundles/generator.py)(workdir)` rebuilds everything. Per-step randomness is
 `fold_in(stage_key, step)` and batches are `batching.batch_at(dataset, step)`, so a resumed run is
 identical to an uninterrupted one.
 """

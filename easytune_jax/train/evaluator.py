@@ -48,6 +48,7 @@ from absl import logging
 from easytune_jax import metrics as M
 from easytune_jax.core import parallel
 from easytune_jax.data import batching
+from easytune_jax.data.safe_io import read_json
 from easytune_jax.data.humanml3d import MotionDataset, group_mean_std, load_dataset
 from easytune_jax.models.evaluator import (EvaluatorConfig, WordVectorizer, build_word_vocab, evaluator_loss, renorm_for_evaluator)
 from easytune_jax.core.checkpoint import Checkpointer
@@ -277,7 +278,7 @@ def train_evaluator(config: EvaluatorTrainConfig, workdir: str, data_dir: Option
     work.mkdir(parents=True, exist_ok=True)
     vocab_path = work / "vocab.json"
     if vocab_path.exists():   # resume: the vocabulary must not change under trained embeddings
-        vocab = json.loads(vocab_path.read_text())
+        vocab = read_json(vocab_path, "evaluator vocabulary")
     else:
         vocab = build_word_vocab([toks for e in dataset.entries for _, toks in e.captions], config.min_word_count)
         vocab_path.write_text(json.dumps(vocab, indent=0))

@@ -41,7 +41,8 @@ from easytune_jax.data.features import joints_num_for_dim
 from easytune_jax.rewards.registry import RewardContext, build_reward, parse_spec
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import check_config_matches, config_from_dict
-from easytune_jax.core.metric_writer import MetricWriter
+from easytune_jax.core.metric_writer import MetricWriter, read_metrics
+from easytune_jax.data.safe_io import read_json
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.train.loop import train_loop
 from easytune_jax.train import reward as reward_train
@@ -180,7 +181,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    saved = {"best_metric": "heldout_reward", "reward": "spm", **json.loads(info_path.read_text())["run"]}  # older runs
+    saved = {"best_metric": "heldout_reward", "reward": "spm", **read_json(info_path, "fine-tuning run info")["run"]}  # older runs
     check_config_matches(saved, meta["run"], str(info_path),
                                 ignore=("trajectories", "eval_every", "checkpoint_every"))
   tmp = info_path.with_suffix(".json.tmp")
@@ -247,7 +248,14 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
       x_T, cond, uncond, data = parallel.local_rows((x_T, cond, uncond, data))
     return x_T, cond, uncond, jax.random.fold_in(rng, 2), data
 
+  # Fine-tuning wall clock for the curves against seconds: from the loop's start (compilation included),
+  # without the held-out evaluations, continued across resumes.
+  prior = [r["wall_seconds"] for r in read_metrics(workdir) if "wall_seconds" in r]
+  clock = {"offset": max(prior, default=0.0), "start": time.time(), "evals": 0.0}
+
   def eval_fn(state, it):
+    t_eval = time.time()
+    wall = clock["offset"] + (t_eval - clock["start"] - clock["evals"])
     terms = heldout.reward_terms(state.params)
     out = {"heldout_reward": float(np.mean(task.reward_fn.combine(terms)))}
     if len(terms) > 1:   # a composite reward: every term on its own
@@ -260,10 +268,13 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     if evaluator is not None:   # test-split monitoring (not used for any choice)
       out.update({f"eval/{k}": v for k, v in quick_eval(state.params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
+    out["wall_seconds"] = wall
+    clock["evals"] += time.time() - t_eval
     return out
 
   writer = MetricWriter(workdir)
   ck = Checkpointer(workdir / "checkpoints")
+  clock["start"] = time.time()
   try:
     loop = train_loop(
         state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params), batch_fn=batch_fn,
@@ -304,7 +315,7 @@ def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
   """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
   checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them)."""
   workdir = pathlib.Path(workdir)
-  info = json.loads((workdir / "finetune.json").read_text())
+  info = read_json(workdir / "finetune.json", "fine-tuning run info")
   gen = load_generator(info["generator_workdir"])
   run = run_config_from_dict(info["run"])
   if which == "best" and (workdir / "best").is_dir():

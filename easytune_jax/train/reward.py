@@ -9,8 +9,26 @@ Stages (EasyTune, arXiv 2602.07967; TMR, arXiv 2305.00976):
   preference loss on the text x motion cosine matrix of the latents' means; lr 1e-5.
 
 Noise-aware training: with probability 1 - noise_threshold a batch is noised (DDPM forward process with the
-MLD schedule, on the normalised motion features) to per-sample t ~ U{0, ..., 499}; the timestep goes to the
-encoders selected by the mode. Clean batches use t = 0. Reconstruction targets are always the clean motion.
+MLD schedule, on the normalised motion features) to per-sample t ~ U{0, ..., max_timestep - 1}; the timestep
+goes to the encoders selected by the mode. Clean batches use t = 0. Reconstruction targets are the clean motion.
+
+The official objective (EasyTune's `train_spm.py` + `GradGuidance/spm.py`; :meth:`RewardTrainConfig.official`,
+`RewardTrainConfig.paper()`, or `config.with_objective('official')` at any size) differs in named options, each
+kept selectable (OFFICIAL_OBJECTIVE / OUR_OBJECTIVE):
+
+* `timestep_routing='official'`: pretraining gives no timestep to either encoder; in the SPL stage the SPM loss
+  gives the sampled t to the encoders the mode selects and the SPL term's second pass gives it to the motion
+  encoder always and never to the text encoder; t is sampled for every batch, clean ones too ('mode': t to the
+  mode's encoders in both stages, t = 0 for clean batches);
+* `spl_latents='sample'`: SPL ranks reparameterised samples of a second forward pass ('mean': the latent
+  means of the SPM-loss pass);
+* `spl_temperature_convention='official'`: the SPL logits are divided by tau twice ('single': once);
+* `filter_convention='tmr'`: the near-duplicate caption filter drops cosines above 2 * threshold - 1
+  ('cosine': above threshold);
+* `recons_target='input'`: reconstruction target = the (possibly noised) input motion, smooth-L1 averaged over
+  every frame up to the batch's longest clip, padding included, as the official code pads each batch to its
+  longest clip ('clean_valid': the clean motion on valid frames only);
+* t ~ U{0, ..., 500} (max_timestep=501), AdamW weight decay 0.01 (torch's default) and no gradient clipping.
 
 Workdir layout: `checkpoints/` (orbax, with JSON metadata: configs, tokenizer vocabulary, stage),
 `metrics.jsonl|csv` + TensorBoard events, `retrieval.json` (when an evaluation set is given).
@@ -21,9 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -38,9 +58,10 @@ from easytune_jax.rewards import spl as spl_lib
 from easytune_jax.data.batching import batch_at, iterate_batches
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
+from easytune_jax.models import spm_convert
 from easytune_jax.models.layers import kl_between, kl_to_standard_normal, reparameterize
-from easytune_jax.models.spm import (SPM, SPMConfig, encode_motion, encode_text, init_spm, reward_fn,
-                                     text_inputs)
+from easytune_jax.models.spm import (SPMConfig, encode_motion, encode_text, init_spm, reward_fn, route_timestep,
+                                     spm_module, text_inputs)
 from easytune_jax.core.schedules import DiffusionConfig, Schedule, add_noise, make_schedule
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import check_config_matches, config_from_dict
@@ -50,6 +71,18 @@ from easytune_jax.train.loop import train_loop
 
 _WHERE = "easytune_jax/train/reward.py"
 META_KIND = "easytune_jax.spm_reward"
+
+# The objective's named options (see the module docstring). Dataclass defaults = OUR_OBJECTIVE, so configs saved
+# before these fields existed read back with the behaviour they were trained with.
+OUR_OBJECTIVE = dict(timestep_routing="mode", spl_latents="mean", spl_temperature_convention="single",
+                     filter_convention="cosine", recons_target="clean_valid", max_timestep=500, weight_decay=0.0,
+                     grad_clip_norm=1.0)
+OFFICIAL_OBJECTIVE = dict(timestep_routing="official", spl_latents="sample", spl_temperature_convention="official",
+                          filter_convention="tmr", recons_target="input", max_timestep=501, weight_decay=0.01,
+                          grad_clip_norm=0.0)
+_CHOICES = {"timestep_routing": ("mode", "official"), "spl_latents": ("mean", "sample"),
+            "spl_temperature_convention": spl_lib.TEMPERATURE_CONVENTIONS,
+            "filter_convention": spl_lib.FILTER_CONVENTIONS, "recons_target": ("clean_valid", "input")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +101,8 @@ class RewardTrainConfig:
     temperature, threshold_selfsim: InfoNCE temperature and near-duplicate caption threshold.
     spl_k, spl_high_sim, spl_temperature, spl_weight: SPL top-k, high-similarity rule, tau, loss weight.
     w_*: pretraining loss weights (reconstruction, KL, latent matching, contrastive).
+    timestep_routing, spl_latents, spl_temperature_convention, filter_convention, recons_target: the
+      objective's named options, ours by default, official in :meth:`official` (module docstring).
   """
 
   model: SPMConfig = SPMConfig()
@@ -95,8 +130,17 @@ class RewardTrainConfig:
   seed: int = 0
   log_every: int = 50
   checkpoint_every: int = 500
+  timestep_routing: str = "mode"
+  spl_latents: str = "mean"
+  spl_temperature_convention: str = "single"
+  filter_convention: str = "cosine"
+  recons_target: str = "clean_valid"
 
   def __post_init__(self):
+    for name, allowed in _CHOICES.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{_WHERE}: RewardTrainConfig.{name}: expected one of {tuple(allowed)}, found "
+                         f"{getattr(self, name)!r}")
     if not 0.0 <= self.noise_threshold <= 1.0:
       raise ValueError(f"{_WHERE}: RewardTrainConfig.noise_threshold: expected in [0, 1], found "
                        f"{self.noise_threshold}")
@@ -108,12 +152,37 @@ class RewardTrainConfig:
                        f"{self.batch_size}")
 
   @classmethod
+  def official(cls, **overrides) -> "RewardTrainConfig":
+    """The official EasyTune SPM training: its architecture (`SPMConfig.official()`, sentence-T5 token embeddings
+    as text input) and objective (OFFICIAL_OBJECTIVE), batch 64 (configs/spm_h3d.yaml), lr 1e-4 pretraining /
+    1e-5 SPL, NoiseThr 0.5 (the README's), InfoNCE tau 0.1 / threshold 0.9, SPL tau 0.1, weight 0.01."""
+    base = dict(model=SPMConfig.official(), batch_size=64, max_length=196, text_max_length=32, num_steps=100_000,
+                learning_rate=1e-4, spl_learning_rate=1e-5, noise_threshold=0.5, log_every=100,
+                checkpoint_every=2000, **OFFICIAL_OBJECTIVE)
+    base.update(overrides)
+    return cls(**base)
+
+  @classmethod
   def paper(cls, **overrides) -> "RewardTrainConfig":
+    """The paper configuration = :meth:`official`."""
+    return cls.official(**overrides)
+
+  @classmethod
+  def paper_tmr(cls, **overrides) -> "RewardTrainConfig":
+    """Paper sizes with our TMR-style SPM and our objective (the previous `paper()`)."""
     base = dict(model=SPMConfig.paper(), max_length=196, text_max_length=32, num_steps=100_000,
                 learning_rate=1e-4, spl_learning_rate=1e-5,
                 log_every=100, checkpoint_every=2000)
     base.update(overrides)
     return cls(**base)
+
+  def with_objective(self, objective: str) -> "RewardTrainConfig":
+    """This config with every objective option set to 'official' (OFFICIAL_OBJECTIVE) or 'ours' (OUR_OBJECTIVE);
+    sizes, rates and the model are kept."""
+    table = {"official": OFFICIAL_OBJECTIVE, "ours": OUR_OBJECTIVE}
+    if objective not in table:
+      raise ValueError(f"{_WHERE}: with_objective: expected one of {sorted(table)}, found {objective!r}")
+    return dataclasses.replace(self, **table[objective])
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -148,56 +217,110 @@ def caption_features(config: SPMConfig, batch: Mapping[str, jax.Array]) -> jax.A
 
 
 def noise_batch(rng: jax.Array, motion: jax.Array, mask: jax.Array, schedule: Schedule,
-                noise_threshold: float, max_timestep: int) -> tuple[jax.Array, jax.Array]:
+                noise_threshold: float, max_timestep: int, clean_timestep: str = "zero"
+                ) -> tuple[jax.Array, jax.Array]:
   """Noise-aware augmentation: with probability 1 - noise_threshold the whole batch is noised to per-sample
-  t ~ U{0, ..., max_timestep - 1}; otherwise t = 0 and x is clean. -> (x [B, L, D], t int32 [B])."""
+  t ~ U{0, ..., max_timestep - 1}; otherwise x is clean and t is 0 (`clean_timestep='zero'`, ours) or the
+  sampled t all the same (`'sampled'`, the official code, which draws t for every batch and passes it on).
+  -> (x * mask [B, L, D], t int32 [B]). The random draws do not depend on `clean_timestep`."""
   k_coin, k_t, k_eps = jax.random.split(rng, 3)
   noised = jax.random.uniform(k_coin) >= noise_threshold
   b = motion.shape[0]
-  t = jnp.where(noised, jax.random.randint(k_t, (b,), 0, max_timestep, jnp.int32), 0).astype(jnp.int32)
+  t = jax.random.randint(k_t, (b,), 0, max_timestep, jnp.int32)
+  if clean_timestep == "zero":
+    t = jnp.where(noised, t, 0).astype(jnp.int32)
+  elif clean_timestep != "sampled":
+    raise ValueError(f"{_WHERE}: noise_batch: clean_timestep: expected 'zero' or 'sampled', found {clean_timestep!r}")
   x_t = add_noise(schedule, motion, jax.random.normal(k_eps, motion.shape, motion.dtype), t)
   x = jnp.where(noised, x_t, motion)
   return x * mask[..., None].astype(x.dtype), t
 
 
+def batch_frames_smooth_l1(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean smooth-L1 over ALL frames up to the batch's longest clip (padded frames of shorter clips included),
+  the official reduction (its collate pads each batch to its longest clip): pred/target [B, L, D], mask [B, L]."""
+  longest = jnp.max(jnp.sum(mask.astype(jnp.int32), axis=1))
+  frames = (jnp.arange(pred.shape[1]) < longest).astype(pred.dtype)[None, :, None]
+  count = jnp.maximum(longest, 1).astype(pred.dtype) * pred.shape[0] * pred.shape[2]
+  return jnp.sum(smooth_l1(pred, target) * frames) / count
+
+
 def reward_loss(params, batch: Mapping[str, jax.Array], rng: jax.Array, config: RewardTrainConfig,
                 schedule: Schedule, use_spl: bool, deterministic: bool = False
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Total SPM loss of one batch -> (scalar, metrics). See the module docstring for the terms."""
+  """Total SPM loss of one batch -> (scalar, metrics). See the module docstring for the terms and options."""
   mc = config.model
-  model = SPM(mc)
+  model = spm_module(mc)
   motion, mask = batch["motion"], batch["mask"].astype(bool)
   k_noise, k_drop_t, k_drop_m, k_drop_d, k_zt, k_zm = jax.random.split(rng, 6)
-  x, t = noise_batch(k_noise, motion, mask, schedule, config.noise_threshold, config.max_timestep)
+  official_t = config.timestep_routing == "official"
+  input_target = config.recons_target == "input"
+  # The official reconstruction target keeps the noise on padded frames too; the encoders ignore padded frames,
+  # so feeding them the unmasked x changes nothing else.
+  x, t = noise_batch(k_noise, motion, jnp.ones_like(mask) if input_target else mask, schedule,
+                     config.noise_threshold, config.max_timestep, "sampled" if official_t else "zero")
   text, tmask = text_inputs(mc, batch)
-  t_mu, t_lv = model.apply(params, text, tmask, t, deterministic, method=SPM.encode_text,
+  if official_t and not use_spl:
+    t_text = t_motion = None          # official pretraining: no timestep token anywhere
+  else:
+    t_text, t_motion = route_timestep(mc, t, "text"), route_timestep(mc, t, "motion")
+  t_mu, t_lv = model.apply(params, text, tmask, t_text, deterministic, method="encode_text",
                            rngs={"dropout": k_drop_t})
-  m_mu, m_lv = model.apply(params, x, mask, t, deterministic, method=SPM.encode_motion,
+  m_mu, m_lv = model.apply(params, x, mask, t_motion, deterministic, method="encode_motion",
                            rngs={"dropout": k_drop_m})
   t_z = reparameterize(k_zt, t_mu, t_lv)
   m_z = reparameterize(k_zm, m_mu, m_lv)
   # Both latents are decoded in one call (shared decoder): [2B, latent] -> [2B, L, D].
   recon = model.apply(params, jnp.concatenate([t_z, m_z]), jnp.concatenate([mask, mask]), deterministic,
-                      method=SPM.decode, rngs={"dropout": k_drop_d})
+                      method="decode", rngs={"dropout": k_drop_d})
   b = motion.shape[0]
-  recons = masked_smooth_l1(recon[:b], motion, mask) + masked_smooth_l1(recon[b:], motion, mask)
+  if input_target:
+    recons = batch_frames_smooth_l1(recon[:b], x, mask) + batch_frames_smooth_l1(recon[b:], x, mask)
+  else:
+    recons = masked_smooth_l1(recon[:b], motion, mask) + masked_smooth_l1(recon[b:], motion, mask)
   kl = (kl_between(t_mu, t_lv, m_mu, m_lv) + kl_between(m_mu, m_lv, t_mu, t_lv)
         + kl_to_standard_normal(t_mu, t_lv) + kl_to_standard_normal(m_mu, m_lv))
   latent = jnp.mean(smooth_l1(t_z, m_z))
   contrastive = spl_lib.info_nce_with_filtering(t_z, m_z, caption_features(mc, batch), config.temperature,
-                                                config.threshold_selfsim)
+                                                config.threshold_selfsim, config.filter_convention)
   total = (config.w_recons * recons + config.w_kl * kl + config.w_latent * latent
            + config.w_contrastive * contrastive)
+  # With official routing clean batches carry a sampled t too, so "noised" is read off the data instead.
+  noised = jnp.any(x != motion, axis=(1, 2)) if official_t else t > 0
   metrics = {"recons": recons, "kl": kl, "latent": latent, "contrastive": contrastive,
-             "noised_frac": jnp.mean((t > 0).astype(jnp.float32))}
+             "noised_frac": jnp.mean(noised.astype(jnp.float32))}
   if use_spl:
-    # SPL ranks with the latent means: the reward reads mu, so that is the ranking to refine.
-    loss_spl, aux = spl_lib.spl_loss(t_mu, m_mu, k=config.spl_k, high_sim=config.spl_high_sim,
-                                     temperature=config.spl_temperature)
+    if config.spl_latents == "mean" and not official_t:
+      # Ours: rank the latent means of the pass above (the deterministic reward reads mu).
+      spl_text, spl_motion = t_mu, m_mu
+    else:
+      spl_text, spl_motion = _spl_pass(params, model, mc, config, text, tmask, x, mask, t, official_t,
+                                       jax.random.fold_in(rng, 7), deterministic)
+    loss_spl, aux = spl_lib.spl_loss(spl_text, spl_motion, k=config.spl_k, high_sim=config.spl_high_sim,
+                                     temperature=config.spl_temperature, convention=config.spl_temperature_convention)
     total = total + config.spl_weight * loss_spl
     metrics.update(spl=loss_spl, **aux)
   metrics["loss"] = total
   return total, metrics
+
+
+def _spl_pass(params, model, mc: SPMConfig, config: RewardTrainConfig, text, tmask, x, mask, t, official_t: bool,
+              rng: jax.Array, deterministic: bool) -> tuple[jax.Array, jax.Array]:
+  """The SPL term's own forward pass (official `compute_finetune_loss`): fresh dropout and, with
+  spl_latents='sample', fresh reparameterised samples; official routing: text without timestep, motion with
+  the sampled t whatever the mode. -> (text latents [B, C], motion latents [B, C])."""
+  k_dt, k_dm, k_zt, k_zm = jax.random.split(rng, 4)
+  if official_t:
+    t_text, t_motion = None, t
+  else:
+    t_text, t_motion = route_timestep(mc, t, "text"), route_timestep(mc, t, "motion")
+  t_mu, t_lv = model.apply(params, text, tmask, t_text, deterministic, method="encode_text",
+                           rngs={"dropout": k_dt})
+  m_mu, m_lv = model.apply(params, x, mask, t_motion, deterministic, method="encode_motion",
+                           rngs={"dropout": k_dm})
+  if config.spl_latents == "sample":
+    return reparameterize(k_zt, t_mu, t_lv), reparameterize(k_zm, m_mu, m_lv)
+  return t_mu, m_mu
 
 
 @functools.lru_cache(maxsize=8)
@@ -235,6 +358,17 @@ def make_train_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool
 def _optim(config: RewardTrainConfig, learning_rate: float) -> OptimConfig:
   return OptimConfig(learning_rate=learning_rate, weight_decay=config.weight_decay,
                      grad_clip_norm=config.grad_clip_norm)
+
+
+def stage_optim(config: RewardTrainConfig, spl: bool) -> OptimConfig:
+  """The optimizer of a stage: AdamW at learning_rate (pretraining) or spl_learning_rate (SPL)."""
+  return _optim(config, config.spl_learning_rate if spl else config.learning_rate)
+
+
+def _normalised(train_dict: Mapping[str, Any]) -> dict:
+  # Saved configs may predate fields added since: read back through from_dict (defaults fill them in) before
+  # comparing, so that an old workdir still resumes / initialises.
+  return RewardTrainConfig.from_dict(train_dict).to_dict()
 
 
 def _tokenizer_meta(tok: Optional[Tokenizer]) -> Optional[dict]:
@@ -325,7 +459,11 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   if noise_threshold is not None:
     config = dataclasses.replace(config, noise_threshold=noise_threshold)
   if init_meta is not None:
-    check_config_matches(init_meta["train"]["model"], config.model.to_dict(), f"{init_from} (init_from)")
+    check_config_matches(_normalised(init_meta["train"])["model"], config.model.to_dict(), f"{init_from} (init_from)")
+  if config.model.text_input == "embeddings" and text_embeddings is None:
+    raise ValueError(f"{_WHERE}: train_reward: the model reads precomputed text embeddings (text_input="
+                     f"'embeddings'{', the official SPM' if config.model.arch == 'official' else ''}): pass "
+                     f"text_embeddings= (a TextEmbeddings .npz, e.g. sentence-T5-large token embeddings)")
   num_steps = config.num_steps if steps is None else int(steps)
   lr = learning_rate or (config.spl_learning_rate if spl else config.learning_rate)
   optim = _optim(config, lr)
@@ -354,7 +492,7 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   ckpt = Checkpointer(workdir / "checkpoints")
   if ckpt.latest_step() is not None:
     saved = ckpt.metadata()
-    check_config_matches(saved["train"], config.to_dict(), str(workdir / "checkpoints"),
+    check_config_matches(_normalised(saved["train"]), config.to_dict(), str(workdir / "checkpoints"),
                          ignore=("log_every", "checkpoint_every", "num_steps"))
   writer = MetricWriter(workdir)
   emb_kwargs = {"text_embeddings": text_embeddings} if text_embeddings is not None else {}
@@ -468,3 +606,50 @@ def load_reward(workdir: str | os.PathLike) -> tuple[Callable[..., jax.Array], A
 def load_reward_tokenizer(workdir: str | os.PathLike) -> Optional[Tokenizer]:
   """The word tokenizer stored with an SPM checkpoint (None for embedding-input models)."""
   return _tokenizer_from_meta(read_reward_metadata(workdir)["tokenizer"])
+
+
+# --------------------------------------------------------------------------------------------- official
+def convert_spm_checkpoint(ckpt_path: str | os.PathLike, out_workdir: str | os.PathLike,
+                           config: Optional[SPMConfig] = None, **overrides) -> pathlib.Path:
+  """Converts an official SPM checkpoint into a reward workdir that `load_reward` loads.
+
+  The workdir holds `checkpoints/` (step 0: the params and a fresh optimizer state of the official SPL stage,
+  so it can also be `init_from` of further training) with metadata: kind 'easytune_jax.spm_reward', the
+  training config `RewardTrainConfig.official(model=config)`, stage 'converted', the text embedding width and
+  the source file with its sha256. Written into a temporary sibling folder and renamed when complete: on any
+  error nothing is left at `out_workdir`. `out_workdir` must not exist yet.
+
+  Returns the workdir path. The reward reads precomputed sentence-T5-large token embeddings
+  (`cond['text_emb']`, `cond['text_emb_mask']`, see `data.text.TextEmbeddings`).
+  """
+  out = pathlib.Path(out_workdir).absolute()
+  if out.exists():
+    raise FileExistsError(f"{out}: already exists; convert_spm_checkpoint writes a new workdir")
+  params, config, e = spm_convert.load_official_spm(ckpt_path, config, **overrides)
+  train_config = RewardTrainConfig.official(model=config)
+  optim = dataclasses.asdict(stage_optim(train_config, spl=True))
+  tx = make_optimizer(OptimConfig(**optim))
+  params = jax.tree.map(np.asarray, params)
+  state = create_train_state(params, tx)
+  digest = hashlib.sha256(pathlib.Path(ckpt_path).read_bytes()).hexdigest()
+  metadata = {"kind": META_KIND, "train": train_config.to_dict(), "optim": optim,
+              "stage": "converted", "init_from": None, "tokenizer": None, "text_emb_dim": e,
+              "text_embeddings_path": None, "dataset": {"root": None, "split": None, "dim": config.dim_motion},
+              "source": {"official_checkpoint": str(pathlib.Path(ckpt_path).absolute()), "sha256": digest},
+              "inputs": "reward(x, cond, t): x = dataset-normalised motion features [B, L, D]; cond['text_emb'] "
+                        "[B, Lt, E] sentence-T5-large token embeddings and cond['text_emb_mask']; Mean/Std are not "
+                        "stored (normalise with the dataset's own)."}
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    ckpt = Checkpointer(tmp / "checkpoints")
+    try:
+      ckpt.save(0, state, metadata)
+    finally:
+      ckpt.close()
+    os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out

@@ -1,0 +1,176 @@
+"""The shared front of every launcher: one-line errors naming flags, no empty output folders, common flags.
+
+Each launcher defines its flags, calls :func:`define_flags` (``--verbose``, and for launchers that read a
+dataset ``--on_missing`` / ``--drop_nonfinite``) and ends with ``cli.run(main, outputs=..., inputs=...)``
+instead of ``app.run(main)``. Then:
+
+* an error prints ONE line ``error: <message>`` on stderr and exits with status 1 (``--verbose`` prints the
+  traceback, ``--pdb`` opens the post-mortem debugger); config-field names in the message
+  (``FinetuneConfig.num_steps``) are replaced by the flag that sets them (``--num_steps``);
+* input folders (``inputs``: ``--data_dir``, ``--generator_workdir``, ...) are checked before anything runs:
+  a missing one says which flag and that the folder does not exist;
+* output folders (``outputs``: ``--workdir``, ``--out_dir``) that did not exist before the call and hold no
+  file when it fails are removed again (a folder that existed before is never touched, and one a failing
+  run wrote files into is kept: it may hold a checkpoint to resume from);
+* ``--on_missing=skip`` / ``--drop_nonfinite`` set the dataset reader's skip policies
+  (``humanml3d.set_default_policy``) for every dataset the run loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+from typing import Callable, Mapping, Optional, Sequence
+
+from absl import app, flags
+
+from easytune_jax.data import humanml3d
+
+FLAGS = flags.FLAGS
+
+# Config fields whose launcher flag has another name (field -> flag).
+DEFAULT_ALIASES = {"learning_rate": "lr", "grad_clip_norm": "grad_clip"}
+
+
+def define_flags(dataset: bool = True) -> None:
+  """Registers --verbose (and --on_missing / --drop_nonfinite when the launcher reads a dataset) as key flags
+  of the calling launcher, so that they are listed by its --help."""
+  flags.disclaim_key_flags()   # the flags below belong to the launcher that calls this function
+  flags.DEFINE_bool("verbose", False, "On an error, print the full traceback instead of one line.")
+  if dataset:
+    flags.DEFINE_enum("on_missing", "error", ["error", "skip"],
+                      "Dataset ids without a feature or caption file, or with an empty caption file: 'error' "
+                      "stops and names the file; 'skip' skips them (counted and logged).")
+    flags.DEFINE_bool("drop_nonfinite", False, "Drop dataset feature files holding NaN/inf (counted and logged) "
+                      "instead of stopping.")
+
+
+def _flag_value(name: str):
+  return FLAGS[name].value if name in FLAGS else None
+
+
+def _as_list(value) -> list:
+  if value is None:
+    return []
+  return [v for v in value if v] if isinstance(value, (list, tuple)) else [value]
+
+
+def check_inputs(inputs: Sequence[str], files: Sequence[str] = ()) -> None:
+  """Raises app.UsageError naming the flag when an input folder (or file) flag points at nothing."""
+  for name in inputs:
+    for path in _as_list(_flag_value(name)):
+      if not os.path.exists(path):
+        raise app.UsageError(f"--{name}={path}: folder does not exist")
+      if not os.path.isdir(path):
+        raise app.UsageError(f"--{name}={path}: expected a folder, found a file")
+  for name in files:
+    for path in _as_list(_flag_value(name)):
+      if not os.path.exists(path):
+        raise app.UsageError(f"--{name}={path}: file does not exist")
+      if os.path.isdir(path):
+        raise app.UsageError(f"--{name}={path}: expected a file, found a folder")
+
+
+def _first_new_ancestor(path: str) -> Optional[str]:
+  """The outermost folder of `path` (itself included) that does not exist yet, or None if `path` exists."""
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    return None
+  new = path
+  parent = os.path.dirname(new)
+  while parent != new and not os.path.exists(parent):
+    new, parent = parent, os.path.dirname(parent)
+  return new
+
+
+def _holds_files(path: str) -> bool:
+  for _, _, files in os.walk(path):
+    if files:
+      return True
+  return False
+
+
+def remove_if_empty(created: Sequence[str]) -> list[str]:
+  """Removes each folder of `created` (made by this call) that holds no file; returns those removed."""
+  removed = []
+  for path in created:
+    if os.path.isdir(path) and not _holds_files(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
+
+
+_CONFIG_FIELD = re.compile(r"\b([A-Z]\w*Config)\.(\w+)\b")
+
+
+def flagify(message: str, aliases: Optional[Mapping[str, str]] = None) -> str:
+  """Replaces 'SomeConfig.field' by '--flag (SomeConfig.field)' where the launcher defines that flag."""
+  aliases = {**DEFAULT_ALIASES, **(aliases or {})}
+
+  def sub(m):
+    field = m.group(2)
+    for name in (aliases.get(field), field):
+      if name and name in FLAGS and FLAGS[name].name == name:
+        return f"--{name} ({m.group(0)})"
+    return m.group(0)
+  return _CONFIG_FIELD.sub(sub, message)
+
+
+def one_line(e: BaseException, aliases: Optional[Mapping[str, str]] = None) -> str:
+  """The message of `e` on one line, config fields turned into flags."""
+  msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  msg = " ".join(str(msg).split())   # newlines and runs of spaces -> one space
+  if not isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, KeyError, app.UsageError)) or not msg:
+    msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+  return flagify(msg, aliases)
+
+
+def _debugging() -> bool:
+  return any(n in FLAGS and FLAGS[n].value for n in ("verbose", "pdb_post_mortem", "run_with_pdb"))
+
+
+def wrap(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] = (), files: Sequence[str] = (),
+         aliases: Optional[Mapping[str, str]] = None) -> Callable:
+  """`main` with the behaviour of the module docstring (see :func:`run`)."""
+
+  def wrapped(argv):
+    created = []
+    # jax logs a failed TPU probe at INFO on every CPU/GPU machine: noise in front of the one-line error.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    try:
+      if "on_missing" in FLAGS:
+        humanml3d.set_default_policy(on_missing=FLAGS.on_missing, drop_nonfinite=FLAGS.drop_nonfinite)
+      check_inputs(inputs, files)
+      created = [c for c in (_first_new_ancestor(p) for n in outputs for p in _as_list(_flag_value(n))) if c]
+      return main(argv)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001  (every error becomes one line)
+      remove_if_empty(created)
+      if _debugging():
+        raise
+      if isinstance(e, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+      hint = " (see --help)" if isinstance(e, app.UsageError) else " (--verbose shows the traceback)"
+      print(f"error: {one_line(e, aliases)}{hint}", file=sys.stderr)
+      sys.stderr.flush()
+      sys.exit(1)
+
+  wrapped.__doc__ = main.__doc__
+  return wrapped
+
+
+def run(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] = (), files: Sequence[str] = (),
+        aliases: Optional[Mapping[str, str]] = None) -> None:
+  """`app.run(main)` with one-line errors and the input / output checks of the module docstring.
+
+  Args:
+    main: the launcher's `main(argv)`.
+    outputs: names of flags holding output folders (created lazily; removed on failure when left empty).
+    inputs: names of flags holding input folders (a string or a list of them) that must exist.
+    files: names of flags holding input files that must exist.
+    aliases: config field -> flag name where they differ (on top of DEFAULT_ALIASES).
+  """
+  app.run(wrap(main, outputs=outputs, inputs=inputs, files=files, aliases=aliases))
