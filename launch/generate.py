@@ -16,6 +16,7 @@ BVH: HumanML3D skeleton, Y up, centimetres (--bvh_scale=1 for metres), 20 fps.
 
 from absl import app, flags, logging
 
+from easytune_jax import cli
 from easytune_jax.bundles import export
 from easytune_jax.bundles import official_generator
 from easytune_jax.bundles.generator import load_generator
@@ -42,6 +43,7 @@ flags.DEFINE_bool("mp4", False, "Write an MP4 per prompt (needs ffmpeg).")
 flags.DEFINE_bool("bvh", True, "Write a BVH per prompt.")
 flags.DEFINE_float("bvh_scale", 100.0, "BVH length units per metre (100: centimetres).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+cli.define_flags(dataset=False)
 
 
 def _texts() -> list:
@@ -76,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "finetune_workdir", "sentence_t5_dir"),
+          files=("text_file",))
