@@ -7,6 +7,7 @@ Transformer{Encoder,Decoder}Layer, `TimestepEmbedding`, `PositionEmbeddingLearne
 re-statement of the official forward equations reads those torch-named tensors directly.
 """
 
+import json
 import math
 import os
 
@@ -343,3 +344,60 @@ def test_generator_bundle(tmp_path, ckpt):
   assert feats.shape == (2, 16, 263) and joints.shape == (2, 16, 22, 3)
   assert np.all(np.isfinite(feats)) and np.all(feats[1, 8:] == 0.0) and np.all(joints[1, 8:] == 0.0)
   assert gen.denoise.__func__ is generator.Generator.denoise  # the bundle's denoiser contract is the base class's
+
+
+ST5_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "text_encoders", "st5_safetensors")
+
+
+def test_generator_bundle_with_sentence_t5(tmp_path):
+  """Captions encoded on the fly by the sentence-T5 fixture (sentence dim 24): cond = its sentence embedding,
+  uncond = its embedding of ''; the folder is recorded in the workdir and reloaded."""
+  from easytune_jax.bundles import generator
+  from easytune_jax.bundles import official_generator as og
+  from easytune_jax.models.t5_encoder import load_sentence_t5
+
+  st5 = load_sentence_t5(ST5_DIR)
+  dcfg = dataclass_replace(DCFG, text_dim=st5.config.sentence_dim)
+  path = tmp_path / "mld24.ckpt"
+  save_torch(path, {"state_dict": random_state(VCFG, dcfg, seed=3)})
+  rng = np.random.default_rng(4)
+  mean, std = rng.standard_normal(263).astype(np.float32), rng.uniform(0.5, 1.5, 263).astype(np.float32)
+
+  # a denoiser whose text_dim is not the encoder's: named error, nothing written
+  with pytest.raises(ValueError, match="24 dims, the denoiser's text_dim is 12"):
+    og.write_official_generator(ckpt_path_12(tmp_path), tmp_path / "bad", mean, std, sentence_t5=ST5_DIR,
+                                num_heads=2)
+  assert not (tmp_path / "bad").exists()
+
+  meta = og.write_official_generator(path, tmp_path / "gen", mean, std, sentence_t5=ST5_DIR, num_heads=2,
+                                     max_length=16)
+  assert meta["sentence_t5"] == os.path.abspath(ST5_DIR)
+  gen = generator.load_generator(str(tmp_path / "gen"))
+  assert isinstance(gen, og.OfficialMLDGenerator) and gen.text_model is not None and gen.text_embeddings is None
+  texts = ["a person walks forward and waves", "a person jumps", "a person walks forward and waves"]
+  cond = gen.encode_text(texts)
+  _, _, want = st5.encode(texts)
+  np.testing.assert_allclose(cond["text"][:, 0], want, atol=1e-6)
+  assert cond["text"].shape == (3, 1, 24) and bool(np.all(cond["text_mask"]))
+  _, _, empty = st5.encode([""])
+  np.testing.assert_allclose(gen.uncond(cond)["text"][:, 0], np.broadcast_to(empty, (3, 24)), atol=1e-6)
+  feats, joints = gen.generate(texts[:2], [16, 9], jax.random.PRNGKey(0), num_steps=2)
+  assert feats.shape == (2, 16, 263) and joints.shape == (2, 16, 22, 3) and np.all(np.isfinite(joints))
+
+  # the same bundle from an in-memory SentenceT5, and a recorded folder that has moved
+  mem = og.official_generator_from_checkpoint(path, mean, std, sentence_t5=st5, num_heads=2, max_length=16)
+  feats2, _ = mem.generate(texts[:2], [16, 9], jax.random.PRNGKey(0), num_steps=2)
+  np.testing.assert_allclose(feats2, feats, atol=1e-5)
+  marker = tmp_path / "gen" / og.MARKER
+  m = json.loads(marker.read_text())
+  m["sentence_t5"] = str(tmp_path / "moved")
+  marker.write_text(json.dumps(m))
+  with pytest.raises(FileNotFoundError, match="sentence_t5_dir"):
+    generator.load_generator(str(tmp_path / "gen"))
+  assert og.load_official_generator(tmp_path / "gen", sentence_t5=ST5_DIR).text_model is not None
+
+
+def ckpt_path_12(tmp_path):
+  path = tmp_path / "mld12.ckpt"
+  save_torch(path, {"state_dict": random_state()})
+  return path

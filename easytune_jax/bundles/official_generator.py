@@ -16,10 +16,19 @@ Two ways in:
 * `official_generator_from_checkpoint(...)` builds the same bundle in memory.
 
 Text conditioning: the official denoiser takes a 768-d sentence embedding per caption (sentence-T5-large,
-`[B, 1, 768]`); until the JAX sentence-T5 encoder lands, captions are looked up in a precomputed `.npz`
-(`data.text.TextEmbeddings`, Lt = 1). Classifier-free guidance's unconditional input is, as in the official
-code, the embedding of the empty caption "": taken from the `.npz` (caption "") or passed as `null_text`; it
-is stored as the frozen text params `{"params": {"null_text": [768]}}`. The VAE scale factor is 1
+`[B, 1, 768]`). Two sources:
+
+* `sentence_t5=FOLDER` (the `sentence-t5-large` folder sentence-transformers downloads, `models/t5_encoder.py`):
+  captions are encoded on the fly (`SentenceT5.embeddings(texts, "sentence")`, cached per caption). The folder is
+  recorded in `official_mld.json` (`sentence_t5`) and reloaded with the bundle; `load_official_generator(...,
+  sentence_t5=...)` points it elsewhere. When given, it encodes every caption (a `.npz` given too is then only
+  what data batches read).
+* a precomputed `.npz` (`data.text.TextEmbeddings`, Lt = 1; `launch/precompute_text_embeddings.py`): captions are
+  looked up exactly.
+
+Classifier-free guidance's unconditional input is, as in the official code, the embedding of the empty caption
+"": sentence-T5's encoding of "" when the encoder is given, else the `.npz`'s caption "" or `null_text`; it is
+stored as the frozen text params `{"params": {"null_text": [768]}}`. The VAE scale factor is 1
 (`vae_scale_factor` is unset in the official configs); the schedule and sampler are the config defaults,
 which are MLD's DDIM (1000 steps, scaled_linear 0.00085..0.012, epsilon, steps_offset 1, 50 steps, w 7.5).
 """
@@ -32,7 +41,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -45,6 +54,7 @@ from easytune_jax.bundles.generator import Generator, register_workdir_loader
 from easytune_jax.models import mld_convert
 from easytune_jax.models.mld_official import (OfficialDenoiserConfig, OfficialMLDDenoiser, OfficialMLDVAE,
                                               OfficialVAEConfig)
+from easytune_jax.models.t5_encoder import SentenceT5, load_sentence_t5
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
 from easytune_jax.core.schedules import DiffusionConfig
@@ -80,11 +90,30 @@ class OfficialMLDGenerator(Generator):
 
   vae_config: OfficialVAEConfig = dataclasses.field(default_factory=OfficialVAEConfig)
   denoiser_config: OfficialDenoiserConfig = dataclasses.field(default_factory=OfficialDenoiserConfig)
+  text_model: Optional[SentenceT5] = None   # captions -> sentence embeddings on the fly (else the .npz)
 
   def __post_init__(self):
     super().__post_init__()
     self.modules = gm.Modules(OfficialMLDVAE(self.vae_config), OfficialMLDDenoiser(self.denoiser_config),
                                 SentenceEmbeddingText(self.config.text))
+    self._sentence_cache: dict[str, np.ndarray] = {}
+
+  def text_inputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Captions -> (sentence embeddings [B, 1, E], mask [B, 1]): through `text_model` when set (cached per
+    caption), else looked up in the precomputed `.npz`."""
+    if self.text_model is None:
+      return super().text_inputs(texts)
+    if isinstance(texts, str):
+      raise TypeError("texts: expected a sequence of captions, found a single str")
+    texts = list(texts)
+    new = list(dict.fromkeys(t for t in texts if t not in self._sentence_cache))
+    if new:
+      if len(self._sentence_cache) > 100_000:
+        self._sentence_cache.clear()
+      emb, _ = self.text_model.embeddings(new, "sentence")
+      self._sentence_cache.update(zip(new, emb[:, 0]))
+    emb = np.stack([self._sentence_cache[t] for t in texts])[:, None, :].astype(np.float32)
+    return emb, np.ones(emb.shape[:2], bool)
 
   @property
   def latent_shape(self) -> tuple:
@@ -131,7 +160,8 @@ def _null_text(null_text, embeddings: Optional[TextEmbeddings], text_dim: int) -
     null_text = emb[0, 0]
   if null_text is None:
     raise ValueError("official generator: classifier-free guidance needs the sentence embedding of the empty "
-                     "caption ''; add '' to the text-embeddings .npz or pass null_text")
+                     "caption ''; give the sentence-T5 folder, add '' to the text-embeddings .npz or pass "
+                     "null_text")
   arr = _array(null_text, "null_text").reshape(-1)
   if arr.shape != (text_dim,) or not np.all(np.isfinite(arr)):
     raise ValueError(f"null_text: expected {text_dim} finite values (the denoiser's text_dim), found shape "
@@ -162,6 +192,37 @@ def _embeddings(text_embeddings, text_dim) -> Optional[TextEmbeddings]:
   return emb
 
 
+def _sentence_t5(sentence_t5, text_dim: int) -> Optional[SentenceT5]:
+  if sentence_t5 is None or isinstance(sentence_t5, SentenceT5):
+    model = sentence_t5
+  else:
+    model = load_sentence_t5(os.fspath(sentence_t5))
+    model.folder = os.path.abspath(os.fspath(sentence_t5))
+  if model is not None and model.config.sentence_dim != text_dim:
+    raise ValueError(f"sentence_t5 {getattr(model, 'folder', '')!s}: sentence embeddings have "
+                     f"{model.config.sentence_dim} dims, the denoiser's text_dim is {text_dim}")
+  return model
+
+
+def _encoded_null(model: SentenceT5) -> np.ndarray:
+  emb, _ = model.embeddings([""], "sentence")
+  return emb[0, 0]
+
+
+def _null_params(model: SentenceT5) -> dict:
+  return {"params": {"null_text": _encoded_null(model)}}
+
+
+def with_sentence_t5(gen: OfficialMLDGenerator, sentence_t5) -> OfficialMLDGenerator:
+  """`gen` (e.g. a fine-tuned one from `train.finetune_runner.load_finetuned_generator`) with captions encoded by
+  `sentence_t5` (folder or `SentenceT5`) and the unconditional input set to its encoding of ""."""
+  if not isinstance(gen, OfficialMLDGenerator):
+    raise TypeError(f"with_sentence_t5: expected an OfficialMLDGenerator, found {type(gen).__name__} (only the "
+                    "official MLD reads sentence-T5 embeddings)")
+  model = _sentence_t5(sentence_t5, gen.denoiser_config.text_dim)
+  return dataclasses.replace(gen, text_model=model, frozen={**gen.frozen, "text": _null_params(model)})
+
+
 def _tokenizer() -> Tokenizer:
   return Tokenizer([PAD, UNK, SOS, EOS], max_length=3)
 
@@ -170,35 +231,45 @@ def official_generator_from_checkpoint(ckpt_path: str | os.PathLike, mean: Array
                                        text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
                                        num_heads: int = 4, vae_config: Optional[OfficialVAEConfig] = None,
                                        denoiser_config: Optional[OfficialDenoiserConfig] = None,
-                                       max_length: int = 196) -> OfficialMLDGenerator:
+                                       max_length: int = 196, sentence_t5=None) -> OfficialMLDGenerator:
   """Official `.ckpt` -> an in-memory `OfficialMLDGenerator` (see the module docstring for the arguments).
-  `text_embeddings`: a `.npz` path or `TextEmbeddings` of [N, 1, text_dim] sentence embeddings."""
+  `text_embeddings`: a `.npz` path or `TextEmbeddings` of [N, 1, text_dim] sentence embeddings; `sentence_t5`: a
+  sentence-transformers folder or a loaded `SentenceT5` whose sentence dim is the denoiser's text_dim. At least
+  one of them (or `null_text`, for a bundle fed embeddings directly) is needed."""
   vae_vars, den_vars, report = mld_convert.load_official_mld(ckpt_path, vae_config, denoiser_config, num_heads)
   vcfg, dcfg = report["vae_config"], report["denoiser_config"]
   emb = _embeddings(text_embeddings, dcfg.text_dim)
+  text_model = _sentence_t5(sentence_t5, dcfg.text_dim)
+  if null_text is None and text_model is not None:
+    null_text = _encoded_null(text_model)
   null = _null_text(null_text, emb, dcfg.text_dim)
   m, s = _stats(mean, std, vcfg.nfeats)
   cfg = official_base_config(vcfg, dcfg.text_dim, emb.path if emb is not None else "", max_length)
   gen = OfficialMLDGenerator(config=cfg, tokenizer=_tokenizer(), mean=m, std=s, params=den_vars,
                              frozen={"vae": vae_vars, "text": {"params": {"null_text": null}}}, latent_scale=1.0,
-                             text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg)
+                             text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg, text_model=text_model)
   gen.conversion_report = {"ignored": report["ignored"], "converted": report["converted"]}
   return gen
 
 
 def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.PathLike, mean: ArrayOrPath,
                              std: ArrayOrPath, text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
-                             num_heads: int = 4, overwrite: bool = False, **kw) -> dict:
+                             num_heads: int = 4, overwrite: bool = False, sentence_t5=None, **kw) -> dict:
   """Converts the official checkpoint into a generator work directory (atomically; nothing is written when the
-  conversion or a check fails). Returns the metadata written to `official_mld.json`."""
+  conversion or a check fails). `sentence_t5`: a sentence-transformers folder (recorded as an absolute path and
+  reloaded with the bundle). Returns the metadata written to `official_mld.json`."""
+  if sentence_t5 is not None and not isinstance(sentence_t5, (str, os.PathLike)):
+    raise TypeError("write_official_generator: sentence_t5 must be a folder path (it is recorded in the workdir)")
   workdir = pathlib.Path(workdir)
   if workdir.exists() and not overwrite:
     raise FileExistsError(f"{workdir}: already exists (pass overwrite=True to replace it)")
-  gen = official_generator_from_checkpoint(ckpt_path, mean, std, text_embeddings, null_text, num_heads, **kw)
+  gen = official_generator_from_checkpoint(ckpt_path, mean, std, text_embeddings, null_text, num_heads,
+                                           sentence_t5=sentence_t5, **kw)
   meta = {
       "format": FORMAT, "source": os.path.abspath(os.fspath(ckpt_path)),
       "vae": dataclasses.asdict(gen.vae_config), "denoiser": dataclasses.asdict(gen.denoiser_config),
       "config": config_to_dict(gen.config), "latent_scale": gen.latent_scale,
+      "sentence_t5": os.path.abspath(os.fspath(sentence_t5)) if sentence_t5 is not None else None,
       "param_counts": {"vae": _count(gen.frozen["vae"]), "denoiser": _count(gen.params)},
       "ignored": gen.conversion_report["ignored"],   # top-level state-dict groups not converted (text encoder, ...)
   }
@@ -231,9 +302,11 @@ def _count(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def load_official_generator(workdir: str | os.PathLike, text_embeddings=None) -> OfficialMLDGenerator:
+def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, sentence_t5=None
+                            ) -> OfficialMLDGenerator:
   """Reads a work directory written by `write_official_generator`. `text_embeddings` (path or
-  TextEmbeddings) replaces the `.npz` recorded at conversion time."""
+  TextEmbeddings) replaces the `.npz` recorded at conversion time; `sentence_t5` (folder or `SentenceT5`) replaces
+  the recorded sentence-T5 folder, or adds one (the unconditional input is then its encoding of "")."""
   workdir = pathlib.Path(workdir)
   marker = workdir / MARKER
   if not marker.is_file():
@@ -249,7 +322,14 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None) ->
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, text_embeddings=path))
   emb = _embeddings(text_embeddings if text_embeddings is not None else (cfg.data.text_embeddings or None),
                     dcfg.text_dim)
+  st5 = sentence_t5 if sentence_t5 is not None else meta.get("sentence_t5")
+  if isinstance(st5, (str, os.PathLike)) and not os.path.isdir(st5):
+    raise FileNotFoundError(f"{marker}: sentence-T5 folder {os.fspath(st5)!r} not found (pass sentence_t5= / "
+                            "--sentence_t5_dir to point at it)")
+  text_model = _sentence_t5(st5, dcfg.text_dim)
   tree = serialization.msgpack_restore((workdir / "params.msgpack").read_bytes())
+  if text_model is not None:
+    tree["text"] = _null_params(text_model)
   want = mld_convert.flax_param_shapes(vcfg, dcfg)
   for k in ("vae", "denoiser"):
     got = jax.tree.map(np.shape, tree.get(k, {}).get("params", {}))
@@ -260,7 +340,7 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None) ->
       config=cfg, tokenizer=Tokenizer.load(str(workdir / "tokenizer.json")),
       mean=np.load(workdir / "mean.npy"), std=np.load(workdir / "std.npy"), params=tree["denoiser"],
       frozen={"vae": tree["vae"], "text": tree["text"]}, latent_scale=float(meta["latent_scale"]),
-      text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg)
+      text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg, text_model=text_model)
 
 
 register_workdir_loader(MARKER, load_official_generator)

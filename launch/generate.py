@@ -1,0 +1,82 @@
+"""Text -> motion files (features .npy, joints .npy, GIF / MP4, BVH) from a generator.
+
+  # a trained workdir (launch/train_base.py, the quickstart's <out>/base)
+  python launch/generate.py --generator_workdir=/tmp/quickstart/base --text="a person walks forward and waves" \
+      --out_dir=/tmp/gen
+  # the converted official MLD (launch/convert_official_mld.py), several prompts, 50 DDIM steps, w = 7.5
+  python launch/generate.py --generator_workdir=/tmp/mld_official --text_file=prompts.txt --length=120 \
+      --out_dir=/tmp/gen_mld [--sentence_t5_dir=deps/sentence-t5-large] [--mp4]
+  # the fine-tuned params of a launch/finetune.py run (its recorded base generator)
+  python launch/generate.py --finetune_workdir=/tmp/ft_easytune --text="a person jumps" --out_dir=/tmp/gen_ft
+
+Per prompt i, `<out_dir>/<i:03d>_<slug>{_features.npy,_joints.npy,.gif,.mp4,.bvh}` and `<out_dir>/generated.json`
+(see easytune_jax/bundles/export.py). MP4 needs ffmpeg on PATH (otherwise generated.json notes that none was written).
+BVH: HumanML3D skeleton, Y up, centimetres (--bvh_scale=1 for metres), 20 fps.
+"""
+
+from absl import app, flags, logging
+
+from easytune_jax import cli
+from easytune_jax.bundles import export
+from easytune_jax.bundles import official_generator
+from easytune_jax.bundles.generator import load_generator
+from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.train.finetune_runner import load_finetuned_generator
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("text", None, "A caption (repeat the flag for several).")
+flags.DEFINE_string("text_file", None, "Text file with one caption per line.")
+flags.DEFINE_string("generator_workdir", None, "Generator workdir: trained (launch/train_base.py) or converted "
+                    "official (launch/convert_official_mld.py).")
+flags.DEFINE_string("finetune_workdir", None, "A launch/finetune.py run: its base generator with fine-tuned params.")
+flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "Which fine-tuned params.")
+flags.DEFINE_string("sentence_t5_dir", None, "Official MLD only: encode captions with this sentence-t5-large folder "
+                    "(instead of the one recorded at conversion, or the precomputed .npz).")
+flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight w.")
+flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
+flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("length", 0, "Frames per motion at 20 fps (0: the generator's max_length, 196 for MLD).")
+flags.DEFINE_integer("batch_size", 8, "Prompts per sampler call.")
+flags.DEFINE_bool("gif", True, "Write a GIF per prompt.")
+flags.DEFINE_bool("mp4", False, "Write an MP4 per prompt (needs ffmpeg).")
+flags.DEFINE_bool("bvh", True, "Write a BVH per prompt.")
+flags.DEFINE_float("bvh_scale", 100.0, "BVH length units per metre (100: centimetres).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+cli.define_flags(dataset=False)
+
+
+def _texts() -> list:
+  texts = list(FLAGS.text or [])
+  if FLAGS.text_file:
+    texts += export.read_text_file(FLAGS.text_file)
+  if not texts:
+    raise app.UsageError("give --text (repeatable) and/or --text_file")
+  return texts
+
+
+def main(argv):
+  del argv
+  quiet_library_logs()
+  texts = _texts()
+  if bool(FLAGS.generator_workdir) == bool(FLAGS.finetune_workdir):
+    raise app.UsageError("give exactly one of --generator_workdir and --finetune_workdir")
+  if FLAGS.finetune_workdir:
+    gen = load_finetuned_generator(FLAGS.finetune_workdir, FLAGS.finetune_which)
+  else:
+    gen = load_generator(FLAGS.generator_workdir)
+  if FLAGS.sentence_t5_dir:
+    gen = official_generator.with_sentence_t5(gen, FLAGS.sentence_t5_dir)
+  cfg = export.GenerateConfig(guidance_scale=FLAGS.guidance_scale, num_steps=FLAGS.num_steps, seed=FLAGS.seed,
+                              length=FLAGS.length, batch_size=FLAGS.batch_size, gif=FLAGS.gif, mp4=FLAGS.mp4,
+                              bvh=FLAGS.bvh, bvh_scale=FLAGS.bvh_scale)
+  manifest = export.generate_to_files(gen, texts, FLAGS.out_dir, cfg, progress=FLAGS.progress)
+  for note in manifest["notes"]:
+    logging.warning("%s", note)
+  logging.info("wrote %d motions to %s (sampling %s s per batch, writing %.1f s)", len(texts), FLAGS.out_dir,
+               manifest["timing"]["sample_s"], manifest["timing"]["write_s"])
+
+
+if __name__ == "__main__":
+  cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "finetune_workdir", "sentence_t5_dir"),
+          files=("text_file",))
