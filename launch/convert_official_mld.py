@@ -5,18 +5,21 @@
       --sentence_t5_dir=deps/sentence-t5-large --out=/tmp/mld_official
 
 The output directory is accepted wherever a generator workdir is (`--generator_workdir` of launch/finetune.py,
-launch/evaluate.py, launch/benchmark.py; ``load_generator` (bundles/generator.py)`). --text_embeddings: a `.npz` of 768-d
+launch/evaluate.py, launch/benchmark.py; `load_generator` in bundles/generator.py). --text_embeddings: a `.npz` of 768-d
 sentence-T5-large embeddings per caption ([N, 1, 768], `data.text.save_text_embeddings`) that includes the
 empty caption '' (the unconditional input of classifier-free guidance), or pass --null_text=PATH.npy.
 --sentence_t5_dir: the sentence-transformers `sentence-t5-large` folder; captions are then encoded on the fly (JAX,
 torch-free) and the unconditional input is its encoding of ''. The folder is recorded in the output directory.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from easytune_jax import cli
 
 from easytune_jax.bundles import official_generator
 
 FLAGS = flags.FLAGS
+cli.define_flags(dataset=False)
 flags.DEFINE_string("checkpoint", None, "Official MLD .ckpt (torch.save zip with state_dict vae.* / denoiser.*).",
                     required=True)
 flags.DEFINE_string("out", None, "Generator work directory to create.", required=True)
@@ -42,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, outputs=("out",), files=("checkpoint", "mean", "std"))

@@ -22,11 +22,14 @@ from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
-from easytune_jax.bundles.generator import load_generator
+from easytune_jax.train.finetune_runner import load_any_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated).", required=True)
+flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "For fine-tuning workdirs in "
+                  "--generator_workdir: the final params or best/.")
+flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated): trained, converted "
+                  "official, or fine-tuning workdirs (launch/finetune.py).", required=True)
 flags.DEFINE_list("names", None, "Row names (default: the work directories' base names).")
 flags.DEFINE_string("evaluator_workdir", None, "Work directory of launch/train_evaluator.py.")
 flags.DEFINE_string("t2m_dir", None, "Official evaluator: folder with text_mot_match/model/finest.tar.")
@@ -60,7 +63,7 @@ def main(argv):
     del argv
     quiet_library_logs()
 
-    settings = {n: FLAGS[n].value for n in ("generator_workdir", "names", "evaluator_workdir", "t2m_dir", "glove_dir",
+    settings = {n: FLAGS[n].value for n in ("generator_workdir", "finetune_which", "names", "evaluator_workdir", "t2m_dir", "glove_dir",
                                              "evaluator_stats_dir", "data_dir", "split", "replications", "quick",
                                              "mm", "batch_size", "guidance_scale", "num_steps", "seed", "on_missing",
                                              "drop_nonfinite")}
@@ -90,7 +93,7 @@ def main(argv):
         raise app.UsageError(f"--names: expected {len(FLAGS.generator_workdir)} names, found {len(names)}")
     results = []
     for name, workdir in zip(names, FLAGS.generator_workdir):
-        gen = load_generator(workdir)
+        gen = load_any_generator(workdir, FLAGS.finetune_which)
         evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
         res = E.evaluate(generate_fn_for(gen, FLAGS.guidance_scale, FLAGS.num_steps), evaluator, test,
                          replications=FLAGS.replications, batch_size=FLAGS.batch_size,

@@ -342,3 +342,11 @@ def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
     params = ck.restore(template).params
   ck.close()
   return dataclasses.replace(gen, params=params)
+
+
+def load_any_generator(workdir: str, which: str = "final") -> Generator:
+  """A generator workdir (trained or converted) or a fine-tuning workdir (its `which` params): what the
+  command-line evaluation and generation accept as `--generator_workdir`."""
+  if (pathlib.Path(workdir) / "finetune.json").is_file():
+    return load_finetuned_generator(workdir, which)
+  return load_generator(workdir)
