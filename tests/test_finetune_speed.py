@@ -271,3 +271,30 @@ def test_cast_floating_leaves_ints_and_keys():
   assert out["k"].dtype == tree["k"].dtype and out["py"] == 1.5
   d, r, dec = finetune.with_compute_dtype(denoise, reward, None, "float32")
   assert d is denoise and r is reward and dec is None
+
+
+# --------------------------------------------------------------------------------------------- benchmark wiring
+def test_benchmark_chunk_variants_and_floor_record():
+  from easytune_jax import benchmark
+  v = benchmark.parse_variant("easytune-10+chunk5@1e-4")
+  assert v == benchmark.Variant("easytune", 10, False, 1e-4, False, 5) and v.name == "EasyTune-10+chunk5@0.0001"
+  assert v.family == "EasyTune-10+chunk5"
+  cfg_b = benchmark.BenchmarkConfig(grad_chunk=4)
+  assert benchmark.finetune_config(cfg_b, v, 50).chunk_size == 5
+  assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune"), 50).grad_chunk == 4
+  assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune+online"), 50).grad_chunk == 1
+  assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("draft-1"), 50).grad_chunk == 1
+  for bad, msg in (("easytune+chunk0", "expected '\\+chunk<C>' with C >= 1"),
+                   ("draft-1+chunk2", "'\\+chunk<C>' batches frozen EasyTune's per-step gradients, not for 'draft'"),
+                   ("easytune+online+chunk2", "not for 'easytune\\+online'")):
+    with pytest.raises(ValueError, match=msg):
+      benchmark.parse_variant(bad)
+  with pytest.raises(ValueError, match="grad_chunk"):
+    benchmark.BenchmarkConfig(grad_chunk=0)
+  floor = {"T": 10, "sampling_seconds": 1.0, "one_step_grad_seconds": 0.5, "optimizer_update_seconds": 0.1}
+  ft = benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant("easytune"), 10)
+  r = benchmark.floor_record(floor, ft, 12.0)
+  assert r["grad_steps"] == 10 and r["floor_seconds"] == 6.0 and r["floor_with_optimizer_seconds"] == 7.0
+  assert r["over_floor"] == 2.0
+  ft = benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant("refl"), 10)
+  assert benchmark.floor_record(floor, ft, 3.2)["floor_with_optimizer_seconds"] == pytest.approx(1.6)

@@ -240,7 +240,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   if mesh is not None:
     # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
     # the key and the base params (KL regulariser) replicated.
-    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5))
+    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5), donate_state=True)
   base_params = task.gen.params if ft.regularizer == "kl" else None
   per_traj = ft.updates_per_trajectory
   state = common.create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
