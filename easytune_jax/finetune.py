@@ -36,6 +36,12 @@ neither differentiates nor stores them (checked by `compiled_memory` in the test
 DRTune's masks are random, so their fixed-shape scans reserve one differentiated step's residuals per step
 (memory ~ DRaFT-T) unless `remat=True`.
 
+Speed: with the 'frozen' sampler EasyTune's K gradients are independent (all at theta_old, on theta_old's
+trajectory); `grad_chunk=C` computes them C at a time with one vmapped `value_and_grad` after a no-gradient
+pass over those C steps, and applies them in step order (same updates; memory grows with C, still flat in T).
+Every jitted update donates its state (`make_update_fn(donate=True)`). `compute_dtype='bfloat16'` runs the
+networks in bfloat16 with float32 master params and optimizer state.
+
 Example with your own denoiser and reward:
 
   import jax, jax.numpy as jnp, optax

@@ -226,8 +226,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
     saved = {"best_metric": "heldout_reward", **json.loads(info_path.read_text())["run"]}  # runs before it
+    saved["finetune"] = {"compute_dtype": "float32", **saved.get("finetune", {})}        # runs before it
+    # grad_chunk changes how the same updates are computed (batched or one by one), not the run.
     common.check_config_matches(saved, meta["run"], str(info_path),
-                                ignore=("trajectories", "eval_every", "checkpoint_every"))
+                                ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"))
   tmp = info_path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(meta, indent=2))
   tmp.replace(info_path)
