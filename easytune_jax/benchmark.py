@@ -209,7 +209,11 @@ class BenchmarkConfig:
 def get_config(name: str = "tiny") -> BenchmarkConfig:
   """'tiny': CPU, T in (10, 50, 200) for memory, speed/alignment at T=10, 20 s per method.
   'paper': GPU at MLD sizes, T in (10, 50, 200) for memory, speed/alignment at T=50 (the paper's
-  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method."""
+  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method.
+  Both keep grad_chunk = 1 (EasyTune's sequential path): on the 2-core CPU the batched path was slower at
+  every C measured (tiny, T = 50: 0.88 s per trajectory sequential, 1.18-2.17 s for C in 2..50;
+  docs/benchmark/grad_chunk_tiny) and its compiled temporaries grow by about one one-step gradient's per unit
+  of C; on an accelerator measure '+chunk<C>' variants first (`--grad_chunk` / '+chunk<C>')."""
   if name == "tiny":
     return BenchmarkConfig()
   if name == "paper":
