@@ -40,6 +40,10 @@ flags.DEFINE_float("target_gain", None, "Override: held-out reward gain whose re
 flags.DEFINE_integer("speed_seeds", None, "Override: independent budgeted runs (seeds) per method.")
 flags.DEFINE_integer("batch_size", None, "Override: captions per trajectory.")
 flags.DEFINE_float("learning_rate", None, "Override: AdamW learning rate of every method.")
+flags.DEFINE_integer("grad_chunk", None, "Override: C of frozen EasyTune variants without a '+chunk<C>' suffix "
+                     "(per-step gradients batched C at a time; 1 = sequential).")
+flags.DEFINE_integer("speed_repeats", None, "Override: timed runs per method (median reported).")
+flags.DEFINE_bool("floor", None, "Override: also time sampling alone and one one-step gradient (the floor).")
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
 flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
 cli.define_flags()
@@ -54,7 +58,7 @@ def config_from_flags() -> benchmark.BenchmarkConfig:
     if getattr(FLAGS, name):
       over[name] = tuple(getattr(FLAGS, name))
   for name in ("speed_steps", "budget_seconds", "budget_trajectories", "batch_size", "learning_rate",
-               "curve_points", "target_gain", "speed_seeds"):
+               "curve_points", "target_gain", "speed_seeds", "grad_chunk", "floor", "speed_repeats"):
     if getattr(FLAGS, name) is not None:
       over[name] = getattr(FLAGS, name)
   return dataclasses.replace(cfg, **over)

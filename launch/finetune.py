@@ -45,6 +45,11 @@ flags.DEFINE_float("eta", 0.0, "DDIM eta.")
 flags.DEFINE_enum("sampler_variant", "frozen", list(finetune.SAMPLER_VARIANTS),
                   "EasyTune: 'frozen' (official theta_old sampler) or 'online'.")
 flags.DEFINE_bool("remat", False, "Baselines: jax.checkpoint each differentiated step.")
+flags.DEFINE_integer("grad_chunk", 1, "EasyTune 'frozen': per-step gradients computed C at a time by one vmapped "
+                     "value_and_grad, then applied in order (1 = one after the other; same updates, memory grows "
+                     "with C).")
+flags.DEFINE_enum("compute_dtype", "float32", list(finetune.COMPUTE_DTYPES), "Denoiser/decoder/reward compute "
+                  "dtype ('bfloat16' for accelerators; params and optimizer state stay float32).")
 flags.DEFINE_enum("reward_input", "x0_hat", list(finetune.REWARD_INPUTS), "What the reward scores per step.")
 flags.DEFINE_bool("step_aware_reward", False, "Pass the scored sample's timestep to the reward (SPM modes "
                   "M1T0/M0T1/M1T1).")
@@ -72,7 +77,8 @@ def config_from_flags() -> finetune_runner.RunConfig:
   ft = finetune.FinetuneConfig(
       method=FLAGS.method, num_steps=FLAGS.num_steps, k=FLAGS.k, m=FLAGS.m, p=FLAGS.p, t_train=FLAGS.t_train,
       guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta, sampler_variant=FLAGS.sampler_variant,
-      remat=FLAGS.remat, reward_input=FLAGS.reward_input,
+      remat=FLAGS.remat, grad_chunk=FLAGS.grad_chunk, compute_dtype=FLAGS.compute_dtype,
+      reward_input=FLAGS.reward_input,
       reward_timestep="t" if FLAGS.step_aware_reward else None, regularizer=FLAGS.regularizer,
       reg_weight=FLAGS.reg_weight,
       optim=OptimConfig(learning_rate=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,

@@ -26,7 +26,7 @@ def run_on_8_devices(script):
   line = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")][-1]
   return json.loads(line[len("RESULTS "):])
 
-STEPS = ("easytune", "draft", "spm_spl", "vae")
+STEPS = ("easytune", "draft", "spm_spl", "vae", "easytune_batched")
 MESHES = ("data=8", "data=4,fsdp=2")
 
 

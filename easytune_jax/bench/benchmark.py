@@ -1,5 +1,5 @@
 """Memory, speed and alignment benchmark of EasyTune against DRaFT-K / ReFL / AlignProp / DRTune on a real
-trained task (generator + SPM reward, `train.finetune_runner.MotionTask`). The library behind
+trained task (generator + reward, `bundles.task.MotionTask`). The library behind
 `launch/benchmark.py`.
 
 Three measurements, all from the same base model, reward model, seeds and batches:
@@ -39,12 +39,13 @@ import time
 from typing import Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from easytune_jax import finetune
 from easytune_jax.core import sampling
-from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
+from easytune_jax.core.optim import OptimConfig, apply_gradients, create_train_state, make_optimizer
 from easytune_jax import viz
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.data import batching
@@ -61,13 +62,16 @@ _WHERE = "easytune_jax/benchmark.py"
 class Variant:
   """One benchmarked method setting. `k`: DRaFT's backprop depth (None = all T steps, 'DRaFT-T');
   `learning_rate`: this variant's own rate (None = the config's), for per-method tuning; `online`: EasyTune
-  with the 'online' sampler (trajectory and gradients at the latest params; default 'frozen')."""
+  with the 'online' sampler (trajectory and gradients at the latest params; default 'frozen');
+  `grad_chunk`: frozen EasyTune's per-step gradients batched C at a time (`FinetuneConfig.grad_chunk`;
+  None = the benchmark config's `grad_chunk`)."""
 
   method: str
   k: Optional[int] = None
   remat: bool = False
   learning_rate: Optional[float] = None
   online: bool = False
+  grad_chunk: Optional[int] = None
 
   @property
   def name(self) -> str:
@@ -78,6 +82,7 @@ class Variant:
     else:
       base = {"refl": "ReFL", "alignprop": "AlignProp", "drtune": "DRTune"}[self.method]
     return (base + ("+remat" if self.remat else "") + ("+online" if self.online else "")
+            + (f"+chunk{self.grad_chunk}" if self.grad_chunk else "")
             + (f"@{self.learning_rate:g}" if self.learning_rate else ""))
 
   @property
@@ -98,8 +103,9 @@ class Variant:
 def parse_variant(spec: str) -> Variant:
   """'easytune' | 'easytune-<K>' (train the last K steps) | 'draft-1' | 'draft-10' | 'draft-T' | 'refl' |
   'alignprop' | 'drtune', optionally
-  suffixed '+remat' (baselines only) or '+online' (EasyTune only), then optionally '@<learning rate>'
-  (e.g. 'draft-1@1e-4', 'easytune+online@2e-5')."""
+  suffixed '+remat' (baselines only) or '+online' (EasyTune only) or '+chunk<C>' (frozen EasyTune: C
+  per-step gradients per vmapped call), then optionally '@<learning rate>' (e.g. 'draft-1@1e-4',
+  'easytune+online@2e-5', 'easytune+chunk10@1e-4')."""
   s, _, lr_text = spec.strip().partition("@")
   lr = None
   if lr_text:
@@ -110,6 +116,12 @@ def parse_variant(spec: str) -> Variant:
     if not lr > 0:
       raise ValueError(f"{_WHERE}: variant {spec!r}: expected '@<learning rate>' with a rate > 0, found "
                        f"{lr_text!r}")
+  chunk = None
+  head, plus, tail = s.rpartition("+")
+  if plus and tail.startswith("chunk"):
+    if not tail[5:].isdigit() or int(tail[5:]) < 1:
+      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '+chunk<C>' with C >= 1, found {tail!r}")
+    chunk, s = int(tail[5:]), head
   remat, online = s.endswith("+remat"), s.endswith("+online")
   s = s.rsplit("+", 1)[0] if remat or online else s
   k = None
@@ -131,7 +143,10 @@ def parse_variant(spec: str) -> Variant:
     raise ValueError(f"{_WHERE}: variant {spec!r}: EasyTune stores no trajectory, '+remat' does not apply")
   if online and s != "easytune":
     raise ValueError(f"{_WHERE}: variant {spec!r}: '+online' is EasyTune's sampler variant, not for {s!r}")
-  return Variant(s, k, remat, lr, online)
+  if chunk is not None and (s != "easytune" or online):
+    raise ValueError(f"{_WHERE}: variant {spec!r}: '+chunk<C>' batches frozen EasyTune's per-step gradients, "
+                     f"not for {s + ('+online' if online else '')!r}")
+  return Variant(s, k, remat, lr, online, chunk)
 
 
 ALL_MEMORY_VARIANTS = ("easytune", "draft-1", "draft-1+remat", "draft-10", "draft-10+remat", "draft-T",
@@ -151,6 +166,8 @@ class BenchmarkConfig:
   None = half the largest final gain among the speed variants (so every good method reaches it).
   speed_seeds: independent budgeted runs per method (training batches and noise of seeds seed, seed + 1,
   ...; the held-out set is fixed): gains are reported as mean and standard deviation over them.
+  grad_chunk: C of frozen EasyTune variants without their own '+chunk<C>' (1 = the sequential path).
+  floor: also time sampling alone and one one-step gradient at the speed T (`measure_floor`).
   """
 
   memory_variants: tuple = ALL_MEMORY_VARIANTS
@@ -170,6 +187,8 @@ class BenchmarkConfig:
   heldout_size: int = 16
   eval_batch_size: int = 16
   seed: int = 0
+  grad_chunk: int = 1
+  floor: bool = True
 
   def __post_init__(self):
     for v in tuple(self.memory_variants) + tuple(self.speed_variants):
@@ -178,7 +197,7 @@ class BenchmarkConfig:
       raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found "
                        f"{self.memory_steps}")
     counts = {k: getattr(self, k) for k in ("speed_steps", "batch_size", "speed_repeats", "speed_seeds",
-                                             "heldout_size")}
+                                             "heldout_size", "grad_chunk")}
     if min(counts.values()) < 1:
       raise ValueError(f"{_WHERE}: BenchmarkConfig: expected {', '.join(counts)} >= 1, found {counts}")
     if self.target_gain is not None and not self.target_gain > 0:
@@ -198,7 +217,11 @@ class BenchmarkConfig:
 def get_config(name: str = "tiny") -> BenchmarkConfig:
   """'tiny': CPU, T in (10, 50, 200) for memory, speed/alignment at T=10, 20 s per method.
   'paper': GPU at MLD sizes, T in (10, 50, 200) for memory, speed/alignment at T=50 (the paper's
-  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method."""
+  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method.
+  Both keep grad_chunk = 1 (EasyTune's sequential path): on the 2-core CPU the batched path was slower at
+  every C measured (tiny, T = 50: 0.88 s per trajectory sequential, 1.18-2.17 s for C in 2..50;
+  docs/benchmark/grad_chunk_tiny) and its compiled temporaries grow by about one one-step gradient's per unit
+  of C; on an accelerator measure '+chunk<C>' variants first (`--grad_chunk` / '+chunk<C>')."""
   if name == "tiny":
     return BenchmarkConfig()
   if name == "paper":
@@ -209,9 +232,12 @@ def get_config(name: str = "tiny") -> BenchmarkConfig:
 
 
 def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.FinetuneConfig:
+  chunk = 1
+  if variant.method == "easytune" and not variant.online:
+    chunk = variant.grad_chunk or cfg.grad_chunk
   return finetune.FinetuneConfig(
       method=variant.method, num_steps=T, k=variant.resolve_k(T), remat=variant.remat,
-      sampler_variant="online" if variant.online else "frozen",
+      sampler_variant="online" if variant.online else "frozen", grad_chunk=chunk,
       guidance_scale=cfg.guidance_scale,
       optim=OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate,
                                warmup_steps=cfg.warmup_steps))
@@ -268,9 +294,8 @@ def _tx(ft: finetune.FinetuneConfig):
 
 
 # --------------------------------------------------------------------------------------------- memory
-def sampling_memory(task, T: int, guidance_scale: float, x_T, cond, uncond) -> dict:
-  """compiled_memory of plain guided DDIM sampling of T steps + decode + reward (the reference of
-  'additional memory')."""
+def _sampling_fn(task, T: int, guidance_scale: float):
+  """`run(params, x_T, cond, uncond) -> reward [B]`: guided DDIM sampling of T steps + decode + reward."""
   timesteps = sampling.make_timesteps(task.gen.schedule, sampling.SamplerConfig(num_steps=T,
                                                                                 guidance_scale=guidance_scale))
 
@@ -279,16 +304,23 @@ def sampling_memory(task, T: int, guidance_scale: float, x_T, cond, uncond) -> d
                           guidance_scale)
     return task.reward(task.decode(out.x0, cond), cond, None)
 
-  return finetune.compiled_memory(run, task.gen.params, x_T, cond, uncond)
+  return run
+
+
+def sampling_memory(task, T: int, guidance_scale: float, x_T, cond, uncond) -> dict:
+  """compiled_memory of plain guided DDIM sampling of T steps + decode + reward (the reference of
+  'additional memory')."""
+  return finetune.compiled_memory(_sampling_fn(task, T, guidance_scale), task.gen.params, x_T, cond, uncond)
 
 
 def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> dict:
-  """compiled_memory of the (unrun) update of `ft` on the task's base params."""
+  """compiled_memory of the (unrun) update of `ft` on the task's base params, with the state donated as
+  `make_update_fn` does (the new state is written over the old one: 'alias' bytes)."""
   tx = _tx(ft)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
                                    jit=False)
   state = create_train_state(task.gen.params, tx)
-  return finetune.compiled_memory(update, state, x_T, cond, uncond, rng)
+  return finetune.compiled_memory(update, state, x_T, cond, uncond, rng, donate_argnums=(0,))
 
 
 def measure_memory(task, cfg: BenchmarkConfig, inputs: Inputs) -> list[dict]:
@@ -306,7 +338,7 @@ def measure_memory(task, cfg: BenchmarkConfig, inputs: Inputs) -> list[dict]:
       mem = update_memory(task, ft, x_T, cond, uncond, rng)
       records.append({
           "variant": v.name, "spec": spec, "method": v.method, "T": T, "K": ft.num_grad_steps,
-          "remat": v.remat, "memory": mem, "sampling_memory": samp,
+          "remat": v.remat, "grad_chunk": ft.chunk_size, "memory": mem, "sampling_memory": samp,
           "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
           "compile_seconds": time.time() - t0, "peak_rss_bytes": peak_rss_bytes(),
           "device_peak_bytes": device_peak_bytes()})
@@ -328,27 +360,32 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence
   T = cfg.speed_steps
   ft = finetune_config(cfg, variant, T)
   tx = _tx(ft)
+  # The update donates its state (deleted by each call): every timing and run starts from a fresh copy of
+  # state0, made outside the clock.
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode)
   state0 = create_train_state(task.gen.params, tx)
+  fresh = lambda: _block(jax.tree.map(jnp.copy, state0))
   x_T, cond, uncond, rng = inputs[0](0)
   t0 = time.perf_counter()
   # Compile + first runs, excluded from every clock. Two chained calls: the state an update returns can
   # differ from the freshly created one in weak types, so the second call may compile once more.
-  _block(update(update(state0, x_T, cond, uncond, rng)[0], x_T, cond, uncond, rng))
+  _block(update(update(fresh(), x_T, cond, uncond, rng)[0], x_T, cond, uncond, rng))
   compile_s = time.perf_counter() - t0
   times = []
   for _ in range(cfg.speed_repeats):
+    state = fresh()
     t0 = time.perf_counter()
-    _block(update(state0, x_T, cond, uncond, rng))
+    _block(update(state, x_T, cond, uncond, rng))
     times.append(time.perf_counter() - t0)
   per_traj = statistics.median(times)
   runs, params = [], None
   for r, inp in enumerate(inputs):
-    run, state = _budgeted_run(cfg, update, state0, inp, heldout, base_reward)
+    run, state = _budgeted_run(cfg, update, fresh(), inp, heldout, base_reward)
     runs.append({"seed": inp.seed, **run})
     params = state.params if r == 0 else params
     del state
-  out = {"T": T, "K": ft.num_grad_steps, "compile_seconds": compile_s, "seconds_per_trajectory": per_traj,
+  out = {"T": T, "K": ft.num_grad_steps, "grad_chunk": ft.chunk_size, "compile_seconds": compile_s,
+         "seconds_per_trajectory": per_traj,
          "seconds_per_update": per_traj / ft.updates_per_trajectory,
          "updates_per_trajectory": ft.updates_per_trajectory, "timing_runs": times, "base_reward": base_reward}
   for k in ("trajectories", "updates", "train_seconds", "final_reward", "reward_gain", "reward_gain_per_second",
@@ -359,6 +396,70 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence
   out.update(curve=runs[0]["curve"], runs=runs, params=params, peak_rss_bytes=peak_rss_bytes(),
              device_peak_bytes=device_peak_bytes())
   return out
+
+
+def _median_seconds(fn, args, repeats: int) -> float:
+  """Median wall seconds of `fn(*args)` (blocked) over `repeats` calls after one warm-up (compile) call."""
+  _block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    _block(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
+  """The pieces of a trajectory update's floor at T steps, on the first training batch:
+
+  sampling_seconds: guided DDIM sampling of T steps + decode + reward, no gradient (jitted, median of
+  `speed_repeats`); one_step_grad_seconds: one `value_and_grad` of EasyTune's one-step loss at step T // 2
+  (guided denoiser forward + backward, x0 estimate, decode, reward); optimizer_update_seconds: one
+  `apply_gradients` (clip + AdamW, finiteness check) of a params-sized gradient. Memory: the
+  compiled totals of the sampling and of the one-step gradient (bytes). Per method, `floor_record` turns
+  them into sampling + K one-step gradients.
+  """
+  x_T, cond, uncond, _ = inputs(0)
+  ft = finetune_config(cfg, Variant("easytune"), T)
+  run = jax.jit(_sampling_fn(task, T, cfg.guidance_scale))
+  timesteps = sampling.make_timesteps(task.gen.schedule, ft.sampler_config())
+  step_loss = finetune.make_step_loss(task.denoise, task.reward, task.gen.schedule, timesteps, cfg.guidance_scale,
+                                      decode=task.decode)
+  vg = lambda p, x, c, u: jax.value_and_grad(step_loss, has_aux=True)(p, x, T // 2, c, u)
+  tx = _tx(ft)
+  state = create_train_state(task.gen.params, tx)
+  grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), task.gen.params)
+  apply = jax.jit(lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0)))
+  params = task.gen.params
+  return {"T": T,
+          "sampling_seconds": _median_seconds(run, (params, x_T, cond, uncond), cfg.speed_repeats),
+          "one_step_grad_seconds": _median_seconds(jax.jit(vg), (params, x_T, cond, uncond), cfg.speed_repeats),
+          "optimizer_update_seconds": _median_seconds(apply, (state, grads), cfg.speed_repeats),
+          "sampling_memory": finetune.compiled_memory(run, params, x_T, cond, uncond),
+          "one_step_grad_memory": finetune.compiled_memory(vg, params, x_T, cond, uncond)}
+
+
+def grad_steps(ft: finetune.FinetuneConfig) -> float:
+  """Differentiated denoiser steps per trajectory: K (EasyTune, DRaFT-K, DRTune), 1 (ReFL), p * T expected
+  (AlignProp)."""
+  if ft.method == "refl":
+    return 1.0
+  if ft.method == "alignprop":
+    return ft.p * ft.num_steps
+  return float(ft.num_grad_steps)
+
+
+def floor_record(floor: dict, ft: finetune.FinetuneConfig, seconds_per_trajectory: float) -> dict:
+  """The floor of one method at `floor['T']`: sampling + (differentiated steps) x one-step gradient, with and
+  without its optimizer updates, and the measured trajectory time over it (1.0 = at the floor). For the
+  trajectory baselines (one backward through several steps, one decode + reward) it is an upper-side estimate
+  of their floor; for EasyTune it is exactly the work of the batched path."""
+  k = grad_steps(ft)
+  base = floor["sampling_seconds"] + k * floor["one_step_grad_seconds"]
+  with_opt = base + ft.updates_per_trajectory * floor["optimizer_update_seconds"]
+  return {"grad_steps": k, "floor_seconds": base, "floor_with_optimizer_seconds": with_opt,
+          "over_floor": seconds_per_trajectory / base, "over_floor_with_optimizer": seconds_per_trajectory / with_opt,
+          **{k2: floor[k2] for k2 in ("sampling_seconds", "one_step_grad_seconds", "optimizer_update_seconds")}}
 
 
 def _budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, base_reward: float):
@@ -459,6 +560,7 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
       test = load_dataset(data_dir, "test")
       base_ft = finetune_config(cfg, Variant("easytune"), cfg.speed_steps)
       base_info["eval"] = quick_eval(task, task.gen.params, base_ft, evaluator, test, cfg)
+    floor = None
     for spec in cfg.speed_variants:
       v = parse_variant(spec)
       if not v.applies(cfg.speed_steps):
@@ -466,6 +568,11 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
       logging.info("benchmark speed %s T=%d", v.name, cfg.speed_steps)
       sp = measure_speed(task, cfg, v, streams, heldout, base_reward)
       params = sp.pop("params")
+      if cfg.floor:
+        if floor is None:
+          floor = measure_floor(task, cfg, cfg.speed_steps, inputs)
+          base_info["floor"] = floor
+        sp["floor"] = floor_record(floor, finetune_config(cfg, v, cfg.speed_steps), sp["seconds_per_trajectory"])
       rec = _find(records, v.name, cfg.speed_steps)
       if rec is None:
         rec = {"variant": v.name, "spec": spec, "method": v.method, "T": cfg.speed_steps, "K": sp["K"],
@@ -617,6 +724,24 @@ def markdown(result: dict) -> str:
                    f"{s['trajectories']:.0f} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
                    f"{_pm(s, 'reward_gain', '+.4f')} | {_pm(s, 'reward_gain_per_second', '+.5f')} | "
                    f"{_pm(s, 'peak_gain_per_second', '.4f')} | {_fmt(ttg.get(r['variant']))} |")
+    fl = [r for r in sp if "floor" in r["speed"]]
+    if fl:
+      f0 = fl[0]["speed"]["floor"]
+      lines += ["", f"Floor at T={sp[0]['speed']['T']}: sampling alone {f0['sampling_seconds']:.4f} s, one one-step "
+                f"gradient {f0['one_step_grad_seconds']:.4f} s, one optimizer update "
+                f"{f0['optimizer_update_seconds']:.4f} s; floor = sampling + (differentiated steps) x one-step "
+                "gradient (+ the method's optimizer updates).", "",
+                "| variant | C | differentiated steps | s/trajectory | floor s | / floor | floor+opt s | / floor+opt |",
+                "|---|---|---|---|---|---|---|---|"]
+      for r in fl:
+        f, s_ = r["speed"]["floor"], r["speed"]
+        lines.append(f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {f['grad_steps']:g} | "
+                     f"{s_['seconds_per_trajectory']:.4f} | {f['floor_seconds']:.4f} | {f['over_floor']:.2f} | "
+                     f"{f['floor_with_optimizer_seconds']:.4f} | {f['over_floor_with_optimizer']:.2f} |")
+      bf = result.get("base", {}).get("floor")
+      if bf:
+        lines += ["", f"Compiled memory: sampling {bf['sampling_memory']['total'] / _MiB:.3f} MiB, one one-step "
+                  f"gradient {bf['one_step_grad_memory']['total'] / _MiB:.3f} MiB (totals)."]
     n_runs = len(sp[0]["speed"].get("runs", [None]))
     lines += ["", "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at "
               "a held-out evaluation; s to target: train s until the held-out gain first reaches "

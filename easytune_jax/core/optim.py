@@ -77,6 +77,9 @@ class TrainState:
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation, use_ema: bool = False) -> TrainState:
+  """A fresh state holding a COPY of `params`, so that a jitted step donating its state (as the fine-tuning
+  updates do) never deletes the caller's arrays (e.g. the base params, still used as a reference)."""
+  params = jax.tree.map(jnp.copy, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
                     skipped=jnp.zeros((), jnp.int32))

@@ -36,6 +36,12 @@ neither differentiates nor stores them (checked by `compiled_memory` in the test
 DRTune's masks are random, so their fixed-shape scans reserve one differentiated step's residuals per step
 (memory ~ DRaFT-T) unless `remat=True`.
 
+Speed: with the 'frozen' sampler EasyTune's K gradients are independent (all at theta_old, on theta_old's
+trajectory); `grad_chunk=C` computes them C at a time with one vmapped `value_and_grad` after a no-gradient
+pass over those C steps, and applies them in step order (same updates; memory grows with C, still flat in T).
+Every jitted update donates its state (`make_update_fn(donate=True)`). `compute_dtype='bfloat16'` runs the
+networks in bfloat16 with float32 master params and optimizer state.
+
 Example with your own denoiser and reward:
 
   import jax, jax.numpy as jnp, optax
@@ -90,6 +96,7 @@ SAMPLER_VARIANTS = ("frozen", "online")
 REWARD_INPUTS = ("x0_hat", "x_prev")
 REWARD_TIMESTEPS = (None, "t")
 REGULARIZERS = ("none", "diffusion", "kl")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 sg = jax.lax.stop_gradient
 
@@ -110,6 +117,14 @@ class FinetuneConfig:
      (t_i for x0_hat, max(t_{i+1}, 0) for x_prev, 0 for a final sample x_0).
   regularizer: 'diffusion' adds reg_weight * denoising loss on a data batch; 'kl' adds
      reg_weight * mean((out_theta - out_base)^2) at the visited x_t (guided outputs, base params frozen).
+  grad_chunk: EasyTune with the 'frozen' sampler: the K per-step gradients (all at theta_old, on a trajectory
+     theta_old produced) are computed C = min(grad_chunk, K) at a time by one vmapped `value_and_grad`, then
+     applied in order by the optimizer; the same updates as grad_chunk = 1 (one step after the other) to
+     float rounding. Memory grows with C (C gradients and C steps' residuals live at once).
+  compute_dtype: 'bfloat16' runs the denoiser, the decoder and the reward in bfloat16 (params and inputs cast
+     at the apply boundary, outputs cast back to float32); params, gradients, optimizer state and the DDIM
+     arithmetic stay float32. Weights the decoder / reward close over are not arguments of the update: cast
+     them with `cast_floating` to run those networks in bfloat16 too.
   """
 
   method: str = "easytune"
@@ -129,6 +144,8 @@ class FinetuneConfig:
   reward_scale: float = 1.0
   regularizer: str = "none"
   reg_weight: float = 0.0
+  grad_chunk: int = 1
+  compute_dtype: str = "float32"
   optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=1000)
 
   def __post_init__(self):
@@ -164,6 +181,15 @@ class FinetuneConfig:
       raise ValueError(f"{name}.regularizer: expected one of {REGULARIZERS}, found {self.regularizer!r}")
     if self.reg_weight < 0:
       raise ValueError(f"{name}.reg_weight: expected >= 0, found {self.reg_weight}")
+    if self.grad_chunk < 1:
+      raise ValueError(f"{name}.grad_chunk: expected >= 1, found {self.grad_chunk}")
+    if self.grad_chunk > 1 and (self.method != "easytune" or self.sampler_variant != "frozen"):
+      raise ValueError(f"{name}.grad_chunk: batched per-step gradients need method='easytune' with "
+                       f"sampler_variant='frozen' (independent gradients at theta_old), found "
+                       f"grad_chunk={self.grad_chunk} with method={self.method!r}, "
+                       f"sampler_variant={self.sampler_variant!r}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"{name}.compute_dtype: expected one of {COMPUTE_DTYPES}, found {self.compute_dtype!r}")
     sampling.SamplerConfig(num_steps=T, guidance_scale=self.guidance_scale, eta=self.eta,
                            timestep_spacing=self.timestep_spacing, steps_offset=self.steps_offset)
 
@@ -173,6 +199,11 @@ class FinetuneConfig:
     if self.k is not None:
       return self.k
     return {"easytune": self.num_steps, "draft": 1, "drtune": min(5, self.train_span)}.get(self.method, 1)
+
+  @property
+  def chunk_size(self) -> int:
+    """C resolved: min(grad_chunk, K) (1 = the sequential path)."""
+    return min(self.grad_chunk, self.num_grad_steps)
 
   @property
   def stop_range(self) -> int:
@@ -288,7 +319,46 @@ class _Ctx:
     return -self.reward_scale * jnp.mean(reward) + self.kl_weight * kl
 
 
+def cast_floating(tree: Any, dtype: Any) -> Any:
+  """`tree` with every floating-point array leaf cast to `dtype` (integer, bool and key leaves, and
+  non-array leaves, unchanged)."""
+  def cast(x):
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
+      return jnp.asarray(x).astype(dtype)
+    return x
+  return jax.tree.map(cast, tree)
+
+
+def with_compute_dtype(denoise: Denoiser, reward: Reward, decode: Optional[Decoder],
+                       compute_dtype: str = "float32") -> tuple[Denoiser, Reward, Optional[Decoder]]:
+  """The three apply functions run in `compute_dtype` ('float32': returned unchanged).
+
+  'bfloat16': the denoiser's params and every floating input (x [B, ...], cond pytrees) are cast to
+  bfloat16 at the call, its output back to the dtype of x (float32), so the gradient reaching the float32
+  master params is float32 (the cast's transpose); the decoder's and the reward's floating inputs are
+  cast likewise and their outputs returned as float32. Integer timesteps and masks are untouched.
+  """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"with_compute_dtype: expected one of {COMPUTE_DTYPES}, found {compute_dtype!r}")
+  if compute_dtype == "float32":
+    return denoise, reward, decode
+  dt = jnp.dtype(compute_dtype)
+
+  def denoise_c(params, x_t, t, cond):
+    return denoise(cast_floating(params, dt), x_t.astype(dt), t, cast_floating(cond, dt)).astype(x_t.dtype)
+
+  def reward_c(x, cond, t):
+    return reward(x.astype(dt), cast_floating(cond, dt), t).astype(jnp.float32)
+
+  decode_c = None
+  if decode is not None:
+    def decode_c(z, cond):
+      return decode(z.astype(dt), cast_floating(cond, dt)).astype(jnp.float32)
+  return denoise_c, reward_c, decode_c
+
+
 def _ctx(config: FinetuneConfig, denoise, reward, schedule, decode) -> _Ctx:
+  denoise, reward, decode = with_compute_dtype(denoise, reward, decode, config.compute_dtype)
   return _Ctx(denoise=denoise, reward=reward, decode=decode, schedule=schedule,
               timesteps=sampling.make_timesteps(schedule, config.sampler_config()),
               guidance_scale=config.guidance_scale, eta=config.eta, reward_input=config.reward_input,
@@ -374,9 +444,17 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
                          decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
   """EasyTune's update: `update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None)`.
 
-  The first T-K steps run through `sampling.sample` without gradient; the last K steps are ONE `lax.scan`
-  whose body takes `jax.value_and_grad` of the one-step loss (at theta_old for 'frozen', at the latest
-  params for 'online') and applies `apply_gradients` (non-finite steps are skipped) in the carry.
+  The first T-K steps run through `sampling.sample` without gradient. Then, with C = config.chunk_size:
+
+  - C = 1 (and always for 'online'): the last K steps are ONE `lax.scan` whose body takes
+    `jax.value_and_grad` of the one-step loss (at theta_old for 'frozen', at the latest params for
+    'online') and applies `apply_gradients` (non-finite steps are skipped) in the carry.
+  - C > 1 ('frozen' only): a `lax.scan` over chunks of C steps. A chunk first runs its C DDIM steps without
+    gradient at theta_old, keeping their inputs x_{t_i} [C, B, ...] (the same trajectory, eta > 0 noise
+    included: it is drawn by step index), then takes the C gradients at theta_old with ONE vmapped
+    `value_and_grad` and applies them in step order with `apply_gradients` (an inner scan), so the
+    optimizer sees exactly the sequence of the C = 1 path. K % C leftover steps form one smaller chunk.
+    Costs one extra no-gradient denoiser call per step; temporaries grow with C.
 
   Returns (state, metrics): state.step advanced by K; metrics: loss_per_step [K], reward_per_step [K]
   (batch mean), grad_norm_per_step [K], finite_per_step bool [K], reward [] (mean over steps),
@@ -386,7 +464,7 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
     raise ValueError(f"make_easytune_update: config.method must be 'easytune', found {config.method!r}")
   ctx = _ctx(config, denoise, reward, schedule, decode)
   step_loss = _step_loss_from_ctx(ctx)
-  T, K = ctx.T, config.num_grad_steps
+  T, K, C = ctx.T, config.num_grad_steps, config.chunk_size
   frozen = config.sampler_variant == "frozen"
   use_data = config.regularizer == "diffusion"
 
@@ -397,28 +475,54 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
     theta_old = state.params
     x = x_T
     if K < T:
-      x = sampling.sample(denoise, theta_old, schedule, ctx.timesteps, x_T, cond, uncond,
+      x = sampling.sample(ctx.denoise, theta_old, schedule, ctx.timesteps, x_T, cond, uncond,
                           config.guidance_scale, config.eta, noise_rng, stop_index=T - K).x0
 
-    def body(carry, i):
-      st, x_t = carry
-      at = theta_old if frozen else st.params
-
+    def value_and_grad(at, x_t, i):
+      """((loss [], StepAux), grads) of step i's loss at params `at`, x_t [B, ...] held constant."""
       def loss_fn(p):
         loss, aux = step_loss(p, x_t, i, cond, uncond, noise_rng, base_params)
         if use_data:
-          loss = loss + config.reg_weight * diffusion_loss(denoise, schedule, p, data_batch,
+          loss = loss + config.reg_weight * diffusion_loss(ctx.denoise, schedule, p, data_batch,
                                                            jax.random.fold_in(reg_rng, i))
         return loss, aux
+      return jax.value_and_grad(loss_fn, has_aux=True)(at)
 
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(at)
+    def apply(st, grads, loss, reward):
+      """One optimizer update; reward [B] of the step."""
       st, finite = apply_gradients(st, grads, tx, loss, ema_decay)
-      m = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.tree.norm(grads),
-           "finite": finite}
+      return st, {"loss": loss, "reward": jnp.mean(reward), "grad_norm": optax.tree.norm(grads),
+                  "finite": finite}
+
+    def body(carry, i):
+      st, x_t = carry
+      (loss, aux), grads = value_and_grad(theta_old if frozen else st.params, x_t, i)
+      st, m = apply(st, grads, loss, aux.reward)
       return (st, aux.x_prev), m
 
+    def chunk(carry, idx):
+      """Steps idx [c] (consecutive): c no-gradient DDIM steps, c vmapped gradients, c ordered updates."""
+      st, x_t = carry
+
+      def nograd_step(x, i):
+        return ctx.ddim(ctx.out(theta_old, x, i, cond, uncond), x, i, noise_rng)[0], x
+
+      x_next, xs = jax.lax.scan(nograd_step, x_t, idx)           # xs [c, B, ...]: the steps' inputs
+      (loss, aux), grads = jax.vmap(lambda x, i: value_and_grad(theta_old, x, i))(xs, idx)
+      st, m = jax.lax.scan(lambda s, a: apply(s, *a), st, (grads, loss, aux.reward))
+      return (st, x_next), m
+
     skipped0 = state.skipped
-    (state, _), ms = jax.lax.scan(body, (state, x), jnp.arange(T - K, T))
+    steps = jnp.arange(T - K, T)
+    if C == 1 or not frozen:
+      (state, _), ms = jax.lax.scan(body, (state, x), steps)
+    else:
+      n, rem = divmod(K, C)
+      (state, x), ms = jax.lax.scan(chunk, (state, x), steps[:n * C].reshape(n, C))
+      ms = jax.tree.map(lambda a: a.reshape((n * C,) + a.shape[2:]), ms)
+      if rem:
+        (state, _), m_rem = chunk((state, x), steps[n * C:])
+        ms = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ms, m_rem)
     metrics = {"loss_per_step": ms["loss"], "reward_per_step": ms["reward"],
                "grad_norm_per_step": ms["grad_norm"], "finite_per_step": ms["finite"],
                "loss": jnp.mean(ms["loss"]), "reward": jnp.mean(ms["reward"]),
@@ -451,7 +555,7 @@ def make_draft_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward, s
     noise_rng, _ = _split(rng)
     x = x_T
     if K < T:
-      x = sampling.sample(denoise, sg(params), schedule, ctx.timesteps, x_T, cond, uncond,
+      x = sampling.sample(ctx.denoise, sg(params), schedule, ctx.timesteps, x_T, cond, uncond,
                           config.guidance_scale, config.eta, noise_rng if config.eta > 0 else None,
                           stop_index=T - K).x0
     x = sg(x)
@@ -637,6 +741,7 @@ def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Re
   loss_index, grad_mask [T], offset."""
   loss_fn = make_trajectory_loss(config, denoise, reward, schedule, decode)
   use_data = config.regularizer == "diffusion"
+  denoise = with_compute_dtype(denoise, reward, decode, config.compute_dtype)[0]
 
   def update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None):
     _check_regularizer_inputs(config, data_batch, base_params)
@@ -661,13 +766,18 @@ def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Re
 
 def make_update_fn(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
                    tx: optax.GradientTransformation, *, decode: Optional[Decoder] = None,
-                   ema_decay: float = 0.0, jit: bool = True, donate: bool = False) -> Callable:
+                   ema_decay: float = 0.0, jit: bool = True, donate: bool = True) -> Callable:
   """The update of config.method, driven the same way for every method:
 
     update(state, x_T [B, ...], cond, uncond, rng, data_batch=None, base_params=None) -> (state, metrics)
 
   EasyTune applies K optimizer updates per call, the baselines one; metrics always hold scalar loss,
-  reward, grad_norm, finite (bool) and skipped. `jit` wraps it in `jax.jit` (`donate` donates the state).
+  reward, grad_norm, finite (bool) and skipped. `jit` wraps it in `jax.jit`; `donate` (default) donates the
+  state's buffers to the call (XLA writes the new params / optimizer state over the old ones instead of
+  allocating and copying a second state): the state passed in is DELETED by the call. Keep using only the
+  returned state; pass `jax.tree.map(jnp.copy, state)` where the same start state is needed again (timing
+  repeats, tests), and build a fresh state from a copy of params that are still used elsewhere (the base
+  params of the held-out score or the KL regulariser: `create_train_state` does not copy them).
   """
   if config.method == "easytune":
     fn = make_easytune_update(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
@@ -679,13 +789,15 @@ def make_update_fn(config: FinetuneConfig, denoise: Denoiser, reward: Reward, sc
 
 
 # --------------------------------------------------------------------------------------------- memory
-def compiled_memory(fn: Callable, *args, **kwargs) -> dict:
-  """XLA's compiled memory analysis of `jax.jit(fn)(*args, **kwargs)`, in bytes.
+def compiled_memory(fn: Callable, *args, donate_argnums: tuple = (), **kwargs) -> dict:
+  """XLA's compiled memory analysis of `jax.jit(fn, donate_argnums=donate_argnums)(*args, **kwargs)`, in
+  bytes (lowered and compiled only: nothing runs and nothing is donated).
 
-  Returns {'temp', 'argument', 'output', 'alias', 'total'} with total = temp + argument + output - alias.
-  Deterministic and available on CPU, so it is the figure to report (DESIGN.md §2).
+  Returns {'temp', 'argument', 'output', 'alias', 'total'} with total = temp + argument + output - alias
+  ('alias': output bytes written over donated arguments). Deterministic and available on CPU, so it is
+  the figure to report (DESIGN.md §2).
   """
-  compiled = jax.jit(fn).lower(*args, **kwargs).compile()
+  compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args, **kwargs).compile()
   m = compiled.memory_analysis()
   if m is None:
     raise RuntimeError("compiled_memory: this backend gives no memory analysis")

@@ -192,8 +192,10 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
     saved = {"best_metric": "heldout_reward", "reward": "spm", "reward_text": "", **read_json(info_path, "fine-tuning run info")["run"]}  # older runs
+    saved["finetune"] = {"compute_dtype": "float32", **saved.get("finetune", {})}        # runs before it
+    # grad_chunk changes how the same updates are computed (batched or one by one), not the run.
     check_config_matches(saved, meta["run"], str(info_path),
-                                ignore=("trajectories", "eval_every", "checkpoint_every"))
+                                ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"))
   tmp = info_path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(meta, indent=2))
   tmp.replace(info_path)
@@ -209,7 +211,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   if mesh is not None:
     # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
     # the key and the base params (KL regulariser) replicated.
-    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5))
+    update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5), donate_state=True)
   base_params = task.gen.params if ft.regularizer == "kl" else None
   per_traj = ft.updates_per_trajectory
   state = create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)

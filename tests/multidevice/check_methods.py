@@ -76,12 +76,12 @@ def quad_reward(x, cond, t):
   return -jnp.sum(jnp.square(x - cond["target"]), axis=-1)
 
 
-def finetune_problem(method):
+def finetune_problem(method, grad_chunk=1, k=2):
   ks = jax.random.split(jax.random.key(0), 8)
   params = {"w1": jax.random.normal(ks[0], (D, H)) * 0.1, "b1": jnp.zeros(H),
             "w2": jax.random.normal(ks[1], (H, D)) * 0.1, "tw": jax.random.normal(ks[2], (H,)) * 0.5}
-  cfg = finetune.FinetuneConfig(method=method, num_steps=4, k=2, guidance_scale=2.0,
-                                optim=OptimConfig(learning_rate=1e-2, warmup_steps=0))
+  cfg = finetune.FinetuneConfig(method=method, num_steps=4, k=k, guidance_scale=2.0,
+                                grad_chunk=grad_chunk, optim=OptimConfig(learning_rate=1e-2, warmup_steps=0))
   tx = make_optimizer(cfg.optim)
   state = create_train_state(params, tx)
   x_T = jax.random.normal(ks[3], (B, D))
@@ -96,6 +96,15 @@ for method in ("easytune", "draft"):
   initial[method] = state0
   compare(method, lambda: jax.jit(fn)(state0, *args),
           lambda mesh: parallel.jit_sharded(fn, mesh, batch_argnums=(1, 2, 3))(state0, *args))
+
+# The batched frozen path (grad_chunk=2, K=3: a chunk of 2 and one of 1) on the mesh, with the state donated,
+# against the SEQUENTIAL path (grad_chunk=1) on one device: the same K=3 AdamW updates.
+state0, seq_fn, args = finetune_problem("easytune", grad_chunk=1, k=3)
+_, batched_fn, _ = finetune_problem("easytune", grad_chunk=2, k=3)
+initial["easytune_batched"] = state0
+compare("easytune_batched", lambda: jax.jit(seq_fn)(state0, *args),
+        lambda mesh: parallel.jit_sharded(batched_fn, mesh, batch_argnums=(1, 2, 3), donate_state=True)(
+            jax.tree.map(jnp.copy, state0), *args))
 
 # ------------------------------------------------------------------------------------------ SPM + SPL
 L, LT, V = 32, 12, 40

@@ -2,7 +2,7 @@
 
   python tests/reliability/run_reward.py DATA_DIR WORKDIR STEPS CACHE_DIR
 
-Goes through the real trainer (`train.reward.train_reward` -> `common.train_loop` + `Checkpointer`, data from
+Goes through the real trainer (`train.reward.train_reward` -> `train.loop.train_loop` + `Checkpointer`, data from
 `batching.batch_at`) with checkpoint_every=1, so a kill at any point leaves a checkpoint to resume from.
 On completion writes WORKDIR/final.npz (flattened parameters) and exits 0; on SIGTERM/SIGINT the loop
 checkpoints and returns early, and the script exits 3 without writing final.npz.
