@@ -29,6 +29,8 @@ flags.DEFINE_integer("num_steps", quickstart.QuickstartConfig.num_steps, "DDIM s
 flags.DEFINE_integer("trajectories", quickstart.QuickstartConfig.trajectories, "Fine-tuning trajectories.")
 flags.DEFINE_integer("replications", quickstart.QuickstartConfig.replications, "Evaluation replications.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_enum("reward_objective", quickstart.QuickstartConfig.reward_objective, ["official", "ours"],
+                  "SPM training objective (train/reward.py OFFICIAL_OBJECTIVE / OUR_OBJECTIVE).")
 cli.define_flags()
 
 
@@ -42,7 +44,7 @@ def main(argv):
   cfg = quickstart.QuickstartConfig(
       data_dir=FLAGS.data_dir, num_motions=FLAGS.num_motions, max_frames=FLAGS.max_frames, scale=FLAGS.scale, methods=tuple(FLAGS.methods),
       num_steps=FLAGS.num_steps, trajectories=FLAGS.trajectories, replications=FLAGS.replications,
-      seed=FLAGS.seed)
+      seed=FLAGS.seed, reward_objective=FLAGS.reward_objective)
   summary = quickstart.run_quickstart(cfg, FLAGS.workdir)
   print(quickstart.summary_screen(summary))
 

@@ -46,6 +46,7 @@ class QuickstartConfig:
   base_overrides: tuple = ("vae_steps=1500", "diffusion_steps=1500")
   reward_steps: int = 1500
   spl_steps: int = 300
+  reward_objective: str = "official"    # SPM training objective: 'official' (EasyTune's) or 'ours'
   evaluator_steps: int = 200
   methods: tuple = ("easytune", "draft")
   num_steps: int = 10                     # DDIM steps of fine-tuning and evaluation
@@ -96,6 +97,7 @@ def stage_reward(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> st
   # The reward only ever scores the generator's window: train it on crops of that length (3x cheaper than
   # padding to 196 frames, so more steps fit the budget).
   rcfg = R.RewardTrainConfig(seed=cfg.seed, max_length=base_config(cfg).data.max_length)
+  rcfg = rcfg.with_objective(cfg.reward_objective)   # the CPU-size SPM trained with the official objective
   R.train_reward(rcfg, root / "reward_pretrain", train, steps=cfg.steps(cfg.reward_steps),
                  eval_dataset=test, eval_timesteps=(0, 300))
   R.train_reward(rcfg, root / "reward", train, spl=True, init_from=root / "reward_pretrain",
@@ -281,7 +283,7 @@ def _stage_plan(cfg: QuickstartConfig, root: pathlib.Path) -> dict:
                 "seed": cfg.seed}, [], [data]),
       "base": ({"config": dataclasses.asdict(base_config(cfg))}, [data], [base]),
       "reward": ({"seed": cfg.seed, "steps": [cfg.steps(cfg.reward_steps), cfg.steps(cfg.spl_steps)],
-                  "max_length": base_config(cfg).data.max_length}, [data], reward),
+                  "max_length": base_config(cfg).data.max_length, "objective": cfg.reward_objective}, [data], reward),
       "evaluator": ({"steps": cfg.steps(cfg.evaluator_steps)}, [data], [ev]),
       "finetune": ({m: run_config(cfg, m).to_dict() for m in cfg.methods}, [data, base, *reward], ft_dirs),
       "evaluate": ({**gen, "replications": cfg.replications}, [data, base, *reward, ev, *ft_dirs],
