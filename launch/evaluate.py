@@ -24,6 +24,7 @@ from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
 from easytune_jax.train.finetune_runner import load_any_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "For fine-tuning workdirs in "
@@ -42,8 +43,8 @@ flags.DEFINE_integer("replications", 20, "Independent passes (mean ± 1.96 std /
 flags.DEFINE_bool("quick", False, "Few replications, no MultiModality.")
 flags.DEFINE_bool("mm", True, "Run MultiModality.")
 flags.DEFINE_integer("batch_size", 32, "Generator batch size.")
-flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight.")
-flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
+flags.DEFINE_float("guidance_scale", GUIDANCE_SCALE, "Classifier-free guidance weight.")
+flags.DEFINE_integer("num_steps", NUM_STEPS, "DDIM steps.")
 flags.DEFINE_integer("seed", 0, "Evaluation seed.")
 flags.DEFINE_bool("force", False, "Recompute even when the inputs and flags equal those of the existing results.")
 cli.define_flags()

@@ -21,6 +21,7 @@ from easytune_jax.core import parallel
 from easytune_jax.train import finetune_runner
 from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.core.optim import OptimConfig
+from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS, GUIDANCE_SCALE
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "easytune", list(finetune.METHODS), "Fine-tuning method.")
@@ -34,13 +35,14 @@ flags.DEFINE_string("reward_text", "", "Text encoder of an embedding-input rewar
                     "sentence-t5-large folder or a precomputed .npz.")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train captions, val held-out).", required=True)
 flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator: quick R-precision/FID/MM-Dist at evals.")
-flags.DEFINE_integer("num_steps", 10, "DDIM steps T of the sampled trajectories.")
+flags.DEFINE_integer("num_steps", CPU_NUM_STEPS, "DDIM steps T of the sampled trajectories.")
 flags.DEFINE_integer("k", None, "EasyTune: train the last k steps (default all); DRaFT: backprop depth; "
                      "DRTune: number of training steps.")
 flags.DEFINE_integer("m", None, "ReFL/DRTune: loss step drawn among the last m steps.")
 flags.DEFINE_float("p", 0.5, "AlignProp: probability a step carries gradient.")
 flags.DEFINE_integer("t_train", None, "DRTune: span of the training steps.")
-flags.DEFINE_float("guidance_scale", 2.5, "Classifier-free guidance w (MLD uses 7.5).")
+flags.DEFINE_float("guidance_scale", CPU_GUIDANCE_SCALE, "Classifier-free guidance w (the CPU setting; MLD uses "
+                   f"{GUIDANCE_SCALE}).")
 flags.DEFINE_float("eta", 0.0, "DDIM eta.")
 flags.DEFINE_enum("sampler_variant", "frozen", list(finetune.SAMPLER_VARIANTS),
                   "EasyTune: 'frozen' (official theta_old sampler) or 'online'.")

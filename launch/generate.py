@@ -22,6 +22,7 @@ from easytune_jax.bundles import official_generator
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.train.finetune_runner import load_finetuned_generator
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", None, "A caption (repeat the flag for several).")
@@ -33,8 +34,8 @@ flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "Which fine-tune
 flags.DEFINE_string("sentence_t5_dir", None, "Official MLD only: encode captions with this sentence-t5-large folder "
                     "(instead of the one recorded at conversion, or the precomputed .npz).")
 flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
-flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight w.")
-flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
+flags.DEFINE_float("guidance_scale", GUIDANCE_SCALE, "Classifier-free guidance weight w.")
+flags.DEFINE_integer("num_steps", NUM_STEPS, "DDIM steps.")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_integer("length", 0, "Frames per motion at 20 fps (0: the generator's max_length, 196 for MLD).")
 flags.DEFINE_integer("batch_size", 8, "Prompts per sampler call.")

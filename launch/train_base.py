@@ -18,6 +18,7 @@ from easytune_jax import cli
 from easytune_jax.core import parallel
 from easytune_jax.train import base
 from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "tiny", ["tiny", "small", "paper"], "Named config.")
@@ -26,8 +27,8 @@ flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", requir
 flags.DEFINE_enum("model", "mld", ["mld", "mdm"], "Latent (MLD) or motion-space (MDM) diffusion.")
 flags.DEFINE_multi_string("set", [], "Config override key=value (repeatable), e.g. --set vae.width=128.")
 flags.DEFINE_integer("num_samples", 4, "Held-out captions to generate after training (0: none).")
-flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance weight for the samples.")
-flags.DEFINE_integer("num_steps", 50, "DDIM steps for the samples.")
+flags.DEFINE_float("guidance_scale", GUIDANCE_SCALE, "Classifier-free guidance weight for the samples.")
+flags.DEFINE_integer("num_steps", NUM_STEPS, "DDIM steps for the samples.")
 flags.DEFINE_bool("gif", True, "Also write stick-figure GIFs of the samples.")
 parallel.define_flags()
 cli.define_flags()

@@ -175,7 +175,7 @@ class BenchmarkConfig:
   speed_variants: tuple = ALL_SPEED_VARIANTS
   speed_steps: int = 10
   batch_size: int = 8
-  guidance_scale: float = 2.5
+  guidance_scale: float = sampling.CPU_GUIDANCE_SCALE
   learning_rate: float = 2e-4
   warmup_steps: int = 0
   speed_repeats: int = 3
@@ -225,7 +225,7 @@ def get_config(name: str = "tiny") -> BenchmarkConfig:
   if name == "tiny":
     return BenchmarkConfig()
   if name == "paper":
-    return BenchmarkConfig(speed_steps=50, batch_size=32, guidance_scale=7.5, learning_rate=1e-5,
+    return BenchmarkConfig(speed_steps=sampling.NUM_STEPS, batch_size=32, guidance_scale=sampling.GUIDANCE_SCALE, learning_rate=1e-5,
                            warmup_steps=0, speed_repeats=5, budget_seconds=600.0, curve_points=5,
                            heldout_size=64, eval_batch_size=32)
   raise ValueError(f"{_WHERE}: benchmark config name: expected 'tiny' or 'paper', found {name!r}")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from easytune_jax import viz
 from easytune_jax.bundles.generator import Generator
 from easytune_jax.data import bvh
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +47,8 @@ class GenerateConfig:
     gif / mp4 / bvh: which files besides the .npy arrays; bvh_scale: BVH length unit per metre (100: cm).
   """
 
-  guidance_scale: float = 7.5
-  num_steps: int = 50
+  guidance_scale: float = GUIDANCE_SCALE
+  num_steps: int = NUM_STEPS
   seed: int = 0
   length: int = 0
   batch_size: int = 8

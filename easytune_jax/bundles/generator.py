@@ -159,7 +159,7 @@ class Generator:
     return self._samplers[num_steps]
 
   def generate(self, texts: Sequence[str], lengths: Sequence[int], rng: jax.Array,
-               guidance_scale: float = 7.5, num_steps: int = 50, params: Any = None,
+               guidance_scale: float = sampling.GUIDANCE_SCALE, num_steps: int = sampling.NUM_STEPS, params: Any = None,
                normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Samples one motion per text.
 
@@ -243,7 +243,7 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
 
 
 def save_samples(generator: Generator, texts: Sequence[str], lengths: Sequence[int], out_dir: str,
-                 rng: jax.Array, guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True) -> dict:
+                 rng: jax.Array, guidance_scale: float = sampling.GUIDANCE_SCALE, num_steps: int = sampling.NUM_STEPS, gif: bool = True) -> dict:
   """Generates one motion per text and writes `features.npy` (de-normalised [B, L, D]), `joints.npy`
   ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `gif`, one stick-figure GIF per motion. Returns {"features", "joints", "files"}."""
   os.makedirs(out_dir, exist_ok=True)

@@ -128,12 +128,12 @@ class FinetuneConfig:
   """
 
   method: str = "easytune"
-  num_steps: int = 50
+  num_steps: int = sampling.NUM_STEPS
   k: Optional[int] = None
   m: Optional[int] = None
   p: float = 0.5
   t_train: Optional[int] = None
-  guidance_scale: float = 7.5
+  guidance_scale: float = sampling.GUIDANCE_SCALE
   eta: float = 0.0
   timestep_spacing: str = "leading"
   steps_offset: int = 1
@@ -375,7 +375,7 @@ def _split(rng):
 
 # --------------------------------------------------------------------------------------------- one-step loss
 def make_step_loss(denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
-                   timesteps: sampling.Timesteps, guidance_scale: float = 7.5, *, eta: float = 0.0,
+                   timesteps: sampling.Timesteps, guidance_scale: float = sampling.GUIDANCE_SCALE, *, eta: float = 0.0,
                    decode: Optional[Decoder] = None, reward_input: str = "x0_hat",
                    reward_timestep: Optional[str] = None, reward_scale: float = 1.0,
                    kl_weight: float = 0.0) -> Callable:

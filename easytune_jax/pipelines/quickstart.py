@@ -31,6 +31,7 @@ from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import finetune_runner as fr
 from easytune_jax.train import reward as R
+from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,8 @@ class QuickstartConfig:
   reward_objective: str = "official"    # SPM training objective: 'official' (EasyTune's) or 'ours'
   evaluator_steps: int = 200
   methods: tuple = ("easytune", "draft")
-  num_steps: int = 10                     # DDIM steps of fine-tuning and evaluation
-  guidance_scale: float = 2.5
+  num_steps: int = CPU_NUM_STEPS          # DDIM steps of fine-tuning and evaluation
+  guidance_scale: float = CPU_GUIDANCE_SCALE
   trajectories: int = 24
   draft_k: int = 1                        # DRaFT-K reference (K=1 is the cheapest strong baseline)
   finetune_batch: int = 16

@@ -50,6 +50,7 @@ from easytune_jax.models.generator import (MODELS, BaseConfig, DataConfig, Modul
                                           make_cond,
                                           text_inputs, vae_tx)
 from easytune_jax.train.loop import train_loop
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 _ARRAY_KEYS = ("motion", "mask", "length", "tokens", "token_mask", "text_emb", "text_emb_mask")
 
@@ -427,7 +428,7 @@ def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str]
 
 
 def train_and_sample(config: BaseConfig, workdir: str, data_dir: str, num_samples: int = 4,
-                     guidance_scale: float = 7.5, num_steps: int = 50, gif: bool = True,
+                     guidance_scale: float = GUIDANCE_SCALE, num_steps: int = NUM_STEPS, gif: bool = True,
                      progress: bool = True) -> dict:
   """`train_and_evaluate` on `data_dir`, then `save_samples` of the first `num_samples` held-out
   captions (their own lengths, cut to the model's max_length) into <workdir>/samples/. This is what

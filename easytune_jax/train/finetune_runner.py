@@ -47,6 +47,7 @@ from easytune_jax.data.safe_io import read_json
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.train.loop import train_loop
 from easytune_jax.train import reward as reward_train
+from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
 
 
 # --------------------------------------------------------------------------------------------- task
@@ -99,7 +100,7 @@ class RunConfig:
   """A fine-tuning run: method config, data, schedule of evaluation and checkpoints."""
 
   finetune: finetune.FinetuneConfig = finetune.FinetuneConfig(
-      num_steps=10, guidance_scale=2.5, optim=OptimConfig(learning_rate=2e-4, warmup_steps=10))
+      num_steps=CPU_NUM_STEPS, guidance_scale=CPU_GUIDANCE_SCALE, optim=OptimConfig(learning_rate=2e-4, warmup_steps=10))
   trajectories: int = 20
   batch_size: int = 16
   seed: int = 0
