@@ -5,6 +5,7 @@ angles -> matrices by scipy's `Rotation.from_euler` in the channel order the fil
 round trip checks the writer's text, channel order, angle convention and units, not only its own FK.
 """
 
+import bvh as bvh_pkg   # test-only: the `bvh` PyPI package, a standard BVH reader
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -148,3 +149,28 @@ def test_bad_inputs(tmp_path):
   with pytest.raises(ValueError, match="finite"):
     bvh.joints_to_bvh(np.full((5, 22, 3), np.nan), tmp_path / "x.bvh")
   assert not list(tmp_path.iterdir())
+
+
+def test_a_standard_bvh_parser_reads_the_humanml3d_skeleton(tmp_path, shared_data):
+  """The `bvh` package (PyPI, a widely used BVH reader) parses the file: the 22 HumanML3D joints with their
+  parents, offsets and channels, 20 fps; posing its values with this test's FK gives back the real motion."""
+  joints = np.load(shared_data / "humanml3d_sample" / "new_joints" / "012314.npy").astype(np.float64)
+  path = tmp_path / "sample.bvh"
+  bvh.joints_to_bvh(joints, path)
+  mocap = bvh_pkg.Bvh(path.read_text())
+  names = mocap.get_joints_names()
+  assert sorted(names) == sorted(sk.HML_JOINT_NAMES) and mocap.nframes == joints.shape[0]
+  assert mocap.frame_time == pytest.approx(0.05)
+  for n in names:
+    parent = mocap.joint_parent(n)
+    want = sk.HML_PARENTS[sk.HML_JOINT_NAMES.index(n)]
+    assert (parent.name if parent is not None else None) == (sk.HML_JOINT_NAMES[want] if want >= 0 else None)
+  channels = [mocap.joint_channels(n) for n in names]
+  parsed = {"names": names, "parents": [names.index(mocap.joint_parent(n).name) if mocap.joint_parent(n) else -1
+                                        for n in names],
+            "offsets": np.array([mocap.joint_offset(n) for n in names]), "channels": channels,
+            "frames": np.concatenate([np.array(mocap.frames_joint_channels(n, c), float) for n, c in
+                                      zip(names, channels)], axis=1)}
+  back = fk_bvh(parsed) / 100.0                               # centimetres in the file
+  order = [names.index(n) for n in sk.HML_JOINT_NAMES]
+  np.testing.assert_allclose(back[:, order], joints, atol=1e-5)
