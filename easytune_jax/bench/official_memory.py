@@ -252,8 +252,8 @@ def _find(records, name, T):
 
 
 def summarize(result: dict) -> dict:
-  """EasyTune's additional memory (update - sampling, totals) as a fraction of DRaFT-T's and DRaFT-1's at each
-  T, here and in the previous figures."""
+  """EasyTune's total memory and additional memory (update - sampling, totals) as fractions of DRaFT-T's and
+  DRaFT-1's at each T, here and in the previous figures."""
   out: dict = {}
   for key, recs in (("official", result["records"]), ("previous", (result.get("previous") or {}).get("records", []))):
     s: dict = {}
@@ -262,10 +262,16 @@ def summarize(result: dict) -> dict:
       for other in ("DRaFT-T", "DRaFT-1"):
         d = _find(recs, other, T)
         if e and d:
-          s.setdefault(f"easytune_over_{other.replace('-', '_')}_additional", {})[str(T)] = (
+          name = other.replace("-", "_")
+          s.setdefault(f"easytune_over_{name}_total", {})[str(T)] = e["memory"]["total"] / d["memory"]["total"]
+          s.setdefault(f"easytune_over_{name}_additional", {})[str(T)] = (
               e["additional_memory"]["total"] / d["additional_memory"]["total"])
     out[key] = s
   return out
+
+
+def _samp_total(records) -> float:
+  return max((r["sampling_memory"]["total"] for r in records), default=0)
 
 
 def _g(x) -> str:
@@ -287,7 +293,9 @@ def markdown(result: dict) -> str:
       f"guidance {c['guidance_scale']}, reward text {c['reward_text_length']} x "
       f"{result['models']['reward_text_dim']}-d token embeddings, MLD text one 768-d sentence embedding; frozen "
       "sampler, K = T for EasyTune and DRaFT-T, no remat, AdamW state in the arguments, state donated.", "",
-      "Reproduce: `PYTHONPATH=. python launch/official_memory.py --out_dir=docs/benchmark/official_paper_memory`.",
+      f"Reproduce: `PYTHONPATH=. python launch/official_memory.py --out_dir=<dir> --size={c['size']} "
+      f"--variants={','.join(c['variants'])} --steps={','.join(str(t) for t in c['steps'])}` (a rerun into the same "
+      "folder keeps its records and compiles only the missing ones).",
       "", "## Official MLD + official SPM (GiB)", "",
       "| variant | T | K | temp | argument | output | total | sampling total | additional (total) | compile s |",
       "|---|---|---|---|---|---|---|---|---|---|"]
@@ -320,15 +328,35 @@ def markdown(result: dict) -> str:
   lines += ["", "## Reading", ""]
   for key, label in (("official", "official models"), ("previous", "previous (our paper preset)")):
     for ratio, vals in s.get(key, {}).items():
-      other = ratio.split("_over_")[1].replace("_additional", "").replace("_", "-")
-      lines.append(f"- {label}: EasyTune additional memory / {other} additional memory: "
+      other, what = ratio.split("_over_")[1].rsplit("_", 1)
+      other = other.replace("_", "-")
+      lines.append(f"- {label}: EasyTune {what} memory / {other} {what} memory: "
                    + ", ".join(f"T={T}: {v:.3f}" for T, v in vals.items()))
   e = sorted((r for r in result["records"] if r["variant"] == "EasyTune"), key=lambda r: r["T"])
   if len(e) >= 2:
     lines.append(f"- EasyTune's total at T={e[-1]['T']} / T={e[0]['T']}: "
                  f"{e[-1]['memory']['total'] / e[0]['memory']['total']:.4f} (its memory does not grow with T).")
+  growth = []
+  for label, recs in (("official", result["records"]), ("previous", (prev or {}).get("records", []))):
+    d = sorted((r for r in recs if r["variant"] == "DRaFT-T"), key=lambda r: r["T"])
+    if len(d) >= 2:
+      per_step = (d[-1]["memory"]["total"] - d[0]["memory"]["total"]) / (d[-1]["T"] - d[0]["T"])
+      growth.append(f"{label} {per_step / 2**20:.0f} MiB")
+  if growth:
+    lines.append("- DRaFT-T's memory per differentiated step (slope of its total over T): " + ", ".join(growth)
+                 + ". The official denoiser attends over one 768-d sentence-embedding token (+ time and latent "
+                 "tokens), our paper preset over 32 word tokens, so each stored step is far smaller here and "
+                 "DRaFT-T grows more slowly with T; the fixed part (decode + reward and their gradients at 196 "
+                 f"frames, sampling alone {_g(_samp_total(result['records']))} vs "
+                 f"{_g(_samp_total((prev or {}).get('records', [])))} GiB) is larger, so EasyTune's share of "
+                 "DRaFT-T's memory is higher than with our preset at the same T.")
   lines += ["- The paper reports EasyTune at 31.16% of DRaFT-50's memory on GPU (PyTorch allocator peaks); these "
-            "are XLA's compiled buffer sizes on CPU, so compare ratios, not absolute figures.", ""]
+            "are XLA's compiled buffer sizes on CPU, so compare ratios, not absolute figures.",
+            "- What the bytes hold: 'argument' is the trainable denoiser's params and AdamW moments (+ inputs); the "
+            "frozen VAE and SPM weights are bound into the program as constants, as in fine-tuning, and are not in "
+            f"these figures (VAE {_g(4 * p['official_mld_vae'])} + SPM {_g(4 * p['official_spm'])} GiB). The update donates its state ('alias' "
+            "bytes subtracted from the total); the previous figures were compiled before donation (alias 0), which "
+            "accounts for about 0.09 GiB of their totals.", ""]
   return "\n".join(lines)
 
 
