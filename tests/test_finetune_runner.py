@@ -17,7 +17,7 @@ from easytune_jax.models.spm import SPMConfig
 from easytune_jax.train import finetune_runner as fr
 from easytune_jax.train import reward as R
 from tests.test_spm_official import synthetic_state
-from tests.torch_zip import save_torch
+from easytune_jax.core.torch_zip import save_torch
 
 
 def _cfg(method, trajectories=3, **kw):

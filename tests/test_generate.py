@@ -18,7 +18,7 @@ from easytune_jax.data import skeleton as sk
 from easytune_jax.models.t5_encoder import load_sentence_t5
 from tests import test_bvh
 from tests import test_mld_official as tmo
-from tests.torch_zip import save_torch
+from easytune_jax.core.torch_zip import save_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from easytune_jax.models.spm import SPMConfig
 from easytune_jax.core.schedules import make_schedule
 from easytune_jax.train import reward as R
 from tests.test_spm_official import synthetic_state
-from tests.torch_zip import save_torch
+from easytune_jax.core.torch_zip import save_torch
 
 E = 10
 MODEL = SPMConfig.official(dim_motion=6, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)

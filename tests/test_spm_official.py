@@ -17,7 +17,7 @@ import pytest
 from easytune_jax.models import spm, spm_convert
 from easytune_jax.models.spm import SPMConfig
 from easytune_jax.train import reward as R
-from tests.torch_zip import save_torch
+from easytune_jax.core.torch_zip import save_torch
 
 D, E, C, FF, N, H = 6, 10, 8, 16, 3, 2
 

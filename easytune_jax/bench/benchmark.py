@@ -323,6 +323,24 @@ def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> 
   return finetune.compiled_memory(update, state, x_T, cond, uncond, rng, donate_argnums=(0,))
 
 
+def memory_record(task, cfg: BenchmarkConfig, spec: str, T: int, x_T, cond, uncond, rng, samp: dict) -> dict:
+  """The record of one (variant `spec`, T): the compiled update memory, `samp` (the `sampling_memory` at T),
+  the additional memory (update - sampling), the compile seconds and the process peaks."""
+  v = parse_variant(spec)
+  t0 = time.time()
+  ft = finetune_config(cfg, v, T)
+  mem = update_memory(task, ft, x_T, cond, uncond, rng)
+  record = {
+      "variant": v.name, "spec": spec, "method": v.method, "T": T, "K": ft.num_grad_steps,
+      "remat": v.remat, "grad_chunk": ft.chunk_size, "memory": mem, "sampling_memory": samp,
+      "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
+      "compile_seconds": time.time() - t0, "peak_rss_bytes": peak_rss_bytes(),
+      "device_peak_bytes": device_peak_bytes()}
+  logging.info("benchmark memory %s T=%d: temp %.2f MiB (sampling %.2f MiB)", v.name, T,
+               mem["temp"] / 2**20, samp["temp"] / 2**20)
+  return record
+
+
 def measure_memory(task, cfg: BenchmarkConfig, inputs: Inputs) -> list[dict]:
   """One record per applicable (variant, T): memory, sampling memory, additional memory, peaks."""
   x_T, cond, uncond, rng = inputs(0)
@@ -330,20 +348,8 @@ def measure_memory(task, cfg: BenchmarkConfig, inputs: Inputs) -> list[dict]:
   for T in sorted(set(cfg.memory_steps)):
     samp = sampling_memory(task, T, cfg.guidance_scale, x_T, cond, uncond)
     for spec in cfg.memory_variants:
-      v = parse_variant(spec)
-      if not v.applies(T):
-        continue
-      t0 = time.time()
-      ft = finetune_config(cfg, v, T)
-      mem = update_memory(task, ft, x_T, cond, uncond, rng)
-      records.append({
-          "variant": v.name, "spec": spec, "method": v.method, "T": T, "K": ft.num_grad_steps,
-          "remat": v.remat, "grad_chunk": ft.chunk_size, "memory": mem, "sampling_memory": samp,
-          "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
-          "compile_seconds": time.time() - t0, "peak_rss_bytes": peak_rss_bytes(),
-          "device_peak_bytes": device_peak_bytes()})
-      logging.info("benchmark memory %s T=%d: temp %.2f MiB (sampling %.2f MiB)", v.name, T,
-                   mem["temp"] / 2**20, samp["temp"] / 2**20)
+      if parse_variant(spec).applies(T):
+        records.append(memory_record(task, cfg, spec, T, x_T, cond, uncond, rng, samp))
   return records
 
 

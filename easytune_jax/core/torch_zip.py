@@ -11,12 +11,17 @@ The format:
 
 :func:`load_torch_checkpoint` reads it with ``zipfile`` and a restricted ``pickle.Unpickler`` into plain
 containers with numpy arrays for tensors; every official checkpoint converter of the project reads through it.
+:func:`save_torch` writes the same format (numpy arrays become contiguous tensors, dicts of arrays become state
+dicts with ``_metadata``): official-layout checkpoints that ``torch.load`` and the converters read, e.g. to export
+converted weights back or to build checkpoints of a given architecture for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import os
+import pathlib
 import pickle
 import struct
 import zipfile
@@ -156,3 +161,99 @@ def _read_zip(path: str) -> Any:
                 raise ValueError(f"{path}: byteorder record expected 'little' or 'big', found {byteorder!r}")
         with zf.open(pkls[0]) as f:
             return _TorchUnpickler(f, zf, prefix, byteorder, path).load()
+
+
+# --------------------------------------------------------------------------------------------- writer
+class _Global:
+    """Pickled as GLOBAL '<module>\\n<name>', like torch's references to its own functions/classes."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle requires REDUCE targets to be callable
+        raise RuntimeError("marker only")
+
+
+class _Storage:
+    def __init__(self, key, flat, type_name):
+        self.key, self.flat, self.type_name = key, flat, type_name
+
+
+class _Tensor:
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def __reduce__(self):
+        return (_Global("torch._utils", "_rebuild_tensor_v2"),
+                (self.storage, self.offset, tuple(self.size), tuple(self.stride), False, collections.OrderedDict()))
+
+
+class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table takes the _Global marker
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_global(self, obj):
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        self.memoize(obj)
+
+    dispatch[_Global] = _save_global
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", _Global("torch", obj.type_name), obj.key, "cpu", obj.flat.size)
+        return None
+
+
+_TYPE_NAMES = {np.dtype(dt): name for name, dt in _STORAGE_DTYPES.items() if dt != "bfloat16"}
+
+
+class _Writer:
+    """Collects the storages of one file; ``tensor(arr)`` makes a contiguous tensor with a storage of its own."""
+
+    def __init__(self):
+        self.storages = []
+
+    def storage(self, flat):
+        if flat.dtype not in _TYPE_NAMES:
+            raise TypeError(f"save_torch: arrays of dtype {flat.dtype} have no torch storage type here "
+                            f"(supported: {sorted(str(d) for d in _TYPE_NAMES)})")
+        s = _Storage(str(len(self.storages)), np.ascontiguousarray(flat), _TYPE_NAMES[flat.dtype])
+        self.storages.append(s)
+        return s
+
+    def tensor(self, v):
+        v = np.asarray(v)
+        st = self.storage(v.reshape(-1))
+        return _Tensor(st, 0, v.shape, tuple(int(np.prod(v.shape[i + 1:])) for i in range(v.ndim)))
+
+    def convert(self, obj):
+        """numpy arrays -> tensors anywhere in a nest of dicts / lists / tuples; dicts become OrderedDicts."""
+        if isinstance(obj, np.ndarray):
+            return self.tensor(obj)
+        if isinstance(obj, dict):
+            od = collections.OrderedDict((k, self.convert(v)) for k, v in obj.items())
+            if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+                od._metadata = collections.OrderedDict([("", {"version": 1})])
+            return od
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.convert(v) for v in obj)
+        return obj
+
+    def save(self, path, obj):
+        buf = io.BytesIO()
+        _TorchPickler(buf, protocol=2).dump(obj)
+        arch = pathlib.Path(path).stem
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(f"{arch}/data.pkl", buf.getvalue())
+            for st in self.storages:
+                zf.writestr(f"{arch}/data/{st.key}", st.flat.astype(st.flat.dtype.newbyteorder("<")).tobytes())
+            zf.writestr(f"{arch}/version", "3\n")
+            zf.writestr(f"{arch}/byteorder", "little")
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj, path)`` for a nest of dicts / lists / scalars whose numpy arrays become tensors, e.g. a
+    Lightning checkpoint ``{"state_dict": {"vae.x.weight": arr, ...}, "epoch": 3}``. Dicts whose values are all
+    arrays are written as state dicts (OrderedDicts with ``_metadata``). Torch-free; ``torch.load`` and
+    :func:`load_torch_checkpoint` read the file."""
+    w = _Writer()
+    w.save(os.fspath(path), w.convert(obj))
