@@ -144,13 +144,15 @@ def test_variant_parsing_and_config_errors():
   v = benchmark.parse_variant("easytune-10+online")
   assert v.name == "EasyTune-10+online" and not v.applies(8) and v.applies(10)
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 50).num_grad_steps == 10
-  assert benchmark.parse_variant("easytune-T") == benchmark.parse_variant("easytune")
+  k_of = lambda spec: benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant(spec),
+                                                50).num_grad_steps
+  assert k_of("easytune-T") == k_of("easytune") == 50 and k_of("drtune") == 5 and k_of("drtune-3") == 3
   with pytest.raises(ValueError, match="expected 'easytune-<K>' with K >= 1 or 'easytune-T', found K='0'"):
     benchmark.parse_variant("easytune-0")
   v = benchmark.parse_variant("easytune+online@2e-5")
   assert v.name == "EasyTune+online@2e-05" and v.family == "EasyTune+online"
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).sampler_variant == "online"
-  with pytest.raises(ValueError, match="'\\+online' is EasyTune's sampler variant, not for 'refl'"):
+  with pytest.raises(ValueError, match="'\\+online' is a per-step method's sampler variant, not for 'refl'"):
     benchmark.parse_variant("refl+online")
   with pytest.raises(ValueError, match="'easytune@fast'.*rate > 0, found 'fast'"):
     benchmark.parse_variant("easytune@fast")
@@ -160,8 +162,11 @@ def test_variant_parsing_and_config_errors():
     benchmark.parse_variant("dpo")
   with pytest.raises(ValueError, match="'\\+remat' does not apply"):
     benchmark.parse_variant("easytune+remat")
-  with pytest.raises(ValueError, match="DRaFT needs its depth"):
-    benchmark.parse_variant("draft")
+  with pytest.raises(ValueError, match="'refl' takes no k"):
+    benchmark.parse_variant("refl-3")
+  v = benchmark.parse_variant("draft")   # the row's default depth (K = 1)
+  assert v.name == "DRaFT" and benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).num_grad_steps == 1
+  assert benchmark.parse_variant("draft-T").resolve_k(7) == 7
   with pytest.raises(ValueError, match="budget_seconds or budget_trajectories"):
     benchmark.BenchmarkConfig(budget_seconds=None, budget_trajectories=None)
   with pytest.raises(ValueError, match="expected 'tiny' or 'paper', found 'huge'"):

@@ -136,7 +136,6 @@ def test_config_validation_errors():
   c = finetune.FinetuneConfig(num_steps=20)
   assert (c.num_grad_steps, c.stop_range, c.updates_per_trajectory) == (20, 10, 20)
   assert finetune.FinetuneConfig(method="draft").updates_per_trajectory == 1
-  assert set(finetune.METHODS) == {"easytune", "draft", "refl", "alignprop", "drtune"}
 
 
 # --------------------------------------------------------------------------------------------- one-step loss

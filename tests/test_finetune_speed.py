@@ -46,7 +46,7 @@ def assert_trees_close(a, b, rtol, atol):
 def test_grad_chunk_and_compute_dtype_validation():
   with pytest.raises(ValueError, match=r"grad_chunk: expected >= 1, found 0"):
     finetune.FinetuneConfig(grad_chunk=0)
-  with pytest.raises(ValueError, match=r"grad_chunk: batched per-step gradients need method='easytune' with "
+  with pytest.raises(ValueError, match=r"grad_chunk: batched per-step gradients need a per-step method \(easytune\) with "
                      r"sampler_variant='frozen'.*found grad_chunk=2 with method='easytune', "
                      r"sampler_variant='online'"):
     finetune.FinetuneConfig(grad_chunk=2, sampler_variant="online")
@@ -286,7 +286,7 @@ def test_benchmark_chunk_variants_and_floor_record():
   assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune+online"), 50).grad_chunk == 1
   assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("draft-1"), 50).grad_chunk == 1
   for bad, msg in (("easytune+chunk0", "expected '\\+chunk<C>' with C >= 1"),
-                   ("draft-1+chunk2", "'\\+chunk<C>' batches frozen EasyTune's per-step gradients, not for 'draft'"),
+                   ("draft-1+chunk2", "'\\+chunk<C>' batches frozen per-step gradients, not for 'draft'"),
                    ("easytune+online+chunk2", "not for 'easytune\\+online'")):
     with pytest.raises(ValueError, match=msg):
       benchmark.parse_variant(bad)

@@ -36,7 +36,7 @@ import platform
 import resource
 import statistics
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -60,29 +60,27 @@ _WHERE = "easytune_jax/benchmark.py"
 # --------------------------------------------------------------------------------------------- variants
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One benchmarked method setting. `k`: DRaFT's backprop depth (None = all T steps, 'DRaFT-T');
-  `learning_rate`: this variant's own rate (None = the config's), for per-method tuning; `online`: EasyTune
-  with the 'online' sampler (trajectory and gradients at the latest params; default 'frozen');
-  `grad_chunk`: frozen EasyTune's per-step gradients batched C at a time (`FinetuneConfig.grad_chunk`;
-  None = the benchmark config's `grad_chunk`)."""
+  """One benchmarked method setting. `method`: a row of `finetune.METHODS`; `k`: its k (an int, 'T' = all T
+  steps, None = the row's default); `learning_rate`: this variant's own rate (None = the config's), for
+  per-method tuning; `online`: a per-step method with the 'online' sampler (trajectory and gradients at the
+  latest params; default 'frozen'); `grad_chunk`: frozen per-step gradients batched C at a time
+  (`FinetuneConfig.grad_chunk`; None = the benchmark config's `grad_chunk`)."""
 
   method: str
-  k: Optional[int] = None
+  k: Optional[Union[int, str]] = None
   remat: bool = False
   learning_rate: Optional[float] = None
   online: bool = False
   grad_chunk: Optional[int] = None
 
   @property
+  def policy(self) -> finetune.StepPolicy:
+    return finetune.METHODS[self.method]
+
+  @property
   def name(self) -> str:
-    if self.method == "easytune":
-      base = "EasyTune" + ("" if self.k is None else f"-{self.k}")
-    elif self.method == "draft":
-      base = f"DRaFT-{'T' if self.k is None else self.k}"
-    else:
-      base = {"refl": "ReFL", "alignprop": "AlignProp", "drtune": "DRTune"}[self.method]
-    return (base + ("+remat" if self.remat else "") + ("+online" if self.online else "")
-            + (f"+chunk{self.grad_chunk}" if self.grad_chunk else "")
+    return (self.policy.label + ("" if self.k is None else f"-{self.k}") + ("+remat" if self.remat else "")
+            + ("+online" if self.online else "") + (f"+chunk{self.grad_chunk}" if self.grad_chunk else "")
             + (f"@{self.learning_rate:g}" if self.learning_rate else ""))
 
   @property
@@ -91,19 +89,18 @@ class Variant:
     return dataclasses.replace(self, learning_rate=None).name
 
   def resolve_k(self, T: int) -> Optional[int]:
-    """K passed to FinetuneConfig at T steps (None where the method's default applies)."""
-    if self.method == "draft":
-      return T if self.k is None else self.k
-    return self.k if self.method == "easytune" else None
+    """K passed to FinetuneConfig at T steps (None where the row's default applies)."""
+    return T if self.k == "T" else self.k
 
   def applies(self, T: int) -> bool:
-    return not (self.method in ("draft", "easytune") and self.k is not None and self.k > T)
+    return not (isinstance(self.k, int) and self.k > T)
 
 
 def parse_variant(spec: str) -> Variant:
-  """'easytune' | 'easytune-<K>' (train the last K steps) | 'draft-1' | 'draft-10' | 'draft-T' | 'refl' |
-  'alignprop' | 'drtune', optionally
-  suffixed '+remat' (baselines only) or '+online' (EasyTune only) or '+chunk<C>' (frozen EasyTune: C
+  """'<method>' (a row of `finetune.METHODS` with its default k) or '<method>-<K>' / '<method>-T' (rows that
+  read k: EasyTune trains the last K steps, DRaFT backpropagates K deep, DRTune trains K steps), e.g.
+  'easytune', 'easytune-10', 'draft-1', 'draft-T', 'refl', 'alignprop', 'drtune'; optionally suffixed
+  '+remat' (trajectory rows) or '+online' (per-step rows) or '+chunk<C>' (frozen per-step rows: C
   per-step gradients per vmapped call), then optionally '@<learning rate>' (e.g. 'draft-1@1e-4',
   'easytune+online@2e-5', 'easytune+chunk10@1e-4')."""
   s, _, lr_text = spec.strip().partition("@")
@@ -125,26 +122,26 @@ def parse_variant(spec: str) -> Variant:
   remat, online = s.endswith("+remat"), s.endswith("+online")
   s = s.rsplit("+", 1)[0] if remat or online else s
   k = None
-  for m in ("draft", "easytune"):
-    if s.startswith(m + "-"):
-      tail = s[len(m) + 1:]
-      if tail != "T":
-        if not tail.isdigit() or int(tail) < 1:
-          raise ValueError(f"{_WHERE}: variant {spec!r}: expected '{m}-<K>' with K >= 1 or '{m}-T', "
-                           f"found K={tail!r}")
-        k = int(tail)
-      s = m
+  name, dash, tail = s.partition("-")
+  if dash and name in finetune.METHODS:
+    if "k" not in finetune.METHODS[name].uses:
+      raise ValueError(f"{_WHERE}: variant {spec!r}: {name!r} takes no k (its hyper-parameters: "
+                       f"{finetune.METHODS[name].uses})")
+    if tail != "T" and (not tail.isdigit() or int(tail) < 1):
+      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '{name}-<K>' with K >= 1 or '{name}-T', "
+                       f"found K={tail!r}")
+    k, s = (tail if tail == "T" else int(tail)), name
   if s not in finetune.METHODS:
-    raise ValueError(f"{_WHERE}: variant {spec!r}: expected a method in {finetune.METHODS} (DRaFT as "
-                     f"'draft-<K>'/'draft-T'), optionally '+remat'; found {s!r}")
-  if s == "draft" and k is None and not spec.strip().startswith("draft-T"):
-    raise ValueError(f"{_WHERE}: variant {spec!r}: DRaFT needs its depth, e.g. 'draft-1' or 'draft-T'")
-  if remat and s == "easytune":
-    raise ValueError(f"{_WHERE}: variant {spec!r}: EasyTune stores no trajectory, '+remat' does not apply")
-  if online and s != "easytune":
-    raise ValueError(f"{_WHERE}: variant {spec!r}: '+online' is EasyTune's sampler variant, not for {s!r}")
-  if chunk is not None and (s != "easytune" or online):
-    raise ValueError(f"{_WHERE}: variant {spec!r}: '+chunk<C>' batches frozen EasyTune's per-step gradients, "
+    raise ValueError(f"{_WHERE}: variant {spec!r}: expected a method in {tuple(finetune.METHODS)} (with k as "
+                     f"'<method>-<K>' / '<method>-T'), optionally '+remat'; found {s!r}")
+  per_step = finetune.METHODS[s].per_step_updates
+  if remat and per_step:
+    raise ValueError(f"{_WHERE}: variant {spec!r}: {s!r} stores no trajectory, '+remat' does not apply")
+  if online and not per_step:
+    raise ValueError(f"{_WHERE}: variant {spec!r}: '+online' is a per-step method's sampler variant, "
+                     f"not for {s!r}")
+  if chunk is not None and (not per_step or online):
+    raise ValueError(f"{_WHERE}: variant {spec!r}: '+chunk<C>' batches frozen per-step gradients, "
                      f"not for {s + ('+online' if online else '')!r}")
   return Variant(s, k, remat, lr, online, chunk)
 
@@ -233,7 +230,7 @@ def get_config(name: str = "tiny") -> BenchmarkConfig:
 
 def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.FinetuneConfig:
   chunk = 1
-  if variant.method == "easytune" and not variant.online:
+  if variant.policy.per_step_updates and not variant.online:
     chunk = variant.grad_chunk or cfg.grad_chunk
   return finetune.FinetuneConfig(
       method=variant.method, num_steps=T, k=variant.resolve_k(T), remat=variant.remat,
@@ -446,13 +443,10 @@ def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
 
 
 def grad_steps(ft: finetune.FinetuneConfig) -> float:
-  """Differentiated denoiser steps per trajectory: K (EasyTune, DRaFT-K, DRTune), 1 (ReFL), p * T expected
-  (AlignProp)."""
-  if ft.method == "refl":
-    return 1.0
-  if ft.method == "alignprop":
-    return ft.p * ft.num_steps
-  return float(ft.num_grad_steps)
+  """Differentiated denoiser steps per trajectory (the row's `grad_steps`, default K): K (EasyTune,
+  DRaFT-K, DRTune), 1 (ReFL), p * T expected (AlignProp)."""
+  g = ft.policy.grad_steps
+  return float(ft.num_grad_steps if g is None else g(ft))
 
 
 def floor_record(floor: dict, ft: finetune.FinetuneConfig, seconds_per_trajectory: float) -> dict:

@@ -28,6 +28,12 @@ x0_hat_i = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); guidance eps = eps_u + w
   DRTune:        sg on every step's denoiser INPUT; K steps s + j * (T_train // K) (s random) run the
                  denoiser with gradient; i_min ~ U{T-M..T-1}; loss on x0_hat_{i_min}.
 
+One table, one executor: every method is a row of `METHODS` (a `StepPolicy`: which steps run the denoiser
+with gradient, where the input is stopped, which output is scored, per-step or per-trajectory updates) and
+one executor runs them all (`_run_span`: a no-gradient prefix, then a differentiated span). A new method is
+one row (tests/test_method_table.py adds one); configs, builders, the benchmark and the launchers read the
+table.
+
 Memory (DESIGN.md §2): EasyTune's update is ONE `lax.scan` whose body takes `jax.value_and_grad` of the
 one-step loss and applies optax in the carry, so its temporaries do not grow with T. Trajectory losses
 store residuals per differentiated step; `remat=True` checkpoints each step (the fair baseline setting).
@@ -106,8 +112,9 @@ sg = jax.lax.stop_gradient
 class FinetuneConfig:
   """Which method and its hyper-parameters. Defaults: EasyTune over all 50 DDIM steps, guidance 7.5.
 
-  k: EasyTune: train the last k steps (None = all T); DRaFT: gradient through the last k (None = 1);
-     DRTune: number of training steps (None = min(5, t_train)).
+  k, m, p, t_train: the hyper-parameters of the method's row in `METHODS` (its `uses`); what k means is the
+     row's (EasyTune: train the last k steps, None = all T; DRaFT: gradient through the last k, None = 1;
+     DRTune: number of training steps, None = min(5, t_train)).
   m: ReFL / DRTune: the loss step is drawn among the last m steps (None = min(10, T)).
   p: AlignProp: probability that a step carries gradient.
   t_train: DRTune: the k training steps are evenly spaced over the first t_train steps (None = T).
@@ -117,7 +124,7 @@ class FinetuneConfig:
      (t_i for x0_hat, max(t_{i+1}, 0) for x_prev, 0 for a final sample x_0).
   regularizer: 'diffusion' adds reg_weight * denoising loss on a data batch; 'kl' adds
      reg_weight * mean((out_theta - out_base)^2) at the visited x_t (guided outputs, base params frozen).
-  grad_chunk: EasyTune with the 'frozen' sampler: the K per-step gradients (all at theta_old, on a trajectory
+  grad_chunk: per-step methods (EasyTune) with the 'frozen' sampler: the K per-step gradients (all at theta_old, on a trajectory
      theta_old produced) are computed C = min(grad_chunk, K) at a time by one vmapped `value_and_grad`, then
      applied in order by the optimizer; the same updates as grad_chunk = 1 (one step after the other) to
      float rounding. Memory grows with C (C gradients and C steps' residuals live at once).
@@ -151,7 +158,7 @@ class FinetuneConfig:
   def __post_init__(self):
     name = "FinetuneConfig"
     if self.method not in METHODS:
-      raise ValueError(f"{name}.method: expected one of {METHODS}, found {self.method!r}")
+      raise ValueError(f"{name}.method: expected one of {tuple(METHODS)}, found {self.method!r}")
     T = self.num_steps
     if T < 1:
       raise ValueError(f"{name}.num_steps: expected >= 1, found {T}")
@@ -163,8 +170,6 @@ class FinetuneConfig:
       raise ValueError(f"{name}.p: expected a probability in (0, 1], found {self.p}")
     if self.t_train is not None and not 1 <= self.t_train <= T:
       raise ValueError(f"{name}.t_train: expected 1 <= t_train <= num_steps={T}, found {self.t_train}")
-    if self.method == "drtune" and self.k is not None and self.k > self.train_span:
-      raise ValueError(f"{name}.k: DRTune needs k <= t_train={self.train_span}, found {self.k}")
     if self.guidance_scale < 0:
       raise ValueError(f"{name}.guidance_scale: expected >= 0, found {self.guidance_scale}")
     if self.eta < 0:
@@ -183,22 +188,27 @@ class FinetuneConfig:
       raise ValueError(f"{name}.reg_weight: expected >= 0, found {self.reg_weight}")
     if self.grad_chunk < 1:
       raise ValueError(f"{name}.grad_chunk: expected >= 1, found {self.grad_chunk}")
-    if self.grad_chunk > 1 and (self.method != "easytune" or self.sampler_variant != "frozen"):
-      raise ValueError(f"{name}.grad_chunk: batched per-step gradients need method='easytune' with "
+    if self.grad_chunk > 1 and (not self.policy.per_step_updates or self.sampler_variant != "frozen"):
+      raise ValueError(f"{name}.grad_chunk: batched per-step gradients need a per-step method (easytune) with "
                        f"sampler_variant='frozen' (independent gradients at theta_old), found "
                        f"grad_chunk={self.grad_chunk} with method={self.method!r}, "
                        f"sampler_variant={self.sampler_variant!r}")
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"{name}.compute_dtype: expected one of {COMPUTE_DTYPES}, found {self.compute_dtype!r}")
+    if self.policy.check is not None:
+      self.policy.check(self)
     sampling.SamplerConfig(num_steps=T, guidance_scale=self.guidance_scale, eta=self.eta,
                            timestep_spacing=self.timestep_spacing, steps_offset=self.steps_offset)
 
   @property
+  def policy(self) -> "StepPolicy":
+    """The method's row of the table `METHODS`."""
+    return METHODS[self.method]
+
+  @property
   def num_grad_steps(self) -> int:
-    """K resolved per method (EasyTune: T, DRaFT: 1, DRTune: min(5, t_train) when k is None)."""
-    if self.k is not None:
-      return self.k
-    return {"easytune": self.num_steps, "draft": 1, "drtune": min(5, self.train_span)}.get(self.method, 1)
+    """K resolved by the method's row when k is None (EasyTune: T, DRaFT: 1, DRTune: min(5, t_train))."""
+    return self.k if self.k is not None else self.policy.default_k(self)
 
   @property
   def chunk_size(self) -> int:
@@ -216,8 +226,9 @@ class FinetuneConfig:
 
   @property
   def updates_per_trajectory(self) -> int:
-    """Optimizer updates per `update` call: K for EasyTune, 1 for the baselines (size schedules by it)."""
-    return self.num_grad_steps if self.method == "easytune" else 1
+    """Optimizer updates per `update` call: K for per-step methods (EasyTune), 1 for the trajectory methods
+    (size schedules by it)."""
+    return self.num_grad_steps if self.policy.per_step_updates else 1
 
   def sampler_config(self) -> sampling.SamplerConfig:
     return sampling.SamplerConfig(num_steps=self.num_steps, guidance_scale=self.guidance_scale,
@@ -366,51 +377,6 @@ def _ctx(config: FinetuneConfig, denoise, reward, schedule, decode) -> _Ctx:
               kl_weight=config.reg_weight if config.regularizer == "kl" else 0.0)
 
 
-def _split(rng):
-  if rng is None:
-    return None, None
-  a, b = jax.random.split(rng)
-  return a, b
-
-
-# --------------------------------------------------------------------------------------------- one-step loss
-def make_step_loss(denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
-                   timesteps: sampling.Timesteps, guidance_scale: float = sampling.GUIDANCE_SCALE, *, eta: float = 0.0,
-                   decode: Optional[Decoder] = None, reward_input: str = "x0_hat",
-                   reward_timestep: Optional[str] = None, reward_scale: float = 1.0,
-                   kl_weight: float = 0.0) -> Callable:
-  """EasyTune's one-step loss.
-
-  Returns `step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None)
-  -> (loss [], StepAux)` with x_t [B, ...] held constant (stop_gradient):
-
-    out = guided(params, x_t, t_i);  (x_prev, x0_hat) = DDIM(out, x_t, t_i -> t_{i+1})
-    loss = -reward_scale * mean_b R(decode(x0_hat)[, t_i]) + kl_weight * mean((out - out_base)^2)
-
-  `rng` gives the DDIM noise when eta > 0 (normal(fold_in(rng, step_index)), as `sampling.sample`);
-  `base_params` is needed when kl_weight > 0. Pure and jit-able; step_index may be traced.
-  """
-  if reward_input not in REWARD_INPUTS:
-    raise ValueError(f"make_step_loss.reward_input: expected one of {REWARD_INPUTS}, found {reward_input!r}")
-  if reward_timestep not in REWARD_TIMESTEPS:
-    raise ValueError(f"make_step_loss.reward_timestep: expected one of {REWARD_TIMESTEPS}, "
-                     f"found {reward_timestep!r}")
-  ctx = _Ctx(denoise, reward, decode, schedule, timesteps, guidance_scale, eta, reward_input,
-             reward_timestep, reward_scale, kl_weight)
-  return _step_loss_from_ctx(ctx)
-
-
-def _step_loss_from_ctx(ctx: _Ctx) -> Callable:
-  def step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None):
-    x_t = sg(x_t)
-    out = ctx.out(params, x_t, step_index, cond, uncond)
-    x_prev, x0_hat = ctx.ddim(out, x_t, step_index, rng)
-    r = ctx.score_step(x0_hat, x_prev, step_index, cond)
-    kl = ctx.kl(out, base_params, x_t, step_index, cond, uncond)
-    return ctx.objective(r, kl), StepAux(sg(x_prev), sg(x0_hat), sg(r), sg(kl))
-  return step_loss
-
-
 # --------------------------------------------------------------------------------------------- regulariser A
 def diffusion_loss(denoise: Denoiser, schedule: schedules.Schedule, params: Any,
                    data_batch: Mapping[str, Any], rng: jax.Array) -> jax.Array:
@@ -438,11 +404,267 @@ def diffusion_loss(denoise: Denoiser, schedule: schedules.Schedule, params: Any,
   return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-# --------------------------------------------------------------------------------------------- EasyTune
-def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
+
+
+# --------------------------------------------------------------------------------------------- method table
+class Choice(NamedTuple):
+  """A trajectory's choices (drawn by the row's `choose`; traced values may be random).
+
+  start: first step of the differentiated span (int, or int32 [] when random); the steps before it run
+    without gradient and store nothing. grad_mask bool [T]: steps whose denoiser runs with gradient.
+  loss_index int32 []: the step whose output is scored (rows with scores='step'). offset int32 []: a
+    method-specific draw reported in the metrics (DRTune's s; 0 otherwise).
+  """
+
+  start: Any
+  grad_mask: jax.Array
+  loss_index: jax.Array
+  offset: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPolicy:
+  """One row of the method table `METHODS`: how a method runs the T denoising steps.
+
+  One executor runs every row (`make_trajectory_loss`, `make_per_step_update`): steps before
+  `Choice.start` run without gradient; then a differentiated span of `span(config)` steps (static length)
+  from a stopped input; the reward scores either the final sample x_0 or the loss step's output.
+
+  label: display name (tables, plots). span: static number of steps in the differentiated span.
+  choose: (rng, config) -> Choice (trajectory rows; per-step rows train the last `span` steps).
+  masked: span steps outside grad_mask run the denoiser with its output stopped (lax.cond per step; the
+    DDIM update still carries gradient); False: every step of the span runs with gradient.
+  sg_every_input: stop_gradient on every denoiser input (else only at the span's start).
+  scores: 'final' = R(decode(x_0)) (the span must end at step T-1); 'step' = R of the loss step's x0_hat
+    (or x_prev, config.reward_input), step-aware; steps after the loss step are skipped.
+  per_step_updates: each span step is its own one-step loss and optimizer update (EasyTune); else one
+    update per trajectory. default_k: K when config.k is None. grad_steps: expected differentiated steps
+    per trajectory (benchmark floor; None = K). uses: the FinetuneConfig hyper-parameters the row reads.
+  check: optional config validation raising ValueError.
+  """
+
+  label: str
+  span: Callable[[Any], int]
+  choose: Optional[Callable[[jax.Array, Any], Choice]] = None
+  masked: bool = False
+  sg_every_input: bool = False
+  scores: str = "final"
+  per_step_updates: bool = False
+  default_k: Callable[[Any], int] = lambda c: 1
+  grad_steps: Optional[Callable[[Any], float]] = None
+  uses: tuple = ()
+  check: Optional[Callable[[Any], None]] = None
+
+  def __post_init__(self):
+    if self.scores not in ("final", "step"):
+      raise ValueError(f"StepPolicy({self.label}).scores: expected 'final' or 'step', found {self.scores!r}")
+    if self.per_step_updates == (self.choose is not None):
+      raise ValueError(f"StepPolicy({self.label}): a trajectory row needs `choose`, a per-step row none")
+
+
+def _zero():
+  return jnp.zeros((), jnp.int32)
+
+
+def _draft_choose(rng, c):
+  T, K = c.num_steps, c.num_grad_steps
+  return Choice(T - K, jnp.arange(T) >= T - K, jnp.asarray(T - 1, jnp.int32), _zero())
+
+
+def _refl_choose(rng, c):
+  T = c.num_steps
+  i_stop = jax.random.randint(rng, (), T - c.stop_range, T, dtype=jnp.int32)
+  return Choice(i_stop, jnp.arange(T) == i_stop, i_stop, _zero())
+
+
+def alignprop_mask(rng: jax.Array, p: float, num_steps: int) -> jax.Array:
+  """bool [T]: each step True with probability p, redrawn (fold_in(rng, attempt)) until one is True,
+  i.e. the Bernoulli mask conditioned on being non-empty, as the official rejection loop."""
+  draw = lambda j: jax.random.bernoulli(jax.random.fold_in(rng, j), p, (num_steps,))
+  _, mask = jax.lax.while_loop(lambda c: ~jnp.any(c[1]), lambda c: (c[0] + 1, draw(c[0] + 1)), (0, draw(0)))
+  return mask
+
+
+def _alignprop_choose(rng, c):
+  return Choice(0, alignprop_mask(rng, c.p, c.num_steps), jnp.asarray(c.num_steps - 1, jnp.int32), _zero())
+
+
+def drtune_choices(rng: jax.Array, num_steps: int, num_train: int, t_train: int,
+                   stop_range: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """DRTune's random choices: (grad_mask bool [T], offset s, i_min).
+
+  Training steps s + j * (t_train // K), j < K, with s ~ U{0..t_train - K * (t_train // K)};
+  i_min ~ U{T - M..T - 1}."""
+  k_s, k_min = jax.random.split(rng)
+  stride = t_train // num_train
+  s = jax.random.randint(k_s, (), 0, t_train - stride * num_train + 1, dtype=jnp.int32)
+  steps = s + stride * jnp.arange(num_train)
+  mask = jnp.zeros((num_steps,), bool).at[steps].set(True)
+  i_min = jax.random.randint(k_min, (), num_steps - stop_range, num_steps, dtype=jnp.int32)
+  return mask, s, i_min
+
+
+def _drtune_choose(rng, c):
+  mask, s, i_min = drtune_choices(rng, c.num_steps, c.num_grad_steps, c.train_span, c.stop_range)
+  return Choice(0, mask, i_min, s)
+
+
+def _drtune_check(c):
+  if c.k is not None and c.k > c.train_span:
+    raise ValueError(f"FinetuneConfig.k: DRTune needs k <= t_train={c.train_span}, found {c.k}")
+  if c.reward_input != "x0_hat":
+    raise ValueError("FinetuneConfig.reward_input: DRTune scores x0_hat at i_min, expected 'x0_hat', "
+                     f"found {c.reward_input!r}")
+
+
+# The methods, one row each. A new method is one row here (plus a FinetuneConfig field if it needs a new
+# hyper-parameter); configs, the builders, the benchmark and the launchers read the table.
+METHODS: dict[str, StepPolicy] = {
+    # EasyTune: each of the last K steps is its own loss at a stopped input, scored step-aware, applied at once.
+    "easytune": StepPolicy("EasyTune", span=lambda c: c.num_grad_steps, sg_every_input=True, scores="step",
+                           per_step_updates=True, default_k=lambda c: c.num_steps, uses=("k",)),
+    # DRaFT-K: backprop through the last K steps into R(x_0).
+    "draft": StepPolicy("DRaFT", span=lambda c: c.num_grad_steps, choose=_draft_choose, uses=("k",)),
+    # ReFL: one step with gradient at i_stop ~ U{T-M..T-1}, scored at its x0_hat.
+    "refl": StepPolicy("ReFL", span=lambda c: 1, choose=_refl_choose, scores="step",
+                       grad_steps=lambda c: 1.0, uses=("m",)),
+    # AlignProp: all T steps, a Bernoulli(p) mask of steps run the denoiser with gradient, R(x_0).
+    "alignprop": StepPolicy("AlignProp", span=lambda c: c.num_steps, choose=_alignprop_choose, masked=True,
+                            grad_steps=lambda c: c.p * c.num_steps, uses=("p",)),
+    # DRTune: sg at every denoiser input, K evenly spaced training steps, scored at x0_hat of i_min.
+    "drtune": StepPolicy("DRTune", span=lambda c: c.num_steps, choose=_drtune_choose, masked=True,
+                         sg_every_input=True, scores="step",
+                         default_k=lambda c: min(5, c.train_span), uses=("k", "m", "t_train"),
+                         check=_drtune_check),
+}
+
+
+# --------------------------------------------------------------------------------------------- executor
+def _run_span(ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: int, remat: bool, rng,
+              cond, uncond, base_params):
+  """Runs the differentiated span: steps choice.start .. start+length-1 from x (held constant).
+
+  Step i runs the denoiser at params with gradient (or, for masked rows off grad_mask, with its output
+  stopped); its input is stopped for sg_every_input rows; the DDIM update always carries gradient through x.
+  Returns (loss [], (TrajectoryAux, x_end, x0_at)): aux.x_scored is x_0 or the loss step's scored output;
+  x_end the span's last output (x_prev of a one-step span); x0_at the loss step's x0_hat ('step' rows).
+  """
+  p0 = sg(params)
+  track = policy.scores == "step"
+
+  def step(x, i):
+    """-> (x_prev, x0_hat, kl [], carries_grad bool [])."""
+    x_in = sg(x) if policy.sg_every_input else x
+
+    def with_grad(x_in):
+      out = ctx.out(params, x_in, i, cond, uncond)
+      return out, ctx.kl(out, base_params, x_in, i, cond, uncond)
+
+    def without(x_in):
+      out = sg(ctx.out(p0, sg(x_in), i, cond, uncond))
+      return out, jnp.zeros((), out.dtype)
+
+    if policy.masked:
+      out, kl = jax.lax.cond(choice.grad_mask[i], with_grad, without, x_in)
+      g = choice.grad_mask[i]
+    else:
+      (out, kl), g = with_grad(x_in), jnp.asarray(True)
+    x_prev, x0_hat = ctx.ddim(out, x, i, rng)
+    return x_prev, x0_hat, kl, g
+
+  if length == 1:   # one step (EasyTune's per-step loss, ReFL): no scan
+    x_end, x0_at, kl, _ = (jax.checkpoint(step, prevent_cse=False) if remat else step)(x, choice.start)
+    xp_at = x_end
+  else:
+    def body(carry, j):
+      x, x0_at, xp_at, kl_sum, n = carry
+      i = choice.start + j
+      if track:   # steps after the loss step are skipped; the loss step's outputs are kept
+        skip = lambda x: (x, jnp.zeros_like(x), jnp.zeros((), x.dtype), jnp.asarray(False))
+        x_prev, x0_hat, kl, g = jax.lax.cond(i <= choice.loss_index, lambda x: step(x, i), skip, x)
+        at = i == choice.loss_index
+        x0_at, xp_at = jnp.where(at, x0_hat, x0_at), jnp.where(at, x_prev, xp_at)
+      else:
+        x_prev, _, kl, g = step(x, i)
+      return (x_prev, x0_at, xp_at, kl_sum + kl, n + g.astype(jnp.int32)), None
+
+    if remat:   # checkpoint the whole step (conds included): only the carry is stored per step
+      body = jax.checkpoint(body, prevent_cse=False)
+    empty = jnp.zeros_like(x) if track else jnp.zeros((), x.dtype)
+    init = (x, empty, empty, jnp.zeros((), x.dtype), jnp.zeros((), jnp.int32))
+    (x_end, x0_at, xp_at, kl_sum, n), _ = jax.lax.scan(body, init, jnp.arange(length))
+    kl = kl_sum / jnp.maximum(n, 1).astype(kl_sum.dtype)
+  if track:
+    r = ctx.score_step(x0_at, xp_at, choice.loss_index, cond)
+    scored = x0_at if ctx.reward_input == "x0_hat" else xp_at
+  else:
+    r, scored = ctx.score_final(x_end, cond), x_end
+  aux = TrajectoryAux(sg(scored), sg(r), sg(kl), choice.grad_mask, jnp.asarray(choice.loss_index, jnp.int32),
+                      choice.offset)
+  return ctx.objective(r, kl), (aux, sg(x_end), sg(x0_at))
+
+
+def _nograd_prefix(ctx: _Ctx, params, x_T, start, cond, uncond, rng):
+  """x_{t_start} from x_T through steps 0..start-1 without gradient (start: int or int32 [])."""
+  p0 = sg(params)
+  if isinstance(start, int):
+    if start == 0:
+      return x_T
+    return sampling.sample(ctx.denoise, p0, ctx.schedule, ctx.timesteps, x_T, cond, uncond, ctx.guidance_scale,
+                           ctx.eta, rng, stop_index=start).x0
+  return jax.lax.fori_loop(0, start, lambda i, x: ctx.ddim(ctx.out(p0, x, i, cond, uncond), x, i, rng)[0], x_T)
+
+
+# --------------------------------------------------------------------------------------------- one-step loss
+def make_step_loss(denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
+                   timesteps: sampling.Timesteps, guidance_scale: float = sampling.GUIDANCE_SCALE, *, eta: float = 0.0,
+                   decode: Optional[Decoder] = None, reward_input: str = "x0_hat",
+                   reward_timestep: Optional[str] = None, reward_scale: float = 1.0,
+                   kl_weight: float = 0.0) -> Callable:
+  """EasyTune's one-step loss (the executor's one-step span).
+
+  Returns `step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None)
+  -> (loss [], StepAux)` with x_t [B, ...] held constant (stop_gradient):
+
+    out = guided(params, x_t, t_i);  (x_prev, x0_hat) = DDIM(out, x_t, t_i -> t_{i+1})
+    loss = -reward_scale * mean_b R(decode(x0_hat)[, t_i]) + kl_weight * mean((out - out_base)^2)
+
+  `rng` gives the DDIM noise when eta > 0 (normal(fold_in(rng, step_index)), as `sampling.sample`);
+  `base_params` is needed when kl_weight > 0. Pure and jit-able; step_index may be traced.
+  """
+  if reward_input not in REWARD_INPUTS:
+    raise ValueError(f"make_step_loss.reward_input: expected one of {REWARD_INPUTS}, found {reward_input!r}")
+  if reward_timestep not in REWARD_TIMESTEPS:
+    raise ValueError(f"make_step_loss.reward_timestep: expected one of {REWARD_TIMESTEPS}, "
+                     f"found {reward_timestep!r}")
+  ctx = _Ctx(denoise, reward, decode, schedule, timesteps, guidance_scale, eta, reward_input,
+             reward_timestep, reward_scale, kl_weight)
+  return _step_loss_from_ctx(ctx, METHODS["easytune"])
+
+
+def _step_loss_from_ctx(ctx: _Ctx, policy: StepPolicy) -> Callable:
+  def step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None):
+    i = jnp.asarray(step_index, jnp.int32)
+    choice = Choice(i, None, i, _zero())
+    loss, (aux, x_prev, x0_hat) = _run_span(ctx, policy, params, sg(x_t), choice, 1, False, rng, cond, uncond,
+                                            base_params)
+    return loss, StepAux(x_prev, x0_hat, aux.reward, aux.kl)
+  return step_loss
+
+
+def _check_regularizer_inputs(config, data_batch, base_params):
+  if config.regularizer == "diffusion" and data_batch is None:
+    raise ValueError("finetune: regularizer='diffusion' needs a `data_batch` {'x0', 'cond'[, 'mask']}")
+  if config.regularizer == "kl" and base_params is None:
+    raise ValueError("finetune: regularizer='kl' needs `base_params` (the frozen base model's params)")
+
+
+# --------------------------------------------------------------------------------------------- per-step rows
+def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
                          schedule: schedules.Schedule, tx: optax.GradientTransformation, *,
                          decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
-  """EasyTune's update: `update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None)`.
+  """A per-step row's update (EasyTune): `update(state, x_T, cond, uncond, rng, data_batch=None,
+  base_params=None)`.
 
   The first T-K steps run through `sampling.sample` without gradient. Then, with C = config.chunk_size:
 
@@ -460,11 +682,13 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
   (batch mean), grad_norm_per_step [K], finite_per_step bool [K], reward [] (mean over steps),
   grad_norm [], finite bool [] (all steps finite), skipped int32 [] (steps skipped in this call).
   """
-  if config.method != "easytune":
-    raise ValueError(f"make_easytune_update: config.method must be 'easytune', found {config.method!r}")
+  policy = config.policy
+  if not policy.per_step_updates:
+    raise ValueError(f"make_per_step_update: method {config.method!r} updates once per trajectory "
+                     "(use make_trajectory_update or make_update_fn)")
   ctx = _ctx(config, denoise, reward, schedule, decode)
-  step_loss = _step_loss_from_ctx(ctx)
-  T, K, C = ctx.T, config.num_grad_steps, config.chunk_size
+  step_loss = _step_loss_from_ctx(ctx, policy)
+  T, K, C = ctx.T, policy.span(config), config.chunk_size
   frozen = config.sampler_variant == "frozen"
   use_data = config.regularizer == "diffusion"
 
@@ -533,210 +757,43 @@ def make_easytune_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
   return update
 
 
-def _check_regularizer_inputs(config, data_batch, base_params):
-  if config.regularizer == "diffusion" and data_batch is None:
-    raise ValueError("finetune: regularizer='diffusion' needs a `data_batch` {'x0', 'cond'[, 'mask']}")
-  if config.regularizer == "kl" and base_params is None:
-    raise ValueError("finetune: regularizer='kl' needs `base_params` (the frozen base model's params)")
-
-
-# --------------------------------------------------------------------------------------------- trajectories
-def make_draft_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
-                    decode: Optional[Decoder] = None) -> Callable:
-  """DRaFT-K: `loss(params, x_T, cond, uncond, rng, base_params=None) -> (loss, TrajectoryAux)`.
-
-  x_{t_{T-K}} = sample(sg(params), steps 0..T-K-1) (no gradient, nothing stored);
-  loss = -R(decode(x_0)) with x_0 the chain of the last K steps differentiated end to end.
-  """
-  ctx = _ctx(config, denoise, reward, schedule, decode)
-  T, K = ctx.T, config.num_grad_steps
-
-  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
-    noise_rng, _ = _split(rng)
-    x = x_T
-    if K < T:
-      x = sampling.sample(ctx.denoise, sg(params), schedule, ctx.timesteps, x_T, cond, uncond,
-                          config.guidance_scale, config.eta, noise_rng if config.eta > 0 else None,
-                          stop_index=T - K).x0
-    x = sg(x)
-
-    def body(x_t, i):
-      out = ctx.out(params, x_t, i, cond, uncond)
-      x_prev, _ = ctx.ddim(out, x_t, i, noise_rng)
-      return x_prev, ctx.kl(out, base_params, x_t, i, cond, uncond)
-
-    if config.remat:
-      body = jax.checkpoint(body, prevent_cse=False)
-    x0, kls = jax.lax.scan(body, x, jnp.arange(T - K, T))
-    r = ctx.score_final(x0, cond)
-    kl = jnp.mean(kls)
-    aux = TrajectoryAux(sg(x0), sg(r), sg(kl), jnp.arange(T) >= T - K, jnp.asarray(T - 1, jnp.int32),
-                        jnp.zeros((), jnp.int32))
-    return ctx.objective(r, kl), aux
-
-  return loss_fn
-
-
-def make_refl_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
-                   decode: Optional[Decoder] = None) -> Callable:
-  """ReFL (M): i_stop ~ U{T-M, ..., T-1}; x_{t_{i_stop}} from the chain without gradient; one step with
-  gradient; loss = -R(decode(x0_hat_{i_stop})[, t]). Same signature as `make_draft_loss`'s."""
-  ctx = _ctx(config, denoise, reward, schedule, decode)
-  T, M = ctx.T, config.stop_range
-
-  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
-    noise_rng, choice_rng = jax.random.split(rng)
-    i_stop = jax.random.randint(choice_rng, (), T - M, T, dtype=jnp.int32)
-    p0 = sg(params)
-
-    def nograd_step(i, x):
-      return ctx.ddim(ctx.out(p0, x, i, cond, uncond), x, i, noise_rng)[0]
-
-    x = sg(jax.lax.fori_loop(0, i_stop, nograd_step, x_T))
-
-    def step(p, x_t):
-      out = ctx.out(p, x_t, i_stop, cond, uncond)
-      x_prev, x0_hat = ctx.ddim(out, x_t, i_stop, noise_rng)
-      return x_prev, x0_hat, ctx.kl(out, base_params, x_t, i_stop, cond, uncond)
-
-    if config.remat:
-      step = jax.checkpoint(step, prevent_cse=False)
-    x_prev, x0_hat, kl = step(params, x)
-    r = ctx.score_step(x0_hat, x_prev, i_stop, cond)
-    scored = x0_hat if config.reward_input == "x0_hat" else x_prev
-    aux = TrajectoryAux(sg(scored), sg(r), sg(kl), jnp.arange(T) == i_stop, i_stop,
-                        jnp.zeros((), jnp.int32))
-    return ctx.objective(r, kl), aux
-
-  return loss_fn
-
-
-def alignprop_mask(rng: jax.Array, p: float, num_steps: int) -> jax.Array:
-  """bool [T]: each step True with probability p, redrawn (fold_in(rng, attempt)) until one is True,
-  i.e. the Bernoulli mask conditioned on being non-empty, as the official rejection loop."""
-  draw = lambda j: jax.random.bernoulli(jax.random.fold_in(rng, j), p, (num_steps,))
-  _, mask = jax.lax.while_loop(lambda c: ~jnp.any(c[1]), lambda c: (c[0] + 1, draw(c[0] + 1)), (0, draw(0)))
-  return mask
-
-
-def _masked_chain(ctx: _Ctx, params, x_T, grad_mask, stop_index, sg_input: bool, remat: bool, rng,
-                  cond, uncond, base_params):
-  """All T steps as one scan. Step i runs the denoiser with gradient iff grad_mask[i], otherwise its
-  output is stopped; the DDIM update itself always carries gradient through x. `sg_input` stops the
-  gradient at the denoiser's input (DRTune). Steps after `stop_index` (if given) are skipped.
-  Returns (x_final, x0_hat at stop_index (or None), mean kl over gradient steps)."""
-  p0 = sg(params)
-
-  def run(x, i):
-    x_in = sg(x) if sg_input else x
-
-    def with_grad(x_in):
-      out = ctx.out(params, x_in, i, cond, uncond)
-      return out, ctx.kl(out, base_params, x_in, i, cond, uncond)
-
-    def without(x_in):
-      out = sg(ctx.out(p0, sg(x_in), i, cond, uncond))
-      return out, jnp.zeros((), out.dtype)
-
-    out, kl = jax.lax.cond(grad_mask[i], with_grad, without, x_in)
-    x_prev, x0_hat = ctx.ddim(out, x, i, rng)
-    return x_prev, x0_hat, kl
-
-  def body(carry, i):
-    x, x0_at, kl_sum = carry
-    if stop_index is None:
-      x_prev, x0_hat, kl = run(x, i)
-    else:
-      x_prev, x0_hat, kl = jax.lax.cond(
-          i <= stop_index, run, lambda x, i: (x, jnp.zeros_like(x), jnp.zeros((), x.dtype)), x, i)
-      x0_at = jnp.where(i == stop_index, x0_hat, x0_at)
-    return (x_prev, x0_at, kl_sum + kl), None
-
-  if remat:   # checkpoint the whole step (conds included): only the carry is stored per step
-    body = jax.checkpoint(body, prevent_cse=False)
-  init = (x_T, jnp.zeros_like(x_T), jnp.zeros((), x_T.dtype))
-  (x, x0_at, kl_sum), _ = jax.lax.scan(body, init, jnp.arange(ctx.T))
-  n_grad = grad_mask if stop_index is None else grad_mask & (jnp.arange(ctx.T) <= stop_index)
-  kl = kl_sum / jnp.maximum(jnp.sum(n_grad), 1).astype(kl_sum.dtype)
-  return x, (None if stop_index is None else x0_at), kl
-
-
-def make_alignprop_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
-                        schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
-  """AlignProp (p): mask = `alignprop_mask(rng, p, T)` once per trajectory; masked steps run the
-  denoiser with gradient, others with its output stopped; loss = -R(decode(x_0)). Same signature."""
-  ctx = _ctx(config, denoise, reward, schedule, decode)
-  T = ctx.T
-
-  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
-    noise_rng, choice_rng = jax.random.split(rng)
-    mask = alignprop_mask(choice_rng, config.p, T)
-    x0, _, kl = _masked_chain(ctx, params, x_T, mask, None, False, config.remat, noise_rng, cond, uncond,
-                              base_params)
-    r = ctx.score_final(x0, cond)
-    aux = TrajectoryAux(sg(x0), sg(r), sg(kl), mask, jnp.asarray(T - 1, jnp.int32), jnp.zeros((), jnp.int32))
-    return ctx.objective(r, kl), aux
-
-  return loss_fn
-
-
-def drtune_choices(rng: jax.Array, num_steps: int, num_train: int, t_train: int,
-                   stop_range: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """DRTune's random choices: (grad_mask bool [T], offset s, i_min).
-
-  Training steps s + j * (t_train // K), j < K, with s ~ U{0..t_train - K * (t_train // K)};
-  i_min ~ U{T - M..T - 1}."""
-  k_s, k_min = jax.random.split(rng)
-  stride = t_train // num_train
-  s = jax.random.randint(k_s, (), 0, t_train - stride * num_train + 1, dtype=jnp.int32)
-  steps = s + stride * jnp.arange(num_train)
-  mask = jnp.zeros((num_steps,), bool).at[steps].set(True)
-  i_min = jax.random.randint(k_min, (), num_steps - stop_range, num_steps, dtype=jnp.int32)
-  return mask, s, i_min
-
-
-def make_drtune_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
-                     schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
-  """DRTune: stop_gradient on every denoiser input; the K steps of `drtune_choices` run the denoiser
-  with gradient; loss = -R(decode(x0_hat_{i_min})[, t]) (the DDIM skip path still carries gradient from
-  earlier training steps). Same signature as `make_draft_loss`'s."""
-  if config.reward_input != "x0_hat":
-    raise ValueError("FinetuneConfig.reward_input: DRTune scores x0_hat at i_min, expected 'x0_hat', "
-                     f"found {config.reward_input!r}")
-  ctx = _ctx(config, denoise, reward, schedule, decode)
-  T = ctx.T
-
-  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
-    noise_rng, choice_rng = jax.random.split(rng)
-    mask, s, i_min = drtune_choices(choice_rng, T, config.num_grad_steps, config.train_span,
-                                    config.stop_range)
-    _, x0_hat, kl = _masked_chain(ctx, params, x_T, mask, i_min, True, config.remat, noise_rng, cond,
-                                  uncond, base_params)
-    r = ctx.score_step(x0_hat, None, i_min, cond)
-    aux = TrajectoryAux(sg(x0_hat), sg(r), sg(kl), mask, i_min, s)
-    return ctx.objective(r, kl), aux
-
-  return loss_fn
-
-
-_TRAJECTORY_BUILDERS = {"draft": make_draft_loss, "refl": make_refl_loss, "alignprop": make_alignprop_loss,
-                        "drtune": make_drtune_loss}
-
-
+# --------------------------------------------------------------------------------------------- trajectory rows
 def make_trajectory_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
                          schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
-  """The baseline named by config.method: `loss(params, x_T, cond, uncond, rng, base_params=None)
-  -> (loss [], TrajectoryAux)`; one `jax.grad` of it is one update."""
-  if config.method not in _TRAJECTORY_BUILDERS:
-    raise ValueError(f"make_trajectory_loss: config.method must be one of {tuple(_TRAJECTORY_BUILDERS)}, "
-                     f"found {config.method!r} (EasyTune is `make_easytune_update`)")
-  return _TRAJECTORY_BUILDERS[config.method](config, denoise, reward, schedule, decode)
+  """A trajectory row's loss (DRaFT-K, ReFL, AlignProp, DRTune, ...):
+  `loss(params, x_T, cond, uncond, rng, base_params=None) -> (loss [], TrajectoryAux)`; one `jax.grad` of
+  it is one update.
+
+  (noise_rng, choice_rng) = split(rng); choice = row.choose(choice_rng, config); steps 0..start-1 run
+  without gradient (`sampling.sample` for a static start, a `fori_loop` for a random one; nothing stored);
+  the span of row.span(config) steps runs from the stopped x_{t_start} (`_run_span`).
+  """
+  policy = config.policy
+  if policy.per_step_updates:
+    raise ValueError(f"make_trajectory_loss: method {config.method!r} updates per step, not per trajectory "
+                     "(its update is `make_per_step_update`)")
+  ctx = _ctx(config, denoise, reward, schedule, decode)
+  length = policy.span(config)
+
+  def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
+    noise_rng, choice_rng = jax.random.split(rng)
+    noise_rng = noise_rng if config.eta > 0 else None
+    choice = policy.choose(choice_rng, config)
+    if policy.scores == "final" and isinstance(choice.start, int) and choice.start + length != ctx.T:
+      raise ValueError(f"StepPolicy({policy.label}): scores='final' needs the span to end at step T-1, "
+                       f"found start {choice.start} + span {length} != T={ctx.T}")
+    x = sg(_nograd_prefix(ctx, params, x_T, choice.start, cond, uncond, noise_rng))
+    loss, (aux, _, _) = _run_span(ctx, policy, params, x, choice, length, config.remat, noise_rng, cond, uncond,
+                                  base_params)
+    return loss, aux
+
+  return loss_fn
 
 
 def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
                            schedule: schedules.Schedule, tx: optax.GradientTransformation, *,
                            decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
-  """One update per trajectory for a baseline: `update(state, x_T, cond, uncond, rng, data_batch=None,
+  """One update per trajectory for a trajectory row: `update(state, x_T, cond, uncond, rng, data_batch=None,
   base_params=None) -> (state, metrics)`; metrics: loss, reward, grad_norm, finite, skipped, kl,
   loss_index, grad_mask [T], offset."""
   loss_fn = make_trajectory_loss(config, denoise, reward, schedule, decode)
@@ -767,22 +824,20 @@ def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Re
 def make_update_fn(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
                    tx: optax.GradientTransformation, *, decode: Optional[Decoder] = None,
                    ema_decay: float = 0.0, jit: bool = True, donate: bool = True) -> Callable:
-  """The update of config.method, driven the same way for every method:
+  """The update of config.method, driven the same way for every row of `METHODS`:
 
     update(state, x_T [B, ...], cond, uncond, rng, data_batch=None, base_params=None) -> (state, metrics)
 
-  EasyTune applies K optimizer updates per call, the baselines one; metrics always hold scalar loss,
-  reward, grad_norm, finite (bool) and skipped. `jit` wraps it in `jax.jit`; `donate` (default) donates the
-  state's buffers to the call (XLA writes the new params / optimizer state over the old ones instead of
-  allocating and copying a second state): the state passed in is DELETED by the call. Keep using only the
-  returned state; pass `jax.tree.map(jnp.copy, state)` where the same start state is needed again (timing
-  repeats, tests), and build a fresh state from a copy of params that are still used elsewhere (the base
-  params of the held-out score or the KL regulariser: `create_train_state` does not copy them).
+  Per-step rows (EasyTune) apply K optimizer updates per call, trajectory rows one; metrics always hold
+  scalar loss, reward, grad_norm, finite (bool) and skipped. `jit` wraps it in `jax.jit`; `donate` (default)
+  donates the state's buffers to the call (XLA writes the new params / optimizer state over the old ones
+  instead of allocating and copying a second state): the state passed in is DELETED by the call. Keep using
+  only the returned state; pass `jax.tree.map(jnp.copy, state)` where the same start state is needed again
+  (timing repeats, tests), and build a fresh state from a copy of params that are still used elsewhere (the
+  base params of the held-out score or the KL regulariser: `create_train_state` does not copy them).
   """
-  if config.method == "easytune":
-    fn = make_easytune_update(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
-  else:
-    fn = make_trajectory_update(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
+  build = make_per_step_update if config.policy.per_step_updates else make_trajectory_update
+  fn = build(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
   if jit:
     fn = jax.jit(fn, donate_argnums=(0,) if donate else ())
   return fn
