@@ -666,7 +666,7 @@ def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
   """A per-step row's update (EasyTune): `update(state, x_T, cond, uncond, rng, data_batch=None,
   base_params=None)`.
 
-  The first T-K steps run through `sampling.sample` without gradient. Then, with C = config.chunk_size:
+  The first T-K steps run without gradient (`_nograd_prefix`). Then, with C = config.chunk_size:
 
   - C = 1 (and always for 'online'): the last K steps are ONE `lax.scan` whose body takes
     `jax.value_and_grad` of the one-step loss (at theta_old for 'frozen', at the latest params for
@@ -697,10 +697,7 @@ def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
     noise_rng, reg_rng = jax.random.split(rng)
     noise_rng = noise_rng if config.eta > 0 else None
     theta_old = state.params
-    x = x_T
-    if K < T:
-      x = sampling.sample(ctx.denoise, theta_old, schedule, ctx.timesteps, x_T, cond, uncond,
-                          config.guidance_scale, config.eta, noise_rng, stop_index=T - K).x0
+    x = _nograd_prefix(ctx, theta_old, x_T, T - K, cond, uncond, noise_rng)
 
     def value_and_grad(at, x_t, i):
       """((loss [], StepAux), grads) of step i's loss at params `at`, x_t [B, ...] held constant."""

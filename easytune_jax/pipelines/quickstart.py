@@ -12,7 +12,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -130,6 +130,25 @@ def stage_finetune(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
   return out
 
 
+def generate_fn_for(cfg: QuickstartConfig, gen) -> Callable:
+  """The evaluation protocol's `generate_fn(captions, pos_tokens, lengths, rng) -> normalised motion` of a
+  generator at the quickstart's sampler setting."""
+  def generate_fn(captions, pos_tokens, lengths, rng):
+    del pos_tokens
+    return gen.generate(captions, lengths, rng, guidance_scale=cfg.guidance_scale, num_steps=cfg.num_steps,
+                        normalized=True)[0]
+  return generate_fn
+
+
+def reward_fn_for(cfg: QuickstartConfig, task, gen) -> Callable:
+  """The protocol's `reward_fn(x, captions, lengths) -> [B]`: the task's reward model on clean motion."""
+  def reward_fn(x, captions, lengths):
+    lengths = np.minimum(lengths, gen.max_length)
+    cond, _ = task.inputs(captions, lengths, rng=jax.random.key(cfg.seed))
+    return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
+  return reward_fn
+
+
 def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str,
                    eval_dir: str, reward_dir: str) -> dict:
   test = load_dataset(data_dir, "test")
@@ -140,21 +159,11 @@ def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
     rows[method] = fr.load_finetuned_generator(str(root / f"finetune_{method}"))
   results = []
   for name, gen in rows.items():
-    def generate_fn(captions, pos_tokens, lengths, rng, gen=gen):
-      del pos_tokens
-      return gen.generate(captions, lengths, rng, guidance_scale=cfg.guidance_scale,
-                          num_steps=cfg.num_steps, normalized=True)[0]
-
-    def reward_fn(x, captions, lengths, gen=gen):
-      lengths = np.minimum(lengths, gen.max_length)
-      cond, _ = task.inputs(captions, lengths, rng=jax.random.key(cfg.seed))
-      return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
-
     results.append(evaluation.evaluate(
-        generate_fn, evaluator, test, replications=cfg.replications, mm=True,
+        generate_fn_for(cfg, gen), evaluator, test, replications=cfg.replications, mm=True,
         mm_num_samples=min(20, len(test)), mm_num_repeats=5, mm_num_times=3,
         max_length=min(gen.max_length, evaluator.max_length), seed=cfg.seed, method=name,
-        reward_fn=reward_fn, progress=True))
+        reward_fn=reward_fn_for(cfg, task, gen), progress=True))
   paths = evaluation.write_results(results, str(root / "eval"))
   return {"results": results, "paths": paths}
 
