@@ -47,14 +47,15 @@ CONFIG_PREFIX = "--config."
 _CONFIG: dict = {"presets": None, "default": None, "overrides": [], "paths": {}}
 
 
-def define_config_flag(presets: Mapping[str, Callable[[], Any]], default: str, help: str = "") -> None:
-  """Registers ``--config`` (a preset name of `presets` or a .py file with ``get_config()``); the
-  ``--config.<field>=<value>`` overrides are read by :func:`run` and applied by :func:`get_config`."""
+def define_config_flag(presets: Mapping[str, Callable[[], Any]], default: Optional[str], help: str = "") -> None:
+  """Registers ``--config`` (a preset name of `presets` or a .py file with ``get_config()``; required when
+  `default` is None); the ``--config.<field>=<value>`` overrides are read by :func:`run` and applied by
+  :func:`get_config`."""
   flags.disclaim_key_flags()   # --config belongs to the launcher that calls this function (listed by its --help)
   flags.DEFINE_string(
       "config", default, f"{help} A preset ({', '.join(presets)}) or a Python file whose get_config() returns the "
       "config. Override any field with --config.<field>=<value> (nested: --config.optim.learning_rate=1e-4; "
-      "Optional: none; tuples: comma-separated).".strip())
+      "Optional: none; tuples: comma-separated).".strip(), required=default is None)
   _CONFIG.update(presets=dict(presets), default=default)
 
 

@@ -144,13 +144,30 @@ def test_error_messages_name_the_config_flag():
 
 
 @pytest.mark.parametrize("module", ["finetune", "base", "reward", "evaluator", "evaluate", "generate", "benchmark",
-                                    "official_memory", "quickstart", "synthetic"])
+                                    "official_memory", "quickstart", "synthetic", "convert", "text_embeddings"])
 def test_every_preset_builds_and_roundtrips(module):
   presets = importlib.import_module(f"easytune_jax.configs.{module}")
-  for name, make in presets.PRESETS.items():
-    cfg = make()
-    assert dataclasses.is_dataclass(cfg) and presets.get_config(name) == cfg
-    assert C.config_from_dict(type(cfg), json.loads(json.dumps(C.config_to_dict(cfg)))) == cfg, name
+  tables = [v for k, v in vars(presets).items() if k.endswith("PRESETS")]
+  assert tables
+  for table in tables:
+    for name, make in table.items():
+      cfg = make()
+      assert dataclasses.is_dataclass(cfg)
+      if table is getattr(presets, "PRESETS", None):
+        assert presets.get_config(name) == cfg
+      assert C.config_from_dict(type(cfg), json.loads(json.dumps(C.config_to_dict(cfg)))) == cfg, name
+
+
+def test_every_launcher_takes_the_config_flag():
+  """No launcher keeps a flag of its own for a field of its config (the config is the one place)."""
+  for path in sorted((ROOT / "launch").glob("*.py")):
+    if path.name == "__init__.py":
+      continue
+    text = path.read_text()
+    assert "cli.define_config_flag(" in text and "cli.get_config()" in text, path.name
+    for flag in ("num_steps", "guidance_scale", "batch_size", "seed", "learning_rate", "lr", "set", "method"):
+      assert f'DEFINE_integer("{flag}"' not in text and f'DEFINE_float("{flag}"' not in text, (path.name, flag)
+      assert f'DEFINE_multi_string("{flag}"' not in text and f'DEFINE_enum("{flag}"' not in text, (path.name, flag)
 
 
 def test_sampler_defaults_come_from_core_sampling():
