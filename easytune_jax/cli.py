@@ -23,12 +23,12 @@ Then:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import sys
-import dataclasses
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
@@ -37,9 +37,6 @@ from easytune_jax.core import config as config_lib
 from easytune_jax.data import humanml3d
 
 FLAGS = flags.FLAGS
-
-# Config fields whose launcher flag has another name (field -> flag).
-DEFAULT_ALIASES: dict = {}
 
 CONFIG_PREFIX = "--config."
 # The launcher's presets, the overrides found on the command line and, once resolved, where each config class
@@ -83,9 +80,14 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list, list]:
 
 
 def _parse_flags(argv: Sequence[str]) -> list:
-  rest, overrides = split_config_overrides(list(argv))
-  if overrides and "config" not in FLAGS:
-    raise app.UsageError(f"--config.{overrides[0][0]}: this launcher has no config")
+  """absl's flag parser after taking the ``--config.*`` overrides out of `argv` (they are not absl flags)."""
+  try:
+    rest, overrides = split_config_overrides(list(argv))
+    if overrides and "config" not in FLAGS:
+      raise app.UsageError(f"--config.{overrides[0][0]}: this launcher has no config")
+  except app.UsageError as e:
+    print(f"error: {e} (see --help)", file=sys.stderr)
+    sys.exit(1)
   _CONFIG["overrides"] = overrides
   return app.parse_flags_with_usage(rest)
 
@@ -206,9 +208,9 @@ _CONFIG_FIELD = re.compile(r"\b([A-Z]\w*Config)\.(\w+)\b")
 
 
 def flagify(message: str, aliases: Optional[Mapping[str, str]] = None) -> str:
-  """Replaces 'SomeConfig.field' by '--flag (SomeConfig.field)' where the launcher defines that flag."""
-  aliases = {**DEFAULT_ALIASES, **(aliases or {})}
-
+  """Completes 'SomeConfig.field' to '--config.<path>.field (SomeConfig.field)' when SomeConfig sits at one place
+  of the launcher's config (or to '--flag (SomeConfig.field)' when the launcher has a flag of that name)."""
+  aliases = dict(aliases or {})
   paths = _CONFIG["paths"]
 
   def sub(m):
@@ -275,6 +277,6 @@ def run(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] = 
     outputs: names of flags holding output folders (created lazily; removed on failure when left empty).
     inputs: names of flags holding input folders (a string or a list of them) that must exist.
     files: names of flags holding input files that must exist.
-    aliases: config field -> flag name where they differ (on top of DEFAULT_ALIASES).
+    aliases: field -> flag name, for a field named in an error that a flag of another name sets.
   """
   app.run(wrap(main, outputs=outputs, inputs=inputs, files=files, aliases=aliases), flags_parser=_parse_flags)
