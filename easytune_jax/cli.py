@@ -1,12 +1,17 @@
-"""The shared front of every launcher: one-line errors naming flags, no empty output folders, common flags.
+"""The shared front of every launcher: one config path, one-line errors naming flags, no empty output folders.
 
-Each launcher defines its flags, calls :func:`define_flags` (``--verbose``, and for launchers that read a
-dataset ``--on_missing`` / ``--drop_nonfinite``) and ends with ``cli.run(main, outputs=..., inputs=...)``
-instead of ``app.run(main)``. Then:
+Each launcher defines its path flags, calls :func:`define_config_flag` with its presets and :func:`define_flags`
+(``--verbose``, and for launchers that read a dataset ``--on_missing`` / ``--drop_nonfinite``), reads its config
+with :func:`get_config` and ends with ``cli.run(main, outputs=..., inputs=...)`` instead of ``app.run(main)``.
+Then:
 
+* ``--config=<preset>`` (e.g. ``tiny``, ``paper``; the presets live in ``easytune_jax/configs/``) or
+  ``--config=path/to/file.py`` (a file whose ``get_config()`` returns the config) picks the run's config, and
+  ``--config.<field>[.<subfield>]=<value>`` overrides any field, parsed by its type hint
+  (``core.config.parse_value``: bool, int, float, str, ``none`` for Optional, comma-separated tuples);
 * an error prints ONE line ``error: <message>`` on stderr and exits with status 1 (``--verbose`` prints the
   traceback, ``--pdb`` opens the post-mortem debugger); config-field names in the message
-  (``FinetuneConfig.num_steps``) are replaced by the flag that sets them (``--num_steps``);
+  (``FinetuneConfig.num_steps``) are completed by the flag that sets them (``--config.finetune.num_steps``);
 * input folders (``inputs``: ``--data_dir``, ``--generator_workdir``, ...) are checked before anything runs:
   a missing one says which flag and that the folder does not exist;
 * output folders (``outputs``: ``--workdir``, ``--out_dir``) that did not exist before the call and hold no
@@ -18,21 +23,117 @@ instead of ``app.run(main)``. Then:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import shutil
 import sys
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
 
+from easytune_jax.core import config as config_lib
 from easytune_jax.data import humanml3d
 
 FLAGS = flags.FLAGS
 
-# Config fields whose launcher flag has another name (field -> flag).
-DEFAULT_ALIASES = {"learning_rate": "lr", "grad_clip_norm": "grad_clip"}
+CONFIG_PREFIX = "--config."
+# The launcher's presets, the overrides found on the command line and, once resolved, where each config class
+# sits in the config (class name -> dotted path, for error messages).
+_CONFIG: dict = {"presets": None, "default": None, "overrides": [], "paths": {}}
+
+
+def define_config_flag(presets: Mapping[str, Callable[[], Any]], default: Optional[str], help: str = "") -> None:
+  """Registers ``--config`` (a preset name of `presets` or a .py file with ``get_config()``; required when
+  `default` is None); the ``--config.<field>=<value>`` overrides are read by :func:`run` and applied by
+  :func:`get_config`."""
+  flags.disclaim_key_flags()   # --config belongs to the launcher that calls this function (listed by its --help)
+  flags.DEFINE_string(
+      "config", default, f"{help} A preset ({', '.join(presets)}) or a Python file whose get_config() returns the "
+      "config. Override any field with --config.<field>=<value> (nested: --config.optim.learning_rate=1e-4; "
+      "Optional: none; tuples: comma-separated).".strip(), required=default is None)
+  _CONFIG.update(presets=dict(presets), default=default)
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list, list]:
+  """Splits `argv` into (the other arguments, [(dotted key, text)] of ``--config.<key>=<text>`` or
+  ``--config.<key> <text>``; a bare ``--config.<key>`` before another flag or at the end means 'true')."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(CONFIG_PREFIX):
+      body = arg[len(CONFIG_PREFIX):]
+      if "=" in body:
+        key, text = body.split("=", 1)
+      elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        key, text, i = body, argv[i + 1], i + 1
+      else:
+        key, text = body, "true"
+      if not key:
+        raise app.UsageError(f"{arg}: expected --config.<field>=<value>")
+      overrides.append((key, text))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _parse_flags(argv: Sequence[str]) -> list:
+  """absl's flag parser after taking the ``--config.*`` overrides out of `argv` (they are not absl flags)."""
+  try:
+    rest, overrides = split_config_overrides(list(argv))
+    if overrides and "config" not in FLAGS:
+      raise app.UsageError(f"--config.{overrides[0][0]}: this launcher has no config")
+  except app.UsageError as e:
+    print(f"error: {e} (see --help)", file=sys.stderr)
+    sys.exit(1)
+  _CONFIG["overrides"] = overrides
+  return app.parse_flags_with_usage(rest)
+
+
+def config_overrides() -> dict:
+  """{dotted key: text} of the ``--config.<key>=<text>`` overrides given on the command line."""
+  return dict(_CONFIG["overrides"])
+
+
+def resolve_config(spec: str, overrides: Sequence[tuple] = (), presets: Optional[Mapping[str, Callable]] = None,
+                   default: Optional[str] = None):
+  """The config named by `spec` (a preset of `presets` or a .py file with get_config()) with `overrides`
+  ([(dotted key, text)]) applied; errors name the ``--config`` flag, the field and the expected type."""
+  presets = dict(presets or {})
+  if spec in presets:
+    config = presets[spec]()
+  elif spec.endswith(".py") or os.path.sep in spec:
+    config = config_lib.load_config_file(spec)
+    expected = type(presets[default]()) if default in presets else None
+    if expected is not None and type(config) is not expected:
+      raise app.UsageError(f"--config={spec}: get_config() returned a {type(config).__name__}, expected a "
+                           f"{expected.__name__}")
+  else:
+    raise app.UsageError(f"--config={spec!r}: expected a preset ({', '.join(presets)}) or a .py config file")
+  _CONFIG["paths"] = _class_paths(config)   # before the overrides: their errors name flags too
+  return config_lib.apply_overrides(config, dict(overrides), prefix=CONFIG_PREFIX)
+
+
+def get_config():
+  """The launcher's config: ``--config`` resolved and the command line's ``--config.*`` overrides applied."""
+  if _CONFIG["presets"] is None:
+    raise RuntimeError("get_config: the launcher did not call cli.define_config_flag")
+  return resolve_config(FLAGS.config, _CONFIG["overrides"], _CONFIG["presets"], _CONFIG["default"])
+
+
+def _class_paths(config, prefix: str = "") -> dict:
+  """{class name: dotted path} of every nested config (a class found at two paths maps to None)."""
+  out = {type(config).__name__: prefix} if not prefix else {}
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if dataclasses.is_dataclass(value):
+      name = type(value).__name__
+      out[name] = None if name in out else f"{prefix}{f.name}."
+      for k, v in _class_paths(value, f"{prefix}{f.name}.").items():
+        out[k] = None if k in out and out[k] != v else v
+  return out
 
 
 def define_flags(dataset: bool = True) -> None:
@@ -107,11 +208,16 @@ _CONFIG_FIELD = re.compile(r"\b([A-Z]\w*Config)\.(\w+)\b")
 
 
 def flagify(message: str, aliases: Optional[Mapping[str, str]] = None) -> str:
-  """Replaces 'SomeConfig.field' by '--flag (SomeConfig.field)' where the launcher defines that flag."""
-  aliases = {**DEFAULT_ALIASES, **(aliases or {})}
+  """Completes 'SomeConfig.field' to '--config.<path>.field (SomeConfig.field)' when SomeConfig sits at one place
+  of the launcher's config (or to '--flag (SomeConfig.field)' when the launcher has a flag of that name)."""
+  aliases = dict(aliases or {})
+  paths = _CONFIG["paths"]
 
   def sub(m):
-    field = m.group(2)
+    cls, field = m.group(1), m.group(2)
+    if paths.get(cls) is not None:
+      flag = f"{CONFIG_PREFIX}{paths[cls]}{field}"
+      return m.group(0) if flag in message else f"{flag} ({m.group(0)})"
     for name in (aliases.get(field), field):
       if name and name in FLAGS and FLAGS[name].name == name:
         return f"--{name} ({m.group(0)})"
@@ -171,6 +277,6 @@ def run(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] = 
     outputs: names of flags holding output folders (created lazily; removed on failure when left empty).
     inputs: names of flags holding input folders (a string or a list of them) that must exist.
     files: names of flags holding input files that must exist.
-    aliases: config field -> flag name where they differ (on top of DEFAULT_ALIASES).
+    aliases: field -> flag name, for a field named in an error that a flag of another name sets.
   """
-  app.run(wrap(main, outputs=outputs, inputs=inputs, files=files, aliases=aliases))
+  app.run(wrap(main, outputs=outputs, inputs=inputs, files=files, aliases=aliases), flags_parser=_parse_flags)

@@ -10,11 +10,14 @@ sentence-T5-large embeddings per caption ([N, 1, 768], `data.text.save_text_embe
 empty caption '' (the unconditional input of classifier-free guidance), or pass --null_text=PATH.npy.
 --sentence_t5_dir: the sentence-transformers `sentence-t5-large` folder; captions are then encoded on the fly (JAX,
 torch-free) and the unconditional input is its encoding of ''. The folder is recorded in the output directory.
+--config: the `OfficialMLDConversion` (bundles/official_generator.py: num_heads, max_length, which the checkpoint does
+not hold), the preset 'official' or a .py file; e.g. --config.max_length=200.
 """
 
 from absl import flags, logging
 
 from easytune_jax import cli
+from easytune_jax.configs import convert as presets
 
 from easytune_jax.bundles import official_generator
 
@@ -29,16 +32,16 @@ flags.DEFINE_string("text_embeddings", None, "Sentence-embeddings .npz ([N, 1, t
 flags.DEFINE_string("sentence_t5_dir", None, "sentence-transformers sentence-t5-large folder (encode captions on "
                     "the fly).")
 flags.DEFINE_string("null_text", None, ".npy [text_dim]: embedding of '' (when the .npz lacks it).")
-flags.DEFINE_integer("num_heads", 4, "Attention heads (not stored in the checkpoint; 4 in the official configs).")
-flags.DEFINE_integer("max_length", 196, "Padded frame window of generation.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+cli.define_config_flag(presets.MLD_PRESETS, "official", "The OfficialMLDConversion (easytune_jax/configs/convert.py).")
 
 
 def main(argv):
   del argv
+  cfg = cli.get_config()
   meta = official_generator.write_official_generator(
       FLAGS.checkpoint, FLAGS.out, FLAGS.mean, FLAGS.std, text_embeddings=FLAGS.text_embeddings,
-      null_text=FLAGS.null_text, num_heads=FLAGS.num_heads, overwrite=FLAGS.overwrite, max_length=FLAGS.max_length,
+      null_text=FLAGS.null_text, num_heads=cfg.num_heads, overwrite=FLAGS.overwrite, max_length=cfg.max_length,
       sentence_t5=FLAGS.sentence_t5_dir)
   logging.info("wrote %s: VAE %d parameters, denoiser %d parameters, ignored groups %s", FLAGS.out,
                meta["param_counts"]["vae"], meta["param_counts"]["denoiser"], meta["ignored"])

@@ -4,14 +4,16 @@
 
 The output is accepted wherever a trained reward is (`--reward_workdir` of launch/finetune.py and
 launch/benchmark.py, `train.reward.load_reward`, `--init_from` of launch/train_reward.py). The official SPM reads
-sentence-T5-large token embeddings: give fine-tuning `--reward_text=deps/sentence-t5-large` (encoded on the fly)
-or a precomputed `.npz` (launch/precompute_text_embeddings.py --output=tokens). Sizes are read from the
-checkpoint's shapes; the number of attention heads is not stored in it (4 in the official configs).
+sentence-T5-large token embeddings: give fine-tuning `--config.reward_text=deps/sentence-t5-large` (encoded on the
+fly) or a precomputed `.npz` (launch/precompute_text_embeddings.py --config=sentence_t5_tokens). Sizes are read
+from the checkpoint's shapes; the number of attention heads is not stored in it (4 in the official configs):
+--config.num_heads (`SPMConversion`, train/reward.py; preset 'official').
 """
 
 from absl import flags, logging
 
 from easytune_jax import cli
+from easytune_jax.configs import convert as presets
 from easytune_jax.train import reward
 
 FLAGS = flags.FLAGS
@@ -19,12 +21,12 @@ cli.define_flags(dataset=False)
 flags.DEFINE_string("checkpoint", None, "Official SPM checkpoint (torch.save zip; its state_dict holds the SPM keys; "
                     "clip.* keys are ignored).", required=True)
 flags.DEFINE_string("out", None, "Reward work directory to create (must not exist).", required=True)
-flags.DEFINE_integer("num_heads", 4, "Attention heads (4 in the official configs).")
+cli.define_config_flag(presets.SPM_PRESETS, "official", "The SPMConversion (easytune_jax/configs/convert.py).")
 
 
 def main(argv):
   del argv
-  out = reward.convert_spm_checkpoint(FLAGS.checkpoint, FLAGS.out, num_heads=FLAGS.num_heads)
+  out = reward.convert_spm_checkpoint(FLAGS.checkpoint, FLAGS.out, num_heads=cli.get_config().num_heads)
   meta = reward.read_reward_metadata(out)
   logging.info("wrote %s: %s, text embedding width %d", out, meta["train"]["model"]["arch"], meta["text_emb_dim"])
 

@@ -1,13 +1,17 @@
 """Standard text-to-motion evaluation (HUMANML3D.md §B) of one or several generators side by side.
 
   python launch/evaluate.py --generator_workdir=/tmp/base,/tmp/finetuned --evaluator_workdir=/tmp/evaluator \
-      --data_dir=/tmp/synthetic_hml --out_dir=/tmp/eval [--quick] [--replications=20]
+      --data_dir=/tmp/synthetic_hml --out_dir=/tmp/eval [--config=tiny] [--config.quick] [--config.replications=20]
+
+--config: the `EvaluateConfig` (eval/evaluation.py: split, replications, quick, mm, batch_size, guidance_scale,
+num_steps, seed): a preset of easytune_jax/configs/evaluate.py ('paper', the default: 50 DDIM steps, w = 7.5;
+'tiny': the CPU sampler) or a .py file with get_config(); override any field with --config.<field>=<value>.
 
 Writes <out_dir>/eval.json and <out_dir>/eval.md (Real row + one row per generator; reward and physical
 extras in separate tables). --t2m_dir/--glove_dir/--evaluator_stats_dir select the official T2M evaluator
 instead of a trained one.
 
-A rerun with the same flags and unchanged inputs (generator, evaluator and dataset folders: file sizes and
+A rerun with the same flags and config and unchanged inputs (generator, evaluator and dataset folders: file sizes and
 modification times) prints the existing eval.md without recomputing it (<out_dir>/manifest.json; --force
 recomputes).
 """
@@ -18,13 +22,14 @@ import time
 from absl import app, flags, logging
 
 from easytune_jax import cli
+from easytune_jax.configs import evaluate as presets
+from easytune_jax.core.config import config_to_dict
 from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
 from easytune_jax.train.finetune_runner import load_any_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
-from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "For fine-tuning workdirs in "
@@ -37,16 +42,10 @@ flags.DEFINE_string("t2m_dir", None, "Official evaluator: folder with text_mot_m
 flags.DEFINE_string("glove_dir", None, "Official evaluator: GloVe folder (our_vab_*).")
 flags.DEFINE_string("evaluator_stats_dir", None, "Official evaluator: meta mean.npy/std.npy folder.")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", required=True)
-flags.DEFINE_string("split", "test", "Split evaluated.")
 flags.DEFINE_string("out_dir", None, "Output folder for eval.json / eval.md.", required=True)
-flags.DEFINE_integer("replications", 20, "Independent passes (mean ± 1.96 std / sqrt(n)).")
-flags.DEFINE_bool("quick", False, "Few replications, no MultiModality.")
-flags.DEFINE_bool("mm", True, "Run MultiModality.")
-flags.DEFINE_integer("batch_size", 32, "Generator batch size.")
-flags.DEFINE_float("guidance_scale", GUIDANCE_SCALE, "Classifier-free guidance weight.")
-flags.DEFINE_integer("num_steps", NUM_STEPS, "DDIM steps.")
-flags.DEFINE_integer("seed", 0, "Evaluation seed.")
-flags.DEFINE_bool("force", False, "Recompute even when the inputs and flags equal those of the existing results.")
+flags.DEFINE_bool("force", False, "Recompute even when the inputs, flags and config equal those of the existing "
+                  "results.")
+cli.define_config_flag(presets.PRESETS, "paper", "The EvaluateConfig (easytune_jax/configs/evaluate.py).")
 cli.define_flags()
 
 
@@ -64,10 +63,11 @@ def main(argv):
     del argv
     quiet_library_logs()
 
-    settings = {n: FLAGS[n].value for n in ("generator_workdir", "finetune_which", "names", "evaluator_workdir", "t2m_dir", "glove_dir",
-                                             "evaluator_stats_dir", "data_dir", "split", "replications", "quick",
-                                             "mm", "batch_size", "guidance_scale", "num_steps", "seed", "on_missing",
+    config = cli.get_config()
+    settings = {n: FLAGS[n].value for n in ("generator_workdir", "finetune_which", "names", "evaluator_workdir",
+                                             "t2m_dir", "glove_dir", "evaluator_stats_dir", "data_dir", "on_missing",
                                              "drop_nonfinite")}
+    settings["config"] = config_to_dict(config)
     inputs = [*FLAGS.generator_workdir, FLAGS.data_dir] + [
         d for d in (FLAGS.evaluator_workdir, FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir) if d]
     key = rerun.settings_key(settings=settings, inputs=rerun.fingerprint(inputs))
@@ -80,7 +80,7 @@ def main(argv):
         print(open(outputs[1]).read())
         return
     t0 = time.time()
-    test = load_dataset(FLAGS.data_dir, FLAGS.split)
+    test = load_dataset(FLAGS.data_dir, config.split)
     if FLAGS.t2m_dir:
         evaluator = load_official_evaluator(FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir,
                                                dataset_mean=test.mean, dataset_std=test.std,
@@ -96,10 +96,10 @@ def main(argv):
     for name, workdir in zip(names, FLAGS.generator_workdir):
         gen = load_any_generator(workdir, FLAGS.finetune_which)
         evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
-        res = E.evaluate(generate_fn_for(gen, FLAGS.guidance_scale, FLAGS.num_steps), evaluator, test,
-                         replications=FLAGS.replications, batch_size=FLAGS.batch_size,
-                         max_length=min(gen.max_length, evaluator.max_length), mm=FLAGS.mm, seed=FLAGS.seed,
-                         quick=FLAGS.quick, method=name, progress=True)
+        res = E.evaluate(generate_fn_for(gen, config.guidance_scale, config.num_steps), evaluator, test,
+                         replications=config.replications, batch_size=config.batch_size,
+                         max_length=min(gen.max_length, evaluator.max_length), mm=config.mm, seed=config.seed,
+                         quick=config.quick, method=name, progress=True)
         results.append(res)
         logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
     paths = E.write_results(results, FLAGS.out_dir)

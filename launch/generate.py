@@ -4,25 +4,29 @@
   python launch/generate.py --generator_workdir=/tmp/quickstart/base --text="a person walks forward and waves" \
       --out_dir=/tmp/gen
   # the converted official MLD (launch/convert_official_mld.py), several prompts, 50 DDIM steps, w = 7.5
-  python launch/generate.py --generator_workdir=/tmp/mld_official --text_file=prompts.txt --length=120 \
-      --out_dir=/tmp/gen_mld [--sentence_t5_dir=deps/sentence-t5-large] [--mp4]
+  python launch/generate.py --generator_workdir=/tmp/mld_official --text_file=prompts.txt --config.length=120 \
+      --out_dir=/tmp/gen_mld [--sentence_t5_dir=deps/sentence-t5-large] [--config.mp4]
   # the fine-tuned params of a launch/finetune.py run (its recorded base generator)
   python launch/generate.py --finetune_workdir=/tmp/ft_easytune --text="a person jumps" --out_dir=/tmp/gen_ft
 
+--config: the `GenerateConfig` (bundles/export.py: guidance_scale, num_steps, seed, length, batch_size, gif, mp4,
+bvh, bvh_scale): a preset of easytune_jax/configs/generate.py ('paper', the default: 50 DDIM steps, w = 7.5;
+'tiny': the CPU sampler) or a .py file with get_config(); override any field with --config.<field>=<value>.
+
 Per prompt i, `<out_dir>/<i:03d>_<slug>{_features.npy,_joints.npy,.gif,.mp4,.bvh}` and `<out_dir>/generated.json`
 (see easytune_jax/bundles/export.py). MP4 needs ffmpeg on PATH (otherwise generated.json notes that none was written).
-BVH: HumanML3D skeleton, Y up, centimetres (--bvh_scale=1 for metres), 20 fps.
+BVH: HumanML3D skeleton, Y up, centimetres (--config.bvh_scale=1 for metres), 20 fps.
 """
 
 from absl import app, flags, logging
 
 from easytune_jax import cli
+from easytune_jax.configs import generate as presets
 from easytune_jax.bundles import export
 from easytune_jax.bundles import official_generator
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.train.finetune_runner import load_finetuned_generator
-from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", None, "A caption (repeat the flag for several).")
@@ -34,16 +38,8 @@ flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "Which fine-tune
 flags.DEFINE_string("sentence_t5_dir", None, "Official MLD only: encode captions with this sentence-t5-large folder "
                     "(instead of the one recorded at conversion, or the precomputed .npz).")
 flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
-flags.DEFINE_float("guidance_scale", GUIDANCE_SCALE, "Classifier-free guidance weight w.")
-flags.DEFINE_integer("num_steps", NUM_STEPS, "DDIM steps.")
-flags.DEFINE_integer("seed", 0, "Noise seed.")
-flags.DEFINE_integer("length", 0, "Frames per motion at 20 fps (0: the generator's max_length, 196 for MLD).")
-flags.DEFINE_integer("batch_size", 8, "Prompts per sampler call.")
-flags.DEFINE_bool("gif", True, "Write a GIF per prompt.")
-flags.DEFINE_bool("mp4", False, "Write an MP4 per prompt (needs ffmpeg).")
-flags.DEFINE_bool("bvh", True, "Write a BVH per prompt.")
-flags.DEFINE_float("bvh_scale", 100.0, "BVH length units per metre (100: centimetres).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+cli.define_config_flag(presets.PRESETS, "paper", "The GenerateConfig (easytune_jax/configs/generate.py).")
 cli.define_flags(dataset=False)
 
 
@@ -60,6 +56,7 @@ def main(argv):
   del argv
   quiet_library_logs()
   texts = _texts()
+  cfg = cli.get_config()
   if bool(FLAGS.generator_workdir) == bool(FLAGS.finetune_workdir):
     raise app.UsageError("give exactly one of --generator_workdir and --finetune_workdir")
   if FLAGS.finetune_workdir:
@@ -68,9 +65,6 @@ def main(argv):
     gen = load_generator(FLAGS.generator_workdir)
   if FLAGS.sentence_t5_dir:
     gen = official_generator.with_sentence_t5(gen, FLAGS.sentence_t5_dir)
-  cfg = export.GenerateConfig(guidance_scale=FLAGS.guidance_scale, num_steps=FLAGS.num_steps, seed=FLAGS.seed,
-                              length=FLAGS.length, batch_size=FLAGS.batch_size, gif=FLAGS.gif, mp4=FLAGS.mp4,
-                              bvh=FLAGS.bvh, bvh_scale=FLAGS.bvh_scale)
   manifest = export.generate_to_files(gen, texts, FLAGS.out_dir, cfg, progress=FLAGS.progress)
   for note in manifest["notes"]:
     logging.warning("%s", note)

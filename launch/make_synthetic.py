@@ -1,6 +1,10 @@
 """Writes the procedural synthetic text-motion dataset in the HumanML3D layout.
 
-  python launch/make_synthetic.py --out_dir=/tmp/synthetic_hml --num_motions=2000 --seed=0
+  python launch/make_synthetic.py --out_dir=/tmp/synthetic_hml --config.num_motions=2000 --config.seed=0
+
+--config: the `SyntheticConfig` (data/synthetic.py: num_motions, seed, min_len, max_len, mirror, subclip_fraction):
+the preset 'default' (easytune_jax/configs/synthetic.py) or a .py file with get_config(); override any field with
+--config.<field>=<value>.
 """
 
 import os
@@ -9,30 +13,27 @@ import time
 from absl import flags, logging
 
 from easytune_jax import cli
+from easytune_jax.configs import synthetic as presets
 from easytune_jax.data import synthetic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", None, "Output dataset folder.", required=True)
-flags.DEFINE_integer("num_motions", 2000, "Number of base motions.")
-flags.DEFINE_integer("seed", 0, "Random seed (same seed -> byte-identical files).")
-flags.DEFINE_integer("min_len", 40, "Minimum feature length in frames (20 fps).")
-flags.DEFINE_integer("max_len", 196, "Maximum feature length in frames.")
-flags.DEFINE_bool("mirror", False, "Also write mirrored M<id> copies.")
-flags.DEFINE_float("subclip_fraction", 0.1, "Fraction of multi-action motions given a sub-clip caption line.")
 flags.DEFINE_string("preview", None, "If set, write a stick-figure PNG of the first 6 motions here.")
+cli.define_config_flag(presets.PRESETS, "default", "The SyntheticConfig (easytune_jax/configs/synthetic.py).")
 cli.define_flags(dataset=False)
 
 
 def main(argv):
     del argv
     t0 = time.time()
+    cfg = cli.get_config()
     meta = synthetic.write_synthetic_dataset(
-        FLAGS.out_dir, FLAGS.num_motions, FLAGS.seed, min_len=FLAGS.min_len, max_len=FLAGS.max_len,
-        mirror=FLAGS.mirror, subclip_fraction=FLAGS.subclip_fraction)
+        FLAGS.out_dir, cfg.num_motions, cfg.seed, min_len=cfg.min_len, max_len=cfg.max_len, mirror=cfg.mirror,
+        subclip_fraction=cfg.subclip_fraction)
     logging.info("wrote %d motions to %s in %.1f s; splits %s", len(meta["motions"]), FLAGS.out_dir,
                  time.time() - t0, meta["splits"])
     if FLAGS.preview:
-        synthetic.write_preview(FLAGS.out_dir, FLAGS.preview, [f"{i:06d}" for i in range(min(6, FLAGS.num_motions))])
+        synthetic.write_preview(FLAGS.out_dir, FLAGS.preview, [f"{i:06d}" for i in range(min(6, cfg.num_motions))])
         logging.info("preview: %s", os.path.abspath(FLAGS.preview))
 
 

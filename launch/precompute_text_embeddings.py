@@ -2,14 +2,17 @@
 ``easytune_jax.data.text.TextEmbeddings``), with the official encoders loaded torch-free.
 
   # the official MLD's condition: sentence-T5-large sentence embeddings [N, 1, 768]
-  python launch/precompute_text_embeddings.py --encoder=sentence_t5 --model_dir=/path/sentence-t5-large \
-      --output=sentence --dataset_dir=/data/HumanML3D --splits=train,val,test --out=/data/t5_sentence.npz
+  python launch/precompute_text_embeddings.py --config=sentence_t5 --model_dir=/path/sentence-t5-large \
+      --dataset_dir=/data/HumanML3D --splits=train,val,test --out=/data/t5_sentence.npz
   # the SPM's input: token embeddings [N, L, 1024] (large: N x L x 4 KiB)
-  python launch/precompute_text_embeddings.py --encoder=sentence_t5 --model_dir=... --output=tokens \
+  python launch/precompute_text_embeddings.py --config=sentence_t5_tokens --model_dir=... \
       --captions_file=captions.txt --out=t5_tokens.npz
-  # the original MLD's condition: CLIP ViT-L/14 text features [N, 1, 768] (or --output=hidden: [N, 77, 768])
-  python launch/precompute_text_embeddings.py --encoder=clip --model_dir=/path/clip-vit-large-patch14 \
-      --output=features --dataset_dir=/data/HumanML3D --out=/data/clip_features.npz
+  # the original MLD's condition: CLIP ViT-L/14 text features [N, 1, 768] (or --config=clip_hidden: [N, 77, 768])
+  python launch/precompute_text_embeddings.py --config=clip --model_dir=/path/clip-vit-large-patch14 \
+      --dataset_dir=/data/HumanML3D --out=/data/clip_features.npz
+
+--config (required): the `TextEmbeddingConfig` (data/text.py: encoder, output, batch_size), a preset of
+easytune_jax/configs/text_embeddings.py or a .py file with get_config(); --config.batch_size=64 overrides a field.
 """
 
 import functools
@@ -17,20 +20,20 @@ import time
 
 from absl import app, flags, logging
 
+from easytune_jax import cli
+from easytune_jax.configs import text_embeddings as presets
 from easytune_jax.data.humanml3d import parse_text_file, read_split
 from easytune_jax.data.text import precompute_text_embeddings
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("encoder", None, ["sentence_t5", "clip"], "Which encoder folder --model_dir holds.", required=True)
 flags.DEFINE_string("model_dir", None, "sentence-transformers folder (sentence-t5-large) or HF CLIP folder.",
                     required=True)
-flags.DEFINE_string("output", None, "sentence_t5: 'sentence' (default) or 'tokens'; clip: 'features' (default) or "
-                    "'hidden'.")
 flags.DEFINE_string("captions_file", None, "Text file with one caption per line.")
 flags.DEFINE_string("dataset_dir", None, "HumanML3D-layout folder: captions of texts/<id>.txt for the ids in --splits.")
 flags.DEFINE_list("splits", ["train", "val", "test"], "Splits of --dataset_dir.")
 flags.DEFINE_string("out", None, "Output .npz.", required=True)
-flags.DEFINE_integer("batch_size", 128, "Captions per encoder call.")
+cli.define_config_flag(presets.PRESETS, None, "The TextEmbeddingConfig (easytune_jax/configs/text_embeddings.py).")
+cli.define_flags(dataset=False)
 
 
 def _captions() -> list:
@@ -51,21 +54,22 @@ def _captions() -> list:
 
 def main(argv):
   del argv
+  cfg = cli.get_config()
   captions = _captions()
   t0 = time.time()
-  if FLAGS.encoder == "sentence_t5":
+  if cfg.encoder == "sentence_t5":
     from easytune_jax.models.t5_encoder import load_sentence_t5
 
-    model, output = load_sentence_t5(FLAGS.model_dir), FLAGS.output or "sentence"
+    model = load_sentence_t5(FLAGS.model_dir)
   else:
     from easytune_jax.models.clip_text import load_clip_text
 
-    model, output = load_clip_text(FLAGS.model_dir), FLAGS.output or "features"
-  encode = functools.partial(model.embeddings, output=output, batch_size=FLAGS.batch_size)
-  n = precompute_text_embeddings(FLAGS.out, captions, encode, batch_size=FLAGS.batch_size, progress=True)
-  logging.info("wrote %d unique captions (%s %s) to %s in %.1f s", n, FLAGS.encoder, output, FLAGS.out,
+    model = load_clip_text(FLAGS.model_dir)
+  encode = functools.partial(model.embeddings, output=cfg.output, batch_size=cfg.batch_size)
+  n = precompute_text_embeddings(FLAGS.out, captions, encode, batch_size=cfg.batch_size, progress=True)
+  logging.info("wrote %d unique captions (%s %s) to %s in %.1f s", n, cfg.encoder, cfg.output, FLAGS.out,
                time.time() - t0)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, inputs=("model_dir", "dataset_dir"), files=("captions_file",))

@@ -178,10 +178,13 @@ if (pathlib.Path(reward_dir) / "retrieval.json").exists():
 from easytune_jax import finetune
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
+from easytune_jax.core import sampling
 from easytune_jax.train import finetune_runner as fr
 
-NUM_STEPS = 4 if SMALL else 10
-ft_cfg = finetune.FinetuneConfig(method="easytune", num_steps=NUM_STEPS, guidance_scale=2.5,
+# The CPU sampler setting (core/sampling.py, the 'tiny' presets'); fewer steps in CI.
+NUM_STEPS = 4 if SMALL else sampling.CPU_NUM_STEPS
+GUIDANCE = sampling.CPU_GUIDANCE_SCALE
+ft_cfg = finetune.FinetuneConfig(method="easytune", num_steps=NUM_STEPS, guidance_scale=GUIDANCE,
                                  optim=OptimConfig(learning_rate=1e-3 if SMALL else 2e-4, warmup_steps=0))
 run = fr.RunConfig(finetune=ft_cfg, trajectories=2 if SMALL else 12, batch_size=4 if SMALL else 16,
                    eval_every=1 if SMALL else 3, heldout_size=8 if SMALL else 64, checkpoint_every=100)
@@ -216,7 +219,8 @@ max_len = min(base_gen.max_length, evaluator.max_length)
 
 def make_fns(gen):
     def generate_fn(captions, pos_tokens, lengths, rng):
-        return gen.generate(captions, lengths, rng, guidance_scale=2.5, num_steps=NUM_STEPS, normalized=True)[0]
+        return gen.generate(captions, lengths, rng, guidance_scale=GUIDANCE, num_steps=NUM_STEPS,
+                            normalized=True)[0]
     def reward_fn(x, captions, lengths):
         cond, _ = task.inputs(captions, np.minimum(lengths, gen.max_length), rng=jax.random.key(0))
         return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
@@ -238,7 +242,7 @@ for i, entry in enumerate(test.entries[:1 if SMALL else 2]):
     caption = entry.captions[0][0]
     length = min(base_gen.max_length, 4 * (entry.length // 4))
     rng = jax.random.key(100 + i)
-    motions = [g.generate([caption], [length], rng, 2.5, NUM_STEPS)[1][0, :length] for g in (base_gen, tuned_gen)]
+    motions = [g.generate([caption], [length], rng, GUIDANCE, NUM_STEPS)[1][0, :length] for g in (base_gen, tuned_gen)]
     gifs.append(viz.side_by_side(motions, ["base", "EasyTune"], str(OUT / f"sample_{i}.gif"), suptitle=caption))
 for path in gifs:
     display(Image(filename=path))

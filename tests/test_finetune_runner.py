@@ -145,7 +145,7 @@ def test_official_spm_reward_through_the_harness(tiny_pipeline, tmp_path):
   sd = synthetic_state(config, e=32, seed=4)          # the fixture's T5 width is 32
   save_torch(tmp_path / "spm.pth", {"state_dict": sd})
   reward_dir = R.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "spm", num_heads=2)
-  with pytest.raises(ValueError, match="--reward_text"):
+  with pytest.raises(ValueError, match="RunConfig.reward_text"):
     fr.load_task(p.generator, str(reward_dir))
   task = fr.load_task(p.generator, str(reward_dir), reward_text=str(st5))
   assert task.reward_needs_rng

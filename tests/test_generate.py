@@ -74,8 +74,9 @@ def test_launch_generate_official_sentence_t5(tmp_path):
   out = tmp_path / "out"
   proc = subprocess.run(
       [sys.executable, str(ROOT / "launch" / "generate.py"), f"--generator_workdir={tmp_path / 'mld'}",
-       "--text=a person walks forward and waves", f"--text_file={tmp_path / 'prompts.txt'}", "--num_steps=2",
-       "--length=20", "--batch_size=4", "--seed=1", f"--out_dir={out}", "--nogif", "--noprogress"],
+       "--text=a person walks forward and waves", f"--text_file={tmp_path / 'prompts.txt'}", "--config=tiny",
+       "--config.num_steps=2", "--config.length=20", "--config.batch_size=4", "--config.seed=1", f"--out_dir={out}",
+       "--config.gif=false", "--noprogress"],
       env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   man = json.loads((out / "generated.json").read_text())

@@ -110,8 +110,8 @@ def test_evaluate_launcher_rerun_prints_existing_results(tmp_path, tiny_pipeline
   p = tiny_pipeline
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]), JAX_PLATFORMS="cpu")
   args = [sys.executable, "-m", "launch.evaluate", f"--generator_workdir={p.generator}", f"--data_dir={p.data}",
-          f"--evaluator_workdir={p.evaluator}", f"--out_dir={tmp_path / 'eval'}", "--quick", "--replications=1",
-          "--num_steps=2", "--batch_size=8", "--names=base"]
+          f"--evaluator_workdir={p.evaluator}", f"--out_dir={tmp_path / 'eval'}", "--config.quick",
+          "--config.replications=1", "--config.num_steps=2", "--config.batch_size=8", "--names=base"]
   root = pathlib.Path(__file__).resolve().parents[1]
   first = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
   assert first.returncode == 0, first.stderr[-3000:]

@@ -218,7 +218,7 @@ def get_config(name: str = "tiny") -> BenchmarkConfig:
   Both keep grad_chunk = 1 (EasyTune's sequential path): on the 2-core CPU the batched path was slower at
   every C measured (tiny, T = 50: 0.88 s per trajectory sequential, 1.18-2.17 s for C in 2..50;
   docs/benchmark/grad_chunk_tiny) and its compiled temporaries grow by about one one-step gradient's per unit
-  of C; on an accelerator measure '+chunk<C>' variants first (`--grad_chunk` / '+chunk<C>')."""
+  of C; on an accelerator measure '+chunk<C>' variants first (`--config.grad_chunk` / '+chunk<C>')."""
   if name == "tiny":
     return BenchmarkConfig()
   if name == "paper":

@@ -293,9 +293,9 @@ def markdown(result: dict) -> str:
       f"guidance {c['guidance_scale']}, reward text {c['reward_text_length']} x "
       f"{result['models']['reward_text_dim']}-d token embeddings, MLD text one 768-d sentence embedding; frozen "
       "sampler, K = T for EasyTune and DRaFT-T, no remat, AdamW state in the arguments, state donated.", "",
-      f"Reproduce: `PYTHONPATH=. python launch/official_memory.py --out_dir=<dir> --size={c['size']} "
-      f"--variants={','.join(c['variants'])} --steps={','.join(str(t) for t in c['steps'])}` (a rerun into the same "
-      "folder keeps its records and compiles only the missing ones).",
+      f"Reproduce: `PYTHONPATH=. python launch/official_memory.py --out_dir=<dir> --config.size={c['size']} "
+      f"--config.variants={','.join(c['variants'])} --config.steps={','.join(str(t) for t in c['steps'])}` (a rerun "
+      "into the same folder keeps its records and compiles only the missing ones).",
       "", "## Official MLD + official SPM (GiB)", "",
       "| variant | T | K | temp | argument | output | total | sampling total | additional (total) | compile s |",
       "|---|---|---|---|---|---|---|---|---|---|"]

@@ -252,6 +252,15 @@ def official_generator_from_checkpoint(ckpt_path: str | os.PathLike, mean: Array
   return gen
 
 
+@dataclasses.dataclass(frozen=True)
+class OfficialMLDConversion:
+  """launch/convert_official_mld.py's settings the checkpoint does not hold: attention heads (4 in the official
+  configs) and the padded frame window of generation."""
+
+  num_heads: int = 4
+  max_length: int = 196
+
+
 def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.PathLike, mean: ArrayOrPath,
                              std: ArrayOrPath, text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
                              num_heads: int = 4, overwrite: bool = False, sentence_t5=None, **kw) -> dict:

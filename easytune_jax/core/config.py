@@ -1,10 +1,17 @@
-"""Configs as data: frozen dataclasses to and from JSON, and the check a resumed run makes against its checkpoint.
+"""Configs as data: frozen dataclasses to and from JSON, command-line overrides parsed by type hints, config files,
+and the check a resumed run makes against its checkpoint.
 """
 
 from __future__ import annotations
 
+import ast
+import collections.abc
 import dataclasses
+import enum
+import importlib.util
 import json
+import os
+import types
 import typing
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -55,44 +62,172 @@ def config_to_dict(config) -> dict:
   return dataclasses.asdict(config)
 
 
-def _parse_value(text: str, current: Any, key: str):
-  if isinstance(current, bool):
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _type_name(t) -> str:
+  if t is type(None):
+    return "None"
+  if isinstance(t, type) and not typing.get_args(t):
+    return t.__name__
+  return str(t).replace("typing.", "")
+
+
+def parse_value(text: str, hint: Any, current: Any = None, where: str = "value"):
+  """Parses a command-line string as a value of the type hint `hint`.
+
+  Handles bool (true/false/1/0/yes/no/on/off), int, float, str, Optional[X] ('none' / 'None' / 'null' give None),
+  Literal[...] (one of its choices), tuples and lists (comma-separated, optional brackets; '' or '()' is empty;
+  a bare `tuple` takes its item type from `current`'s items) and Any (Python literal, else the string).
+
+  Args:
+    text: the string given on the command line.
+    hint: the field's type hint (from `typing.get_type_hints`).
+    current: the field's current value (item types of a bare `tuple`; the type when the hint is Any).
+    where: names the field or flag in errors.
+
+  Returns:
+    The parsed value. Raises ValueError naming `where`, the expected type and the text.
+  """
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    if type(None) in args and text.strip() in ("none", "None", "null"):
+      return None
+    options = [a for a in args if a is not type(None)]
+    errors = []
+    for a in options:
+      try:
+        return parse_value(text, a, current, where)
+      except ValueError as e:
+        errors.append(e)
+    if len(options) == 1:
+      raise errors[0]
+    raise ValueError(f"{where}={text!r}: expected {_type_name(hint)}")
+  if origin is typing.Literal:
+    for a in args:
+      if str(a) == text.strip():
+        return a
+    raise ValueError(f"{where}={text!r}: expected one of {list(args)}")
+  if hint in (tuple, list) or origin in (tuple, list, collections.abc.Sequence):
+    return _parse_sequence(text, hint, origin, args, current, where)
+  if hint is bool:
     low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-      return True
-    if low in ("0", "false", "no", "off"):
-      return False
-    raise ValueError(f"override {key}={text!r}: expected a boolean (true/false)")
+    if low in _TRUE + _FALSE:
+      return low in _TRUE
+    raise ValueError(f"{where}={text!r}: expected a bool (true/false)")
+  if hint in (int, float):
+    try:
+      return hint(text)
+    except ValueError:
+      if hint is int:
+        try:   # '1e4' and '2.0' are ints written as floats
+          f = float(text)
+          if f == int(f):
+            return int(f)
+        except (ValueError, OverflowError):
+          pass
+      raise ValueError(f"{where}={text!r}: expected {hint.__name__}") from None
+  if hint is str:
+    return text
+  if hint is Any or hint is None:
+    if current is not None and not isinstance(current, str):
+      return parse_value(text, type(current), current, where)
+    return _literal(text)
+  if dataclasses.is_dataclass(hint):
+    raise ValueError(f"{where}: is a config group ({hint.__name__}); set one of its fields "
+                     f"{[f.name for f in dataclasses.fields(hint)]}")
+  if isinstance(hint, type) and issubclass(hint, enum.Enum):
+    try:
+      return hint[text] if text in hint.__members__ else hint(text)
+    except ValueError:
+      raise ValueError(f"{where}={text!r}: expected one of {list(hint.__members__)}") from None
+  raise ValueError(f"{where}: cannot parse a {_type_name(hint)} from the command line")
+
+
+def _literal(text: str):
   try:
-    if isinstance(current, int):
-      return int(text)
-    if isinstance(current, float):
-      return float(text)
-  except ValueError:
-    raise ValueError(f"override {key}={text!r}: expected {type(current).__name__}") from None
-  return text
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
-def apply_overrides(config, overrides: Sequence[str]):
-  """Applies `key=value` strings ('vae.width=32', 'diffusion.prediction_type=sample') to a frozen dataclass
-  config, converting each value to the type of the field it replaces."""
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"override {item!r}: expected 'key=value'")
-    key, text = item.split("=", 1)
-    config = _override(config, key.strip().split("."), text, key.strip())
+def _parse_sequence(text, hint, origin, args, current, where):
+  body = text.strip()
+  if body[:1] + body[-1:] in ("()", "[]"):
+    body = body[1:-1]
+  items = [s.strip() for s in body.split(",")] if body.strip() else []
+  if items and items[-1] == "":   # '(1,)'
+    items = items[:-1]
+  if len(args) == 2 and args[1] is Ellipsis:
+    item_hints = [args[0]] * len(items)
+  elif args and origin is tuple:
+    if len(args) != len(items):
+      raise ValueError(f"{where}={text!r}: expected {len(args)} comma-separated items ({_type_name(hint)})")
+    item_hints = list(args)
+  elif args:
+    item_hints = [args[0]] * len(items)
+  elif current:   # bare `tuple`: items like the current ones (mixed or empty: Python literals)
+    kinds = {type(c) for c in current}
+    item_hints = [kinds.pop() if len(kinds) == 1 else Any] * len(items)
+  else:
+    item_hints = [Any] * len(items)
+  out = [parse_value(s, h, None, f"{where}[{i}]") for i, (s, h) in enumerate(zip(items, item_hints))]
+  return list(out) if (hint is list or origin is list) else tuple(out)
+
+
+def parse_override(item: str) -> tuple[str, str]:
+  """'a.b=value' -> ('a.b', 'value'); ValueError without '='."""
+  if "=" not in item:
+    raise ValueError(f"override {item!r}: expected 'key=value'")
+  key, text = item.split("=", 1)
+  return key.strip(), text
+
+
+def apply_overrides(config, overrides: Sequence[str] | Mapping[str, str], prefix: str = ""):
+  """Returns `config` (a frozen dataclass) with each 'a.b=value' override applied, parsed by the field's type hint.
+
+  Args:
+    config: a (nested) frozen dataclass config.
+    overrides: 'vae.width=128' strings, or a {'vae.width': '128'} mapping, applied in order.
+    prefix: how a key is named in errors ('--config.' names the command-line flag).
+
+  Returns:
+    The new config (each nested level rebuilt by `dataclasses.replace`, so `__post_init__` checks run).
+    Raises ValueError naming `prefix + key`, the class and field, and the valid fields or the expected type.
+  """
+  pairs = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+  for key, text in pairs:
+    config = _override(config, key.split("."), text, prefix + key)
   return config
 
 
 def _override(obj, path, text, full):
+  cls = type(obj)
   names = [f.name for f in dataclasses.fields(obj)]
   if path[0] not in names:
-    raise ValueError(f"override {full!r}: {type(obj).__name__} has no field {path[0]!r}; fields: {names}")
+    raise ValueError(f"{full}: {cls.__name__} has no field {path[0]!r}; valid fields: {', '.join(names)}")
   cur = getattr(obj, path[0])
   if len(path) > 1:
     if not dataclasses.is_dataclass(cur):
-      raise ValueError(f"override {full!r}: {path[0]!r} is not a nested config")
+      raise ValueError(f"{full}: {cls.__name__}.{path[0]} is not a nested config (found {cur!r})")
     return dataclasses.replace(obj, **{path[0]: _override(cur, path[1:], text, full)})
+  hint = typing.get_type_hints(cls)[path[0]]
   if dataclasses.is_dataclass(cur):
-    raise ValueError(f"override {full!r}: {path[0]!r} is a config group; set one of its fields")
-  return dataclasses.replace(obj, **{path[0]: _parse_value(text, cur, full)})
+    hint = type(cur)
+  try:
+    value = parse_value(text, hint, cur, full)
+  except ValueError as e:
+    raise ValueError(f"{e} ({cls.__name__}.{path[0]}: {_type_name(hint)})") from None
+  return dataclasses.replace(obj, **{path[0]: value})
+
+
+def load_config_file(path: str, name: str = "config_file"):
+  """Runs the Python file `path` and returns its `get_config()` (a config file, as in the flax examples)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: config file does not exist")
+  spec = importlib.util.spec_from_file_location(f"_easytune_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"{path}: a config file defines get_config() returning the config")
+  return module.get_config()

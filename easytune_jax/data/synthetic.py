@@ -18,6 +18,7 @@ labels; :func:`caption_action_labels` recovers the labels from a caption string 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Sequence
@@ -589,6 +590,20 @@ def make_motion(rng: np.random.Generator, num_frames: int) -> tuple[list, dict, 
 
 def _write_npy(path, arr):
     np.save(path, np.ascontiguousarray(arr))
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """launch/make_synthetic.py's dataset: `num_motions` base motions of `min_len`..`max_len` frames (20 fps)
+    from `seed` (same seed -> byte-identical files), mirrored M<id> copies when `mirror`, a sub-clip caption line
+    for `subclip_fraction` of the multi-action motions."""
+
+    num_motions: int = 2000
+    seed: int = 0
+    min_len: int = 40
+    max_len: int = 196
+    mirror: bool = False
+    subclip_fraction: float = 0.1
 
 
 def write_synthetic_dataset(out_dir: str, num_motions: int = 2000, seed: int = 0, *, min_len: int = 40,

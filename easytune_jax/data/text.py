@@ -17,6 +17,7 @@ command: ``launch/precompute_text_embeddings.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -182,6 +183,32 @@ class TextEmbeddings:
                            f"e.g. {shown}")
         idx = np.array([self._index[c] for c in captions], np.int64)
         return self.embeddings[idx], self.mask[idx]
+
+
+# Outputs of each external text encoder (the first is its default): sentence-T5 'sentence' [N, 1, 768] (the
+# official MLD's condition) or 'tokens' [N, L, 1024] (the SPM's input); CLIP 'features' [N, 1, 768] or 'hidden'
+# [N, 77, 768].
+ENCODER_OUTPUTS = {"sentence_t5": ("sentence", "tokens"), "clip": ("features", "hidden")}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEmbeddingConfig:
+    """launch/precompute_text_embeddings.py: the encoder (a key of ENCODER_OUTPUTS), its output and the captions
+    per encoder call."""
+
+    encoder: str = "sentence_t5"
+    output: str = "sentence"
+    batch_size: int = 128
+
+    def __post_init__(self):
+        if self.encoder not in ENCODER_OUTPUTS:
+            raise ValueError(f"TextEmbeddingConfig.encoder: expected one of {list(ENCODER_OUTPUTS)}, found "
+                             f"{self.encoder!r}")
+        if self.output not in ENCODER_OUTPUTS[self.encoder]:
+            raise ValueError(f"TextEmbeddingConfig.output: expected one of {list(ENCODER_OUTPUTS[self.encoder])} for "
+                             f"encoder {self.encoder!r}, found {self.output!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"TextEmbeddingConfig.batch_size: expected >= 1, found {self.batch_size}")
 
 
 def precompute_text_embeddings(path: str, captions: Iterable[str],

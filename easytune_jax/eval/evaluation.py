@@ -47,11 +47,38 @@ from easytune_jax.data import batching
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 GenerateFn = Callable[..., np.ndarray]
 EMBEDDING_METRICS = ("R_precision_top_1", "R_precision_top_2", "R_precision_top_3", "Matching_score", "FID",
                      "Diversity")
 PHYSICAL_METRICS = ("foot_skating", "jitter", "floor_penetration")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """launch/evaluate.py's settings: the protocol (:func:`evaluate`) and the generators' sampler.
+
+    Attributes:
+      split: the dataset split evaluated; replications: independent passes (mean ± 1.96 std / sqrt(n));
+      quick: few replications, no MultiModality; mm: run MultiModality; batch_size: generator batch size;
+      guidance_scale, num_steps: CFG weight w and DDIM steps of every generator; seed: evaluation seed.
+    """
+
+    split: str = "test"
+    replications: int = 20
+    quick: bool = False
+    mm: bool = True
+    batch_size: int = 32
+    guidance_scale: float = GUIDANCE_SCALE
+    num_steps: int = NUM_STEPS
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.replications < 1 or self.batch_size < 1 or self.num_steps < 1 or self.guidance_scale < 0:
+            raise ValueError(f"EvaluateConfig: expected replications, batch_size, num_steps >= 1 and "
+                             f"guidance_scale >= 0, found {self.replications}, {self.batch_size}, "
+                             f"{self.num_steps}, {self.guidance_scale}")
 
 
 # --------------------------------------------------------------------------------------------- sampling

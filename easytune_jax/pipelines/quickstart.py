@@ -60,6 +60,14 @@ class QuickstartConfig:
   num_animations: int = 3
   scale: float = 1.0
 
+  def __post_init__(self):
+    unknown = [m for m in self.methods if m not in finetune.METHODS]
+    if unknown:
+      raise ValueError(f"QuickstartConfig.methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")
+    if self.reward_objective not in ("official", "ours"):
+      raise ValueError(f"QuickstartConfig.reward_objective: expected 'official' or 'ours', found "
+                       f"{self.reward_objective!r}")
+
   def steps(self, n: int) -> int:
     return max(1, int(round(n * self.scale)))
 

@@ -44,13 +44,12 @@ from easytune_jax.core.checkpoint import CheckpointError, Checkpointer
 from easytune_jax.core.config import check_config_matches
 from easytune_jax.core.metric_writer import MetricWriter
 from easytune_jax.core.optim import apply_gradients, create_train_state
-from easytune_jax.core.config import apply_overrides, config_to_dict  # noqa: F401  (launchers override base configs)
+from easytune_jax.core.config import apply_overrides, config_to_dict  # noqa: F401  (callers override base configs)
 from easytune_jax.models.generator import (MODELS, BaseConfig, DataConfig, Modules, build_modules, diffusion_tx,  # noqa: F401
                                           encode_latents, get_config, init_diffusion_params, init_vae_params,
                                           make_cond,
                                           text_inputs, vae_tx)
 from easytune_jax.train.loop import train_loop
-from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 _ARRAY_KEYS = ("motion", "mask", "length", "tokens", "token_mask", "text_emb", "text_emb_mask")
 
@@ -206,10 +205,11 @@ def _metadata(config: BaseConfig, dataset: MotionDataset, stage: str, latent_sca
                       "joints_num": dataset.info.joints_num}}
 
 
-# Fields that never change a stage's result (run length, logging) or that only the other stage reads: a VAE
-# can be resumed (or reused by a new denoiser) whatever the denoiser/text/diffusion settings are.
+# Fields that never change a stage's result (run length, logging, the sampler of the samples) or that only the
+# other stage reads: a VAE can be resumed (or reused by a new denoiser) whatever the denoiser/text/diffusion
+# settings are.
 _RESUME_IGNORE = ("vae_steps", "diffusion_steps", "log_every", "checkpoint_every", "eval_every",
-                  "data.num_val_batches")
+                  "data.num_val_batches", "sampler.")
 _VAE_IGNORE = ("denoiser.", "text.", "diffusion.", "diffusion_optim.", "sampler.", "cond_drop_prob",
                "scale_latents", "data.text_max_length", "data.text_embeddings")
 
@@ -428,11 +428,11 @@ def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str]
 
 
 def train_and_sample(config: BaseConfig, workdir: str, data_dir: str, num_samples: int = 4,
-                     guidance_scale: float = GUIDANCE_SCALE, num_steps: int = NUM_STEPS, gif: bool = True,
+                     guidance_scale: Optional[float] = None, num_steps: Optional[int] = None, gif: bool = True,
                      progress: bool = True) -> dict:
   """`train_and_evaluate` on `data_dir`, then `save_samples` of the first `num_samples` held-out
-  captions (their own lengths, cut to the model's max_length) into <workdir>/samples/. This is what
-  `launch/train_base.py` runs."""
+  captions (their own lengths, cut to the model's max_length) into <workdir>/samples/, sampled with
+  `guidance_scale` / `num_steps` (default: `config.sampler`'s). This is what `launch/train_base.py` runs."""
   t0 = time.time()
   train, val = load_data(config, data_dir)
   out = train_and_evaluate(config, workdir, dataset=train, val_dataset=val, progress=progress)
@@ -444,5 +444,7 @@ def train_and_sample(config: BaseConfig, workdir: str, data_dir: str, num_sample
     u = config.data.unit_length
     lengths = [min(gen.max_length, u * (e.length // u)) for e in entries]
     out["samples"] = generator.save_samples(gen, texts, lengths, os.path.join(workdir, "samples"),
-                                  jax.random.PRNGKey(config.seed), guidance_scale, num_steps, gif)
+                                  jax.random.PRNGKey(config.seed),
+                                  config.sampler.guidance_scale if guidance_scale is None else guidance_scale,
+                                  config.sampler.num_steps if num_steps is None else num_steps, gif)
   return out

@@ -67,8 +67,8 @@ def load_task(generator_workdir: str, reward_workdir: Optional[str], reward: str
     tokenizer = reward_train.load_reward_tokenizer(reward_workdir)
     stochastic = spm.is_stochastic(rcfg.model)
     if rcfg.model.text_input == "embeddings" and not reward_text:
-      raise ValueError(f"reward model {reward_workdir} reads text embeddings: pass --reward_text (a sentence-t5 "
-                       "folder or a precomputed .npz)")
+      raise ValueError(f"reward model {reward_workdir} reads text embeddings: set RunConfig.reward_text (a "
+                       "sentence-t5 folder or a precomputed .npz)")
   context = RewardContext(mean=gen.mean, std=gen.std, joints_num=joints_num_for_dim(gen.mean.shape[0]), spm=spm_fn)
   text = reward_text_encoder(reward_text) if reward_text else None
   return MotionTask(gen, build_reward(reward, context), tokenizer, text, stochastic)
@@ -84,7 +84,7 @@ def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
   paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in flat]
   mask = [any(r.search(path) for r in regexes) for path in paths]
   if not any(mask):
-    raise ValueError(f"--trainable={patterns!r} matches no parameter; paths look like {paths[:3]}")
+    raise ValueError(f"RunConfig.trainable={patterns!r} matches no parameter; paths look like {paths[:3]}")
   return jax.tree_util.tree_unflatten(jax.tree.structure(params), mask)
 
 

@@ -609,6 +609,14 @@ def load_reward_tokenizer(workdir: str | os.PathLike) -> Optional[Tokenizer]:
 
 
 # --------------------------------------------------------------------------------------------- official
+@dataclasses.dataclass(frozen=True)
+class SPMConversion:
+  """launch/convert_official_spm.py's setting the checkpoint does not hold: attention heads (4 in the official
+  configs; every size is read from the checkpoint's shapes)."""
+
+  num_heads: int = 4
+
+
 def convert_spm_checkpoint(ckpt_path: str | os.PathLike, out_workdir: str | os.PathLike,
                            config: Optional[SPMConfig] = None, **overrides) -> pathlib.Path:
   """Converts an official SPM checkpoint into a reward workdir that `load_reward` loads.

@@ -1,0 +1,13 @@
+"""Presets of launch/benchmark.py: `BenchmarkConfig` (bench/benchmark.py)."""
+
+from __future__ import annotations
+
+import functools
+
+from easytune_jax.bench.benchmark import BenchmarkConfig, get_config as _get
+
+PRESETS = {name: functools.partial(_get, name) for name in ("tiny", "paper")}
+
+
+def get_config(name: str = "tiny") -> BenchmarkConfig:
+  return PRESETS[name]()
