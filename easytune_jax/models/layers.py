@@ -53,11 +53,12 @@ def sinusoidal_positions(length: int, dim: int) -> jax.Array:
   return pe.at[:, 1::2].set(jnp.cos(pos * div)[:, : dim // 2])
 
 
-# Skip transformers run their identical layers with `lax.scan` by default (`run_skip_layers`): XLA then
-# compiles one input-half layer and one output-half layer instead of every layer (see
-# docs/benchmark/profile/README.md for the measured compile and step times). Modules with a `scan_layers`
-# attribute read this default when theirs is None.
-SCAN_LAYERS = True
+# Skip transformers can run their identical layers as `lax.scan`s (`run_skip_layers`): XLA then compiles one
+# input-half layer and one output-half layer instead of every layer. Measured on the 2-core CPU at the paper
+# size (docs/benchmark/profile/README.md) it compiled and ran SLOWER than the unrolled layers (VAE decode
+# fwd+bwd: 59 s / 25 s scanned vs 24 s / 7 s unrolled), so the default is off; measure again on an
+# accelerator. Modules with a `scan_layers` attribute read this default when theirs is None.
+SCAN_LAYERS = False
 
 
 def resolve_scan(scan_layers: Optional[bool]) -> bool:
@@ -92,6 +93,9 @@ def run_skip_layers(apply_block: Callable, apply_linear: Callable, params, n: in
   Returns: [B, L, C].
   """
   keys = None if rng is None else jax.vmap(lambda j: jax.random.fold_in(rng, j))(jnp.arange(2 * n + 1))
+  # Frozen params (a reward, a decoder) are constants of the caller's program; the barrier keeps XLA from
+  # constant-folding their stacked copies at compile time (the stacking then runs as a copy at run time).
+  params = jax.lax.optimization_barrier(dict(params))
   first = stack_trees([params[f"input_blocks_{i}"] for i in range(n)] + [params["middle_block"]])
 
   def body_in(h, inp):
