@@ -7,7 +7,7 @@ in attention, and padded queries are zeroed on output where a caller asks for it
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -51,6 +51,69 @@ def sinusoidal_positions(length: int, dim: int) -> jax.Array:
   pe = jnp.zeros((length, dim), jnp.float32)
   pe = pe.at[:, 0::2].set(jnp.sin(pos * div))
   return pe.at[:, 1::2].set(jnp.cos(pos * div)[:, : dim // 2])
+
+
+# Skip transformers can run their identical layers as `lax.scan`s (`run_skip_layers`): XLA then compiles one
+# input-half layer and one output-half layer instead of every layer. Measured on the 2-core CPU at the paper
+# size (docs/benchmark/profile/README.md) it compiled and ran SLOWER than the unrolled layers (VAE decode
+# fwd+bwd: 59 s / 25 s scanned vs 24 s / 7 s unrolled), so the default is off; measure again on an
+# accelerator. Modules with a `scan_layers` attribute read this default when theirs is None.
+SCAN_LAYERS = False
+
+
+def resolve_scan(scan_layers: Optional[bool]) -> bool:
+  """A module's `scan_layers` attribute, `SCAN_LAYERS` when it is None."""
+  return SCAN_LAYERS if scan_layers is None else bool(scan_layers)
+
+
+def stack_trees(trees):
+  """Stacks equally shaped pytrees leaf by leaf along a new leading axis (the layer axis of a scan)."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def run_skip_layers(apply_block: Callable, apply_linear: Callable, params, n: int, x: jax.Array,
+                    rng: Optional[jax.Array] = None) -> jax.Array:
+  """MLD's skip-connected stack (without its final norm) from its layers' params, with two `lax.scan`s.
+
+  The stack is (n input blocks, the middle block) -> skips = the input blocks' outputs -> n times
+  x = block_i(linear_i(concat[x, skip_{n-1-i}])). The input blocks and the middle block are identical layers and
+  run as one scan (its per-layer outputs are the skips); the n (linear, output block) pairs run as a second
+  scan. The parameter tree is the unrolled module's (`input_blocks_i`, `middle_block`, `linear_blocks_i`,
+  `output_blocks_i`): the layers' subtrees are stacked here, inside the traced function, so that checkpoints
+  and converters keep their per-layer names.
+
+  Args:
+    apply_block: `apply_block(layer_params, x, rng) -> x` of one block (rng None when deterministic).
+    apply_linear: `apply_linear(linear_params, h) -> x` of one fusing Linear(2C -> C).
+    params: the stack's params {input_blocks_i, middle_block, linear_blocks_i, output_blocks_i}.
+    n: (num_layers - 1) / 2 (>= 1).
+    x: [B, L, C].
+    rng: a dropout key or None; layer j (0..2n in execution order) gets `fold_in(rng, j)`, so the dropout
+      masks differ from the unrolled module's (same distribution).
+  Returns: [B, L, C].
+  """
+  keys = None if rng is None else jax.vmap(lambda j: jax.random.fold_in(rng, j))(jnp.arange(2 * n + 1))
+  # Frozen params (a reward, a decoder) are constants of the caller's program; the barrier keeps XLA from
+  # constant-folding their stacked copies at compile time (the stacking then runs as a copy at run time).
+  params = jax.lax.optimization_barrier(dict(params))
+  first = stack_trees([params[f"input_blocks_{i}"] for i in range(n)] + [params["middle_block"]])
+
+  def body_in(h, inp):
+    p, k = inp
+    h = apply_block(p, h, k)
+    return h, h
+
+  x, hs = jax.lax.scan(body_in, x, (first, None if keys is None else keys[: n + 1]))
+  second = (stack_trees([params[f"linear_blocks_{i}"] for i in range(n)]),
+            stack_trees([params[f"output_blocks_{i}"] for i in range(n)]), hs[:n][::-1],
+            None if keys is None else keys[n + 1:])
+
+  def body_out(h, inp):
+    pl, pb, skip, k = inp
+    return apply_block(pb, apply_linear(pl, jnp.concatenate([h, skip], axis=-1)), k), None
+
+  x, _ = jax.lax.scan(body_out, x, second)
+  return x
 
 
 class EncoderLayer(nn.Module):

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from easytune_jax.models.layers import timestep_embedding
+from easytune_jax.models.layers import resolve_scan, run_skip_layers, timestep_embedding
 
 _xavier = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros
@@ -200,7 +200,9 @@ class SkipTransformer(nn.Module):
   """Official `SkipTransformerEncoder` / `SkipTransformerDecoder` (`decoder=True`): (n-1)/2 `input_blocks_i`,
   a `middle_block`, (n-1)/2 `output_blocks_i` each preceded by `linear_blocks_i` = Linear(2C -> C) of
   concat[x, the matching input block's output] (last in, first out), then the final LayerNorm `norm`.
-  x [B, L, C], mask [B, L] bool or None (keys of self-attention), memory [B, M, C] (decoder only)."""
+  x [B, L, C], mask [B, L] bool or None (keys of self-attention), memory [B, M, C] (decoder only).
+  `scan_layers` (None = `layers.SCAN_LAYERS`): run the identical layers as `lax.scan`s over their stacked
+  params (`layers.run_skip_layers`; same parameter tree, same outputs, a shorter compile)."""
 
   num_layers: int
   num_heads: int
@@ -208,17 +210,33 @@ class SkipTransformer(nn.Module):
   dropout: float = 0.0
   norm_eps: float = 1e-5
   decoder: bool = False
+  scan_layers: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, mask=None, memory=None, deterministic: bool = True):
     args = (self.num_heads, self.ff_size, self.dropout, self.norm_eps)
+    n = (self.num_layers - 1) // 2
+    if n and resolve_scan(self.scan_layers) and not self.is_initializing():
+      # Same params, same function; the identical layers run as two lax.scans (layers.run_skip_layers).
+      layer = (OfficialDecoderLayer if self.decoder else OfficialEncoderLayer)(*args, parent=None)
+      linear = nn.Dense(x.shape[-1], parent=None)
+
+      def apply_block(p, h, key):
+        rngs = {} if key is None else {"dropout": key}
+        if self.decoder:
+          return layer.apply({"params": p}, h, memory, mask, deterministic, rngs=rngs)
+        return layer.apply({"params": p}, h, mask, deterministic, rngs=rngs)
+
+      rng = None if deterministic or not self.dropout else self.make_rng("dropout")
+      x = run_skip_layers(apply_block, lambda p, h: linear.apply({"params": p}, h), self.variables["params"], n,
+                          x, rng)
+      return nn.LayerNorm(self.norm_eps, name="norm")(x)
 
     def block(name, h):
       if self.decoder:
         return OfficialDecoderLayer(*args, name=name)(h, memory, mask, deterministic)
       return OfficialEncoderLayer(*args, name=name)(h, mask, deterministic)
 
-    n = (self.num_layers - 1) // 2
     skips = []
     for i in range(n):
       x = block(f"input_blocks_{i}", x)
@@ -260,6 +278,7 @@ class OfficialMLDVAE(nn.Module):
   (recon, mu, logvar) with z ~ N(mu, exp(logvar)) (mu when rng is None)."""
 
   config: OfficialVAEConfig
+  scan_layers: Optional[bool] = None
 
   def setup(self):
     c = self.config
@@ -268,8 +287,10 @@ class OfficialMLDVAE(nn.Module):
                                           (2 * c.latent_size, c.latent_dim))
     self.query_pos_encoder = LearnedPositions(c.max_len)
     self.query_pos_decoder = LearnedPositions(c.max_len)
-    self.encoder = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps)
-    self.decoder = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, decoder=True)
+    self.encoder = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps,
+                                   scan_layers=self.scan_layers)
+    self.decoder = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, decoder=True,
+                                   scan_layers=self.scan_layers)
     self.final_layer = nn.Dense(c.nfeats, kernel_init=_xavier)
 
   def encode(self, x, mask, deterministic: bool = True):
@@ -328,6 +349,7 @@ class OfficialMLDDenoiser(nn.Module):
   -> prediction [B, latent_size, latent_dim] (epsilon for the released MLD)."""
 
   config: OfficialDenoiserConfig
+  scan_layers: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x_t, t, cond, deterministic: bool = True):
@@ -349,7 +371,8 @@ class OfficialMLDDenoiser(nn.Module):
     text = nn.Dense(c.latent_dim, name="emb_proj")(nn.relu(text.astype(x_t.dtype)))
     seq = jnp.concatenate([x_t, time[:, None], text], axis=1)
     seq = LearnedPositions(c.max_len, name="query_pos")(seq)
-    out = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, name="encoder")(
+    out = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, name="encoder",
+                          scan_layers=self.scan_layers)(
         seq, None, deterministic=deterministic)
     return out[:, :n]
 

@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from easytune_jax.models.layers import timestep_embedding
+from easytune_jax.models.layers import resolve_scan, run_skip_layers, timestep_embedding
 
 MAX_POSITIONS = 500
 LN_EPS = 1e-5
@@ -124,7 +124,9 @@ class OfficialDecoderLayer(nn.Module):
 
 class SkipTransformer(nn.Module):
   """MLD's SkipTransformerEncoder/Decoder without its final norm (applied by the caller: the encoders share
-  one). x [B, L, C] -> [B, L, C]; `memory` [B, M, C] makes it a decoder."""
+  one). x [B, L, C] -> [B, L, C]; `memory` [B, M, C] makes it a decoder. `scan_layers` (None =
+  `layers.SCAN_LAYERS`): run the identical layers as `lax.scan`s over their stacked params
+  (`layers.run_skip_layers`; same parameter tree, same outputs, a shorter compile)."""
 
   dim: int
   num_layers: int
@@ -132,6 +134,7 @@ class SkipTransformer(nn.Module):
   ff_dim: int
   dropout: float = 0.1
   decoder: bool = False
+  scan_layers: Optional[bool] = None
 
   def setup(self):
     if self.num_layers % 2 != 1:
@@ -148,6 +151,22 @@ class SkipTransformer(nn.Module):
     return block(x, mask, memory, deterministic) if self.decoder else block(x, mask, deterministic)
 
   def __call__(self, x, mask, memory=None, deterministic: bool = True):
+    n = len(self.input_blocks)
+    if n and resolve_scan(self.scan_layers) and not self.is_initializing():
+      # Same params, same function; the identical layers run as two lax.scans (layers.run_skip_layers).
+      layer_cls = OfficialDecoderLayer if self.decoder else OfficialEncoderLayer
+      layer = layer_cls(self.num_heads, self.ff_dim, self.dropout, parent=None)
+      linear = nn.Dense(self.dim, parent=None)
+
+      def apply_block(p, h, key):
+        rngs = {} if key is None else {"dropout": key}
+        if self.decoder:
+          return layer.apply({"params": p}, h, mask, memory, deterministic, rngs=rngs)
+        return layer.apply({"params": p}, h, mask, deterministic, rngs=rngs)
+
+      rng = None if deterministic or not self.dropout else self.make_rng("dropout")
+      return run_skip_layers(apply_block, lambda p, h: linear.apply({"params": p}, h), self.variables["params"], n,
+                             x, rng)
     skips = []
     for block in self.input_blocks:
       x = self._run(block, x, mask, memory, deterministic)
@@ -196,11 +215,13 @@ class OfficialSPM(nn.Module):
   """
 
   config: "object"
+  scan_layers: Optional[bool] = None
 
   def setup(self):
     c = self.config
     d = c.latent_dim
-    stack = lambda decoder: SkipTransformer(d, c.num_layers, c.num_heads, c.ff_dim, c.dropout, decoder)
+    stack = lambda decoder: SkipTransformer(d, c.num_layers, c.num_heads, c.ff_dim, c.dropout, decoder,
+                                            scan_layers=self.scan_layers)
     self.skel_embedding = nn.Dense(d)
     self.text_embedding = nn.Dense(d)
     self.final_layer = nn.Dense(c.dim_motion)

@@ -1,0 +1,39 @@
+"""One short accelerator run (issue 20 item 6; `easytune_jax.bench.gpu`): paper-size compiled memory at
+T in (10, 50, 200) for EasyTune / DRaFT-1 / DRaFT-T, then the T = 50 speed run (EasyTune sequential and
+grad_chunk batched, DRaFT-1, DRaFT-50, ReFL), on the converted official MLD + SPM with random weights.
+
+  PYTHONPATH=. timeout -k 30 480 python launch/gpu_benchmark.py --out_dir=docs/benchmark/gpu
+  PYTHONPATH=. python launch/gpu_benchmark.py --out_dir=/tmp/gpu_smoke --smoke     # tiny, CPU, seconds
+
+benchmark.json / benchmark.md are rewritten after every measurement; no measurement starts after 450 s.
+"""
+
+import json
+
+from absl import flags, logging
+
+from easytune_jax import cli
+from easytune_jax.bench import benchmark, gpu
+from easytune_jax.core.metric_writer import quiet_library_logs
+
+FLAGS = flags.FLAGS
+cli.define_flags(dataset=False)
+flags.DEFINE_string("out_dir", None, "Where benchmark.json / benchmark.md go.", required=True)
+flags.DEFINE_bool("smoke", False, "Tiny official configs and short budgets (the CPU test of the same code).")
+flags.DEFINE_float("seconds", None, "Training seconds per speed variant (default 45; smoke 1).")
+
+
+def main(argv):
+  del argv
+  quiet_library_logs()
+  over = {} if FLAGS.seconds is None else {"seconds": FLAGS.seconds}
+  config = gpu.smoke_config(**over) if FLAGS.smoke else gpu.GpuBenchConfig(**over)
+  result = gpu.run_gpu_benchmark(config, FLAGS.out_dir)
+  logging.info("gpu benchmark: %.0f s, %d records, skipped %s", result["seconds"], len(result["records"]),
+               result["skipped"])
+  print(json.dumps({"summary": result["summary"], "outputs": benchmark.write_outputs(result, FLAGS.out_dir)},
+                   indent=2))
+
+
+if __name__ == "__main__":
+  cli.run(main, outputs=("out_dir",))
