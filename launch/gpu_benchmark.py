@@ -3,9 +3,11 @@ T in (10, 50, 200) for EasyTune / DRaFT-1 / DRaFT-T, then the T = 50 speed run (
 grad_chunk batched, DRaFT-1, DRaFT-50, ReFL), on the converted official MLD + SPM with random weights.
 
   PYTHONPATH=. timeout -k 30 480 python launch/gpu_benchmark.py --out_dir=docs/benchmark/gpu
-  PYTHONPATH=. python launch/gpu_benchmark.py --out_dir=/tmp/gpu_smoke --smoke     # tiny, CPU, seconds
+  PYTHONPATH=. python launch/gpu_benchmark.py --out_dir=/tmp/gpu_smoke --config=smoke   # tiny models, CPU
 
 benchmark.json / benchmark.md are rewritten after every measurement; no measurement starts after 450 s.
+--config: the `GpuBenchConfig` (bench/gpu.py), a preset of easytune_jax/configs/gpu.py ('paper', default;
+'smoke') or a .py file with get_config(); override fields with --config.<field>=<value> (--config.seconds=60).
 """
 
 import json
@@ -14,21 +16,19 @@ from absl import flags, logging
 
 from easytune_jax import cli
 from easytune_jax.bench import benchmark, gpu
+from easytune_jax.configs import gpu as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 cli.define_flags(dataset=False)
 flags.DEFINE_string("out_dir", None, "Where benchmark.json / benchmark.md go.", required=True)
-flags.DEFINE_bool("smoke", False, "Tiny official configs and short budgets (the CPU test of the same code).")
-flags.DEFINE_float("seconds", None, "Training seconds per speed variant (default 45; smoke 1).")
+cli.define_config_flag(presets.PRESETS, "paper", "The GpuBenchConfig (easytune_jax/configs/gpu.py).")
 
 
 def main(argv):
   del argv
   quiet_library_logs()
-  over = {} if FLAGS.seconds is None else {"seconds": FLAGS.seconds}
-  config = gpu.smoke_config(**over) if FLAGS.smoke else gpu.GpuBenchConfig(**over)
-  result = gpu.run_gpu_benchmark(config, FLAGS.out_dir)
+  result = gpu.run_gpu_benchmark(cli.get_config(), FLAGS.out_dir)
   logging.info("gpu benchmark: %.0f s, %d records, skipped %s", result["seconds"], len(result["records"]),
                result["skipped"])
   print(json.dumps({"summary": result["summary"], "outputs": benchmark.write_outputs(result, FLAGS.out_dir)},

@@ -1,4 +1,4 @@
-"""The accelerator benchmark script (launch/gpu_benchmark.py, bench/gpu.py) end to end with --smoke on the CPU:
+"""The accelerator benchmark script (launch/gpu_benchmark.py, bench/gpu.py) end to end with --config=smoke on the CPU:
 the same code paths on tiny official models; the JSON it writes has sane values."""
 
 import json
@@ -26,7 +26,7 @@ def test_configs():
 @pytest.mark.slow
 def test_smoke_run_writes_sane_json(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "launch/gpu_benchmark.py", "--smoke", f"--out_dir={tmp_path}"], cwd=str(ROOT),
+  proc = subprocess.run([sys.executable, "launch/gpu_benchmark.py", "--config=smoke", f"--out_dir={tmp_path}"], cwd=str(ROOT),
                         env=env, capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads((tmp_path / "benchmark.json").read_text())
