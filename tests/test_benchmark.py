@@ -19,7 +19,7 @@ def result(tiny_pipeline, tmp_path_factory):
   cfg = benchmark.BenchmarkConfig(
       memory_variants=("easytune", "draft-1", "draft-T", "draft-T+remat", "draft-10"), memory_steps=(4, 8),
       speed_variants=("easytune", "draft-T"), speed_steps=4, batch_size=4, speed_repeats=2,
-      budget_seconds=1.0, budget_trajectories=3, curve_points=1, speed_seeds=2, heldout_size=4, eval_batch_size=4)
+      budget_seconds=None, budget_trajectories=3, curve_points=1, speed_seeds=2, heldout_size=4, eval_batch_size=4)
   p = tiny_pipeline
   res = benchmark.run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator)
   out = tmp_path_factory.mktemp("bench")
@@ -55,7 +55,7 @@ def test_schema_and_figures(result):
     s = r["speed"]
     for k in ("seconds_per_trajectory", "seconds_per_update", "train_seconds", "compile_seconds"):
       assert _finite(s[k]) and s[k] > 0, (name, k)
-    assert 1 <= s["trajectories"] <= 3
+    assert s["trajectories"] == 3 and all(run["trajectories"] == 3 for run in s["runs"])  # a trajectory budget
     assert s["updates"] == s["trajectories"] * s["updates_per_trajectory"]
     assert s["updates_per_trajectory"] == (4 if name == "EasyTune" else 1)
     assert math.isclose(s["seconds_per_update"] * s["updates_per_trajectory"], s["seconds_per_trajectory"])
@@ -86,14 +86,18 @@ def test_schema_and_figures(result):
     base_mm = res["base"]["eval"]["MM_Dist"]
     assert math.isclose(a["MM_Dist_relative_improvement"], (base_mm - a["MM_Dist"]) / base_mm)
   summ = res["summary"]
-  gains = [_rec(res, n, 4)["speed"]["reward_gain"] for n in ("EasyTune", "DRaFT-T")]
-  if max(gains) > 0:
-    assert math.isclose(summ["target_gain"], 0.5 * max(gains))
-    for n in ("EasyTune", "DRaFT-T"):
-      ts = [benchmark.time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
-            for run in _rec(res, n, 4)["speed"]["runs"]]
-      assert summ["seconds_to_target_gain_per_run"][n] == ts
-      assert summ["seconds_to_target_gain"][n] == (None if None in ts else pytest.approx(np.mean(ts)))
+  # Fine-tuning raises the held-out reward within the budget, so a target (half the best mean gain) exists and
+  # the method with that gain reaches it in at least one run.
+  gains = {n: _rec(res, n, 4)["speed"]["reward_gain"] for n in ("EasyTune", "DRaFT-T")}
+  assert max(gains.values()) > 0, gains
+  assert math.isclose(summ["target_gain"], 0.5 * max(gains.values()))
+  for n in ("EasyTune", "DRaFT-T"):
+    ts = [benchmark.time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
+          for run in _rec(res, n, 4)["speed"]["runs"]]
+    assert summ["seconds_to_target_gain_per_run"][n] == ts
+    assert summ["seconds_to_target_gain"][n] == (None if None in ts else pytest.approx(np.mean(ts)))
+  leader = max(gains, key=gains.get)
+  assert any(t is not None and t > 0 for t in summ["seconds_to_target_gain_per_run"][leader]), summ
   # The file on disk is the same result, strictly JSON (no NaN), with the markdown and both plots.
   on_disk = json.loads(open(paths["json"]).read(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
   assert on_disk["summary"] == json.loads(json.dumps(res["summary"]))

@@ -59,6 +59,7 @@ def test_generate_to_files_tiny(tiny_pipeline, tmp_path):
     export.generate_to_files(gen, texts[:1], tmp_path / "x", cfg, lengths=33, progress=False)
 
 
+@pytest.mark.slow   # a launcher subprocess compiling the generator
 def test_launch_generate_official_sentence_t5(tmp_path):
   """launch/generate.py on a converted official checkpoint whose captions go through sentence-T5."""
   st5 = load_sentence_t5(tmo.ST5_DIR)

@@ -349,6 +349,7 @@ def test_generator_bundle(tmp_path, ckpt):
 ST5_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "text_encoders", "st5_safetensors")
 
 
+@pytest.mark.slow   # compiles sentence-T5 + the official MLD; test_generator_bundle stays fast
 def test_generator_bundle_with_sentence_t5(tmp_path):
   """Captions encoded on the fly by the sentence-T5 fixture (sentence dim 24): cond = its sentence embedding,
   uncond = its embedding of ''; the folder is recorded in the workdir and reloaded."""

@@ -4,6 +4,7 @@ checkpoints (shapes only) and one tiny compile through the whole path (write, co
 import json
 
 import numpy as np
+import pytest
 
 from easytune_jax.bench import official_memory as om
 from easytune_jax.models import mld_convert, spm_convert
@@ -19,6 +20,7 @@ def test_paper_sizes_are_the_official_parameter_counts():
   assert sum(int(np.prod(s)) for k, s in spm_shapes.items() if not k.startswith("text_encoder.norm.")) == 26_515_975
 
 
+@pytest.mark.slow   # writes, converts and compiles the official models (~5x the module's other test)
 def test_tiny_official_memory_compiles_through_the_finetuning_path(tmp_path):
   cfg = om.OfficialMemoryConfig(size="tiny", variants=("easytune",), steps=(2,), batch_size=2, max_length=8,
                                 reward_text_length=4)

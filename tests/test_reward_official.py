@@ -109,6 +109,7 @@ def _run(monkeypatch, params, config, use_spl):
   return calls, metrics
 
 
+@pytest.mark.slow   # the `params` fixture builds a converted official SPM (~2 min loaded)
 @pytest.mark.parametrize("mode", ["M1T0", "M0T1"])
 def test_timestep_routing_per_stage(monkeypatch, params, mode):
   clean = dataclasses.replace(OFFICIAL, noise_threshold=1.0, model=dataclasses.replace(MODEL, mode=mode))
@@ -130,6 +131,7 @@ def test_timestep_routing_per_stage(monkeypatch, params, mode):
     assert np.all(np.asarray(calls[1][1]) == 0)
 
 
+@pytest.mark.slow   # the `params` fixture (see above)
 def test_spl_latents_sample_vs_mean(params):
   cfg = dataclasses.replace(OFFICIAL, noise_threshold=1.0)
   sched = make_schedule(cfg.diffusion)

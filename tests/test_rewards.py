@@ -98,6 +98,7 @@ def _context(shared_data, spm=None):
   return registry.RewardContext(mean=np.load(d / "Mean.npy"), std=np.load(d / "Std.npy"), joints_num=22, spm=spm)
 
 
+@pytest.mark.slow   # every registered term with gradients on the real sample (~2 min loaded); the penalties stay fast
 def test_weighted_reward_terms_and_user_functions(shared_data):
   d = shared_data / "humanml3d_sample"
   feats = np.load(d / "new_joint_vecs" / "012314.npy")[:40].astype(np.float32)

@@ -123,6 +123,7 @@ def test_noise_batch_follows_threshold_and_schedule():
   assert np.all(np.asarray(noisy)[~np.asarray(cond["mask"])] == 0.0)
 
 
+@pytest.mark.slow   # the embedding-input variant compiles a second SPM
 def test_embedding_text_input_and_caption_features():
   cfg = dataclasses.replace(CFG, text_input="embeddings", vocab_size=0)
   params = spm.init_spm(cfg, jax.random.key(4), text_emb_dim=10)

@@ -129,6 +129,7 @@ def test_paper_size_parameter_count_is_the_official_one():
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(flax_shapes)) == 26_515_975
 
 
+@pytest.mark.slow   # eager float64 reference and a backward (~3.5 min on a loaded 2-core CPU)
 def test_converted_checkpoint_matches_an_independent_numpy_forward(tmp_path):
   sd = synthetic_state()
   path = tmp_path / "SPM_Noisy_T1000_M1T0_E10.pth"

@@ -1,5 +1,6 @@
 """Optimizer, guarded updates, atomic checkpoints, metric logs and the resumable loop."""
 
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 
 from easytune_jax.core.checkpoint import CheckpointError, Checkpointer, NonFiniteStateError
 from easytune_jax.core.config import check_config_matches, config_from_dict
-from easytune_jax.core.metric_writer import MetricWriter, _crc32c, read_metrics, read_tensorboard_scalars
+from easytune_jax.core.metric_writer import MetricWriter, read_metrics
 from easytune_jax.core.optim import OptimConfig, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer, tree_all_finite
 from easytune_jax.train.loop import NonFiniteError, train_loop
 
@@ -51,14 +52,27 @@ def test_optimizer_matches_optax_adamw_and_mask_freezes():
 def test_apply_gradients_skips_nonfinite():
   params, tx, _ = quadratic_problem()
   state = create_train_state(params, tx, use_ema=True)
-  bad = {"w": jnp.array([jnp.nan, 0.0, 0.0]), "b": jnp.array(1.0)}
-  new, finite = apply_gradients(state, bad, tx, jnp.array(1.0))
-  assert not bool(finite) and int(new.skipped) == 1 and int(new.step) == 1
-  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
   good = {"w": jnp.ones(3), "b": jnp.array(1.0)}
+  state, finite = apply_gradients(state, good, tx, jnp.array(1.0), ema_decay=0.5)
+  assert bool(finite)
+  bad = {"w": jnp.array([jnp.nan, 0.0, 0.0]), "b": jnp.array(1.0)}
+  new, finite = apply_gradients(state, bad, tx, jnp.array(1.0), ema_decay=0.5)
+  assert not bool(finite) and int(new.skipped) == 1 and int(new.step) == 2
+  # A skip keeps params, EMA and the optimizer's moments and count (the schedule does not advance).
+  jax.tree.map(np.testing.assert_array_equal, (new.params, new.ema_params, new.opt_state),
+               (state.params, state.ema_params, state.opt_state))
+  # A non-finite loss with finite gradients is skipped too.
+  new, finite = apply_gradients(new, good, tx, jnp.array(jnp.inf), ema_decay=0.5)
+  assert not bool(finite) and int(new.skipped) == 2
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
   new, finite = apply_gradients(new, good, tx, jnp.array(1.0), ema_decay=0.5)
-  assert bool(finite) and not np.allclose(new.params["w"], params["w"])
-  np.testing.assert_allclose(new.ema_params["w"], 0.5 * params["w"] + 0.5 * new.params["w"], rtol=1e-6)
+  assert bool(finite) and int(new.skipped) == 2 and int(new.step) == 4
+  # The update after the skips is the second update of an uninterrupted run.
+  ref = create_train_state(params, tx)
+  for _ in range(2):
+    ref, _ = apply_gradients(ref, good, tx, jnp.array(1.0))
+  jax.tree.map(np.testing.assert_array_equal, new.params, ref.params)
+  np.testing.assert_allclose(new.ema_params["w"], 0.5 * state.ema_params["w"] + 0.5 * new.params["w"], rtol=1e-6)
 
 
 def test_checkpointer_roundtrip_and_clear_errors(tmp_path):
@@ -105,18 +119,39 @@ def test_checkpoint_saved_on_another_machine_restores_from_a_shape_only_template
   assert all(leaf.devices() == {jax.devices()[0]} for leaf in jax.tree.leaves(restored.params))
 
 
+def read_tensorboard_scalars(path):
+  """[(step, tag, value)] of an event file: TFRecord framing (length, masked CRC32C of length and of data)
+  read here, each record parsed as a tensorflow.Event protobuf."""
+  from tensorboardX.proto.event_pb2 import Event
+  from tensorboardX.record_writer import masked_crc32c
+
+  data, pos, out = path.read_bytes(), 0, []
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (n,) = struct.unpack("<Q", header)
+    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header), f"bad header CRC at {pos}"
+    record = data[pos + 12:pos + 12 + n]
+    assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == masked_crc32c(record), f"bad CRC at {pos}"
+    pos += 16 + n
+    event = Event.FromString(record)
+    out.extend((event.step, v.tag, v.simple_value) for v in event.summary.value)
+  return out
+
+
 def test_metric_writer_jsonl_csv_tensorboard(tmp_path):
   w = MetricWriter(tmp_path)
+  assert not tmp_path.joinpath("metrics.jsonl").exists()  # nothing before the first write
   w.write(1, {"loss": 2.5, "acc": np.float32(0.25)})
   w.write(2, {"loss": jnp.array(1.5)})
   w.close()
   assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.5, "acc": 0.25}, {"step": 2, "loss": 1.5}]
-  assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "step,name,value"
+  assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,name,value", "1,loss,2.5", "1,acc,0.25",
+                                                                 "2,loss,1.5"]
   (event_file,) = tmp_path.glob("events.out.tfevents.*")
-  assert read_tensorboard_scalars(event_file) == [(1, "loss", 2.5), (1, "acc", 0.25),
-                                                         (2, "loss", 1.5)]
-  # crc32c check value from RFC 3720.
-  assert _crc32c(b"123456789") == 0xE3069283
+  assert read_tensorboard_scalars(event_file) == [(1, "loss", 2.5), (1, "acc", 0.25), (2, "loss", 1.5)]
+  empty = MetricWriter(tmp_path / "never")
+  empty.close()
+  assert not (tmp_path / "never").exists()
 
 
 def test_loop_resume_is_identical_to_uninterrupted(tmp_path):

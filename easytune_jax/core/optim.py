@@ -1,7 +1,8 @@
 """Optimisation: the optax optimizer of every trainer, the train state and the guarded update.
 
-`apply_gradients` skips an update whose loss or gradients are non-finite and counts it, so one bad batch never
-poisons the parameters; every trainer (base, reward, evaluator, fine-tuning) updates through it.
+`apply_gradients` skips an update whose loss or gradients are non-finite and counts it (`optax.apply_if_finite`),
+so one bad batch never poisons the parameters; every trainer (base, reward, evaluator, fine-tuning) updates
+through it.
 """
 
 from __future__ import annotations
@@ -64,10 +65,16 @@ def make_optimizer(cfg: OptimConfig, trainable_mask: Any = None) -> optax.Gradie
 
 
 # --------------------------------------------------------------------------------------------- state
+# `optax.apply_if_finite` gives up and applies a non-finite update after `max_consecutive_errors` skips in a
+# row; this project never does (a run with on_nonfinite='skip' keeps skipping, 'stop' stops), hence the
+# largest count its saturating int32 counter can hold.
+_NEVER_GIVE_UP = int(jnp.iinfo(jnp.int32).max)
+
+
 @flax.struct.dataclass
 class TrainState:
-  """step int32 []; params and opt_state pytrees; ema_params (or None); skipped: updates skipped
-  because loss/gradients were not finite."""
+  """step int32 [] (every call of `apply_gradients`, skipped or not); params and opt_state (`tx`'s state)
+  pytrees; ema_params (or None); skipped int32 []: updates skipped because loss/gradients were not finite."""
 
   step: jax.Array
   params: Any
@@ -78,7 +85,16 @@ class TrainState:
 
 def create_train_state(params: Any, tx: optax.GradientTransformation, use_ema: bool = False) -> TrainState:
   """A fresh state holding a COPY of `params`, so that a jitted step donating its state (as the fine-tuning
-  updates do) never deletes the caller's arrays (e.g. the base params, still used as a reference)."""
+  updates do) never deletes the caller's arrays (e.g. the base params, still used as a reference).
+
+  Args:
+    params: the trainable parameters (pytree).
+    tx: the optimizer (e.g. `make_optimizer(...)`).
+    use_ema: keep an exponential moving average of the params in `ema_params`.
+
+  Returns:
+    TrainState at step 0.
+  """
   params = jax.tree.map(jnp.copy, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
@@ -93,17 +109,42 @@ def tree_all_finite(tree: Any) -> jax.Array:
 
 def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation, loss: jax.Array,
                     ema_decay: float = 0.0) -> tuple[TrainState, jax.Array]:
-  """Applies one optimizer update unless loss or gradients are non-finite (then the state is kept and
-  `skipped` increments). Returns (new_state, finite: bool [])."""
-  finite = jnp.logical_and(jnp.all(jnp.isfinite(loss)), tree_all_finite(grads))
-  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-  updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
+  """One update of `tx` through `optax.apply_if_finite`, skipped when loss or gradients are non-finite.
+
+  A skipped update keeps params, optimizer moments, schedule position and `ema_params`, and increments
+  `state.skipped`; `state.step` counts every call. A non-finite `loss` reaches `optax.apply_if_finite`
+  (which looks at gradients only) as NaN gradients.
+
+  The state stores `tx`'s own state and the skip count (`ApplyIfFiniteState.total_notfinite`) as separate
+  fields, the checkpoint layout of every trainer, and wraps them for the update; apply_if_finite's count of
+  consecutive skips starts at 0 each call: it only decides when to give up skipping, which this project never
+  does.
+
+  The EMA of the params is `optax.incremental_update` (optax has no transformation for it: `optax.ema`
+  averages the UPDATES a chain passes on, not the params), applied only after a finite update.
+
+  Args:
+    state: from `create_train_state(params, tx, ...)` with the same `tx`.
+    grads: pytree like `state.params`.
+    tx: the optimizer.
+    loss: the loss whose gradients these are (any shape).
+    ema_decay: decay of `ema_params` (ignored when the state has none).
+
+  Returns:
+    (new_state, finite): finite is bool [], whether this update was applied.
+  """
+  loss_finite = jnp.all(jnp.isfinite(loss))
+  grads = jax.tree.map(lambda g: jnp.where(loss_finite, g, jnp.nan), grads)
+  guarded = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_GIVE_UP)
+  wrapped = optax.ApplyIfFiniteState(notfinite_count=jnp.zeros((), jnp.int32), last_finite=jnp.array(True),
+                                     total_notfinite=state.skipped, inner_state=state.opt_state)
+  updates, wrapped = guarded.update(grads, wrapped, state.params)
+  finite = wrapped.last_finite
   params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
   ema = state.ema_params
   if ema is not None:
-    ema = keep(optax.incremental_update(params, ema, 1.0 - ema_decay), ema)
-  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                      skipped=state.skipped + (~finite).astype(jnp.int32))
+    new_ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+    ema = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_ema, ema)
+  new = state.replace(step=state.step + 1, params=params, opt_state=wrapped.inner_state, ema_params=ema,
+                      skipped=wrapped.total_notfinite)
   return new, finite

@@ -192,8 +192,7 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    saved = {"best_metric": "heldout_reward", "reward": "spm", "reward_text": "", **read_json(info_path, "fine-tuning run info")["run"]}  # older runs
-    saved["finetune"] = {"compute_dtype": "float32", **saved.get("finetune", {})}        # runs before it
+    saved = read_json(info_path, "fine-tuning run info")["run"]
     # grad_chunk changes how the same updates are computed (batched or one by one), not the run.
     check_config_matches(saved, meta["run"], str(info_path),
                                 ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"))
@@ -242,9 +241,6 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   best_ck = Checkpointer(workdir / "best", max_to_keep=1)
   if best_ck.latest_step() is not None:
     best = best_ck.metadata()["best"]
-    if "value" not in best:   # written before best_metric existed: {'reward', 'trajectory'}
-      best = {"metric": "heldout_reward", "value": best["reward"], "trajectory": best["trajectory"],
-              "heldout_reward": best["reward"]}
   else:
     value, _ = criterion(task.gen.params, float(np.mean(base_rewards)))
     best = {"metric": cfg.best_metric, "value": float(value), "trajectory": 0,

@@ -365,12 +365,6 @@ def stage_optim(config: RewardTrainConfig, spl: bool) -> OptimConfig:
   return _optim(config, config.spl_learning_rate if spl else config.learning_rate)
 
 
-def _normalised(train_dict: Mapping[str, Any]) -> dict:
-  # Saved configs may predate fields added since: read back through from_dict (defaults fill them in) before
-  # comparing, so that an old workdir still resumes / initialises.
-  return RewardTrainConfig.from_dict(train_dict).to_dict()
-
-
 def _tokenizer_meta(tok: Optional[Tokenizer]) -> Optional[dict]:
   if tok is None:
     return None
@@ -459,7 +453,7 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   if noise_threshold is not None:
     config = dataclasses.replace(config, noise_threshold=noise_threshold)
   if init_meta is not None:
-    check_config_matches(_normalised(init_meta["train"])["model"], config.model.to_dict(), f"{init_from} (init_from)")
+    check_config_matches(init_meta["train"]["model"], config.model.to_dict(), f"{init_from} (init_from)")
   if config.model.text_input == "embeddings" and text_embeddings is None:
     raise ValueError(f"{_WHERE}: train_reward: the model reads precomputed text embeddings (text_input="
                      f"'embeddings'{', the official SPM' if config.model.arch == 'official' else ''}): pass "
@@ -492,7 +486,7 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   ckpt = Checkpointer(workdir / "checkpoints")
   if ckpt.latest_step() is not None:
     saved = ckpt.metadata()
-    check_config_matches(_normalised(saved["train"]), config.to_dict(), str(workdir / "checkpoints"),
+    check_config_matches(saved["train"], config.to_dict(), str(workdir / "checkpoints"),
                          ignore=("log_every", "checkpoint_every", "num_steps"))
   writer = MetricWriter(workdir)
   emb_kwargs = {"text_embeddings": text_embeddings} if text_embeddings is not None else {}
