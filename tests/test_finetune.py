@@ -428,6 +428,7 @@ def test_update_does_not_retrace():
 
 
 # --------------------------------------------------------------------------------------------- memory
+@pytest.mark.slow
 def test_easytune_memory_flat_in_T_while_draft_grows():
   b, l, d, h = 8, 16, 64, 256   # activations [B, L, H] per step dominate the parameters here
   ks = jax.random.split(jax.random.key(0), 3)

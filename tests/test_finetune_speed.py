@@ -75,6 +75,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_batched_frozen_path_equals_sequential_float32(case):
   """Parameters, AdamW state (clipping on), EMA and every per-step metric after one K-update trajectory:
@@ -115,6 +116,7 @@ def test_batched_frozen_path_equals_sequential_float64():
     assert_trees_close(got, ref, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_batched_path_skips_nonfinite_steps_like_sequential():
   def nan_reward(x, cond, t):   # NaN for the two noisiest steps (t_i > 500) of T = 4
     return jnp.where(t > 500, jnp.nan, reward(x, cond, None))
@@ -149,6 +151,7 @@ def mlp_problem(b=8, l=16, d=64, h=256):
   return params, mlp, rew, x_T, {"c": jnp.ones((b, h))}, {"c": jnp.zeros((b, h))}
 
 
+@pytest.mark.slow
 def test_batched_path_memory_grows_with_chunk_and_stays_flat_in_T():
   params, mlp, rew, x_T, cond, uncond = mlp_problem()
   sched, tx = schedules.make_schedule(), optax.adam(1e-3)
@@ -164,6 +167,7 @@ def test_batched_path_memory_grows_with_chunk_and_stays_flat_in_T():
 
 
 # --------------------------------------------------------------------------------------------- donation
+@pytest.mark.slow
 @pytest.mark.parametrize("method", finetune.METHODS)
 def test_every_method_donates_its_state_and_never_retraces(method):
   params, sched, x_T, cond, uncond = setup(jnp.float32)
@@ -193,6 +197,7 @@ def test_every_method_donates_its_state_and_never_retraces(method):
   assert not any(x.is_deleted() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over", [dict(), dict(grad_chunk=5), dict(sampler_variant="online")])
 def test_easytune_donation_saves_the_state_in_compiled_memory(over):
   """Donation removes the second copy of the optimizer state from the compiled total; the 'frozen' sampler
@@ -213,6 +218,7 @@ def test_easytune_donation_saves_the_state_in_compiled_memory(over):
   assert 0.99 * expected <= saving <= state_bytes
 
 
+@pytest.mark.slow
 def test_batched_path_donates_and_never_retraces():
   params, sched, x_T, cond, uncond = setup(jnp.float32)
   tx = make_optimizer(OptimConfig(learning_rate=1e-3))
@@ -229,6 +235,7 @@ def test_batched_path_donates_and_never_retraces():
 
 
 # --------------------------------------------------------------------------------------------- bfloat16
+@pytest.mark.slow
 @pytest.mark.parametrize("method,chunk", [("easytune", 1), ("easytune", 5), ("draft", 1), ("refl", 1)])
 def test_bfloat16_compute_path_finite_and_close_to_float32(method, chunk):
   params, sched, x_T, cond, uncond = setup(jnp.float32)
