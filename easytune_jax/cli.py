@@ -48,11 +48,15 @@ def define_config_flag(presets: Mapping[str, Callable[[], Any]], default: Option
   """Registers ``--config`` (a preset name of `presets` or a .py file with ``get_config()``; required when
   `default` is None); the ``--config.<field>=<value>`` overrides are read by :func:`run` and applied by
   :func:`get_config`."""
-  flags.disclaim_key_flags()   # --config belongs to the launcher that calls this function (listed by its --help)
+  flags.disclaim_key_flags()  # --config belongs to the launcher that calls this function (listed by its --help)
   flags.DEFINE_string(
-      "config", default, f"{help} A preset ({', '.join(presets)}) or a Python file whose get_config() returns the "
-      "config. Override any field with --config.<field>=<value> (nested: --config.optim.learning_rate=1e-4; "
-      "Optional: none; tuples: comma-separated).".strip(), required=default is None)
+    "config",
+    default,
+    f"{help} A preset ({', '.join(presets)}) or a Python file whose get_config() returns the "
+    "config. Override any field with --config.<field>=<value> (nested: --config.optim.learning_rate=1e-4; "
+    "Optional: none; tuples: comma-separated).".strip(),
+    required=default is None,
+  )
   _CONFIG.update(presets=dict(presets), default=default)
 
 
@@ -63,7 +67,7 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list, list]:
   while i < len(argv):
     arg = argv[i]
     if arg.startswith(CONFIG_PREFIX):
-      body = arg[len(CONFIG_PREFIX):]
+      body = arg[len(CONFIG_PREFIX) :]
       if "=" in body:
         key, text = body.split("=", 1)
       elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
@@ -97,8 +101,12 @@ def config_overrides() -> dict:
   return dict(_CONFIG["overrides"])
 
 
-def resolve_config(spec: str, overrides: Sequence[tuple] = (), presets: Optional[Mapping[str, Callable]] = None,
-                   default: Optional[str] = None):
+def resolve_config(
+  spec: str,
+  overrides: Sequence[tuple] = (),
+  presets: Optional[Mapping[str, Callable]] = None,
+  default: Optional[str] = None,
+):
   """The config named by `spec` (a preset of `presets` or a .py file with get_config()) with `overrides`
   ([(dotted key, text)]) applied; errors name the ``--config`` flag, the field and the expected type."""
   presets = dict(presets or {})
@@ -108,11 +116,12 @@ def resolve_config(spec: str, overrides: Sequence[tuple] = (), presets: Optional
     config = config_lib.load_config_file(spec)
     expected = type(presets[default]()) if default in presets else None
     if expected is not None and type(config) is not expected:
-      raise app.UsageError(f"--config={spec}: get_config() returned a {type(config).__name__}, expected a "
-                           f"{expected.__name__}")
+      raise app.UsageError(
+        f"--config={spec}: get_config() returned a {type(config).__name__}, expected a {expected.__name__}"
+      )
   else:
     raise app.UsageError(f"--config={spec!r}: expected a preset ({', '.join(presets)}) or a .py config file")
-  _CONFIG["paths"] = _class_paths(config)   # before the overrides: their errors name flags too
+  _CONFIG["paths"] = _class_paths(config)  # before the overrides: their errors name flags too
   return config_lib.apply_overrides(config, dict(overrides), prefix=CONFIG_PREFIX)
 
 
@@ -139,14 +148,19 @@ def _class_paths(config, prefix: str = "") -> dict:
 def define_flags(dataset: bool = True) -> None:
   """Registers --verbose (and --on_missing / --drop_nonfinite when the launcher reads a dataset) as key flags
   of the calling launcher, so that they are listed by its --help."""
-  flags.disclaim_key_flags()   # the flags below belong to the launcher that calls this function
+  flags.disclaim_key_flags()  # the flags below belong to the launcher that calls this function
   flags.DEFINE_bool("verbose", False, "On an error, print the full traceback instead of one line.")
   if dataset:
-    flags.DEFINE_enum("on_missing", "error", ["error", "skip"],
-                      "Dataset ids without a feature or caption file, or with an empty caption file: 'error' "
-                      "stops and names the file; 'skip' skips them (counted and logged).")
-    flags.DEFINE_bool("drop_nonfinite", False, "Drop dataset feature files holding NaN/inf (counted and logged) "
-                      "instead of stopping.")
+    flags.DEFINE_enum(
+      "on_missing",
+      "error",
+      ["error", "skip"],
+      "Dataset ids without a feature or caption file, or with an empty caption file: 'error' "
+      "stops and names the file; 'skip' skips them (counted and logged).",
+    )
+    flags.DEFINE_bool(
+      "drop_nonfinite", False, "Drop dataset feature files holding NaN/inf (counted and logged) instead of stopping."
+    )
 
 
 def _flag_value(name: str):
@@ -222,13 +236,14 @@ def flagify(message: str, aliases: Optional[Mapping[str, str]] = None) -> str:
       if name and name in FLAGS and FLAGS[name].name == name:
         return f"--{name} ({m.group(0)})"
     return m.group(0)
+
   return _CONFIG_FIELD.sub(sub, message)
 
 
 def one_line(e: BaseException, aliases: Optional[Mapping[str, str]] = None) -> str:
   """The message of `e` on one line, config fields turned into flags."""
   msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-  msg = " ".join(str(msg).split())   # newlines and runs of spaces -> one space
+  msg = " ".join(str(msg).split())  # newlines and runs of spaces -> one space
   if not isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, KeyError, app.UsageError)) or not msg:
     msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
   return flagify(msg, aliases)
@@ -238,8 +253,14 @@ def _debugging() -> bool:
   return any(n in FLAGS and FLAGS[n].value for n in ("verbose", "pdb_post_mortem", "run_with_pdb"))
 
 
-def wrap(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] = (), files: Sequence[str] = (),
-         aliases: Optional[Mapping[str, str]] = None) -> Callable:
+def wrap(
+  main: Callable,
+  *,
+  outputs: Sequence[str] = (),
+  inputs: Sequence[str] = (),
+  files: Sequence[str] = (),
+  aliases: Optional[Mapping[str, str]] = None,
+) -> Callable:
   """`main` with the behaviour of the module docstring (see :func:`run`)."""
 
   def wrapped(argv):
@@ -268,8 +289,14 @@ def wrap(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] =
   return wrapped
 
 
-def run(main: Callable, *, outputs: Sequence[str] = (), inputs: Sequence[str] = (), files: Sequence[str] = (),
-        aliases: Optional[Mapping[str, str]] = None) -> None:
+def run(
+  main: Callable,
+  *,
+  outputs: Sequence[str] = (),
+  inputs: Sequence[str] = (),
+  files: Sequence[str] = (),
+  aliases: Optional[Mapping[str, str]] = None,
+) -> None:
   """`app.run(main)` with one-line errors and the input / output checks of the module docstring.
 
   Args:

@@ -23,14 +23,16 @@ from easytune_jax.bundles import official_generator
 
 FLAGS = flags.FLAGS
 cli.define_flags(dataset=False)
-flags.DEFINE_string("checkpoint", None, "Official MLD .ckpt (torch.save zip with state_dict vae.* / denoiser.*).",
-                    required=True)
+flags.DEFINE_string(
+  "checkpoint", None, "Official MLD .ckpt (torch.save zip with state_dict vae.* / denoiser.*).", required=True
+)
 flags.DEFINE_string("out", None, "Generator work directory to create.", required=True)
 flags.DEFINE_string("mean", None, "Dataset Mean.npy the features are normalised with.", required=True)
 flags.DEFINE_string("std", None, "Dataset Std.npy.", required=True)
 flags.DEFINE_string("text_embeddings", None, "Sentence-embeddings .npz ([N, 1, text_dim], with caption '').")
-flags.DEFINE_string("sentence_t5_dir", None, "sentence-transformers sentence-t5-large folder (encode captions on "
-                    "the fly).")
+flags.DEFINE_string(
+  "sentence_t5_dir", None, "sentence-transformers sentence-t5-large folder (encode captions on the fly)."
+)
 flags.DEFINE_string("null_text", None, ".npy [text_dim]: embedding of '' (when the .npz lacks it).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
 cli.define_config_flag(presets.MLD_PRESETS, "official", "The OfficialMLDConversion (easytune_jax/configs/convert.py).")
@@ -40,11 +42,24 @@ def main(argv):
   del argv
   cfg = cli.get_config()
   meta = official_generator.write_official_generator(
-      FLAGS.checkpoint, FLAGS.out, FLAGS.mean, FLAGS.std, text_embeddings=FLAGS.text_embeddings,
-      null_text=FLAGS.null_text, num_heads=cfg.num_heads, overwrite=FLAGS.overwrite, max_length=cfg.max_length,
-      sentence_t5=FLAGS.sentence_t5_dir)
-  logging.info("wrote %s: VAE %d parameters, denoiser %d parameters, ignored groups %s", FLAGS.out,
-               meta["param_counts"]["vae"], meta["param_counts"]["denoiser"], meta["ignored"])
+    FLAGS.checkpoint,
+    FLAGS.out,
+    FLAGS.mean,
+    FLAGS.std,
+    text_embeddings=FLAGS.text_embeddings,
+    null_text=FLAGS.null_text,
+    num_heads=cfg.num_heads,
+    overwrite=FLAGS.overwrite,
+    max_length=cfg.max_length,
+    sentence_t5=FLAGS.sentence_t5_dir,
+  )
+  logging.info(
+    "wrote %s: VAE %d parameters, denoiser %d parameters, ignored groups %s",
+    FLAGS.out,
+    meta["param_counts"]["vae"],
+    meta["param_counts"]["denoiser"],
+    meta["ignored"],
+  )
 
 
 if __name__ == "__main__":

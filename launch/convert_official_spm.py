@@ -18,8 +18,12 @@ from easytune_jax.train import reward
 
 FLAGS = flags.FLAGS
 cli.define_flags(dataset=False)
-flags.DEFINE_string("checkpoint", None, "Official SPM checkpoint (torch.save zip; its state_dict holds the SPM keys; "
-                    "clip.* keys are ignored).", required=True)
+flags.DEFINE_string(
+  "checkpoint",
+  None,
+  "Official SPM checkpoint (torch.save zip; its state_dict holds the SPM keys; clip.* keys are ignored).",
+  required=True,
+)
 flags.DEFINE_string("out", None, "Reward work directory to create (must not exist).", required=True)
 cli.define_config_flag(presets.SPM_PRESETS, "official", "The SPMConversion (easytune_jax/configs/convert.py).")
 

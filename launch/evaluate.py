@@ -32,10 +32,19 @@ from easytune_jax.train.finetune_runner import load_any_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "For fine-tuning workdirs in "
-                  "--generator_workdir: the final params or best/.")
-flags.DEFINE_list("generator_workdir", None, "Generator work directories (comma-separated): trained, converted "
-                  "official, or fine-tuning workdirs (launch/finetune.py).", required=True)
+flags.DEFINE_enum(
+  "finetune_which",
+  "final",
+  ["final", "best"],
+  "For fine-tuning workdirs in --generator_workdir: the final params or best/.",
+)
+flags.DEFINE_list(
+  "generator_workdir",
+  None,
+  "Generator work directories (comma-separated): trained, converted "
+  "official, or fine-tuning workdirs (launch/finetune.py).",
+  required=True,
+)
 flags.DEFINE_list("names", None, "Row names (default: the work directories' base names).")
 flags.DEFINE_string("evaluator_workdir", None, "Work directory of launch/train_evaluator.py.")
 flags.DEFINE_string("t2m_dir", None, "Official evaluator: folder with text_mot_match/model/finest.tar.")
@@ -43,71 +52,104 @@ flags.DEFINE_string("glove_dir", None, "Official evaluator: GloVe folder (our_va
 flags.DEFINE_string("evaluator_stats_dir", None, "Official evaluator: meta mean.npy/std.npy folder.")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", required=True)
 flags.DEFINE_string("out_dir", None, "Output folder for eval.json / eval.md.", required=True)
-flags.DEFINE_bool("force", False, "Recompute even when the inputs, flags and config equal those of the existing "
-                  "results.")
+flags.DEFINE_bool(
+  "force", False, "Recompute even when the inputs, flags and config equal those of the existing results."
+)
 cli.define_config_flag(presets.PRESETS, "paper", "The EvaluateConfig (easytune_jax/configs/evaluate.py).")
 cli.define_flags()
 
 
 def generate_fn_for(gen, guidance_scale: float, num_steps: int):
-    """Adapter to the protocol's (captions, pos_tokens, lengths, rng) -> dataset-normalised features."""
-    def generate(captions, pos_tokens, lengths, rng):
-        del pos_tokens
-        feats, _ = gen.generate(captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps,
-                                normalized=True)
-        return feats
-    return generate
+  """Adapter to the protocol's (captions, pos_tokens, lengths, rng) -> dataset-normalised features."""
+
+  def generate(captions, pos_tokens, lengths, rng):
+    del pos_tokens
+    feats, _ = gen.generate(captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps, normalized=True)
+    return feats
+
+  return generate
 
 
 def main(argv):
-    del argv
-    quiet_library_logs()
+  del argv
+  quiet_library_logs()
 
-    config = cli.get_config()
-    settings = {n: FLAGS[n].value for n in ("generator_workdir", "finetune_which", "names", "evaluator_workdir",
-                                             "t2m_dir", "glove_dir", "evaluator_stats_dir", "data_dir", "on_missing",
-                                             "drop_nonfinite")}
-    settings["config"] = config_to_dict(config)
-    inputs = [*FLAGS.generator_workdir, FLAGS.data_dir] + [
-        d for d in (FLAGS.evaluator_workdir, FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir) if d]
-    key = rerun.settings_key(settings=settings, inputs=rerun.fingerprint(inputs))
-    outputs = [os.path.join(FLAGS.out_dir, f) for f in ("eval.json", "eval.md")]
-    manifest = rerun.Manifest(FLAGS.out_dir)
-    entry = None if FLAGS.force else manifest.lookup("evaluate", key, outputs)
-    if entry is not None:
-        logging.info("inputs and flags unchanged since %s: printing the existing results (--force recomputes)",
-                     entry["time"])
-        print(open(outputs[1]).read())
-        return
-    t0 = time.time()
-    test = load_dataset(FLAGS.data_dir, config.split)
-    if FLAGS.t2m_dir:
-        evaluator = load_official_evaluator(FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir,
-                                               dataset_mean=test.mean, dataset_std=test.std,
-                                               kind="t2m" if test.info.dim == 263 else "kit")
-    elif FLAGS.evaluator_workdir:
-        evaluator = load_trained_evaluator(FLAGS.evaluator_workdir).with_dataset_stats(test.mean, test.std)
-    else:
-        raise app.UsageError("pass --evaluator_workdir or --t2m_dir/--glove_dir/--evaluator_stats_dir")
-    names = FLAGS.names or [os.path.basename(os.path.normpath(w)) for w in FLAGS.generator_workdir]
-    if len(names) != len(FLAGS.generator_workdir):
-        raise app.UsageError(f"--names: expected {len(FLAGS.generator_workdir)} names, found {len(names)}")
-    results = []
-    for name, workdir in zip(names, FLAGS.generator_workdir):
-        gen = load_any_generator(workdir, FLAGS.finetune_which)
-        evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
-        res = E.evaluate(generate_fn_for(gen, config.guidance_scale, config.num_steps), evaluator, test,
-                         replications=config.replications, batch_size=config.batch_size,
-                         max_length=min(gen.max_length, evaluator.max_length), mm=config.mm, seed=config.seed,
-                         quick=config.quick, method=name, progress=True)
-        results.append(res)
-        logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
-    paths = E.write_results(results, FLAGS.out_dir)
-    manifest.record("evaluate", key, outputs, paths, time.time() - t0)
-    print(open(paths["markdown"]).read())
-    logging.info("wrote %s", paths)
+  config = cli.get_config()
+  settings = {
+    n: FLAGS[n].value
+    for n in (
+      "generator_workdir",
+      "finetune_which",
+      "names",
+      "evaluator_workdir",
+      "t2m_dir",
+      "glove_dir",
+      "evaluator_stats_dir",
+      "data_dir",
+      "on_missing",
+      "drop_nonfinite",
+    )
+  }
+  settings["config"] = config_to_dict(config)
+  inputs = [*FLAGS.generator_workdir, FLAGS.data_dir] + [
+    d for d in (FLAGS.evaluator_workdir, FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir) if d
+  ]
+  key = rerun.settings_key(settings=settings, inputs=rerun.fingerprint(inputs))
+  outputs = [os.path.join(FLAGS.out_dir, f) for f in ("eval.json", "eval.md")]
+  manifest = rerun.Manifest(FLAGS.out_dir)
+  entry = None if FLAGS.force else manifest.lookup("evaluate", key, outputs)
+  if entry is not None:
+    logging.info(
+      "inputs and flags unchanged since %s: printing the existing results (--force recomputes)", entry["time"]
+    )
+    print(open(outputs[1]).read())
+    return
+  t0 = time.time()
+  test = load_dataset(FLAGS.data_dir, config.split)
+  if FLAGS.t2m_dir:
+    evaluator = load_official_evaluator(
+      FLAGS.t2m_dir,
+      FLAGS.glove_dir,
+      FLAGS.evaluator_stats_dir,
+      dataset_mean=test.mean,
+      dataset_std=test.std,
+      kind="t2m" if test.info.dim == 263 else "kit",
+    )
+  elif FLAGS.evaluator_workdir:
+    evaluator = load_trained_evaluator(FLAGS.evaluator_workdir).with_dataset_stats(test.mean, test.std)
+  else:
+    raise app.UsageError("pass --evaluator_workdir or --t2m_dir/--glove_dir/--evaluator_stats_dir")
+  names = FLAGS.names or [os.path.basename(os.path.normpath(w)) for w in FLAGS.generator_workdir]
+  if len(names) != len(FLAGS.generator_workdir):
+    raise app.UsageError(f"--names: expected {len(FLAGS.generator_workdir)} names, found {len(names)}")
+  results = []
+  for name, workdir in zip(names, FLAGS.generator_workdir):
+    gen = load_any_generator(workdir, FLAGS.finetune_which)
+    evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
+    res = E.evaluate(
+      generate_fn_for(gen, config.guidance_scale, config.num_steps),
+      evaluator,
+      test,
+      replications=config.replications,
+      batch_size=config.batch_size,
+      max_length=min(gen.max_length, evaluator.max_length),
+      mm=config.mm,
+      seed=config.seed,
+      quick=config.quick,
+      method=name,
+      progress=True,
+    )
+    results.append(res)
+    logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
+  paths = E.write_results(results, FLAGS.out_dir)
+  manifest.record("evaluate", key, outputs, paths, time.time() - t0)
+  print(open(paths["markdown"]).read())
+  logging.info("wrote %s", paths)
 
 
 if __name__ == "__main__":
-    cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "evaluator_workdir", "t2m_dir", "glove_dir",
-                       "evaluator_stats_dir", "data_dir"))
+  cli.run(
+    main,
+    outputs=("out_dir",),
+    inputs=("generator_workdir", "evaluator_workdir", "t2m_dir", "glove_dir", "evaluator_stats_dir", "data_dir"),
+  )

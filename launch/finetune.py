@@ -32,8 +32,12 @@ from easytune_jax.train import finetune_runner
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output / resume directory.", required=True)
 flags.DEFINE_string("generator_workdir", None, "Work directory of launch/train_base.py.", required=True)
-flags.DEFINE_string("reward_workdir", None, "Reward model: a workdir of launch/train_reward.py or a converted "
-                    "official SPM (train.reward.convert_spm_checkpoint).")
+flags.DEFINE_string(
+  "reward_workdir",
+  None,
+  "Reward model: a workdir of launch/train_reward.py or a converted "
+  "official SPM (train.reward.convert_spm_checkpoint).",
+)
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train captions, val held-out).", required=True)
 flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator: quick R-precision/FID/MM-Dist at evals.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The run's RunConfig (easytune_jax/configs/finetune.py).")
@@ -46,9 +50,15 @@ def main(argv):
   quiet_library_logs()
   config = cli.get_config()
   mesh = parallel.setup_from_flags()
-  summary = finetune_runner.run_finetune(config, FLAGS.workdir, FLAGS.generator_workdir, FLAGS.reward_workdir,
-                                         FLAGS.data_dir, FLAGS.evaluator_workdir,
-                                         mesh=mesh if mesh.devices.size > 1 else None)
+  summary = finetune_runner.run_finetune(
+    config,
+    FLAGS.workdir,
+    FLAGS.generator_workdir,
+    FLAGS.reward_workdir,
+    FLAGS.data_dir,
+    FLAGS.evaluator_workdir,
+    mesh=mesh if mesh.devices.size > 1 else None,
+  )
   print(json.dumps(summary, indent=2))
 
 

@@ -31,12 +31,19 @@ from easytune_jax.train.finetune_runner import load_finetuned_generator
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", None, "A caption (repeat the flag for several).")
 flags.DEFINE_string("text_file", None, "Text file with one caption per line.")
-flags.DEFINE_string("generator_workdir", None, "Generator workdir: trained (launch/train_base.py) or converted "
-                    "official (launch/convert_official_mld.py).")
+flags.DEFINE_string(
+  "generator_workdir",
+  None,
+  "Generator workdir: trained (launch/train_base.py) or converted official (launch/convert_official_mld.py).",
+)
 flags.DEFINE_string("finetune_workdir", None, "A launch/finetune.py run: its base generator with fine-tuned params.")
 flags.DEFINE_enum("finetune_which", "final", ["final", "best"], "Which fine-tuned params.")
-flags.DEFINE_string("sentence_t5_dir", None, "Official MLD only: encode captions with this sentence-t5-large folder "
-                    "(instead of the one recorded at conversion, or the precomputed .npz).")
+flags.DEFINE_string(
+  "sentence_t5_dir",
+  None,
+  "Official MLD only: encode captions with this sentence-t5-large folder "
+  "(instead of the one recorded at conversion, or the precomputed .npz).",
+)
 flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 cli.define_config_flag(presets.PRESETS, "paper", "The GenerateConfig (easytune_jax/configs/generate.py).")
@@ -68,10 +75,19 @@ def main(argv):
   manifest = export.generate_to_files(gen, texts, FLAGS.out_dir, cfg, progress=FLAGS.progress)
   for note in manifest["notes"]:
     logging.warning("%s", note)
-  logging.info("wrote %d motions to %s (sampling %s s per batch, writing %.1f s)", len(texts), FLAGS.out_dir,
-               manifest["timing"]["sample_s"], manifest["timing"]["write_s"])
+  logging.info(
+    "wrote %d motions to %s (sampling %s s per batch, writing %.1f s)",
+    len(texts),
+    FLAGS.out_dir,
+    manifest["timing"]["sample_s"],
+    manifest["timing"]["write_s"],
+  )
 
 
 if __name__ == "__main__":
-  cli.run(main, outputs=("out_dir",), inputs=("generator_workdir", "finetune_workdir", "sentence_t5_dir"),
-          files=("text_file",))
+  cli.run(
+    main,
+    outputs=("out_dir",),
+    inputs=("generator_workdir", "finetune_workdir", "sentence_t5_dir"),
+    files=("text_file",),
+  )

@@ -29,10 +29,10 @@ def main(argv):
   del argv
   quiet_library_logs()
   result = gpu.run_gpu_benchmark(cli.get_config(), FLAGS.out_dir)
-  logging.info("gpu benchmark: %.0f s, %d records, skipped %s", result["seconds"], len(result["records"]),
-               result["skipped"])
-  print(json.dumps({"summary": result["summary"], "outputs": benchmark.write_outputs(result, FLAGS.out_dir)},
-                   indent=2))
+  logging.info(
+    "gpu benchmark: %.0f s, %d records, skipped %s", result["seconds"], len(result["records"]), result["skipped"]
+  )
+  print(json.dumps({"summary": result["summary"], "outputs": benchmark.write_outputs(result, FLAGS.out_dir)}, indent=2))
 
 
 if __name__ == "__main__":

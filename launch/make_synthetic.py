@@ -24,18 +24,25 @@ cli.define_flags(dataset=False)
 
 
 def main(argv):
-    del argv
-    t0 = time.time()
-    cfg = cli.get_config()
-    meta = synthetic.write_synthetic_dataset(
-        FLAGS.out_dir, cfg.num_motions, cfg.seed, min_len=cfg.min_len, max_len=cfg.max_len, mirror=cfg.mirror,
-        subclip_fraction=cfg.subclip_fraction)
-    logging.info("wrote %d motions to %s in %.1f s; splits %s", len(meta["motions"]), FLAGS.out_dir,
-                 time.time() - t0, meta["splits"])
-    if FLAGS.preview:
-        synthetic.write_preview(FLAGS.out_dir, FLAGS.preview, [f"{i:06d}" for i in range(min(6, cfg.num_motions))])
-        logging.info("preview: %s", os.path.abspath(FLAGS.preview))
+  del argv
+  t0 = time.time()
+  cfg = cli.get_config()
+  meta = synthetic.write_synthetic_dataset(
+    FLAGS.out_dir,
+    cfg.num_motions,
+    cfg.seed,
+    min_len=cfg.min_len,
+    max_len=cfg.max_len,
+    mirror=cfg.mirror,
+    subclip_fraction=cfg.subclip_fraction,
+  )
+  logging.info(
+    "wrote %d motions to %s in %.1f s; splits %s", len(meta["motions"]), FLAGS.out_dir, time.time() - t0, meta["splits"]
+  )
+  if FLAGS.preview:
+    synthetic.write_preview(FLAGS.out_dir, FLAGS.preview, [f"{i:06d}" for i in range(min(6, cfg.num_motions))])
+    logging.info("preview: %s", os.path.abspath(FLAGS.preview))
 
 
 if __name__ == "__main__":
-    cli.run(main, outputs=("out_dir",), inputs=())
+  cli.run(main, outputs=("out_dir",), inputs=())

@@ -20,10 +20,15 @@ from easytune_jax.configs import official_memory as presets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", None, "Where benchmark.json and README.md go.", required=True)
-flags.DEFINE_string("previous", om.PREVIOUS, "Earlier benchmark.json whose memory records are shown beside "
-                    "('' for none).")
-flags.DEFINE_string("work_dir", None, "Where the random checkpoints and converted workdirs go (must not hold "
-                    "them yet); default a temporary folder removed at the end.")
+flags.DEFINE_string(
+  "previous", om.PREVIOUS, "Earlier benchmark.json whose memory records are shown beside ('' for none)."
+)
+flags.DEFINE_string(
+  "work_dir",
+  None,
+  "Where the random checkpoints and converted workdirs go (must not hold "
+  "them yet); default a temporary folder removed at the end.",
+)
 cli.define_config_flag(presets.PRESETS, "paper", "The OfficialMemoryConfig (easytune_jax/configs/official_memory.py).")
 cli.define_flags(dataset=False)
 

@@ -26,8 +26,9 @@ from easytune_jax.data.humanml3d import parse_text_file, read_split
 from easytune_jax.data.text import precompute_text_embeddings
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "sentence-transformers folder (sentence-t5-large) or HF CLIP folder.",
-                    required=True)
+flags.DEFINE_string(
+  "model_dir", None, "sentence-transformers folder (sentence-t5-large) or HF CLIP folder.", required=True
+)
 flags.DEFINE_string("captions_file", None, "Text file with one caption per line.")
 flags.DEFINE_string("dataset_dir", None, "HumanML3D-layout folder: captions of texts/<id>.txt for the ids in --splits.")
 flags.DEFINE_list("splits", ["train", "val", "test"], "Splits of --dataset_dir.")
@@ -67,8 +68,9 @@ def main(argv):
     model = load_clip_text(FLAGS.model_dir)
   encode = functools.partial(model.embeddings, output=cfg.output, batch_size=cfg.batch_size)
   n = precompute_text_embeddings(FLAGS.out, captions, encode, batch_size=cfg.batch_size, progress=True)
-  logging.info("wrote %d unique captions (%s %s) to %s in %.1f s", n, cfg.encoder, cfg.output, FLAGS.out,
-               time.time() - t0)
+  logging.info(
+    "wrote %d unique captions (%s %s) to %s in %.1f s", n, cfg.encoder, cfg.output, FLAGS.out, time.time() - t0
+  )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.train import evaluator as te
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Output folder (checkpoints, vocab.json, mean.npy/std.npy, metrics).",
-                    required=True)
+flags.DEFINE_string(
+  "workdir", None, "Output folder (checkpoints, vocab.json, mean.npy/std.npy, metrics).", required=True
+)
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", required=True)
 cli.define_config_flag(presets.PRESETS, "tiny", "The EvaluatorTrainConfig (easytune_jax/configs/evaluator.py).")
 parallel.define_flags()
@@ -36,8 +37,9 @@ def main(argv):
   config = cli.get_config()
   mesh = parallel.setup_from_flags()
   out = te.train_evaluator(config, FLAGS.workdir, FLAGS.data_dir, mesh=mesh if mesh.devices.size > 1 else None)
-  logging.info("evaluator trained: %d steps in %.1f s; validation %s", out["steps"], out["seconds"],
-               json.dumps(out["val"]))
+  logging.info(
+    "evaluator trained: %d steps in %.1f s; validation %s", out["steps"], out["seconds"], json.dumps(out["val"])
+  )
 
 
 if __name__ == "__main__":

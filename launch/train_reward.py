@@ -56,12 +56,23 @@ def main(argv):
   emb = TextEmbeddings(FLAGS.text_embeddings) if FLAGS.text_embeddings else None
   # --init_from replaces the architecture by the checkpoint's; an explicit mode still applies on top of it.
   mode = config.model.mode if "model.mode" in cli.config_overrides() else None
-  result = train_reward(config, FLAGS.workdir, train, mode=mode, spl=FLAGS.spl, init_from=FLAGS.init_from,
-                        text_embeddings=emb, eval_dataset=evaluation, mesh=mesh if mesh.devices.size > 1 else None)
+  result = train_reward(
+    config,
+    FLAGS.workdir,
+    train,
+    mode=mode,
+    spl=FLAGS.spl,
+    init_from=FLAGS.init_from,
+    text_embeddings=emb,
+    eval_dataset=evaluation,
+    mesh=mesh if mesh.devices.size > 1 else None,
+  )
   logging.info("trained %d steps in %.1f s -> %s", result["steps"], result["train_seconds"], FLAGS.workdir)
   if result["retrieval"]:
-    short = {k: {m: round(v, 2) for m, v in d.items() if m in ("t2m/R@1", "t2m/R@3", "t2m/MedR")}
-             for k, d in result["retrieval"].items()}
+    short = {
+      k: {m: round(v, 2) for m, v in d.items() if m in ("t2m/R@1", "t2m/R@3", "t2m/MedR")}
+      for k, d in result["retrieval"].items()
+    }
     logging.info("retrieval: %s", json.dumps(short))
 
 

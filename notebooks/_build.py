@@ -36,22 +36,26 @@ BRANCH = "main"
 # Estimates, not measured on Colab: scaled from the 2-core CPU runs of this repository (Colab's CPU runtime
 # has 2 cores); on a GPU runtime compilation dominates.
 RUN_TIME = {
-    "01_quickstart": "about 10 minutes on a Colab CPU runtime, about 4 minutes on a GPU runtime",
-    "02_step_aware_gradients": "about 3 minutes on a Colab CPU runtime, about 2 minutes on a GPU runtime",
-    "03_reward_model_spl": "about 8 minutes on a Colab CPU runtime, about 3 minutes on a GPU runtime",
+  "01_quickstart": "about 10 minutes on a Colab CPU runtime, about 4 minutes on a GPU runtime",
+  "02_step_aware_gradients": "about 3 minutes on a Colab CPU runtime, about 2 minutes on a GPU runtime",
+  "03_reward_model_spl": "about 8 minutes on a Colab CPU runtime, about 3 minutes on a GPU runtime",
 }
 
 
 def badge(name: str, title: str, intro: str) -> str:
   url = f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/{name}.ipynb"
-  text = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})\n\n"
-          f"# {title}\n\n{intro}\n\n"
-          f"**Run time** (estimate, not measured on Colab): {RUN_TIME[name]}, mostly compilation and the small "
-          "training runs.")
+  text = (
+    f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})\n\n"
+    f"# {title}\n\n{intro}\n\n"
+    f"**Run time** (estimate, not measured on Colab): {RUN_TIME[name]}, mostly compilation and the small "
+    "training runs."
+  )
   if REPO == PLACEHOLDER:
-    text += ("\n\n_`OWNER` in the badge is a placeholder: the notebooks are regenerated for the published "
-             "repository with `python notebooks/_build.py --repo owner/name`; until then set `EASYTUNE_SOURCE` "
-             "in the install cell to a wheel or a local checkout._")
+    text += (
+      "\n\n_`OWNER` in the badge is a placeholder: the notebooks are regenerated for the published "
+      "repository with `python notebooks/_build.py --repo owner/name`; until then set `EASYTUNE_SOURCE` "
+      "in the install cell to a wheel or a local checkout._"
+    )
   return text
 
 
@@ -89,7 +93,7 @@ print(f"jax {{jax.__version__}} on {{jax.default_backend()}}; SMALL={{SMALL}}; P
 '''
 
 
-PIPELINE_DIRS = '''\
+PIPELINE_DIRS = """\
 from easytune_jax.pipelines import quickstart as qs
 
 # Stage sizes when the notebook trains its own pipeline (SMALL: seconds; otherwise a few CPU minutes).
@@ -109,25 +113,34 @@ else:
         out = fn(QS, ROOT, *args)
         print(f"stage {name}: {time.time() - t:.0f} s -> {out}")
         return out
-'''
+"""
 
 
 def nb01() -> nbformat.NotebookNode:
   cells = [
-      new_markdown_cell(badge(
-          "01_quickstart", "easytune_jax quickstart: data, base model, reward, EasyTune, metrics",
-          "The whole pipeline on a CPU in a few minutes: a synthetic HumanML3D-format dataset, a tiny latent "
-          "diffusion text-to-motion generator, the step-aware reward model (SPM), EasyTune fine-tuning, the "
-          "standard T2M metrics and side-by-side animations of the base and the fine-tuned generator.")),
-      new_code_cell(install_cell()),
-      new_code_cell(settings("01_quickstart")),
-      new_markdown_cell("## 1. Data\n\nA synthetic dataset in the HumanML3D layout (263-d features, 22 joints, "
-                        "captions with POS tags). Set `QS = qs.QuickstartConfig(data_dir=...)` to use the real "
-                        "HumanML3D folder instead."),
-      new_code_cell(PIPELINE_DIRS + '''
+    new_markdown_cell(
+      badge(
+        "01_quickstart",
+        "easytune_jax quickstart: data, base model, reward, EasyTune, metrics",
+        "The whole pipeline on a CPU in a few minutes: a synthetic HumanML3D-format dataset, a tiny latent "
+        "diffusion text-to-motion generator, the step-aware reward model (SPM), EasyTune fine-tuning, the "
+        "standard T2M metrics and side-by-side animations of the base and the fine-tuned generator.",
+      )
+    ),
+    new_code_cell(install_cell()),
+    new_code_cell(settings("01_quickstart")),
+    new_markdown_cell(
+      "## 1. Data\n\nA synthetic dataset in the HumanML3D layout (263-d features, 22 joints, "
+      "captions with POS tags). Set `QS = qs.QuickstartConfig(data_dir=...)` to use the real "
+      "HumanML3D folder instead."
+    ),
+    new_code_cell(
+      PIPELINE_DIRS
+      + """
 data_dir = stage_dir("data", qs.stage_data)
-'''),
-      new_code_cell('''\
+"""
+    ),
+    new_code_cell("""\
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data import features
 from easytune_jax.data.preview import plot_motion_strips
@@ -144,22 +157,26 @@ joints = [np.asarray(features.recover_from_ric(e.motion, train.info.joints_num))
 strip_png = str(OUT / "motion_strips.png")
 plot_motion_strips(joints, [e.captions[0][0] for e in shown], strip_png, num_poses=6)
 display(Image(filename=strip_png))
-'''),
-      new_markdown_cell("## 2. Base generator\n\nA VAE (motion -> latent) and a latent denoiser with a small "
-                        "text encoder, trained with the standard diffusion loss (`easytune_jax.train.base`)."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 2. Base generator\n\nA VAE (motion -> latent) and a latent denoiser with a small "
+      "text encoder, trained with the standard diffusion loss (`easytune_jax.train.base`)."
+    ),
+    new_code_cell("""\
 from easytune_jax.bundles import generator
 
 gen_dir = stage_dir("base", qs.stage_base, data_dir)
 base_gen = generator.load_generator(gen_dir)
 n_params = sum(x.size for x in jax.tree.leaves(base_gen.params))
 print(f"denoiser + text encoder parameters: {n_params:,}; max_length {base_gen.max_length} frames")
-'''),
-      new_markdown_cell("## 3. Reward model (SPM) and evaluator\n\nThe step-aware reward model scores a "
-                        "(possibly noisy) motion against its caption; it was pretrained contrastively and "
-                        "refined with self-refinement preference learning (SPL, see notebook 03). The "
-                        "evaluator is a separate T2M-style text/motion encoder used only for the metrics."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 3. Reward model (SPM) and evaluator\n\nThe step-aware reward model scores a "
+      "(possibly noisy) motion against its caption; it was pretrained contrastively and "
+      "refined with self-refinement preference learning (SPL, see notebook 03). The "
+      "evaluator is a separate T2M-style text/motion encoder used only for the metrics."
+    ),
+    new_code_cell("""\
 import json
 from easytune_jax.train import reward as R
 
@@ -169,12 +186,14 @@ meta = R.read_reward_metadata(reward_dir)
 print("reward model:", meta["stage"], "stage,", meta["train"]["model"]["mode"], "mode")
 if (pathlib.Path(reward_dir) / "retrieval.json").exists():
     print(json.dumps(json.loads((pathlib.Path(reward_dir) / "retrieval.json").read_text()), indent=1)[:600])
-'''),
-      new_markdown_cell("## 4. EasyTune fine-tuning\n\nEach trajectory of T DDIM steps gives T optimizer "
-                        "updates: at step i the loss is minus the reward of the one-step clean estimate "
-                        "x0_hat_i, differentiated through that step only (the chain continues without "
-                        "gradient), so memory does not grow with T."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 4. EasyTune fine-tuning\n\nEach trajectory of T DDIM steps gives T optimizer "
+      "updates: at step i the loss is minus the reward of the one-step clean estimate "
+      "x0_hat_i, differentiated through that step only (the chain continues without "
+      "gradient), so memory does not grow with T."
+    ),
+    new_code_cell("""\
 from easytune_jax import finetune
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
@@ -192,8 +211,8 @@ ft_dir = str(OUT / "finetune_easytune")
 summary = fr.run_finetune(run, ft_dir, gen_dir, reward_dir, data_dir, progress=False)
 print(f"{summary['updates']} updates in {summary['seconds']:.0f} s; held-out reward "
       f"{summary['base_heldout_reward']:.4f} -> {summary['final_heldout_reward']:.4f}")
-'''),
-      new_code_cell('''\
+"""),
+    new_code_cell("""\
 from easytune_jax import viz
 
 rows = read_metrics(ft_dir)
@@ -205,11 +224,13 @@ if held:
 curve_png = viz.plot_curves(curves, str(OUT / "reward_curve.png"), title="EasyTune", xlabel="trajectory",
                             ylabel="SPM reward")
 display(Image(filename=curve_png))
-'''),
-      new_markdown_cell("## 5. Metrics\n\nR-precision, FID, matching score and diversity with the separate "
-                        "evaluator (`quick=True`: 2 replications, no multimodality; the full protocol is "
-                        "`evaluate(..., replications=20)`), base vs fine-tuned, plus the mean SPM reward."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 5. Metrics\n\nR-precision, FID, matching score and diversity with the separate "
+      "evaluator (`quick=True`: 2 replications, no multimodality; the full protocol is "
+      "`evaluate(..., replications=20)`), base vs fine-tuned, plus the mean SPM reward."
+    ),
+    new_code_cell("""\
 from easytune_jax.eval import evaluation
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
@@ -233,10 +254,11 @@ for name, gen in [("base", base_gen), ("easytune", tuned_gen)]:
                                        max_length=max_len, method=name, reward_fn=r))
 paths = evaluation.write_results(results, str(OUT / "eval"))
 display(Markdown(pathlib.Path(paths["markdown"]).read_text()))
-'''),
-      new_markdown_cell("## 6. Animations\n\nThe same caption and the same initial noise through the base and "
-                        "the fine-tuned generator."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 6. Animations\n\nThe same caption and the same initial noise through the base and the fine-tuned generator."
+    ),
+    new_code_cell("""\
 gifs = []
 for i, entry in enumerate(test.entries[:1 if SMALL else 2]):
     caption = entry.captions[0][0]
@@ -247,23 +269,27 @@ for i, entry in enumerate(test.entries[:1 if SMALL else 2]):
 for path in gifs:
     display(Image(filename=path))
 print(f"notebook time {time.time() - T0:.0f} s")
-'''),
+"""),
   ]
   return new_notebook(cells=cells, metadata=META)
 
 
 def nb02() -> nbformat.NotebookNode:
   cells = [
-      new_markdown_cell(badge(
-          "02_step_aware_gradients", "Step-aware gradients: why EasyTune's memory does not grow with T",
-          "DRaFT-style fine-tuning backpropagates the reward through the whole denoising chain: step i's "
-          "gradient depends recursively on every later step, and autodiff stores the residuals of all of "
-          "them. EasyTune optimises each step on its own (the reward of the step's clean estimate, the "
-          "step's input detached). This notebook makes both visible with the model-agnostic builders of "
-          "`easytune_jax.finetune`, a small MLP denoiser and a quadratic reward (seconds on a CPU).")),
-      new_code_cell(install_cell()),
-      new_code_cell(settings("02_step_aware_gradients")),
-      new_code_cell('''\
+    new_markdown_cell(
+      badge(
+        "02_step_aware_gradients",
+        "Step-aware gradients: why EasyTune's memory does not grow with T",
+        "DRaFT-style fine-tuning backpropagates the reward through the whole denoising chain: step i's "
+        "gradient depends recursively on every later step, and autodiff stores the residuals of all of "
+        "them. EasyTune optimises each step on its own (the reward of the step's clean estimate, the "
+        "step's input detached). This notebook makes both visible with the model-agnostic builders of "
+        "`easytune_jax.finetune`, a small MLP denoiser and a quadratic reward (seconds on a CPU).",
+      )
+    ),
+    new_code_cell(install_cell()),
+    new_code_cell(settings("02_step_aware_gradients")),
+    new_code_cell('''\
 import jax.numpy as jnp
 import matplotlib
 matplotlib.use("Agg")
@@ -301,14 +327,16 @@ cond = {"c": jax.random.normal(key_c, (B, D))}
 uncond = {"c": jnp.zeros((B, D))}
 x_T = jax.random.normal(key_x, (B, D))
 '''),
-      new_markdown_cell("## 1. Gradient norm per step index\n\n**DRaFT-T** (gradient through all T steps): "
-                        "we give every step its own copy of the parameters (`stacked[i]` is used at step i, all "
-                        "copies equal), run the library's DRaFT loss with `k=T` and take one `jax.grad` w.r.t. "
-                        "the stack: row i is step i's contribution to the full-backprop gradient, which "
-                        "carries the product of the Jacobians of all later steps.\n\n**EasyTune**: the "
-                        "`grad_norm_per_step` metric of one update (frozen sampler: every step's gradient is "
-                        "taken at the same parameters, so the rows are comparable)."),
-      new_code_cell('''\
+    new_markdown_cell(
+      "## 1. Gradient norm per step index\n\n**DRaFT-T** (gradient through all T steps): "
+      "we give every step its own copy of the parameters (`stacked[i]` is used at step i, all "
+      "copies equal), run the library's DRaFT loss with `k=T` and take one `jax.grad` w.r.t. "
+      "the stack: row i is step i's contribution to the full-backprop gradient, which "
+      "carries the product of the Jacobians of all later steps.\n\n**EasyTune**: the "
+      "`grad_norm_per_step` metric of one update (frozen sampler: every step's gradient is "
+      "taken at the same parameters, so the rows are comparable)."
+    ),
+    new_code_cell('''\
 def per_step_denoise(timesteps):
     """A denoiser whose params are stacked per step: step i (found from its timestep) uses stack[i]."""
     def denoise(stack, x, t, cond):
@@ -347,12 +375,14 @@ display(Image(filename=grad_png))
 print("DRaFT-T per-step norms:", np.round(draft_norms, 5))
 print("EasyTune per-step norms:", np.round(easytune_norms, 5))
 '''),
-      new_markdown_cell("## 2. Compiled memory vs T\n\nXLA's memory analysis of one jitted update "
-                        "(`finetune.compiled_memory`): deterministic and available on CPU. DRaFT-T stores every "
-                        "step's residuals for the backward pass, so its temporaries grow linearly with T; "
-                        "EasyTune's update is one `lax.scan` whose body differentiates a single step, so they "
-                        "stay flat."),
-      new_code_cell('''\
+    new_markdown_cell(
+      "## 2. Compiled memory vs T\n\nXLA's memory analysis of one jitted update "
+      "(`finetune.compiled_memory`): deterministic and available on CPU. DRaFT-T stores every "
+      "step's residuals for the backward pass, so its temporaries grow linearly with T; "
+      "EasyTune's update is one `lax.scan` whose body differentiates a single step, so they "
+      "stay flat."
+    ),
+    new_code_cell("""\
 TS = [5, 20] if SMALL else [5, 10, 20, 40]
 memory = {"EasyTune": [], "DRaFT-T": []}
 for t_steps in TS:
@@ -371,11 +401,13 @@ for name, v in memory.items():
 ax.set_xlabel("DDIM steps T"); ax.set_ylabel("compiled temporaries (KiB)"); ax.legend(); fig.tight_layout()
 mem_png = str(OUT / "memory_vs_T.png"); fig.savefig(mem_png); plt.close(fig)
 display(Image(filename=mem_png))
-'''),
-      new_markdown_cell("## 3. Reward per update\n\nBoth methods from the same start; after each trajectory "
-                        "the held-out reward is the reward of x_0 sampled (no gradient) from fixed noise. "
-                        "EasyTune makes T optimizer updates per trajectory (learning rate / T), DRaFT-T one."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 3. Reward per update\n\nBoth methods from the same start; after each trajectory "
+      "the held-out reward is the reward of x_0 sampled (no gradient) from fixed noise. "
+      "EasyTune makes T optimizer updates per trajectory (learning rate / T), DRaFT-T one."
+    ),
+    new_code_cell("""\
 TRAJ = 6 if SMALL else 40
 x_held = jax.random.normal(jax.random.key(7), (B, D))
 
@@ -408,22 +440,28 @@ fig.tight_layout()
 reward_png = str(OUT / "reward_per_update.png"); fig.savefig(reward_png); plt.close(fig)
 display(Image(filename=reward_png))
 print(f"notebook time {time.time() - T0:.0f} s")
-'''),
+"""),
   ]
   return new_notebook(cells=cells, metadata=META)
 
 
 def nb03() -> nbformat.NotebookNode:
   cells = [
-      new_markdown_cell(badge(
-          "03_reward_model_spl", "The step-aware reward model and self-refinement preference learning (SPL)",
-          "The SPM encodes captions and (possibly noisy) motions into one latent space; its reward is the "
-          "text/motion similarity. It is pretrained contrastively, then refined with SPL: in each batch the "
-          "model retrieves a motion for every caption; where the ground truth is not in its top-k the pair "
-          "(retrieved, ground truth) becomes a preference the model is trained on.")),
-      new_code_cell(install_cell()),
-      new_code_cell(settings("03_reward_model_spl")),
-      new_code_cell(PIPELINE_DIRS + '''
+    new_markdown_cell(
+      badge(
+        "03_reward_model_spl",
+        "The step-aware reward model and self-refinement preference learning (SPL)",
+        "The SPM encodes captions and (possibly noisy) motions into one latent space; its reward is the "
+        "text/motion similarity. It is pretrained contrastively, then refined with SPL: in each batch the "
+        "model retrieves a motion for every caption; where the ground truth is not in its top-k the pair "
+        "(retrieved, ground truth) becomes a preference the model is trained on.",
+      )
+    ),
+    new_code_cell(install_cell()),
+    new_code_cell(settings("03_reward_model_spl")),
+    new_code_cell(
+      PIPELINE_DIRS
+      + """
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.train import reward as R
 
@@ -431,11 +469,14 @@ data_dir = stage_dir("data", qs.stage_data)
 train = load_dataset(data_dir, "train")
 test = load_dataset(data_dir, "test")
 print(f"{len(train)} train / {len(test)} test clips")
-'''),
-      new_markdown_cell("## 1. SPM pretraining\n\nWith `EASYTUNE_NB_PIPELINE` the pipeline's trained SPM is the "
-                        "pretrained model; otherwise a small SPM is trained here (contrastive text/motion "
-                        "alignment, reconstruction and KL terms, on clean and noised motion)."),
-      new_code_cell('''\
+"""
+    ),
+    new_markdown_cell(
+      "## 1. SPM pretraining\n\nWith `EASYTUNE_NB_PIPELINE` the pipeline's trained SPM is the "
+      "pretrained model; otherwise a small SPM is trained here (contrastive text/motion "
+      "alignment, reconstruction and KL terms, on clean and noised motion)."
+    ),
+    new_code_cell("""\
 if PIPELINE:
     pre_dir = str(ROOT / "reward")
 else:
@@ -447,13 +488,15 @@ _, pre_params, pre_cfg = R.load_reward(pre_dir)
 tokenizer = R.load_reward_tokenizer(pre_dir)
 print("SPM:", pre_cfg.model.mode, "mode, latent", pre_cfg.model.latent_dim, "| batch", pre_cfg.batch_size,
       "| max_length", pre_cfg.max_length)
-'''),
-      new_markdown_cell("## 2. SPL mined pairs\n\nOne batch of train captions and motions (clean, t = 0), their "
-                        "cosine-similarity matrix and `spl.mine_preference_pairs`: for each caption the top-1 "
-                        "retrieved motion and whether the ground truth is within the top-k (or any similarity "
-                        "exceeds `high_sim`). Rows marked `pair` are the preferences SPL trains on: the "
-                        "ground-truth motion should beat the retrieved one."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 2. SPL mined pairs\n\nOne batch of train captions and motions (clean, t = 0), their "
+      "cosine-similarity matrix and `spl.mine_preference_pairs`: for each caption the top-1 "
+      "retrieved motion and whether the ground truth is within the top-k (or any similarity "
+      "exceeds `high_sim`). Rows marked `pair` are the preferences SPL trains on: the "
+      "ground-truth motion should beat the retrieved one."
+    ),
+    new_code_cell("""\
 from easytune_jax.rewards import spl
 from easytune_jax.data.batching import iterate_batches
 
@@ -476,12 +519,14 @@ for i in range(BATCH):
                  f"{'-' if ok else 'pair'} |")
 display(Markdown("\\n".join(lines)))
 print(f"{int(np.sum(~np.asarray(pairs.correct)))} of {BATCH} captions give a preference pair (k={K})")
-'''),
-      new_markdown_cell("## 3. SPL fine-tuning and retrieval before/after\n\nText-to-motion retrieval on the "
-                        "test split (`evaluate_retrieval`: R@k in %, median rank), with the motion clean "
-                        "(t = 0) and noised to t = 300 of 1000: the step-aware SPM has to score noisy "
-                        "intermediate motions during EasyTune."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 3. SPL fine-tuning and retrieval before/after\n\nText-to-motion retrieval on the "
+      "test split (`evaluate_retrieval`: R@k in %, median rank), with the motion clean "
+      "(t = 0) and noised to t = 300 of 1000: the step-aware SPM has to score noisy "
+      "intermediate motions during EasyTune."
+    ),
+    new_code_cell("""\
 TIMESTEPS = (0, 300)
 before = R.evaluate_retrieval(pre_params, pre_cfg, test, tokenizer, timesteps=TIMESTEPS)
 spl_run = R.train_reward(pre_cfg, OUT / "spm_spl", train, spl=True, init_from=pre_dir,
@@ -495,11 +540,13 @@ for key in sorted(before):
         lines.append(f"| t={key.split('/')[0][2:]} | {key.split('/')[1]} | {name} | {before[key][name]:.2f} | "
                      f"{after[key][name]:.2f} |")
 display(Markdown("\\n".join(lines)))
-'''),
-      new_markdown_cell("## 4. Clean vs noisy motion\n\nThe similarity matrices of the same captions and "
-                        "motions, motion clean (t = 0) and noised (t = 300), after SPL. A sharp diagonal "
-                        "means the caption retrieves its own motion."),
-      new_code_cell('''\
+"""),
+    new_markdown_cell(
+      "## 4. Clean vs noisy motion\n\nThe similarity matrices of the same captions and "
+      "motions, motion clean (t = 0) and noised (t = 300), after SPL. A sharp diagonal "
+      "means the caption retrieves its own motion."
+    ),
+    new_code_cell("""\
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -517,13 +564,17 @@ fig.colorbar(im, ax=list(axes), shrink=0.8)
 sim_png = str(OUT / "similarity_clean_vs_noisy.png"); fig.savefig(sim_png); plt.close(fig)
 display(Image(filename=sim_png))
 print(f"notebook time {time.time() - T0:.0f} s")
-'''),
+"""),
   ]
   return new_notebook(cells=cells, metadata=META)
 
 
-META = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"}, "colab": {"provenance": []}, "accelerator": "GPU"}
+META = {
+  "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+  "language_info": {"name": "python"},
+  "colab": {"provenance": []},
+  "accelerator": "GPU",
+}
 
 NOTEBOOKS = {"01_quickstart": nb01, "02_step_aware_gradients": nb02, "03_reward_model_spl": nb03}
 
@@ -535,7 +586,7 @@ def main():
   REPO = parser.parse_args().repo
   for name, fn in NOTEBOOKS.items():
     nb = fn()
-    for i, cell in enumerate(nb.cells):   # stable ids: a rebuild without changes gives the same file
+    for i, cell in enumerate(nb.cells):  # stable ids: a rebuild without changes gives the same file
       cell.id = f"{name[:2]}-{i:02d}"
     nbformat.validate(nb)
     path = HERE / f"{name}.ipynb"

@@ -16,8 +16,7 @@ from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig, dro
 from easytune_jax.models.vae import MotionVAE, VAEConfig, vae_loss
 from easytune_jax.train import base
 
-VAE_CFG = VAEConfig(latent_size=2, latent_dim=8, width=16, encoder_layers=3, decoder_layers=1, num_heads=2,
-                    ff_dim=32)
+VAE_CFG = VAEConfig(latent_size=2, latent_dim=8, width=16, encoder_layers=3, decoder_layers=1, num_heads=2, ff_dim=32)
 DEN_CFG = DenoiserConfig(width=16, num_layers=3, num_heads=2, ff_dim=32)
 TXT_CFG = TextEncoderConfig(vocab_size=11, width=16, num_layers=1, num_heads=2, ff_dim=32)
 
@@ -46,7 +45,7 @@ def test_vae_shapes_zero_padding_and_padding_invariance():
   assert mu.shape == logvar.shape == (3, 2, 8)
   recon = decode(params, mu, mask)
   assert recon.shape == x.shape
-  assert np.all(np.asarray(recon)[~np.asarray(mask)] == 0.0)   # exactly zero, not just small
+  assert np.all(np.asarray(recon)[~np.asarray(mask)] == 0.0)  # exactly zero, not just small
   # Garbage in padded frames and extra padding change neither the latent nor any valid output frame.
   garbage = jax.random.normal(jax.random.PRNGKey(1), x.shape) * 100.0
   x2 = jnp.where(mask[..., None], x, garbage)
@@ -56,8 +55,9 @@ def test_vae_shapes_zero_padding_and_padding_invariance():
   np.testing.assert_allclose(mu3, mu, atol=1e-5)
   np.testing.assert_allclose(lv3, logvar, atol=1e-5)
   recon3 = decode(params, mu, mask3)
-  np.testing.assert_allclose(np.asarray(recon3)[:, :12][np.asarray(mask)], np.asarray(recon)[np.asarray(mask)],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(recon3)[:, :12][np.asarray(mask)], np.asarray(recon)[np.asarray(mask)], atol=1e-5
+  )
   with pytest.raises(ValueError, match="z expected shape"):
     vae.apply(params, mu[:, :1], mask, method=MotionVAE.decode)
   with pytest.raises(ValueError, match="motion: expected"):
@@ -75,12 +75,20 @@ def test_vae_loss_matches_float64_reference():
   mean = rng.normal(size=d).astype(np.float32) * 0.1
   std = (0.5 + rng.uniform(size=d)).astype(np.float32)
   cfg = VAEConfig(kl_weight=1e-4, feature_weight=1.0, joint_weight=0.5)
-  loss, m = vae_loss(jnp.asarray(recon), jnp.asarray(target), jnp.asarray(mask), jnp.asarray(mu),
-                     jnp.asarray(logvar), cfg, jnp.asarray(mean), jnp.asarray(std))
+  loss, m = vae_loss(
+    jnp.asarray(recon),
+    jnp.asarray(target),
+    jnp.asarray(mask),
+    jnp.asarray(mu),
+    jnp.asarray(logvar),
+    cfg,
+    jnp.asarray(mean),
+    jnp.asarray(std),
+  )
 
   def smooth_l1(a, b_, msk):
     e = np.abs(a.astype(np.float64) - b_)
-    v = np.where(e < 1.0, 0.5 * e ** 2, e - 0.5)
+    v = np.where(e < 1.0, 0.5 * e**2, e - 0.5)
     return v[msk].mean()
 
   f64 = lambda a: a.astype(np.float64)
@@ -196,9 +204,10 @@ def test_cfg_with_unit_guidance_equals_conditional_model():
 
 
 def test_config_overrides_and_roundtrip():
-  cfg = base.apply_overrides(base.get_config("tiny"), [
-      "vae.width=32", "diffusion.prediction_type=v_prediction", "ema_decay=0.99", "vae.skip=false",
-      "model=mdm"])
+  cfg = base.apply_overrides(
+    base.get_config("tiny"),
+    ["vae.width=32", "diffusion.prediction_type=v_prediction", "ema_decay=0.99", "vae.skip=false", "model=mdm"],
+  )
   assert cfg.vae.width == 32 and cfg.diffusion.prediction_type == "v_prediction"
   assert cfg.ema_decay == 0.99 and cfg.vae.skip is False and cfg.model == "mdm"
   assert config_from_dict(base.BaseConfig, base.config_to_dict(cfg)) == cfg
@@ -215,7 +224,7 @@ def test_config_overrides_and_roundtrip():
   assert (paper.denoiser.num_layers, paper.denoiser.num_heads, paper.denoiser.ff_dim) == (9, 4, 1024)
   assert paper.denoiser.skip and paper.denoiser.dropout == 0.1 and paper.cond_drop_prob == 0.1
   assert paper.vae.logvar_offset == 0.0 and paper.vae.kl_weight == 1e-4
-  assert dataclasses.asdict(paper.diffusion) == dataclasses.asdict(schedules.DiffusionConfig())   # MLD: epsilon
+  assert dataclasses.asdict(paper.diffusion) == dataclasses.asdict(schedules.DiffusionConfig())  # MLD: epsilon
   # MDM predicts the clean motion (its paper); so does the tiny CPU config (epsilon stayed at chance there).
   assert base.get_config("paper", "mdm").diffusion.prediction_type == "sample"
   assert base.get_config("tiny").diffusion.prediction_type == "sample"

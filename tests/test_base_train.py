@@ -20,12 +20,29 @@ from easytune_jax.core.optim import create_train_state
 
 # Small model, few steps: compile time dominates on CPU, so every test shares these sizes (the jitted
 # steps are cached on the model config) and runs a handful of steps.
-TINY = ["data.batch_size=8", "data.max_length=32", "data.text_max_length=16", "data.num_val_batches=1",
-        "vae.latent_dim=16", "vae.width=32", "vae.ff_dim=64", "vae.num_heads=2",
-        "denoiser.width=32", "denoiser.num_layers=1", "denoiser.ff_dim=64", "denoiser.num_heads=2",
-        "text.width=32", "text.ff_dim=64", "text.num_heads=2",
-        "vae_optim.warmup_steps=0", "vae_optim.decay_steps=0", "diffusion_optim.warmup_steps=0",
-        "diffusion_optim.decay_steps=0", "log_every=2", "checkpoint_every=2"]
+TINY = [
+  "data.batch_size=8",
+  "data.max_length=32",
+  "data.text_max_length=16",
+  "data.num_val_batches=1",
+  "vae.latent_dim=16",
+  "vae.width=32",
+  "vae.ff_dim=64",
+  "vae.num_heads=2",
+  "denoiser.width=32",
+  "denoiser.num_layers=1",
+  "denoiser.ff_dim=64",
+  "denoiser.num_heads=2",
+  "text.width=32",
+  "text.ff_dim=64",
+  "text.num_heads=2",
+  "vae_optim.warmup_steps=0",
+  "vae_optim.decay_steps=0",
+  "diffusion_optim.warmup_steps=0",
+  "diffusion_optim.decay_steps=0",
+  "log_every=2",
+  "checkpoint_every=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +117,9 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   _run(b, synth, TINY + steps(4))
   for stage in ("vae", "diffusion"):
     logged = [r["step"] for r in read_metrics(os.path.join(b, stage)) if "loss" in r]
-    assert logged == [1, 2, 3, 4]          # no step was run twice
+    assert logged == [1, 2, 3, 4]  # no step was run twice
   ga, gb = generator.load_generator(a), generator.load_generator(b)
-  jax.tree.map(np.testing.assert_array_equal, ga.params, gb.params)      # bit-identical resume
+  jax.tree.map(np.testing.assert_array_equal, ga.params, gb.params)  # bit-identical resume
   jax.tree.map(np.testing.assert_array_equal, ga.frozen, gb.frozen)
   assert ga.latent_scale == gb.latent_scale and ga.latent_shape == (1, 16)
   # Restored generator == the one used for the samples; same shapes never retrace.
@@ -112,19 +129,21 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   np.testing.assert_array_equal(f1, f2)
   with open(os.path.join(a, "samples", "captions.txt")) as f:
     sample_texts = f.read().splitlines()
-  _, j_again = ga.generate(sample_texts, np.load(os.path.join(a, "samples", "lengths.npy")),
-                           jax.random.PRNGKey(0), num_steps=3)
-  np.testing.assert_array_equal(j_again, joints)     # the reloaded model reproduces the saved samples
+  _, j_again = ga.generate(
+    sample_texts, np.load(os.path.join(a, "samples", "lengths.npy")), jax.random.PRNGKey(0), num_steps=3
+  )
+  np.testing.assert_array_equal(j_again, joints)  # the reloaded model reproduces the saved samples
   f3, _ = ga.generate(texts[::-1], lengths, jax.random.PRNGKey(1), num_steps=3, guidance_scale=2.0)
-  assert ga.sampler(3)._cache_size() == 1   # one trace for every call above
+  assert ga.sampler(3)._cache_size() == 1  # one trace for every call above
   assert np.all(f1[1, 20:] == 0) and np.all(j1[1, 20:] == 0) and not np.allclose(f1, f3)
   # Fine-tuning accessors: decode(denoise-space x0) reproduces generate's normalised output.
   cond = ga.encode_text(texts)
   unc = ga.uncond(cond)
   assert jax.tree.map(jnp.shape, unc) == jax.tree.map(jnp.shape, cond)
   fn, _ = ga.generate(texts, lengths, jax.random.PRNGKey(0), num_steps=3, normalized=True)
-  np.testing.assert_allclose(f1, np.where(ga.frame_mask(lengths)[..., None], ga.denormalize(fn), 0), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    f1, np.where(ga.frame_mask(lengths)[..., None], ga.denormalize(fn), 0), rtol=1e-5, atol=1e-5
+  )
   with pytest.raises(ValueError, match="lengths: expected 1..32"):
     ga.generate(texts, [40, 8], jax.random.PRNGKey(0), num_steps=3)
   # A changed model config refuses to resume.
@@ -138,7 +157,7 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   shutil.copytree(os.path.join(b, "vae"), c / "vae")
   shutil.copy(os.path.join(b, "tokenizer.json"), c / "tokenizer.json")
   _run(str(c), synth, TINY + ["vae_steps=4", "diffusion_steps=1", "denoiser.ff_dim=32"])
-  assert [r["step"] for r in read_metrics(c / "vae") if "loss" in r] == [1, 2, 3, 4]   # b's log only
+  assert [r["step"] for r in read_metrics(c / "vae") if "loss" in r] == [1, 2, 3, 4]  # b's log only
   jax.tree.map(np.testing.assert_array_equal, generator.load_generator(str(c)).frozen["vae"], gb.frozen["vae"])
   # ... and so does a diffusion run whose VAE was trained further since.
   with pytest.raises(CheckpointError, match="VAE at step 4, but the VAE is now at step 5"):

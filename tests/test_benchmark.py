@@ -17,9 +17,19 @@ def _finite(x):
 @pytest.fixture(scope="module")
 def result(tiny_pipeline, tmp_path_factory):
   cfg = benchmark.BenchmarkConfig(
-      memory_variants=("easytune", "draft-1", "draft-T", "draft-T+remat", "draft-10"), memory_steps=(4, 8),
-      speed_variants=("easytune", "draft-T"), speed_steps=4, batch_size=4, speed_repeats=2,
-      budget_seconds=None, budget_trajectories=3, curve_points=1, speed_seeds=2, heldout_size=4, eval_batch_size=4)
+    memory_variants=("easytune", "draft-1", "draft-T", "draft-T+remat", "draft-10"),
+    memory_steps=(4, 8),
+    speed_variants=("easytune", "draft-T"),
+    speed_steps=4,
+    batch_size=4,
+    speed_repeats=2,
+    budget_seconds=None,
+    budget_trajectories=3,
+    curve_points=1,
+    speed_seeds=2,
+    heldout_size=4,
+    eval_batch_size=4,
+  )
   p = tiny_pipeline
   res = benchmark.run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator)
   out = tmp_path_factory.mktemp("bench")
@@ -68,19 +78,22 @@ def test_schema_and_figures(result):
     for k in ("final_reward", "reward_gain", "reward_gain_per_second", "peak_gain_per_second"):
       vals = [run[k] for run in s["runs"]]
       assert math.isclose(s[k], np.mean(vals), rel_tol=1e-9, abs_tol=1e-12), (name, k)
-    assert math.isclose(s["reward_gain_per_second_std"], np.std([run["reward_gain_per_second"]
-                                                                 for run in s["runs"]], ddof=1), abs_tol=1e-12)
+    assert math.isclose(
+      s["reward_gain_per_second_std"],
+      np.std([run["reward_gain_per_second"] for run in s["runs"]], ddof=1),
+      abs_tol=1e-12,
+    )
     for run in s["runs"]:
       c = run["curve"]
       assert len(c["seconds"]) == len(c["reward"]) >= 2 and c["seconds"][0] == 0.0
       assert c["seconds"] == sorted(c["seconds"]) and c["reward"][-1] == run["final_reward"]
       assert math.isclose(run["reward_gain_per_second"], run["reward_gain"] / run["train_seconds"])
-      assert math.isclose(run["peak_gain_per_second"],
-                          max((r - c["reward"][0]) / t for t, r in zip(c["seconds"], c["reward"]) if t > 0))
+      assert math.isclose(
+        run["peak_gain_per_second"], max((r - c["reward"][0]) / t for t, r in zip(c["seconds"], c["reward"]) if t > 0)
+      )
       assert run["peak_gain_per_second"] >= run["reward_gain_per_second"] - 1e-12
     a = r["alignment"]
-    for k in ("R_precision_top_1", "R_precision_top_3", "MM_Dist", "FID", "Diversity",
-              "MM_Dist_relative_improvement"):
+    for k in ("R_precision_top_1", "R_precision_top_3", "MM_Dist", "FID", "Diversity", "MM_Dist_relative_improvement"):
       assert _finite(a[k]), (name, k)
     assert a["MM_Dist"] > 0 and a["FID"] >= 0 and 0 <= a["R_precision_top_1"] <= a["R_precision_top_3"] <= 1
     base_mm = res["base"]["eval"]["MM_Dist"]
@@ -92,8 +105,10 @@ def test_schema_and_figures(result):
   assert max(gains.values()) > 0, gains
   assert math.isclose(summ["target_gain"], 0.5 * max(gains.values()))
   for n in ("EasyTune", "DRaFT-T"):
-    ts = [benchmark.time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
-          for run in _rec(res, n, 4)["speed"]["runs"]]
+    ts = [
+      benchmark.time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
+      for run in _rec(res, n, 4)["speed"]["runs"]
+    ]
     assert summ["seconds_to_target_gain_per_run"][n] == ts
     assert summ["seconds_to_target_gain"][n] == (None if None in ts else pytest.approx(np.mean(ts)))
   leader = max(gains, key=gains.get)
@@ -120,9 +135,10 @@ def test_memory_scaling(result):
   assert r8["temp"] < d8["temp"]
   s = res["summary"]
   assert s["easytune_memory_largest_over_smallest_T"]["T"] == [4, 8]
-  assert math.isclose(s["easytune_over_draft_T_additional"]["8"],
-                      _rec(res, "EasyTune", 8)["additional_memory"]["total"]
-                      / _rec(res, "DRaFT-T", 8)["additional_memory"]["total"])
+  assert math.isclose(
+    s["easytune_over_draft_T_additional"]["8"],
+    _rec(res, "EasyTune", 8)["additional_memory"]["total"] / _rec(res, "DRaFT-T", 8)["additional_memory"]["total"],
+  )
 
 
 def test_time_to_gain_interpolates_the_first_crossing():
@@ -143,13 +159,18 @@ def test_variant_parsing_and_config_errors():
   v = benchmark.parse_variant("draft-1+remat@1e-4")
   assert v == benchmark.Variant("draft", 1, True, 1e-4) and v.family == "DRaFT-1+remat"
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).optim.learning_rate == 1e-4
-  assert benchmark.finetune_config(benchmark.BenchmarkConfig(learning_rate=3e-5), benchmark.parse_variant("refl"),
-                                   10).optim.learning_rate == 3e-5
+  assert (
+    benchmark.finetune_config(
+      benchmark.BenchmarkConfig(learning_rate=3e-5), benchmark.parse_variant("refl"), 10
+    ).optim.learning_rate
+    == 3e-5
+  )
   v = benchmark.parse_variant("easytune-10+online")
   assert v.name == "EasyTune-10+online" and not v.applies(8) and v.applies(10)
   assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 50).num_grad_steps == 10
-  k_of = lambda spec: benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant(spec),
-                                                50).num_grad_steps
+  k_of = lambda spec: (
+    benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant(spec), 50).num_grad_steps
+  )
   assert k_of("easytune-T") == k_of("easytune") == 50 and k_of("drtune") == 5 and k_of("drtune-3") == 3
   with pytest.raises(ValueError, match="expected 'easytune-<K>' with K >= 1 or 'easytune-T', found K='0'"):
     benchmark.parse_variant("easytune-0")
@@ -168,7 +189,7 @@ def test_variant_parsing_and_config_errors():
     benchmark.parse_variant("easytune+remat")
   with pytest.raises(ValueError, match="'refl' takes no k"):
     benchmark.parse_variant("refl-3")
-  v = benchmark.parse_variant("draft")   # the row's default depth (K = 1)
+  v = benchmark.parse_variant("draft")  # the row's default depth (K = 1)
   assert v.name == "DRaFT" and benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).num_grad_steps == 1
   assert benchmark.parse_variant("draft-T").resolve_k(7) == 7
   with pytest.raises(ValueError, match="budget_seconds or budget_trajectories"):

@@ -57,10 +57,25 @@ class Outer:
 
 
 def test_overrides_of_every_type():
-  cfg = C.apply_overrides(Outer(), [
-      "name=b", "k=3", "label=none", "steps=1,2,3", "pair=(4, 0.25)", "variants=refl", "bare_ints=7,8",
-      "mode=online", "color=blue", "inner.rate=1e-3", "inner.depth=1e4", "inner.flag=yes",
-      "optim.learning_rate=2e-5", "optim.warmup_steps=0"])
+  cfg = C.apply_overrides(
+    Outer(),
+    [
+      "name=b",
+      "k=3",
+      "label=none",
+      "steps=1,2,3",
+      "pair=(4, 0.25)",
+      "variants=refl",
+      "bare_ints=7,8",
+      "mode=online",
+      "color=blue",
+      "inner.rate=1e-3",
+      "inner.depth=1e4",
+      "inner.flag=yes",
+      "optim.learning_rate=2e-5",
+      "optim.warmup_steps=0",
+    ],
+  )
   assert cfg.name == "b" and cfg.k == 3 and cfg.label is None
   assert cfg.steps == (1, 2, 3) and cfg.pair == (4, 0.25) and isinstance(cfg.pair[1], float)
   assert cfg.variants == ("refl",) and cfg.bare_ints == (7, 8) and all(type(t) is int for t in cfg.bare_ints)
@@ -72,10 +87,12 @@ def test_overrides_of_every_type():
   assert back.k is None and back.label == "y" and back.steps == () and back.inner.flag is False
   assert C.apply_overrides(Outer(), ["steps=()"]).steps == ()
   assert C.apply_overrides(Outer(), ["steps=[5]"]).steps == (5,)
-  hash(back)   # still a hashable frozen config
+  hash(back)  # still a hashable frozen config
 
 
-@pytest.mark.parametrize("override,patterns", [
+@pytest.mark.parametrize(
+  "override,patterns",
+  [
     ("inner.rat=1", [r"^--config\.inner\.rat: Inner has no field 'rat'; valid fields: rate, depth, flag$"]),
     ("nme=1", [r"Outer has no field 'nme'", r"valid fields: name, k, label, steps, .*inner, optim"]),
     ("k=abc", [r"^--config\.k='abc': expected int \(Outer\.k: Optional\[int\]\)$"]),
@@ -87,9 +104,10 @@ def test_overrides_of_every_type():
     ("color=green", [r"--config\.color='green': expected one of \['RED', 'BLUE'\]"]),
     ("inner=3", [r"--config\.inner: is a config group \(Inner\); set one of its fields \['rate', 'depth', 'flag'\]"]),
     ("name.x=3", [r"--config\.name\.x: Outer\.name is not a nested config"]),
-    ("k=0", [r"^Outer\.k: expected >= 1 or None, found 0$"]),        # the config's own check runs
+    ("k=0", [r"^Outer\.k: expected >= 1 or None, found 0$"]),  # the config's own check runs
     ("k", [r"override 'k': expected 'key=value'"]),
-])
+  ],
+)
 def test_bad_overrides_name_the_flag_field_and_type(override, patterns):
   with pytest.raises(ValueError) as info:
     C.apply_overrides(Outer(), [override], prefix="--config.")
@@ -99,7 +117,8 @@ def test_bad_overrides_name_the_flag_field_and_type(override, patterns):
 
 def test_split_config_overrides_forms():
   rest, over = cli.split_config_overrides(
-      ["prog", "--workdir=w", "--config.a.b=1", "--config.c", "none", "--config.flag", "--x", "--config.last"])
+    ["prog", "--workdir=w", "--config.a.b=1", "--config.c", "none", "--config.flag", "--x", "--config.last"]
+  )
   assert rest == ["prog", "--workdir=w", "--x"]
   assert over == [("a.b", "1"), ("c", "none"), ("flag", "true"), ("last", "true")]
   with pytest.raises(app.UsageError, match="expected --config.<field>=<value>"):
@@ -108,13 +127,17 @@ def test_split_config_overrides_forms():
 
 def test_preset_by_name_and_by_file(tmp_path):
   from easytune_jax.configs import finetune as presets
-  cfg = cli.resolve_config("paper", [("finetune.method", "draft"), ("finetune.k", "1"), ("trajectories", "7")],
-                           presets.PRESETS, "tiny")
+
+  cfg = cli.resolve_config(
+    "paper", [("finetune.method", "draft"), ("finetune.k", "1"), ("trajectories", "7")], presets.PRESETS, "tiny"
+  )
   assert (cfg.finetune.method, cfg.finetune.k, cfg.trajectories) == ("draft", 1, 7)
   assert cfg.finetune.num_steps == sampling.NUM_STEPS and cfg.finetune.guidance_scale == sampling.GUIDANCE_SCALE
   f = tmp_path / "my_run.py"
-  f.write_text("import dataclasses\nfrom easytune_jax.configs import finetune\n\n\ndef get_config():\n"
-               "  return dataclasses.replace(finetune.get_config('tiny'), trajectories=3, seed=9)\n")
+  f.write_text(
+    "import dataclasses\nfrom easytune_jax.configs import finetune\n\n\ndef get_config():\n"
+    "  return dataclasses.replace(finetune.get_config('tiny'), trajectories=3, seed=9)\n"
+  )
   cfg = cli.resolve_config(str(f), [("finetune.sampler_variant", "online")], presets.PRESETS, "tiny")
   assert (cfg.trajectories, cfg.seed, cfg.finetune.sampler_variant) == (3, 9, "online")
   assert cfg.finetune.num_steps == sampling.CPU_NUM_STEPS
@@ -130,21 +153,40 @@ def test_preset_by_name_and_by_file(tmp_path):
 
 def test_error_messages_name_the_config_flag():
   from easytune_jax.configs import finetune as presets
+
   cli.resolve_config("tiny", [], presets.PRESETS, "tiny")
   assert cli.flagify("FinetuneConfig.num_steps: expected >= 1") == (
-      "--config.finetune.num_steps (FinetuneConfig.num_steps): expected >= 1")
+    "--config.finetune.num_steps (FinetuneConfig.num_steps): expected >= 1"
+  )
   assert cli.flagify("OptimConfig.learning_rate: expected > 0").startswith(
-      "--config.finetune.optim.learning_rate (OptimConfig.learning_rate)")
+    "--config.finetune.optim.learning_rate (OptimConfig.learning_rate)"
+  )
   assert cli.flagify("RunConfig.reward_text is empty").startswith("--config.reward_text (RunConfig.reward_text)")
   from easytune_jax.configs import base as base_presets
+
   cli.resolve_config("tiny", [], base_presets.PRESETS, "tiny")
   # OptimConfig sits at two paths of BaseConfig (vae_optim, diffusion_optim): left as it is
   assert cli.flagify("OptimConfig.learning_rate: expected > 0") == "OptimConfig.learning_rate: expected > 0"
   assert cli.flagify("VAEConfig.width: bad").startswith("--config.vae.width (VAEConfig.width)")
 
 
-@pytest.mark.parametrize("module", ["finetune", "base", "reward", "evaluator", "evaluate", "generate", "benchmark",
-                                    "official_memory", "quickstart", "synthetic", "convert", "text_embeddings"])
+@pytest.mark.parametrize(
+  "module",
+  [
+    "finetune",
+    "base",
+    "reward",
+    "evaluator",
+    "evaluate",
+    "generate",
+    "benchmark",
+    "official_memory",
+    "quickstart",
+    "synthetic",
+    "convert",
+    "text_embeddings",
+  ],
+)
 def test_every_preset_builds_and_roundtrips(module):
   presets = importlib.import_module(f"easytune_jax.configs.{module}")
   tables = [v for k, v in vars(presets).items() if k.endswith("PRESETS")]
@@ -172,6 +214,7 @@ def test_every_launcher_takes_the_config_flag():
 
 def test_sampler_defaults_come_from_core_sampling():
   from easytune_jax.configs import evaluate, finetune as ft_presets, generate
+
   tiny, paper = ft_presets.get_config("tiny").finetune, ft_presets.get_config("paper").finetune
   assert (tiny.num_steps, tiny.guidance_scale) == (sampling.CPU_NUM_STEPS, sampling.CPU_GUIDANCE_SCALE)
   assert (paper.num_steps, paper.guidance_scale) == (sampling.NUM_STEPS, sampling.GUIDANCE_SCALE) == (50, 7.5)
@@ -186,18 +229,45 @@ def test_make_synthetic_launcher_end_to_end(tmp_path):
   """The cheapest launcher through the whole path: preset + overrides of int, float and bool fields."""
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
   out = tmp_path / "synth"
-  proc = subprocess.run([sys.executable, "-m", "launch.make_synthetic", f"--out_dir={out}", "--config=default",
-                         "--config.num_motions=6", "--config.seed", "3", "--config.max_len=60",
-                         "--config.mirror", "--config.subclip_fraction=0"],
-                        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.make_synthetic",
+      f"--out_dir={out}",
+      "--config=default",
+      "--config.num_motions=6",
+      "--config.seed",
+      "3",
+      "--config.max_len=60",
+      "--config.mirror",
+      "--config.subclip_fraction=0",
+    ],
+    cwd=str(ROOT),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   meta = json.loads((out / "metadata.json").read_text())
   motions = meta["motions"]
-  assert len(motions) == 12 and sum(i.startswith("M") for i in motions) == 6    # 6 + their mirrored copies
+  assert len(motions) == 12 and sum(i.startswith("M") for i in motions) == 6  # 6 + their mirrored copies
   assert meta["seed"] == 3 and max(m["length"] for m in motions.values()) <= 60
-  assert not any("subclip_captions" in m for m in motions.values())          # subclip_fraction=0 (default 0.1)
-  bad = subprocess.run([sys.executable, "-m", "launch.make_synthetic", f"--out_dir={tmp_path / 'bad'}",
-                        "--config.num_motion=6"], cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300)
+  assert not any("subclip_captions" in m for m in motions.values())  # subclip_fraction=0 (default 0.1)
+  bad = subprocess.run(
+    [sys.executable, "-m", "launch.make_synthetic", f"--out_dir={tmp_path / 'bad'}", "--config.num_motion=6"],
+    cwd=str(ROOT),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 1 and not (tmp_path / "bad").exists()
-  assert bad.stderr.strip().splitlines()[-1].startswith(
-      "error: --config.num_motion: SyntheticConfig has no field 'num_motion'; valid fields: num_motions, seed")
+  assert (
+    bad.stderr.strip()
+    .splitlines()[-1]
+    .startswith(
+      "error: --config.num_motion: SyntheticConfig has no field 'num_motion'; valid fields: num_motions, seed"
+    )
+  )

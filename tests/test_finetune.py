@@ -23,16 +23,19 @@ W = 2.0  # guidance scale
 # --------------------------------------------------------------------------------------------- tiny problem
 def make_params(dtype):
   ks = jax.random.split(jax.random.key(0), 4)
-  return {"w1": (jax.random.normal(ks[0], (D, H)) * 0.4).astype(dtype),
-          "b1": (jax.random.normal(ks[1], (H,)) * 0.1).astype(dtype),
-          "w2": (jax.random.normal(ks[2], (H, D)) * 0.4).astype(dtype),
-          "tw": (jax.random.normal(ks[3], (H,)) * 0.5).astype(dtype)}
+  return {
+    "w1": (jax.random.normal(ks[0], (D, H)) * 0.4).astype(dtype),
+    "b1": (jax.random.normal(ks[1], (H,)) * 0.1).astype(dtype),
+    "w2": (jax.random.normal(ks[2], (H, D)) * 0.4).astype(dtype),
+    "tw": (jax.random.normal(ks[3], (H,)) * 0.5).astype(dtype),
+  }
 
 
 def denoise(p, x, t, cond):
   """Nonlinear conditional MLP: eps = tanh(x W1 + b1 + c + tw t/1000) W2."""
-  h = jnp.tanh(x @ p["w1"] + p["b1"] + cond["c"] @ jnp.ones((C, H), x.dtype) * 0.3 +
-               p["tw"] * t[:, None].astype(x.dtype) / 1000.0)
+  h = jnp.tanh(
+    x @ p["w1"] + p["b1"] + cond["c"] @ jnp.ones((C, H), x.dtype) * 0.3 + p["tw"] * t[:, None].astype(x.dtype) / 1000.0
+  )
   return h @ p["w2"]
 
 
@@ -56,8 +59,7 @@ def reward(x, cond, t):
 def inputs(dtype, seed=1):
   ks = jax.random.split(jax.random.key(seed), 4)
   x_T = jax.random.normal(ks[0], (B, D)).astype(dtype)
-  cond = {"c": jax.random.normal(ks[1], (B, C)).astype(dtype),
-          "target": jax.random.normal(ks[2], (B, D)).astype(dtype)}
+  cond = {"c": jax.random.normal(ks[1], (B, C)).astype(dtype), "target": jax.random.normal(ks[2], (B, D)).astype(dtype)}
   uncond = {"c": jnp.zeros((B, C), dtype), "target": cond["target"]}
   return x_T, cond, uncond
 
@@ -67,7 +69,7 @@ class Ref:
   """DDIM (eta=0, epsilon) + CFG written from the formulas, float64 abar from numpy."""
 
   def __init__(self, num_steps=T):
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
     self.abar = np.cumprod(1.0 - betas)
     self.ts, self.prev = schedules.ddim_timesteps(1000, num_steps)
 
@@ -105,8 +107,7 @@ def cfg(method, **kw):
 
 
 def assert_tree_close(a, b, rtol=1e-9, atol=1e-12):
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol),
-               a, b)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol), a, b)
 
 
 def tree_norm(t):
@@ -115,8 +116,11 @@ def tree_norm(t):
 
 # --------------------------------------------------------------------------------------------- config
 def test_config_validation_errors():
-  with pytest.raises(ValueError, match=r"method: expected one of \('easytune', 'draft', 'refl', "
-                     r"'alignprop', 'drtune'\), found 'ppo'"):
+  with pytest.raises(
+    ValueError,
+    match=r"method: expected one of \('easytune', 'draft', 'refl', "
+    r"'alignprop', 'drtune'\), found 'ppo'",
+  ):
     finetune.FinetuneConfig(method="ppo")
   with pytest.raises(ValueError, match=r"k: expected 1 <= k <= num_steps=10, found 11"):
     finetune.FinetuneConfig(num_steps=10, k=11)
@@ -145,9 +149,11 @@ def test_step_loss_value_and_grad_match_formula(reward_input, reward_timestep):
     params, sched, x_T, cond, uncond = setup()
     ref = Ref()
     from easytune_jax.core import sampling
+
     ts = sampling.make_timesteps(sched, sampling.SamplerConfig(num_steps=T))
-    loss_fn = finetune.make_step_loss(denoise, reward, sched, ts, W, decode=decode, reward_input=reward_input,
-                                      reward_timestep=reward_timestep)
+    loss_fn = finetune.make_step_loss(
+      denoise, reward, sched, ts, W, decode=decode, reward_input=reward_input, reward_timestep=reward_timestep
+    )
     x_t = ref.trajectory(params, x_T, cond, uncond, 2)[2]
 
     def expected(p):
@@ -156,7 +162,8 @@ def test_step_loss_value_and_grad_match_formula(reward_input, reward_timestep):
       return -jnp.mean(ref.R(x, cond, t if reward_timestep else None))
 
     (loss, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=())(
-        params, x_t, jnp.int32(2), cond, uncond)
+      params, x_t, jnp.int32(2), cond, uncond
+    )
     np.testing.assert_allclose(loss, expected(params), rtol=1e-12)
     assert_tree_close(g, jax.grad(expected)(params))
     x_prev, x0 = ref.step(params, x_t, 2, cond, uncond)
@@ -198,9 +205,11 @@ def test_easytune_frozen_sgd_equals_sum_of_independent_step_grads(k, lam):
     rewards = [float(jnp.mean(ref.R(ref.step(params, xs[i], i, cond, uncond)[1], cond))) for i in range(T - k, T)]
     np.testing.assert_allclose(m["reward_per_step"], rewards, rtol=1e-10)
     assert bool(m["finite"])
-    if lam:   # the regulariser really contributed
-      plain = [jax.grad(lambda p, i=i: -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond)))(params)
-               for i in range(T - k, T)]
+    if lam:  # the regulariser really contributed
+      plain = [
+        jax.grad(lambda p, i=i: -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond)))(params)
+        for i in range(T - k, T)
+      ]
       assert tree_norm(jax.tree.map(lambda *g: sum(g[:k]) - sum(g[k:]), *grads, *plain)) > 1e-3
 
 
@@ -209,13 +218,14 @@ def test_easytune_online_equals_python_loop_with_latest_params():
     params, sched, x_T, cond, uncond = setup()
     ref, lr = Ref(), 0.05
     tx = optax.sgd(lr)
-    update = finetune.make_update_fn(cfg("easytune", sampler_variant="online"), denoise, reward, sched, tx,
-                                     decode=decode)
+    update = finetune.make_update_fn(
+      cfg("easytune", sampler_variant="online"), denoise, reward, sched, tx, decode=decode
+    )
     state, _ = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(5))
     p, x = params, x_T
     for i in range(T):
       g = jax.grad(lambda q: -jnp.mean(ref.R(ref.step(q, x, i, cond, uncond)[1], cond)))(p)
-      x = ref.step(p, x, i, cond, uncond)[0]          # the sampler uses the params of that moment
+      x = ref.step(p, x, i, cond, uncond)[0]  # the sampler uses the params of that moment
       p = jax.tree.map(lambda a, b: a - lr * b, p, g)
     assert_tree_close(state.params, p)
     # ... and differs from the frozen variant (the test can tell them apart).
@@ -225,22 +235,24 @@ def test_easytune_online_equals_python_loop_with_latest_params():
 
 
 def test_easytune_skips_nonfinite_steps():
-  def nan_reward(x, cond, t):   # NaN for the two noisiest steps (t_i > 500)
+  def nan_reward(x, cond, t):  # NaN for the two noisiest steps (t_i > 500)
     return jnp.where(t > 500, jnp.nan, reward(x, cond, None))
 
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref, lr = Ref(4), 0.01
     tx = optax.sgd(lr)
-    update = finetune.make_update_fn(cfg("easytune", num_steps=4, reward_timestep="t"), denoise, nan_reward,
-                                     sched, tx, decode=decode)
+    update = finetune.make_update_fn(
+      cfg("easytune", num_steps=4, reward_timestep="t"), denoise, nan_reward, sched, tx, decode=decode
+    )
     state, m = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
     assert list(ref.ts) == [751, 501, 251, 1]
     np.testing.assert_array_equal(m["finite_per_step"], [False, False, True, True])
     assert int(m["skipped"]) == 2 and int(state.skipped) == 2 and not bool(m["finite"])
     xs = ref.trajectory(params, x_T, cond, uncond, 4)
-    grads = [jax.grad(lambda p, i=i: -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond)))(params)
-             for i in (2, 3)]
+    grads = [
+      jax.grad(lambda p, i=i: -jnp.mean(ref.R(ref.step(p, xs[i], i, cond, uncond)[1], cond)))(params) for i in (2, 3)
+    ]
     assert_tree_close(state.params, jax.tree.map(lambda p, *g: p - lr * sum(g), params, *grads))
 
 
@@ -259,7 +271,7 @@ def test_draft_k_equals_unrolled_backprop_through_last_k(k):
     loss, aux, g = traj_grad("draft", params, sched, x_T, cond, uncond, jax.random.key(0), k=k)
 
     def expected(p):
-      x = ref.trajectory(params, x_T, cond, uncond, T - k)[-1]   # held constant
+      x = ref.trajectory(params, x_T, cond, uncond, T - k)[-1]  # held constant
       for i in range(T - k, T):
         x = ref.step(p, x, i, cond, uncond)[0]
       return -jnp.mean(ref.R(x, cond))
@@ -267,12 +279,14 @@ def test_draft_k_equals_unrolled_backprop_through_last_k(k):
     np.testing.assert_allclose(loss, expected(params), rtol=1e-12)
     assert_tree_close(g, jax.grad(expected)(params))
     np.testing.assert_array_equal(aux.grad_mask, np.arange(T) >= T - k)
-    if k == T:   # DRaFT-T is plain full backprop through the sampler.
+    if k == T:  # DRaFT-T is plain full backprop through the sampler.
+
       def full(p):
         x = x_T
         for i in range(T):
           x = ref.step(p, x, i, cond, uncond)[0]
         return -jnp.mean(ref.R(x, cond))
+
       assert_tree_close(g, jax.grad(full)(params))
 
 
@@ -290,7 +304,7 @@ def test_refl_equals_definition_given_i_stop():
       expected = lambda p: -jnp.mean(ref.R(ref.step(p, x, i_stop, cond, uncond)[1], cond))
       np.testing.assert_allclose(loss, expected(params), rtol=1e-12)
       assert_tree_close(g, jax.grad(expected)(params))
-    assert len(seen) >= 2   # the stop step is really random
+    assert len(seen) >= 2  # the stop step is really random
 
 
 def test_alignprop_equals_definition_given_mask():
@@ -307,7 +321,7 @@ def test_alignprop_equals_definition_given_mask():
         x = x_T
         for i in range(T):
           out = ref.out(p, x, i, cond, uncond)
-          out = out if mask[i] else jax.lax.stop_gradient(out)   # no_grad denoiser, chain kept
+          out = out if mask[i] else jax.lax.stop_gradient(out)  # no_grad denoiser, chain kept
           x = ref.ddim(out, x, i)[0]
         return -jnp.mean(ref.R(x, cond))
 
@@ -321,7 +335,7 @@ def test_alignprop_mask_is_nonempty_bernoulli():
   masks = np.asarray(masks)
   assert masks.any(axis=1).all()
   # P(mask_i) given non-empty = p / (1 - (1-p)^T).
-  np.testing.assert_allclose(masks.mean(), 0.1 / (1 - 0.9 ** 8), rtol=0.06)
+  np.testing.assert_allclose(masks.mean(), 0.1 / (1 - 0.9**8), rtol=0.06)
 
 
 def test_drtune_equals_definition_given_choices():
@@ -329,17 +343,16 @@ def test_drtune_equals_definition_given_choices():
     params, sched, x_T, cond, uncond = setup()
     ref, seen = Ref(), set()
     for seed in range(3):
-      loss, aux, g = traj_grad("drtune", params, sched, x_T, cond, uncond, jax.random.key(seed), k=2, m=3,
-                               t_train=5)
+      loss, aux, g = traj_grad("drtune", params, sched, x_T, cond, uncond, jax.random.key(seed), k=2, m=3, t_train=5)
       s, i_min, mask = int(aux.offset), int(aux.loss_index), np.asarray(aux.grad_mask)
       seen.add((s, i_min))
-      assert 0 <= s <= 1 and T - 3 <= i_min < T       # stride 5 // 2 = 2, s in {0, 1}
+      assert 0 <= s <= 1 and T - 3 <= i_min < T  # stride 5 // 2 = 2, s in {0, 1}
       np.testing.assert_array_equal(np.flatnonzero(mask), [s, s + 2])
 
       def expected(p):
         x = x_T
         for i in range(i_min + 1):
-          out = ref.out(p, jax.lax.stop_gradient(x), i, cond, uncond)   # sg on the denoiser INPUT
+          out = ref.out(p, jax.lax.stop_gradient(x), i, cond, uncond)  # sg on the denoiser INPUT
           out = out if mask[i] else jax.lax.stop_gradient(out)
           x, x0 = ref.ddim(out, x, i)
         return -jnp.mean(ref.R(x0, cond))
@@ -354,8 +367,9 @@ def test_kl_regulariser_in_draft_and_errors():
     params, sched, x_T, cond, uncond = setup()
     base = jax.tree.map(lambda v: v * 0.9, params)
     ref, beta = Ref(), 0.3
-    loss_fn = finetune.make_trajectory_loss(cfg("draft", k=T, regularizer="kl", reg_weight=beta), denoise,
-                                            reward, sched, decode=decode)
+    loss_fn = finetune.make_trajectory_loss(
+      cfg("draft", k=T, regularizer="kl", reg_weight=beta), denoise, reward, sched, decode=decode
+    )
     g = jax.grad(lambda p: loss_fn(p, x_T, cond, uncond, jax.random.key(0), base)[0])(params)
 
     def expected(p):
@@ -368,12 +382,14 @@ def test_kl_regulariser_in_draft_and_errors():
 
     assert_tree_close(g, jax.grad(expected)(params))
     tx = optax.sgd(0.1)
-    update = finetune.make_update_fn(cfg("draft", regularizer="kl", reg_weight=beta), denoise, reward, sched,
-                                     tx, decode=decode, jit=False)
+    update = finetune.make_update_fn(
+      cfg("draft", regularizer="kl", reg_weight=beta), denoise, reward, sched, tx, decode=decode, jit=False
+    )
     with pytest.raises(ValueError, match="regularizer='kl' needs `base_params`"):
       update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
-    update = finetune.make_update_fn(cfg("easytune", regularizer="diffusion", reg_weight=0.1), denoise, reward,
-                                     sched, tx, decode=decode, jit=False)
+    update = finetune.make_update_fn(
+      cfg("easytune", regularizer="diffusion", reg_weight=0.1), denoise, reward, sched, tx, decode=decode, jit=False
+    )
     with pytest.raises(ValueError, match="regularizer='diffusion' needs a `data_batch`"):
       update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
 
@@ -385,7 +401,7 @@ def test_diffusion_loss_matches_formula_with_mask():
     mask = jnp.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
     rng = jax.random.key(9)
     got = finetune.diffusion_loss(denoise, sched, params, {"x0": x0, "cond": cond, "mask": mask}, rng)
-    k_t, k_n = jax.random.split(rng)   # the documented draws: t ~ U{0..999}, noise ~ N(0, I)
+    k_t, k_n = jax.random.split(rng)  # the documented draws: t ~ U{0..999}, noise ~ N(0, I)
     t = jax.random.randint(k_t, (B,), 0, 1000, dtype=jnp.int32)
     noise = jax.random.normal(k_n, x0.shape, x0.dtype)
     a = Ref().abar[np.asarray(t)][:, None]
@@ -408,7 +424,7 @@ def test_every_method_updates_trainable_params_only(method):
   state, m = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(2))
   assert bool(m["finite"]) and np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
   assert int(state.step) == config.updates_per_trajectory
-  np.testing.assert_array_equal(state.params["tw"], params["tw"])     # frozen: exactly unchanged
+  np.testing.assert_array_equal(state.params["tw"], params["tw"])  # frozen: exactly unchanged
   for name in ("w1", "b1", "w2"):
     new, old = np.asarray(state.params[name]), np.asarray(params[name])
     assert np.isfinite(new).all() and (new != old).all(), f"{method}: {name} not updated everywhere"
@@ -430,10 +446,14 @@ def test_update_does_not_retrace():
 # --------------------------------------------------------------------------------------------- memory
 @pytest.mark.slow
 def test_easytune_memory_flat_in_T_while_draft_grows():
-  b, l, d, h = 8, 16, 64, 256   # activations [B, L, H] per step dominate the parameters here
+  b, l, d, h = 8, 16, 64, 256  # activations [B, L, H] per step dominate the parameters here
   ks = jax.random.split(jax.random.key(0), 3)
-  params = {"w1": jax.random.normal(ks[0], (d, h)) * 0.05, "b1": jnp.zeros(h),
-            "w2": jax.random.normal(ks[1], (h, h)) * 0.05, "w3": jax.random.normal(ks[2], (h, d)) * 0.05}
+  params = {
+    "w1": jax.random.normal(ks[0], (d, h)) * 0.05,
+    "b1": jnp.zeros(h),
+    "w2": jax.random.normal(ks[1], (h, h)) * 0.05,
+    "w3": jax.random.normal(ks[2], (h, d)) * 0.05,
+  }
 
   def mlp(p, x, t, cond):
     z = jnp.tanh(x @ p["w1"] + p["b1"] + cond["c"][:, None] + t[:, None, None] / 1000.0)

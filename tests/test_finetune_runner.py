@@ -22,20 +22,23 @@ from easytune_jax.core.torch_zip import save_torch
 
 def _cfg(method, trajectories=3, **kw):
   k = None if method == "easytune" else 2
-  ft = finetune.FinetuneConfig(method=method, num_steps=4, k=k, m=2, guidance_scale=2.0,
-                               optim=OptimConfig(learning_rate=1e-3), **kw)
-  return fr.RunConfig(finetune=ft, trajectories=trajectories, batch_size=4, eval_every=2, heldout_size=8,
-                      checkpoint_every=2)
+  ft = finetune.FinetuneConfig(
+    method=method, num_steps=4, k=k, m=2, guidance_scale=2.0, optim=OptimConfig(learning_rate=1e-3), **kw
+  )
+  return fr.RunConfig(
+    finetune=ft, trajectories=trajectories, batch_size=4, eval_every=2, heldout_size=8, checkpoint_every=2
+  )
 
 
 def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   p = tiny_pipeline
   work = tmp_path / "easytune"
   s1 = fr.run_finetune(_cfg("easytune", 2), str(work), p.generator, p.reward, p.data, progress=False)
-  assert s1["trajectories"] == 2 and s1["updates"] == 8          # K = T = 4 updates per trajectory
-  s2 = fr.run_finetune(_cfg("easytune", 4), str(work), p.generator, p.reward, p.data,
-                       evaluator_workdir=p.evaluator, progress=False)
-  assert s2["trajectories"] == 4 and s2["updates"] == 16         # resumed, not restarted
+  assert s1["trajectories"] == 2 and s1["updates"] == 8  # K = T = 4 updates per trajectory
+  s2 = fr.run_finetune(
+    _cfg("easytune", 4), str(work), p.generator, p.reward, p.data, evaluator_workdir=p.evaluator, progress=False
+  )
+  assert s2["trajectories"] == 4 and s2["updates"] == 16  # resumed, not restarted
   rows = read_metrics(work)
   train_rows = [r for r in rows if "reward" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
@@ -52,8 +55,14 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   feats, joints = gen.generate(["a person walks forward."], [32], jax.random.key(0), num_steps=4)
   assert feats.shape[0] == 1 and np.all(np.isfinite(joints))
   with pytest.raises(CheckpointError, match="batch_size"):
-    fr.run_finetune(fr.RunConfig(**{**_cfg("easytune", 4).__dict__, "batch_size": 2}), str(work),
-                    p.generator, p.reward, p.data, progress=False)
+    fr.run_finetune(
+      fr.RunConfig(**{**_cfg("easytune", 4).__dict__, "batch_size": 2}),
+      str(work),
+      p.generator,
+      p.reward,
+      p.data,
+      progress=False,
+    )
 
 
 @pytest.mark.parametrize("method", [m for m in finetune.METHODS if m != "easytune"])
@@ -88,8 +97,14 @@ def test_regularizers_get_their_inputs_from_the_harness(tiny_pipeline, tmp_path,
   """'diffusion' gets the data batch's latents + condition, 'kl' the base params: the logged loss is
   -reward + reg_weight * regulariser, so loss + reward > 0 once the regulariser is non-zero."""
   p = tiny_pipeline
-  s = fr.run_finetune(_cfg("easytune", 2, regularizer=regularizer, reg_weight=10.0), str(tmp_path / regularizer),
-                      p.generator, p.reward, p.data, progress=False)
+  s = fr.run_finetune(
+    _cfg("easytune", 2, regularizer=regularizer, reg_weight=10.0),
+    str(tmp_path / regularizer),
+    p.generator,
+    p.reward,
+    p.data,
+    progress=False,
+  )
   assert s["updates"] == 8 and np.isfinite(s["final_heldout_reward"])
   rows = [r for r in read_metrics(tmp_path / regularizer) if "reward_per_step/000" in r]
   reg = [r[f"loss_per_step/{i:03d}"] + r[f"reward_per_step/{i:03d}"] for r in rows for i in range(4)]
@@ -118,21 +133,18 @@ def test_best_checkpoint_by_a_val_split_evaluator_metric(tiny_pipeline, tmp_path
   with pytest.raises(ValueError, match="RunConfig.best_metric: expected one of .*found 'loss'"):
     fr.RunConfig(best_metric="loss")
   cfg = fr.RunConfig(**{**_cfg("draft", 3).__dict__, "eval_every": 1, "best_metric": "Matching_score"})
-  with pytest.raises(ValueError, match="best_metric='Matching_score' is an evaluator metric: pass "
-                                       "evaluator_workdir"):
+  with pytest.raises(ValueError, match="best_metric='Matching_score' is an evaluator metric: pass evaluator_workdir"):
     fr.run_finetune(cfg, str(tmp_path / "noeval"), p.generator, p.reward, p.data, progress=False)
   work = tmp_path / "best"
-  s = fr.run_finetune(cfg, str(work), p.generator, p.reward, p.data, evaluator_workdir=p.evaluator,
-                      progress=False)
+  s = fr.run_finetune(cfg, str(work), p.generator, p.reward, p.data, evaluator_workdir=p.evaluator, progress=False)
   best = s["best"]
   logged = {r["step"]: r["val/Matching_score"] for r in read_metrics(work) if "val/Matching_score" in r}
   assert sorted(logged) == [1, 2, 3] and best["metric"] == "Matching_score"
   assert best["value"] <= min(logged.values()) + 1e-9
   base = fr.load_task(p.generator, p.reward).gen.params
   best_params = fr.load_finetuned_generator(str(work), which="best").params
-  same_as_base = all(bool(np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(best_params),
-                                                                jax.tree.leaves(base)))
-  if best["trajectory"] == 0:      # nothing beat the base: best/ holds the base params
+  same_as_base = all(bool(np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(best_params), jax.tree.leaves(base)))
+  if best["trajectory"] == 0:  # nothing beat the base: best/ holds the base params
     assert same_as_base and best["value"] < min(logged.values())
   else:
     assert not same_as_base and best["value"] == pytest.approx(logged[best["trajectory"]])
@@ -147,12 +159,24 @@ def test_composite_reward_logs_every_term_and_needs_no_reward_model_for_physical
   assert ev["heldout_reward"] == pytest.approx(want, rel=1e-5, abs=1e-6)
   assert ev["heldout_reward_terms/skating"] <= 0
   # A physical-only reward runs without a reward model (no text inputs at all).
-  s = fr.run_finetune(dataclasses.replace(_cfg("draft", 1), reward="jitter:0.001"), str(tmp_path / "phys"),
-                      p.generator, None, p.data, progress=False)
+  s = fr.run_finetune(
+    dataclasses.replace(_cfg("draft", 1), reward="jitter:0.001"),
+    str(tmp_path / "phys"),
+    p.generator,
+    None,
+    p.data,
+    progress=False,
+  )
   assert np.isfinite(s["final_heldout_reward"]) and s["final_heldout_reward"] < 0
   with pytest.raises(ValueError, match="not registered"):
-    fr.run_finetune(dataclasses.replace(_cfg("draft", 1), reward="skateing"), str(tmp_path / "bad"),
-                    p.generator, None, p.data, progress=False)
+    fr.run_finetune(
+      dataclasses.replace(_cfg("draft", 1), reward="skateing"),
+      str(tmp_path / "bad"),
+      p.generator,
+      None,
+      p.data,
+      progress=False,
+    )
 
 
 def test_official_spm_reward_through_the_harness(tiny_pipeline, tmp_path):
@@ -161,7 +185,7 @@ def test_official_spm_reward_through_the_harness(tiny_pipeline, tmp_path):
   p = tiny_pipeline
   st5 = pathlib.Path(__file__).parent / "fixtures" / "text_encoders" / "st5_safetensors"
   config = SPMConfig.official(dim_motion=263, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)
-  sd = synthetic_state(config, e=32, seed=4)          # the fixture's T5 width is 32
+  sd = synthetic_state(config, e=32, seed=4)  # the fixture's T5 width is 32
   save_torch(tmp_path / "spm.pth", {"state_dict": sd})
   reward_dir = R.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "spm", num_heads=2)
   with pytest.raises(ValueError, match="RunConfig.reward_text"):
@@ -170,6 +194,12 @@ def test_official_spm_reward_through_the_harness(tiny_pipeline, tmp_path):
   assert task.reward_needs_rng
   with pytest.raises(ValueError, match="pass rng"):
     task.inputs(["a person walks."], [32])
-  s = fr.run_finetune(dataclasses.replace(_cfg("easytune", 1), reward_text=str(st5)), str(tmp_path / "ft"),
-                      p.generator, str(reward_dir), p.data, progress=False)
+  s = fr.run_finetune(
+    dataclasses.replace(_cfg("easytune", 1), reward_text=str(st5)),
+    str(tmp_path / "ft"),
+    p.generator,
+    str(reward_dir),
+    p.data,
+    progress=False,
+  )
   assert s["updates"] == 4 and np.isfinite(s["final_heldout_reward"])

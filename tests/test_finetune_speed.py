@@ -46,9 +46,12 @@ def assert_trees_close(a, b, rtol, atol):
 def test_grad_chunk_and_compute_dtype_validation():
   with pytest.raises(ValueError, match=r"grad_chunk: expected >= 1, found 0"):
     finetune.FinetuneConfig(grad_chunk=0)
-  with pytest.raises(ValueError, match=r"grad_chunk: batched per-step gradients need a per-step method \(easytune\) with "
-                     r"sampler_variant='frozen'.*found grad_chunk=2 with method='easytune', "
-                     r"sampler_variant='online'"):
+  with pytest.raises(
+    ValueError,
+    match=r"grad_chunk: batched per-step gradients need a per-step method \(easytune\) with "
+    r"sampler_variant='frozen'.*found grad_chunk=2 with method='easytune', "
+    r"sampler_variant='online'",
+  ):
     finetune.FinetuneConfig(grad_chunk=2, sampler_variant="online")
   with pytest.raises(ValueError, match=r"grad_chunk: .*method='draft'"):
     finetune.FinetuneConfig(method="draft", grad_chunk=2)
@@ -63,15 +66,15 @@ def test_grad_chunk_and_compute_dtype_validation():
 # --------------------------------------------------------------------------------------------- batched == sequential
 MASK = {"w1": True, "b1": False, "w2": True, "tw": True}
 CASES = {
-    # name: (FinetuneConfig overrides, chunk sizes to compare with C = 1, extras)
-    "plain": (dict(), (2, 3, 5), {}),                    # K = 5: chunks 2+2+1, 3+2, one chunk of 5
-    "k3": (dict(k=3), (2, 3), {}),                       # K < T: the first steps are plain sampling
-    "eta": (dict(eta=0.7), (2, 5), {}),                  # per-step DDIM noise (fold_in by step index)
-    "diffusion": (dict(regularizer="diffusion", reg_weight=0.3), (2,), {"data": True}),
-    "kl": (dict(regularizer="kl", reg_weight=0.5), (3,), {"base": True}),
-    "mask": (dict(), (2,), {"mask": True}),              # frozen leaf b1: no update, no optimizer state
-    "ema": (dict(), (4,), {"ema": 0.9}),
-    "x_prev_t": (dict(reward_input="x_prev", reward_timestep="t", eta=0.3), (2,), {}),
+  # name: (FinetuneConfig overrides, chunk sizes to compare with C = 1, extras)
+  "plain": (dict(), (2, 3, 5), {}),  # K = 5: chunks 2+2+1, 3+2, one chunk of 5
+  "k3": (dict(k=3), (2, 3), {}),  # K < T: the first steps are plain sampling
+  "eta": (dict(eta=0.7), (2, 5), {}),  # per-step DDIM noise (fold_in by step index)
+  "diffusion": (dict(regularizer="diffusion", reg_weight=0.3), (2,), {"data": True}),
+  "kl": (dict(regularizer="kl", reg_weight=0.5), (3,), {"base": True}),
+  "mask": (dict(), (2,), {"mask": True}),  # frozen leaf b1: no update, no optimizer state
+  "ema": (dict(), (4,), {"ema": 0.9}),
+  "x_prev_t": (dict(reward_input="x_prev", reward_timestep="t", eta=0.3), (2,), {}),
 }
 
 
@@ -82,8 +85,7 @@ def test_batched_frozen_path_equals_sequential_float32(case):
   equal to float32 rounding (measured max relative difference ~1e-7; asserted rtol 2e-5)."""
   over, chunks, extra = CASES[case]
   params, sched, x_T, cond, uncond = setup(jnp.float32)
-  tx = make_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=1e-3),
-                             MASK if extra.get("mask") else None)
+  tx = make_optimizer(OptimConfig(learning_rate=1e-2, weight_decay=1e-3), MASK if extra.get("mask") else None)
   kw = {}
   if extra.get("data"):
     kw["data_batch"] = {"x0": x_T * 0.5, "cond": cond}
@@ -92,14 +94,15 @@ def test_batched_frozen_path_equals_sequential_float32(case):
   ema = extra.get("ema", 0.0)
   ref_state, ref_m = run(cfg("easytune", **over), params, sched, x_T, cond, uncond, tx, ema_decay=ema, **kw)
   assert int(ref_state.step) == cfg("easytune", **over).num_grad_steps and bool(ref_m["finite"])
-  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-              for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(params)))
-  assert moved > 1e-3   # the trajectory really changed the params
+  moved = max(
+    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(params))
+  )
+  assert moved > 1e-3  # the trajectory really changed the params
   if extra.get("mask"):
     np.testing.assert_array_equal(ref_state.params["b1"], params["b1"])
   for c in chunks:
-    state, m = run(cfg("easytune", grad_chunk=c, **over), params, sched, x_T, cond, uncond, tx, ema_decay=ema,
-                   **kw)
+    state, m = run(cfg("easytune", grad_chunk=c, **over), params, sched, x_T, cond, uncond, tx, ema_decay=ema, **kw)
     assert_trees_close(state, ref_state, rtol=2e-5, atol=1e-7)
     assert_trees_close(m, ref_m, rtol=2e-5, atol=1e-6)
 
@@ -118,7 +121,7 @@ def test_batched_frozen_path_equals_sequential_float64():
 
 @pytest.mark.slow
 def test_batched_path_skips_nonfinite_steps_like_sequential():
-  def nan_reward(x, cond, t):   # NaN for the two noisiest steps (t_i > 500) of T = 4
+  def nan_reward(x, cond, t):  # NaN for the two noisiest steps (t_i > 500) of T = 4
     return jnp.where(t > 500, jnp.nan, reward(x, cond, None))
 
   params, sched, x_T, cond, uncond = setup(jnp.float32)
@@ -137,8 +140,12 @@ def test_batched_path_skips_nonfinite_steps_like_sequential():
 def mlp_problem(b=8, l=16, d=64, h=256):
   """A denoiser whose activations [B, L, H] dominate its parameters (the memory tests' problem)."""
   ks = jax.random.split(jax.random.key(0), 3)
-  params = {"w1": jax.random.normal(ks[0], (d, h)) * 0.05, "b1": jnp.zeros(h),
-            "w2": jax.random.normal(ks[1], (h, h)) * 0.05, "w3": jax.random.normal(ks[2], (h, d)) * 0.05}
+  params = {
+    "w1": jax.random.normal(ks[0], (d, h)) * 0.05,
+    "b1": jnp.zeros(h),
+    "w2": jax.random.normal(ks[1], (h, h)) * 0.05,
+    "w3": jax.random.normal(ks[2], (h, d)) * 0.05,
+  }
 
   def mlp(p, x, t, cond):
     z = jnp.tanh(x @ p["w1"] + p["b1"] + cond["c"][:, None] + t[:, None, None] / 1000.0)
@@ -162,8 +169,8 @@ def test_batched_path_memory_grows_with_chunk_and_stays_flat_in_T():
     temp[(n, c)] = finetune.compiled_memory(update, state, x_T, cond, uncond, jax.random.key(0))["temp"]
   print("compiled temp bytes (T, C):", temp)
   assert temp[(20, 1)] < temp[(20, 2)] < temp[(20, 5)] < temp[(20, 10)]
-  assert temp[(20, 10)] < 10 * temp[(20, 1)]                  # at most C one-step residuals + C gradients
-  assert abs(temp[(100, 5)] / temp[(20, 5)] - 1) < 0.10      # still flat in T at a fixed C
+  assert temp[(20, 10)] < 10 * temp[(20, 1)]  # at most C one-step residuals + C gradients
+  assert abs(temp[(100, 5)] / temp[(20, 5)] - 1) < 0.10  # still flat in T at a fixed C
 
 
 # --------------------------------------------------------------------------------------------- donation
@@ -181,7 +188,7 @@ def test_every_method_donates_its_state_and_never_retraces(method):
   assert mem["alias"] == state_bytes, (mem, state_bytes)
   # The library's jitted update donates (the state passed in is deleted) and compiles once over 3 calls.
   update = finetune.make_update_fn(config, denoise, reward, sched, tx, decode=decode)
-  chex.clear_trace_counter()   # chex counts per code object: the methods' updates share theirs
+  chex.clear_trace_counter()  # chex counts per code object: the methods' updates share theirs
   counted = jax.jit(chex.assert_max_traces(raw, n=1), donate_argnums=0)
   s1, s2 = state, copy(state)
   for step in range(3):
@@ -208,11 +215,13 @@ def test_easytune_donation_saves_the_state_in_compiled_memory(over):
   state = create_train_state(params, tx)
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-  raw = finetune.make_update_fn(cfg("easytune", num_steps=10, **over), mlp, rew, schedules.make_schedule(), tx,
-                                jit=False)
+  raw = finetune.make_update_fn(
+    cfg("easytune", num_steps=10, **over), mlp, rew, schedules.make_schedule(), tx, jit=False
+  )
   args = (state, x_T, cond, uncond, jax.random.key(0))
-  saving = finetune.compiled_memory(raw, *args)["total"] - finetune.compiled_memory(
-      raw, *args, donate_argnums=(0,))["total"]
+  saving = (
+    finetune.compiled_memory(raw, *args)["total"] - finetune.compiled_memory(raw, *args, donate_argnums=(0,))["total"]
+  )
   expected = state_bytes - (0 if over.get("sampler_variant") == "online" else param_bytes)
   print(over, "compiled total saved by donation:", saving, "expected about", expected)
   assert 0.99 * expected <= saving <= state_bytes
@@ -222,8 +231,7 @@ def test_easytune_donation_saves_the_state_in_compiled_memory(over):
 def test_batched_path_donates_and_never_retraces():
   params, sched, x_T, cond, uncond = setup(jnp.float32)
   tx = make_optimizer(OptimConfig(learning_rate=1e-3))
-  raw = finetune.make_update_fn(cfg("easytune", grad_chunk=2), denoise, reward, sched, tx, decode=decode,
-                                jit=False)
+  raw = finetune.make_update_fn(cfg("easytune", grad_chunk=2), denoise, reward, sched, tx, decode=decode, jit=False)
   state = create_train_state(params, tx)
   mem = finetune.compiled_memory(raw, state, x_T, cond, uncond, jax.random.key(0), donate_argnums=(0,))
   assert mem["alias"] == sum(x.nbytes for x in jax.tree.leaves(state))
@@ -241,7 +249,7 @@ def test_bfloat16_compute_path_finite_and_close_to_float32(method, chunk):
   params, sched, x_T, cond, uncond = setup(jnp.float32)
   seen = []
 
-  def denoise_spy(p, x, t, c):   # records the dtypes the network sees (at trace time)
+  def denoise_spy(p, x, t, c):  # records the dtypes the network sees (at trace time)
     seen.append((p["w1"].dtype, x.dtype, c["c"].dtype))
     return denoise(p, x, t, c)
 
@@ -250,7 +258,7 @@ def test_bfloat16_compute_path_finite_and_close_to_float32(method, chunk):
   out = {}
   for dt in ("float32", "bfloat16"):
     config = cfg(method, k=k, m=3, grad_chunk=chunk, compute_dtype=dt)
-    tx = optax.sgd(lr)   # the parameter change is then lr * (sum of) gradients: compares the gradients
+    tx = optax.sgd(lr)  # the parameter change is then lr * (sum of) gradients: compares the gradients
     update = finetune.make_update_fn(config, denoise_spy, reward, sched, tx, decode=decode)
     state, m = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(4))
     out[dt] = jax.device_get((state, m))
@@ -266,14 +274,21 @@ def test_bfloat16_compute_path_finite_and_close_to_float32(method, chunk):
   d32 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), s32.params, params)
   d16 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), s16.params, params)
   err = float(optax.tree.norm(jax.tree.map(np.subtract, d16, d32))) / float(optax.tree.norm(d32))
-  print(f"{method} C={chunk}: loss {float(m32['loss']):.4f} vs {float(m16['loss']):.4f}; relative update "
-        f"difference {err:.4f}")
+  print(
+    f"{method} C={chunk}: loss {float(m32['loss']):.4f} vs {float(m16['loss']):.4f}; relative update "
+    f"difference {err:.4f}"
+  )
   assert err < 0.10
 
 
 def test_cast_floating_leaves_ints_and_keys():
-  tree = {"w": jnp.ones((2,), jnp.float32), "i": jnp.arange(3), "b": jnp.array([True]), "k": jax.random.key(0),
-          "py": 1.5}
+  tree = {
+    "w": jnp.ones((2,), jnp.float32),
+    "i": jnp.arange(3),
+    "b": jnp.array([True]),
+    "k": jax.random.key(0),
+    "py": 1.5,
+  }
   out = finetune.cast_floating(tree, jnp.bfloat16)
   assert out["w"].dtype == jnp.bfloat16 and out["i"].dtype == tree["i"].dtype and out["b"].dtype == bool
   assert out["k"].dtype == tree["k"].dtype and out["py"] == 1.5
@@ -284,6 +299,7 @@ def test_cast_floating_leaves_ints_and_keys():
 # --------------------------------------------------------------------------------------------- benchmark wiring
 def test_benchmark_chunk_variants_and_floor_record():
   from easytune_jax.bench import benchmark
+
   v = benchmark.parse_variant("easytune-10+chunk5@1e-4")
   assert v == benchmark.Variant("easytune", 10, False, 1e-4, False, 5) and v.name == "EasyTune-10+chunk5@0.0001"
   assert v.family == "EasyTune-10+chunk5"
@@ -292,9 +308,11 @@ def test_benchmark_chunk_variants_and_floor_record():
   assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune"), 50).grad_chunk == 4
   assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune+online"), 50).grad_chunk == 1
   assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("draft-1"), 50).grad_chunk == 1
-  for bad, msg in (("easytune+chunk0", "expected '\\+chunk<C>' with C >= 1"),
-                   ("draft-1+chunk2", "'\\+chunk<C>' batches frozen per-step gradients, not for 'draft'"),
-                   ("easytune+online+chunk2", "not for 'easytune\\+online'")):
+  for bad, msg in (
+    ("easytune+chunk0", "expected '\\+chunk<C>' with C >= 1"),
+    ("draft-1+chunk2", "'\\+chunk<C>' batches frozen per-step gradients, not for 'draft'"),
+    ("easytune+online+chunk2", "not for 'easytune\\+online'"),
+  ):
     with pytest.raises(ValueError, match=msg):
       benchmark.parse_variant(bad)
   with pytest.raises(ValueError, match="grad_chunk"):

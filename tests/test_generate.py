@@ -41,9 +41,12 @@ def test_generate_to_files_tiny(tiny_pipeline, tmp_path):
   assert [m["text"] for m in man["motions"]] == texts and len(man["timing"]["sample_s"]) == 2
   assert json.loads((tmp_path / "generated.json").read_text()) == man
   first = man["motions"][0]
-  assert first["files"] == ["000_a_person_walks_forward_and_waves_features.npy",
-                            "000_a_person_walks_forward_and_waves_joints.npy",
-                            "000_a_person_walks_forward_and_waves.gif", "000_a_person_walks_forward_and_waves.bvh"]
+  assert first["files"] == [
+    "000_a_person_walks_forward_and_waves_features.npy",
+    "000_a_person_walks_forward_and_waves_joints.npy",
+    "000_a_person_walks_forward_and_waves.gif",
+    "000_a_person_walks_forward_and_waves.bvh",
+  ]
   assert any("ffmpeg" in n for n in man["notes"]) or "000_a_person_walks_forward_and_waves.mp4" in os.listdir(tmp_path)
   # batch 1 (the third caption, padded to 2 rows) equals a direct call with fold_in(key, 1)
   feats, joints = gen.generate(texts[2:] * 2, [9, 9], jax.random.fold_in(jax.random.PRNGKey(3), 1), num_steps=2)
@@ -59,7 +62,7 @@ def test_generate_to_files_tiny(tiny_pipeline, tmp_path):
     export.generate_to_files(gen, texts[:1], tmp_path / "x", cfg, lengths=33, progress=False)
 
 
-@pytest.mark.slow   # a launcher subprocess compiling the generator
+@pytest.mark.slow  # a launcher subprocess compiling the generator
 def test_launch_generate_official_sentence_t5(tmp_path):
   """launch/generate.py on a converted official checkpoint whose captions go through sentence-T5."""
   st5 = load_sentence_t5(tmo.ST5_DIR)
@@ -67,22 +70,46 @@ def test_launch_generate_official_sentence_t5(tmp_path):
   ckpt = tmp_path / "mld.ckpt"
   save_torch(ckpt, {"state_dict": tmo.random_state(tmo.VCFG, dcfg, seed=5)})
   rng = np.random.default_rng(6)
-  og.write_official_generator(ckpt, tmp_path / "mld", rng.standard_normal(263).astype(np.float32),
-                              rng.uniform(0.5, 1.5, 263).astype(np.float32), sentence_t5=tmo.ST5_DIR, num_heads=2,
-                              max_length=24)
+  og.write_official_generator(
+    ckpt,
+    tmp_path / "mld",
+    rng.standard_normal(263).astype(np.float32),
+    rng.uniform(0.5, 1.5, 263).astype(np.float32),
+    sentence_t5=tmo.ST5_DIR,
+    num_heads=2,
+    max_length=24,
+  )
   (tmp_path / "prompts.txt").write_text("a person jumps\n\n  someone sits down  \n")
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   out = tmp_path / "out"
   proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "generate.py"), f"--generator_workdir={tmp_path / 'mld'}",
-       "--text=a person walks forward and waves", f"--text_file={tmp_path / 'prompts.txt'}", "--config=tiny",
-       "--config.num_steps=2", "--config.length=20", "--config.batch_size=4", "--config.seed=1", f"--out_dir={out}",
-       "--config.gif=false", "--noprogress"],
-      env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      str(ROOT / "launch" / "generate.py"),
+      f"--generator_workdir={tmp_path / 'mld'}",
+      "--text=a person walks forward and waves",
+      f"--text_file={tmp_path / 'prompts.txt'}",
+      "--config=tiny",
+      "--config.num_steps=2",
+      "--config.length=20",
+      "--config.batch_size=4",
+      "--config.seed=1",
+      f"--out_dir={out}",
+      "--config.gif=false",
+      "--noprogress",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   man = json.loads((out / "generated.json").read_text())
-  assert [m["text"] for m in man["motions"]] == ["a person walks forward and waves", "a person jumps",
-                                                 "someone sits down"]
+  assert [m["text"] for m in man["motions"]] == [
+    "a person walks forward and waves",
+    "a person jumps",
+    "someone sits down",
+  ]
   assert man["generator"] == "OfficialMLDGenerator"
   j = np.load(out / "001_a_person_jumps_joints.npy")
   assert j.shape == (20, 22, 3) and np.all(np.isfinite(j))

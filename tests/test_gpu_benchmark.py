@@ -26,8 +26,14 @@ def test_configs():
 @pytest.mark.slow
 def test_smoke_run_writes_sane_json(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "launch/gpu_benchmark.py", "--config=smoke", f"--out_dir={tmp_path}"], cwd=str(ROOT),
-                        env=env, capture_output=True, text=True, timeout=1500)
+  proc = subprocess.run(
+    [sys.executable, "launch/gpu_benchmark.py", "--config=smoke", f"--out_dir={tmp_path}"],
+    cwd=str(ROOT),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1500,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads((tmp_path / "benchmark.json").read_text())
   assert res["skipped"] == [] and res["gpu_config"]["size"] == "tiny"
@@ -35,7 +41,7 @@ def test_smoke_run_writes_sane_json(tmp_path):
   assert set(mem) == {("EasyTune", 2), ("EasyTune", 4)}
   assert all(r["memory"]["total"] > 0 and r["compile_seconds"] > 0 for r in mem.values())
   e2, e4 = mem[("EasyTune", 2)]["memory"]["total"], mem[("EasyTune", 4)]["memory"]["total"]
-  assert abs(e4 / e2 - 1) < 0.05                   # EasyTune's memory is flat in T
+  assert abs(e4 / e2 - 1) < 0.05  # EasyTune's memory is flat in T
   sp = {r["variant"]: r["speed"] for r in res["records"] if "speed" in r}
   assert set(sp) == {"EasyTune+chunk2"}
   s = sp["EasyTune+chunk2"]

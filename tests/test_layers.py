@@ -33,13 +33,11 @@ def test_encoder_padding_never_changes_valid_outputs(skip):
   np.testing.assert_allclose(np.asarray(y1[1, :4]), np.asarray(y2[1, :4]), atol=1e-5)
   np.testing.assert_allclose(np.asarray(y1[0]), np.asarray(y2[0]), atol=1e-6)
   with pytest.raises(ValueError, match="odd"):
-    layers.TransformerEncoder(num_layers=2, num_heads=2, ff_dim=8, skip=True).init(
-        jax.random.key(0), x, mask)
+    layers.TransformerEncoder(num_layers=2, num_heads=2, ff_dim=8, skip=True).init(jax.random.key(0), x, mask)
 
 
 def test_distribution_tokens_and_kl():
-  enc = layers.DistributionTokenEncoder(latent_dim=16, num_tokens=1, num_layers=1, num_heads=2, ff_dim=32,
-                                        dropout=0.0)
+  enc = layers.DistributionTokenEncoder(latent_dim=16, num_tokens=1, num_layers=1, num_heads=2, ff_dim=32, dropout=0.0)
   x = jax.random.normal(jax.random.key(0), (3, 5, 9))
   mask = jnp.array([[1] * 5, [1] * 3 + [0] * 2, [1] + [0] * 4], bool)
   params = enc.init(jax.random.key(1), x, mask)
@@ -48,9 +46,11 @@ def test_distribution_tokens_and_kl():
   mu2, _ = enc.apply(params, x.at[2, 1:].set(-50.0), mask)
   np.testing.assert_allclose(np.asarray(mu[2]), np.asarray(mu2[2]), atol=1e-5)
   m, lv = np.array([0.3, -1.0]), np.array([0.2, -0.5])
-  want = np.mean(0.5 * (np.exp(lv) + m ** 2 - 1 - lv))
+  want = np.mean(0.5 * (np.exp(lv) + m**2 - 1 - lv))
   assert float(layers.kl_to_standard_normal(jnp.asarray(m), jnp.asarray(lv))) == pytest.approx(want, rel=1e-5)
-  assert float(layers.kl_between(jnp.asarray(m), jnp.asarray(lv), jnp.zeros(2), jnp.zeros(2))) == \
-      pytest.approx(want, rel=1e-5)
-  assert float(layers.kl_between(jnp.asarray(m), jnp.asarray(lv), jnp.asarray(m), jnp.asarray(lv))) == \
-      pytest.approx(0.0, abs=1e-7)
+  assert float(layers.kl_between(jnp.asarray(m), jnp.asarray(lv), jnp.zeros(2), jnp.zeros(2))) == pytest.approx(
+    want, rel=1e-5
+  )
+  assert float(layers.kl_between(jnp.asarray(m), jnp.asarray(lv), jnp.asarray(m), jnp.asarray(lv))) == pytest.approx(
+    0.0, abs=1e-7
+  )

@@ -23,12 +23,17 @@ def _window_choose(rng, c):
   T, K = c.num_steps, c.num_grad_steps
   i_stop = jax.random.randint(rng, (), max(T - c.stop_range, K - 1), T, dtype=jnp.int32)
   steps = jnp.arange(T)
-  return finetune.Choice(i_stop - K + 1, (steps > i_stop - K) & (steps <= i_stop), i_stop,
-                         jnp.zeros((), jnp.int32))
+  return finetune.Choice(i_stop - K + 1, (steps > i_stop - K) & (steps <= i_stop), i_stop, jnp.zeros((), jnp.int32))
 
 
-WINDOW = finetune.StepPolicy("Window", span=lambda c: c.num_grad_steps, choose=_window_choose, scores="step",
-                             default_k=lambda c: 2, uses=("k", "m"))
+WINDOW = finetune.StepPolicy(
+  "Window",
+  span=lambda c: c.num_grad_steps,
+  choose=_window_choose,
+  scores="step",
+  default_k=lambda c: 2,
+  uses=("k", "m"),
+)
 # ----------------------------------------------------------------------- end of the diff
 
 
@@ -45,23 +50,27 @@ def test_toy_row_equals_its_unrolled_definition(window):
     assert (config.num_grad_steps, config.updates_per_trajectory) == (2, 1)
     loss_fn = finetune.make_trajectory_loss(config, denoise, reward, sched, decode=decode)
     for seed in (0, 1, 2, 5):
-      (loss, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, x_T, cond, uncond,
-                                                                          jax.random.key(seed))
+      (loss, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        params, x_T, cond, uncond, jax.random.key(seed)
+      )
       i_stop = int(aux.loss_index)
       seen.add(i_stop)
       assert T - 3 <= i_stop < T
       np.testing.assert_array_equal(aux.grad_mask, (np.arange(T) > i_stop - 2) & (np.arange(T) <= i_stop))
 
       def expected(p, i_stop=i_stop):
-        x = ref.trajectory(params, x_T, cond, uncond, i_stop - 1)[-1]   # held constant
+        x = ref.trajectory(params, x_T, cond, uncond, i_stop - 1)[-1]  # held constant
         x = ref.step(p, x, i_stop - 1, cond, uncond)[0]
         return -jnp.mean(ref.R(ref.step(p, x, i_stop, cond, uncond)[1], cond))
 
       np.testing.assert_allclose(loss, expected(params), rtol=1e-12)
       assert_tree_close(g, jax.grad(expected)(params))
       # Depth 2 really differs from ReFL (depth 1) at the same stop step.
-      refl = lambda p, i_stop=i_stop: -jnp.mean(ref.R(ref.step(
-          p, ref.trajectory(params, x_T, cond, uncond, i_stop)[-1], i_stop, cond, uncond)[1], cond))
+      refl = lambda p, i_stop=i_stop: (
+        -jnp.mean(
+          ref.R(ref.step(p, ref.trajectory(params, x_T, cond, uncond, i_stop)[-1], i_stop, cond, uncond)[1], cond)
+        )
+      )
       assert float(optax.tree.norm(jax.tree.map(jnp.subtract, g, jax.grad(refl)(params)))) > 1e-6
     assert len(seen) >= 2
 
@@ -81,8 +90,11 @@ def test_toy_row_runs_in_the_update_and_the_benchmark(window):
 
 
 def test_config_errors_name_the_table():
-  with pytest.raises(ValueError, match=r"method: expected one of \('easytune', 'draft', 'refl', 'alignprop', "
-                     r"'drtune'\), found 'window'"):
+  with pytest.raises(
+    ValueError,
+    match=r"method: expected one of \('easytune', 'draft', 'refl', 'alignprop', "
+    r"'drtune'\), found 'window'",
+  ):
     finetune.FinetuneConfig(method="window")
   with pytest.raises(ValueError, match="a trajectory row needs `choose`, a per-step row none"):
     finetune.StepPolicy("Broken", span=lambda c: 1)
@@ -91,11 +103,17 @@ def test_config_errors_name_the_table():
 
 
 def test_final_scoring_row_must_end_at_the_last_step(monkeypatch):
-  early = finetune.StepPolicy("Early", span=lambda c: 1, choose=lambda rng, c: finetune.Choice(
-      0, jnp.arange(c.num_steps) == 0, jnp.int32(0), jnp.int32(0)))
+  early = finetune.StepPolicy(
+    "Early",
+    span=lambda c: 1,
+    choose=lambda rng, c: finetune.Choice(0, jnp.arange(c.num_steps) == 0, jnp.int32(0), jnp.int32(0)),
+  )
   monkeypatch.setitem(finetune.METHODS, "early", early)
   params, sched, x_T, cond, uncond = setup(jnp.float32)
   loss_fn = finetune.make_trajectory_loss(cfg("early"), denoise, reward, sched, decode=decode)
-  with pytest.raises(ValueError, match=r"scores='final' needs the span to end at step T-1, found start 0 \+ "
-                     r"span 1 != T=5"):
+  with pytest.raises(
+    ValueError,
+    match=r"scores='final' needs the span to end at step T-1, found start 0 \+ "
+    r"span 1 != T=5",
+  ):
     loss_fn(params, x_T, cond, uncond, jax.random.key(0))

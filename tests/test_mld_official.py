@@ -20,23 +20,35 @@ from easytune_jax.models import mld_convert
 from easytune_jax.models import mld_official as mo
 from easytune_jax.core.torch_zip import save_torch
 
-VCFG = mo.OfficialVAEConfig.tiny(nfeats=263, latent_size=2)   # 263: the generator bundle recovers joints
+VCFG = mo.OfficialVAEConfig.tiny(nfeats=263, latent_size=2)  # 263: the generator bundle recovers joints
 DCFG = mo.OfficialDenoiserConfig.tiny(latent_size=2)
 
 
 # ----------------------------------------------------------------------------- official names (from the source)
 def _layer_keys(p, c, ff, cross):
-  keys = {f"{p}self_attn.in_proj_weight": (3 * c, c), f"{p}self_attn.in_proj_bias": (3 * c,),
-          f"{p}self_attn.out_proj.weight": (c, c), f"{p}self_attn.out_proj.bias": (c,),
-          f"{p}linear1.weight": (ff, c), f"{p}linear1.bias": (ff,), f"{p}linear2.weight": (c, ff),
-          f"{p}linear2.bias": (c,)}
+  keys = {
+    f"{p}self_attn.in_proj_weight": (3 * c, c),
+    f"{p}self_attn.in_proj_bias": (3 * c,),
+    f"{p}self_attn.out_proj.weight": (c, c),
+    f"{p}self_attn.out_proj.bias": (c,),
+    f"{p}linear1.weight": (ff, c),
+    f"{p}linear1.bias": (ff,),
+    f"{p}linear2.weight": (c, ff),
+    f"{p}linear2.bias": (c,),
+  }
   norms = ("norm1", "norm2", "norm3") if cross else ("norm1", "norm2")
   for n in norms:
     keys[f"{p}{n}.weight"] = (c,)
     keys[f"{p}{n}.bias"] = (c,)
   if cross:
-    keys.update({f"{p}multihead_attn.in_proj_weight": (3 * c, c), f"{p}multihead_attn.in_proj_bias": (3 * c,),
-                 f"{p}multihead_attn.out_proj.weight": (c, c), f"{p}multihead_attn.out_proj.bias": (c,)})
+    keys.update(
+      {
+        f"{p}multihead_attn.in_proj_weight": (3 * c, c),
+        f"{p}multihead_attn.in_proj_bias": (3 * c,),
+        f"{p}multihead_attn.out_proj.weight": (c, c),
+        f"{p}multihead_attn.out_proj.bias": (c,),
+      }
+    )
   return keys
 
 
@@ -56,17 +68,29 @@ def _skip_keys(p, c, ff, layers, cross):
 
 def official_keys(v: mo.OfficialVAEConfig, d: mo.OfficialDenoiserConfig) -> dict:
   c = v.latent_dim
-  keys = {"vae.query_pos_encoder.pe": (v.max_len, 1, c), "vae.query_pos_decoder.pe": (v.max_len, 1, c),
-          "vae.global_motion_token": (2 * v.latent_size, c), "vae.skel_embedding.weight": (c, v.nfeats),
-          "vae.skel_embedding.bias": (c,), "vae.final_layer.weight": (v.nfeats, c), "vae.final_layer.bias": (v.nfeats,)}
+  keys = {
+    "vae.query_pos_encoder.pe": (v.max_len, 1, c),
+    "vae.query_pos_decoder.pe": (v.max_len, 1, c),
+    "vae.global_motion_token": (2 * v.latent_size, c),
+    "vae.skel_embedding.weight": (c, v.nfeats),
+    "vae.skel_embedding.bias": (c,),
+    "vae.final_layer.weight": (v.nfeats, c),
+    "vae.final_layer.bias": (v.nfeats,),
+  }
   keys.update(_skip_keys("vae.encoder.", c, v.ff_size, v.num_layers, False))
   keys.update(_skip_keys("vae.decoder.", c, v.ff_size, v.num_layers, True))
   c = d.latent_dim
-  keys.update({"denoiser.time_embedding.linear_1.weight": (c, d.time_dim),
-               "denoiser.time_embedding.linear_1.bias": (c,),
-               "denoiser.time_embedding.linear_2.weight": (c, c), "denoiser.time_embedding.linear_2.bias": (c,),
-               "denoiser.emb_proj.1.weight": (c, d.text_dim), "denoiser.emb_proj.1.bias": (c,),
-               "denoiser.query_pos.pe": (d.max_len, 1, c)})
+  keys.update(
+    {
+      "denoiser.time_embedding.linear_1.weight": (c, d.time_dim),
+      "denoiser.time_embedding.linear_1.bias": (c,),
+      "denoiser.time_embedding.linear_2.weight": (c, c),
+      "denoiser.time_embedding.linear_2.bias": (c,),
+      "denoiser.emb_proj.1.weight": (c, d.text_dim),
+      "denoiser.emb_proj.1.bias": (c,),
+      "denoiser.query_pos.pe": (d.max_len, 1, c),
+    }
+  )
   if d.time_cond_proj_dim is not None:
     keys["denoiser.time_embedding.cond_proj.weight"] = (d.time_dim, d.time_cond_proj_dim)
   if d.unused_mem_pos:
@@ -109,7 +133,7 @@ def _mha(q_in, kv_in, sd, p, heads, key_mask=None):
   w, b = sd[p + "in_proj_weight"], sd[p + "in_proj_bias"]
   c = q_in.shape[-1]
   hd = c // heads
-  q, k, v = (x @ w[i * c:(i + 1) * c].T + b[i * c:(i + 1) * c] for i, x in enumerate((q_in, kv_in, kv_in)))
+  q, k, v = (x @ w[i * c : (i + 1) * c].T + b[i * c : (i + 1) * c] for i, x in enumerate((q_in, kv_in, kv_in)))
   split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, hd).transpose(0, 2, 1, 3)
   logits = split(q) @ split(k).transpose(0, 1, 3, 2) / math.sqrt(hd)
   if key_mask is not None:
@@ -152,10 +176,10 @@ def np_encode(sd, v, feats, mask):
   b = feats.shape[0]
   tok = np.broadcast_to(sd["vae.global_motion_token"], (b, 2 * v.latent_size, v.latent_dim))
   seq = np.concatenate([tok, _lin(feats, sd, "vae.skel_embedding.")], 1)
-  seq = seq + sd["vae.query_pos_encoder.pe"][:seq.shape[1], 0][None]
+  seq = seq + sd["vae.query_pos_encoder.pe"][: seq.shape[1], 0][None]
   m = np.concatenate([np.ones((b, 2 * v.latent_size), bool), mask], 1)
   out = _skip(seq, sd, "vae.encoder.", v.num_layers, lambda x, p: _enc_layer(x, sd, p, v.num_heads, m))
-  return out[:, :v.latent_size], out[:, v.latent_size:2 * v.latent_size]
+  return out[:, : v.latent_size], out[:, v.latent_size : 2 * v.latent_size]
 
 
 def np_decode(sd, v, z, mask):
@@ -169,14 +193,14 @@ def np_denoise(sd, d, x, t, text):
   half = d.time_dim // 2
   freqs = np.exp(-math.log(10000.0) * np.arange(half) / (half - d.freq_shift))
   arg = t[:, None].astype(np.float64) * freqs[None]
-  feats = np.concatenate([np.cos(arg), np.sin(arg)], -1)   # flip_sin_to_cos: cos first
+  feats = np.concatenate([np.cos(arg), np.sin(arg)], -1)  # flip_sin_to_cos: cos first
   h = _lin(feats, sd, "denoiser.time_embedding.linear_1.")
   time = _lin(h / (1.0 + np.exp(-h)), sd, "denoiser.time_embedding.linear_2.")
   txt = _lin(np.maximum(text, 0.0), sd, "denoiser.emb_proj.1.")
   seq = np.concatenate([x, time[:, None], txt], 1)
-  seq = seq + sd["denoiser.query_pos.pe"][:seq.shape[1], 0][None]
+  seq = seq + sd["denoiser.query_pos.pe"][: seq.shape[1], 0][None]
   out = _skip(seq, sd, "denoiser.encoder.", d.num_layers, lambda y, p: _enc_layer(y, sd, p, d.num_heads, None))
-  return out[:, :x.shape[1]]
+  return out[:, : x.shape[1]]
 
 
 # ----------------------------------------------------------------------------- tests
@@ -203,8 +227,10 @@ def test_expected_keys_are_the_official_names_and_shapes(dcfg):
 def ckpt(tmp_path_factory):
   sd = random_state()
   path = tmp_path_factory.mktemp("mld") / "mld_humanml_v1.ckpt"
-  extra = {"text_encoder.text_model.0.auto_model.shared.weight": np.ones((3, 2), np.float32),
-           "t2m_moveencoder.main.0.weight": np.ones((2, 2, 4), np.float32)}
+  extra = {
+    "text_encoder.text_model.0.auto_model.shared.weight": np.ones((3, 2), np.float32),
+    "t2m_moveencoder.main.0.weight": np.ones((2, 2, 4), np.float32),
+  }
   save_torch(path, {"state_dict": {**sd, **extra}, "epoch": 3, "metrics": {"fid": 0.5}})
   return path, sd
 
@@ -241,21 +267,22 @@ def test_convert_matches_numpy_reference_and_round_trips(ckpt):
 
   # one compile for everything, without XLA's expensive CPU optimisations (compile time dominates here)
   args = (vae_vars, den_vars, feats, mask, z, jnp.asarray(t, jnp.int32), text)
-  compiled = jax.jit(run).lower(*args).compile({"xla_backend_optimization_level": 0,
-                                                 "xla_llvm_disable_expensive_passes": True})
+  compiled = (
+    jax.jit(run).lower(*args).compile({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
+  )
   mu, logvar, mu_padded, rec, eps = compiled(*args)
   mu_ref, lv_ref = np_encode(sd64, VCFG, feats.astype(np.float64), mask)
   np.testing.assert_allclose(mu, mu_ref, atol=2e-5)
   np.testing.assert_allclose(logvar, lv_ref, atol=2e-5)
-  np.testing.assert_allclose(mu_padded, mu, atol=1e-6)   # padded frames never change the latent
+  np.testing.assert_allclose(mu_padded, mu, atol=1e-6)  # padded frames never change the latent
   np.testing.assert_allclose(rec, np_decode(sd64, VCFG, z.astype(np.float64), mask), atol=2e-5)
   assert np.all(np.asarray(rec)[~mask] == 0.0)
-  np.testing.assert_allclose(eps, np_denoise(sd64, DCFG, z.astype(np.float64), t, text.astype(np.float64)),
-                             atol=2e-5)
+  np.testing.assert_allclose(eps, np_denoise(sd64, DCFG, z.astype(np.float64), t, text.astype(np.float64)), atol=2e-5)
 
 
 def dataclass_replace(cfg, **kw):
   import dataclasses
+
   return dataclasses.replace(cfg, **kw)
 
 
@@ -272,8 +299,9 @@ def test_errors_name_file_key_and_shapes(tmp_path):
   sd = random_state()
   cfgs = dict(vae_config=VCFG, denoiser_config=DCFG)
   missing = {k: v for k, v in sd.items() if k != "vae.decoder.middle_block.norm3.bias"}
-  _expect_error(tmp_path, missing, r"missing key 'vae\.decoder\.middle_block\.norm3\.bias' \(expected shape \(16,\)\)",
-                **cfgs)
+  _expect_error(
+    tmp_path, missing, r"missing key 'vae\.decoder\.middle_block\.norm3\.bias' \(expected shape \(16,\)\)", **cfgs
+  )
   bad = {**sd, "denoiser.emb_proj.1.weight": np.zeros((16, 13), np.float32)}
   _expect_error(tmp_path, bad, r"'denoiser\.emb_proj\.1\.weight': expected shape \(16, 12\).*found \(16, 13\)", **cfgs)
   extra = {**sd, "vae.decoder.extra_layer.weight": np.zeros((2,), np.float32)}
@@ -281,8 +309,9 @@ def test_errors_name_file_key_and_shapes(tmp_path):
   nan = {**sd, "vae.final_layer.bias": np.full((263,), np.nan, np.float32)}
   _expect_error(tmp_path, nan, r"'vae\.final_layer\.bias': holds non-finite", **cfgs)
   # paper-size config against a tiny file: every mismatch is listed, with the count
-  msg = _expect_error(tmp_path, sd, r"problem\(s\)", vae_config=mo.OfficialVAEConfig(),
-                      denoiser_config=mo.OfficialDenoiserConfig())
+  msg = _expect_error(
+    tmp_path, sd, r"problem\(s\)", vae_config=mo.OfficialVAEConfig(), denoiser_config=mo.OfficialDenoiserConfig()
+  )
   assert "421 problem(s)" in msg and "more" in msg
   assert "expected shape (256,) (from OfficialVAEConfig), found (16,)" in msg
   # no MLD keys at all
@@ -312,8 +341,12 @@ def test_generator_bundle(tmp_path, ckpt):
   path, _ = ckpt
   rng = np.random.default_rng(2)
   emb_path = str(tmp_path / "emb.npz")
-  save_text_embeddings(emb_path, ["", "a person walks", "a person jumps"],
-                       rng.standard_normal((3, 1, DCFG.text_dim)).astype(np.float32), np.ones((3, 1), bool))
+  save_text_embeddings(
+    emb_path,
+    ["", "a person walks", "a person jumps"],
+    rng.standard_normal((3, 1, DCFG.text_dim)).astype(np.float32),
+    np.ones((3, 1), bool),
+  )
   mean, std = rng.standard_normal(263).astype(np.float32), rng.uniform(0.5, 1.5, 263).astype(np.float32)
 
   # failures write nothing: no null text ('' missing), a broken checkpoint
@@ -327,8 +360,9 @@ def test_generator_bundle(tmp_path, ckpt):
     og.write_official_generator(bad, tmp_path / "gen", mean, std, text_embeddings=emb_path, num_heads=2)
   assert sorted(os.listdir(tmp_path)) == ["bad.ckpt", "emb.npz", "emb_nonull.npz"]
 
-  meta = og.write_official_generator(path, tmp_path / "gen", mean, std, text_embeddings=emb_path, num_heads=2,
-                                     max_length=16)
+  meta = og.write_official_generator(
+    path, tmp_path / "gen", mean, std, text_embeddings=emb_path, num_heads=2, max_length=16
+  )
   assert meta["vae"]["latent_dim"] == 16 and meta["denoiser"]["num_heads"] == 2
   with pytest.raises(FileExistsError):
     og.write_official_generator(path, tmp_path / "gen", mean, std, text_embeddings=emb_path)
@@ -349,7 +383,7 @@ def test_generator_bundle(tmp_path, ckpt):
 ST5_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "text_encoders", "st5_safetensors")
 
 
-@pytest.mark.slow   # compiles sentence-T5 + the official MLD; test_generator_bundle stays fast
+@pytest.mark.slow  # compiles sentence-T5 + the official MLD; test_generator_bundle stays fast
 def test_generator_bundle_with_sentence_t5(tmp_path):
   """Captions encoded on the fly by the sentence-T5 fixture (sentence dim 24): cond = its sentence embedding,
   uncond = its embedding of ''; the folder is recorded in the workdir and reloaded."""
@@ -366,12 +400,10 @@ def test_generator_bundle_with_sentence_t5(tmp_path):
 
   # a denoiser whose text_dim is not the encoder's: named error, nothing written
   with pytest.raises(ValueError, match="24 dims, the denoiser's text_dim is 12"):
-    og.write_official_generator(ckpt_path_12(tmp_path), tmp_path / "bad", mean, std, sentence_t5=ST5_DIR,
-                                num_heads=2)
+    og.write_official_generator(ckpt_path_12(tmp_path), tmp_path / "bad", mean, std, sentence_t5=ST5_DIR, num_heads=2)
   assert not (tmp_path / "bad").exists()
 
-  meta = og.write_official_generator(path, tmp_path / "gen", mean, std, sentence_t5=ST5_DIR, num_heads=2,
-                                     max_length=16)
+  meta = og.write_official_generator(path, tmp_path / "gen", mean, std, sentence_t5=ST5_DIR, num_heads=2, max_length=16)
   assert meta["sentence_t5"] == os.path.abspath(ST5_DIR)
   gen = generator.load_generator(str(tmp_path / "gen"))
   assert isinstance(gen, og.OfficialMLDGenerator) and gen.text_model is not None and gen.text_embeddings is None

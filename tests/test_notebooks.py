@@ -24,10 +24,16 @@ CELL_TIMEOUT_S = 300
 
 # Files each notebook must write under EASYTUNE_NB_OUT/<name>/.
 EXPECTED = {
-    "01_quickstart": ["motion_strips.png", "reward_curve.png", "eval/eval.md", "eval/eval.json", "sample_0.gif",
-                      "finetune_easytune/summary.json"],
-    "02_step_aware_gradients": ["grad_norm_per_step.png", "memory_vs_T.png", "reward_per_update.png"],
-    "03_reward_model_spl": ["similarity_clean_vs_noisy.png", "spm_spl/retrieval.json"],
+  "01_quickstart": [
+    "motion_strips.png",
+    "reward_curve.png",
+    "eval/eval.md",
+    "eval/eval.json",
+    "sample_0.gif",
+    "finetune_easytune/summary.json",
+  ],
+  "02_step_aware_gradients": ["grad_norm_per_step.png", "memory_vs_T.png", "reward_per_update.png"],
+  "03_reward_model_spl": ["similarity_clean_vs_noisy.png", "spm_spl/retrieval.json"],
 }
 
 
@@ -43,15 +49,18 @@ def execute(name: str, pipeline: pathlib.Path, out: pathlib.Path) -> tuple[nbfor
   assert path.exists(), f"{path} not found (regenerate with `python notebooks/_build.py`)"
   nb = nbformat.read(str(path), as_version=4)
   env = dict(os.environ)
-  env.update(EASYTUNE_NB_SMALL="1", EASYTUNE_NB_PIPELINE=str(pipeline), EASYTUNE_NB_OUT=str(out),
-             PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-             MPLBACKEND="Agg")
-  client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                          resources={"metadata": {"path": str(out)}})
+  env.update(
+    EASYTUNE_NB_SMALL="1",
+    EASYTUNE_NB_PIPELINE=str(pipeline),
+    EASYTUNE_NB_OUT=str(out),
+    PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    MPLBACKEND="Agg",
+  )
+  client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(out)}})
   t0 = time.time()
-  client.execute(env=env)   # raises CellExecutionError (with the cell's traceback) on any error
+  client.execute(env=env)  # raises CellExecutionError (with the cell's traceback) on any error
   seconds = time.time() - t0
-  nbformat.write(nb, str(out / f"{name}.executed.ipynb"))   # kept for inspection of a failure
+  nbformat.write(nb, str(out / f"{name}.executed.ipynb"))  # kept for inspection of a failure
   return nb, seconds
 
 

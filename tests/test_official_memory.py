@@ -20,10 +20,11 @@ def test_paper_sizes_are_the_official_parameter_counts():
   assert sum(int(np.prod(s)) for k, s in spm_shapes.items() if not k.startswith("text_encoder.norm.")) == 26_515_975
 
 
-@pytest.mark.slow   # writes, converts and compiles the official models (~5x the module's other test)
+@pytest.mark.slow  # writes, converts and compiles the official models (~5x the module's other test)
 def test_tiny_official_memory_compiles_through_the_finetuning_path(tmp_path):
-  cfg = om.OfficialMemoryConfig(size="tiny", variants=("easytune",), steps=(2,), batch_size=2, max_length=8,
-                                reward_text_length=4)
+  cfg = om.OfficialMemoryConfig(
+    size="tiny", variants=("easytune",), steps=(2,), batch_size=2, max_length=8, reward_text_length=4
+  )
   out = tmp_path / "out"
   result = om.run_official_memory(cfg, str(out), previous=None, work_dir=str(tmp_path / "work"))
   assert result["reward_needs_rng"]
@@ -35,7 +36,8 @@ def test_tiny_official_memory_compiles_through_the_finetuning_path(tmp_path):
   # the converted checkpoints hold every official tensor (the shared SPM norm counted once)
   vae, den, spm, e = om.model_configs("tiny")
   assert result["param_counts"]["official_mld_denoiser"] == sum(
-      int(np.prod(s)) for k, s in mld_convert.expected_state_shapes(vae, den).items() if k.startswith("denoiser."))
+    int(np.prod(s)) for k, s in mld_convert.expected_state_shapes(vae, den).items() if k.startswith("denoiser.")
+  )
   saved = json.loads((out / "benchmark.json").read_text())
   assert saved["records"][0]["memory"] == mem
   assert "| EasyTune | 2 | 2 |" in (out / "README.md").read_text()

@@ -16,13 +16,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_on_8_devices(script, *args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice", script), *args],
-                       env=env, capture_output=True, text=True, timeout=900)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  out = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "tests", "multidevice", script), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   line = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")][-1]
-  return json.loads(line[len("RESULTS "):])
+  return json.loads(line[len("RESULTS ") :])
 
 
 def test_mesh_spec_parsing_and_errors():
@@ -48,8 +57,7 @@ def test_sharded_steps_equal_single_device_and_restore_elsewhere(tmp_path):
     assert res[key]["loss_diff"] < 1e-5, res[key]
     assert res[key]["batch_spec"] == "P(('data', 'fsdp'),)"
   assert res["contrastive_data8"]["specs"]["params.wt"] == "P()"
-  assert res["contrastive_data4_fsdp2"]["specs"] == {"params.wt": "P(None, 'fsdp')",
-                                                     "mu.wt": "P(None, 'fsdp')"}
+  assert res["contrastive_data4_fsdp2"]["specs"] == {"params.wt": "P(None, 'fsdp')", "mu.wt": "P(None, 'fsdp')"}
   assert res["restore_on_4"]["diff"] == 0.0 and res["restore_on_4"]["devices"] == 4
   assert "batch_size=30 must be divisible by the number of devices in the mesh (8" in res["indivisible_error"]
   # The same checkpoint restores on this single-device process.
@@ -61,6 +69,7 @@ def test_sharded_steps_equal_single_device_and_restore_elsewhere(tmp_path):
 
 def _template():
   import jax.numpy as jnp
+
   tx = make_optimizer(OptimConfig(learning_rate=1e-2))
   params = {"wt": jnp.zeros((64, 128)), "wm": jnp.zeros((64, 128))}
   return create_train_state(params, tx)

@@ -17,14 +17,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_on_8_devices(script):
   """Runs tests/multidevice/<script> with 8 fake CPU devices; returns its RESULTS json line."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
   # Four steps are compiled three times each (one device, data=8, data=4,fsdp=2): minutes on a busy CPU.
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "multidevice", script)], env=env,
-                       capture_output=True, text=True, timeout=1800)
+  out = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "tests", "multidevice", script)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   line = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")][-1]
-  return json.loads(line[len("RESULTS "):])
+  return json.loads(line[len("RESULTS ") :])
+
 
 STEPS = ("easytune", "draft", "spm_spl", "vae", "easytune_batched")
 MESHES = ("data=8", "data=4,fsdp=2")
@@ -42,7 +52,7 @@ def test_sharded_step_equals_single_device(results, name):
     # float32 all-reduce order differs from one device's sum: 1e-5 after one (or K=2) Adam steps.
     assert r["param_diff"] < 1e-5, (name, spec, r)
     assert r["opt_diff"] < 1e-5, (name, spec, r)
-    assert r["loss_diff"] < 1e-5, (name, spec, r)   # relative to max(|loss|, 1)
+    assert r["loss_diff"] < 1e-5, (name, spec, r)  # relative to max(|loss|, 1)
     assert r["step"] == r["ref_step"] > 0, (name, spec, r)
     # The step really moved the parameters (so equality above is not trivially true).
     assert r["param_change"] > 1e-4, (name, spec, r)
@@ -70,8 +80,10 @@ def test_spl_negatives_span_the_global_batch(results):
 
 
 def test_indivisible_global_batch_is_a_clear_error(results):
-  assert ("batch_size=12 must be divisible by the number of devices in the mesh (8: {'data': 8, 'fsdp': 1})"
-          in results["indivisible_error"]), results["indivisible_error"]
+  assert (
+    "batch_size=12 must be divisible by the number of devices in the mesh (8: {'data': 8, 'fsdp': 1})"
+    in results["indivisible_error"]
+  ), results["indivisible_error"]
 
 
 def test_jit_sharded_on_one_device_mesh_equals_plain_jit():

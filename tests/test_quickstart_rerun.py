@@ -20,8 +20,7 @@ from easytune_jax.eval import evaluation
 from easytune_jax.pipelines import quickstart
 from easytune_jax.train import finetune_runner
 
-CFG = quickstart.QuickstartConfig(methods=("easytune",), trajectories=1, replications=1, num_animations=1,
-                                  num_steps=4)
+CFG = quickstart.QuickstartConfig(methods=("easytune",), trajectories=1, replications=1, num_animations=1, num_steps=4)
 
 
 def _reuse(src):
@@ -31,6 +30,7 @@ def _reuse(src):
     if not dst.exists():
       shutil.copytree(src, dst)
     return str(dst)
+
   return stage
 
 
@@ -42,13 +42,17 @@ def counted(monkeypatch, tiny_pipeline):
   monkeypatch.setattr(quickstart, "stage_base", _reuse(tiny_pipeline.generator))
   monkeypatch.setattr(quickstart, "stage_reward", _reuse(tiny_pipeline.reward))
   monkeypatch.setattr(quickstart, "stage_evaluator", _reuse(tiny_pipeline.evaluator))
-  for mod, name, key in ((evaluation, "evaluate", "evaluate"), (finetune_runner, "run_finetune", "finetune"),
-                         (viz, "side_by_side", "render")):
+  for mod, name, key in (
+    (evaluation, "evaluate", "evaluate"),
+    (finetune_runner, "run_finetune", "finetune"),
+    (viz, "side_by_side", "render"),
+  ):
     real = getattr(mod, name)
 
     def wrapper(*a, _real=real, _key=key, **kw):
       calls[_key] += 1
       return _real(*a, **kw)
+
     monkeypatch.setattr(mod, name, wrapper)
   return calls
 
@@ -64,7 +68,7 @@ def _outputs(root):
 def test_rerun_of_finished_quickstart_skips_everything(tmp_path, counted):
   root = tmp_path / "qs"
   first = quickstart.run_quickstart(CFG, str(root))
-  assert counted == {"evaluate": 2, "finetune": 1, "render": 1}, counted    # base + easytune rows
+  assert counted == {"evaluate": 2, "finetune": 1, "render": 1}, counted  # base + easytune rows
   assert first["skipped"] == []
   report = pathlib.Path(first["report"]).read_text()
   assert "| | val held-out reward | test reward-model score |" in report
@@ -85,7 +89,6 @@ def test_rerun_of_finished_quickstart_skips_everything(tmp_path, counted):
   assert second["timings"] == first["timings"] and "unchanged since the last run" in quickstart.summary_screen(second)
 
 
-
 def test_manifest_detects_changed_inputs_and_outputs(tmp_path):
   inp, out = tmp_path / "in", tmp_path / "out"
   inp.mkdir()
@@ -95,23 +98,34 @@ def test_manifest_detects_changed_inputs_and_outputs(tmp_path):
   m = rerun.Manifest(tmp_path)
   key = rerun.settings_key(settings={"lr": 1}, inputs=rerun.fingerprint([inp]))
   m.record("step", key, [out], {"x": 1}, 2.0)
-  m = rerun.Manifest(tmp_path)   # read back
+  m = rerun.Manifest(tmp_path)  # read back
   assert m.lookup("step", key, [out])["result"] == {"x": 1}
   assert m.lookup("step", rerun.settings_key(settings={"lr": 2}, inputs=rerun.fingerprint([inp])), [out]) is None
-  (inp / "a.npy").write_bytes(b"22")   # an input changed: its key changes
+  (inp / "a.npy").write_bytes(b"22")  # an input changed: its key changes
   assert rerun.settings_key(settings={"lr": 1}, inputs=rerun.fingerprint([inp])) != key
-  (out / "r.json").write_text('{"edited": 1}')   # an output changed: the entry is stale
+  (out / "r.json").write_text('{"edited": 1}')  # an output changed: the entry is stale
   assert m.lookup("step", key, [out]) is None
-  (tmp_path / rerun.MANIFEST).write_text("{trunc")   # a damaged manifest only costs a recomputation
+  (tmp_path / rerun.MANIFEST).write_text("{trunc")  # a damaged manifest only costs a recomputation
   assert rerun.Manifest(tmp_path).lookup("step", key, [out]) is None
 
 
 def test_evaluate_launcher_rerun_prints_existing_results(tmp_path, tiny_pipeline):
   p = tiny_pipeline
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]), JAX_PLATFORMS="cpu")
-  args = [sys.executable, "-m", "launch.evaluate", f"--generator_workdir={p.generator}", f"--data_dir={p.data}",
-          f"--evaluator_workdir={p.evaluator}", f"--out_dir={tmp_path / 'eval'}", "--config.quick",
-          "--config.replications=1", "--config.num_steps=2", "--config.batch_size=8", "--names=base"]
+  args = [
+    sys.executable,
+    "-m",
+    "launch.evaluate",
+    f"--generator_workdir={p.generator}",
+    f"--data_dir={p.data}",
+    f"--evaluator_workdir={p.evaluator}",
+    f"--out_dir={tmp_path / 'eval'}",
+    "--config.quick",
+    "--config.replications=1",
+    "--config.num_steps=2",
+    "--config.batch_size=8",
+    "--names=base",
+  ]
   root = pathlib.Path(__file__).resolve().parents[1]
   first = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
   assert first.returncode == 0, first.stderr[-3000:]

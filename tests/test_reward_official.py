@@ -55,21 +55,23 @@ def test_noise_batch_official_timesteps():
   x = jnp.ones((4, 6, 6))
   mask = jnp.ones((4, 6), bool)
   key = jax.random.key(3)
-  clean0, t0 = R.noise_batch(key, x, mask, sched, 1.0, 501)                 # never noised: ours t = 0
-  clean1, t1 = R.noise_batch(key, x, mask, sched, 1.0, 501, "sampled")      # official: t drawn all the same
+  clean0, t0 = R.noise_batch(key, x, mask, sched, 1.0, 501)  # never noised: ours t = 0
+  clean1, t1 = R.noise_batch(key, x, mask, sched, 1.0, 501, "sampled")  # official: t drawn all the same
   np.testing.assert_array_equal(np.asarray(clean0), np.asarray(x))
   np.testing.assert_array_equal(np.asarray(clean1), np.asarray(x))
   assert np.all(np.asarray(t0) == 0) and np.any(np.asarray(t1) > 0)
-  noisy, t2 = R.noise_batch(key, x, mask, sched, 0.0, 501, "sampled")       # always noised, same draws
+  noisy, t2 = R.noise_batch(key, x, mask, sched, 0.0, 501, "sampled")  # always noised, same draws
   np.testing.assert_array_equal(np.asarray(t1), np.asarray(t2))
   assert not np.allclose(np.asarray(noisy), 1.0)
   # t ~ U{0, ..., 500}: max_timestep=501 reaches 500 and never 501.
   ts = jax.vmap(lambda k: R.noise_batch(k, x[:1], mask[:1], sched, 0.0, 501, "sampled")[1])(
-      jax.random.split(jax.random.key(0), 3000))
+    jax.random.split(jax.random.key(0), 3000)
+  )
   assert int(ts.min()) == 0 and int(ts.max()) == 500
   # Noise with probability 1 - NoiseThr (one coin per batch).
   coins = jax.vmap(lambda k: jnp.any(R.noise_batch(k, x, mask, sched, 0.7, 501, "sampled")[0] != x))(
-      jax.random.split(jax.random.key(1), 2000))
+    jax.random.split(jax.random.key(1), 2000)
+  )
   assert abs(float(jnp.mean(coins)) - 0.3) < 0.05
 
 
@@ -80,8 +82,12 @@ def _batch(seed=0, b=4, length=6, lt=5):
   motion = rng.normal(size=(b, length, 6)).astype(np.float32) * mask[..., None]
   tmask = np.arange(lt)[None] < np.array([2, 5, 4, 3])[:b, None]
   text = (rng.normal(size=(b, lt, E)) * tmask[..., None]).astype(np.float32)
-  return {"motion": jnp.asarray(motion), "mask": jnp.asarray(mask), "text_emb": jnp.asarray(text),
-          "text_emb_mask": jnp.asarray(tmask)}
+  return {
+    "motion": jnp.asarray(motion),
+    "mask": jnp.asarray(mask),
+    "text_emb": jnp.asarray(text),
+    "text_emb_mask": jnp.asarray(tmask),
+  }
 
 
 class _Spy:
@@ -103,13 +109,14 @@ def params():
 def _run(monkeypatch, params, config, use_spl):
   calls = []
   monkeypatch.setattr(R, "spm_module", lambda c: _Spy(spm.spm_module(c), calls))
-  loss, metrics = R.reward_loss(params, _batch(), jax.random.key(5), config, make_schedule(config.diffusion),
-                                use_spl, deterministic=True)
+  loss, metrics = R.reward_loss(
+    params, _batch(), jax.random.key(5), config, make_schedule(config.diffusion), use_spl, deterministic=True
+  )
   assert np.isfinite(float(loss))
   return calls, metrics
 
 
-@pytest.mark.slow   # the `params` fixture builds a converted official SPM (~2 min loaded)
+@pytest.mark.slow  # the `params` fixture builds a converted official SPM (~2 min loaded)
 @pytest.mark.parametrize("mode", ["M1T0", "M0T1"])
 def test_timestep_routing_per_stage(monkeypatch, params, mode):
   clean = dataclasses.replace(OFFICIAL, noise_threshold=1.0, model=dataclasses.replace(MODEL, mode=mode))
@@ -120,10 +127,14 @@ def test_timestep_routing_per_stage(monkeypatch, params, mode):
   # encoder t always and the text encoder never.
   calls, _ = _run(monkeypatch, params, clean, True)
   sees_m, sees_t = mode[1] == "1", mode[3] == "1"
-  assert [(m, t is not None) for m, t in calls] == [("encode_text", sees_t), ("encode_motion", sees_m),
-                                                      ("decode", False), ("encode_text", False),
-                                                      ("encode_motion", True)]
-  assert np.any(np.asarray(calls[4][1]) > 0)                         # a clean batch still carries its sampled t
+  assert [(m, t is not None) for m, t in calls] == [
+    ("encode_text", sees_t),
+    ("encode_motion", sees_m),
+    ("decode", False),
+    ("encode_text", False),
+    ("encode_motion", True),
+  ]
+  assert np.any(np.asarray(calls[4][1]) > 0)  # a clean batch still carries its sampled t
   # Ours: t to the mode's encoders, t = 0 for clean batches, SPL on the means of the same pass (no second pass).
   calls, _ = _run(monkeypatch, params, dataclasses.replace(clean, **R.OUR_OBJECTIVE), True)
   assert [m for m, _ in calls] == ["encode_text", "encode_motion", "decode"]
@@ -131,7 +142,7 @@ def test_timestep_routing_per_stage(monkeypatch, params, mode):
     assert np.all(np.asarray(calls[1][1]) == 0)
 
 
-@pytest.mark.slow   # the `params` fixture (see above)
+@pytest.mark.slow  # the `params` fixture (see above)
 def test_spl_latents_sample_vs_mean(params):
   cfg = dataclasses.replace(OFFICIAL, noise_threshold=1.0)
   sched = make_schedule(cfg.diffusion)
@@ -147,9 +158,15 @@ def test_spl_latents_sample_vs_mean(params):
   assert float(m_mean["spl"]) == pytest.approx(on_means, rel=1e-5)
   assert float(m_sample["spl"]) != pytest.approx(on_means, rel=1e-3)
   # Temperature convention: single division gives a different (smaller) SPL term on the same latents.
-  _, m_single = R.reward_loss(params, batch, key, dataclasses.replace(cfg, spl_latents="mean",
-                                                                      spl_temperature_convention="single"),
-                              sched, True, True)
+  _, m_single = R.reward_loss(
+    params,
+    batch,
+    key,
+    dataclasses.replace(cfg, spl_latents="mean", spl_temperature_convention="single"),
+    sched,
+    True,
+    True,
+  )
   assert float(m_single["spl"]) == pytest.approx(float(spl.spl_loss(mu_t, mu_m, convention="single")[0]), rel=1e-5)
 
 
@@ -166,10 +183,11 @@ def test_reconstruction_targets():
   p = spm.init_spm(MODEL, jax.random.key(0), text_emb_dim=E)
   noisy = dataclasses.replace(OFFICIAL, noise_threshold=0.0)
   _, a = R.reward_loss(p, _batch(), jax.random.key(1), noisy, sched, False, True)
-  _, b = R.reward_loss(p, _batch(), jax.random.key(1), dataclasses.replace(noisy, recons_target="clean_valid"),
-                       sched, False, True)
+  _, b = R.reward_loss(
+    p, _batch(), jax.random.key(1), dataclasses.replace(noisy, recons_target="clean_valid"), sched, False, True
+  )
   assert float(a["recons"]) != pytest.approx(float(b["recons"]), rel=1e-3)
-  assert float(a["kl"]) == pytest.approx(float(b["kl"]), rel=1e-6)      # the encoders see the same inputs
+  assert float(a["kl"]) == pytest.approx(float(b["kl"]), rel=1e-6)  # the encoders see the same inputs
 
 
 @pytest.mark.slow
@@ -182,8 +200,12 @@ def test_spl_stage_from_a_converted_official_checkpoint(tmp_path):
   captions = sorted({c for e in train.entries for c, _ in e.captions})
   rng = np.random.default_rng(0)
   emb_mask = np.arange(5)[None] < rng.integers(1, 6, len(captions))[:, None]
-  save_text_embeddings(str(tmp_path / "t5.npz"), captions,
-                       (rng.normal(size=(len(captions), 5, E)) * emb_mask[..., None]).astype(np.float32), emb_mask)
+  save_text_embeddings(
+    str(tmp_path / "t5.npz"),
+    captions,
+    (rng.normal(size=(len(captions), 5, E)) * emb_mask[..., None]).astype(np.float32),
+    emb_mask,
+  )
   emb = TextEmbeddings(str(tmp_path / "t5.npz"))
   model = dataclasses.replace(MODEL, dim_motion=train.info.dim)
   save_torch(tmp_path / "spm.pth", {"state_dict": synthetic_state(model, E)})
@@ -191,8 +213,9 @@ def test_spl_stage_from_a_converted_official_checkpoint(tmp_path):
   cfg = dataclasses.replace(OFFICIAL, max_length=16, log_every=1, checkpoint_every=10, model=model)
   with pytest.raises(ValueError, match="text_embeddings"):
     R.train_reward(cfg, tmp_path / "none", train, spl=True, init_from=converted, steps=1, progress=False)
-  run = R.train_reward(cfg, tmp_path / "spl", train, spl=True, init_from=converted, steps=1, text_embeddings=emb,
-                       progress=False)
+  run = R.train_reward(
+    cfg, tmp_path / "spl", train, spl=True, init_from=converted, steps=1, text_embeddings=emb, progress=False
+  )
   assert run["steps"] == 1 and run["config"].spl_latents == "sample"
   meta = R.read_reward_metadata(tmp_path / "spl")
   assert meta["optim"]["learning_rate"] == 1e-5 and meta["optim"]["weight_decay"] == 0.01

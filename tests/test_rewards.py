@@ -27,10 +27,12 @@ def _mask(lengths, f):
 def test_jitter_and_penetration_equal_the_metrics():
   joints, lengths = _joints(), np.array([24, 17, 9])
   mask = _mask(lengths, joints.shape[1])
-  np.testing.assert_allclose(physical.jitter_penalty(joints, mask, fps=FPS), metrics.jitter(joints, lengths, fps=FPS),
-                             rtol=1e-4)
-  np.testing.assert_allclose(physical.penetration_penalty(joints, mask), metrics.floor_penetration(joints, lengths),
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    physical.jitter_penalty(joints, mask, fps=FPS), metrics.jitter(joints, lengths, fps=FPS), rtol=1e-4
+  )
+  np.testing.assert_allclose(
+    physical.penetration_penalty(joints, mask), metrics.floor_penetration(joints, lengths), rtol=1e-5, atol=1e-7
+  )
 
 
 def _feet_motion(height, speed, f=12):
@@ -51,8 +53,9 @@ def test_skating_penalty_is_the_speed_of_a_foot_that_should_stand_still():
   np.testing.assert_allclose(sliding, [jax.nn.sigmoid(5.0) ** 2], rtol=1e-4)
   assert float(standing[0]) < 1e-5 and float(swinging[0]) < 1e-9
   # ... and it orders motions like the thresholded metric does
-  ratio = metrics.foot_skating_ratio(np.concatenate([_feet_motion(0.0, 1.0), _feet_motion(0.3, 1.0)]),
-                                     np.array([12, 12]), fps=FPS)
+  ratio = metrics.foot_skating_ratio(
+    np.concatenate([_feet_motion(0.0, 1.0), _feet_motion(0.3, 1.0)]), np.array([12, 12]), fps=FPS
+  )
   assert float(ratio[0]) == 1.0 and float(ratio[1]) == 0.0
 
 
@@ -61,13 +64,13 @@ def test_penalties_ignore_padding_and_have_finite_gradients(name):
   joints, lengths = _joints(1), np.array([24, 13, 6])
   f = joints.shape[1]
   mask = _mask(lengths, f)
-  padded = np.where(mask[..., None, None], joints, 0.0)   # zero padding: zero differences (norm at 0)
+  padded = np.where(mask[..., None, None], joints, 0.0)  # zero padding: zero differences (norm at 0)
   junk = np.where(mask[..., None, None], joints, 5.0)
   fn = physical.PENALTIES[name]
   np.testing.assert_allclose(fn(padded, mask), fn(junk, mask), rtol=1e-6)
   g = jax.grad(lambda x: jnp.sum(fn(x, mask)))(jnp.asarray(padded))
   assert np.all(np.isfinite(np.asarray(g)))
-  assert np.all(np.asarray(g)[~mask] == 0)    # no gradient into frames that do not exist
+  assert np.all(np.asarray(g)[~mask] == 0)  # no gradient into frames that do not exist
 
 
 def test_parse_spec():
@@ -98,14 +101,14 @@ def _context(shared_data, spm=None):
   return registry.RewardContext(mean=np.load(d / "Mean.npy"), std=np.load(d / "Std.npy"), joints_num=22, spm=spm)
 
 
-@pytest.mark.slow   # every registered term with gradients on the real sample (~2 min loaded); the penalties stay fast
+@pytest.mark.slow  # every registered term with gradients on the real sample (~2 min loaded); the penalties stay fast
 def test_weighted_reward_terms_and_user_functions(shared_data):
   d = shared_data / "humanml3d_sample"
   feats = np.load(d / "new_joint_vecs" / "012314.npy")[:40].astype(np.float32)
   mean, std = np.load(d / "Mean.npy"), np.load(d / "Std.npy")
   x = jnp.asarray(np.stack([(feats - mean) / std, (feats[::-1] - mean) / std]))
   cond = {"mask": jnp.asarray(_mask([40, 31], 40))}
-  spm = lambda x, cond, t=None: jnp.tanh(x.mean(axis=(1, 2)))   # noqa: E731  (stands in for the SPM)
+  spm = lambda x, cond, t=None: jnp.tanh(x.mean(axis=(1, 2)))  # noqa: E731  (stands in for the SPM)
   ctx = _context(shared_data, spm)
   r = registry.build_reward("spm:1.0,skating:0.2,jitter:0.001,tests.test_rewards:scaled_reward:0.5", ctx)
   terms = r.term_values(x, cond, None)
@@ -115,8 +118,9 @@ def test_weighted_reward_terms_and_user_functions(shared_data):
   joints2 = np.stack([joints, np.asarray(recover_from_ric(feats[::-1], 22))])
   np.testing.assert_allclose(terms["jitter"], -metrics.jitter(joints2, lengths, fps=FPS), rtol=2e-3)
   np.testing.assert_allclose(terms["tests.test_rewards:scaled_reward"], 22 * height_reward(x, cond, None), rtol=1e-6)
-  want = terms["spm"] + 0.2 * terms["skating"] + 0.001 * terms["jitter"] + 0.5 * terms[
-      "tests.test_rewards:scaled_reward"]
+  want = (
+    terms["spm"] + 0.2 * terms["skating"] + 0.001 * terms["jitter"] + 0.5 * terms["tests.test_rewards:scaled_reward"]
+  )
   np.testing.assert_allclose(r(x, cond, None), want, rtol=1e-6)
   g = jax.grad(lambda x: jnp.sum(r(x, cond, None)))(x)
   assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).sum()) > 0

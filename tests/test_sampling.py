@@ -41,7 +41,7 @@ def reference_loop(params, denoise, x, cond, uncond, w, T, eta=0.0, rng=None, pt
       x0 = np.sqrt(a_t) * x - np.sqrt(1 - a_t) * out
       eps = np.sqrt(a_t) * out + np.sqrt(1 - a_t) * x
     std = eta * np.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
-    x = np.sqrt(a_p) * x0 + np.sqrt(1 - a_p - std ** 2) * eps
+    x = np.sqrt(a_p) * x0 + np.sqrt(1 - a_p - std**2) * eps
     if eta > 0:
       x = x + std * np.asarray(sampling.step_noise(rng, jnp.asarray(i), x.shape, jnp.float32), np.float64)
     x0s.append(x0)
@@ -57,8 +57,9 @@ def test_sampler_matches_unrolled_loop(eta, pt):
   cond = {"c": jax.random.normal(jax.random.key(2), (3, 6)) * 0.5}
   uncond = {"c": jnp.zeros((3, 6))}
   rng = jax.random.key(3)
-  out = jax.jit(lambda p, x: sampling.sample(denoise, p, s, ts, x, cond, uncond, 4.0, eta, rng,
-                                             return_trajectory=True))(params, x_T)
+  out = jax.jit(
+    lambda p, x: sampling.sample(denoise, p, s, ts, x, cond, uncond, 4.0, eta, rng, return_trajectory=True)
+  )(params, x_T)
   want_x, want_x0s = reference_loop(params, denoise, x_T, cond, uncond, 4.0, 10, eta, rng, pt)
   np.testing.assert_allclose(np.asarray(out.x0), want_x, rtol=2e-4, atol=2e-4)
   np.testing.assert_allclose(np.asarray(out.x0_hats), want_x0s, rtol=2e-4, atol=2e-4)

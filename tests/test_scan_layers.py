@@ -28,17 +28,25 @@ def _both(module_cls, config, variables, fn):
 
 
 def test_default_and_override():
-  assert layers.SCAN_LAYERS is False     # slower on the CPU (docs/benchmark/profile/README.md)
+  assert layers.SCAN_LAYERS is False  # slower on the CPU (docs/benchmark/profile/README.md)
   assert layers.resolve_scan(None) is layers.SCAN_LAYERS and layers.resolve_scan(True)
 
 
 def test_official_vae_scan_equals_unrolled():
   v = mo.init_vae(VCFG, jax.random.key(0))
-  assert jax.tree.structure(v) == jax.tree.structure(mo.OfficialMLDVAE(VCFG, scan_layers=True).init(
-      jax.random.key(0), *mo.vae_init_inputs(VCFG)))
-  assert {"input_blocks_0", "input_blocks_1", "middle_block", "linear_blocks_0", "linear_blocks_1", "output_blocks_0",
-          "output_blocks_1", "norm"} == set(
-      v["params"]["decoder"])
+  assert jax.tree.structure(v) == jax.tree.structure(
+    mo.OfficialMLDVAE(VCFG, scan_layers=True).init(jax.random.key(0), *mo.vae_init_inputs(VCFG))
+  )
+  assert {
+    "input_blocks_0",
+    "input_blocks_1",
+    "middle_block",
+    "linear_blocks_0",
+    "linear_blocks_1",
+    "output_blocks_0",
+    "output_blocks_1",
+    "norm",
+  } == set(v["params"]["decoder"])
   x = jax.random.normal(jax.random.key(1), (B, L, VCFG.nfeats))
   mask = jnp.arange(L)[None] < jnp.array([L, 4, 2])[:, None]
   z = jax.random.normal(jax.random.key(2), (B, VCFG.latent_size, VCFG.latent_dim))
@@ -47,7 +55,8 @@ def test_official_vae_scan_equals_unrolled():
     enc = m.apply(var, x, mask, method=m.encode)
     dec = m.apply(var, z, mask, method=m.decode)
     g = jax.grad(lambda p, zz: jnp.sum(m.apply({"params": p}, zz, mask, method=m.decode) ** 2), (0, 1))(
-        var["params"], z)
+      var["params"], z
+    )
     return enc, dec, g
 
   a, b = _both(mo.OfficialMLDVAE, VCFG, v, run)
@@ -109,6 +118,7 @@ def test_run_skip_layers_matches_a_python_loop(n):
     skips.append(h)
   h = block(params["middle_block"], h, None)
   for i in range(n):
-    h = block(params[f"output_blocks_{i}"], linear(params[f"linear_blocks_{i}"], jnp.concatenate([h, skips.pop()], -1)),
-              None)
+    h = block(
+      params[f"output_blocks_{i}"], linear(params[f"linear_blocks_{i}"], jnp.concatenate([h, skips.pop()], -1)), None
+    )
   _close(layers.run_skip_layers(block, linear, params, n, x), h, 1e-5)

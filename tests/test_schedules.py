@@ -13,14 +13,24 @@ from easytune_jax.core import schedules
 class RefDDIM:
   """Independent float64 re-statement of diffusers' DDIMScheduler (set_timesteps + step)."""
 
-  def __init__(self, n=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-               prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1, spacing="leading",
-               clip_sample=False):
+  def __init__(
+    self,
+    n=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    prediction_type="epsilon",
+    set_alpha_to_one=False,
+    steps_offset=1,
+    spacing="leading",
+    clip_sample=False,
+  ):
     if beta_schedule == "linear":
       betas = [beta_start + (beta_end - beta_start) * i / (n - 1) for i in range(n)]
     elif beta_schedule == "scaled_linear":
-      betas = [(math.sqrt(beta_start) + (math.sqrt(beta_end) - math.sqrt(beta_start)) * i / (n - 1)) ** 2
-               for i in range(n)]
+      betas = [
+        (math.sqrt(beta_start) + (math.sqrt(beta_end) - math.sqrt(beta_start)) * i / (n - 1)) ** 2 for i in range(n)
+      ]
     else:
       f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
       betas = [min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)]
@@ -52,19 +62,19 @@ class RefDDIM:
     a_p = self.abar[prev] if prev >= 0 else self.final
     b_t = 1 - a_t
     if self.pt == "epsilon":
-      x0 = (x - b_t ** 0.5 * out) / a_t ** 0.5
+      x0 = (x - b_t**0.5 * out) / a_t**0.5
       eps = out
     elif self.pt == "sample":
       x0 = out
-      eps = (x - a_t ** 0.5 * x0) / b_t ** 0.5
+      eps = (x - a_t**0.5 * x0) / b_t**0.5
     else:
-      x0 = a_t ** 0.5 * x - b_t ** 0.5 * out
-      eps = a_t ** 0.5 * out + b_t ** 0.5 * x
+      x0 = a_t**0.5 * x - b_t**0.5 * out
+      eps = a_t**0.5 * out + b_t**0.5 * x
     if self.clip:
       x0 = np.clip(x0, -1, 1)
     var = ((1 - a_p) / b_t) * (1 - a_t / a_p)
-    std = eta * var ** 0.5
-    prev_x = a_p ** 0.5 * x0 + (1 - a_p - std ** 2) ** 0.5 * eps
+    std = eta * var**0.5
+    prev_x = a_p**0.5 * x0 + (1 - a_p - std**2) ** 0.5 * eps
     if eta > 0:
       prev_x = prev_x + std * noise
     return prev_x, x0

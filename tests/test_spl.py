@@ -40,6 +40,7 @@ def info_nce_reference(text, motion, sent, temperature, threshold):
       for j in range(b):
         if i != j and selfsim[i, j] > threshold:
           logits[i, j] = -np.inf
+
   def ce(lg):
     total = 0.0
     for i in range(b):
@@ -47,6 +48,7 @@ def info_nce_reference(text, motion, sent, temperature, threshold):
       mx = np.max(row)
       total += mx + math.log(np.sum(np.exp(row - mx))) - row[i]
     return total / b
+
   return 0.5 * (ce(logits) + ce(logits.T))
 
 
@@ -58,9 +60,9 @@ def test_mining_matches_python_loop_with_ties_and_top1_rows(seed):
   # Few distinct levels: many ties within rows.
   sim = np.round(rng.uniform(-0.5, 0.85, (b, b)), 1).astype(np.float32)
   top1_rows = rng.choice(np.setdiff1d(np.arange(b), [3, 5]), 6, replace=False)
-  sim[top1_rows, top1_rows] = 0.95          # ground truth strictly top-1 (and > high_sim)
-  sim[3, :] = 0.2                           # a whole tied row: top-k = columns 0..k-1
-  sim[5, :] = np.linspace(0.0, 0.7, b)      # gt (col 5) far down the ranking, no high similarity
+  sim[top1_rows, top1_rows] = 0.95  # ground truth strictly top-1 (and > high_sim)
+  sim[3, :] = 0.2  # a whole tied row: top-k = columns 0..k-1
+  sim[5, :] = np.linspace(0.0, 0.7, b)  # gt (col 5) far down the ranking, no high similarity
   pairs = jax.jit(spl.mine_preference_pairs, static_argnums=(1, 2))(jnp.asarray(sim), k, high)
   ref_r, ref_c, ref_topk = mine_reference(sim, k, high)
   np.testing.assert_array_equal(np.asarray(pairs.retrieved), ref_r)
@@ -68,7 +70,7 @@ def test_mining_matches_python_loop_with_ties_and_top1_rows(seed):
   np.testing.assert_array_equal(np.asarray(pairs.topk), ref_topk)
   np.testing.assert_array_equal(np.asarray(pairs.target), np.arange(b))
   assert np.all(np.asarray(pairs.retrieved)[top1_rows] == top1_rows)
-  assert not ref_c[5] and ref_c.any() and not ref_c.all()   # both kinds of rows are exercised
+  assert not ref_c[5] and ref_c.any() and not ref_c.all()  # both kinds of rows are exercised
   np.testing.assert_array_equal(np.asarray(pairs.topk)[3], np.arange(k))
 
 
@@ -81,7 +83,7 @@ def test_mining_rectangular_with_targets_and_k_clamp():
   np.testing.assert_array_equal(np.asarray(pairs.retrieved), ref_r)
   np.testing.assert_array_equal(np.asarray(pairs.correct), ref_c)
   np.testing.assert_array_equal(np.asarray(pairs.topk), ref_topk)
-  small = spl.mine_preference_pairs(jnp.asarray(sim[:3, :3]), k=10)   # k clamped to M = 3
+  small = spl.mine_preference_pairs(jnp.asarray(sim[:3, :3]), k=10)  # k clamped to M = 3
   assert small.topk.shape == (3, 3) and bool(jnp.all(small.correct))
 
 
@@ -97,10 +99,14 @@ def test_mining_errors():
 # --------------------------------------------------------------------------------------------- preference
 def test_preference_loss_matches_hand_computation():
   tau = 0.1
-  sim = np.array([[0.9, 0.7, 0.1],     # gt (0) is top-1 -> correct, pair (0, 0) -> loss 0
-                  [0.6, 0.5, 0.2],     # top-1 = 0, gt = 1 in top-2 -> correct, target [.5, .5]
-                  [0.4, 0.3, 0.1]],    # top-1 = 0, gt = 2 not in top-2, max 0.4 <= 0.8 -> incorrect
-                 np.float32)
+  sim = np.array(
+    [
+      [0.9, 0.7, 0.1],  # gt (0) is top-1 -> correct, pair (0, 0) -> loss 0
+      [0.6, 0.5, 0.2],  # top-1 = 0, gt = 1 in top-2 -> correct, target [.5, .5]
+      [0.4, 0.3, 0.1],
+    ],  # top-1 = 0, gt = 2 not in top-2, max 0.4 <= 0.8 -> incorrect
+    np.float32,
+  )
   pairs = spl.mine_preference_pairs(jnp.asarray(sim), k=2, high_sim=0.8)
   np.testing.assert_array_equal(np.asarray(pairs.retrieved), [0, 0, 0])
   np.testing.assert_array_equal(np.asarray(pairs.correct), [True, True, False])
@@ -124,7 +130,7 @@ def test_spl_loss_from_latents_and_aux():
   motion = text + 0.01 * jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
   loss, aux = spl.spl_loss(text, motion, k=3, high_sim=0.99)
   assert float(aux["spl_top1_frac"]) == 1.0 and float(aux["spl_correct_frac"]) == 1.0
-  assert float(loss) == pytest.approx(0.0, abs=1e-6)   # every pair is (gt, gt)
+  assert float(loss) == pytest.approx(0.0, abs=1e-6)  # every pair is (gt, gt)
   loss2, aux2 = spl.spl_loss(text, -motion, k=1, high_sim=0.99)
   assert float(loss2) > 1.0 and float(aux2["spl_correct_frac"]) < 1.0
 
@@ -135,7 +141,7 @@ def test_info_nce_with_filtering_matches_float64_reference():
   b, e = 10, 6
   text, motion = rng.normal(size=(b, e)), rng.normal(size=(b, e))
   sent = rng.normal(size=(b, 4))
-  sent[4] = sent[1] * 2.0 + 1e-3          # near-duplicate captions 1 and 4 (and 7)
+  sent[4] = sent[1] * 2.0 + 1e-3  # near-duplicate captions 1 and 4 (and 7)
   sent[7] = sent[1] + 1e-3 * rng.normal(size=4)
   with jax.enable_x64(True):
     args = (jnp.asarray(text), jnp.asarray(motion))
@@ -145,7 +151,7 @@ def test_info_nce_with_filtering_matches_float64_reference():
   ref = info_nce_reference(text, motion, sent, 0.1, 0.9)
   assert got == pytest.approx(ref, rel=1e-10)
   assert plain == pytest.approx(info_nce_reference(text, motion, None, 0.1, 0.9), rel=1e-10)
-  assert abs(got - plain) > 1e-3             # the filter removed something
+  assert abs(got - plain) > 1e-3  # the filter removed something
   assert all(np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).sum() > 0 for g in grads)
 
 
@@ -171,7 +177,7 @@ def test_retrieval_metrics_match_loop_reference():
   text, motion = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
   bm = spl.batched_retrieval_metrics(text, motion, 32)
   norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  groups = [spl.retrieval_metrics(norm(text[i:i + 32]) @ norm(motion[i:i + 32]).T) for i in (0, 32)]
+  groups = [spl.retrieval_metrics(norm(text[i : i + 32]) @ norm(motion[i : i + 32]).T) for i in (0, 32)]
   assert bm["t2m/R@1"] == pytest.approx((groups[0]["t2m/R@1"] + groups[1]["t2m/R@1"]) / 2)
   perfect = spl.retrieval_metrics(np.eye(5))
   assert perfect["t2m/R@1"] == 100.0 and perfect["m2t/MedR"] == 1.0

@@ -67,8 +67,9 @@ def test_official_convention_matches_float64_reference(kind):
     np.testing.assert_allclose(np.asarray(gt), ref_gt, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(np.asarray(gm), ref_gm, rtol=1e-8, atol=1e-12)
   # float32 (the official code's precision): same loss and gradients to float32 precision.
-  loss32, (gt32, gm32) = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(text, jnp.float32),
-                                                                 jnp.asarray(motion, jnp.float32))
+  loss32, (gt32, gm32) = jax.value_and_grad(f, argnums=(0, 1))(
+    jnp.asarray(text, jnp.float32), jnp.asarray(motion, jnp.float32)
+  )
   assert float(loss32) == pytest.approx(ref_loss, rel=2e-5, abs=1e-5)
   scale = max(np.abs(ref_gt).max(), np.abs(ref_gm).max())
   np.testing.assert_allclose(np.asarray(gt32), ref_gt, atol=2e-4 * scale)
@@ -77,12 +78,13 @@ def test_official_convention_matches_float64_reference(kind):
 
 def test_temperature_conventions_differ_by_squaring_tau():
   text, motion = (jnp.asarray(x, jnp.float32) for x in latents("random", seed=3))
-  official = float(spl.spl_loss(text, motion, temperature=0.1)[0])          # default: official
+  official = float(spl.spl_loss(text, motion, temperature=0.1)[0])  # default: official
   single = float(spl.spl_loss(text, motion, temperature=0.1, convention="single")[0])
   # Dividing twice by tau is dividing once by tau**2.
-  assert official == pytest.approx(float(spl.spl_loss(text, motion, temperature=0.01, convention="single")[0]),
-                                   rel=1e-6)
-  assert official > 5 * single > 0     # the issue's ~9x on random latents
+  assert official == pytest.approx(
+    float(spl.spl_loss(text, motion, temperature=0.01, convention="single")[0]), rel=1e-6
+  )
+  assert official > 5 * single > 0  # the issue's ~9x on random latents
   ref, _, _ = official_reference(np.asarray(text), np.asarray(motion), tau=0.1)
   assert official == pytest.approx(ref, rel=1e-5)
   with pytest.raises(ValueError, match="convention"):
@@ -102,10 +104,10 @@ def test_stays_finite_where_the_official_float32_log_underflows():
   z = np.array([sim[0, 1], sim[0, 0]], np.float32) / np.float32(0.1) / np.float32(0.1)
   e = np.exp(z - z.max())
   with np.errstate(divide="ignore"):
-    assert np.isneginf(np.log(e / e.sum())[1])                  # what the official float32 code takes
+    assert np.isneginf(np.log(e / e.sum())[1])  # what the official float32 code takes
   loss, g = jax.value_and_grad(lambda s: spl.preference_loss(s, pairs, 0.1))(jnp.asarray(sim))
   assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(g)))
-  assert float(loss) == pytest.approx(float(z[0] - z[1]) / 12, rel=1e-5)   # -log p(gt) = 174, other rows 0
+  assert float(loss) == pytest.approx(float(z[0] - z[1]) / 12, rel=1e-5)  # -log p(gt) = 174, other rows 0
 
 
 def test_filter_convention_tmr_maps_threshold_to_two_t_minus_one():
@@ -116,7 +118,7 @@ def test_filter_convention_tmr_maps_threshold_to_two_t_minus_one():
   u = sent[0] / np.linalg.norm(sent[0])
   v = rng.normal(size=4)
   v = v - (v @ u) * u
-  sent[1] = 0.85 * u + np.sqrt(1 - 0.85 ** 2) * v / np.linalg.norm(v)   # cosine 0.85 with row 0
+  sent[1] = 0.85 * u + np.sqrt(1 - 0.85**2) * v / np.linalg.norm(v)  # cosine 0.85 with row 0
   s = sent / np.linalg.norm(sent, axis=1, keepdims=True)
   assert 0.8 < s[0] @ s[1] < 0.9
   with jax.enable_x64(True):
@@ -125,7 +127,7 @@ def test_filter_convention_tmr_maps_threshold_to_two_t_minus_one():
     cos = float(spl.info_nce_with_filtering(*args, convention="cosine"))
   assert tmr == pytest.approx(info_nce_reference(text, motion, sent, 0.1, 0.8), rel=1e-10)
   assert cos == pytest.approx(info_nce_reference(text, motion, sent, 0.1, 0.9), rel=1e-10)
-  assert tmr != pytest.approx(cos, rel=1e-6)       # the pair (0, 1) is dropped only by the TMR convention
+  assert tmr != pytest.approx(cos, rel=1e-6)  # the pair (0, 1) is dropped only by the TMR convention
   assert spl.filter_cutoff(0.9, "tmr") == pytest.approx(0.8)
   with pytest.raises(ValueError, match="filter convention"):
     spl.filter_cutoff(0.9, "raw")

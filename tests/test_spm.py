@@ -12,8 +12,7 @@ from easytune_jax.core.schedules import make_schedule
 from easytune_jax.train import reward as R
 
 B, L, LT, D = 4, 12, 6, 263
-CFG = spm.SPMConfig(vocab_size=30, word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2,
-                    dropout=0.1)
+CFG = spm.SPMConfig(vocab_size=30, word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, dropout=0.1)
 
 
 def make_inputs(seed=0):
@@ -24,8 +23,11 @@ def make_inputs(seed=0):
   tok_len = np.array([6, 4, 5, 3])
   token_mask = np.arange(LT)[None] < tok_len[:, None]
   tokens = np.where(token_mask, rng.integers(4, 30, (B, LT)), 0).astype(np.int32)
-  return jnp.asarray(motion), {"tokens": jnp.asarray(tokens), "token_mask": jnp.asarray(token_mask),
-                               "mask": jnp.asarray(mask)}
+  return jnp.asarray(motion), {
+    "tokens": jnp.asarray(tokens),
+    "token_mask": jnp.asarray(token_mask),
+    "mask": jnp.asarray(mask),
+  }
 
 
 def test_reward_contract_and_gradient_wrt_motion():
@@ -38,16 +40,23 @@ def test_reward_contract_and_gradient_wrt_motion():
   def everything(x, cond):
     x2 = jnp.where(cond["mask"][..., None], x, 5.0)
     full = {k: v for k, v in cond.items() if k != "mask"}
-    return (reward(x, cond, None), spm.encode_text(params, CFG, cond), spm.encode_motion(params, CFG, x, cond["mask"]),
-            reward(x, cond, jnp.zeros((B,), jnp.int32)), jax.grad(lambda x: jnp.sum(reward(x, cond, t250)))(x),
-            reward(x2, cond), spm.reward_apply(params, CFG, x, full))
+    return (
+      reward(x, cond, None),
+      spm.encode_text(params, CFG, cond),
+      spm.encode_motion(params, CFG, x, cond["mask"]),
+      reward(x, cond, jnp.zeros((B,), jnp.int32)),
+      jax.grad(lambda x: jnp.sum(reward(x, cond, t250)))(x),
+      reward(x2, cond),
+      spm.reward_apply(params, CFG, x, full),
+    )
 
   r, t_mu, m_mu, r0, g, r2, r_full = everything(x, cond)
   assert r.shape == (B,) and r.dtype == jnp.float32
   assert np.all(np.abs(np.asarray(r)) <= 1.0 + 1e-6)
   # Equal to the cosine of the two latent means, computed separately.
   cos = np.sum(np.asarray(t_mu) * np.asarray(m_mu), -1) / (
-      np.linalg.norm(np.asarray(t_mu), axis=-1) * np.linalg.norm(np.asarray(m_mu), axis=-1))
+    np.linalg.norm(np.asarray(t_mu), axis=-1) * np.linalg.norm(np.asarray(m_mu), axis=-1)
+  )
   np.testing.assert_allclose(np.asarray(r), cos, rtol=1e-5, atol=1e-6)
   # Clean (None) means t = 0.
   np.testing.assert_allclose(np.asarray(r0), np.asarray(r), atol=1e-6)
@@ -60,10 +69,11 @@ def test_reward_contract_and_gradient_wrt_motion():
   assert r_full.shape == (B,) and np.abs(np.asarray(r_full) - np.asarray(r)).max() > 1e-6
 
 
-@pytest.mark.parametrize("mode,motion_t,text_t", [("M0T0", False, False), ("M1T0", True, False),
-                                                  ("M0T1", False, True), ("M1T1", True, True)])
+@pytest.mark.parametrize(
+  "mode,motion_t,text_t", [("M0T0", False, False), ("M1T0", True, False), ("M0T1", False, True), ("M1T1", True, True)]
+)
 def test_timestep_modes_route_t_to_the_right_encoder(mode, motion_t, text_t):
-  cfg = dataclasses.replace(CFG, mode=mode, patch_size=1)   # also covers TMR's one-token-per-frame path
+  cfg = dataclasses.replace(CFG, mode=mode, patch_size=1)  # also covers TMR's one-token-per-frame path
   params = spm.init_spm(cfg, jax.random.key(1))
   names = set(params["params"])
   assert ("motion_time" in names) == motion_t and ("text_time" in names) == text_t
@@ -72,8 +82,9 @@ def test_timestep_modes_route_t_to_the_right_encoder(mode, motion_t, text_t):
 
   @jax.jit
   def diffs(params, x, cond):
-    dm = jnp.max(jnp.abs(spm.encode_motion(params, cfg, x, cond["mask"], t0)
-                         - spm.encode_motion(params, cfg, x, cond["mask"], t1)))
+    dm = jnp.max(
+      jnp.abs(spm.encode_motion(params, cfg, x, cond["mask"], t0) - spm.encode_motion(params, cfg, x, cond["mask"], t1))
+    )
     dt = jnp.max(jnp.abs(spm.encode_text(params, cfg, cond, t0) - spm.encode_text(params, cfg, cond, t1)))
     return dm, dt
 
@@ -92,15 +103,17 @@ def test_training_loss_gradients_reach_both_encoders_and_decoder():
   @jax.jit
   def grads_of(params, batch):
     (loss, metrics), grads = jax.value_and_grad(R.reward_loss, has_aux=True)(
-        params, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)
+      params, batch, jax.random.key(3, impl="rbg"), cfg, sched, True
+    )
     # The contrastive term alone (same graph, read from the metrics) must also reach both encoders.
-    g_con = jax.grad(lambda p: R.reward_loss(p, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)[1]["contrastive"])(
-        params)
+    g_con = jax.grad(
+      lambda p: R.reward_loss(p, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)[1]["contrastive"]
+    )(params)
     return loss, metrics, grads, g_con
 
   loss, metrics, grads, g = grads_of(params, batch)
   assert np.isfinite(float(loss))
-  assert float(metrics["noised_frac"]) == 1.0            # noise_threshold 0: every batch is noised
+  assert float(metrics["noised_frac"]) == 1.0  # noise_threshold 0: every batch is noised
   assert "spl" in metrics and np.isfinite(float(metrics["spl"]))
   for sub in ("word_embed", "text_encoder", "motion_encoder", "motion_time", "decoder", "decoder_out"):
     norm = sum(float(jnp.sum(jnp.abs(v))) for v in jax.tree.leaves(grads["params"][sub]))
@@ -114,16 +127,16 @@ def test_training_loss_gradients_reach_both_encoders_and_decoder():
 def test_noise_batch_follows_threshold_and_schedule():
   x, cond = make_inputs(3)
   sched = make_schedule()
-  clean, t = R.noise_batch(jax.random.key(0), x, cond["mask"], sched, 1.0, 500)   # never noised
+  clean, t = R.noise_batch(jax.random.key(0), x, cond["mask"], sched, 1.0, 500)  # never noised
   assert np.all(np.asarray(t) == 0)
   np.testing.assert_array_equal(np.asarray(clean), np.asarray(x))
-  noisy, t = R.noise_batch(jax.random.key(0), x, cond["mask"], sched, 0.0, 500)   # always noised
+  noisy, t = R.noise_batch(jax.random.key(0), x, cond["mask"], sched, 0.0, 500)  # always noised
   t = np.asarray(t)
   assert t.dtype == np.int32 and np.all((t >= 0) & (t < 500)) and len(set(t.tolist())) > 1
   assert np.all(np.asarray(noisy)[~np.asarray(cond["mask"])] == 0.0)
 
 
-@pytest.mark.slow   # the embedding-input variant compiles a second SPM
+@pytest.mark.slow  # the embedding-input variant compiles a second SPM
 def test_embedding_text_input_and_caption_features():
   cfg = dataclasses.replace(CFG, text_input="embeddings", vocab_size=0)
   params = spm.init_spm(cfg, jax.random.key(4), text_emb_dim=10)

@@ -28,7 +28,7 @@ def synthetic_state(config=None, e=E, seed=0):
   sd = {}
   for k, shape in spm_convert.official_state_shapes(config, e).items():
     sd[k] = (rng.uniform(0, 1, shape) if k.endswith(".pe") else 0.3 * rng.normal(size=shape)).astype(np.float32)
-  for k in ("weight", "bias"):     # one shared LayerNorm, stored under both encoders
+  for k in ("weight", "bias"):  # one shared LayerNorm, stored under both encoders
     sd[f"text_encoder.norm.{k}"] = sd[f"motion_encoder.norm.{k}"]
   return sd
 
@@ -53,7 +53,7 @@ def _mha(sd, p, q, kv, key_valid):
   w, b = sd[p + ".in_proj_weight"], sd[p + ".in_proj_bias"]
   heads = lambda x: x.reshape(x.shape[0], x.shape[1], H, c // H).transpose(0, 2, 1, 3)
   qh = heads(q @ w[:c].T + b[:c]) / math.sqrt(c // H)
-  kh, vh = heads(kv @ w[c:2 * c].T + b[c:2 * c]), heads(kv @ w[2 * c:].T + b[2 * c:])
+  kh, vh = heads(kv @ w[c : 2 * c].T + b[c : 2 * c]), heads(kv @ w[2 * c :].T + b[2 * c :])
   logits = qh @ kh.transpose(0, 1, 3, 2)
   if key_valid is not None:
     logits = np.where(key_valid[:, None, None, :], logits, -np.inf)
@@ -91,7 +91,7 @@ def np_encode(sd, stream, x, valid, t=None):
   if t is not None:
     freqs = np.exp(-math.log(10000.0) * np.arange(C) / C)
     arg = np.asarray(t, np.float64)[:, None] * freqs[None]
-    te = np.concatenate([np.cos(arg), np.sin(arg)], -1)          # flip_sin_to_cos
+    te = np.concatenate([np.cos(arg), np.sin(arg)], -1)  # flip_sin_to_cos
     te = _lin(sd, "time_embedding.linear_2", (lambda u: u / (1 + np.exp(-u)))(_lin(sd, "time_embedding.linear_1", te)))
     parts.append(te[:, None])
     masks.append(np.ones((b, 1), bool))
@@ -129,7 +129,7 @@ def test_paper_size_parameter_count_is_the_official_one():
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(flax_shapes)) == 26_515_975
 
 
-@pytest.mark.slow   # eager float64 reference and a backward (~3.5 min on a loaded 2-core CPU)
+@pytest.mark.slow  # eager float64 reference and a backward (~3.5 min on a loaded 2-core CPU)
 def test_converted_checkpoint_matches_an_independent_numpy_forward(tmp_path):
   sd = synthetic_state()
   path = tmp_path / "SPM_Noisy_T1000_M1T0_E10.pth"
@@ -155,11 +155,13 @@ def test_converted_checkpoint_matches_an_independent_numpy_forward(tmp_path):
   rec = module.apply(params, jnp.asarray(z), jnp.asarray(pvalid), method="decode")
   np.testing.assert_allclose(np.asarray(rec)[:, :7], np_decode(sd, z.astype(np.float64), valid), atol=2e-5)
   assert np.all(np.asarray(rec)[:, 7:] == 0)
+
   # Small-config backward: finite, non-zero gradients of a scalar of every output w.r.t. the params.
   def loss(p):
     mu, lv = module.apply(p, jnp.asarray(padded), jnp.asarray(pvalid), jnp.asarray(t), method="encode_motion")
     tmu, _ = module.apply(p, jnp.asarray(text), jnp.asarray(tvalid), None, method="encode_text")
     return jnp.sum(mu * tmu) + jnp.sum(lv) + jnp.sum(module.apply(p, mu, jnp.asarray(pvalid), method="decode") ** 2)
+
   grads = jax.grad(loss)(params)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads["params"]["time_embedding"]["linear_1"]["kernel"]).sum()) > 0
@@ -171,7 +173,7 @@ def test_convert_checkpoint_writes_a_reward_workdir_with_the_official_reward(tmp
   path = tmp_path / "spm.pth"
   save_torch(path, {"state_dict": sd})
   wd = R.convert_spm_checkpoint(path, tmp_path / "reward", num_heads=H)
-  assert sorted(os.listdir(tmp_path)) == ["reward", "spm.pth"]          # no temporary folder left behind
+  assert sorted(os.listdir(tmp_path)) == ["reward", "spm.pth"]  # no temporary folder left behind
   meta = R.read_reward_metadata(wd)
   assert meta["stage"] == "converted" and meta["text_emb_dim"] == E and len(meta["source"]["sha256"]) == 64
   reward, params, cfg = R.load_reward(wd)
@@ -221,8 +223,9 @@ def test_converter_errors_name_the_file_key_and_shapes(tmp_path):
   missing = {k: v for k, v in sd.items() if k != "decoder.middle_block.norm3.bias"}
   msg = _expect_error(tmp_path, {"state_dict": missing}, "missing keys", "missing.pth")
   assert "decoder.middle_block.norm3.bias" in msg
-  msg = _expect_error(tmp_path, {"state_dict": dict(sd, extra_head=np.zeros(3, np.float32))}, "unexpected keys",
-                      "extra.pth")
+  msg = _expect_error(
+    tmp_path, {"state_dict": dict(sd, extra_head=np.zeros(3, np.float32))}, "unexpected keys", "extra.pth"
+  )
   assert "extra_head" in msg
   wrong = dict(sd, **{"decoder.linear_blocks.0.weight": np.zeros((C, C), np.float32)})
   msg = _expect_error(tmp_path, {"state_dict": wrong}, "decoder.linear_blocks.0.weight", "shape.pth")
@@ -257,4 +260,4 @@ def test_official_config_validation():
   old = SPMConfig().to_dict()
   for k in ("arch", "reward_latent", "reward_timestep", "reward_dropout"):
     old.pop(k)
-  assert SPMConfig.from_dict(old) == SPMConfig()      # configs saved before these fields read back unchanged
+  assert SPMConfig.from_dict(old) == SPMConfig()  # configs saved before these fields read back unchanged

@@ -15,10 +15,15 @@ from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.train import reward as R
 
-STEPS = 150   # pretraining steps of the tiny SPM: its retrieval on the training pairs is then far above chance
+STEPS = 150  # pretraining steps of the tiny SPM: its retrieval on the training pairs is then far above chance
 TINY = R.RewardTrainConfig(
-    model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
-    batch_size=8, max_length=32, text_max_length=12, log_every=1, checkpoint_every=100)
+  model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
+  batch_size=8,
+  max_length=32,
+  text_max_length=12,
+  log_every=1,
+  checkpoint_every=100,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,9 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   assert r1["steps"] == 2 and r1["config"].model.mode == "M1T1"
   assert r1["config"].model.vocab_size == r1["tokenizer"].vocab_size
   # Resume: the same workdir continues from step 2 (the metrics file gets the new steps only).
-  r2 = R.train_reward(TINY, pre, train, mode="M1T1", steps=STEPS, eval_dataset=train, eval_timesteps=(0, 300),
-                      progress=False)
+  r2 = R.train_reward(
+    TINY, pre, train, mode="M1T1", steps=STEPS, eval_dataset=train, eval_timesteps=(0, 300), progress=False
+  )
   assert r2["steps"] == STEPS
   steps = [m["step"] for m in read_metrics(pre) if "loss" in m]
   assert steps == list(range(1, STEPS + 1))
@@ -49,7 +55,7 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   n, clean = len(train), ret["t=0/full"]
   for d in ("t2m", "m2t"):
     assert 2 * 100 / n <= clean[f"{d}/R@1"] < 100 and clean[f"{d}/MedR"] <= n / 4, (d, clean)
-    assert clean[f"{d}/R@10"] >= 60, (d, clean)   # chance 10/N = 31%
+    assert clean[f"{d}/R@10"] >= 60, (d, clean)  # chance 10/N = 31%
   # A different model config in the same workdir is refused with the differing field named.
   with pytest.raises(CheckpointError, match="model.mode"):
     R.train_reward(TINY, pre, train, mode="M0T0", steps=4, progress=False)
@@ -71,8 +77,13 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   cond = {k: jnp.asarray(arrays[k]) for k in ("tokens", "token_mask", "mask")}
   x = jnp.asarray(arrays["motion"])
   t = jnp.full((4,), 200, jnp.int32)
-  got, want, g = jax.jit(lambda x: (reward(x, cond, t), reward_apply(r3["params"], cfg.model, x, cond, t),
-                                     jax.grad(lambda x: jnp.sum(reward(x, cond, t)))(x)))(x)
+  got, want, g = jax.jit(
+    lambda x: (
+      reward(x, cond, t),
+      reward_apply(r3["params"], cfg.model, x, cond, t),
+      jax.grad(lambda x: jnp.sum(reward(x, cond, t)))(x),
+    )
+  )(x)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
   assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).sum()) > 0
 

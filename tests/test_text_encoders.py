@@ -115,8 +115,9 @@ def test_precompute_text_embeddings_roundtrip(tmp_path, models, captions):
   different token lengths are zero-padded; duplicates are written once."""
   st5, clip = models["st5_safetensors"], models["clip_bin"]
   path = str(tmp_path / "t5_tokens.npz")
-  n = precompute_text_embeddings(path, captions + captions[:2], partial(st5.embeddings, output="tokens", batch_size=4),
-                                 batch_size=4)
+  n = precompute_text_embeddings(
+    path, captions + captions[:2], partial(st5.embeddings, output="tokens", batch_size=4), batch_size=4
+  )
   assert n == len(captions)
   table = TextEmbeddings(path)
   emb, mask = table.lookup(captions[4:])
@@ -146,8 +147,12 @@ def test_relative_position_buckets_properties():
 def test_safetensors_roundtrip_and_dtypes(tmp_path):
   import ml_dtypes
 
-  arrs = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, -2], np.int64),
-          "c": np.ones((2, 2), ml_dtypes.bfloat16), "d": np.zeros((0, 4), np.float16)}
+  arrs = {
+    "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "b": np.array([1, -2], np.int64),
+    "c": np.ones((2, 2), ml_dtypes.bfloat16),
+    "d": np.zeros((0, 4), np.float16),
+  }
   path = tmp_path / "x.safetensors"
   save_safetensors(path, arrs, metadata={"format": "pt"})
   back = load_safetensors(path)
@@ -183,8 +188,11 @@ def test_missing_and_misshaped_weights_are_named(tmp_path):
   with pytest.raises(KeyError, match=rf"model.safetensors.*missing weight '{key}'.*expected shape \(48, 32\)"):
     load_sentence_t5(folder)
   save_safetensors(path, {**tensors, key: np.zeros((48, 31), np.float32)})
-  with pytest.raises(ValueError, match=rf"model.safetensors: weight '{key}': expected shape \(48, 32\), found "
-                                       r"\(48, 31\)"):
+  with pytest.raises(
+    ValueError,
+    match=rf"model.safetensors: weight '{key}': expected shape \(48, 32\), found "
+    r"\(48, 31\)",
+  ):
     load_sentence_t5(folder)
 
   folder = _copy(tmp_path, "clip_safetensors")
@@ -207,14 +215,17 @@ def test_dense_head_errors(tmp_path):
     load_sentence_t5(folder)
 
 
-@pytest.mark.parametrize("name,remove,pattern", [
+@pytest.mark.parametrize(
+  "name,remove,pattern",
+  [
     ("st5_safetensors", "spiece.model", r"SentencePiece model not found"),
     ("st5_safetensors", "config.json", r"config.json: config file not found"),
     ("st5_bin", "pytorch_model.bin", r"no weight file found \(expected one of"),
     ("st5_bin", "1_Pooling/config.json", r"1_Pooling/config.json: pooling config file not found"),
     ("clip_safetensors", "merges.txt", r"merges.txt not found"),
     ("clip_bin", "vocab.json", r"vocab.json not found"),
-])
+  ],
+)
 def test_missing_files_are_named(tmp_path, name, remove, pattern):
   folder = _copy(tmp_path, name)
   os.remove(folder / remove)
@@ -248,8 +259,9 @@ def test_sharded_safetensors_and_default_layout(tmp_path, models):
   shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
   for shard, ks in shards.items():
     save_safetensors(folder / shard, {k: tensors[k] for k in ks})
-  (folder / "model.safetensors.index.json").write_text(json.dumps(
-      {"metadata": {}, "weight_map": {k: shard for shard, ks in shards.items() for k in ks}}))
+  (folder / "model.safetensors.index.json").write_text(
+    json.dumps({"metadata": {}, "weight_map": {k: shard for shard, ks in shards.items() for k in ks}})
+  )
   sharded = load_sentence_t5(folder)
   ref = models["st5_safetensors"]
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), sharded.params, ref.params))

@@ -11,7 +11,14 @@ import pytest
 from easytune_jax.core.checkpoint import CheckpointError, Checkpointer, NonFiniteStateError
 from easytune_jax.core.config import check_config_matches, config_from_dict
 from easytune_jax.core.metric_writer import MetricWriter, read_metrics
-from easytune_jax.core.optim import OptimConfig, apply_gradients, create_train_state, learning_rate_schedule, make_optimizer, tree_all_finite
+from easytune_jax.core.optim import (
+  OptimConfig,
+  apply_gradients,
+  create_train_state,
+  learning_rate_schedule,
+  make_optimizer,
+  tree_all_finite,
+)
 from easytune_jax.train.loop import NonFiniteError, train_loop
 
 
@@ -20,8 +27,7 @@ def quadratic_problem():
   tx = make_optimizer(OptimConfig(learning_rate=0.1, grad_clip_norm=0.0))
 
   def step_fn(state, batch):
-    loss, grads = jax.value_and_grad(lambda p: jnp.sum((p["w"] * batch - 1.0) ** 2) + p["b"] ** 2)(
-        state.params)
+    loss, grads = jax.value_and_grad(lambda p: jnp.sum((p["w"] * batch - 1.0) ** 2) + p["b"] ** 2)(state.params)
     state, finite = apply_gradients(state, grads, tx, loss)
     return state, {"loss": loss, "finite": finite}
 
@@ -33,8 +39,7 @@ def test_optimizer_matches_optax_adamw_and_mask_freezes():
   params = {"a": jnp.ones(3), "b": jnp.ones(2)}
   grads = {"a": jnp.array([3.0, 0.0, 4.0]), "b": jnp.array([1.0, 1.0])}
   tx = make_optimizer(cfg)
-  ref = optax.chain(optax.clip_by_global_norm(1.0),
-                    optax.adamw(learning_rate_schedule(cfg), weight_decay=0.0))
+  ref = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(learning_rate_schedule(cfg), weight_decay=0.0))
   s1, s2 = tx.init(params), ref.init(params)
   for _ in range(3):
     u1, s1 = tx.update(grads, s1, params)
@@ -43,8 +48,7 @@ def test_optimizer_matches_optax_adamw_and_mask_freezes():
   sched = learning_rate_schedule(cfg)
   assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(1e-2)
   assert float(sched(12)) == pytest.approx(0.0, abs=1e-9)
-  masked = make_optimizer(OptimConfig(learning_rate=1e-2),
-                                 trainable_mask={"a": True, "b": False})
+  masked = make_optimizer(OptimConfig(learning_rate=1e-2), trainable_mask={"a": True, "b": False})
   u, _ = masked.update(grads, masked.init(params), params)
   assert np.all(np.asarray(u["b"]) == 0) and np.any(np.asarray(u["a"]) != 0)
 
@@ -59,8 +63,11 @@ def test_apply_gradients_skips_nonfinite():
   new, finite = apply_gradients(state, bad, tx, jnp.array(1.0), ema_decay=0.5)
   assert not bool(finite) and int(new.skipped) == 1 and int(new.step) == 2
   # A skip keeps params, EMA and the optimizer's moments and count (the schedule does not advance).
-  jax.tree.map(np.testing.assert_array_equal, (new.params, new.ema_params, new.opt_state),
-               (state.params, state.ema_params, state.opt_state))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    (new.params, new.ema_params, new.opt_state),
+    (state.params, state.ema_params, state.opt_state),
+  )
   # A non-finite loss with finite gradients is skipped too.
   new, finite = apply_gradients(new, good, tx, jnp.array(jnp.inf), ema_decay=0.5)
   assert not bool(finite) and int(new.skipped) == 2
@@ -127,11 +134,11 @@ def read_tensorboard_scalars(path):
 
   data, pos, out = path.read_bytes(), 0, []
   while pos < len(data):
-    header = data[pos:pos + 8]
+    header = data[pos : pos + 8]
     (n,) = struct.unpack("<Q", header)
-    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header), f"bad header CRC at {pos}"
-    record = data[pos + 12:pos + 12 + n]
-    assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == masked_crc32c(record), f"bad CRC at {pos}"
+    assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header), f"bad header CRC at {pos}"
+    record = data[pos + 12 : pos + 12 + n]
+    assert struct.unpack("<I", data[pos + 12 + n : pos + 16 + n])[0] == masked_crc32c(record), f"bad CRC at {pos}"
     pos += 16 + n
     event = Event.FromString(record)
     out.extend((event.step, v.tag, v.simple_value) for v in event.summary.value)
@@ -145,8 +152,12 @@ def test_metric_writer_jsonl_csv_tensorboard(tmp_path):
   w.write(2, {"loss": jnp.array(1.5)})
   w.close()
   assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.5, "acc": 0.25}, {"step": 2, "loss": 1.5}]
-  assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,name,value", "1,loss,2.5", "1,acc,0.25",
-                                                                 "2,loss,1.5"]
+  assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+    "step,name,value",
+    "1,loss,2.5",
+    "1,acc,0.25",
+    "2,loss,1.5",
+  ]
   (event_file,) = tmp_path.glob("events.out.tfevents.*")
   assert read_tensorboard_scalars(event_file) == [(1, "loss", 2.5), (1, "acc", 0.25), (2, "loss", 1.5)]
   empty = MetricWriter(tmp_path / "never")
@@ -157,16 +168,38 @@ def test_metric_writer_jsonl_csv_tensorboard(tmp_path):
 def test_loop_resume_is_identical_to_uninterrupted(tmp_path):
   params, tx, step_fn = quadratic_problem()
   batch_fn = lambda step: jnp.float32(1.0 + 0.1 * (step % 3))
-  full = train_loop(state=create_train_state(params, tx), step_fn=step_fn,
-                           batch_fn=batch_fn, num_steps=12, checkpointer=None, writer=None, progress=False)
+  full = train_loop(
+    state=create_train_state(params, tx),
+    step_fn=step_fn,
+    batch_fn=batch_fn,
+    num_steps=12,
+    checkpointer=None,
+    writer=None,
+    progress=False,
+  )
   ck = Checkpointer(tmp_path / "ck")
   w = MetricWriter(tmp_path / "log", tensorboard=False)
-  part = train_loop(state=create_train_state(params, tx), step_fn=step_fn, batch_fn=batch_fn,
-                           num_steps=5, checkpointer=ck, writer=w, checkpoint_every=5, progress=False)
+  part = train_loop(
+    state=create_train_state(params, tx),
+    step_fn=step_fn,
+    batch_fn=batch_fn,
+    num_steps=5,
+    checkpointer=ck,
+    writer=w,
+    checkpoint_every=5,
+    progress=False,
+  )
   assert part.last_step == 5 and ck.latest_step() == 5
-  resumed = train_loop(state=create_train_state(params, tx), step_fn=step_fn,
-                              batch_fn=batch_fn, num_steps=12, checkpointer=ck, writer=w, progress=False,
-                              checkpoint_every=100)
+  resumed = train_loop(
+    state=create_train_state(params, tx),
+    step_fn=step_fn,
+    batch_fn=batch_fn,
+    num_steps=12,
+    checkpointer=ck,
+    writer=w,
+    progress=False,
+    checkpoint_every=100,
+  )
   assert resumed.last_step == 12 and ck.latest_step() == 12
   jax.tree.map(np.testing.assert_array_equal, resumed.state.params, full.state.params)
   steps = [r["step"] for r in read_metrics(tmp_path / "log")]
@@ -178,13 +211,28 @@ def test_loop_nonfinite_stop_policy_reports_step(tmp_path):
   batch_fn = lambda step: jnp.float32(jnp.nan if step == 3 else 1.0)
   ck = Checkpointer(tmp_path / "ck")
   with pytest.raises(NonFiniteError, match="at step 3"):
-    train_loop(state=create_train_state(params, tx), step_fn=step_fn, batch_fn=batch_fn,
-                      num_steps=8, checkpointer=ck, writer=None, log_every=1, on_nonfinite="stop",
-                      progress=False)
+    train_loop(
+      state=create_train_state(params, tx),
+      step_fn=step_fn,
+      batch_fn=batch_fn,
+      num_steps=8,
+      checkpointer=ck,
+      writer=None,
+      log_every=1,
+      on_nonfinite="stop",
+      progress=False,
+    )
   saved = ck.restore(create_train_state(params, tx))
   assert bool(tree_all_finite(saved.params)) and int(saved.skipped) == 1
-  res = train_loop(state=create_train_state(params, tx), step_fn=step_fn,
-                          batch_fn=batch_fn, num_steps=6, checkpointer=None, writer=None, progress=False)
+  res = train_loop(
+    state=create_train_state(params, tx),
+    step_fn=step_fn,
+    batch_fn=batch_fn,
+    num_steps=6,
+    checkpointer=None,
+    writer=None,
+    progress=False,
+  )
   assert res.nonfinite_steps == [3] and int(res.state.skipped) == 1
 
 
@@ -195,9 +243,11 @@ def test_config_from_dict_inverts_asdict_through_json():
   from easytune_jax.finetune import FinetuneConfig
   from easytune_jax.train.finetune_runner import RunConfig
 
-  cfg = RunConfig(finetune=FinetuneConfig(method="draft", num_steps=7, k=3,
-                                          optim=OptimConfig(learning_rate=3e-4)),
-                  trajectories=5, trainable="dec.*,mlp")
+  cfg = RunConfig(
+    finetune=FinetuneConfig(method="draft", num_steps=7, k=3, optim=OptimConfig(learning_rate=3e-4)),
+    trajectories=5,
+    trainable="dec.*,mlp",
+  )
   back = config_from_dict(RunConfig, json.loads(json.dumps(dataclasses.asdict(cfg))))
   assert back == cfg and isinstance(back.finetune.optim, OptimConfig)
   hash(back)
@@ -206,6 +256,7 @@ def test_config_from_dict_inverts_asdict_through_json():
   class Sweep:
     steps: tuple = (10, 50)
     grid: tuple = ((1, 2), (3, 4))
+
   sweep = config_from_dict(Sweep, json.loads(json.dumps(dataclasses.asdict(Sweep()))))
   assert sweep == Sweep() and hash(sweep)  # JSON lists come back as (nested) tuples: configs stay hashable
   bad = json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -79,9 +79,14 @@ class Variant:
 
   @property
   def name(self) -> str:
-    return (self.policy.label + ("" if self.k is None else f"-{self.k}") + ("+remat" if self.remat else "")
-            + ("+online" if self.online else "") + (f"+chunk{self.grad_chunk}" if self.grad_chunk else "")
-            + (f"@{self.learning_rate:g}" if self.learning_rate else ""))
+    return (
+      self.policy.label
+      + ("" if self.k is None else f"-{self.k}")
+      + ("+remat" if self.remat else "")
+      + ("+online" if self.online else "")
+      + (f"+chunk{self.grad_chunk}" if self.grad_chunk else "")
+      + (f"@{self.learning_rate:g}" if self.learning_rate else "")
+    )
 
   @property
   def family(self) -> str:
@@ -111,8 +116,7 @@ def parse_variant(spec: str) -> Variant:
     except ValueError:
       lr = -1.0
     if not lr > 0:
-      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '@<learning rate>' with a rate > 0, found "
-                       f"{lr_text!r}")
+      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '@<learning rate>' with a rate > 0, found {lr_text!r}")
   chunk = None
   head, plus, tail = s.rpartition("+")
   if plus and tail.startswith("chunk"):
@@ -125,29 +129,44 @@ def parse_variant(spec: str) -> Variant:
   name, dash, tail = s.partition("-")
   if dash and name in finetune.METHODS:
     if "k" not in finetune.METHODS[name].uses:
-      raise ValueError(f"{_WHERE}: variant {spec!r}: {name!r} takes no k (its hyper-parameters: "
-                       f"{finetune.METHODS[name].uses})")
+      raise ValueError(
+        f"{_WHERE}: variant {spec!r}: {name!r} takes no k (its hyper-parameters: {finetune.METHODS[name].uses})"
+      )
     if tail != "T" and (not tail.isdigit() or int(tail) < 1):
-      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '{name}-<K>' with K >= 1 or '{name}-T', "
-                       f"found K={tail!r}")
+      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '{name}-<K>' with K >= 1 or '{name}-T', found K={tail!r}")
     k, s = (tail if tail == "T" else int(tail)), name
   if s not in finetune.METHODS:
-    raise ValueError(f"{_WHERE}: variant {spec!r}: expected a method in {tuple(finetune.METHODS)} (with k as "
-                     f"'<method>-<K>' / '<method>-T'), optionally '+remat'; found {s!r}")
+    raise ValueError(
+      f"{_WHERE}: variant {spec!r}: expected a method in {tuple(finetune.METHODS)} (with k as "
+      f"'<method>-<K>' / '<method>-T'), optionally '+remat'; found {s!r}"
+    )
   per_step = finetune.METHODS[s].per_step_updates
   if remat and per_step:
     raise ValueError(f"{_WHERE}: variant {spec!r}: {s!r} stores no trajectory, '+remat' does not apply")
   if online and not per_step:
-    raise ValueError(f"{_WHERE}: variant {spec!r}: '+online' is a per-step method's sampler variant, "
-                     f"not for {s!r}")
+    raise ValueError(f"{_WHERE}: variant {spec!r}: '+online' is a per-step method's sampler variant, not for {s!r}")
   if chunk is not None and (not per_step or online):
-    raise ValueError(f"{_WHERE}: variant {spec!r}: '+chunk<C>' batches frozen per-step gradients, "
-                     f"not for {s + ('+online' if online else '')!r}")
+    raise ValueError(
+      f"{_WHERE}: variant {spec!r}: '+chunk<C>' batches frozen per-step gradients, "
+      f"not for {s + ('+online' if online else '')!r}"
+    )
   return Variant(s, k, remat, lr, online, chunk)
 
 
-ALL_MEMORY_VARIANTS = ("easytune", "draft-1", "draft-1+remat", "draft-10", "draft-10+remat", "draft-T",
-                       "draft-T+remat", "refl", "alignprop", "alignprop+remat", "drtune", "drtune+remat")
+ALL_MEMORY_VARIANTS = (
+  "easytune",
+  "draft-1",
+  "draft-1+remat",
+  "draft-10",
+  "draft-10+remat",
+  "draft-T",
+  "draft-T+remat",
+  "refl",
+  "alignprop",
+  "alignprop+remat",
+  "drtune",
+  "drtune+remat",
+)
 ALL_SPEED_VARIANTS = ("easytune", "draft-1", "draft-10", "draft-T", "refl", "alignprop", "drtune")
 
 
@@ -191,10 +210,11 @@ class BenchmarkConfig:
     for v in tuple(self.memory_variants) + tuple(self.speed_variants):
       parse_variant(v)
     if not self.memory_steps or min(self.memory_steps) < 1:
-      raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found "
-                       f"{self.memory_steps}")
-    counts = {k: getattr(self, k) for k in ("speed_steps", "batch_size", "speed_repeats", "speed_seeds",
-                                             "heldout_size", "grad_chunk")}
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found {self.memory_steps}")
+    counts = {
+      k: getattr(self, k)
+      for k in ("speed_steps", "batch_size", "speed_repeats", "speed_seeds", "heldout_size", "grad_chunk")
+    }
     if min(counts.values()) < 1:
       raise ValueError(f"{_WHERE}: BenchmarkConfig: expected {', '.join(counts)} >= 1, found {counts}")
     if self.target_gain is not None and not self.target_gain > 0:
@@ -204,8 +224,9 @@ class BenchmarkConfig:
     if self.budget_seconds is not None and self.budget_seconds <= 0:
       raise ValueError(f"{_WHERE}: BenchmarkConfig.budget_seconds: expected > 0, found {self.budget_seconds}")
     if self.budget_trajectories is not None and self.budget_trajectories < 1:
-      raise ValueError(f"{_WHERE}: BenchmarkConfig.budget_trajectories: expected >= 1, found "
-                       f"{self.budget_trajectories}")
+      raise ValueError(
+        f"{_WHERE}: BenchmarkConfig.budget_trajectories: expected >= 1, found {self.budget_trajectories}"
+      )
 
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -222,9 +243,18 @@ def get_config(name: str = "tiny") -> BenchmarkConfig:
   if name == "tiny":
     return BenchmarkConfig()
   if name == "paper":
-    return BenchmarkConfig(speed_steps=sampling.NUM_STEPS, batch_size=32, guidance_scale=sampling.GUIDANCE_SCALE, learning_rate=1e-5,
-                           warmup_steps=0, speed_repeats=5, budget_seconds=600.0, curve_points=5,
-                           heldout_size=64, eval_batch_size=32)
+    return BenchmarkConfig(
+      speed_steps=sampling.NUM_STEPS,
+      batch_size=32,
+      guidance_scale=sampling.GUIDANCE_SCALE,
+      learning_rate=1e-5,
+      warmup_steps=0,
+      speed_repeats=5,
+      budget_seconds=600.0,
+      curve_points=5,
+      heldout_size=64,
+      eval_batch_size=32,
+    )
   raise ValueError(f"{_WHERE}: benchmark config name: expected 'tiny' or 'paper', found {name!r}")
 
 
@@ -233,19 +263,29 @@ def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.
   if variant.policy.per_step_updates and not variant.online:
     chunk = variant.grad_chunk or cfg.grad_chunk
   return finetune.FinetuneConfig(
-      method=variant.method, num_steps=T, k=variant.resolve_k(T), remat=variant.remat,
-      sampler_variant="online" if variant.online else "frozen", grad_chunk=chunk,
-      guidance_scale=cfg.guidance_scale,
-      optim=OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate,
-                               warmup_steps=cfg.warmup_steps))
+    method=variant.method,
+    num_steps=T,
+    k=variant.resolve_k(T),
+    remat=variant.remat,
+    sampler_variant="online" if variant.online else "frozen",
+    grad_chunk=chunk,
+    guidance_scale=cfg.guidance_scale,
+    optim=OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate, warmup_steps=cfg.warmup_steps),
+  )
 
 
 # --------------------------------------------------------------------------------------------- machine
 def machine_info() -> dict:
   dev = jax.devices()[0]
-  return {"jax_version": jax.__version__, "backend": jax.default_backend(), "device_kind": dev.device_kind,
-          "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version()}
+  return {
+    "jax_version": jax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": dev.device_kind,
+    "device_count": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+  }
 
 
 def peak_rss_bytes() -> int:
@@ -277,8 +317,9 @@ class Inputs:
 
   def __call__(self, it: int):
     if it not in self._cache:
-      arrays, host = batching.batch_at(self.train, it, self.batch_size, self.seed, self.task.gen.tokenizer,
-                                             max_length=self.task.gen.max_length)
+      arrays, host = batching.batch_at(
+        self.train, it, self.batch_size, self.seed, self.task.gen.tokenizer, max_length=self.task.gen.max_length
+      )
       rng = jax.random.fold_in(self.key, it)
       cond, uncond = self.task.inputs(host["caption"], arrays["length"], rng=jax.random.fold_in(rng, 3))
       x_T = self.task.noise(jax.random.fold_in(rng, 1), self.batch_size)
@@ -293,12 +334,12 @@ def _tx(ft: finetune.FinetuneConfig):
 # --------------------------------------------------------------------------------------------- memory
 def _sampling_fn(task, T: int, guidance_scale: float):
   """`run(params, x_T, cond, uncond) -> reward [B]`: guided DDIM sampling of T steps + decode + reward."""
-  timesteps = sampling.make_timesteps(task.gen.schedule, sampling.SamplerConfig(num_steps=T,
-                                                                                guidance_scale=guidance_scale))
+  timesteps = sampling.make_timesteps(
+    task.gen.schedule, sampling.SamplerConfig(num_steps=T, guidance_scale=guidance_scale)
+  )
 
   def run(params, x_T, cond, uncond):
-    out = sampling.sample(task.denoise, params, task.gen.schedule, timesteps, x_T, cond, uncond,
-                          guidance_scale)
+    out = sampling.sample(task.denoise, params, task.gen.schedule, timesteps, x_T, cond, uncond, guidance_scale)
     return task.reward(task.decode(out.x0, cond), cond, None)
 
   return run
@@ -314,8 +355,7 @@ def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> 
   """compiled_memory of the (unrun) update of `ft` on the task's base params, with the state donated as
   `make_update_fn` does (the new state is written over the old one: 'alias' bytes)."""
   tx = _tx(ft)
-  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
-                                   jit=False)
+  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode, jit=False)
   state = create_train_state(task.gen.params, tx)
   return finetune.compiled_memory(update, state, x_T, cond, uncond, rng, donate_argnums=(0,))
 
@@ -328,13 +368,23 @@ def memory_record(task, cfg: BenchmarkConfig, spec: str, T: int, x_T, cond, unco
   ft = finetune_config(cfg, v, T)
   mem = update_memory(task, ft, x_T, cond, uncond, rng)
   record = {
-      "variant": v.name, "spec": spec, "method": v.method, "T": T, "K": ft.num_grad_steps,
-      "remat": v.remat, "grad_chunk": ft.chunk_size, "memory": mem, "sampling_memory": samp,
-      "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
-      "compile_seconds": time.time() - t0, "peak_rss_bytes": peak_rss_bytes(),
-      "device_peak_bytes": device_peak_bytes()}
-  logging.info("benchmark memory %s T=%d: temp %.2f MiB (sampling %.2f MiB)", v.name, T,
-               mem["temp"] / 2**20, samp["temp"] / 2**20)
+    "variant": v.name,
+    "spec": spec,
+    "method": v.method,
+    "T": T,
+    "K": ft.num_grad_steps,
+    "remat": v.remat,
+    "grad_chunk": ft.chunk_size,
+    "memory": mem,
+    "sampling_memory": samp,
+    "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
+    "compile_seconds": time.time() - t0,
+    "peak_rss_bytes": peak_rss_bytes(),
+    "device_peak_bytes": device_peak_bytes(),
+  }
+  logging.info(
+    "benchmark memory %s T=%d: temp %.2f MiB (sampling %.2f MiB)", v.name, T, mem["temp"] / 2**20, samp["temp"] / 2**20
+  )
   return record
 
 
@@ -355,8 +405,9 @@ def _block(tree):
   return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
 
 
-def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence[Inputs], heldout,
-                  base_reward: float) -> dict:
+def measure_speed(
+  task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence[Inputs], heldout, base_reward: float
+) -> dict:
   """Timing after warm-up, then one budgeted run from the base params per entry of `inputs` (one training
   stream per seed; see the module docstring). Gains are averaged over the runs (with their standard
   deviation); `runs` keeps each run, `curve` is the first run's; `params` are the first run's final params."""
@@ -387,17 +438,37 @@ def measure_speed(task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence
     runs.append({"seed": inp.seed, **run})
     params = state.params if r == 0 else params
     del state
-  out = {"T": T, "K": ft.num_grad_steps, "grad_chunk": ft.chunk_size, "compile_seconds": compile_s,
-         "seconds_per_trajectory": per_traj,
-         "seconds_per_update": per_traj / ft.updates_per_trajectory,
-         "updates_per_trajectory": ft.updates_per_trajectory, "timing_runs": times, "base_reward": base_reward}
-  for k in ("trajectories", "updates", "train_seconds", "final_reward", "reward_gain", "reward_gain_per_second",
-            "peak_gain_per_second", "skipped_updates"):
+  out = {
+    "T": T,
+    "K": ft.num_grad_steps,
+    "grad_chunk": ft.chunk_size,
+    "compile_seconds": compile_s,
+    "seconds_per_trajectory": per_traj,
+    "seconds_per_update": per_traj / ft.updates_per_trajectory,
+    "updates_per_trajectory": ft.updates_per_trajectory,
+    "timing_runs": times,
+    "base_reward": base_reward,
+  }
+  for k in (
+    "trajectories",
+    "updates",
+    "train_seconds",
+    "final_reward",
+    "reward_gain",
+    "reward_gain_per_second",
+    "peak_gain_per_second",
+    "skipped_updates",
+  ):
     out[k] = float(np.mean([run[k] for run in runs])) if len(runs) > 1 else runs[0][k]
   for k in ("reward_gain", "reward_gain_per_second", "peak_gain_per_second"):
     out[k + "_std"] = float(np.std([run[k] for run in runs], ddof=1)) if len(runs) > 1 else None
-  out.update(curve=runs[0]["curve"], runs=runs, params=params, peak_rss_bytes=peak_rss_bytes(),
-             device_peak_bytes=device_peak_bytes())
+  out.update(
+    curve=runs[0]["curve"],
+    runs=runs,
+    params=params,
+    peak_rss_bytes=peak_rss_bytes(),
+    device_peak_bytes=device_peak_bytes(),
+  )
   return out
 
 
@@ -426,20 +497,23 @@ def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
   ft = finetune_config(cfg, Variant("easytune"), T)
   run = jax.jit(_sampling_fn(task, T, cfg.guidance_scale))
   timesteps = sampling.make_timesteps(task.gen.schedule, ft.sampler_config())
-  step_loss = finetune.make_step_loss(task.denoise, task.reward, task.gen.schedule, timesteps, cfg.guidance_scale,
-                                      decode=task.decode)
+  step_loss = finetune.make_step_loss(
+    task.denoise, task.reward, task.gen.schedule, timesteps, cfg.guidance_scale, decode=task.decode
+  )
   vg = lambda p, x, c, u: jax.value_and_grad(step_loss, has_aux=True)(p, x, T // 2, c, u)
   tx = _tx(ft)
   state = create_train_state(task.gen.params, tx)
   grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), task.gen.params)
   apply = jax.jit(lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0)))
   params = task.gen.params
-  return {"T": T,
-          "sampling_seconds": _median_seconds(run, (params, x_T, cond, uncond), cfg.speed_repeats),
-          "one_step_grad_seconds": _median_seconds(jax.jit(vg), (params, x_T, cond, uncond), cfg.speed_repeats),
-          "optimizer_update_seconds": _median_seconds(apply, (state, grads), cfg.speed_repeats),
-          "sampling_memory": finetune.compiled_memory(run, params, x_T, cond, uncond),
-          "one_step_grad_memory": finetune.compiled_memory(vg, params, x_T, cond, uncond)}
+  return {
+    "T": T,
+    "sampling_seconds": _median_seconds(run, (params, x_T, cond, uncond), cfg.speed_repeats),
+    "one_step_grad_seconds": _median_seconds(jax.jit(vg), (params, x_T, cond, uncond), cfg.speed_repeats),
+    "optimizer_update_seconds": _median_seconds(apply, (state, grads), cfg.speed_repeats),
+    "sampling_memory": finetune.compiled_memory(run, params, x_T, cond, uncond),
+    "one_step_grad_memory": finetune.compiled_memory(vg, params, x_T, cond, uncond),
+  }
 
 
 def grad_steps(ft: finetune.FinetuneConfig) -> float:
@@ -457,9 +531,14 @@ def floor_record(floor: dict, ft: finetune.FinetuneConfig, seconds_per_trajector
   k = grad_steps(ft)
   base = floor["sampling_seconds"] + k * floor["one_step_grad_seconds"]
   with_opt = base + ft.updates_per_trajectory * floor["optimizer_update_seconds"]
-  return {"grad_steps": k, "floor_seconds": base, "floor_with_optimizer_seconds": with_opt,
-          "over_floor": seconds_per_trajectory / base, "over_floor_with_optimizer": seconds_per_trajectory / with_opt,
-          **{k2: floor[k2] for k2 in ("sampling_seconds", "one_step_grad_seconds", "optimizer_update_seconds")}}
+  return {
+    "grad_steps": k,
+    "floor_seconds": base,
+    "floor_with_optimizer_seconds": with_opt,
+    "over_floor": seconds_per_trajectory / base,
+    "over_floor_with_optimizer": seconds_per_trajectory / with_opt,
+    **{k2: floor[k2] for k2 in ("sampling_seconds", "one_step_grad_seconds", "optimizer_update_seconds")},
+  }
 
 
 def _budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, base_reward: float):
@@ -476,8 +555,9 @@ def _budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout,
     _block((state, metrics))
     train_s += time.perf_counter() - t0
     it += 1
-    done = ((cfg.budget_seconds is not None and train_s >= cfg.budget_seconds)
-            or (cfg.budget_trajectories is not None and it >= cfg.budget_trajectories))
+    done = (cfg.budget_seconds is not None and train_s >= cfg.budget_seconds) or (
+      cfg.budget_trajectories is not None and it >= cfg.budget_trajectories
+    )
     if done:
       break
     if next_eval is not None and _progress(cfg, train_s, it) >= next_eval[0]:
@@ -489,9 +569,17 @@ def _budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout,
   curve_r.append(final)
   gain = final - base_reward
   peak = max((r - base_reward) / t for t, r in zip(curve_t, curve_r) if t > 0)
-  return {"trajectories": it, "updates": int(state.step), "train_seconds": train_s, "final_reward": final,
-          "reward_gain": gain, "reward_gain_per_second": gain / train_s, "peak_gain_per_second": peak,
-          "curve": {"seconds": curve_t, "reward": curve_r}, "skipped_updates": int(state.skipped)}, state
+  return {
+    "trajectories": it,
+    "updates": int(state.step),
+    "train_seconds": train_s,
+    "final_reward": final,
+    "reward_gain": gain,
+    "reward_gain_per_second": gain / train_s,
+    "peak_gain_per_second": peak,
+    "curve": {"seconds": curve_t, "reward": curve_r},
+    "skipped_updates": int(state.skipped),
+  }, state
 
 
 def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> Optional[float]:
@@ -526,17 +614,35 @@ def _next_checkpoint(cfg, j: int, n: int):
 # --------------------------------------------------------------------------------------------- alignment
 def quick_eval(task, params, ft: finetune.FinetuneConfig, evaluator, test_dataset, cfg: BenchmarkConfig) -> dict:
   """Quick evaluation of the generator with `params`: {R_precision_top_1/3, MM_Dist, FID, Diversity}."""
-  res = evaluation.evaluate(generate_fn_for(task, params, ft), evaluator, test_dataset, quick=True,
-                            batch_size=cfg.eval_batch_size,
-                            max_length=min(task.gen.max_length, evaluator.max_length), seed=cfg.seed)
+  res = evaluation.evaluate(
+    generate_fn_for(task, params, ft),
+    evaluator,
+    test_dataset,
+    quick=True,
+    batch_size=cfg.eval_batch_size,
+    max_length=min(task.gen.max_length, evaluator.max_length),
+    seed=cfg.seed,
+  )
   m = res["metrics"]
-  return {"R_precision_top_1": m["R_precision_top_1"][0], "R_precision_top_3": m["R_precision_top_3"][0],
-          "MM_Dist": m["Matching_score"][0], "FID": m["FID"][0], "Diversity": m["Diversity"][0]}
+  return {
+    "R_precision_top_1": m["R_precision_top_1"][0],
+    "R_precision_top_3": m["R_precision_top_3"][0],
+    "MM_Dist": m["Matching_score"][0],
+    "FID": m["FID"][0],
+    "Diversity": m["Diversity"][0],
+  }
 
 
 # --------------------------------------------------------------------------------------------- driver
-def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: str, data_dir: str,
-                  evaluator_workdir: Optional[str] = None, memory: bool = True, speed: bool = True) -> dict:
+def run_benchmark(
+  cfg: BenchmarkConfig,
+  generator_workdir: str,
+  reward_workdir: str,
+  data_dir: str,
+  evaluator_workdir: Optional[str] = None,
+  memory: bool = True,
+  speed: bool = True,
+) -> dict:
   """Runs the memory sweep and the speed / alignment runs; returns the JSON-able result
   {'machine', 'config', 'inputs', 'records', 'base', 'summary', 'seconds'}."""
   t_start = time.time()
@@ -549,8 +655,10 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
   if speed:
     val = load_dataset(data_dir, "val")
     run_cfg = finetune_runner.RunConfig(
-        finetune=finetune.FinetuneConfig(num_steps=cfg.speed_steps, guidance_scale=cfg.guidance_scale),
-        heldout_size=cfg.heldout_size, seed=cfg.seed)
+      finetune=finetune.FinetuneConfig(num_steps=cfg.speed_steps, guidance_scale=cfg.guidance_scale),
+      heldout_size=cfg.heldout_size,
+      seed=cfg.seed,
+    )
     heldout = finetune_runner.HeldOut(task, val, run_cfg)
     base_reward = float(np.mean(heldout.rewards(task.gen.params)))
     base_info = {"heldout_reward": base_reward, "heldout_size": len(heldout.captions)}
@@ -575,8 +683,14 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
         sp["floor"] = floor_record(floor, finetune_config(cfg, v, cfg.speed_steps), sp["seconds_per_trajectory"])
       rec = _find(records, v.name, cfg.speed_steps)
       if rec is None:
-        rec = {"variant": v.name, "spec": spec, "method": v.method, "T": cfg.speed_steps, "K": sp["K"],
-               "remat": v.remat}
+        rec = {
+          "variant": v.name,
+          "spec": spec,
+          "method": v.method,
+          "T": cfg.speed_steps,
+          "K": sp["K"],
+          "remat": v.remat,
+        }
         records.append(rec)
       rec["speed"] = sp
       if evaluator is not None:
@@ -585,13 +699,21 @@ def run_benchmark(cfg: BenchmarkConfig, generator_workdir: str, reward_workdir: 
         ev["MM_Dist_relative_improvement"] = (base_mm - ev["MM_Dist"]) / base_mm
         rec["alignment"] = ev
       del params
-  result = {"machine": machine_info(), "config": cfg.to_dict(),
-            "inputs": {"generator_workdir": str(generator_workdir), "reward_workdir": str(reward_workdir),
-                       "data_dir": str(data_dir), "evaluator_workdir": evaluator_workdir,
-                       "latent_shape": list(task.gen.latent_shape), "max_length": task.gen.max_length,
-                       "param_bytes": int(sum(x.size * x.dtype.itemsize
-                                              for x in jax.tree.leaves(task.gen.params)))},
-            "records": records, "base": base_info}
+  result = {
+    "machine": machine_info(),
+    "config": cfg.to_dict(),
+    "inputs": {
+      "generator_workdir": str(generator_workdir),
+      "reward_workdir": str(reward_workdir),
+      "data_dir": str(data_dir),
+      "evaluator_workdir": evaluator_workdir,
+      "latent_shape": list(task.gen.latent_shape),
+      "max_length": task.gen.max_length,
+      "param_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(task.gen.params))),
+    },
+    "records": records,
+    "base": base_info,
+  }
   result["summary"] = summarize(result)
   result["seconds"] = time.time() - t_start
   return result
@@ -614,15 +736,18 @@ def summarize(result: dict) -> dict:
   for T in Ts:
     e, d = _find(recs, "EasyTune", T), _find(recs, "DRaFT-T", T)
     if e and d and "memory" in e and "memory" in d:
-      out["easytune_over_draft_T_additional"][str(T)] = _ratio(e["additional_memory"]["total"],
-                                                               d["additional_memory"]["total"])
+      out["easytune_over_draft_T_additional"][str(T)] = _ratio(
+        e["additional_memory"]["total"], d["additional_memory"]["total"]
+      )
       out["easytune_over_draft_T_total"][str(T)] = _ratio(e["memory"]["total"], d["memory"]["total"])
   es = [_find(recs, "EasyTune", T) for T in Ts]
   es = [r for r in es if r and "memory" in r]
   if len(es) >= 2:
     out["easytune_memory_largest_over_smallest_T"] = {
-        "T": [es[0]["T"], es[-1]["T"]], "temp": _ratio(es[-1]["memory"]["temp"], es[0]["memory"]["temp"]),
-        "total": _ratio(es[-1]["memory"]["total"], es[0]["memory"]["total"])}
+      "T": [es[0]["T"], es[-1]["T"]],
+      "temp": _ratio(es[-1]["memory"]["temp"], es[0]["memory"]["temp"]),
+      "total": _ratio(es[-1]["memory"]["total"], es[0]["memory"]["total"]),
+    }
   sp = {r["variant"]: r["speed"] for r in recs if "speed" in r}
   # Per method family, the variant (learning rate) with the largest gain per second: a tuned comparison.
   best: dict = {}
@@ -640,10 +765,12 @@ def summarize(result: dict) -> dict:
   if e:
     out["easytune_variant"] = e
   if e and d:
-    out["gain_per_second_easytune_over_draft_T"] = _ratio(sp[e]["reward_gain_per_second"],
-                                                          sp[d]["reward_gain_per_second"])
-    out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(sp[d]["seconds_per_trajectory"],
-                                                                 sp[e]["seconds_per_trajectory"])
+    out["gain_per_second_easytune_over_draft_T"] = _ratio(
+      sp[e]["reward_gain_per_second"], sp[d]["reward_gain_per_second"]
+    )
+    out["seconds_per_trajectory_draft_T_over_easytune"] = _ratio(
+      sp[d]["seconds_per_trajectory"], sp[e]["seconds_per_trajectory"]
+    )
   others = [sp[v]["reward_gain_per_second"] for f, v in best.items() if not f.startswith("EasyTune")]
   if e and others:
     out["gain_per_second_easytune_over_best_baseline"] = _ratio(sp[e]["reward_gain_per_second"], max(others))
@@ -656,8 +783,10 @@ def summarize(result: dict) -> dict:
     if target is None:
       target = 0.5 * max(s["reward_gain"] for s in sp.values())
     if target > 0:
-      per_run = {v: [time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], target)
-                     for run in s.get("runs", [s])] for v, s in sp.items()}
+      per_run = {
+        v: [time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], target) for run in s.get("runs", [s])]
+        for v, s in sp.items()
+      }
       # Mean over the runs; None unless every run reaches the target.
       ttg = {v: (float(np.mean(ts)) if None not in ts else None) for v, ts in per_run.items()}
       out["target_gain"] = target
@@ -675,7 +804,7 @@ def _ratio(a, b) -> Optional[float]:
 
 
 # --------------------------------------------------------------------------------------------- outputs
-_MiB = 2.0 ** 20
+_MiB = 2.0**20
 
 
 def _fmt(x, digits=3):
@@ -701,79 +830,114 @@ def markdown(result: dict) -> str:
   lines = [f"# Benchmark ({m['backend']}: {m['device_kind']}, {m['cpu_count']} CPUs, jax {m['jax_version']})", ""]
   mem = [r for r in recs if "memory" in r]
   if mem:
-    lines += ["## Compiled update memory (MiB; XLA memory_analysis, not run)", "",
-              "| variant | T | K | temp | total | sampling total | additional (total) | additional (temp) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+      "## Compiled update memory (MiB; XLA memory_analysis, not run)",
+      "",
+      "| variant | T | K | temp | total | sampling total | additional (total) | additional (temp) |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
     for r in mem:
-      lines.append(f"| {r['variant']} | {r['T']} | {r['K']} | {r['memory']['temp'] / _MiB:.3f} | "
-                   f"{r['memory']['total'] / _MiB:.3f} | {r['sampling_memory']['total'] / _MiB:.3f} | "
-                   f"{r['additional_memory']['total'] / _MiB:.3f} | {r['additional_memory']['temp'] / _MiB:.3f} |")
+      lines.append(
+        f"| {r['variant']} | {r['T']} | {r['K']} | {r['memory']['temp'] / _MiB:.3f} | "
+        f"{r['memory']['total'] / _MiB:.3f} | {r['sampling_memory']['total'] / _MiB:.3f} | "
+        f"{r['additional_memory']['total'] / _MiB:.3f} | {r['additional_memory']['temp'] / _MiB:.3f} |"
+      )
     lines.append("")
   sp = [r for r in recs if "speed" in r]
   if sp:
     base = result.get("base", {})
-    lines += [f"## Speed and reward at T={sp[0]['speed']['T']} (base held-out reward "
-              f"{_fmt(base.get('heldout_reward'), 4)})", "",
-              "| variant | s/trajectory | s/update | trajectories | train s | final reward | gain | gain/s | "
-              "peak gain/s | s to target |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+      f"## Speed and reward at T={sp[0]['speed']['T']} (base held-out reward {_fmt(base.get('heldout_reward'), 4)})",
+      "",
+      "| variant | s/trajectory | s/update | trajectories | train s | final reward | gain | gain/s | "
+      "peak gain/s | s to target |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     ttg = result["summary"].get("seconds_to_target_gain", {})
     for r in sp:
       s = r["speed"]
-      lines.append(f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {s['seconds_per_update']:.4f} | "
-                   f"{s['trajectories']:.0f} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
-                   f"{_pm(s, 'reward_gain', '+.4f')} | {_pm(s, 'reward_gain_per_second', '+.5f')} | "
-                   f"{_pm(s, 'peak_gain_per_second', '.4f')} | {_fmt(ttg.get(r['variant']))} |")
+      lines.append(
+        f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {s['seconds_per_update']:.4f} | "
+        f"{s['trajectories']:.0f} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
+        f"{_pm(s, 'reward_gain', '+.4f')} | {_pm(s, 'reward_gain_per_second', '+.5f')} | "
+        f"{_pm(s, 'peak_gain_per_second', '.4f')} | {_fmt(ttg.get(r['variant']))} |"
+      )
     fl = [r for r in sp if "floor" in r["speed"]]
     if fl:
       f0 = fl[0]["speed"]["floor"]
-      lines += ["", f"Floor at T={sp[0]['speed']['T']}: sampling alone {f0['sampling_seconds']:.4f} s, one one-step "
-                f"gradient {f0['one_step_grad_seconds']:.4f} s, one optimizer update "
-                f"{f0['optimizer_update_seconds']:.4f} s; floor = sampling + (differentiated steps) x one-step "
-                "gradient (+ the method's optimizer updates).", "",
-                "| variant | C | differentiated steps | s/trajectory | floor s | / floor | floor+opt s | / floor+opt |",
-                "|---|---|---|---|---|---|---|---|"]
+      lines += [
+        "",
+        f"Floor at T={sp[0]['speed']['T']}: sampling alone {f0['sampling_seconds']:.4f} s, one one-step "
+        f"gradient {f0['one_step_grad_seconds']:.4f} s, one optimizer update "
+        f"{f0['optimizer_update_seconds']:.4f} s; floor = sampling + (differentiated steps) x one-step "
+        "gradient (+ the method's optimizer updates).",
+        "",
+        "| variant | C | differentiated steps | s/trajectory | floor s | / floor | floor+opt s | / floor+opt |",
+        "|---|---|---|---|---|---|---|---|",
+      ]
       for r in fl:
         f, s_ = r["speed"]["floor"], r["speed"]
-        lines.append(f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {f['grad_steps']:g} | "
-                     f"{s_['seconds_per_trajectory']:.4f} | {f['floor_seconds']:.4f} | {f['over_floor']:.2f} | "
-                     f"{f['floor_with_optimizer_seconds']:.4f} | {f['over_floor_with_optimizer']:.2f} |")
+        lines.append(
+          f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {f['grad_steps']:g} | "
+          f"{s_['seconds_per_trajectory']:.4f} | {f['floor_seconds']:.4f} | {f['over_floor']:.2f} | "
+          f"{f['floor_with_optimizer_seconds']:.4f} | {f['over_floor_with_optimizer']:.2f} |"
+        )
       bf = result.get("base", {}).get("floor")
       if bf:
-        lines += ["", f"Compiled memory: sampling {bf['sampling_memory']['total'] / _MiB:.3f} MiB, one one-step "
-                  f"gradient {bf['one_step_grad_memory']['total'] / _MiB:.3f} MiB (totals)."]
+        lines += [
+          "",
+          f"Compiled memory: sampling {bf['sampling_memory']['total'] / _MiB:.3f} MiB, one one-step "
+          f"gradient {bf['one_step_grad_memory']['total'] / _MiB:.3f} MiB (totals).",
+        ]
     n_runs = len(sp[0]["speed"].get("runs", [None]))
-    lines += ["", "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at "
-              "a held-out evaluation; s to target: train s until the held-out gain first reaches "
-              f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never)."
-              + (f" Mean ± standard deviation over {n_runs} runs (seeds) per method; trajectories, train s "
-                 "and final reward are means." if n_runs > 1 else ""), ""]
+    lines += [
+      "",
+      "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at "
+      "a held-out evaluation; s to target: train s until the held-out gain first reaches "
+      f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never)."
+      + (
+        f" Mean ± standard deviation over {n_runs} runs (seeds) per method; trajectories, train s "
+        "and final reward are means."
+        if n_runs > 1
+        else ""
+      ),
+      "",
+    ]
   al = [r for r in recs if "alignment" in r]
   if al:
     b = result["base"]["eval"]
-    lines += ["## Alignment (quick evaluation, same budget per method)", "",
-              "| variant | R@1 | R@3 | MM-Dist | FID | Diversity | MM-Dist rel. improvement |",
-              "|---|---|---|---|---|---|---|",
-              f"| base | {b['R_precision_top_1']:.3f} | {b['R_precision_top_3']:.3f} | {b['MM_Dist']:.3f} | "
-              f"{b['FID']:.3f} | {b['Diversity']:.3f} | - |"]
+    lines += [
+      "## Alignment (quick evaluation, same budget per method)",
+      "",
+      "| variant | R@1 | R@3 | MM-Dist | FID | Diversity | MM-Dist rel. improvement |",
+      "|---|---|---|---|---|---|---|",
+      f"| base | {b['R_precision_top_1']:.3f} | {b['R_precision_top_3']:.3f} | {b['MM_Dist']:.3f} | "
+      f"{b['FID']:.3f} | {b['Diversity']:.3f} | - |",
+    ]
     for r in al:
       a = r["alignment"]
-      lines.append(f"| {r['variant']} | {a['R_precision_top_1']:.3f} | {a['R_precision_top_3']:.3f} | "
-                   f"{a['MM_Dist']:.3f} | {a['FID']:.3f} | {a['Diversity']:.3f} | "
-                   f"{a['MM_Dist_relative_improvement']:+.2%} |")
+      lines.append(
+        f"| {r['variant']} | {a['R_precision_top_1']:.3f} | {a['R_precision_top_3']:.3f} | "
+        f"{a['MM_Dist']:.3f} | {a['FID']:.3f} | {a['Diversity']:.3f} | "
+        f"{a['MM_Dist_relative_improvement']:+.2%} |"
+      )
     lines.append("")
   s = result["summary"]
-  lines += ["## Headline figures", "",
-            "- EasyTune additional memory / DRaFT-T (no remat): "
-            + ", ".join(f"T={T}: {_fmt(v)}" for T, v in s.get("easytune_over_draft_T_additional", {}).items())
-            + " (paper: 31.16% total memory vs DRaFT-50)",
-            f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",
-            f"- reward gain per second, EasyTune / DRaFT-T: {_fmt(s.get('gain_per_second_easytune_over_draft_T'))}"
-            " (paper: 7.3x faster than DRaFT-50); EasyTune / best other method: "
-            f"{_fmt(s.get('gain_per_second_easytune_over_best_baseline'))} (each method at its best learning "
-            f"rate among those run: {', '.join(s.get('best_variant_per_method', {}).values())})",
-            f"- time to the target gain, method / EasyTune ({s.get('easytune_variant', '-')}): "
-            + ", ".join(f"{v}: {_fmt(x)}" for v, x in s.get("time_to_target_over_easytune", {}).items()), ""]
+  lines += [
+    "## Headline figures",
+    "",
+    "- EasyTune additional memory / DRaFT-T (no remat): "
+    + ", ".join(f"T={T}: {_fmt(v)}" for T, v in s.get("easytune_over_draft_T_additional", {}).items())
+    + " (paper: 31.16% total memory vs DRaFT-50)",
+    f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",
+    f"- reward gain per second, EasyTune / DRaFT-T: {_fmt(s.get('gain_per_second_easytune_over_draft_T'))}"
+    " (paper: 7.3x faster than DRaFT-50); EasyTune / best other method: "
+    f"{_fmt(s.get('gain_per_second_easytune_over_best_baseline'))} (each method at its best learning "
+    f"rate among those run: {', '.join(s.get('best_variant_per_method', {}).values())})",
+    f"- time to the target gain, method / EasyTune ({s.get('easytune_variant', '-')}): "
+    + ", ".join(f"{v}: {_fmt(x)}" for v, x in s.get("time_to_target_over_easytune", {}).items()),
+    "",
+  ]
   return "\n".join(lines)
 
 
@@ -792,12 +956,26 @@ def write_outputs(result: dict, out_dir: str) -> dict:
       ts.append(r["T"])
       vs.append(r["memory"]["total"] / _MiB)
   if mem_curves:
-    paths["memory_png"] = pathlib.Path(viz.plot_curves(
-        {k: v for k, v in mem_curves.items() if len(v[0]) >= 1}, out / "memory_vs_T.png",
-        title="compiled update memory", xlabel="DDIM steps T", ylabel="MiB", figsize=(6.5, 4.5)))
+    paths["memory_png"] = pathlib.Path(
+      viz.plot_curves(
+        {k: v for k, v in mem_curves.items() if len(v[0]) >= 1},
+        out / "memory_vs_T.png",
+        title="compiled update memory",
+        xlabel="DDIM steps T",
+        ylabel="MiB",
+        figsize=(6.5, 4.5),
+      )
+    )
   rw = {r["variant"]: (r["speed"]["curve"]["seconds"], r["speed"]["curve"]["reward"]) for r in recs if "speed" in r}
   if rw:
-    paths["reward_png"] = pathlib.Path(viz.plot_curves(
-        rw, out / "reward_vs_time.png", title="held-out reward vs training wall time", xlabel="seconds",
-        ylabel="held-out reward", figsize=(6.5, 4.5)))
+    paths["reward_png"] = pathlib.Path(
+      viz.plot_curves(
+        rw,
+        out / "reward_vs_time.png",
+        title="held-out reward vs training wall time",
+        xlabel="seconds",
+        ylabel="held-out reward",
+        figsize=(6.5, 4.5),
+      )
+    )
   return {k: str(v) for k, v in paths.items()}

@@ -65,24 +65,41 @@ class GpuBenchConfig:
     if self.max_length is None:
       object.__setattr__(self, "max_length", 196 if self.size == "paper" else 8)
     if not self.seconds > 0 or not self.max_seconds > 0:
-      raise ValueError(f"{_WHERE}: GpuBenchConfig: expected seconds and max_seconds > 0, found {self.seconds}, "
-                       f"{self.max_seconds}")
-    self.memory_config()   # validates size, lengths and variants
+      raise ValueError(
+        f"{_WHERE}: GpuBenchConfig: expected seconds and max_seconds > 0, found {self.seconds}, {self.max_seconds}"
+      )
+    self.memory_config()  # validates size, lengths and variants
 
   def memory_config(self, batch_size: Optional[int] = None, seed: Optional[int] = None):
     return official_memory.OfficialMemoryConfig(
-        size=self.size, variants=tuple(self.memory_variants), steps=tuple(self.memory_steps),
-        batch_size=batch_size or self.batch_size, max_length=self.max_length,
-        reward_text_length=self.reward_text_length, guidance_scale=self.guidance_scale,
-        learning_rate=self.learning_rate, seed=self.seed if seed is None else seed)
+      size=self.size,
+      variants=tuple(self.memory_variants),
+      steps=tuple(self.memory_steps),
+      batch_size=batch_size or self.batch_size,
+      max_length=self.max_length,
+      reward_text_length=self.reward_text_length,
+      guidance_scale=self.guidance_scale,
+      learning_rate=self.learning_rate,
+      seed=self.seed if seed is None else seed,
+    )
 
   def benchmark_config(self) -> benchmark.BenchmarkConfig:
     return benchmark.BenchmarkConfig(
-        memory_variants=tuple(self.memory_variants), memory_steps=tuple(self.memory_steps),
-        speed_variants=tuple(self.speed_variants), speed_steps=self.speed_steps, batch_size=self.batch_size,
-        guidance_scale=self.guidance_scale, learning_rate=self.learning_rate, warmup_steps=0,
-        speed_repeats=self.speed_repeats, budget_seconds=self.seconds, curve_points=self.curve_points,
-        heldout_size=self.heldout_size, seed=self.seed, floor=False)
+      memory_variants=tuple(self.memory_variants),
+      memory_steps=tuple(self.memory_steps),
+      speed_variants=tuple(self.speed_variants),
+      speed_steps=self.speed_steps,
+      batch_size=self.batch_size,
+      guidance_scale=self.guidance_scale,
+      learning_rate=self.learning_rate,
+      warmup_steps=0,
+      speed_repeats=self.speed_repeats,
+      budget_seconds=self.seconds,
+      curve_points=self.curve_points,
+      heldout_size=self.heldout_size,
+      seed=self.seed,
+      floor=False,
+    )
 
 
 def smoke_config(**overrides) -> GpuBenchConfig:
@@ -90,9 +107,20 @@ def smoke_config(**overrides) -> GpuBenchConfig:
   run at T = 2 for 0.5 s. Each update still compiles (~30-40 s apiece on a 2-core CPU), so it is kept to three
   compiles (the baselines' memory and speed records go through the same functions, tested in
   tests/test_benchmark.py and tests/test_official_memory.py)."""
-  base = dict(size="tiny", memory_variants=("easytune",), memory_steps=(2, 4), speed_steps=2,
-              speed_variants=("easytune+chunk2",), seconds=0.5, batch_size=2, speed_repeats=1,
-              curve_points=1, heldout_size=2, reward_text_length=4, max_seconds=3600.0)
+  base = dict(
+    size="tiny",
+    memory_variants=("easytune",),
+    memory_steps=(2, 4),
+    speed_steps=2,
+    speed_variants=("easytune+chunk2",),
+    seconds=0.5,
+    batch_size=2,
+    speed_repeats=1,
+    curve_points=1,
+    heldout_size=2,
+    reward_text_length=4,
+    max_seconds=3600.0,
+  )
   return GpuBenchConfig(**{**base, **overrides})
 
 
@@ -108,8 +136,12 @@ class FixedInputs:
   def __call__(self, it: int):
     if it not in self._cache:
       k = jax.random.fold_in(self._key, it)
-      self._cache[it] = (self._task.noise(jax.random.fold_in(k, 1), self._x_T.shape[0]), self.cond, self.uncond,
-                         jax.random.fold_in(k, 2))
+      self._cache[it] = (
+        self._task.noise(jax.random.fold_in(k, 1), self._x_T.shape[0]),
+        self.cond,
+        self.uncond,
+        jax.random.fold_in(k, 2),
+      )
     return self._cache[it]
 
 
@@ -123,8 +155,9 @@ class HeldOut:
     self.task, self.config = task, config
 
   def rewards(self, params) -> np.ndarray:
-    terms = self.task.sample_rewards(params, self.cond, self.uncond, self.x_T, self.config.guidance_scale,
-                                     self.config.speed_steps)
+    terms = self.task.sample_rewards(
+      params, self.cond, self.uncond, self.x_T, self.config.guidance_scale, self.config.speed_steps
+    )
     return np.asarray(self.task.reward_fn.combine(terms))
 
 
@@ -139,10 +172,17 @@ def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, wor
   try:
     task, info = official_memory.build_task(work_dir, config.memory_config())
     bcfg = config.benchmark_config()
-    result = {"machine": benchmark.machine_info(), "config": bcfg.to_dict(),
-              "gpu_config": json.loads(json.dumps(dataclasses.asdict(config))), "models": info["param_counts"],
-              "inputs": {"latent_shape": list(task.gen.latent_shape), "max_length": config.max_length},
-              "records": [], "base": {}, "skipped": [], "phase_seconds": {"build": time.time() - t_start}}
+    result = {
+      "machine": benchmark.machine_info(),
+      "config": bcfg.to_dict(),
+      "gpu_config": json.loads(json.dumps(dataclasses.asdict(config))),
+      "models": info["param_counts"],
+      "inputs": {"latent_shape": list(task.gen.latent_shape), "max_length": config.max_length},
+      "records": [],
+      "base": {},
+      "skipped": [],
+      "phase_seconds": {"build": time.time() - t_start},
+    }
 
     def save():
       result["summary"] = benchmark.summarize(result)
@@ -183,10 +223,23 @@ def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, wor
         result["base"] = {"heldout_reward": base_reward, "heldout_size": config.heldout_size}
       sp = benchmark.measure_speed(task, bcfg, v, [inputs], heldout, base_reward)
       sp.pop("params")
-      result["records"].append({"variant": v.name, "spec": spec, "method": v.method, "T": config.speed_steps,
-                                "K": sp["K"], "remat": v.remat, "speed": sp})
-      logging.info("gpu benchmark speed %s: %.4f s per trajectory, %.1f s compile", v.name,
-                   sp["seconds_per_trajectory"], sp["compile_seconds"])
+      result["records"].append(
+        {
+          "variant": v.name,
+          "spec": spec,
+          "method": v.method,
+          "T": config.speed_steps,
+          "K": sp["K"],
+          "remat": v.remat,
+          "speed": sp,
+        }
+      )
+      logging.info(
+        "gpu benchmark speed %s: %.4f s per trajectory, %.1f s compile",
+        v.name,
+        sp["seconds_per_trajectory"],
+        sp["compile_seconds"],
+      )
       save()
     result["phase_seconds"]["speed"] = time.time() - t0
     save()

@@ -43,7 +43,7 @@ from easytune_jax.train.reward import convert_spm_checkpoint
 _WHERE = "easytune_jax/bench/official_memory.py"
 SIZES = ("paper", "tiny")
 PREVIOUS = "docs/benchmark/paper_memory_cpu/benchmark.json"
-_GiB = 2.0 ** 30
+_GiB = 2.0**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +67,12 @@ class OfficialMemoryConfig:
       raise ValueError(f"{_WHERE}: OfficialMemoryConfig.size: expected one of {SIZES}, found {self.size!r}")
     for v in self.variants:
       benchmark.parse_variant(v)
-    counts = {"batch_size": self.batch_size, "max_length": self.max_length,
-              "reward_text_length": self.reward_text_length, "min(steps)": min(self.steps, default=0)}
+    counts = {
+      "batch_size": self.batch_size,
+      "max_length": self.max_length,
+      "reward_text_length": self.reward_text_length,
+      "min(steps)": min(self.steps, default=0),
+    }
     if min(counts.values()) < 1:
       raise ValueError(f"{_WHERE}: OfficialMemoryConfig: expected {', '.join(counts)} >= 1, found {counts}")
 
@@ -78,9 +82,14 @@ class OfficialMemoryConfig:
   def benchmark_config(self) -> benchmark.BenchmarkConfig:
     """The `BenchmarkConfig` whose `finetune_config` gives each variant's FinetuneConfig (frozen sampler,
     grad_chunk 1, no warm-up)."""
-    return benchmark.BenchmarkConfig(memory_variants=tuple(self.variants), memory_steps=tuple(self.steps),
-                                     batch_size=self.batch_size, guidance_scale=self.guidance_scale,
-                                     learning_rate=self.learning_rate, warmup_steps=0)
+    return benchmark.BenchmarkConfig(
+      memory_variants=tuple(self.variants),
+      memory_steps=tuple(self.steps),
+      batch_size=self.batch_size,
+      guidance_scale=self.guidance_scale,
+      learning_rate=self.learning_rate,
+      warmup_steps=0,
+    )
 
 
 def model_configs(size: str) -> tuple[OfficialVAEConfig, OfficialDenoiserConfig, SPMConfig, int]:
@@ -88,7 +97,7 @@ def model_configs(size: str) -> tuple[OfficialVAEConfig, OfficialDenoiserConfig,
   if size == "paper":
     return OfficialVAEConfig(), OfficialDenoiserConfig(), SPMConfig.official(), 1024
   if size == "tiny":
-    vae = OfficialVAEConfig.tiny(nfeats=263)   # the reward harness wants HumanML3D's (or KIT's) feature width
+    vae = OfficialVAEConfig.tiny(nfeats=263)  # the reward harness wants HumanML3D's (or KIT's) feature width
     # dropout 0 keeps the compile short; the scoring stays stochastic (sampled latents: a key in cond)
     spm = SPMConfig.official(dim_motion=vae.nfeats, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2, dropout=0.0)
     return vae, OfficialDenoiserConfig.tiny(), spm, 10
@@ -102,7 +111,7 @@ def _random_state(shapes: dict, rng: np.random.Generator) -> dict:
   for k, shape in shapes.items():
     if k.endswith(".pe") or k.endswith("mem_pos"):
       a = 0.1 * rng.random(shape, dtype=np.float32)
-    elif k.endswith(".weight") and len(shape) == 1:   # LayerNorm scales
+    elif k.endswith(".weight") and len(shape) == 1:  # LayerNorm scales
       a = np.ones(shape, np.float32)
     elif k.endswith("bias"):
       a = np.zeros(shape, np.float32)
@@ -123,14 +132,20 @@ def write_random_checkpoints(work_dir: str | pathlib.Path, size: str = "paper", 
   save_torch(work_dir / "mld.ckpt", {"state_dict": mld_state})
   spm_state = _random_state(spm_convert.official_state_shapes(spm, e), rng)
   save_torch(work_dir / "spm.pth", {"state_dict": spm_state})
-  return {"mld": work_dir / "mld.ckpt", "spm": work_dir / "spm.pth", "vae": vae, "denoiser": den, "spm_config": spm,
-          "text_emb_dim": e,
-          "param_counts": {"official_mld_vae": sum(a.size for k, a in mld_state.items() if k.startswith("vae.")),
-                           "official_mld_denoiser": sum(a.size for k, a in mld_state.items()
-                                                        if k.startswith("denoiser.")),
-                           # the shared final LayerNorm is stored under both encoders, counted once
-                           "official_spm": sum(a.size for k, a in spm_state.items()
-                                               if not k.startswith("text_encoder.norm."))}}
+  return {
+    "mld": work_dir / "mld.ckpt",
+    "spm": work_dir / "spm.pth",
+    "vae": vae,
+    "denoiser": den,
+    "spm_config": spm,
+    "text_emb_dim": e,
+    "param_counts": {
+      "official_mld_vae": sum(a.size for k, a in mld_state.items() if k.startswith("vae.")),
+      "official_mld_denoiser": sum(a.size for k, a in mld_state.items() if k.startswith("denoiser.")),
+      # the shared final LayerNorm is stored under both encoders, counted once
+      "official_spm": sum(a.size for k, a in spm_state.items() if not k.startswith("text_encoder.norm.")),
+    },
+  }
 
 
 def captions(batch_size: int) -> list[str]:
@@ -146,27 +161,49 @@ def build_task(work_dir: str | pathlib.Path, config: OfficialMemoryConfig):
   vae, den, e = ck["vae"], ck["denoiser"], ck["text_emb_dim"]
   rng = np.random.default_rng(config.seed + 1)
   caps = captions(config.batch_size)
-  gen_caps = caps + [""]                 # "" = classifier-free guidance's unconditional input
-  np.savez(work_dir / "sentence_emb.npz", captions=np.array(gen_caps),
-           embeddings=0.1 * rng.standard_normal((len(gen_caps), 1, den.text_dim), dtype=np.float32),
-           mask=np.ones((len(gen_caps), 1), bool))
+  gen_caps = caps + [""]  # "" = classifier-free guidance's unconditional input
+  np.savez(
+    work_dir / "sentence_emb.npz",
+    captions=np.array(gen_caps),
+    embeddings=0.1 * rng.standard_normal((len(gen_caps), 1, den.text_dim), dtype=np.float32),
+    mask=np.ones((len(gen_caps), 1), bool),
+  )
   lt = config.reward_text_length
   n_tokens = rng.integers(max(1, lt // 3), lt + 1, len(caps))
-  np.savez(work_dir / "token_emb.npz", captions=np.array(caps),
-           embeddings=0.1 * rng.standard_normal((len(caps), lt, e), dtype=np.float32),
-           mask=np.arange(lt)[None] < n_tokens[:, None])
+  np.savez(
+    work_dir / "token_emb.npz",
+    captions=np.array(caps),
+    embeddings=0.1 * rng.standard_normal((len(caps), lt, e), dtype=np.float32),
+    mask=np.arange(lt)[None] < n_tokens[:, None],
+  )
   mean, std = np.zeros(vae.nfeats, np.float32), np.ones(vae.nfeats, np.float32)
-  write_official_generator(ck["mld"], work_dir / "generator", mean, std,
-                           text_embeddings=str(work_dir / "sentence_emb.npz"), num_heads=den.num_heads,
-                           vae_config=vae, denoiser_config=den, max_length=config.max_length)
+  write_official_generator(
+    ck["mld"],
+    work_dir / "generator",
+    mean,
+    std,
+    text_embeddings=str(work_dir / "sentence_emb.npz"),
+    num_heads=den.num_heads,
+    vae_config=vae,
+    denoiser_config=den,
+    max_length=config.max_length,
+  )
   convert_spm_checkpoint(ck["spm"], work_dir / "reward", config=ck["spm_config"])
-  task = finetune_runner.load_task(str(work_dir / "generator"), str(work_dir / "reward"), "spm",
-                                   reward_text=str(work_dir / "token_emb.npz"))
-  info = {"param_counts": {k: int(v) for k, v in ck["param_counts"].items()},
-          "models": {"vae": dataclasses.asdict(vae), "denoiser": dataclasses.asdict(den),
-                     "spm": dataclasses.asdict(ck["spm_config"]), "reward_text_dim": e},
-          "reward_needs_rng": task.reward_needs_rng, "latent_shape": list(task.gen.latent_shape),
-          "build_seconds": time.time() - t0}
+  task = finetune_runner.load_task(
+    str(work_dir / "generator"), str(work_dir / "reward"), "spm", reward_text=str(work_dir / "token_emb.npz")
+  )
+  info = {
+    "param_counts": {k: int(v) for k, v in ck["param_counts"].items()},
+    "models": {
+      "vae": dataclasses.asdict(vae),
+      "denoiser": dataclasses.asdict(den),
+      "spm": dataclasses.asdict(ck["spm_config"]),
+      "reward_text_dim": e,
+    },
+    "reward_needs_rng": task.reward_needs_rng,
+    "latent_shape": list(task.gen.latent_shape),
+    "build_seconds": time.time() - t0,
+  }
   return task, info
 
 
@@ -174,8 +211,9 @@ def task_inputs(task, config: OfficialMemoryConfig):
   """(x_T, cond, uncond, rng) of one batch: B captions of `max_length` frames (the padded length is what the
   compiled shapes depend on), the reward's noise key in cond."""
   key = jax.random.key(config.seed)
-  cond, uncond = task.inputs(captions(config.batch_size), [config.max_length] * config.batch_size,
-                             rng=jax.random.fold_in(key, 3))
+  cond, uncond = task.inputs(
+    captions(config.batch_size), [config.max_length] * config.batch_size, rng=jax.random.fold_in(key, 3)
+  )
   return task.noise(jax.random.fold_in(key, 1), config.batch_size), cond, uncond, jax.random.fold_in(key, 2)
 
 
@@ -185,9 +223,13 @@ def previous_figures(path: Optional[str]) -> Optional[dict]:
     return None
   old = json.loads(pathlib.Path(path).read_text())
   keep = ("variant", "T", "K", "memory", "sampling_memory", "additional_memory", "compile_seconds")
-  return {"source": str(path), "machine": old.get("machine"), "inputs": old.get("inputs"),
-          "batch_size": old.get("config", {}).get("batch_size"),
-          "records": [{k: r[k] for k in keep if k in r} for r in old["records"] if "memory" in r]}
+  return {
+    "source": str(path),
+    "machine": old.get("machine"),
+    "inputs": old.get("inputs"),
+    "batch_size": old.get("config", {}).get("batch_size"),
+    "records": [{k: r[k] for k in keep if k in r} for r in old["records"] if "memory" in r],
+  }
 
 
 def _setup(config: OfficialMemoryConfig) -> dict:
@@ -198,8 +240,12 @@ def _setup(config: OfficialMemoryConfig) -> dict:
   return d
 
 
-def run_official_memory(config: OfficialMemoryConfig, out_dir: Optional[str] = None,
-                        previous: Optional[str] = PREVIOUS, work_dir: Optional[str] = None) -> dict:
+def run_official_memory(
+  config: OfficialMemoryConfig,
+  out_dir: Optional[str] = None,
+  previous: Optional[str] = PREVIOUS,
+  work_dir: Optional[str] = None,
+) -> dict:
   """Builds the task (in `work_dir`, default a temporary folder removed afterwards) and compiles every
   (variant, T) of `config` (variant-major: the first variant's figures come first). With `out_dir`, outputs are
   written after each record and records of an identical setup already there are kept and not recompiled."""
@@ -218,14 +264,21 @@ def run_official_memory(config: OfficialMemoryConfig, out_dir: Optional[str] = N
     logging.info("official memory: task built in %.1f s (%s)", info["build_seconds"], info["param_counts"])
     x_T, cond, uncond, rng = task_inputs(task, config)
     bcfg = config.benchmark_config()
-    result = {"machine": benchmark.machine_info(), "config": config.to_dict(), "setup": _setup(config), **info,
-              "records": list(kept), "previous": previous_figures(previous)}
+    result = {
+      "machine": benchmark.machine_info(),
+      "config": config.to_dict(),
+      "setup": _setup(config),
+      **info,
+      "records": list(kept),
+      "previous": previous_figures(previous),
+    }
     samp: dict = {}
     for spec in config.variants:
       for T in config.steps:
         name = benchmark.parse_variant(spec).name
         if not benchmark.parse_variant(spec).applies(T) or any(
-            r["variant"] == name and r["T"] == T for r in result["records"]):
+          r["variant"] == name and r["T"] == T for r in result["records"]
+        ):
           continue
         if T not in samp:
           t0 = time.time()
@@ -233,9 +286,14 @@ def run_official_memory(config: OfficialMemoryConfig, out_dir: Optional[str] = N
           samp[T]["compile_seconds"] = time.time() - t0
         rec = benchmark.memory_record(task, bcfg, spec, T, x_T, cond, uncond, rng, samp[T])
         result["records"].append(rec)
-        logging.info("official memory %s T=%d: total %.3f GiB (sampling %.3f GiB), %.0f s to compile",
-                     rec["variant"], T, rec["memory"]["total"] / _GiB, samp[T]["total"] / _GiB,
-                     rec["compile_seconds"])
+        logging.info(
+          "official memory %s T=%d: total %.3f GiB (sampling %.3f GiB), %.0f s to compile",
+          rec["variant"],
+          T,
+          rec["memory"]["total"] / _GiB,
+          samp[T]["total"] / _GiB,
+          rec["compile_seconds"],
+        )
         if out_dir:
           write_outputs(result, out_dir)
     result["summary"] = summarize(result)
@@ -265,7 +323,8 @@ def summarize(result: dict) -> dict:
           name = other.replace("-", "_")
           s.setdefault(f"easytune_over_{name}_total", {})[str(T)] = e["memory"]["total"] / d["memory"]["total"]
           s.setdefault(f"easytune_over_{name}_additional", {})[str(T)] = (
-              e["additional_memory"]["total"] / d["additional_memory"]["total"])
+            e["additional_memory"]["total"] / d["additional_memory"]["total"]
+          )
     out[key] = s
   return out
 
@@ -281,61 +340,85 @@ def _g(x) -> str:
 def markdown(result: dict) -> str:
   m, c, p = result["machine"], result["config"], result["param_counts"]
   lines = [
-      "# Compiled memory of fine-tuning the converted official MLD with the converted official SPM", "",
-      f"XLA CPU `memory_analysis` of the compiled (never run) update, jax {m['jax_version']}, backend "
-      f"{m['backend']}, on a shared {m['cpu_count']}-core machine (compile seconds are wall time while other jobs "
-      "ran). Bytes do not depend on the machine's speed; an accelerator's compiler may schedule differently.", "",
-      f"Models ({c['size']} size, random weights written in the official checkpoint layouts and converted with "
-      "`write_official_generator` / `convert_spm_checkpoint`, loaded with `finetune_runner.load_task`): official "
-      f"MLD VAE {p['official_mld_vae']:,} + denoiser {p['official_mld_denoiser']:,} parameters, official SPM "
-      f"{p['official_spm']:,} parameters with the official stochastic scoring (sampled latents, dropout on; "
-      f"reward key in cond: {result['reward_needs_rng']}). Batch {c['batch_size']}, {c['max_length']} frames, "
-      f"guidance {c['guidance_scale']}, reward text {c['reward_text_length']} x "
-      f"{result['models']['reward_text_dim']}-d token embeddings, MLD text one 768-d sentence embedding; frozen "
-      "sampler, K = T for EasyTune and DRaFT-T, no remat, AdamW state in the arguments, state donated.", "",
-      f"Reproduce: `PYTHONPATH=. python launch/official_memory.py --out_dir=<dir> --config.size={c['size']} "
-      f"--config.variants={','.join(c['variants'])} --config.steps={','.join(str(t) for t in c['steps'])}` (a rerun "
-      "into the same folder keeps its records and compiles only the missing ones).",
-      "", "## Official MLD + official SPM (GiB)", "",
-      "| variant | T | K | temp | argument | output | total | sampling total | additional (total) | compile s |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+    "# Compiled memory of fine-tuning the converted official MLD with the converted official SPM",
+    "",
+    f"XLA CPU `memory_analysis` of the compiled (never run) update, jax {m['jax_version']}, backend "
+    f"{m['backend']}, on a shared {m['cpu_count']}-core machine (compile seconds are wall time while other jobs "
+    "ran). Bytes do not depend on the machine's speed; an accelerator's compiler may schedule differently.",
+    "",
+    f"Models ({c['size']} size, random weights written in the official checkpoint layouts and converted with "
+    "`write_official_generator` / `convert_spm_checkpoint`, loaded with `finetune_runner.load_task`): official "
+    f"MLD VAE {p['official_mld_vae']:,} + denoiser {p['official_mld_denoiser']:,} parameters, official SPM "
+    f"{p['official_spm']:,} parameters with the official stochastic scoring (sampled latents, dropout on; "
+    f"reward key in cond: {result['reward_needs_rng']}). Batch {c['batch_size']}, {c['max_length']} frames, "
+    f"guidance {c['guidance_scale']}, reward text {c['reward_text_length']} x "
+    f"{result['models']['reward_text_dim']}-d token embeddings, MLD text one 768-d sentence embedding; frozen "
+    "sampler, K = T for EasyTune and DRaFT-T, no remat, AdamW state in the arguments, state donated.",
+    "",
+    f"Reproduce: `PYTHONPATH=. python launch/official_memory.py --out_dir=<dir> --config.size={c['size']} "
+    f"--config.variants={','.join(c['variants'])} --config.steps={','.join(str(t) for t in c['steps'])}` (a rerun "
+    "into the same folder keeps its records and compiles only the missing ones).",
+    "",
+    "## Official MLD + official SPM (GiB)",
+    "",
+    "| variant | T | K | temp | argument | output | total | sampling total | additional (total) | compile s |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in sorted(result["records"], key=lambda r: (r["T"], r["variant"])):
     mem = r["memory"]
-    lines.append(f"| {r['variant']} | {r['T']} | {r['K']} | {_g(mem['temp'])} | {_g(mem['argument'])} | "
-                 f"{_g(mem['output'])} | {_g(mem['total'])} | {_g(r['sampling_memory']['total'])} | "
-                 f"{_g(r['additional_memory']['total'])} | {r['compile_seconds']:.0f} |")
+    lines.append(
+      f"| {r['variant']} | {r['T']} | {r['K']} | {_g(mem['temp'])} | {_g(mem['argument'])} | "
+      f"{_g(mem['output'])} | {_g(mem['total'])} | {_g(r['sampling_memory']['total'])} | "
+      f"{_g(r['additional_memory']['total'])} | {r['compile_seconds']:.0f} |"
+    )
   samp = {r["T"]: r["sampling_memory"] for r in result["records"]}
   if samp:
-    lines += ["", "Sampling only (guided DDIM of T steps + decode + reward): "
-              + "; ".join(f"T={T}: temp {_g(s['temp'])}, argument {_g(s['argument'])}, total {_g(s['total'])} GiB"
-                          + (f" ({s['compile_seconds']:.0f} s to compile)" if "compile_seconds" in s else "")
-                          for T, s in sorted(samp.items()))]
+    lines += [
+      "",
+      "Sampling only (guided DDIM of T steps + decode + reward): "
+      + "; ".join(
+        f"T={T}: temp {_g(s['temp'])}, argument {_g(s['argument'])}, total {_g(s['total'])} GiB"
+        + (f" ({s['compile_seconds']:.0f} s to compile)" if "compile_seconds" in s else "")
+        for T, s in sorted(samp.items())
+      ),
+    ]
   prev = result.get("previous")
   if prev and prev["records"]:
     pin = prev.get("inputs") or {}
-    lines += ["", f"## Previous paper-size figures: our own paper preset (`{prev['source']}`)", "",
-              f"Same measurement (XLA CPU, jax {(prev.get('machine') or {}).get('jax_version')}), our MLD "
-              f"reimplementation's 'paper' preset and our SPM, batch {prev.get('batch_size')}, "
-              f"{pin.get('max_length')} frames, latent {pin.get('latent_shape')}.", "",
-              "| variant | T | K | temp | argument | output | total | sampling total | additional (total) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+      "",
+      f"## Previous paper-size figures: our own paper preset (`{prev['source']}`)",
+      "",
+      f"Same measurement (XLA CPU, jax {(prev.get('machine') or {}).get('jax_version')}), our MLD "
+      f"reimplementation's 'paper' preset and our SPM, batch {prev.get('batch_size')}, "
+      f"{pin.get('max_length')} frames, latent {pin.get('latent_shape')}.",
+      "",
+      "| variant | T | K | temp | argument | output | total | sampling total | additional (total) |",
+      "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in prev["records"]:
       mem = r["memory"]
-      lines.append(f"| {r['variant']} | {r['T']} | {r['K']} | {_g(mem['temp'])} | {_g(mem['argument'])} | "
-                   f"{_g(mem['output'])} | {_g(mem['total'])} | {_g(r['sampling_memory']['total'])} | "
-                   f"{_g(r['additional_memory']['total'])} |")
+      lines.append(
+        f"| {r['variant']} | {r['T']} | {r['K']} | {_g(mem['temp'])} | {_g(mem['argument'])} | "
+        f"{_g(mem['output'])} | {_g(mem['total'])} | {_g(r['sampling_memory']['total'])} | "
+        f"{_g(r['additional_memory']['total'])} |"
+      )
   s = result.get("summary") or summarize(result)
   lines += ["", "## Reading", ""]
   for key, label in (("official", "official models"), ("previous", "previous (our paper preset)")):
     for ratio, vals in s.get(key, {}).items():
       other, what = ratio.split("_over_")[1].rsplit("_", 1)
       other = other.replace("_", "-")
-      lines.append(f"- {label}: EasyTune {what} memory / {other} {what} memory: "
-                   + ", ".join(f"T={T}: {v:.3f}" for T, v in vals.items()))
+      lines.append(
+        f"- {label}: EasyTune {what} memory / {other} {what} memory: "
+        + ", ".join(f"T={T}: {v:.3f}" for T, v in vals.items())
+      )
   e = sorted((r for r in result["records"] if r["variant"] == "EasyTune"), key=lambda r: r["T"])
   if len(e) >= 2:
-    lines.append(f"- EasyTune's total at T={e[-1]['T']} / T={e[0]['T']}: "
-                 f"{e[-1]['memory']['total'] / e[0]['memory']['total']:.4f} (its memory does not grow with T).")
+    lines.append(
+      f"- EasyTune's total at T={e[-1]['T']} / T={e[0]['T']}: "
+      f"{e[-1]['memory']['total'] / e[0]['memory']['total']:.4f} (its memory does not grow with T)."
+    )
   growth = []
   for label, recs in (("official", result["records"]), ("previous", (prev or {}).get("records", []))):
     d = sorted((r for r in recs if r["variant"] == "DRaFT-T"), key=lambda r: r["T"])
@@ -343,20 +426,26 @@ def markdown(result: dict) -> str:
       per_step = (d[-1]["memory"]["total"] - d[0]["memory"]["total"]) / (d[-1]["T"] - d[0]["T"])
       growth.append(f"{label} {per_step / 2**20:.0f} MiB")
   if growth:
-    lines.append("- DRaFT-T's memory per differentiated step (slope of its total over T): " + ", ".join(growth)
-                 + ". The official denoiser attends over one 768-d sentence-embedding token (+ time and latent "
-                 "tokens), our paper preset over 32 word tokens, so each stored step is far smaller here and "
-                 "DRaFT-T grows more slowly with T; the fixed part (decode + reward and their gradients at 196 "
-                 f"frames, sampling alone {_g(_samp_total(result['records']))} vs "
-                 f"{_g(_samp_total((prev or {}).get('records', [])))} GiB) is larger, so EasyTune's share of "
-                 "DRaFT-T's memory is higher than with our preset at the same T.")
-  lines += ["- The paper reports EasyTune at 31.16% of DRaFT-50's memory on GPU (PyTorch allocator peaks); these "
-            "are XLA's compiled buffer sizes on CPU, so compare ratios, not absolute figures.",
-            "- What the bytes hold: 'argument' is the trainable denoiser's params and AdamW moments (+ inputs); the "
-            "frozen VAE and SPM weights are bound into the program as constants, as in fine-tuning, and are not in "
-            f"these figures (VAE {_g(4 * p['official_mld_vae'])} + SPM {_g(4 * p['official_spm'])} GiB). The update donates its state ('alias' "
-            "bytes subtracted from the total); the previous figures were compiled before donation (alias 0), which "
-            "accounts for about 0.09 GiB of their totals.", ""]
+    lines.append(
+      "- DRaFT-T's memory per differentiated step (slope of its total over T): "
+      + ", ".join(growth)
+      + ". The official denoiser attends over one 768-d sentence-embedding token (+ time and latent "
+      "tokens), our paper preset over 32 word tokens, so each stored step is far smaller here and "
+      "DRaFT-T grows more slowly with T; the fixed part (decode + reward and their gradients at 196 "
+      f"frames, sampling alone {_g(_samp_total(result['records']))} vs "
+      f"{_g(_samp_total((prev or {}).get('records', [])))} GiB) is larger, so EasyTune's share of "
+      "DRaFT-T's memory is higher than with our preset at the same T."
+    )
+  lines += [
+    "- The paper reports EasyTune at 31.16% of DRaFT-50's memory on GPU (PyTorch allocator peaks); these "
+    "are XLA's compiled buffer sizes on CPU, so compare ratios, not absolute figures.",
+    "- What the bytes hold: 'argument' is the trainable denoiser's params and AdamW moments (+ inputs); the "
+    "frozen VAE and SPM weights are bound into the program as constants, as in fine-tuning, and are not in "
+    f"these figures (VAE {_g(4 * p['official_mld_vae'])} + SPM {_g(4 * p['official_spm'])} GiB). The update donates its state ('alias' "
+    "bytes subtracted from the total); the previous figures were compiled before donation (alias 0), which "
+    "accounts for about 0.09 GiB of their totals.",
+    "",
+  ]
   return "\n".join(lines)
 
 

@@ -73,15 +73,20 @@ class ProfileConfig:
       raise ValueError(f"{_WHERE}: ProfileConfig: expected {', '.join(counts)} >= 1, found {counts}")
 
   def memory_config(self) -> official_memory.OfficialMemoryConfig:
-    return official_memory.OfficialMemoryConfig(size=self.size, batch_size=self.batch_size,
-                                                max_length=self.max_length, guidance_scale=self.guidance_scale,
-                                                reward_text_length=self.reward_text_length, seed=self.seed)
+    return official_memory.OfficialMemoryConfig(
+      size=self.size,
+      batch_size=self.batch_size,
+      max_length=self.max_length,
+      guidance_scale=self.guidance_scale,
+      reward_text_length=self.reward_text_length,
+      seed=self.seed,
+    )
 
 
 def cost(compiled) -> dict:
   """{flops, transcendentals, bytes_accessed} of a compiled XLA executable (None where not reported)."""
   ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):   # older jax: one dict per computation
+  if isinstance(ca, (list, tuple)):  # older jax: one dict per computation
     ca = ca[0] if ca else {}
   ca = ca or {}
   get = lambda k: float(ca[k]) if k in ca else None
@@ -104,8 +109,13 @@ def measure(fn: Callable, args: tuple, repeats: int) -> dict:
     t0 = time.perf_counter()
     _block(compiled(*args))
     times.append(time.perf_counter() - t0)
-  return {**cost(compiled), "compile_seconds": compile_s, "seconds_min": min(times),
-          "seconds_median": statistics.median(times), "seconds": times}
+  return {
+    **cost(compiled),
+    "compile_seconds": compile_s,
+    "seconds_min": min(times),
+    "seconds_median": statistics.median(times),
+    "seconds": times,
+  }
 
 
 def part_functions(task, num_steps: int, guidance_scale: float, x_T, cond, uncond) -> dict:
@@ -116,8 +126,9 @@ def part_functions(task, num_steps: int, guidance_scale: float, x_T, cond, uncon
   i = num_steps // 2
   t = timesteps.t[i]
   params = task.gen.params
-  step_loss = finetune.make_step_loss(task.denoise, task.reward, task.gen.schedule, timesteps, guidance_scale,
-                                      decode=task.decode)
+  step_loss = finetune.make_step_loss(
+    task.denoise, task.reward, task.gen.schedule, timesteps, guidance_scale, decode=task.decode
+  )
   guided = lambda p, x: sampling.guided_denoise(task.denoise, p, x, t, cond, uncond, guidance_scale)
 
   def denoiser(p, x):
@@ -142,11 +153,17 @@ def part_functions(task, num_steps: int, guidance_scale: float, x_T, cond, uncon
     (loss, aux), g = jax.value_and_grad(step_loss, has_aux=True)(st.params, xt, i, cond, uncond)
     return apply_gradients(st, g, tx, loss)[0], aux.x_prev
 
-  sampling_step = lambda p, xt: sampling.denoise_step(task.denoise, p, task.gen.schedule, xt, t,
-                                                      timesteps.prev_t[i], cond, uncond, guidance_scale)
-  return {"denoiser": (denoiser, (params, x_T)), "decode": (decode, (z,)), "reward": (reward, (x,)),
-          "optimizer": (optimizer, (state, grads)), "step": (step, (state, x_T)),
-          "sampling_step": (sampling_step, (params, x_T))}
+  sampling_step = lambda p, xt: sampling.denoise_step(
+    task.denoise, p, task.gen.schedule, xt, t, timesteps.prev_t[i], cond, uncond, guidance_scale
+  )
+  return {
+    "denoiser": (denoiser, (params, x_T)),
+    "decode": (decode, (z,)),
+    "reward": (reward, (x,)),
+    "optimizer": (optimizer, (state, grads)),
+    "step": (step, (state, x_T)),
+    "sampling_step": (sampling_step, (params, x_T)),
+  }
 
 
 def run_profile(config: ProfileConfig, out_dir: Optional[str] = None, work_dir: Optional[str] = None) -> dict:
@@ -161,15 +178,26 @@ def run_profile(config: ProfileConfig, out_dir: Optional[str] = None, work_dir: 
     task, info = official_memory.build_task(work_dir, mcfg)
     x_T, cond, uncond, _ = official_memory.task_inputs(task, mcfg)
     fns = part_functions(task, config.num_steps, config.guidance_scale, x_T, cond, uncond)
-    result = {"machine": benchmark.machine_info(), "config": json.loads(json.dumps(dataclasses.asdict(config))),
-              "models": info["param_counts"], "parts": {}}
+    result = {
+      "machine": benchmark.machine_info(),
+      "config": json.loads(json.dumps(dataclasses.asdict(config))),
+      "models": info["param_counts"],
+      "parts": {},
+    }
     for name in config.parts:
       fn, args = fns[name]
       rec = measure(fn, args, config.repeats)
       result["parts"][name] = rec
-      logging.info("profile %s %s: %.3g GFLOP, %.3g GB accessed, compile %.1f s, min %.4f s, median %.4f s",
-                   config.size, name, (rec["flops"] or 0) / 1e9, (rec["bytes_accessed"] or 0) / 1e9,
-                   rec["compile_seconds"], rec["seconds_min"], rec["seconds_median"])
+      logging.info(
+        "profile %s %s: %.3g GFLOP, %.3g GB accessed, compile %.1f s, min %.4f s, median %.4f s",
+        config.size,
+        name,
+        (rec["flops"] or 0) / 1e9,
+        (rec["bytes_accessed"] or 0) / 1e9,
+        rec["compile_seconds"],
+        rec["seconds_min"],
+        rec["seconds_median"],
+      )
       if out_dir:
         write_outputs(result, out_dir)
     return result
@@ -188,19 +216,27 @@ def table(result: dict) -> str:
   tot_f = sum(parts[p]["flops"] or 0 for p in _SUMMED if p in parts) or 1.0
   tot_s = sum(parts[p]["seconds_median"] for p in _SUMMED if p in parts) or 1.0
   c = result["config"]
-  lines = [f"### {c['size']} (batch {c['batch_size']}, {c['max_length']} frames, T = {c['num_steps']}, "
-           f"step index {c['num_steps'] // 2})", "",
-           "| part | GFLOP | GB accessed | share of flops | wall s (min) | wall s (median) | share of wall | "
-           "compile s |", "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"### {c['size']} (batch {c['batch_size']}, {c['max_length']} frames, T = {c['num_steps']}, "
+    f"step index {c['num_steps'] // 2})",
+    "",
+    "| part | GFLOP | GB accessed | share of flops | wall s (min) | wall s (median) | share of wall | compile s |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for name, r in parts.items():
     summed = name in _SUMMED
     share_f = f"{(r['flops'] or 0) / tot_f:.1%}" if summed else "-"
     share_s = f"{r['seconds_median'] / tot_s:.1%}" if summed else "-"
-    lines.append(f"| {name} | {(r['flops'] or 0) / 1e9:.4g} | {(r['bytes_accessed'] or 0) / 1e9:.4g} | {share_f} | "
-                 f"{r['seconds_min']:.4f} | {r['seconds_median']:.4f} | {share_s} | {r['compile_seconds']:.1f} |")
+    lines.append(
+      f"| {name} | {(r['flops'] or 0) / 1e9:.4g} | {(r['bytes_accessed'] or 0) / 1e9:.4g} | {share_f} | "
+      f"{r['seconds_min']:.4f} | {r['seconds_median']:.4f} | {share_s} | {r['compile_seconds']:.1f} |"
+    )
   if all(p in parts for p in _SUMMED):
-    lines += ["", f"Sum of denoiser + decode + reward + optimizer: {tot_f / 1e9:.2f} GFLOP, {tot_s:.4f} s "
-              "(median); shares are of these sums."]
+    lines += [
+      "",
+      f"Sum of denoiser + decode + reward + optimizer: {tot_f / 1e9:.2f} GFLOP, {tot_s:.4f} s "
+      "(median); shares are of these sums.",
+    ]
   return "\n".join(lines)
 
 
@@ -212,6 +248,8 @@ def write_outputs(result: dict, out_dir: str) -> dict:
   paths = {"json": out / f"profile_{size}.json", "md": out / f"profile_{size}.md"}
   paths["json"].write_text(json.dumps(result, indent=2))
   m = result["machine"]
-  paths["md"].write_text(f"# EasyTune per-step update profile ({m['backend']}, {m['cpu_count']} CPUs, jax "
-                         f"{m['jax_version']})\n\n" + table(result) + "\n")
+  paths["md"].write_text(
+    f"# EasyTune per-step update profile ({m['backend']}, {m['cpu_count']} CPUs, jax "
+    f"{m['jax_version']})\n\n" + table(result) + "\n"
+  )
   return {k: str(v) for k, v in paths.items()}

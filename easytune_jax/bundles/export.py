@@ -59,8 +59,10 @@ class GenerateConfig:
 
   def __post_init__(self):
     if self.num_steps < 1 or self.batch_size < 1 or self.length < 0 or self.bvh_scale <= 0:
-      raise ValueError(f"GenerateConfig: expected num_steps >= 1, batch_size >= 1, length >= 0, bvh_scale > 0, "
-                       f"found {self.num_steps}, {self.batch_size}, {self.length}, {self.bvh_scale}")
+      raise ValueError(
+        f"GenerateConfig: expected num_steps >= 1, batch_size >= 1, length >= 0, bvh_scale > 0, "
+        f"found {self.num_steps}, {self.batch_size}, {self.length}, {self.bvh_scale}"
+      )
 
 
 def slug(text: str, max_chars: int = 40) -> str:
@@ -75,9 +77,15 @@ def read_text_file(path: str | os.PathLike) -> list[str]:
     return [line.strip() for line in f if line.strip()]
 
 
-def generate_to_files(generator: Generator, texts: Sequence[str], out_dir: str | os.PathLike,
-                      config: GenerateConfig = GenerateConfig(), params: Any = None,
-                      lengths: Optional[Union[int, Sequence[int]]] = None, progress: bool = True) -> dict:
+def generate_to_files(
+  generator: Generator,
+  texts: Sequence[str],
+  out_dir: str | os.PathLike,
+  config: GenerateConfig = GenerateConfig(),
+  params: Any = None,
+  lengths: Optional[Union[int, Sequence[int]]] = None,
+  progress: bool = True,
+) -> dict:
   """Samples one motion per caption and writes its files (see the module docstring).
 
   Args:
@@ -102,7 +110,7 @@ def generate_to_files(generator: Generator, texts: Sequence[str], out_dir: str |
   if lengths is None:
     lengths = config.length or generator.max_length
   lengths = np.broadcast_to(np.asarray(lengths, np.int64), (n,)).copy()
-  generator.frame_mask(lengths)   # validates 1 <= length <= max_length, with the model's limit in the message
+  generator.frame_mask(lengths)  # validates 1 <= length <= max_length, with the model's limit in the message
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   notes = []
@@ -114,13 +122,18 @@ def generate_to_files(generator: Generator, texts: Sequence[str], out_dir: str |
   records, sample_s, write_s = [], [], 0.0
   bar = tqdm(total=n, unit="motion", desc="generate", disable=not progress)
   for k, start in enumerate(range(0, n, bs)):
-    chunk, chunk_len = texts[start:start + bs], lengths[start:start + bs]
+    chunk, chunk_len = texts[start : start + bs], lengths[start : start + bs]
     pad = bs - len(chunk)
     t0 = time.perf_counter()
     padded_len = np.concatenate([chunk_len, np.repeat(chunk_len[-1:], pad)])
-    feats, joints = generator.generate(chunk + chunk[-1:] * pad, padded_len, jax.random.fold_in(key, k),
-                                       guidance_scale=config.guidance_scale, num_steps=config.num_steps,
-                                       params=params)
+    feats, joints = generator.generate(
+      chunk + chunk[-1:] * pad,
+      padded_len,
+      jax.random.fold_in(key, k),
+      guidance_scale=config.guidance_scale,
+      num_steps=config.num_steps,
+      params=params,
+    )
     sample_s.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     for i, (text, length) in enumerate(zip(chunk, chunk_len)):
@@ -128,9 +141,14 @@ def generate_to_files(generator: Generator, texts: Sequence[str], out_dir: str |
       bar.update(1)
     write_s += time.perf_counter() - t0
   bar.close()
-  manifest = {"config": dataclasses.asdict(config), "generator": type(generator).__name__,
-              "fps": 20.0, "motions": records, "notes": notes,
-              "timing": {"sample_s": [round(s, 4) for s in sample_s], "write_s": round(write_s, 4)}}
+  manifest = {
+    "config": dataclasses.asdict(config),
+    "generator": type(generator).__name__,
+    "fps": 20.0,
+    "motions": records,
+    "notes": notes,
+    "timing": {"sample_s": [round(s, 4) for s in sample_s], "write_s": round(write_s, 4)},
+  }
   with open(os.path.join(out_dir, "generated.json"), "w") as f:
     json.dump(manifest, f, indent=1)
   return manifest

@@ -89,8 +89,9 @@ class Generator:
   def frame_mask(self, lengths: Sequence[int]) -> np.ndarray:
     lengths = np.asarray(lengths, np.int64)
     if lengths.ndim != 1 or np.any(lengths < 1) or np.any(lengths > self.max_length):
-      raise ValueError(f"lengths: expected 1..{self.max_length} frames (the model's max_length) per text, "
-                       f"found {lengths.tolist()}")
+      raise ValueError(
+        f"lengths: expected 1..{self.max_length} frames (the model's max_length) per text, found {lengths.tolist()}"
+      )
     return np.arange(self.max_length)[None] < lengths[:, None]
 
   def text_inputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,17 +151,23 @@ class Generator:
 
     def run(params, frozen, inputs, mask, frame_mask, x_T, w, rng):
       cond, uncond = gm.make_cond(self.config, self.modules.text, frozen["text"], inputs, mask, frame_mask)
-      out = sampling.sample(self.denoise, params, self.schedule, timesteps, x_T, cond, uncond, w,
-                            eta=scfg.eta, rng=rng)
+      out = sampling.sample(self.denoise, params, self.schedule, timesteps, x_T, cond, uncond, w, eta=scfg.eta, rng=rng)
       feats = self.decode(frozen["vae"], out.x0, frame_mask)
       return feats, self.to_joints(feats)
 
     self._samplers[num_steps] = jax.jit(run)
     return self._samplers[num_steps]
 
-  def generate(self, texts: Sequence[str], lengths: Sequence[int], rng: jax.Array,
-               guidance_scale: float = sampling.GUIDANCE_SCALE, num_steps: int = sampling.NUM_STEPS, params: Any = None,
-               normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  def generate(
+    self,
+    texts: Sequence[str],
+    lengths: Sequence[int],
+    rng: jax.Array,
+    guidance_scale: float = sampling.GUIDANCE_SCALE,
+    num_steps: int = sampling.NUM_STEPS,
+    params: Any = None,
+    normalized: bool = False,
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Samples one motion per text.
 
     Args:
@@ -179,8 +186,15 @@ class Generator:
     k_noise, k_eta = jax.random.split(rng)
     x_T = jax.random.normal(k_noise, (len(texts),) + self.latent_shape)
     feats, joints = self.sampler(num_steps)(
-        self.params if params is None else params, self.frozen, jnp.asarray(inputs), jnp.asarray(mask),
-        jnp.asarray(fm), x_T, jnp.float32(guidance_scale), k_eta)
+      self.params if params is None else params,
+      self.frozen,
+      jnp.asarray(inputs),
+      jnp.asarray(mask),
+      jnp.asarray(fm),
+      x_T,
+      jnp.float32(guidance_scale),
+      k_eta,
+    )
     feats, joints = np.asarray(feats), np.asarray(joints)
     joints = np.where(fm[..., None, None], joints, 0.0).astype(np.float32)
     if not normalized:
@@ -213,7 +227,7 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
   used when the run kept them and `use_ema`. A directory written by
   `official_generator.write_official_generator` (an official MLD checkpoint) loads as that bundle."""
   workdir = pathlib.Path(workdir)
-  for marker, loader in _WORKDIR_LOADERS.items():   # converted official checkpoints (bundles/__init__.py)
+  for marker, loader in _WORKDIR_LOADERS.items():  # converted official checkpoints (bundles/__init__.py)
     if (workdir / marker).is_file():
       return loader(workdir)
   ddir = workdir / "diffusion" / "checkpoints"
@@ -231,19 +245,34 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
   dparams = dstate.ema_params if (use_ema and ema) else dstate.params
   vae_params = None
   if config.model == "mld":
-    vstate, _ = _restore_state(workdir / "vae" / "checkpoints", lambda: gm.init_vae_params(config, key),
-                               gm.vae_tx(config), ema)
+    vstate, _ = _restore_state(
+      workdir / "vae" / "checkpoints", lambda: gm.init_vae_params(config, key), gm.vae_tx(config), ema
+    )
     vae_params = vstate.ema_params if (use_ema and ema) else vstate.params
   tok_path = workdir / meta["tokenizer"]
   emb = TextEmbeddings(config.data.text_embeddings) if config.text.kind == "precomputed" else None
-  return Generator(config=config, tokenizer=Tokenizer.load(str(tok_path)),
-                   mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
-                   params=dparams["denoiser"], frozen={"vae": vae_params, "text": dparams["text"]},
-                   latent_scale=float(meta["latent_scale"]), text_embeddings=emb)
+  return Generator(
+    config=config,
+    tokenizer=Tokenizer.load(str(tok_path)),
+    mean=np.asarray(meta["mean"], np.float32),
+    std=np.asarray(meta["std"], np.float32),
+    params=dparams["denoiser"],
+    frozen={"vae": vae_params, "text": dparams["text"]},
+    latent_scale=float(meta["latent_scale"]),
+    text_embeddings=emb,
+  )
 
 
-def save_samples(generator: Generator, texts: Sequence[str], lengths: Sequence[int], out_dir: str,
-                 rng: jax.Array, guidance_scale: float = sampling.GUIDANCE_SCALE, num_steps: int = sampling.NUM_STEPS, gif: bool = True) -> dict:
+def save_samples(
+  generator: Generator,
+  texts: Sequence[str],
+  lengths: Sequence[int],
+  out_dir: str,
+  rng: jax.Array,
+  guidance_scale: float = sampling.GUIDANCE_SCALE,
+  num_steps: int = sampling.NUM_STEPS,
+  gif: bool = True,
+) -> dict:
   """Generates one motion per text and writes `features.npy` (de-normalised [B, L, D]), `joints.npy`
   ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `gif`, one stick-figure GIF per motion. Returns {"features", "joints", "files"}."""
   os.makedirs(out_dir, exist_ok=True)

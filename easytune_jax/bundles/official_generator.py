@@ -52,8 +52,12 @@ from flax import serialization
 from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
 from easytune_jax.bundles.generator import Generator, register_workdir_loader
 from easytune_jax.models import mld_convert
-from easytune_jax.models.mld_official import (OfficialDenoiserConfig, OfficialMLDDenoiser, OfficialMLDVAE,
-                                              OfficialVAEConfig)
+from easytune_jax.models.mld_official import (
+  OfficialDenoiserConfig,
+  OfficialMLDDenoiser,
+  OfficialMLDVAE,
+  OfficialVAEConfig,
+)
 from easytune_jax.models.t5_encoder import SentenceT5, load_sentence_t5
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
@@ -77,8 +81,10 @@ class SentenceEmbeddingText(TextEncoder):
   def __call__(self, inputs, mask, deterministic: bool = True):
     del deterministic
     if inputs.ndim != 3 or inputs.shape[-1] != self.config.width or mask.shape != inputs.shape[:2]:
-      raise ValueError(f"SentenceEmbeddingText: expected embeddings [B, Lt, {self.config.width}] and mask [B, Lt], "
-                       f"found {inputs.shape} and {mask.shape}")
+      raise ValueError(
+        f"SentenceEmbeddingText: expected embeddings [B, Lt, {self.config.width}] and mask [B, Lt], "
+        f"found {inputs.shape} and {mask.shape}"
+      )
     return {"text": inputs.astype(jnp.float32), "text_mask": mask.astype(bool)}
 
 
@@ -90,12 +96,15 @@ class OfficialMLDGenerator(Generator):
 
   vae_config: OfficialVAEConfig = dataclasses.field(default_factory=OfficialVAEConfig)
   denoiser_config: OfficialDenoiserConfig = dataclasses.field(default_factory=OfficialDenoiserConfig)
-  text_model: Optional[SentenceT5] = None   # captions -> sentence embeddings on the fly (else the .npz)
+  text_model: Optional[SentenceT5] = None  # captions -> sentence embeddings on the fly (else the .npz)
 
   def __post_init__(self):
     super().__post_init__()
-    self.modules = gm.Modules(OfficialMLDVAE(self.vae_config), OfficialMLDDenoiser(self.denoiser_config),
-                                SentenceEmbeddingText(self.config.text))
+    self.modules = gm.Modules(
+      OfficialMLDVAE(self.vae_config),
+      OfficialMLDDenoiser(self.denoiser_config),
+      SentenceEmbeddingText(self.config.text),
+    )
     self._sentence_cache: dict[str, np.ndarray] = {}
 
   def text_inputs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,20 +137,32 @@ class OfficialMLDGenerator(Generator):
     return mu * self.latent_scale
 
 
-def official_base_config(vae_config: OfficialVAEConfig, text_dim: int, text_embeddings: str = "",
-                         max_length: int = 196) -> gm.BaseConfig:
+def official_base_config(
+  vae_config: OfficialVAEConfig, text_dim: int, text_embeddings: str = "", max_length: int = 196
+) -> gm.BaseConfig:
   """The BaseConfig the bundle carries: MLD's schedule and sampler (the defaults), 196-frame windows,
   one text token of `text_dim` (precomputed sentence embeddings). Its `vae` field only mirrors the latent
   shape; the official modules' own configs travel beside it."""
-  vae = VAEConfig(nfeats=vae_config.nfeats, latent_size=vae_config.latent_size, latent_dim=vae_config.latent_dim,
-                  width=vae_config.latent_dim, num_heads=vae_config.num_heads, encoder_layers=vae_config.num_layers,
-                  decoder_layers=vae_config.num_layers, ff_dim=vae_config.ff_size, logvar_offset=0.0)
+  vae = VAEConfig(
+    nfeats=vae_config.nfeats,
+    latent_size=vae_config.latent_size,
+    latent_dim=vae_config.latent_dim,
+    width=vae_config.latent_dim,
+    num_heads=vae_config.num_heads,
+    encoder_layers=vae_config.num_layers,
+    decoder_layers=vae_config.num_layers,
+    ff_dim=vae_config.ff_size,
+    logvar_offset=0.0,
+  )
   heads = next(h for h in (4, 2, 1) if text_dim % h == 0)
   return gm.BaseConfig(
-      model="mld", data=gm.DataConfig(max_length=max_length, text_max_length=1, text_embeddings=text_embeddings),
-      vae=vae, text=TextEncoderConfig(kind="precomputed", embed_dim=text_dim, width=text_dim, num_layers=0,
-                                      num_heads=heads),
-      diffusion=DiffusionConfig(prediction_type="epsilon"), cond_drop_prob=0.1)
+    model="mld",
+    data=gm.DataConfig(max_length=max_length, text_max_length=1, text_embeddings=text_embeddings),
+    vae=vae,
+    text=TextEncoderConfig(kind="precomputed", embed_dim=text_dim, width=text_dim, num_layers=0, num_heads=heads),
+    diffusion=DiffusionConfig(prediction_type="epsilon"),
+    cond_drop_prob=0.1,
+  )
 
 
 def _array(x: Optional[ArrayOrPath], name: str) -> Optional[np.ndarray]:
@@ -159,13 +180,14 @@ def _null_text(null_text, embeddings: Optional[TextEmbeddings], text_dim: int) -
     emb, _ = embeddings.lookup([""])
     null_text = emb[0, 0]
   if null_text is None:
-    raise ValueError("official generator: classifier-free guidance needs the sentence embedding of the empty "
-                     "caption ''; give the sentence-T5 folder, add '' to the text-embeddings .npz or pass "
-                     "null_text")
+    raise ValueError(
+      "official generator: classifier-free guidance needs the sentence embedding of the empty "
+      "caption ''; give the sentence-T5 folder, add '' to the text-embeddings .npz or pass "
+      "null_text"
+    )
   arr = _array(null_text, "null_text").reshape(-1)
   if arr.shape != (text_dim,) or not np.all(np.isfinite(arr)):
-    raise ValueError(f"null_text: expected {text_dim} finite values (the denoiser's text_dim), found shape "
-                     f"{arr.shape}")
+    raise ValueError(f"null_text: expected {text_dim} finite values (the denoiser's text_dim), found shape {arr.shape}")
   return arr
 
 
@@ -173,8 +195,9 @@ def _stats(mean, std, nfeats):
   mean, std = _array(mean, "mean"), _array(std, "std")
   for name, a in (("mean", mean), ("std", std)):
     if a is None or a.shape != (nfeats,):
-      raise ValueError(f"{name}: expected shape ({nfeats},) (the checkpoint's nfeats), found "
-                       f"{None if a is None else a.shape}")
+      raise ValueError(
+        f"{name}: expected shape ({nfeats},) (the checkpoint's nfeats), found {None if a is None else a.shape}"
+      )
     if not np.all(np.isfinite(a)):
       raise ValueError(f"{name}: holds non-finite values")
   if np.any(std <= 0):
@@ -187,8 +210,10 @@ def _embeddings(text_embeddings, text_dim) -> Optional[TextEmbeddings]:
     return None
   emb = text_embeddings if isinstance(text_embeddings, TextEmbeddings) else TextEmbeddings(os.fspath(text_embeddings))
   if emb.dim != text_dim or emb.max_length != 1:
-    raise ValueError(f"{emb.path}: expected sentence embeddings [N, 1, {text_dim}] for the official denoiser, "
-                     f"found [N, {emb.max_length}, {emb.dim}]")
+    raise ValueError(
+      f"{emb.path}: expected sentence embeddings [N, 1, {text_dim}] for the official denoiser, "
+      f"found [N, {emb.max_length}, {emb.dim}]"
+    )
   return emb
 
 
@@ -199,8 +224,10 @@ def _sentence_t5(sentence_t5, text_dim: int) -> Optional[SentenceT5]:
     model = load_sentence_t5(os.fspath(sentence_t5))
     model.folder = os.path.abspath(os.fspath(sentence_t5))
   if model is not None and model.config.sentence_dim != text_dim:
-    raise ValueError(f"sentence_t5 {getattr(model, 'folder', '')!s}: sentence embeddings have "
-                     f"{model.config.sentence_dim} dims, the denoiser's text_dim is {text_dim}")
+    raise ValueError(
+      f"sentence_t5 {getattr(model, 'folder', '')!s}: sentence embeddings have "
+      f"{model.config.sentence_dim} dims, the denoiser's text_dim is {text_dim}"
+    )
   return model
 
 
@@ -217,8 +244,10 @@ def with_sentence_t5(gen: OfficialMLDGenerator, sentence_t5) -> OfficialMLDGener
   """`gen` (e.g. a fine-tuned one from `train.finetune_runner.load_finetuned_generator`) with captions encoded by
   `sentence_t5` (folder or `SentenceT5`) and the unconditional input set to its encoding of ""."""
   if not isinstance(gen, OfficialMLDGenerator):
-    raise TypeError(f"with_sentence_t5: expected an OfficialMLDGenerator, found {type(gen).__name__} (only the "
-                    "official MLD reads sentence-T5 embeddings)")
+    raise TypeError(
+      f"with_sentence_t5: expected an OfficialMLDGenerator, found {type(gen).__name__} (only the "
+      "official MLD reads sentence-T5 embeddings)"
+    )
   model = _sentence_t5(sentence_t5, gen.denoiser_config.text_dim)
   return dataclasses.replace(gen, text_model=model, frozen={**gen.frozen, "text": _null_params(model)})
 
@@ -227,11 +256,18 @@ def _tokenizer() -> Tokenizer:
   return Tokenizer([PAD, UNK, SOS, EOS], max_length=3)
 
 
-def official_generator_from_checkpoint(ckpt_path: str | os.PathLike, mean: ArrayOrPath, std: ArrayOrPath,
-                                       text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
-                                       num_heads: int = 4, vae_config: Optional[OfficialVAEConfig] = None,
-                                       denoiser_config: Optional[OfficialDenoiserConfig] = None,
-                                       max_length: int = 196, sentence_t5=None) -> OfficialMLDGenerator:
+def official_generator_from_checkpoint(
+  ckpt_path: str | os.PathLike,
+  mean: ArrayOrPath,
+  std: ArrayOrPath,
+  text_embeddings=None,
+  null_text: Optional[ArrayOrPath] = None,
+  num_heads: int = 4,
+  vae_config: Optional[OfficialVAEConfig] = None,
+  denoiser_config: Optional[OfficialDenoiserConfig] = None,
+  max_length: int = 196,
+  sentence_t5=None,
+) -> OfficialMLDGenerator:
   """Official `.ckpt` -> an in-memory `OfficialMLDGenerator` (see the module docstring for the arguments).
   `text_embeddings`: a `.npz` path or `TextEmbeddings` of [N, 1, text_dim] sentence embeddings; `sentence_t5`: a
   sentence-transformers folder or a loaded `SentenceT5` whose sentence dim is the denoiser's text_dim. At least
@@ -245,9 +281,19 @@ def official_generator_from_checkpoint(ckpt_path: str | os.PathLike, mean: Array
   null = _null_text(null_text, emb, dcfg.text_dim)
   m, s = _stats(mean, std, vcfg.nfeats)
   cfg = official_base_config(vcfg, dcfg.text_dim, emb.path if emb is not None else "", max_length)
-  gen = OfficialMLDGenerator(config=cfg, tokenizer=_tokenizer(), mean=m, std=s, params=den_vars,
-                             frozen={"vae": vae_vars, "text": {"params": {"null_text": null}}}, latent_scale=1.0,
-                             text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg, text_model=text_model)
+  gen = OfficialMLDGenerator(
+    config=cfg,
+    tokenizer=_tokenizer(),
+    mean=m,
+    std=s,
+    params=den_vars,
+    frozen={"vae": vae_vars, "text": {"params": {"null_text": null}}},
+    latent_scale=1.0,
+    text_embeddings=emb,
+    vae_config=vcfg,
+    denoiser_config=dcfg,
+    text_model=text_model,
+  )
   gen.conversion_report = {"ignored": report["ignored"], "converted": report["converted"]}
   return gen
 
@@ -261,9 +307,18 @@ class OfficialMLDConversion:
   max_length: int = 196
 
 
-def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.PathLike, mean: ArrayOrPath,
-                             std: ArrayOrPath, text_embeddings=None, null_text: Optional[ArrayOrPath] = None,
-                             num_heads: int = 4, overwrite: bool = False, sentence_t5=None, **kw) -> dict:
+def write_official_generator(
+  ckpt_path: str | os.PathLike,
+  workdir: str | os.PathLike,
+  mean: ArrayOrPath,
+  std: ArrayOrPath,
+  text_embeddings=None,
+  null_text: Optional[ArrayOrPath] = None,
+  num_heads: int = 4,
+  overwrite: bool = False,
+  sentence_t5=None,
+  **kw,
+) -> dict:
   """Converts the official checkpoint into a generator work directory (atomically; nothing is written when the
   conversion or a check fails). `sentence_t5`: a sentence-transformers folder (recorded as an absolute path and
   reloaded with the bundle). Returns the metadata written to `official_mld.json`."""
@@ -272,15 +327,19 @@ def write_official_generator(ckpt_path: str | os.PathLike, workdir: str | os.Pat
   workdir = pathlib.Path(workdir)
   if workdir.exists() and not overwrite:
     raise FileExistsError(f"{workdir}: already exists (pass overwrite=True to replace it)")
-  gen = official_generator_from_checkpoint(ckpt_path, mean, std, text_embeddings, null_text, num_heads,
-                                           sentence_t5=sentence_t5, **kw)
+  gen = official_generator_from_checkpoint(
+    ckpt_path, mean, std, text_embeddings, null_text, num_heads, sentence_t5=sentence_t5, **kw
+  )
   meta = {
-      "format": FORMAT, "source": os.path.abspath(os.fspath(ckpt_path)),
-      "vae": dataclasses.asdict(gen.vae_config), "denoiser": dataclasses.asdict(gen.denoiser_config),
-      "config": config_to_dict(gen.config), "latent_scale": gen.latent_scale,
-      "sentence_t5": os.path.abspath(os.fspath(sentence_t5)) if sentence_t5 is not None else None,
-      "param_counts": {"vae": _count(gen.frozen["vae"]), "denoiser": _count(gen.params)},
-      "ignored": gen.conversion_report["ignored"],   # top-level state-dict groups not converted (text encoder, ...)
+    "format": FORMAT,
+    "source": os.path.abspath(os.fspath(ckpt_path)),
+    "vae": dataclasses.asdict(gen.vae_config),
+    "denoiser": dataclasses.asdict(gen.denoiser_config),
+    "config": config_to_dict(gen.config),
+    "latent_scale": gen.latent_scale,
+    "sentence_t5": os.path.abspath(os.fspath(sentence_t5)) if sentence_t5 is not None else None,
+    "param_counts": {"vae": _count(gen.frozen["vae"]), "denoiser": _count(gen.params)},
+    "ignored": gen.conversion_report["ignored"],  # top-level state-dict groups not converted (text encoder, ...)
   }
   workdir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{workdir.name}.tmp-", dir=workdir.parent))
@@ -311,8 +370,7 @@ def _count(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, sentence_t5=None
-                            ) -> OfficialMLDGenerator:
+def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, sentence_t5=None) -> OfficialMLDGenerator:
   """Reads a work directory written by `write_official_generator`. `text_embeddings` (path or
   TextEmbeddings) replaces the `.npz` recorded at conversion time; `sentence_t5` (folder or `SentenceT5`) replaces
   the recorded sentence-T5 folder, or adds one (the unconditional input is then its encoding of "")."""
@@ -329,12 +387,15 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, se
   if text_embeddings is not None:
     path = text_embeddings.path if isinstance(text_embeddings, TextEmbeddings) else os.fspath(text_embeddings)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, text_embeddings=path))
-  emb = _embeddings(text_embeddings if text_embeddings is not None else (cfg.data.text_embeddings or None),
-                    dcfg.text_dim)
+  emb = _embeddings(
+    text_embeddings if text_embeddings is not None else (cfg.data.text_embeddings or None), dcfg.text_dim
+  )
   st5 = sentence_t5 if sentence_t5 is not None else meta.get("sentence_t5")
   if isinstance(st5, (str, os.PathLike)) and not os.path.isdir(st5):
-    raise FileNotFoundError(f"{marker}: sentence-T5 folder {os.fspath(st5)!r} not found (pass sentence_t5= / "
-                            "--sentence_t5_dir to point at it)")
+    raise FileNotFoundError(
+      f"{marker}: sentence-T5 folder {os.fspath(st5)!r} not found (pass sentence_t5= / "
+      "--sentence_t5_dir to point at it)"
+    )
   text_model = _sentence_t5(st5, dcfg.text_dim)
   tree = serialization.msgpack_restore((workdir / "params.msgpack").read_bytes())
   if text_model is not None:
@@ -346,10 +407,18 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, se
     if got != exp:
       raise ValueError(f"{workdir / 'params.msgpack'}: {k} parameters do not match {MARKER}'s config")
   return OfficialMLDGenerator(
-      config=cfg, tokenizer=Tokenizer.load(str(workdir / "tokenizer.json")),
-      mean=np.load(workdir / "mean.npy"), std=np.load(workdir / "std.npy"), params=tree["denoiser"],
-      frozen={"vae": tree["vae"], "text": tree["text"]}, latent_scale=float(meta["latent_scale"]),
-      text_embeddings=emb, vae_config=vcfg, denoiser_config=dcfg, text_model=text_model)
+    config=cfg,
+    tokenizer=Tokenizer.load(str(workdir / "tokenizer.json")),
+    mean=np.load(workdir / "mean.npy"),
+    std=np.load(workdir / "std.npy"),
+    params=tree["denoiser"],
+    frozen={"vae": tree["vae"], "text": tree["text"]},
+    latent_scale=float(meta["latent_scale"]),
+    text_embeddings=emb,
+    vae_config=vcfg,
+    denoiser_config=dcfg,
+    text_model=text_model,
+  )
 
 
 register_workdir_loader(MARKER, load_official_generator)

@@ -62,8 +62,9 @@ class MotionTask:
   def _reward_cond(cond):
     return {**cond["reward"], "mask": cond["mask"]}
 
-  def inputs(self, captions: Sequence[str], lengths: Sequence[int], rng: Optional[jax.Array] = None
-             ) -> tuple[dict, dict]:
+  def inputs(
+    self, captions: Sequence[str], lengths: Sequence[int], rng: Optional[jax.Array] = None
+  ) -> tuple[dict, dict]:
     """(cond, uncond) for B captions with B frame counts (<= gen.max_length); `rng` keys a stochastic reward."""
     lengths = np.minimum(np.asarray(lengths), self.gen.max_length)
     gen_cond = self.gen.encode_text(list(captions), lengths)
@@ -92,10 +93,15 @@ class MotionTask:
       return {"x0": motion, "cond": {"gen": cond["gen"]}, "mask": mask}
     if "_encode_latents" not in self.__dict__:
       own = getattr(self.gen, "encode_latents", None)  # bundles with their own VAE (official_generator.py)
-      self._encode_latents = jax.jit((lambda vae, x, m, scale: own(vae, x, m)) if own else (
-          lambda vae, x, m, scale: gm.encode_latents(self.gen.config, vae, {"motion": x, "mask": m}, None, scale)))
-    return {"x0": self._encode_latents(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
-            "cond": {"gen": cond["gen"]}}
+      self._encode_latents = jax.jit(
+        (lambda vae, x, m, scale: own(vae, x, m))
+        if own
+        else (lambda vae, x, m, scale: gm.encode_latents(self.gen.config, vae, {"motion": x, "mask": m}, None, scale))
+      )
+    return {
+      "x0": self._encode_latents(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
+      "cond": {"gen": cond["gen"]},
+    }
 
   def noise(self, rng: jax.Array, batch_size: int) -> jax.Array:
     return jax.random.normal(rng, (batch_size,) + tuple(self.gen.latent_shape))
@@ -110,11 +116,13 @@ class MotionTask:
     cache = self.__dict__.setdefault("_samplers", {})
     if num_steps not in cache:
       timesteps = sampling.make_timesteps(
-          self.gen.schedule, dataclasses.replace(self.gen.config.sampler, num_steps=num_steps))
+        self.gen.schedule, dataclasses.replace(self.gen.config.sampler, num_steps=num_steps)
+      )
 
       def run(params, cond, uncond, x_T, w):
         out = sampling.sample(self.denoise, params, self.gen.schedule, timesteps, x_T, cond, uncond, w)
         return self.reward_terms(self.decode(out.x0, cond), cond, None)
+
       cache[num_steps] = jax.jit(run)
     return cache[num_steps]
 
@@ -132,12 +140,12 @@ def reward_text_encoder(source: str, pad_to: int = 32) -> Callable[[list], tuple
     st5 = load_sentence_t5(source)
     encode = lambda captions: st5.embeddings(captions, output="tokens")  # noqa: E731
   else:
-    raise FileNotFoundError(f"reward text encoder {source!r}: expected a text-embeddings .npz or a "
-                            "sentence-t5 folder")
+    raise FileNotFoundError(f"reward text encoder {source!r}: expected a text-embeddings .npz or a sentence-t5 folder")
 
   def reward_text(captions):
     emb, mask = encode(captions)
     n = -(-emb.shape[1] // pad_to) * pad_to
     pad = ((0, 0), (0, n - emb.shape[1]))
     return np.pad(emb, pad + ((0, 0),)), np.pad(mask, pad)
+
   return reward_text

@@ -6,8 +6,11 @@ import functools
 
 from easytune_jax.models.generator import BaseConfig, get_config as _get
 
-PRESETS = {f"{size}{suffix}": functools.partial(_get, size, model)
-           for size in ("tiny", "small", "paper") for suffix, model in (("", "mld"), ("_mdm", "mdm"))}
+PRESETS = {
+  f"{size}{suffix}": functools.partial(_get, size, model)
+  for size in ("tiny", "small", "paper")
+  for suffix, model in (("", "mld"), ("_mdm", "mdm"))
+}
 
 
 def get_config(name: str = "tiny") -> BaseConfig:

@@ -10,8 +10,9 @@ from easytune_jax.eval.evaluation import EvaluateConfig
 
 
 def tiny() -> EvaluateConfig:
-  return dataclasses.replace(EvaluateConfig(), num_steps=sampling.CPU_NUM_STEPS,
-                             guidance_scale=sampling.CPU_GUIDANCE_SCALE)
+  return dataclasses.replace(
+    EvaluateConfig(), num_steps=sampling.CPU_NUM_STEPS, guidance_scale=sampling.CPU_GUIDANCE_SCALE
+  )
 
 
 PRESETS = {"paper": EvaluateConfig, "tiny": tiny}

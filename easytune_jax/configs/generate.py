@@ -11,8 +11,9 @@ from easytune_jax.core import sampling
 
 
 def tiny() -> GenerateConfig:
-  return dataclasses.replace(GenerateConfig(), num_steps=sampling.CPU_NUM_STEPS,
-                             guidance_scale=sampling.CPU_GUIDANCE_SCALE)
+  return dataclasses.replace(
+    GenerateConfig(), num_steps=sampling.CPU_NUM_STEPS, guidance_scale=sampling.CPU_GUIDANCE_SCALE
+  )
 
 
 PRESETS = {"paper": GenerateConfig, "tiny": tiny}

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from easytune_jax.train.reward import RewardTrainConfig
 
-PRESETS = {"tiny": RewardTrainConfig, "paper": RewardTrainConfig.paper, "official": RewardTrainConfig.official,
-           "paper_tmr": RewardTrainConfig.paper_tmr}
+PRESETS = {
+  "tiny": RewardTrainConfig,
+  "paper": RewardTrainConfig.paper,
+  "official": RewardTrainConfig.official,
+  "paper_tmr": RewardTrainConfig.paper_tmr,
+}
 
 
 def get_config(name: str = "tiny") -> RewardTrainConfig:

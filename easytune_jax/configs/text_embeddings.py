@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from easytune_jax.data.text import TextEmbeddingConfig
 
-PRESETS = {"sentence_t5": lambda: TextEmbeddingConfig("sentence_t5", "sentence"),
-           "sentence_t5_tokens": lambda: TextEmbeddingConfig("sentence_t5", "tokens"),
-           "clip": lambda: TextEmbeddingConfig("clip", "features"),
-           "clip_hidden": lambda: TextEmbeddingConfig("clip", "hidden")}
+PRESETS = {
+  "sentence_t5": lambda: TextEmbeddingConfig("sentence_t5", "sentence"),
+  "sentence_t5_tokens": lambda: TextEmbeddingConfig("sentence_t5", "tokens"),
+  "clip": lambda: TextEmbeddingConfig("clip", "features"),
+  "clip_hidden": lambda: TextEmbeddingConfig("clip", "hidden"),
+}
 
 
 def get_config(name: str) -> TextEmbeddingConfig:

@@ -1,5 +1,4 @@
-"""Atomic orbax checkpoints of one pytree plus JSON metadata, with clear errors on mismatches.
-"""
+"""Atomic orbax checkpoints of one pytree plus JSON metadata, with clear errors on mismatches."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from easytune_jax.core.optim import tree_all_finite
+
 
 # --------------------------------------------------------------------------------------------- checkpoints
 class CheckpointError(ValueError):
@@ -46,8 +46,10 @@ class Checkpointer:
 
   def _manager(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=False),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=False),
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -60,12 +62,13 @@ class Checkpointer:
       raise NonFiniteStateError(f"refusing to write a non-finite state to {self.directory} at step {step}")
     if step in self._mngr.all_steps():
       return
-    if not self.directory.is_dir():   # first save: create the directory now (nothing is created on reads)
+    if not self.directory.is_dir():  # first save: create the directory now (nothing is created on reads)
       self.directory.mkdir(parents=True, exist_ok=True)
       self._mngr.close()
       self._mngr = self._manager()
-    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  meta=ocp.args.JsonSave(dict(metadata or {}))))
+    self._mngr.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(metadata or {})))
+    )
     self._mngr.wait_until_finished()
 
   def metadata(self, step: Optional[int] = None) -> dict:
@@ -73,8 +76,9 @@ class Checkpointer:
     with self._readable(step, "meta"):
       meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     if not isinstance(meta, dict):
-      raise CheckpointError(f"{self.directory / str(step)}: item 'meta': expected a JSON object, found "
-                            f"{type(meta).__name__}")
+      raise CheckpointError(
+        f"{self.directory / str(step)}: item 'meta': expected a JSON object, found {type(meta).__name__}"
+      )
     return meta
 
   @contextlib.contextmanager
@@ -86,9 +90,11 @@ class Checkpointer:
       raise
     except Exception as e:  # noqa: BLE001  (orbax raises ValueError, JSONDecodeError, FileNotFoundError, ...)
       first = (str(e).splitlines() or [""])[0]
-      raise CheckpointError(f"{self.directory / str(step)}: item '{item}': expected a complete orbax checkpoint, "
-                            f"found unreadable files (truncated or corrupt; {type(e).__name__}: {first[:300]}); "
-                            "delete this step directory to fall back to an earlier step") from None
+      raise CheckpointError(
+        f"{self.directory / str(step)}: item '{item}': expected a complete orbax checkpoint, "
+        f"found unreadable files (truncated or corrupt; {type(e).__name__}: {first[:300]}); "
+        "delete this step directory to fall back to an earlier step"
+      ) from None
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """Restores into the structure/shapes/dtypes (and shardings) of `template`. Leaves without a sharding
@@ -113,26 +119,28 @@ class Checkpointer:
     if step is None and not self.directory.is_dir():
       raise CheckpointError(f"{self.directory}: no checkpoints (the directory does not exist)")
     if step is None or step not in self._mngr.all_steps():
-      raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; found steps "
-                            f"{self.all_steps()}")
+      raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; found steps {self.all_steps()}")
     return step
 
   def _check_structure(self, template: Any, step: int) -> None:
     with self._readable(step, "state"):
       stored = self._mngr.item_metadata(step)["state"]
     if stored is None:
-      raise CheckpointError(f"{self.directory / str(step)}: no readable 'state' item (not an easytune_jax "
-                            "checkpoint, or written incompletely)")
-    found = {_key_str(p): tuple(getattr(m, "shape", ())) for p, m in
-             jax.tree_util.tree_flatten_with_path(stored)[0]}
+      raise CheckpointError(
+        f"{self.directory / str(step)}: no readable 'state' item (not an easytune_jax "
+        "checkpoint, or written incompletely)"
+      )
+    found = {_key_str(p): tuple(getattr(m, "shape", ())) for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
     want = {_key_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
     where = self.directory / str(step)
     missing = sorted(set(want) - set(found))
     extra = sorted(set(found) - set(want))
     if missing or extra:
-      raise CheckpointError(f"{where}: parameter tree does not match the model: missing keys {missing[:5]}"
-                            f"{'...' if len(missing) > 5 else ''}, unexpected keys {extra[:5]}"
-                            f"{'...' if len(extra) > 5 else ''}")
+      raise CheckpointError(
+        f"{where}: parameter tree does not match the model: missing keys {missing[:5]}"
+        f"{'...' if len(missing) > 5 else ''}, unexpected keys {extra[:5]}"
+        f"{'...' if len(extra) > 5 else ''}"
+      )
     for k, shape in want.items():
       if found[k] != shape:
         raise CheckpointError(f"{where}: key '{k}': expected shape {shape}, found {found[k]}")

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from easytune_jax.core.checkpoint import CheckpointError
 
+
 def _tuples(v):
   return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
@@ -35,14 +36,17 @@ def config_from_dict(cls, d: Mapping[str, Any], where: str = "config"):
   kw = {}
   for k, v in d.items():
     t = hints[k]
-    kw[k] = config_from_dict(t, v, f"{where}.{k}") if dataclasses.is_dataclass(t) and isinstance(v, Mapping) \
-        else _tuples(v)
+    kw[k] = (
+      config_from_dict(t, v, f"{where}.{k}") if dataclasses.is_dataclass(t) and isinstance(v, Mapping) else _tuples(v)
+    )
   return cls(**kw)
 
 
-def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any], where: str,
-                         ignore: Iterable[str] = ()) -> None:
+def check_config_matches(
+  saved: Mapping[str, Any], current: Mapping[str, Any], where: str, ignore: Iterable[str] = ()
+) -> None:
   """Raises CheckpointError naming every differing config field (flattened 'a.b' keys)."""
+
   def flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -51,9 +55,13 @@ def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any], w
       else:
         out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
+
   a, b = flat(saved), flat(json.loads(json.dumps(current)))
-  diffs = [f"{k}: checkpoint has {a.get(k)!r}, config has {b.get(k)!r}" for k in sorted(set(a) | set(b))
-           if a.get(k) != b.get(k) and not any(k.startswith(i) for i in ignore)]
+  diffs = [
+    f"{k}: checkpoint has {a.get(k)!r}, config has {b.get(k)!r}"
+    for k in sorted(set(a) | set(b))
+    if a.get(k) != b.get(k) and not any(k.startswith(i) for i in ignore)
+  ]
   if diffs:
     raise CheckpointError(f"{where}: checkpoint was written with a different config: " + "; ".join(diffs))
 
@@ -120,7 +128,7 @@ def parse_value(text: str, hint: Any, current: Any = None, where: str = "value")
       return hint(text)
     except ValueError:
       if hint is int:
-        try:   # '1e4' and '2.0' are ints written as floats
+        try:  # '1e4' and '2.0' are ints written as floats
           f = float(text)
           if f == int(f):
             return int(f)
@@ -134,8 +142,10 @@ def parse_value(text: str, hint: Any, current: Any = None, where: str = "value")
       return parse_value(text, type(current), current, where)
     return _literal(text)
   if dataclasses.is_dataclass(hint):
-    raise ValueError(f"{where}: is a config group ({hint.__name__}); set one of its fields "
-                     f"{[f.name for f in dataclasses.fields(hint)]}")
+    raise ValueError(
+      f"{where}: is a config group ({hint.__name__}); set one of its fields "
+      f"{[f.name for f in dataclasses.fields(hint)]}"
+    )
   if isinstance(hint, type) and issubclass(hint, enum.Enum):
     try:
       return hint[text] if text in hint.__members__ else hint(text)
@@ -156,7 +166,7 @@ def _parse_sequence(text, hint, origin, args, current, where):
   if body[:1] + body[-1:] in ("()", "[]"):
     body = body[1:-1]
   items = [s.strip() for s in body.split(",")] if body.strip() else []
-  if items and items[-1] == "":   # '(1,)'
+  if items and items[-1] == "":  # '(1,)'
     items = items[:-1]
   if len(args) == 2 and args[1] is Ellipsis:
     item_hints = [args[0]] * len(items)
@@ -166,7 +176,7 @@ def _parse_sequence(text, hint, origin, args, current, where):
     item_hints = list(args)
   elif args:
     item_hints = [args[0]] * len(items)
-  elif current:   # bare `tuple`: items like the current ones (mixed or empty: Python literals)
+  elif current:  # bare `tuple`: items like the current ones (mixed or empty: Python literals)
     kinds = {type(c) for c in current}
     item_hints = [kinds.pop() if len(kinds) == 1 else Any] * len(items)
   else:

@@ -1,5 +1,4 @@
-"""Metric logs every trainer writes: metrics.jsonl, metrics.csv and a TensorBoard event file (tensorboardX).
-"""
+"""Metric logs every trainer writes: metrics.jsonl, metrics.csv and a TensorBoard event file (tensorboardX)."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+
 
 # --------------------------------------------------------------------------------------------- logging
 class _DropOrbaxInfo(std_logging.Filter):
@@ -57,6 +57,7 @@ class MetricWriter:
       self._csv.writerow(["step", "name", "value"])
     if self._tensorboard:
       import tensorboardX  # here, not at the top: 0.6 s to import, paid only by writers that write
+
       self._tb = tensorboardX.SummaryWriter(str(self.directory), flush_secs=5, filename_suffix=".easytune")
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:

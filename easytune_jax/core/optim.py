@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+
 # --------------------------------------------------------------------------------------------- optimizer
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -22,30 +23,37 @@ class OptimConfig:
 
   learning_rate: float = 1e-4
   warmup_steps: int = 0
-  decay_steps: int = 0          # cosine decay length after warm-up; 0 keeps the rate constant
-  end_lr_factor: float = 0.0    # final rate = learning_rate * end_lr_factor
+  decay_steps: int = 0  # cosine decay length after warm-up; 0 keeps the rate constant
+  end_lr_factor: float = 0.0  # final rate = learning_rate * end_lr_factor
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
   weight_decay: float = 0.0
-  grad_clip_norm: float = 1.0   # 0 disables clipping
+  grad_clip_norm: float = 1.0  # 0 disables clipping
 
   def __post_init__(self):
     if self.learning_rate <= 0:
       raise ValueError(f"OptimConfig.learning_rate: expected > 0, found {self.learning_rate}")
     if self.warmup_steps < 0 or self.decay_steps < 0:
-      raise ValueError("OptimConfig.warmup_steps/decay_steps: expected >= 0, found "
-                       f"{self.warmup_steps}/{self.decay_steps}")
+      raise ValueError(
+        f"OptimConfig.warmup_steps/decay_steps: expected >= 0, found {self.warmup_steps}/{self.decay_steps}"
+      )
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
   if cfg.decay_steps > 0:
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1),
-                                              cfg.warmup_steps + cfg.decay_steps,
-                                              cfg.learning_rate * cfg.end_lr_factor)
+    return optax.warmup_cosine_decay_schedule(
+      0.0,
+      cfg.learning_rate,
+      max(cfg.warmup_steps, 1),
+      cfg.warmup_steps + cfg.decay_steps,
+      cfg.learning_rate * cfg.end_lr_factor,
+    )
   if cfg.warmup_steps > 0:
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
-                                 optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), optax.constant_schedule(cfg.learning_rate)],
+      [cfg.warmup_steps],
+    )
   return optax.constant_schedule(cfg.learning_rate)
 
 
@@ -55,8 +63,9 @@ def make_optimizer(cfg: OptimConfig, trainable_mask: Any = None) -> optax.Gradie
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay))
+  parts.append(
+    optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  )
   tx = optax.chain(*parts)
   if trainable_mask is not None:
     labels = jax.tree.map(lambda m: "train" if m else "freeze", trainable_mask)
@@ -96,9 +105,13 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, use_ema: b
     TrainState at step 0.
   """
   params = jax.tree.map(jnp.copy, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
-                    skipped=jnp.zeros((), jnp.int32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
+    skipped=jnp.zeros((), jnp.int32),
+  )
 
 
 def tree_all_finite(tree: Any) -> jax.Array:
@@ -107,8 +120,9 @@ def tree_all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation, loss: jax.Array,
-                    ema_decay: float = 0.0) -> tuple[TrainState, jax.Array]:
+def apply_gradients(
+  state: TrainState, grads: Any, tx: optax.GradientTransformation, loss: jax.Array, ema_decay: float = 0.0
+) -> tuple[TrainState, jax.Array]:
   """One update of `tx` through `optax.apply_if_finite`, skipped when loss or gradients are non-finite.
 
   A skipped update keeps params, optimizer moments, schedule position and `ema_params`, and increments
@@ -136,8 +150,12 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
   loss_finite = jnp.all(jnp.isfinite(loss))
   grads = jax.tree.map(lambda g: jnp.where(loss_finite, g, jnp.nan), grads)
   guarded = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_GIVE_UP)
-  wrapped = optax.ApplyIfFiniteState(notfinite_count=jnp.zeros((), jnp.int32), last_finite=jnp.array(True),
-                                     total_notfinite=state.skipped, inner_state=state.opt_state)
+  wrapped = optax.ApplyIfFiniteState(
+    notfinite_count=jnp.zeros((), jnp.int32),
+    last_finite=jnp.array(True),
+    total_notfinite=state.skipped,
+    inner_state=state.opt_state,
+  )
   updates, wrapped = guarded.update(grads, wrapped, state.params)
   finite = wrapped.last_finite
   params = optax.apply_updates(state.params, updates)
@@ -145,6 +163,7 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
   if ema is not None:
     new_ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
     ema = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_ema, ema)
-  new = state.replace(step=state.step + 1, params=params, opt_state=wrapped.inner_state, ema_params=ema,
-                      skipped=wrapped.total_notfinite)
+  new = state.replace(
+    step=state.step + 1, params=params, opt_state=wrapped.inner_state, ema_params=ema, skipped=wrapped.total_notfinite
+  )
   return new, finite

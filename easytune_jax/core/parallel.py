@@ -31,8 +31,7 @@ def parse_mesh_spec(spec: str, num_devices: Optional[int] = None) -> dict[str, i
   for part in filter(None, (p.strip() for p in spec.split(","))):
     name, sep, value = part.partition("=")
     if not sep or name not in AXES:
-      raise ValueError(f"--mesh: expected comma-separated 'axis=size' with axis in {AXES}, found {part!r} "
-                       f"in {spec!r}")
+      raise ValueError(f"--mesh: expected comma-separated 'axis=size' with axis in {AXES}, found {part!r} in {spec!r}")
     try:
       sizes[name] = int(value)
     except ValueError:
@@ -75,11 +74,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"{what}={global_batch} must be divisible by the number of devices in the mesh "
-                     f"({n}: {dict(mesh.shape)})")
+    raise ValueError(
+      f"{what}={global_batch} must be divisible by the number of devices in the mesh ({n}: {dict(mesh.shape)})"
+    )
 
 
-def param_spec(x: Any, fsdp: int, min_size: int = 2 ** 12) -> P:
+def param_spec(x: Any, fsdp: int, min_size: int = 2**12) -> P:
   """Shards the largest dimension divisible by `fsdp` (arrays of at least `min_size` elements)."""
   shape = np.shape(x)
   if fsdp == 1 or np.prod(shape, dtype=np.int64) < min_size:
@@ -92,13 +92,13 @@ def param_spec(x: Any, fsdp: int, min_size: int = 2 ** 12) -> P:
   return P()
 
 
-def state_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 12) -> Any:
+def state_shardings(mesh: Mesh, tree: Any, min_size: int = 2**12) -> Any:
   """NamedShardings for a params / optimizer-state / TrainState pytree (FSDP on the 'fsdp' axis)."""
   fsdp = mesh.shape["fsdp"]
   return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x, fsdp, min_size)), tree)
 
 
-def shard_state(state: Any, mesh: Mesh, min_size: int = 2 ** 12) -> Any:
+def shard_state(state: Any, mesh: Mesh, min_size: int = 2**12) -> Any:
   return jax.device_put(state, state_shardings(mesh, state, min_size))
 
 
@@ -134,8 +134,10 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
   if cfg.coordinator_address is None and not cfg.auto:
     return False
   if cfg.coordinator_address is not None and (cfg.num_processes is None or cfg.process_id is None):
-    raise ValueError("--coordinator_address needs --num_processes and --process_id (or use --distributed "
-                     "for auto-detection on TPU pods and SLURM)")
+    raise ValueError(
+      "--coordinator_address needs --num_processes and --process_id (or use --distributed "
+      "for auto-detection on TPU pods and SLURM)"
+    )
   if cfg.auto:
     jax.distributed.initialize()
   else:
@@ -146,7 +148,8 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
 def define_flags() -> None:
   """Registers --mesh and the multi-host flags on absl's FLAGS (call once per launcher)."""
   from absl import flags
-  flags.disclaim_key_flags()   # key flags of the launcher calling this function: listed by its --help
+
+  flags.disclaim_key_flags()  # key flags of the launcher calling this function: listed by its --help
   flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=8' or 'data=4,fsdp=2' (default: all on data).")
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -157,9 +160,9 @@ def define_flags() -> None:
 def setup_from_flags() -> Mesh:
   """Initialises the distributed runtime from the flags of `define_flags` and builds the mesh."""
   from absl import flags
+
   f = flags.FLAGS
-  initialize_distributed(DistributedConfig(f.coordinator_address, f.num_processes, f.process_id,
-                                           f.distributed))
+  initialize_distributed(DistributedConfig(f.coordinator_address, f.num_processes, f.process_id, f.distributed))
   return make_mesh(f.mesh)
 
 
@@ -176,8 +179,9 @@ def _shape_key(tree: Any) -> tuple:
   return (jax.tree.structure(tree), tuple(np.shape(x) for x in jax.tree.leaves(tree)))
 
 
-def jit_sharded(step: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (1,), min_size: int = 2 ** 12,
-                donate_state: bool = False) -> Callable:
+def jit_sharded(
+  step: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (1,), min_size: int = 2**12, donate_state: bool = False
+) -> Callable:
   """`jax.jit` of an UNJITTED `step(state, *args) -> (state, metrics)` with explicit shardings on `mesh`.
 
   The state (argument 0; params / optimizer state / TrainState) keeps `state_shardings` in and out (FSDP
@@ -195,16 +199,27 @@ def jit_sharded(step: Callable, mesh: Mesh, *, batch_argnums: Sequence[int] = (1
     key = (_shape_key(state), tuple(_shape_key(a) for a in args))
     if key not in cache:
       st = state_shardings(mesh, state, min_size)
-      rest = tuple(jax.tree.map(lambda _: batch_sharding(mesh) if i + 1 in batch_argnums else replicated(mesh),
-                                a) for i, a in enumerate(args))
-      cache[key] = (jax.jit(step, in_shardings=(st, *rest), out_shardings=(st, replicated(mesh)),
-                            donate_argnums=(0,) if donate_state else ()), st)
+      rest = tuple(
+        jax.tree.map(lambda _: batch_sharding(mesh) if i + 1 in batch_argnums else replicated(mesh), a)
+        for i, a in enumerate(args)
+      )
+      cache[key] = (
+        jax.jit(
+          step,
+          in_shardings=(st, *rest),
+          out_shardings=(st, replicated(mesh)),
+          donate_argnums=(0,) if donate_state else (),
+        ),
+        st,
+      )
     fn, st = cache[key]
     # Placing the inputs is a no-op for arrays already laid out as required (e.g. the previous step's state);
     # host batches go through shard_batch so that multi-host runs pass only their local rows.
     state = jax.device_put(state, st)
-    args = tuple(shard_batch(a, mesh) if i + 1 in batch_argnums else
-                 jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), a) for i, a in enumerate(args))
+    args = tuple(
+      shard_batch(a, mesh) if i + 1 in batch_argnums else jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), a)
+      for i, a in enumerate(args)
+    )
     return fn(state, *args)
 
   return call

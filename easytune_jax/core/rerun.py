@@ -66,7 +66,7 @@ class Manifest:
         self.entries = json.loads(self.path.read_text())
         if not isinstance(self.entries, dict):
           raise ValueError("not a JSON object")
-      except ValueError as e:   # a damaged manifest only costs a recomputation
+      except ValueError as e:  # a damaged manifest only costs a recomputation
         logging.warning("%s: unreadable (%s): recomputing every step", self.path, e)
         self.entries = {}
 
@@ -81,8 +81,13 @@ class Manifest:
 
   def record(self, name: str, key: str, outputs: Iterable[str | os.PathLike], result: Any, seconds: float) -> None:
     """Stores the entry of `name` (written atomically)."""
-    self.entries[name] = {"key": key, "outputs": fingerprint(outputs), "result": result, "seconds": seconds,
-                          "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    self.entries[name] = {
+      "key": key,
+      "outputs": fingerprint(outputs),
+      "result": result,
+      "seconds": seconds,
+      "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     self.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = self.path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(self.entries, indent=1, default=str))

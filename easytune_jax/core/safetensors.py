@@ -26,8 +26,19 @@ def _bfloat16():
 
 
 _DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-    "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?",
+  "F64": "<f8",
+  "F32": "<f4",
+  "F16": "<f2",
+  "BF16": "bfloat16",
+  "I64": "<i8",
+  "I32": "<i4",
+  "I16": "<i2",
+  "I8": "i1",
+  "U8": "u1",
+  "U16": "<u2",
+  "U32": "<u4",
+  "U64": "<u8",
+  "BOOL": "?",
 }
 
 _MAX_HEADER = 100 * 1024 * 1024
@@ -91,16 +102,19 @@ def load_safetensors(path: str | os.PathLike, names: Optional[set] = None) -> di
         raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
       nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
       if end - begin != nbytes or begin < 0 or end > data_len:
-        raise ValueError(f"{path}: tensor {name!r} of shape {shape} ({info['dtype']}) expects {nbytes} bytes, "
-                         f"its offsets [{begin}, {end}] give {end - begin} within a {data_len}-byte data section")
+        raise ValueError(
+          f"{path}: tensor {name!r} of shape {shape} ({info['dtype']}) expects {nbytes} bytes, "
+          f"its offsets [{begin}, {end}] give {end - begin} within a {data_len}-byte data section"
+        )
       f.seek(start + begin)
       raw = f.read(nbytes)
       out[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
   return out
 
 
-def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
-                     metadata: Optional[Mapping[str, str]] = None) -> None:
+def save_safetensors(
+  path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None
+) -> None:
   """Writes ``{name: array}`` as a ``.safetensors`` file (little-endian, C order, 8-byte aligned header)."""
   inverse = {np.dtype(v): k for k, v in _DTYPES.items() if v != "bfloat16"}
   header, blobs, offset = {}, [], 0

@@ -53,8 +53,9 @@ class Timesteps(NamedTuple):
 
 
 def make_timesteps(schedule: schedules.Schedule, config: SamplerConfig) -> Timesteps:
-  ts, prev = schedules.ddim_timesteps(schedule.num_train_timesteps, config.num_steps,
-                                      config.timestep_spacing, config.steps_offset)
+  ts, prev = schedules.ddim_timesteps(
+    schedule.num_train_timesteps, config.num_steps, config.timestep_spacing, config.steps_offset
+  )
   return Timesteps(jnp.asarray(ts), jnp.asarray(prev))
 
 
@@ -62,8 +63,15 @@ def _concat(a: Any, b: Any) -> Any:
   return jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=0), a, b)
 
 
-def guided_denoise(denoise: Denoiser, params: Any, x_t: jax.Array, t: jax.Array, cond: Any,
-                   uncond: Any, guidance_scale: float | jax.Array) -> jax.Array:
+def guided_denoise(
+  denoise: Denoiser,
+  params: Any,
+  x_t: jax.Array,
+  t: jax.Array,
+  cond: Any,
+  uncond: Any,
+  guidance_scale: float | jax.Array,
+) -> jax.Array:
   """Classifier-free guidance: out_u + w (out_c - out_u), both branches in ONE batched call.
 
   Args:
@@ -79,10 +87,19 @@ def guided_denoise(denoise: Denoiser, params: Any, x_t: jax.Array, t: jax.Array,
   return out_u + guidance_scale * (out_c - out_u)
 
 
-def denoise_step(denoise: Denoiser, params: Any, schedule: schedules.Schedule, x_t: jax.Array,
-                 t: jax.Array, prev_t: jax.Array, cond: Any, uncond: Any,
-                 guidance_scale: float | jax.Array, eta: float = 0.0,
-                 noise: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+def denoise_step(
+  denoise: Denoiser,
+  params: Any,
+  schedule: schedules.Schedule,
+  x_t: jax.Array,
+  t: jax.Array,
+  prev_t: jax.Array,
+  cond: Any,
+  uncond: Any,
+  guidance_scale: float | jax.Array,
+  eta: float = 0.0,
+  noise: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array]:
   """One guided DDIM step: x_t -> (x_prev [B, ...], x0_hat [B, ...])."""
   out = guided_denoise(denoise, params, x_t, t, cond, uncond, guidance_scale)
   return schedules.ddim_step(schedule, out, x_t, t, prev_t, eta=eta, noise=noise)
@@ -102,10 +119,21 @@ def step_noise(rng: Optional[jax.Array], index: jax.Array, shape, dtype) -> jax.
   return jax.random.normal(jax.random.fold_in(rng, index), shape, dtype)
 
 
-def sample(denoise: Denoiser, params: Any, schedule: schedules.Schedule, timesteps: Timesteps,
-           x_T: jax.Array, cond: Any, uncond: Any = None, guidance_scale: float | jax.Array = GUIDANCE_SCALE,
-           eta: float = 0.0, rng: Optional[jax.Array] = None, return_trajectory: bool = False,
-           start_index: int = 0, stop_index: Optional[int] = None) -> SampleOutput:
+def sample(
+  denoise: Denoiser,
+  params: Any,
+  schedule: schedules.Schedule,
+  timesteps: Timesteps,
+  x_T: jax.Array,
+  cond: Any,
+  uncond: Any = None,
+  guidance_scale: float | jax.Array = GUIDANCE_SCALE,
+  eta: float = 0.0,
+  rng: Optional[jax.Array] = None,
+  return_trajectory: bool = False,
+  start_index: int = 0,
+  stop_index: Optional[int] = None,
+) -> SampleOutput:
   """Runs guided DDIM steps `start_index..stop_index-1` as one `lax.scan`. Jit it from outside.
 
   Args:
@@ -122,8 +150,9 @@ def sample(denoise: Denoiser, params: Any, schedule: schedules.Schedule, timeste
 
   def body(x, i):
     noise = step_noise(rng, i, x.shape, x.dtype) if eta > 0 else None
-    x_prev, x0_hat = denoise_step(denoise, params, schedule, x, timesteps.t[i], timesteps.prev_t[i],
-                                  cond, uncond, guidance_scale, eta, noise)
+    x_prev, x0_hat = denoise_step(
+      denoise, params, schedule, x, timesteps.t[i], timesteps.prev_t[i], cond, uncond, guidance_scale, eta, noise
+    )
     return x_prev, ((x, x0_hat) if return_trajectory else None)
 
   x0, ys = jax.lax.scan(body, x_T, idx)

@@ -42,22 +42,21 @@ class DiffusionConfig:
 
   def __post_init__(self):
     if self.beta_schedule not in BETA_SCHEDULES:
-      raise ValueError(f"DiffusionConfig.beta_schedule: expected one of {BETA_SCHEDULES}, "
-                       f"found {self.beta_schedule!r}")
+      raise ValueError(f"DiffusionConfig.beta_schedule: expected one of {BETA_SCHEDULES}, found {self.beta_schedule!r}")
     if self.prediction_type not in PREDICTION_TYPES:
-      raise ValueError(f"DiffusionConfig.prediction_type: expected one of {PREDICTION_TYPES}, "
-                       f"found {self.prediction_type!r}")
+      raise ValueError(
+        f"DiffusionConfig.prediction_type: expected one of {PREDICTION_TYPES}, found {self.prediction_type!r}"
+      )
     if self.num_train_timesteps < 1:
-      raise ValueError(f"DiffusionConfig.num_train_timesteps: expected >= 1, found "
-                       f"{self.num_train_timesteps}")
+      raise ValueError(f"DiffusionConfig.num_train_timesteps: expected >= 1, found {self.num_train_timesteps}")
 
 
 @flax.struct.dataclass
 class Schedule:
   """A noise schedule as a pytree. Arrays are float32 (or float64 under x64); the rest is static."""
 
-  betas: jax.Array            # [N]
-  alphas_cumprod: jax.Array   # [N]
+  betas: jax.Array  # [N]
+  alphas_cumprod: jax.Array  # [N]
   final_alpha_cumprod: jax.Array  # [] value of abar used when prev_timestep < 0
   num_train_timesteps: int = flax.struct.field(pytree_node=False, default=1000)
   prediction_type: str = flax.struct.field(pytree_node=False, default="epsilon")
@@ -71,7 +70,7 @@ def make_betas(schedule: str, num_train_timesteps: int, beta_start: float, beta_
   if schedule == "linear":
     return np.linspace(beta_start, beta_end, n, dtype=np.float64)
   if schedule == "scaled_linear":
-    return np.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=np.float64) ** 2
+    return np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64) ** 2
   if schedule == "squaredcos_cap_v2":
     abar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     return np.array([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], np.float64)
@@ -85,14 +84,19 @@ def make_schedule(config: DiffusionConfig = DiffusionConfig(), dtype=None) -> Sc
   final = 1.0 if config.set_alpha_to_one else abar[0]
   dtype = dtype or jnp.asarray(0.0).dtype
   return Schedule(
-      betas=jnp.asarray(betas, dtype), alphas_cumprod=jnp.asarray(abar, dtype),
-      final_alpha_cumprod=jnp.asarray(final, dtype),
-      num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type,
-      clip_sample=config.clip_sample, clip_sample_range=config.clip_sample_range)
+    betas=jnp.asarray(betas, dtype),
+    alphas_cumprod=jnp.asarray(abar, dtype),
+    final_alpha_cumprod=jnp.asarray(final, dtype),
+    num_train_timesteps=config.num_train_timesteps,
+    prediction_type=config.prediction_type,
+    clip_sample=config.clip_sample,
+    clip_sample_range=config.clip_sample_range,
+  )
 
 
-def ddim_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading",
-                   steps_offset: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def ddim_timesteps(
+  num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading", steps_offset: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
   """DDIM inference timesteps t_1 > ... > t_T and their predecessors, as diffusers' `set_timesteps`.
 
   Returns:
@@ -151,8 +155,9 @@ def training_target(schedule: Schedule, x0: jax.Array, noise: jax.Array, t: jax.
   return velocity(schedule, x0, noise, t)
 
 
-def predict_x0_eps(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
-                   t: jax.Array) -> tuple[jax.Array, jax.Array]:
+def predict_x0_eps(
+  schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Converts a model output to (x0_hat, eps_hat) for the schedule's prediction_type.
 
   epsilon: x0 = (x_t - sqrt(1-a) eps) / sqrt(a);  sample: eps = (x_t - sqrt(a) x0) / sqrt(1-a);
@@ -175,9 +180,16 @@ def predict_x0_eps(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
   return x0, eps
 
 
-def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array,
-              prev_t: jax.Array, eta: float = 0.0, noise: Optional[jax.Array] = None,
-              use_clipped_model_output: bool = False) -> tuple[jax.Array, jax.Array]:
+def ddim_step(
+  schedule: Schedule,
+  model_output: jax.Array,
+  x_t: jax.Array,
+  t: jax.Array,
+  prev_t: jax.Array,
+  eta: float = 0.0,
+  noise: Optional[jax.Array] = None,
+  use_clipped_model_output: bool = False,
+) -> tuple[jax.Array, jax.Array]:
   """One DDIM update x_t -> x_{prev_t} (DDIM eq. 12), returning (x_prev, x0_hat).
 
   sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev));
@@ -195,7 +207,7 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: ja
   std = eta * jnp.sqrt(variance)
   if use_clipped_model_output:
     eps = (x_t - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)
-  x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - a_prev - std ** 2, 0.0)) * eps
+  x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - a_prev - std**2, 0.0)) * eps
   if isinstance(eta, (int, float)) and eta == 0:
     return x_prev, x0
   if noise is None:
@@ -203,8 +215,9 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: ja
   return x_prev + std * noise, x0
 
 
-def sample_train_timesteps(rng: jax.Array, batch_size: int, schedule: Schedule,
-                           max_timestep: Optional[int] = None) -> jax.Array:
+def sample_train_timesteps(
+  rng: jax.Array, batch_size: int, schedule: Schedule, max_timestep: Optional[int] = None
+) -> jax.Array:
   """DDPM training timesteps t ~ U{0, ..., N-1} (or U{0, ..., max_timestep-1}), int32 [B]."""
   hi = schedule.num_train_timesteps if max_timestep is None else max_timestep
   return jax.random.randint(rng, (batch_size,), 0, hi, dtype=jnp.int32)

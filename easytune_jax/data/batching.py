@@ -34,81 +34,94 @@ Batch = tuple  # (arrays: dict[str, np.ndarray], host: dict[str, list])
 
 
 def unit_length_crop(length: int, rng: np.random.Generator, unit_length: int = 4) -> tuple[int, int]:
-    """(start, cropped_length) of the §A1.5 crop of a clip of ``length`` frames."""
-    if unit_length < 10:
-        coin = rng.choice(["single", "single", "double"])
-    else:
-        coin = "single"
-    n = length // unit_length
-    new_len = unit_length * (n - 1) if coin == "double" else unit_length * n
-    start = int(rng.integers(0, length - new_len + 1))        # inclusive of length - new_len
-    return start, new_len
+  """(start, cropped_length) of the §A1.5 crop of a clip of ``length`` frames."""
+  if unit_length < 10:
+    coin = rng.choice(["single", "single", "double"])
+  else:
+    coin = "single"
+  n = length // unit_length
+  new_len = unit_length * (n - 1) if coin == "double" else unit_length * n
+  start = int(rng.integers(0, length - new_len + 1))  # inclusive of length - new_len
+  return start, new_len
 
 
 def steps_per_epoch(dataset: MotionDataset, batch_size: int, drop_last: bool = True) -> int:
-    n = len(dataset)
-    if drop_last and n < batch_size:
-        raise ValueError(f"dataset: expected at least batch_size={batch_size} entries, found {n}")
-    return n // batch_size if drop_last else -(-n // batch_size)
+  n = len(dataset)
+  if drop_last and n < batch_size:
+    raise ValueError(f"dataset: expected at least batch_size={batch_size} entries, found {n}")
+  return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def make_batch(dataset: MotionDataset, indices, rng: np.random.Generator, tokenizer: Tokenizer, *,
-               max_length: int = 196, unit_length: int = 4,
-               text_embeddings: Optional[TextEmbeddings] = None) -> Batch:
-    """Builds one batch of the given entry indices with the given RNG (see module docstring)."""
-    d = dataset.info.dim
-    b = len(indices)
-    motion = np.zeros((b, max_length, d), np.float32)
-    mask = np.zeros((b, max_length), bool)
-    length = np.zeros((b,), np.int32)
-    captions, pos_tokens, names = [], [], []
-    for i, idx in enumerate(indices):
-        e = dataset.entries[int(idx)]
-        caption, tokens = e.captions[int(rng.integers(len(e.captions)))]
-        start, n = unit_length_crop(e.length, rng, unit_length)
-        if n > max_length:
-            cap = unit_length * (max_length // unit_length)
-            start += int(rng.integers(0, n - cap + 1))
-            n = cap
-        clip = e.motion[start:start + n]
-        motion[i, :n] = (clip - dataset.mean) / dataset.std
-        mask[i, :n] = True
-        length[i] = n
-        captions.append(caption)
-        pos_tokens.append(list(tokens))
-        names.append(e.name)
-    tok, tok_mask = tokenizer.encode_batch(captions)
-    arrays = {"motion": motion, "mask": mask, "length": length, "tokens": tok, "token_mask": tok_mask}
-    if text_embeddings is not None:
-        arrays["text_emb"], arrays["text_emb_mask"] = text_embeddings.lookup(captions)
-    return arrays, {"caption": captions, "pos_tokens": pos_tokens, "name": names}
+def make_batch(
+  dataset: MotionDataset,
+  indices,
+  rng: np.random.Generator,
+  tokenizer: Tokenizer,
+  *,
+  max_length: int = 196,
+  unit_length: int = 4,
+  text_embeddings: Optional[TextEmbeddings] = None,
+) -> Batch:
+  """Builds one batch of the given entry indices with the given RNG (see module docstring)."""
+  d = dataset.info.dim
+  b = len(indices)
+  motion = np.zeros((b, max_length, d), np.float32)
+  mask = np.zeros((b, max_length), bool)
+  length = np.zeros((b,), np.int32)
+  captions, pos_tokens, names = [], [], []
+  for i, idx in enumerate(indices):
+    e = dataset.entries[int(idx)]
+    caption, tokens = e.captions[int(rng.integers(len(e.captions)))]
+    start, n = unit_length_crop(e.length, rng, unit_length)
+    if n > max_length:
+      cap = unit_length * (max_length // unit_length)
+      start += int(rng.integers(0, n - cap + 1))
+      n = cap
+    clip = e.motion[start : start + n]
+    motion[i, :n] = (clip - dataset.mean) / dataset.std
+    mask[i, :n] = True
+    length[i] = n
+    captions.append(caption)
+    pos_tokens.append(list(tokens))
+    names.append(e.name)
+  tok, tok_mask = tokenizer.encode_batch(captions)
+  arrays = {"motion": motion, "mask": mask, "length": length, "tokens": tok, "token_mask": tok_mask}
+  if text_embeddings is not None:
+    arrays["text_emb"], arrays["text_emb_mask"] = text_embeddings.lookup(captions)
+  return arrays, {"caption": captions, "pos_tokens": pos_tokens, "name": names}
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, 0, epoch]).permutation(n)
+  return np.random.default_rng([seed, 0, epoch]).permutation(n)
 
 
-def batch_at(dataset: MotionDataset, step: int, batch_size: int, seed: int, tokenizer: Tokenizer,
-             **kwargs) -> Batch:
-    """The training batch of global ``step`` (drop_last epochs): a pure function of (seed, step)."""
-    spe = steps_per_epoch(dataset, batch_size, drop_last=True)
-    epoch, k = divmod(int(step), spe)
-    perm = epoch_permutation(len(dataset), seed, epoch)
-    return make_batch(dataset, perm[k * batch_size:(k + 1) * batch_size],
-                      np.random.default_rng([seed, 1, int(step)]), tokenizer, **kwargs)
+def batch_at(dataset: MotionDataset, step: int, batch_size: int, seed: int, tokenizer: Tokenizer, **kwargs) -> Batch:
+  """The training batch of global ``step`` (drop_last epochs): a pure function of (seed, step)."""
+  spe = steps_per_epoch(dataset, batch_size, drop_last=True)
+  epoch, k = divmod(int(step), spe)
+  perm = epoch_permutation(len(dataset), seed, epoch)
+  return make_batch(
+    dataset,
+    perm[k * batch_size : (k + 1) * batch_size],
+    np.random.default_rng([seed, 1, int(step)]),
+    tokenizer,
+    **kwargs,
+  )
 
 
-def iterate_batches(dataset: MotionDataset, batch_size: int, seed: int, epoch: int, tokenizer: Tokenizer,
-                    drop_last: bool = True, **kwargs) -> Iterator[Batch]:
-    """The batches of one epoch. With drop_last, batch k equals ``batch_at(epoch*spe + k)``.
+def iterate_batches(
+  dataset: MotionDataset, batch_size: int, seed: int, epoch: int, tokenizer: Tokenizer, drop_last: bool = True, **kwargs
+) -> Iterator[Batch]:
+  """The batches of one epoch. With drop_last, batch k equals ``batch_at(epoch*spe + k)``.
 
-    Without drop_last the final batch is smaller (B' < batch_size rows; a different shape, meant
-    for evaluation loops) and its item draws are keyed by the step it would have had.
-    """
-    spe_full = steps_per_epoch(dataset, batch_size, drop_last=True) if len(dataset) >= batch_size else 0
-    nb = steps_per_epoch(dataset, batch_size, drop_last=drop_last)
-    perm = epoch_permutation(len(dataset), seed, epoch)
-    for k in range(nb):
-        step = epoch * max(spe_full, 1) + k
-        yield make_batch(dataset, perm[k * batch_size:(k + 1) * batch_size],
-                         np.random.default_rng([seed, 1, step]), tokenizer, **kwargs)
+  Without drop_last the final batch is smaller (B' < batch_size rows; a different shape, meant
+  for evaluation loops) and its item draws are keyed by the step it would have had.
+  """
+  spe_full = steps_per_epoch(dataset, batch_size, drop_last=True) if len(dataset) >= batch_size else 0
+  nb = steps_per_epoch(dataset, batch_size, drop_last=drop_last)
+  perm = epoch_permutation(len(dataset), seed, epoch)
+  for k in range(nb):
+    step = epoch * max(spe_full, 1) + k
+    yield make_batch(
+      dataset, perm[k * batch_size : (k + 1) * batch_size], np.random.default_rng([seed, 1, step]), tokenizer, **kwargs
+    )

@@ -87,7 +87,7 @@ def _kabsch(rest: np.ndarray, obs: np.ndarray) -> np.ndarray:
   """Rotations R minimising sum_i |R rest_i - obs_i|^2. rest [K, 3] or [T, K, 3], obs [T, K, 3] -> [T, 3, 3]."""
   h = np.einsum("tki,tkj->tij", np.broadcast_to(rest, obs.shape), obs)
   u, _, vt = np.linalg.svd(h)
-  d = np.sign(np.linalg.det(np.einsum("tji,tkj->tik", vt, u)))   # det(V U^T): no reflections
+  d = np.sign(np.linalg.det(np.einsum("tji,tkj->tik", vt, u)))  # det(V U^T): no reflections
   fix = np.stack([np.ones_like(d), np.ones_like(d), d], -1)
   return np.einsum("tji,tj,tkj->tik", vt, fix, u)
 
@@ -116,9 +116,13 @@ def _group_frame(template: np.ndarray, bones: np.ndarray) -> np.ndarray:
   return np.einsum("tij,kj->tik", frame(bones), frame(template))
 
 
-def joints_to_bvh_motion(joints: np.ndarray, parents: Sequence[int] = sk.HML_PARENTS,
-                         raw_offsets: np.ndarray = sk.HML_RAW_OFFSETS, names: Sequence[str] = sk.HML_JOINT_NAMES,
-                         fps: float = 20.0) -> BVHMotion:
+def joints_to_bvh_motion(
+  joints: np.ndarray,
+  parents: Sequence[int] = sk.HML_PARENTS,
+  raw_offsets: np.ndarray = sk.HML_RAW_OFFSETS,
+  names: Sequence[str] = sk.HML_JOINT_NAMES,
+  fps: float = 20.0,
+) -> BVHMotion:
   """Inverse kinematics: joint positions -> a BVHMotion (rest offsets + local rotations; see the module docstring).
 
   Args:
@@ -149,7 +153,7 @@ def joints_to_bvh_motion(joints: np.ndarray, parents: Sequence[int] = sk.HML_PAR
     if not kids:
       glob[:, j] = g_par
       continue
-    bones = p[:, kids] - p[:, j:j + 1]                                   # [T, K, 3]
+    bones = p[:, kids] - p[:, j : j + 1]  # [T, K, 3]
     if len(kids) == 1:
       c = kids[0]
       offsets[c] = template[c] * np.mean(np.linalg.norm(bones[:, 0], axis=-1))
@@ -157,15 +161,22 @@ def joints_to_bvh_motion(joints: np.ndarray, parents: Sequence[int] = sk.HML_PAR
       local[:, j] = sk.qbetween(np.broadcast_to(template[c], in_parent.shape), in_parent)
       glob[:, j] = sk.qmul(g_par, local[:, j])
     else:
-      frame = _group_frame(template[kids], bones)                        # template -> bones, per frame
-      rest = np.mean(np.einsum("tji,tkj->tki", frame, bones), axis=0)    # the group's mean geometry in that frame
+      frame = _group_frame(template[kids], bones)  # template -> bones, per frame
+      rest = np.mean(np.einsum("tji,tkj->tki", frame, bones), axis=0)  # the group's mean geometry in that frame
       offsets[kids] = rest
       glob[:, j] = sk.matrix_to_quat(_kabsch(rest, bones))
       local[:, j] = sk.qmul(sk.qinv(g_par), glob[:, j])
   lengths = np.linalg.norm(offsets, axis=-1)
   end_sites = {j: template[j] * 0.5 * lengths[j] for j in range(num_joints) if not children[j]}
-  return BVHMotion(names=tuple(names), parents=tuple(parents), offsets=offsets, end_sites=end_sites,
-                   root_positions=p[:, 0].copy(), local_quats=local, frame_time=1.0 / fps)
+  return BVHMotion(
+    names=tuple(names),
+    parents=tuple(parents),
+    offsets=offsets,
+    end_sites=end_sites,
+    root_positions=p[:, 0].copy(),
+    local_quats=local,
+    frame_time=1.0 / fps,
+  )
 
 
 def euler_zyx_degrees(q: np.ndarray) -> np.ndarray:
@@ -207,22 +218,21 @@ def bvh_text(motion: BVHMotion, scale: float = 100.0) -> str:
 
   order = []
 
-  def visit(j):   # channel order in MOTION rows = depth-first order of the hierarchy
+  def visit(j):  # channel order in MOTION rows = depth-first order of the hierarchy
     order.append(j)
     for c in children[j]:
       visit(c)
 
   emit(0, 0)
   visit(0)
-  angles = euler_zyx_degrees(motion.local_quats)                   # [T, J, 3]
+  angles = euler_zyx_degrees(motion.local_quats)  # [T, J, 3]
   rows = np.concatenate([motion.root_positions * scale, angles[:, order].reshape(len(angles), -1)], axis=1)
   lines += ["MOTION", f"Frames: {len(rows)}", f"Frame Time: {motion.frame_time:.6f}"]
   lines += [" ".join(f"{x:.6f}" for x in row) for row in rows]
   return "\n".join(lines) + "\n"
 
 
-def joints_to_bvh(joints: np.ndarray, path: str | os.PathLike, fps: float = 20.0, scale: float = 100.0,
-                  **kw) -> dict:
+def joints_to_bvh(joints: np.ndarray, path: str | os.PathLike, fps: float = 20.0, scale: float = 100.0, **kw) -> dict:
   """Writes `joints` [T, J, 3] (metres; T valid frames) as a BVH file (HumanML3D skeleton by default; `kw` go to
   :func:`joints_to_bvh_motion`).
 

@@ -27,9 +27,19 @@ class BadFileError(ValueError):
   NaN/inf, undecodable). The message names the file, what was expected and what was found."""
 
 
-_KIND_NAMES = {"f": "floating point", "i": "signed integer", "u": "unsigned integer", "b": "boolean",
-               "U": "unicode string", "S": "byte string", "c": "complex", "O": "object", "M": "datetime",
-               "m": "timedelta", "V": "structured"}
+_KIND_NAMES = {
+  "f": "floating point",
+  "i": "signed integer",
+  "u": "unsigned integer",
+  "b": "boolean",
+  "U": "unicode string",
+  "S": "byte string",
+  "c": "complex",
+  "O": "object",
+  "M": "datetime",
+  "m": "timedelta",
+  "V": "structured",
+}
 
 
 def _kinds_text(kinds: str) -> str:
@@ -41,8 +51,15 @@ def _shape_text(shape: Sequence[Optional[int]]) -> str:
   return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def check_array(a: np.ndarray, where: str, *, kinds: Optional[str] = "f", ndim: Optional[int] = None,
-                shape: Optional[Sequence[Optional[int]]] = None, finite: bool = True) -> np.ndarray:
+def check_array(
+  a: np.ndarray,
+  where: str,
+  *,
+  kinds: Optional[str] = "f",
+  ndim: Optional[int] = None,
+  shape: Optional[Sequence[Optional[int]]] = None,
+  finite: bool = True,
+) -> np.ndarray:
   """Validates an array already in memory; raises BadFileError naming `where`.
 
   Args:
@@ -68,14 +85,19 @@ def check_array(a: np.ndarray, where: str, *, kinds: Optional[str] = "f", ndim: 
     bad = ~np.isfinite(a)
     if bad.any():
       first = tuple(int(i) for i in np.argwhere(bad)[0])
-      raise BadFileError(f"{where}: expected finite values, found {int(bad.sum())} NaN/inf (first at index "
-                         f"{first})")
+      raise BadFileError(f"{where}: expected finite values, found {int(bad.sum())} NaN/inf (first at index {first})")
   return a
 
 
-def load_npy(path: str | os.PathLike, what: str = "array", *, kinds: Optional[str] = "f",
-             ndim: Optional[int] = None, shape: Optional[Sequence[Optional[int]]] = None,
-             finite: bool = True) -> np.ndarray:
+def load_npy(
+  path: str | os.PathLike,
+  what: str = "array",
+  *,
+  kinds: Optional[str] = "f",
+  ndim: Optional[int] = None,
+  shape: Optional[Sequence[Optional[int]]] = None,
+  finite: bool = True,
+) -> np.ndarray:
   """Reads a ``.npy`` file written by ``numpy.save`` with clear errors for every way it can be bad.
 
   Args:
@@ -91,8 +113,11 @@ def load_npy(path: str | os.PathLike, what: str = "array", *, kinds: Optional[st
   path = os.fspath(path)
   where = f"{path}: {what}"
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: {what} file not found" if not os.path.exists(path) else
-                            f"{path}: {what}: expected a .npy file, found a directory")
+    raise FileNotFoundError(
+      f"{path}: {what} file not found"
+      if not os.path.exists(path)
+      else f"{path}: {what}: expected a .npy file, found a directory"
+    )
   size = os.path.getsize(path)
   if size == 0:
     raise BadFileError(f"{where}: expected a .npy array (numpy.save), found an empty file (0 bytes)")
@@ -102,8 +127,10 @@ def load_npy(path: str | os.PathLike, what: str = "array", *, kinds: Optional[st
       read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
       file_shape, fortran, dtype = read_header(f)
     except (ValueError, EOFError, SyntaxError) as e:
-      raise BadFileError(f"{where}: expected a .npy array (numpy.save), found an unreadable header "
-                         f"({size} bytes; truncated or not a .npy file: {e})") from None
+      raise BadFileError(
+        f"{where}: expected a .npy array (numpy.save), found an unreadable header "
+        f"({size} bytes; truncated or not a .npy file: {e})"
+      ) from None
     data_start = f.tell()
   del fortran
   if dtype.hasobject:
@@ -111,8 +138,9 @@ def load_npy(path: str | os.PathLike, what: str = "array", *, kinds: Optional[st
   need = int(np.prod(file_shape, dtype=np.int64)) * dtype.itemsize
   have = size - data_start
   if have < need:
-    raise BadFileError(f"{where}: truncated: the header declares {dtype} {file_shape} ({need} bytes of data), "
-                       f"found {have} bytes")
+    raise BadFileError(
+      f"{where}: truncated: the header declares {dtype} {file_shape} ({need} bytes of data), found {have} bytes"
+    )
   a = np.load(path, allow_pickle=False)
   return check_array(a, where, kinds=kinds, ndim=ndim, shape=shape, finite=finite)
 
@@ -129,27 +157,36 @@ class NpzReader:
       raise FileNotFoundError(f"{self.path}: {what} file not found")
     size = os.path.getsize(self.path)
     if size == 0:
-      raise BadFileError(f"{self.path}: {what}: expected a .npz archive (numpy.savez), found an empty file "
-                         "(0 bytes)")
+      raise BadFileError(f"{self.path}: {what}: expected a .npz archive (numpy.savez), found an empty file (0 bytes)")
     try:
       self._z = np.load(self.path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
-      raise BadFileError(f"{self.path}: {what}: expected a .npz archive (numpy.savez), found an unreadable file "
-                         f"({size} bytes; truncated or not a zip archive: {e})") from None
+      raise BadFileError(
+        f"{self.path}: {what}: expected a .npz archive (numpy.savez), found an unreadable file "
+        f"({size} bytes; truncated or not a zip archive: {e})"
+      ) from None
     if not hasattr(self._z, "files"):
       raise BadFileError(f"{self.path}: {what}: expected a .npz archive (numpy.savez), found a single .npy array")
     self.files = list(self._z.files)
 
-  def get(self, name: str, *, kinds: Optional[str] = "f", ndim: Optional[int] = None,
-          shape: Optional[Sequence[Optional[int]]] = None, finite: bool = True) -> np.ndarray:
+  def get(
+    self,
+    name: str,
+    *,
+    kinds: Optional[str] = "f",
+    ndim: Optional[int] = None,
+    shape: Optional[Sequence[Optional[int]]] = None,
+    finite: bool = True,
+  ) -> np.ndarray:
     where = f"{self.path}: array '{name}'"
     if name not in self.files:
       raise BadFileError(f"{self.path}: {self.what}: missing array '{name}' (found {self.files})")
     try:
       a = self._z[name]
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
-      raise BadFileError(f"{where}: expected a readable array, found a corrupt or truncated member "
-                         f"({type(e).__name__}: {e})") from None
+      raise BadFileError(
+        f"{where}: expected a readable array, found a corrupt or truncated member ({type(e).__name__}: {e})"
+      ) from None
     return check_array(a, where, kinds=kinds, ndim=ndim, shape=shape, finite=finite)
 
   def close(self) -> None:
@@ -166,15 +203,18 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
   """The content of a UTF-8 text file; FileNotFoundError / BadFileError name the file."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: {what} not found" if not os.path.exists(path) else
-                            f"{path}: {what}: expected a file, found a directory")
+    raise FileNotFoundError(
+      f"{path}: {what} not found" if not os.path.exists(path) else f"{path}: {what}: expected a file, found a directory"
+    )
   with open(path, "rb") as f:
     data = f.read()
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise BadFileError(f"{path}: {what}: expected UTF-8 text, found undecodable bytes at byte {e.start} "
-                       f"({data[e.start:e.start + 4]!r}; a binary or corrupt file?)") from None
+    raise BadFileError(
+      f"{path}: {what}: expected UTF-8 text, found undecodable bytes at byte {e.start} "
+      f"({data[e.start : e.start + 4]!r}; a binary or corrupt file?)"
+    ) from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -185,5 +225,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise BadFileError(f"{os.fspath(path)}: {what}: expected JSON, found invalid JSON at line {e.lineno} column "
-                       f"{e.colno} ({e.msg}; truncated?)") from None
+    raise BadFileError(
+      f"{os.fspath(path)}: {what}: expected JSON, found invalid JSON at line {e.lineno} column "
+      f"{e.colno} ({e.msg}; truncated?)"
+    ) from None

@@ -50,319 +50,412 @@ from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
 from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 GenerateFn = Callable[..., np.ndarray]
-EMBEDDING_METRICS = ("R_precision_top_1", "R_precision_top_2", "R_precision_top_3", "Matching_score", "FID",
-                     "Diversity")
+EMBEDDING_METRICS = (
+  "R_precision_top_1",
+  "R_precision_top_2",
+  "R_precision_top_3",
+  "Matching_score",
+  "FID",
+  "Diversity",
+)
 PHYSICAL_METRICS = ("foot_skating", "jitter", "floor_penetration")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """launch/evaluate.py's settings: the protocol (:func:`evaluate`) and the generators' sampler.
+  """launch/evaluate.py's settings: the protocol (:func:`evaluate`) and the generators' sampler.
 
-    Attributes:
-      split: the dataset split evaluated; replications: independent passes (mean ± 1.96 std / sqrt(n));
-      quick: few replications, no MultiModality; mm: run MultiModality; batch_size: generator batch size;
-      guidance_scale, num_steps: CFG weight w and DDIM steps of every generator; seed: evaluation seed.
-    """
+  Attributes:
+    split: the dataset split evaluated; replications: independent passes (mean ± 1.96 std / sqrt(n));
+    quick: few replications, no MultiModality; mm: run MultiModality; batch_size: generator batch size;
+    guidance_scale, num_steps: CFG weight w and DDIM steps of every generator; seed: evaluation seed.
+  """
 
-    split: str = "test"
-    replications: int = 20
-    quick: bool = False
-    mm: bool = True
-    batch_size: int = 32
-    guidance_scale: float = GUIDANCE_SCALE
-    num_steps: int = NUM_STEPS
-    seed: int = 0
+  split: str = "test"
+  replications: int = 20
+  quick: bool = False
+  mm: bool = True
+  batch_size: int = 32
+  guidance_scale: float = GUIDANCE_SCALE
+  num_steps: int = NUM_STEPS
+  seed: int = 0
 
-    def __post_init__(self):
-        if self.replications < 1 or self.batch_size < 1 or self.num_steps < 1 or self.guidance_scale < 0:
-            raise ValueError(f"EvaluateConfig: expected replications, batch_size, num_steps >= 1 and "
-                             f"guidance_scale >= 0, found {self.replications}, {self.batch_size}, "
-                             f"{self.num_steps}, {self.guidance_scale}")
+  def __post_init__(self):
+    if self.replications < 1 or self.batch_size < 1 or self.num_steps < 1 or self.guidance_scale < 0:
+      raise ValueError(
+        f"EvaluateConfig: expected replications, batch_size, num_steps >= 1 and "
+        f"guidance_scale >= 0, found {self.replications}, {self.batch_size}, "
+        f"{self.num_steps}, {self.guidance_scale}"
+      )
 
 
 # --------------------------------------------------------------------------------------------- sampling
 @dataclasses.dataclass
 class TestSamples:
-    """One pass of the test loader: x_norm float32 [N, L, D], lengths int32 [N], captions, pos_tokens, names."""
+  """One pass of the test loader: x_norm float32 [N, L, D], lengths int32 [N], captions, pos_tokens, names."""
 
-    x_norm: np.ndarray
-    lengths: np.ndarray
-    captions: list
-    pos_tokens: list
-    names: list
+  x_norm: np.ndarray
+  lengths: np.ndarray
+  captions: list
+  pos_tokens: list
+  names: list
 
 
-def draw_test_samples(dataset: MotionDataset, rng: np.random.Generator, *, indices: Optional[Sequence[int]] = None,
-                      max_length: int = 196, unit_length: int = 4) -> TestSamples:
-    """Random caption + unit-length crop per entry (all entries in dataset order, or ``indices``), normalised
-    with the dataset Mean/Std and zero-padded to ``max_length`` (crops longer than it get a random window)."""
-    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices)
-    arrays, host = batching.make_batch(dataset, idx, rng, pos_only_tokenizer(), max_length=max_length,
-                                       unit_length=unit_length)
-    return TestSamples(arrays["motion"], arrays["length"], host["caption"], host["pos_tokens"], host["name"])
+def draw_test_samples(
+  dataset: MotionDataset,
+  rng: np.random.Generator,
+  *,
+  indices: Optional[Sequence[int]] = None,
+  max_length: int = 196,
+  unit_length: int = 4,
+) -> TestSamples:
+  """Random caption + unit-length crop per entry (all entries in dataset order, or ``indices``), normalised
+  with the dataset Mean/Std and zero-padded to ``max_length`` (crops longer than it get a random window)."""
+  idx = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+  arrays, host = batching.make_batch(
+    dataset, idx, rng, pos_only_tokenizer(), max_length=max_length, unit_length=unit_length
+  )
+  return TestSamples(arrays["motion"], arrays["length"], host["caption"], host["pos_tokens"], host["name"])
 
 
 def _accepts_reference(fn: Callable) -> bool:
-    try:
-        return "reference" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+  try:
+    return "reference" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
 
 
-def run_generator(generate_fn: GenerateFn, samples: TestSamples, rng: jax.Array, batch_size: int,
-                  max_length: int, dim: int) -> np.ndarray:
-    """Calls ``generate_fn(captions, pos_tokens, lengths, rng)`` on fixed ``batch_size`` rows and returns the
-    generated dataset-normalised features [N, max_length, D] with frames >= length zeroed.
+def run_generator(
+  generate_fn: GenerateFn, samples: TestSamples, rng: jax.Array, batch_size: int, max_length: int, dim: int
+) -> np.ndarray:
+  """Calls ``generate_fn(captions, pos_tokens, lengths, rng)`` on fixed ``batch_size`` rows and returns the
+  generated dataset-normalised features [N, max_length, D] with frames >= length zeroed.
 
-    The last batch is padded by repeating its last row (outputs dropped). If ``generate_fn`` has a keyword
-    ``reference``, it also receives the real crops [B, max_length, D] (oracle / real-motion "generators").
-    """
-    n = len(samples.captions)
-    out = np.zeros((n, max_length, dim), np.float32)
-    with_ref = _accepts_reference(generate_fn)
-    for k, s in enumerate(range(0, n, batch_size)):
-        e = min(s + batch_size, n)
-        take = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
-        caps = [samples.captions[i] for i in take]
-        toks = [samples.pos_tokens[i] for i in take]
-        lens = samples.lengths[take].astype(np.int32)
-        kw = {"reference": samples.x_norm[take]} if with_ref else {}
-        x = np.asarray(generate_fn(caps, toks, lens, jax.random.fold_in(rng, k), **kw), np.float32)
-        if x.ndim != 3 or x.shape[0] != batch_size or x.shape[2] != dim or x.shape[1] < int(lens.max()):
-            raise ValueError(f"generate_fn: expected x_norm [{batch_size}, L >= {int(lens.max())}, {dim}] "
-                             f"(dataset-normalised features), found {x.shape}")
-        if not np.all(np.isfinite(x[:e - s])):
-            raise FloatingPointError(f"generate_fn: non-finite values in generated batch {k}")
-        x = x[:e - s, :max_length]
-        mask = np.arange(x.shape[1])[None, :] < lens[:e - s, None]
-        out[s:e, :x.shape[1]] = np.where(mask[..., None], x, 0.0)
-    return out
+  The last batch is padded by repeating its last row (outputs dropped). If ``generate_fn`` has a keyword
+  ``reference``, it also receives the real crops [B, max_length, D] (oracle / real-motion "generators").
+  """
+  n = len(samples.captions)
+  out = np.zeros((n, max_length, dim), np.float32)
+  with_ref = _accepts_reference(generate_fn)
+  for k, s in enumerate(range(0, n, batch_size)):
+    e = min(s + batch_size, n)
+    take = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
+    caps = [samples.captions[i] for i in take]
+    toks = [samples.pos_tokens[i] for i in take]
+    lens = samples.lengths[take].astype(np.int32)
+    kw = {"reference": samples.x_norm[take]} if with_ref else {}
+    x = np.asarray(generate_fn(caps, toks, lens, jax.random.fold_in(rng, k), **kw), np.float32)
+    if x.ndim != 3 or x.shape[0] != batch_size or x.shape[2] != dim or x.shape[1] < int(lens.max()):
+      raise ValueError(
+        f"generate_fn: expected x_norm [{batch_size}, L >= {int(lens.max())}, {dim}] "
+        f"(dataset-normalised features), found {x.shape}"
+      )
+    if not np.all(np.isfinite(x[: e - s])):
+      raise FloatingPointError(f"generate_fn: non-finite values in generated batch {k}")
+    x = x[: e - s, :max_length]
+    mask = np.arange(x.shape[1])[None, :] < lens[: e - s, None]
+    out[s:e, : x.shape[1]] = np.where(mask[..., None], x, 0.0)
+  return out
 
 
 @jax.jit
 def _physical(x_norm, lengths, mean, std):
-    joints = recover_from_ric(x_norm * std + mean, 22)
-    return {"foot_skating": M.foot_skating_ratio(joints, lengths), "jitter": M.jitter(joints, lengths),
-            "floor_penetration": M.floor_penetration(joints, lengths)}
+  joints = recover_from_ric(x_norm * std + mean, 22)
+  return {
+    "foot_skating": M.foot_skating_ratio(joints, lengths),
+    "jitter": M.jitter(joints, lengths),
+    "floor_penetration": M.floor_penetration(joints, lengths),
+  }
 
 
-def physical_metrics(x_norm: np.ndarray, lengths: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                     batch_size: int = 32) -> dict:
-    """Mean over samples of foot skating ratio, jitter (m/s^3) and floor penetration (m); HumanML3D (22 joints)
-    only. Fixed [batch_size] chunks so nothing retraces."""
-    n = x_norm.shape[0]
-    sums = {k: 0.0 for k in PHYSICAL_METRICS}
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        xb = np.zeros((batch_size,) + x_norm.shape[1:], np.float32)
-        xb[:e - s] = x_norm[s:e]
-        lb = np.full((batch_size,), lengths[s], np.int32)
-        lb[:e - s] = lengths[s:e]
-        vals = jax.device_get(_physical(xb, lb, mean, std))
-        for k in sums:
-            sums[k] += float(np.sum(np.asarray(vals[k])[:e - s]))
-    return {k: v / n for k, v in sums.items()}
+def physical_metrics(
+  x_norm: np.ndarray, lengths: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 32
+) -> dict:
+  """Mean over samples of foot skating ratio, jitter (m/s^3) and floor penetration (m); HumanML3D (22 joints)
+  only. Fixed [batch_size] chunks so nothing retraces."""
+  n = x_norm.shape[0]
+  sums = {k: 0.0 for k in PHYSICAL_METRICS}
+  for s in range(0, n, batch_size):
+    e = min(s + batch_size, n)
+    xb = np.zeros((batch_size,) + x_norm.shape[1:], np.float32)
+    xb[: e - s] = x_norm[s:e]
+    lb = np.full((batch_size,), lengths[s], np.int32)
+    lb[: e - s] = lengths[s:e]
+    vals = jax.device_get(_physical(xb, lb, mean, std))
+    for k in sums:
+      sums[k] += float(np.sum(np.asarray(vals[k])[: e - s]))
+  return {k: v / n for k, v in sums.items()}
 
 
 # --------------------------------------------------------------------------------------------- protocol
 def _clamp(name: str, wanted: int, available: int, warnings: list) -> int:
-    if available < wanted:
-        msg = f"{name}: clamped from {wanted} to {available} (only {available} available)"
-        if msg not in warnings:
-            warnings.append(msg)
-            logging.warning("evaluate: %s; numbers are not comparable to the standard protocol", msg)
-        return available
-    return wanted
+  if available < wanted:
+    msg = f"{name}: clamped from {wanted} to {available} (only {available} available)"
+    if msg not in warnings:
+      warnings.append(msg)
+      logging.warning("evaluate: %s; numbers are not comparable to the standard protocol", msg)
+    return available
+  return wanted
 
 
-def evaluate(generate_fn: GenerateFn, evaluator: Evaluator, dataset: MotionDataset, *, replications: int = 20,
-             batch_size: int = 32, max_length: Optional[int] = None, mm: bool = True, mm_num_samples: int = 100,
-             mm_num_repeats: int = 30, mm_num_times: int = 10, diversity_times: int = 300,
-             r_precision_group: int = 32, seed: int = 0, quick: bool = False,
-             reward_fn: Optional[Callable[[np.ndarray, list, np.ndarray], Any]] = None, physical: bool = True,
-             quick_replications: int = 2, unit_length: int = 4, method: str = "generated",
-             progress: bool = False) -> dict:
-    """Runs the protocol of the module docstring.
+def evaluate(
+  generate_fn: GenerateFn,
+  evaluator: Evaluator,
+  dataset: MotionDataset,
+  *,
+  replications: int = 20,
+  batch_size: int = 32,
+  max_length: Optional[int] = None,
+  mm: bool = True,
+  mm_num_samples: int = 100,
+  mm_num_repeats: int = 30,
+  mm_num_times: int = 10,
+  diversity_times: int = 300,
+  r_precision_group: int = 32,
+  seed: int = 0,
+  quick: bool = False,
+  reward_fn: Optional[Callable[[np.ndarray, list, np.ndarray], Any]] = None,
+  physical: bool = True,
+  quick_replications: int = 2,
+  unit_length: int = 4,
+  method: str = "generated",
+  progress: bool = False,
+) -> dict:
+  """Runs the protocol of the module docstring.
 
-    Args:
-      generate_fn: ``(captions [B] str, pos_tokens [B] lists of 'word/POS', lengths int32 [B], rng key) ->
-        x_norm [B, L, D]`` dataset-normalised features, L >= max(lengths) (frames beyond a length ignored).
-        Called with B = ``batch_size`` always. May take a keyword ``reference`` (the real crops).
-      evaluator: an :class:`Evaluator`; its dataset Mean/Std must equal ``dataset``'s.
-      dataset: the TEST split (:func:`load_dataset`), its Mean/Std normalise the real motion.
-      replications: independent passes (20 standard). ``quick``: ``min(replications, quick_replications)``
-        passes, no MultiModality (validation during training).
-      max_length: padded frame window (default ``evaluator.max_length``, 196). Crops longer than it get a
-        random window (only for generators trained on shorter windows; then not the standard protocol).
-      mm, mm_num_samples, mm_num_repeats, mm_num_times: MultiModality and its counts (100 / 30 / 10).
-      diversity_times: diversity pairs (300). r_precision_group: R-precision group (32).
-      reward_fn: optional ``(x_norm [B, L, D], captions, lengths) -> [B]`` reward; reported separately.
-      physical: foot skating / jitter / floor penetration of generated and real motion (HumanML3D only).
-    Returns:
-      dict: ``metrics`` {name: [mean, ci95]} (names of §B.7 plus ``gt_FID``), ``replications`` (per-pass
-      values), ``reward`` and ``physical`` (same format, separate), ``counts``, ``warnings``, ``settings``,
-      ``seconds``, ``method``.
-    """
-    t_start = time.time()
-    evaluator.check_dataset_stats(dataset.mean, dataset.std, "evaluate")
-    max_length = evaluator.max_length if max_length is None else max_length
-    if max_length > evaluator.max_length or max_length % unit_length:
-        raise ValueError(f"evaluate: max_length expected a multiple of {unit_length} <= evaluator.max_length="
-                         f"{evaluator.max_length}, found {max_length}")
-    if max_length < 196:
-        logging.warning("evaluate: max_length=%d < 196: longer crops get a random %d-frame window (not the "
-                        "standard protocol)", max_length, max_length)
-    if quick:
-        replications, mm = min(replications, quick_replications), False
-    n = len(dataset)
-    if n < 2:
-        raise ValueError(f"evaluate: test split {dataset.root!r}/{dataset.split!r} has {n} entries; expected >= 2")
-    if replications < 1:
-        raise ValueError(f"evaluate: replications expected >= 1, found {replications}")
-    physical = physical and dataset.info.joints_num == 22
-    warnings: list = []
-    group = _clamp("r_precision_group", r_precision_group, n, warnings)
-    div_times = _clamp("diversity_times", diversity_times, n, warnings)
-    mm_samples = _clamp("mm_num_samples", mm_num_samples, n, warnings) if mm else 0
-    mm_times = _clamp("mm_num_times", mm_num_times, mm_num_repeats, warnings) if mm else 0
-    root_key = jax.random.PRNGKey(seed)
-    dim = dataset.info.dim
-    reps, reward_reps, phys_reps = [], [], []
-    for r in range(replications):
-        rng = np.random.default_rng([seed, r])
-        key = jax.random.fold_in(root_key, r)
-        gt = draw_test_samples(dataset, rng, max_length=max_length, unit_length=unit_length)
-        gen = run_generator(generate_fn, gt, jax.random.fold_in(key, 0), batch_size, max_length, dim)
-        t_emb = evaluator.embed_text(gt.pos_tokens)
-        gt_emb = evaluator.embed_motion(gt.x_norm, gt.lengths)
-        gen_emb = evaluator.embed_motion(gen, gt.lengths)
-        perm = rng.permutation(n)
-        vals = {k: float(v) for k, v in M.r_precision(t_emb, gen_emb, perm, group_size=group).items()}
-        vals.update({f"gt_{k}": float(v) for k, v in M.r_precision(t_emb, gt_emb, perm, group_size=group).items()})
-        vals["FID"] = M.fid(gen_emb, gt_emb)
-        vals["Diversity"] = float(M.diversity(gen_emb, M.diversity_indices(n, rng, div_times)))
-        vals["gt_Diversity"] = float(M.diversity(gt_emb, M.diversity_indices(n, rng, div_times)))
-        second = draw_test_samples(dataset, rng, max_length=max_length, unit_length=unit_length)
-        vals["gt_FID"] = M.fid(evaluator.embed_motion(second.x_norm, second.lengths), gt_emb)
-        if mm:
-            vals["MultiModality"] = _multimodality(generate_fn, evaluator, dataset, rng, jax.random.fold_in(key, 1),
-                                                   mm_samples, mm_num_repeats, mm_times, batch_size, max_length,
-                                                   unit_length)
-        reps.append(vals)
-        if reward_fn is not None:
-            reward_reps.append({"reward": _reward_mean(reward_fn, gen, gt, batch_size),
-                                "gt_reward": _reward_mean(reward_fn, gt.x_norm, gt, batch_size)})
-        if physical:
-            pg = physical_metrics(gen, gt.lengths, dataset.mean, dataset.std, batch_size)
-            pr = physical_metrics(gt.x_norm, gt.lengths, dataset.mean, dataset.std, batch_size)
-            phys_reps.append({**pg, **{f"gt_{k}": v for k, v in pr.items()}})
-        if progress:   # one short line; every value is in the returned `replications`
-            logging.info("evaluate %s: replication %d/%d: R@1 %.3f, R@3 %.3f, MM-Dist %.2f, FID %.2f (%.0f s)", method,
-                         r + 1, replications, vals["R_precision_top_1"], vals["R_precision_top_3"],
-                         vals["Matching_score"], vals["FID"], time.time() - t_start)
-    lists = lambda d: {k: [float(v[0]), float(v[1])] for k, v in d.items()}
-    results = {
-        "method": method,
-        "metrics": lists(M.summarize_replications(reps)),
-        "replications": reps,
-        "reward": lists(M.summarize_replications(reward_reps)) if reward_reps else {},
-        "reward_replications": reward_reps,
-        "physical": lists(M.summarize_replications(phys_reps)) if phys_reps else {},
-        "physical_replications": phys_reps,
-        "counts": {"test_entries": n, "replications": replications, "r_precision_group": group,
-                   "r_precision_groups": n // group, "diversity_times": div_times,
-                   "mm_num_samples": mm_samples, "mm_num_repeats": mm_num_repeats if mm else 0,
-                   "mm_num_times": mm_times},
-        "warnings": warnings,
-        "settings": {"batch_size": batch_size, "max_length": max_length, "seed": seed, "quick": quick,
-                     "evaluator": evaluator.name, "dataset": f"{dataset.root}:{dataset.split}"},
-    }
-    results["seconds"] = time.time() - t_start
-    return results
+  Args:
+    generate_fn: ``(captions [B] str, pos_tokens [B] lists of 'word/POS', lengths int32 [B], rng key) ->
+      x_norm [B, L, D]`` dataset-normalised features, L >= max(lengths) (frames beyond a length ignored).
+      Called with B = ``batch_size`` always. May take a keyword ``reference`` (the real crops).
+    evaluator: an :class:`Evaluator`; its dataset Mean/Std must equal ``dataset``'s.
+    dataset: the TEST split (:func:`load_dataset`), its Mean/Std normalise the real motion.
+    replications: independent passes (20 standard). ``quick``: ``min(replications, quick_replications)``
+      passes, no MultiModality (validation during training).
+    max_length: padded frame window (default ``evaluator.max_length``, 196). Crops longer than it get a
+      random window (only for generators trained on shorter windows; then not the standard protocol).
+    mm, mm_num_samples, mm_num_repeats, mm_num_times: MultiModality and its counts (100 / 30 / 10).
+    diversity_times: diversity pairs (300). r_precision_group: R-precision group (32).
+    reward_fn: optional ``(x_norm [B, L, D], captions, lengths) -> [B]`` reward; reported separately.
+    physical: foot skating / jitter / floor penetration of generated and real motion (HumanML3D only).
+  Returns:
+    dict: ``metrics`` {name: [mean, ci95]} (names of §B.7 plus ``gt_FID``), ``replications`` (per-pass
+    values), ``reward`` and ``physical`` (same format, separate), ``counts``, ``warnings``, ``settings``,
+    ``seconds``, ``method``.
+  """
+  t_start = time.time()
+  evaluator.check_dataset_stats(dataset.mean, dataset.std, "evaluate")
+  max_length = evaluator.max_length if max_length is None else max_length
+  if max_length > evaluator.max_length or max_length % unit_length:
+    raise ValueError(
+      f"evaluate: max_length expected a multiple of {unit_length} <= evaluator.max_length="
+      f"{evaluator.max_length}, found {max_length}"
+    )
+  if max_length < 196:
+    logging.warning(
+      "evaluate: max_length=%d < 196: longer crops get a random %d-frame window (not the standard protocol)",
+      max_length,
+      max_length,
+    )
+  if quick:
+    replications, mm = min(replications, quick_replications), False
+  n = len(dataset)
+  if n < 2:
+    raise ValueError(f"evaluate: test split {dataset.root!r}/{dataset.split!r} has {n} entries; expected >= 2")
+  if replications < 1:
+    raise ValueError(f"evaluate: replications expected >= 1, found {replications}")
+  physical = physical and dataset.info.joints_num == 22
+  warnings: list = []
+  group = _clamp("r_precision_group", r_precision_group, n, warnings)
+  div_times = _clamp("diversity_times", diversity_times, n, warnings)
+  mm_samples = _clamp("mm_num_samples", mm_num_samples, n, warnings) if mm else 0
+  mm_times = _clamp("mm_num_times", mm_num_times, mm_num_repeats, warnings) if mm else 0
+  root_key = jax.random.PRNGKey(seed)
+  dim = dataset.info.dim
+  reps, reward_reps, phys_reps = [], [], []
+  for r in range(replications):
+    rng = np.random.default_rng([seed, r])
+    key = jax.random.fold_in(root_key, r)
+    gt = draw_test_samples(dataset, rng, max_length=max_length, unit_length=unit_length)
+    gen = run_generator(generate_fn, gt, jax.random.fold_in(key, 0), batch_size, max_length, dim)
+    t_emb = evaluator.embed_text(gt.pos_tokens)
+    gt_emb = evaluator.embed_motion(gt.x_norm, gt.lengths)
+    gen_emb = evaluator.embed_motion(gen, gt.lengths)
+    perm = rng.permutation(n)
+    vals = {k: float(v) for k, v in M.r_precision(t_emb, gen_emb, perm, group_size=group).items()}
+    vals.update({f"gt_{k}": float(v) for k, v in M.r_precision(t_emb, gt_emb, perm, group_size=group).items()})
+    vals["FID"] = M.fid(gen_emb, gt_emb)
+    vals["Diversity"] = float(M.diversity(gen_emb, M.diversity_indices(n, rng, div_times)))
+    vals["gt_Diversity"] = float(M.diversity(gt_emb, M.diversity_indices(n, rng, div_times)))
+    second = draw_test_samples(dataset, rng, max_length=max_length, unit_length=unit_length)
+    vals["gt_FID"] = M.fid(evaluator.embed_motion(second.x_norm, second.lengths), gt_emb)
+    if mm:
+      vals["MultiModality"] = _multimodality(
+        generate_fn,
+        evaluator,
+        dataset,
+        rng,
+        jax.random.fold_in(key, 1),
+        mm_samples,
+        mm_num_repeats,
+        mm_times,
+        batch_size,
+        max_length,
+        unit_length,
+      )
+    reps.append(vals)
+    if reward_fn is not None:
+      reward_reps.append(
+        {
+          "reward": _reward_mean(reward_fn, gen, gt, batch_size),
+          "gt_reward": _reward_mean(reward_fn, gt.x_norm, gt, batch_size),
+        }
+      )
+    if physical:
+      pg = physical_metrics(gen, gt.lengths, dataset.mean, dataset.std, batch_size)
+      pr = physical_metrics(gt.x_norm, gt.lengths, dataset.mean, dataset.std, batch_size)
+      phys_reps.append({**pg, **{f"gt_{k}": v for k, v in pr.items()}})
+    if progress:  # one short line; every value is in the returned `replications`
+      logging.info(
+        "evaluate %s: replication %d/%d: R@1 %.3f, R@3 %.3f, MM-Dist %.2f, FID %.2f (%.0f s)",
+        method,
+        r + 1,
+        replications,
+        vals["R_precision_top_1"],
+        vals["R_precision_top_3"],
+        vals["Matching_score"],
+        vals["FID"],
+        time.time() - t_start,
+      )
+  lists = lambda d: {k: [float(v[0]), float(v[1])] for k, v in d.items()}
+  results = {
+    "method": method,
+    "metrics": lists(M.summarize_replications(reps)),
+    "replications": reps,
+    "reward": lists(M.summarize_replications(reward_reps)) if reward_reps else {},
+    "reward_replications": reward_reps,
+    "physical": lists(M.summarize_replications(phys_reps)) if phys_reps else {},
+    "physical_replications": phys_reps,
+    "counts": {
+      "test_entries": n,
+      "replications": replications,
+      "r_precision_group": group,
+      "r_precision_groups": n // group,
+      "diversity_times": div_times,
+      "mm_num_samples": mm_samples,
+      "mm_num_repeats": mm_num_repeats if mm else 0,
+      "mm_num_times": mm_times,
+    },
+    "warnings": warnings,
+    "settings": {
+      "batch_size": batch_size,
+      "max_length": max_length,
+      "seed": seed,
+      "quick": quick,
+      "evaluator": evaluator.name,
+      "dataset": f"{dataset.root}:{dataset.split}",
+    },
+  }
+  results["seconds"] = time.time() - t_start
+  return results
 
 
-def _multimodality(generate_fn, evaluator, dataset, rng, key, num_samples, repeats, times, batch_size,
-                   max_length, unit_length) -> float:
-    """§B.6: ``num_samples`` entries (own caption and crop), ``repeats`` generations each, all requests packed
-    into fixed ``batch_size`` generator calls; mean distance over ``times`` shared index pairs."""
-    chosen = rng.choice(len(dataset), num_samples, replace=False)
-    items = draw_test_samples(dataset, rng, indices=chosen, max_length=max_length, unit_length=unit_length)
-    rep = np.repeat(np.arange(num_samples), repeats)
-    req = TestSamples(items.x_norm[rep], items.lengths[rep], [items.captions[i] for i in rep],
-                      [items.pos_tokens[i] for i in rep], [items.names[i] for i in rep])
-    gen = run_generator(generate_fn, req, key, batch_size, max_length, dataset.info.dim)
-    emb = evaluator.embed_motion(gen, req.lengths).reshape(num_samples, repeats, -1)
-    i1 = rng.choice(repeats, times, replace=False)
-    i2 = rng.choice(repeats, times, replace=False)
-    return float(M.multimodality(emb, (i1, i2)))
+def _multimodality(
+  generate_fn, evaluator, dataset, rng, key, num_samples, repeats, times, batch_size, max_length, unit_length
+) -> float:
+  """§B.6: ``num_samples`` entries (own caption and crop), ``repeats`` generations each, all requests packed
+  into fixed ``batch_size`` generator calls; mean distance over ``times`` shared index pairs."""
+  chosen = rng.choice(len(dataset), num_samples, replace=False)
+  items = draw_test_samples(dataset, rng, indices=chosen, max_length=max_length, unit_length=unit_length)
+  rep = np.repeat(np.arange(num_samples), repeats)
+  req = TestSamples(
+    items.x_norm[rep],
+    items.lengths[rep],
+    [items.captions[i] for i in rep],
+    [items.pos_tokens[i] for i in rep],
+    [items.names[i] for i in rep],
+  )
+  gen = run_generator(generate_fn, req, key, batch_size, max_length, dataset.info.dim)
+  emb = evaluator.embed_motion(gen, req.lengths).reshape(num_samples, repeats, -1)
+  i1 = rng.choice(repeats, times, replace=False)
+  i2 = rng.choice(repeats, times, replace=False)
+  return float(M.multimodality(emb, (i1, i2)))
 
 
 def _reward_mean(reward_fn, x_norm, samples: TestSamples, batch_size: int) -> float:
-    total, n = 0.0, x_norm.shape[0]
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        take = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
-        r = np.asarray(reward_fn(x_norm[take], [samples.captions[i] for i in take], samples.lengths[take]),
-                       np.float64)
-        if r.shape != (batch_size,) or not np.all(np.isfinite(r)):
-            raise ValueError(f"reward_fn: expected finite [{batch_size}] rewards, found shape {r.shape}")
-        total += float(r[:e - s].sum())
-    return total / n
+  total, n = 0.0, x_norm.shape[0]
+  for s in range(0, n, batch_size):
+    e = min(s + batch_size, n)
+    take = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
+    r = np.asarray(reward_fn(x_norm[take], [samples.captions[i] for i in take], samples.lengths[take]), np.float64)
+    if r.shape != (batch_size,) or not np.all(np.isfinite(r)):
+      raise ValueError(f"reward_fn: expected finite [{batch_size}] rewards, found shape {r.shape}")
+    total += float(r[: e - s].sum())
+  return total / n
 
 
 # --------------------------------------------------------------------------------------------- reporting
 def table_rows(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], real_row: bool = True) -> dict:
-    """Rows of the standard table: 'Real' (the gt_* values of the first result) then one row per method."""
-    res = [results] if isinstance(results, Mapping) else list(results)
-    rows = {}
-    if real_row and res:
-        m = res[0]["metrics"]
-        rows["Real"] = {k[3:]: tuple(v) for k, v in m.items() if k.startswith("gt_")}
-    for r in res:
-        rows[r.get("method", "generated")] = {k: tuple(v) for k, v in r["metrics"].items() if not k.startswith("gt_")}
-    return rows
+  """Rows of the standard table: 'Real' (the gt_* values of the first result) then one row per method."""
+  res = [results] if isinstance(results, Mapping) else list(results)
+  rows = {}
+  if real_row and res:
+    m = res[0]["metrics"]
+    rows["Real"] = {k[3:]: tuple(v) for k, v in m.items() if k.startswith("gt_")}
+  for r in res:
+    rows[r.get("method", "generated")] = {k: tuple(v) for k, v in r["metrics"].items() if not k.startswith("gt_")}
+  return rows
 
 
 def format_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: the evaluator table, then (separately) the reward model's score and physical extras."""
-    res = [results] if isinstance(results, Mapping) else list(results)
-    out = ["## Evaluator metrics (mean ± 95% CI)\n", M.format_markdown_table(table_rows(res))]
-    if any(r.get("reward") for r in res):
-        rows = {"Real": {"reward": tuple(res[0]["reward"]["gt_reward"])}} if res[0].get("reward") else {}
-        rows.update({r["method"]: {"reward": tuple(r["reward"]["reward"])} for r in res if r.get("reward")})
-        out += ["\n## Reward model score (not an evaluator metric)\n",
-                M.format_markdown_table(rows, columns=(("reward", "Reward ↑"),))]
-    if any(r.get("physical") for r in res):
-        cols = (("foot_skating", "Foot skating ↓"), ("jitter", "Jitter (m/s³) ↓"),
-                ("floor_penetration", "Floor penetration (m) ↓"))
-        rows = {}
-        if res[0].get("physical"):
-            rows["Real"] = {k[3:]: tuple(v) for k, v in res[0]["physical"].items() if k.startswith("gt_")}
-        rows.update({r["method"]: {k: tuple(v) for k, v in r["physical"].items() if not k.startswith("gt_")}
-                     for r in res if r.get("physical")})
-        out += ["\n## Physical plausibility\n", M.format_markdown_table(rows, columns=cols, precision=4)]
-    notes = []
-    for r in res:
-        c = r["counts"]
-        notes.append(f"- {r['method']}: {c['replications']} replications, {c['test_entries']} test entries, "
-                     f"R-precision groups {c['r_precision_groups']} x {c['r_precision_group']}, diversity pairs "
-                     f"{c['diversity_times']}, MM {c['mm_num_samples']} x {c['mm_num_repeats']} "
-                     f"(pairs {c['mm_num_times']}); evaluator {r['settings']['evaluator']}")
-        notes += [f"  - warning: {w}" for w in r.get("warnings", [])]
-    out += ["\n## Counts\n", "\n".join(notes) + "\n"]
-    return "".join(out)
+  """Markdown: the evaluator table, then (separately) the reward model's score and physical extras."""
+  res = [results] if isinstance(results, Mapping) else list(results)
+  out = ["## Evaluator metrics (mean ± 95% CI)\n", M.format_markdown_table(table_rows(res))]
+  if any(r.get("reward") for r in res):
+    rows = {"Real": {"reward": tuple(res[0]["reward"]["gt_reward"])}} if res[0].get("reward") else {}
+    rows.update({r["method"]: {"reward": tuple(r["reward"]["reward"])} for r in res if r.get("reward")})
+    out += [
+      "\n## Reward model score (not an evaluator metric)\n",
+      M.format_markdown_table(rows, columns=(("reward", "Reward ↑"),)),
+    ]
+  if any(r.get("physical") for r in res):
+    cols = (
+      ("foot_skating", "Foot skating ↓"),
+      ("jitter", "Jitter (m/s³) ↓"),
+      ("floor_penetration", "Floor penetration (m) ↓"),
+    )
+    rows = {}
+    if res[0].get("physical"):
+      rows["Real"] = {k[3:]: tuple(v) for k, v in res[0]["physical"].items() if k.startswith("gt_")}
+    rows.update(
+      {
+        r["method"]: {k: tuple(v) for k, v in r["physical"].items() if not k.startswith("gt_")}
+        for r in res
+        if r.get("physical")
+      }
+    )
+    out += ["\n## Physical plausibility\n", M.format_markdown_table(rows, columns=cols, precision=4)]
+  notes = []
+  for r in res:
+    c = r["counts"]
+    notes.append(
+      f"- {r['method']}: {c['replications']} replications, {c['test_entries']} test entries, "
+      f"R-precision groups {c['r_precision_groups']} x {c['r_precision_group']}, diversity pairs "
+      f"{c['diversity_times']}, MM {c['mm_num_samples']} x {c['mm_num_repeats']} "
+      f"(pairs {c['mm_num_times']}); evaluator {r['settings']['evaluator']}"
+    )
+    notes += [f"  - warning: {w}" for w in r.get("warnings", [])]
+  out += ["\n## Counts\n", "\n".join(notes) + "\n"]
+  return "".join(out)
 
 
-def write_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], out_dir: str,
-                  name: str = "eval") -> dict:
-    """Writes ``<out_dir>/<name>.json`` (all results) and ``<out_dir>/<name>.md`` (tables); returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    res = [results] if isinstance(results, Mapping) else list(results)
-    paths = {"json": os.path.join(out_dir, f"{name}.json"), "markdown": os.path.join(out_dir, f"{name}.md")}
-    payload = res[0] if isinstance(results, Mapping) else {"results": res}
-    with open(paths["json"], "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-    with open(paths["markdown"], "w") as f:
-        f.write(format_results(res))
-    return paths
+def write_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], out_dir: str, name: str = "eval") -> dict:
+  """Writes ``<out_dir>/<name>.json`` (all results) and ``<out_dir>/<name>.md`` (tables); returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  res = [results] if isinstance(results, Mapping) else list(results)
+  paths = {"json": os.path.join(out_dir, f"{name}.json"), "markdown": os.path.join(out_dir, f"{name}.md")}
+  payload = res[0] if isinstance(results, Mapping) else {"results": res}
+  with open(paths["json"], "w") as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  with open(paths["markdown"], "w") as f:
+    f.write(format_results(res))
+  return paths

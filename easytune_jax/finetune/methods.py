@@ -175,13 +175,11 @@ class FinetuneConfig:
     if self.eta < 0:
       raise ValueError(f"{name}.eta: expected >= 0, found {self.eta}")
     if self.sampler_variant not in SAMPLER_VARIANTS:
-      raise ValueError(f"{name}.sampler_variant: expected one of {SAMPLER_VARIANTS}, "
-                       f"found {self.sampler_variant!r}")
+      raise ValueError(f"{name}.sampler_variant: expected one of {SAMPLER_VARIANTS}, found {self.sampler_variant!r}")
     if self.reward_input not in REWARD_INPUTS:
       raise ValueError(f"{name}.reward_input: expected one of {REWARD_INPUTS}, found {self.reward_input!r}")
     if self.reward_timestep not in REWARD_TIMESTEPS:
-      raise ValueError(f"{name}.reward_timestep: expected one of {REWARD_TIMESTEPS}, "
-                       f"found {self.reward_timestep!r}")
+      raise ValueError(f"{name}.reward_timestep: expected one of {REWARD_TIMESTEPS}, found {self.reward_timestep!r}")
     if self.regularizer not in REGULARIZERS:
       raise ValueError(f"{name}.regularizer: expected one of {REGULARIZERS}, found {self.regularizer!r}")
     if self.reg_weight < 0:
@@ -189,16 +187,23 @@ class FinetuneConfig:
     if self.grad_chunk < 1:
       raise ValueError(f"{name}.grad_chunk: expected >= 1, found {self.grad_chunk}")
     if self.grad_chunk > 1 and (not self.policy.per_step_updates or self.sampler_variant != "frozen"):
-      raise ValueError(f"{name}.grad_chunk: batched per-step gradients need a per-step method (easytune) with "
-                       f"sampler_variant='frozen' (independent gradients at theta_old), found "
-                       f"grad_chunk={self.grad_chunk} with method={self.method!r}, "
-                       f"sampler_variant={self.sampler_variant!r}")
+      raise ValueError(
+        f"{name}.grad_chunk: batched per-step gradients need a per-step method (easytune) with "
+        f"sampler_variant='frozen' (independent gradients at theta_old), found "
+        f"grad_chunk={self.grad_chunk} with method={self.method!r}, "
+        f"sampler_variant={self.sampler_variant!r}"
+      )
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"{name}.compute_dtype: expected one of {COMPUTE_DTYPES}, found {self.compute_dtype!r}")
     if self.policy.check is not None:
       self.policy.check(self)
-    sampling.SamplerConfig(num_steps=T, guidance_scale=self.guidance_scale, eta=self.eta,
-                           timestep_spacing=self.timestep_spacing, steps_offset=self.steps_offset)
+    sampling.SamplerConfig(
+      num_steps=T,
+      guidance_scale=self.guidance_scale,
+      eta=self.eta,
+      timestep_spacing=self.timestep_spacing,
+      steps_offset=self.steps_offset,
+    )
 
   @property
   def policy(self) -> "StepPolicy":
@@ -231,9 +236,13 @@ class FinetuneConfig:
     return self.num_grad_steps if self.policy.per_step_updates else 1
 
   def sampler_config(self) -> sampling.SamplerConfig:
-    return sampling.SamplerConfig(num_steps=self.num_steps, guidance_scale=self.guidance_scale,
-                                  eta=self.eta, timestep_spacing=self.timestep_spacing,
-                                  steps_offset=self.steps_offset)
+    return sampling.SamplerConfig(
+      num_steps=self.num_steps,
+      guidance_scale=self.guidance_scale,
+      eta=self.eta,
+      timestep_spacing=self.timestep_spacing,
+      steps_offset=self.steps_offset,
+    )
 
 
 # --------------------------------------------------------------------------------------------- shared step
@@ -284,8 +293,7 @@ class _Ctx:
 
   def out(self, params, x_in, i, cond, uncond):
     """Guided denoiser output at step i for input x_in [B, ...]."""
-    return sampling.guided_denoise(self.denoise, params, x_in, self.timesteps.t[i], cond, uncond,
-                                   self.guidance_scale)
+    return sampling.guided_denoise(self.denoise, params, x_in, self.timesteps.t[i], cond, uncond, self.guidance_scale)
 
   def ddim(self, out, x_t, i, rng):
     """DDIM update of x_t with a given model output -> (x_prev, x0_hat)."""
@@ -294,14 +302,14 @@ class _Ctx:
       if rng is None:
         raise ValueError("finetune: eta > 0 needs an rng for the DDIM noise")
       noise = sampling.step_noise(rng, i, x_t.shape, x_t.dtype)
-    return schedules.ddim_step(self.schedule, out, x_t, self.timesteps.t[i], self.timesteps.prev_t[i],
-                               eta=self.eta, noise=noise)
+    return schedules.ddim_step(
+      self.schedule, out, x_t, self.timesteps.t[i], self.timesteps.prev_t[i], eta=self.eta, noise=noise
+    )
 
   def _call_reward(self, x, cond, t):
     if self.decode is not None:
       x = self.decode(x, cond)
-    tt = None if self.reward_timestep is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32),
-                                                                   x.shape[:1])
+    tt = None if self.reward_timestep is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32), x.shape[:1])
     r = self.reward(x, cond, tt)
     if r.shape != x.shape[:1]:
       raise ValueError(f"finetune: reward must return shape [B]={x.shape[:1]}, found {r.shape}")
@@ -333,15 +341,18 @@ class _Ctx:
 def cast_floating(tree: Any, dtype: Any) -> Any:
   """`tree` with every floating-point array leaf cast to `dtype` (integer, bool and key leaves, and
   non-array leaves, unchanged)."""
+
   def cast(x):
     if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
       return jnp.asarray(x).astype(dtype)
     return x
+
   return jax.tree.map(cast, tree)
 
 
-def with_compute_dtype(denoise: Denoiser, reward: Reward, decode: Optional[Decoder],
-                       compute_dtype: str = "float32") -> tuple[Denoiser, Reward, Optional[Decoder]]:
+def with_compute_dtype(
+  denoise: Denoiser, reward: Reward, decode: Optional[Decoder], compute_dtype: str = "float32"
+) -> tuple[Denoiser, Reward, Optional[Decoder]]:
   """The three apply functions run in `compute_dtype` ('float32': returned unchanged).
 
   'bfloat16': the denoiser's params and every floating input (x [B, ...], cond pytrees) are cast to
@@ -363,23 +374,34 @@ def with_compute_dtype(denoise: Denoiser, reward: Reward, decode: Optional[Decod
 
   decode_c = None
   if decode is not None:
+
     def decode_c(z, cond):
       return decode(z.astype(dt), cast_floating(cond, dt)).astype(jnp.float32)
+
   return denoise_c, reward_c, decode_c
 
 
 def _ctx(config: FinetuneConfig, denoise, reward, schedule, decode) -> _Ctx:
   denoise, reward, decode = with_compute_dtype(denoise, reward, decode, config.compute_dtype)
-  return _Ctx(denoise=denoise, reward=reward, decode=decode, schedule=schedule,
-              timesteps=sampling.make_timesteps(schedule, config.sampler_config()),
-              guidance_scale=config.guidance_scale, eta=config.eta, reward_input=config.reward_input,
-              reward_timestep=config.reward_timestep, reward_scale=config.reward_scale,
-              kl_weight=config.reg_weight if config.regularizer == "kl" else 0.0)
+  return _Ctx(
+    denoise=denoise,
+    reward=reward,
+    decode=decode,
+    schedule=schedule,
+    timesteps=sampling.make_timesteps(schedule, config.sampler_config()),
+    guidance_scale=config.guidance_scale,
+    eta=config.eta,
+    reward_input=config.reward_input,
+    reward_timestep=config.reward_timestep,
+    reward_scale=config.reward_scale,
+    kl_weight=config.reg_weight if config.regularizer == "kl" else 0.0,
+  )
 
 
 # --------------------------------------------------------------------------------------------- regulariser A
-def diffusion_loss(denoise: Denoiser, schedule: schedules.Schedule, params: Any,
-                   data_batch: Mapping[str, Any], rng: jax.Array) -> jax.Array:
+def diffusion_loss(
+  denoise: Denoiser, schedule: schedules.Schedule, params: Any, data_batch: Mapping[str, Any], rng: jax.Array
+) -> jax.Array:
   """Standard denoising loss on data: mean over (masked) elements of (denoise(x_t, t) - target)^2.
 
   data_batch: {'x0': [B, ...] clean data (latents or motion), 'cond': pytree [B, ...],
@@ -394,16 +416,13 @@ def diffusion_loss(denoise: Denoiser, schedule: schedules.Schedule, params: Any,
   t = schedules.sample_train_timesteps(k_t, x0.shape[0], schedule)
   noise = jax.random.normal(k_n, x0.shape, x0.dtype)
   x_t = schedules.add_noise(schedule, x0, noise, t)
-  err = jnp.square(denoise(params, x_t, t, data_batch["cond"]) -
-                   schedules.training_target(schedule, x0, noise, t))
+  err = jnp.square(denoise(params, x_t, t, data_batch["cond"]) - schedules.training_target(schedule, x0, noise, t))
   mask = data_batch.get("mask")
   if mask is None:
     return jnp.mean(err)
   w = jnp.asarray(mask, err.dtype).reshape(mask.shape + (1,) * (err.ndim - mask.ndim))
   w = jnp.broadcast_to(w, err.shape)
   return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
 
 
 # --------------------------------------------------------------------------------------------- method table
@@ -489,8 +508,9 @@ def _alignprop_choose(rng, c):
   return Choice(0, alignprop_mask(rng, c.p, c.num_steps), jnp.asarray(c.num_steps - 1, jnp.int32), _zero())
 
 
-def drtune_choices(rng: jax.Array, num_steps: int, num_train: int, t_train: int,
-                   stop_range: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def drtune_choices(
+  rng: jax.Array, num_steps: int, num_train: int, t_train: int, stop_range: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """DRTune's random choices: (grad_mask bool [T], offset s, i_min).
 
   Training steps s + j * (t_train // K), j < K, with s ~ U{0..t_train - K * (t_train // K)};
@@ -513,35 +533,58 @@ def _drtune_check(c):
   if c.k is not None and c.k > c.train_span:
     raise ValueError(f"FinetuneConfig.k: DRTune needs k <= t_train={c.train_span}, found {c.k}")
   if c.reward_input != "x0_hat":
-    raise ValueError("FinetuneConfig.reward_input: DRTune scores x0_hat at i_min, expected 'x0_hat', "
-                     f"found {c.reward_input!r}")
+    raise ValueError(
+      f"FinetuneConfig.reward_input: DRTune scores x0_hat at i_min, expected 'x0_hat', found {c.reward_input!r}"
+    )
 
 
 # The methods, one row each. A new method is one row here (plus a FinetuneConfig field if it needs a new
 # hyper-parameter); configs, the builders, the benchmark and the launchers read the table.
 METHODS: dict[str, StepPolicy] = {
-    # EasyTune: each of the last K steps is its own loss at a stopped input, scored step-aware, applied at once.
-    "easytune": StepPolicy("EasyTune", span=lambda c: c.num_grad_steps, sg_every_input=True, scores="step",
-                           per_step_updates=True, default_k=lambda c: c.num_steps, uses=("k",)),
-    # DRaFT-K: backprop through the last K steps into R(x_0).
-    "draft": StepPolicy("DRaFT", span=lambda c: c.num_grad_steps, choose=_draft_choose, uses=("k",)),
-    # ReFL: one step with gradient at i_stop ~ U{T-M..T-1}, scored at its x0_hat.
-    "refl": StepPolicy("ReFL", span=lambda c: 1, choose=_refl_choose, scores="step",
-                       grad_steps=lambda c: 1.0, uses=("m",)),
-    # AlignProp: all T steps, a Bernoulli(p) mask of steps run the denoiser with gradient, R(x_0).
-    "alignprop": StepPolicy("AlignProp", span=lambda c: c.num_steps, choose=_alignprop_choose, masked=True,
-                            grad_steps=lambda c: c.p * c.num_steps, uses=("p",)),
-    # DRTune: sg at every denoiser input, K evenly spaced training steps, scored at x0_hat of i_min.
-    "drtune": StepPolicy("DRTune", span=lambda c: c.num_steps, choose=_drtune_choose, masked=True,
-                         sg_every_input=True, scores="step",
-                         default_k=lambda c: min(5, c.train_span), uses=("k", "m", "t_train"),
-                         check=_drtune_check),
+  # EasyTune: each of the last K steps is its own loss at a stopped input, scored step-aware, applied at once.
+  "easytune": StepPolicy(
+    "EasyTune",
+    span=lambda c: c.num_grad_steps,
+    sg_every_input=True,
+    scores="step",
+    per_step_updates=True,
+    default_k=lambda c: c.num_steps,
+    uses=("k",),
+  ),
+  # DRaFT-K: backprop through the last K steps into R(x_0).
+  "draft": StepPolicy("DRaFT", span=lambda c: c.num_grad_steps, choose=_draft_choose, uses=("k",)),
+  # ReFL: one step with gradient at i_stop ~ U{T-M..T-1}, scored at its x0_hat.
+  "refl": StepPolicy(
+    "ReFL", span=lambda c: 1, choose=_refl_choose, scores="step", grad_steps=lambda c: 1.0, uses=("m",)
+  ),
+  # AlignProp: all T steps, a Bernoulli(p) mask of steps run the denoiser with gradient, R(x_0).
+  "alignprop": StepPolicy(
+    "AlignProp",
+    span=lambda c: c.num_steps,
+    choose=_alignprop_choose,
+    masked=True,
+    grad_steps=lambda c: c.p * c.num_steps,
+    uses=("p",),
+  ),
+  # DRTune: sg at every denoiser input, K evenly spaced training steps, scored at x0_hat of i_min.
+  "drtune": StepPolicy(
+    "DRTune",
+    span=lambda c: c.num_steps,
+    choose=_drtune_choose,
+    masked=True,
+    sg_every_input=True,
+    scores="step",
+    default_k=lambda c: min(5, c.train_span),
+    uses=("k", "m", "t_train"),
+    check=_drtune_check,
+  ),
 }
 
 
 # --------------------------------------------------------------------------------------------- executor
-def _run_span(ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: int, remat: bool, rng,
-              cond, uncond, base_params):
+def _run_span(
+  ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: int, remat: bool, rng, cond, uncond, base_params
+):
   """Runs the differentiated span: steps choice.start .. start+length-1 from x (held constant).
 
   Step i runs the denoiser at params with gradient (or, for masked rows off grad_mask, with its output
@@ -572,14 +615,15 @@ def _run_span(ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: 
     x_prev, x0_hat = ctx.ddim(out, x, i, rng)
     return x_prev, x0_hat, kl, g
 
-  if length == 1:   # one step (EasyTune's per-step loss, ReFL): no scan
+  if length == 1:  # one step (EasyTune's per-step loss, ReFL): no scan
     x_end, x0_at, kl, _ = (jax.checkpoint(step, prevent_cse=False) if remat else step)(x, choice.start)
     xp_at = x_end
   else:
+
     def body(carry, j):
       x, x0_at, xp_at, kl_sum, n = carry
       i = choice.start + j
-      if track:   # steps after the loss step are skipped; the loss step's outputs are kept
+      if track:  # steps after the loss step are skipped; the loss step's outputs are kept
         skip = lambda x: (x, jnp.zeros_like(x), jnp.zeros((), x.dtype), jnp.asarray(False))
         x_prev, x0_hat, kl, g = jax.lax.cond(i <= choice.loss_index, lambda x: step(x, i), skip, x)
         at = i == choice.loss_index
@@ -588,7 +632,7 @@ def _run_span(ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: 
         x_prev, _, kl, g = step(x, i)
       return (x_prev, x0_at, xp_at, kl_sum + kl, n + g.astype(jnp.int32)), None
 
-    if remat:   # checkpoint the whole step (conds included): only the carry is stored per step
+    if remat:  # checkpoint the whole step (conds included): only the carry is stored per step
       body = jax.checkpoint(body, prevent_cse=False)
     empty = jnp.zeros_like(x) if track else jnp.zeros((), x.dtype)
     init = (x, empty, empty, jnp.zeros((), x.dtype), jnp.zeros((), jnp.int32))
@@ -599,8 +643,9 @@ def _run_span(ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: 
     scored = x0_at if ctx.reward_input == "x0_hat" else xp_at
   else:
     r, scored = ctx.score_final(x_end, cond), x_end
-  aux = TrajectoryAux(sg(scored), sg(r), sg(kl), choice.grad_mask, jnp.asarray(choice.loss_index, jnp.int32),
-                      choice.offset)
+  aux = TrajectoryAux(
+    sg(scored), sg(r), sg(kl), choice.grad_mask, jnp.asarray(choice.loss_index, jnp.int32), choice.offset
+  )
   return ctx.objective(r, kl), (aux, sg(x_end), sg(x0_at))
 
 
@@ -610,17 +655,37 @@ def _nograd_prefix(ctx: _Ctx, params, x_T, start, cond, uncond, rng):
   if isinstance(start, int):
     if start == 0:
       return x_T
-    return sampling.sample(ctx.denoise, p0, ctx.schedule, ctx.timesteps, x_T, cond, uncond, ctx.guidance_scale,
-                           ctx.eta, rng, stop_index=start).x0
+    return sampling.sample(
+      ctx.denoise,
+      p0,
+      ctx.schedule,
+      ctx.timesteps,
+      x_T,
+      cond,
+      uncond,
+      ctx.guidance_scale,
+      ctx.eta,
+      rng,
+      stop_index=start,
+    ).x0
   return jax.lax.fori_loop(0, start, lambda i, x: ctx.ddim(ctx.out(p0, x, i, cond, uncond), x, i, rng)[0], x_T)
 
 
 # --------------------------------------------------------------------------------------------- one-step loss
-def make_step_loss(denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
-                   timesteps: sampling.Timesteps, guidance_scale: float = sampling.GUIDANCE_SCALE, *, eta: float = 0.0,
-                   decode: Optional[Decoder] = None, reward_input: str = "x0_hat",
-                   reward_timestep: Optional[str] = None, reward_scale: float = 1.0,
-                   kl_weight: float = 0.0) -> Callable:
+def make_step_loss(
+  denoise: Denoiser,
+  reward: Reward,
+  schedule: schedules.Schedule,
+  timesteps: sampling.Timesteps,
+  guidance_scale: float = sampling.GUIDANCE_SCALE,
+  *,
+  eta: float = 0.0,
+  decode: Optional[Decoder] = None,
+  reward_input: str = "x0_hat",
+  reward_timestep: Optional[str] = None,
+  reward_scale: float = 1.0,
+  kl_weight: float = 0.0,
+) -> Callable:
   """EasyTune's one-step loss (the executor's one-step span).
 
   Returns `step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None)
@@ -635,10 +700,20 @@ def make_step_loss(denoise: Denoiser, reward: Reward, schedule: schedules.Schedu
   if reward_input not in REWARD_INPUTS:
     raise ValueError(f"make_step_loss.reward_input: expected one of {REWARD_INPUTS}, found {reward_input!r}")
   if reward_timestep not in REWARD_TIMESTEPS:
-    raise ValueError(f"make_step_loss.reward_timestep: expected one of {REWARD_TIMESTEPS}, "
-                     f"found {reward_timestep!r}")
-  ctx = _Ctx(denoise, reward, decode, schedule, timesteps, guidance_scale, eta, reward_input,
-             reward_timestep, reward_scale, kl_weight)
+    raise ValueError(f"make_step_loss.reward_timestep: expected one of {REWARD_TIMESTEPS}, found {reward_timestep!r}")
+  ctx = _Ctx(
+    denoise,
+    reward,
+    decode,
+    schedule,
+    timesteps,
+    guidance_scale,
+    eta,
+    reward_input,
+    reward_timestep,
+    reward_scale,
+    kl_weight,
+  )
   return _step_loss_from_ctx(ctx, METHODS["easytune"])
 
 
@@ -646,9 +721,11 @@ def _step_loss_from_ctx(ctx: _Ctx, policy: StepPolicy) -> Callable:
   def step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None):
     i = jnp.asarray(step_index, jnp.int32)
     choice = Choice(i, None, i, _zero())
-    loss, (aux, x_prev, x0_hat) = _run_span(ctx, policy, params, sg(x_t), choice, 1, False, rng, cond, uncond,
-                                            base_params)
+    loss, (aux, x_prev, x0_hat) = _run_span(
+      ctx, policy, params, sg(x_t), choice, 1, False, rng, cond, uncond, base_params
+    )
     return loss, StepAux(x_prev, x0_hat, aux.reward, aux.kl)
+
   return step_loss
 
 
@@ -660,9 +737,16 @@ def _check_regularizer_inputs(config, data_batch, base_params):
 
 
 # --------------------------------------------------------------------------------------------- per-step rows
-def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
-                         schedule: schedules.Schedule, tx: optax.GradientTransformation, *,
-                         decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
+def make_per_step_update(
+  config: FinetuneConfig,
+  denoise: Denoiser,
+  reward: Reward,
+  schedule: schedules.Schedule,
+  tx: optax.GradientTransformation,
+  *,
+  decode: Optional[Decoder] = None,
+  ema_decay: float = 0.0,
+) -> Callable:
   """A per-step row's update (EasyTune): `update(state, x_T, cond, uncond, rng, data_batch=None,
   base_params=None)`.
 
@@ -684,8 +768,10 @@ def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
   """
   policy = config.policy
   if not policy.per_step_updates:
-    raise ValueError(f"make_per_step_update: method {config.method!r} updates once per trajectory "
-                     "(use make_trajectory_update or make_update_fn)")
+    raise ValueError(
+      f"make_per_step_update: method {config.method!r} updates once per trajectory "
+      "(use make_trajectory_update or make_update_fn)"
+    )
   ctx = _ctx(config, denoise, reward, schedule, decode)
   step_loss = _step_loss_from_ctx(ctx, policy)
   T, K, C = ctx.T, policy.span(config), config.chunk_size
@@ -701,19 +787,21 @@ def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
 
     def value_and_grad(at, x_t, i):
       """((loss [], StepAux), grads) of step i's loss at params `at`, x_t [B, ...] held constant."""
+
       def loss_fn(p):
         loss, aux = step_loss(p, x_t, i, cond, uncond, noise_rng, base_params)
         if use_data:
-          loss = loss + config.reg_weight * diffusion_loss(ctx.denoise, schedule, p, data_batch,
-                                                           jax.random.fold_in(reg_rng, i))
+          loss = loss + config.reg_weight * diffusion_loss(
+            ctx.denoise, schedule, p, data_batch, jax.random.fold_in(reg_rng, i)
+          )
         return loss, aux
+
       return jax.value_and_grad(loss_fn, has_aux=True)(at)
 
     def apply(st, grads, loss, reward):
       """One optimizer update; reward [B] of the step."""
       st, finite = apply_gradients(st, grads, tx, loss, ema_decay)
-      return st, {"loss": loss, "reward": jnp.mean(reward), "grad_norm": optax.tree.norm(grads),
-                  "finite": finite}
+      return st, {"loss": loss, "reward": jnp.mean(reward), "grad_norm": optax.tree.norm(grads), "finite": finite}
 
     def body(carry, i):
       st, x_t = carry
@@ -728,7 +816,7 @@ def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
       def nograd_step(x, i):
         return ctx.ddim(ctx.out(theta_old, x, i, cond, uncond), x, i, noise_rng)[0], x
 
-      x_next, xs = jax.lax.scan(nograd_step, x_t, idx)           # xs [c, B, ...]: the steps' inputs
+      x_next, xs = jax.lax.scan(nograd_step, x_t, idx)  # xs [c, B, ...]: the steps' inputs
       (loss, aux), grads = jax.vmap(lambda x, i: value_and_grad(theta_old, x, i))(xs, idx)
       st, m = jax.lax.scan(lambda s, a: apply(s, *a), st, (grads, loss, aux.reward))
       return (st, x_next), m
@@ -739,24 +827,35 @@ def make_per_step_update(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
       (state, _), ms = jax.lax.scan(body, (state, x), steps)
     else:
       n, rem = divmod(K, C)
-      (state, x), ms = jax.lax.scan(chunk, (state, x), steps[:n * C].reshape(n, C))
+      (state, x), ms = jax.lax.scan(chunk, (state, x), steps[: n * C].reshape(n, C))
       ms = jax.tree.map(lambda a: a.reshape((n * C,) + a.shape[2:]), ms)
       if rem:
-        (state, _), m_rem = chunk((state, x), steps[n * C:])
+        (state, _), m_rem = chunk((state, x), steps[n * C :])
         ms = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ms, m_rem)
-    metrics = {"loss_per_step": ms["loss"], "reward_per_step": ms["reward"],
-               "grad_norm_per_step": ms["grad_norm"], "finite_per_step": ms["finite"],
-               "loss": jnp.mean(ms["loss"]), "reward": jnp.mean(ms["reward"]),
-               "grad_norm": jnp.mean(ms["grad_norm"]), "finite": jnp.all(ms["finite"]),
-               "skipped": state.skipped - skipped0}
+    metrics = {
+      "loss_per_step": ms["loss"],
+      "reward_per_step": ms["reward"],
+      "grad_norm_per_step": ms["grad_norm"],
+      "finite_per_step": ms["finite"],
+      "loss": jnp.mean(ms["loss"]),
+      "reward": jnp.mean(ms["reward"]),
+      "grad_norm": jnp.mean(ms["grad_norm"]),
+      "finite": jnp.all(ms["finite"]),
+      "skipped": state.skipped - skipped0,
+    }
     return state, metrics
 
   return update
 
 
 # --------------------------------------------------------------------------------------------- trajectory rows
-def make_trajectory_loss(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
-                         schedule: schedules.Schedule, decode: Optional[Decoder] = None) -> Callable:
+def make_trajectory_loss(
+  config: FinetuneConfig,
+  denoise: Denoiser,
+  reward: Reward,
+  schedule: schedules.Schedule,
+  decode: Optional[Decoder] = None,
+) -> Callable:
   """A trajectory row's loss (DRaFT-K, ReFL, AlignProp, DRTune, ...):
   `loss(params, x_T, cond, uncond, rng, base_params=None) -> (loss [], TrajectoryAux)`; one `jax.grad` of
   it is one update.
@@ -767,8 +866,10 @@ def make_trajectory_loss(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
   """
   policy = config.policy
   if policy.per_step_updates:
-    raise ValueError(f"make_trajectory_loss: method {config.method!r} updates per step, not per trajectory "
-                     "(its update is `make_per_step_update`)")
+    raise ValueError(
+      f"make_trajectory_loss: method {config.method!r} updates per step, not per trajectory "
+      "(its update is `make_per_step_update`)"
+    )
   ctx = _ctx(config, denoise, reward, schedule, decode)
   length = policy.span(config)
 
@@ -777,19 +878,29 @@ def make_trajectory_loss(config: FinetuneConfig, denoise: Denoiser, reward: Rewa
     noise_rng = noise_rng if config.eta > 0 else None
     choice = policy.choose(choice_rng, config)
     if policy.scores == "final" and isinstance(choice.start, int) and choice.start + length != ctx.T:
-      raise ValueError(f"StepPolicy({policy.label}): scores='final' needs the span to end at step T-1, "
-                       f"found start {choice.start} + span {length} != T={ctx.T}")
+      raise ValueError(
+        f"StepPolicy({policy.label}): scores='final' needs the span to end at step T-1, "
+        f"found start {choice.start} + span {length} != T={ctx.T}"
+      )
     x = sg(_nograd_prefix(ctx, params, x_T, choice.start, cond, uncond, noise_rng))
-    loss, (aux, _, _) = _run_span(ctx, policy, params, x, choice, length, config.remat, noise_rng, cond, uncond,
-                                  base_params)
+    loss, (aux, _, _) = _run_span(
+      ctx, policy, params, x, choice, length, config.remat, noise_rng, cond, uncond, base_params
+    )
     return loss, aux
 
   return loss_fn
 
 
-def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Reward,
-                           schedule: schedules.Schedule, tx: optax.GradientTransformation, *,
-                           decode: Optional[Decoder] = None, ema_decay: float = 0.0) -> Callable:
+def make_trajectory_update(
+  config: FinetuneConfig,
+  denoise: Denoiser,
+  reward: Reward,
+  schedule: schedules.Schedule,
+  tx: optax.GradientTransformation,
+  *,
+  decode: Optional[Decoder] = None,
+  ema_decay: float = 0.0,
+) -> Callable:
   """One update per trajectory for a trajectory row: `update(state, x_T, cond, uncond, rng, data_batch=None,
   base_params=None) -> (state, metrics)`; metrics: loss, reward, grad_norm, finite, skipped, kl,
   loss_index, grad_mask [T], offset."""
@@ -810,17 +921,34 @@ def make_trajectory_update(config: FinetuneConfig, denoise: Denoiser, reward: Re
     (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
     skipped0 = state.skipped
     state, finite = apply_gradients(state, grads, tx, loss, ema_decay)
-    metrics = {"loss": loss, "reward": jnp.mean(aux.reward), "grad_norm": optax.tree.norm(grads),
-               "finite": finite, "skipped": state.skipped - skipped0, "kl": aux.kl,
-               "loss_index": aux.loss_index, "grad_mask": aux.grad_mask, "offset": aux.offset}
+    metrics = {
+      "loss": loss,
+      "reward": jnp.mean(aux.reward),
+      "grad_norm": optax.tree.norm(grads),
+      "finite": finite,
+      "skipped": state.skipped - skipped0,
+      "kl": aux.kl,
+      "loss_index": aux.loss_index,
+      "grad_mask": aux.grad_mask,
+      "offset": aux.offset,
+    }
     return state, metrics
 
   return update
 
 
-def make_update_fn(config: FinetuneConfig, denoise: Denoiser, reward: Reward, schedule: schedules.Schedule,
-                   tx: optax.GradientTransformation, *, decode: Optional[Decoder] = None,
-                   ema_decay: float = 0.0, jit: bool = True, donate: bool = True) -> Callable:
+def make_update_fn(
+  config: FinetuneConfig,
+  denoise: Denoiser,
+  reward: Reward,
+  schedule: schedules.Schedule,
+  tx: optax.GradientTransformation,
+  *,
+  decode: Optional[Decoder] = None,
+  ema_decay: float = 0.0,
+  jit: bool = True,
+  donate: bool = True,
+) -> Callable:
   """The update of config.method, driven the same way for every row of `METHODS`:
 
     update(state, x_T [B, ...], cond, uncond, rng, data_batch=None, base_params=None) -> (state, metrics)
@@ -853,7 +981,11 @@ def compiled_memory(fn: Callable, *args, donate_argnums: tuple = (), **kwargs) -
   m = compiled.memory_analysis()
   if m is None:
     raise RuntimeError("compiled_memory: this backend gives no memory analysis")
-  out = {"temp": int(m.temp_size_in_bytes), "argument": int(m.argument_size_in_bytes),
-         "output": int(m.output_size_in_bytes), "alias": int(m.alias_size_in_bytes)}
+  out = {
+    "temp": int(m.temp_size_in_bytes),
+    "argument": int(m.argument_size_in_bytes),
+    "output": int(m.output_size_in_bytes),
+    "alias": int(m.alias_size_in_bytes),
+  }
   out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
   return out

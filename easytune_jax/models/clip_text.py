@@ -99,8 +99,14 @@ class CLIPTokenizer:
     max_length: padded length (77). sot_id, eot_id, pad_id: special ids.
   """
 
-  def __init__(self, vocab: dict, merges: Sequence[tuple[str, str]], max_length: int = 77,
-               pad_token: str = EOT, path: str = "vocab.json"):
+  def __init__(
+    self,
+    vocab: dict,
+    merges: Sequence[tuple[str, str]],
+    max_length: int = 77,
+    pad_token: str = EOT,
+    path: str = "vocab.json",
+  ):
     self.encoder = dict(vocab)
     self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
     for tok in (SOT, EOT, pad_token):
@@ -114,8 +120,7 @@ class CLIPTokenizer:
     self._cache: dict[str, list[str]] = {}
 
   @classmethod
-  def from_files(cls, vocab_path: str, merges_path: str, max_length: int = 77, pad_token: str = EOT
-                 ) -> "CLIPTokenizer":
+  def from_files(cls, vocab_path: str, merges_path: str, max_length: int = 77, pad_token: str = EOT) -> "CLIPTokenizer":
     """Reads ``vocab.json`` and ``merges.txt`` (a ``#version`` first line is skipped)."""
     vocab = read_json(vocab_path, "vocab")
     if not os.path.exists(merges_path):
@@ -176,8 +181,8 @@ class CLIPTokenizer:
     mask = np.zeros((len(texts), self.max_length), bool)
     for i, t in enumerate(texts):
       row = [self.sot_id] + self.encode(t)[: self.max_length - 2] + [self.eot_id]
-      ids[i, :len(row)] = row
-      mask[i, :len(row)] = True
+      ids[i, : len(row)] = row
+      mask[i, : len(row)] = True
     return ids, mask
 
 
@@ -230,8 +235,10 @@ class CLIPTextConfig:
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"CLIPTextConfig.hidden_size: expected a multiple of num_attention_heads="
-                       f"{self.num_attention_heads}, found {self.hidden_size}")
+      raise ValueError(
+        f"CLIPTextConfig.hidden_size: expected a multiple of num_attention_heads="
+        f"{self.num_attention_heads}, found {self.hidden_size}"
+      )
 
   @classmethod
   def from_hf(cls, d: dict, path: str = "config.json") -> "CLIPTextConfig":
@@ -242,13 +249,18 @@ class CLIPTextConfig:
     else:
       t = d
       proj = int(d.get("projection_dim", 512))
-    return cls(vocab_size=int(require(t, "vocab_size", path)), hidden_size=int(require(t, "hidden_size", path)),
-               intermediate_size=int(require(t, "intermediate_size", path)),
-               num_hidden_layers=int(require(t, "num_hidden_layers", path)),
-               num_attention_heads=int(require(t, "num_attention_heads", path)),
-               max_position_embeddings=int(t.get("max_position_embeddings", 77)),
-               hidden_act=str(t.get("hidden_act", "quick_gelu")), layer_norm_eps=float(t.get("layer_norm_eps", 1e-5)),
-               projection_dim=proj, eos_token_id=int(t.get("eos_token_id", 2)))
+    return cls(
+      vocab_size=int(require(t, "vocab_size", path)),
+      hidden_size=int(require(t, "hidden_size", path)),
+      intermediate_size=int(require(t, "intermediate_size", path)),
+      num_hidden_layers=int(require(t, "num_hidden_layers", path)),
+      num_attention_heads=int(require(t, "num_attention_heads", path)),
+      max_position_embeddings=int(t.get("max_position_embeddings", 77)),
+      hidden_act=str(t.get("hidden_act", "quick_gelu")),
+      layer_norm_eps=float(t.get("layer_norm_eps", 1e-5)),
+      projection_dim=proj,
+      eos_token_id=int(t.get("eos_token_id", 2)),
+    )
 
 
 class CLIPTextModel(nn.Module):
@@ -291,13 +303,17 @@ def clip_text_params_from_state_dict(sd: StateDict, cfg: CLIPTextConfig) -> dict
   to :class:`CLIPTextModel` params (Linear [out, in] -> kernel [in, out])."""
   d, f = cfg.hidden_size, cfg.intermediate_size
   t = "text_model."
-  lin = lambda key, n_out, n_in: {"kernel": sd.get(f"{key}.weight", (n_out, n_in)).T,  # noqa: E731
-                                  "bias": sd.get(f"{key}.bias", (n_out,))}
+  lin = lambda key, n_out, n_in: {
+    "kernel": sd.get(f"{key}.weight", (n_out, n_in)).T,  # noqa: E731
+    "bias": sd.get(f"{key}.bias", (n_out,)),
+  }
   ln = lambda key: {"scale": sd.get(f"{key}.weight", (d,)), "bias": sd.get(f"{key}.bias", (d,))}  # noqa: E731
-  p = {"token_embedding": {"embedding": sd.get(f"{t}embeddings.token_embedding.weight", (cfg.vocab_size, d))},
-       "position_embedding": sd.get(f"{t}embeddings.position_embedding.weight", (cfg.max_position_embeddings, d)),
-       "final_layer_norm": ln(f"{t}final_layer_norm"),
-       "text_projection": {"kernel": sd.get("text_projection.weight", (cfg.projection_dim, d)).T}}
+  p = {
+    "token_embedding": {"embedding": sd.get(f"{t}embeddings.token_embedding.weight", (cfg.vocab_size, d))},
+    "position_embedding": sd.get(f"{t}embeddings.position_embedding.weight", (cfg.max_position_embeddings, d)),
+    "final_layer_norm": ln(f"{t}final_layer_norm"),
+    "text_projection": {"kernel": sd.get("text_projection.weight", (cfg.projection_dim, d)).T},
+  }
   for i in range(cfg.num_hidden_layers):
     e = f"{t}encoder.layers.{i}."
     p[f"layer_{i}_ln1"], p[f"layer_{i}_ln2"] = ln(f"{e}layer_norm1"), ln(f"{e}layer_norm2")
@@ -335,7 +351,7 @@ class CLIPText:
     bs = min(batch_size, 1 << (len(texts) - 1).bit_length())  # rows bucketed to a power of two
     feats, hidden = [], []
     for s in range(0, len(texts), bs):
-      chunk = ids[s:s + bs]
+      chunk = ids[s : s + bs]
       n = chunk.shape[0]
       if n < bs:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, axis=0)])
@@ -344,8 +360,9 @@ class CLIPText:
       hidden.append(np.asarray(hid)[:n])
     return np.concatenate(feats), np.concatenate(hidden), ids
 
-  def embeddings(self, texts: Sequence[str], output: str = "features", batch_size: int = 64
-                 ) -> tuple[np.ndarray, np.ndarray]:
+  def embeddings(
+    self, texts: Sequence[str], output: str = "features", batch_size: int = 64
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [B, Lt, E], mask [B, Lt]) in the precomputed-embeddings layout of ``data.text``.
 
     Args:
@@ -385,17 +402,29 @@ def load_clip_text(folder: str, max_length: Optional[int] = None) -> CLIPText:
   pad = pad.get("content", EOT) if isinstance(pad, dict) else (pad or EOT)
   if max_length is None:
     mml = tok_cfg.get("model_max_length")
-    max_length = int(mml) if isinstance(mml, (int, float)) and mml <= cfg.max_position_embeddings else \
-        cfg.max_position_embeddings
+    max_length = (
+      int(mml) if isinstance(mml, (int, float)) and mml <= cfg.max_position_embeddings else cfg.max_position_embeddings
+    )
   if max_length > cfg.max_position_embeddings:
-    raise ValueError(f"load_clip_text: max_length {max_length} exceeds max_position_embeddings "
-                     f"{cfg.max_position_embeddings} of {cfg_path}")
-  tokenizer = CLIPTokenizer.from_files(find_file(folder, ["vocab.json"], "vocab.json"),
-                                       find_file(folder, ["merges.txt"], "merges.txt"), max_length, pad)
+    raise ValueError(
+      f"load_clip_text: max_length {max_length} exceeds max_position_embeddings "
+      f"{cfg.max_position_embeddings} of {cfg_path}"
+    )
+  tokenizer = CLIPTokenizer.from_files(
+    find_file(folder, ["vocab.json"], "vocab.json"), find_file(folder, ["merges.txt"], "merges.txt"), max_length, pad
+  )
   sd = load_folder_weights(folder)
   params = jax.tree_util.tree_map(jnp.asarray, clip_text_params_from_state_dict(sd, cfg))
   return CLIPText(cfg, params, tokenizer)
 
 
-__all__ = ["CLIPTokenizer", "CLIPTextConfig", "CLIPTextModel", "CLIPText", "load_clip_text", "pre_tokenize",
-           "bytes_to_unicode", "clip_text_params_from_state_dict"]
+__all__ = [
+  "CLIPTokenizer",
+  "CLIPTextConfig",
+  "CLIPTextModel",
+  "CLIPText",
+  "load_clip_text",
+  "pre_tokenize",
+  "bytes_to_unicode",
+  "clip_text_params_from_state_dict",
+]

@@ -31,15 +31,14 @@ class DenoiserConfig:
   num_layers: int = 3
   num_heads: int = 4
   ff_dim: int = 128
-  dropout: float = 0.0          # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
+  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
   skip: bool = True
 
   def __post_init__(self):
     if self.skip and self.num_layers % 2 != 1:
       raise ValueError(f"DenoiserConfig.num_layers: skip=True needs an odd number, found {self.num_layers}")
     if self.width % self.num_heads:
-      raise ValueError(f"DenoiserConfig.width: expected a multiple of num_heads={self.num_heads}, "
-                       f"found {self.width}")
+      raise ValueError(f"DenoiserConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}")
 
   @classmethod
   def paper(cls, **kw) -> "DenoiserConfig":
@@ -53,11 +52,14 @@ class DenoiserConfig:
 def _check_cond(cond, b):
   for k in ("text", "text_mask"):
     if k not in cond:
-      raise ValueError(f"cond: missing key '{k}' (expected {{'text': [B, Lt, C], 'text_mask': [B, Lt]}}), "
-                       f"found keys {sorted(cond)}")
+      raise ValueError(
+        f"cond: missing key '{k}' (expected {{'text': [B, Lt, C], 'text_mask': [B, Lt]}}), found keys {sorted(cond)}"
+      )
   if cond["text"].ndim != 3 or cond["text"].shape[0] != b or cond["text_mask"].shape != cond["text"].shape[:2]:
-    raise ValueError(f"cond: expected text [B={b}, Lt, C] and text_mask [B, Lt], found "
-                     f"{cond['text'].shape} and {cond['text_mask'].shape}")
+    raise ValueError(
+      f"cond: expected text [B={b}, Lt, C] and text_mask [B, Lt], found "
+      f"{cond['text'].shape} and {cond['text_mask'].shape}"
+    )
 
 
 class _ConditionalTransformer(nn.Module):
@@ -79,7 +81,8 @@ class _ConditionalTransformer(nn.Module):
     seq = seq + sinusoidal_positions(seq.shape[1], cfg.width)[None]
     mask = jnp.concatenate([jnp.ones((b, 1), bool), cond["text_mask"].astype(bool), x_mask], axis=1)
     out = TransformerEncoder(cfg.num_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout, skip=cfg.skip)(
-        seq, mask, deterministic)
+      seq, mask, deterministic
+    )
     return nn.Dense(self.out_dim, name="output_proj")(out[:, -n:])
 
 
@@ -110,7 +113,8 @@ class MotionDenoiser(nn.Module):
       raise ValueError(f"MotionDenoiser: cond needs 'frame_mask' bool [B, L]; found keys {sorted(cond)}")
     mask = cond["frame_mask"].astype(bool)
     if x_t.ndim != 3 or mask.shape != x_t.shape[:2]:
-      raise ValueError(f"MotionDenoiser: expected x_t [B, L, D] and frame_mask [B, L], found {x_t.shape} "
-                       f"and {mask.shape}")
+      raise ValueError(
+        f"MotionDenoiser: expected x_t [B, L, D] and frame_mask [B, L], found {x_t.shape} and {mask.shape}"
+      )
     out = _ConditionalTransformer(self.config, x_t.shape[-1], name="net")(x_t, mask, t, cond, deterministic)
     return jnp.where(mask[..., None], out, 0.0)

@@ -38,13 +38,14 @@ class DataConfig:
   max_len: int = 200
   train_split: str = "train"
   val_split: str = "val"
-  text_embeddings: str = ""      # .npz of precomputed token embeddings (text.kind == "precomputed")
+  text_embeddings: str = ""  # .npz of precomputed token embeddings (text.kind == "precomputed")
   num_val_batches: int = 2
 
   def __post_init__(self):
     if self.max_length % self.unit_length:
-      raise ValueError(f"DataConfig.max_length: expected a multiple of unit_length={self.unit_length}, "
-                       f"found {self.max_length}")
+      raise ValueError(
+        f"DataConfig.max_length: expected a multiple of unit_length={self.unit_length}, found {self.max_length}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,21 +62,22 @@ class BaseConfig:
   # The tiny config predicts the clean sample (MDM's choice): with 1000 CPU steps an epsilon-predicting
   # denoiser stayed at chance R-precision (its x0 estimate at high t was noise), a sample-predicting one reached
   # the VAE's own reconstruction R-precision (WORKSPACE "Base generator"). 'paper' keeps MLD's epsilon.
-  diffusion: DiffusionConfig = dataclasses.field(
-      default_factory=lambda: DiffusionConfig(prediction_type="sample"))
+  diffusion: DiffusionConfig = dataclasses.field(default_factory=lambda: DiffusionConfig(prediction_type="sample"))
   sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
   vae_optim: OptimConfig = dataclasses.field(
-      default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=450))
+    default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=450)
+  )
   diffusion_optim: OptimConfig = dataclasses.field(
-      default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=750))
+    default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=750)
+  )
   vae_steps: int = 500
   diffusion_steps: int = 800
-  cond_drop_prob: float = 0.1      # unconditional dropout for classifier-free guidance
-  ema_decay: float = 0.0           # 0 disables the EMA copy; generation uses EMA params when present
-  scale_latents: bool = True       # multiply latents by 1/std (measured once on training batches)
+  cond_drop_prob: float = 0.1  # unconditional dropout for classifier-free guidance
+  ema_decay: float = 0.0  # 0 disables the EMA copy; generation uses EMA params when present
+  scale_latents: bool = True  # multiply latents by 1/std (measured once on training batches)
   log_every: int = 50
   checkpoint_every: int = 500
-  eval_every: int = 0              # periodic validation; 0: only once at the end of each stage
+  eval_every: int = 0  # periodic validation; 0: only once at the end of each stage
 
   def __post_init__(self):
     if self.model not in MODELS:
@@ -94,25 +96,40 @@ def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
     return BaseConfig(model=model)
   if name == "small":
     return BaseConfig(
-        model=model, data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=8),
-        vae=VAEConfig(latent_dim=128, width=128, encoder_layers=5, decoder_layers=5, ff_dim=512,
-                      dropout=0.1, logvar_offset=0.0),
-        denoiser=DenoiserConfig(width=128, num_layers=5, ff_dim=512, dropout=0.1),
-        text=TextEncoderConfig(width=128, num_layers=2, ff_dim=512, dropout=0.1),
-        vae_optim=OptimConfig(learning_rate=2e-4, warmup_steps=1000, decay_steps=49000),
-        diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=99000),
-        vae_steps=50_000, diffusion_steps=100_000, ema_decay=0.999, log_every=100, checkpoint_every=5000,
-        eval_every=5000)
+      model=model,
+      data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=8),
+      vae=VAEConfig(
+        latent_dim=128, width=128, encoder_layers=5, decoder_layers=5, ff_dim=512, dropout=0.1, logvar_offset=0.0
+      ),
+      denoiser=DenoiserConfig(width=128, num_layers=5, ff_dim=512, dropout=0.1),
+      text=TextEncoderConfig(width=128, num_layers=2, ff_dim=512, dropout=0.1),
+      vae_optim=OptimConfig(learning_rate=2e-4, warmup_steps=1000, decay_steps=49000),
+      diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=99000),
+      vae_steps=50_000,
+      diffusion_steps=100_000,
+      ema_decay=0.999,
+      log_every=100,
+      checkpoint_every=5000,
+      eval_every=5000,
+    )
   if name == "paper":
     den = DenoiserConfig.paper() if model == "mld" else DenoiserConfig.mdm_paper()
     return BaseConfig(
-        model=model, data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=16),
-        diffusion=DiffusionConfig(prediction_type="epsilon" if model == "mld" else "sample"),
-        vae=VAEConfig.paper(), denoiser=den, text=TextEncoderConfig.paper(),
-        vae_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
-        diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
-        vae_steps=300_000, diffusion_steps=300_000, ema_decay=0.9999, log_every=100,
-        checkpoint_every=10_000, eval_every=10_000)
+      model=model,
+      data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=16),
+      diffusion=DiffusionConfig(prediction_type="epsilon" if model == "mld" else "sample"),
+      vae=VAEConfig.paper(),
+      denoiser=den,
+      text=TextEncoderConfig.paper(),
+      vae_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
+      diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
+      vae_steps=300_000,
+      diffusion_steps=300_000,
+      ema_decay=0.9999,
+      log_every=100,
+      checkpoint_every=10_000,
+      eval_every=10_000,
+    )
   raise ValueError(f"config name: expected 'tiny', 'small' or 'paper', found {name!r}")
 
 
@@ -167,8 +184,16 @@ def text_inputs(config: BaseConfig, batch: dict) -> tuple[jax.Array, jax.Array]:
   return batch["text_emb"], batch["text_emb_mask"]
 
 
-def make_cond(config: BaseConfig, text: TextEncoder, text_params, inputs, mask, frame_mask=None,
-              deterministic: bool = True, rng: Optional[jax.Array] = None) -> tuple[dict, dict]:
+def make_cond(
+  config: BaseConfig,
+  text: TextEncoder,
+  text_params,
+  inputs,
+  mask,
+  frame_mask=None,
+  deterministic: bool = True,
+  rng: Optional[jax.Array] = None,
+) -> tuple[dict, dict]:
   """(cond, uncond) for the denoiser. MDM adds `frame_mask` [B, L] to both."""
   rngs = None if rng is None else {"dropout": rng}
   cond = text.apply(text_params, inputs, mask, deterministic, rngs=rngs)
@@ -190,10 +215,8 @@ def diffusion_tx(config: BaseConfig):
 # --------------------------------------------------------------------------------------------- steps
 
 
-def encode_latents(config: BaseConfig, vae_params, batch: dict, rng: Optional[jax.Array],
-                   latent_scale) -> jax.Array:
+def encode_latents(config: BaseConfig, vae_params, batch: dict, rng: Optional[jax.Array], latent_scale) -> jax.Array:
   """z [B, latent_size, latent_dim] in diffusion space (sampled from q(z|x) when rng is given) * scale."""
-  mu, logvar = MotionVAE(config.vae).apply(vae_params, batch["motion"], batch["mask"],
-                                           method=MotionVAE.encode)
+  mu, logvar = MotionVAE(config.vae).apply(vae_params, batch["motion"], batch["mask"], method=MotionVAE.encode)
   z = mu if rng is None else reparameterize(rng, mu, logvar)
   return z * latent_scale

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 
 
-def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool = True,
-                       downscale_freq_shift: float = 0.0, max_period: float = 10000.0) -> jax.Array:
+def timestep_embedding(
+  t: jax.Array, dim: int, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0, max_period: float = 10000.0
+) -> jax.Array:
   """Sinusoidal timestep features [B, dim] exactly as diffusers' `get_timestep_embedding`.
 
   MLD uses flip_sin_to_cos=True, freq_shift=0: emb = [cos(t w_k), sin(t w_k)],
@@ -71,8 +72,9 @@ def stack_trees(trees):
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
-def run_skip_layers(apply_block: Callable, apply_linear: Callable, params, n: int, x: jax.Array,
-                    rng: Optional[jax.Array] = None) -> jax.Array:
+def run_skip_layers(
+  apply_block: Callable, apply_linear: Callable, params, n: int, x: jax.Array, rng: Optional[jax.Array] = None
+) -> jax.Array:
   """MLD's skip-connected stack (without its final norm) from its layers' params, with two `lax.scan`s.
 
   The stack is (n input blocks, the middle block) -> skips = the input blocks' outputs -> n times
@@ -104,9 +106,12 @@ def run_skip_layers(apply_block: Callable, apply_linear: Callable, params, n: in
     return h, h
 
   x, hs = jax.lax.scan(body_in, x, (first, None if keys is None else keys[: n + 1]))
-  second = (stack_trees([params[f"linear_blocks_{i}"] for i in range(n)]),
-            stack_trees([params[f"output_blocks_{i}"] for i in range(n)]), hs[:n][::-1],
-            None if keys is None else keys[n + 1:])
+  second = (
+    stack_trees([params[f"linear_blocks_{i}"] for i in range(n)]),
+    stack_trees([params[f"output_blocks_{i}"] for i in range(n)]),
+    hs[:n][::-1],
+    None if keys is None else keys[n + 1 :],
+  )
 
   def body_out(h, inp):
     pl, pb, skip, k = inp
@@ -128,8 +133,9 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array], deterministic: bool = True) -> jax.Array:
     attn_mask = None if mask is None else mask[:, None, None, :]
-    attn = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
-                                           deterministic=deterministic)
+    attn = nn.MultiHeadDotProductAttention(
+      num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=deterministic
+    )
     drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
     def ff(h):
@@ -165,8 +171,7 @@ class TransformerEncoder(nn.Module):
         x = layer()(x, mask, deterministic)
       return nn.LayerNorm()(x) if self.norm_first else x
     if self.num_layers % 2 != 1:
-      raise ValueError(f"TransformerEncoder(skip=True).num_layers: expected an odd number, found "
-                       f"{self.num_layers}")
+      raise ValueError(f"TransformerEncoder(skip=True).num_layers: expected an odd number, found {self.num_layers}")
     n = (self.num_layers - 1) // 2
     skips = []
     for _ in range(n):
@@ -189,8 +194,9 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask, memory, memory_mask, deterministic: bool = True):
     drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    mha = lambda: nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dropout_rate=self.dropout,
-                                                  deterministic=deterministic)
+    mha = lambda: nn.MultiHeadDotProductAttention(
+      num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=deterministic
+    )
     self_mask = None if mask is None else mask[:, None, None, :]
     x = nn.LayerNorm()(x + drop(mha()(x, x, mask=self_mask)))
     cross_mask = None if memory_mask is None else memory_mask[:, None, None, :]
@@ -243,9 +249,10 @@ class DistributionTokenEncoder(nn.Module):
     parts.append(h)
     masks.append(mask)
     h = TransformerEncoder(self.num_layers, self.num_heads, self.ff_dim, self.dropout)(
-        jnp.concatenate(parts, 1), jnp.concatenate(masks, 1), deterministic)
+      jnp.concatenate(parts, 1), jnp.concatenate(masks, 1), deterministic
+    )
     mu = h[:, : self.num_tokens]
-    logvar = h[:, self.num_tokens: 2 * self.num_tokens]
+    logvar = h[:, self.num_tokens : 2 * self.num_tokens]
     return mu, logvar
 
 
@@ -255,10 +262,9 @@ def reparameterize(rng: jax.Array, mu: jax.Array, logvar: jax.Array) -> jax.Arra
 
 def kl_to_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mu, exp(logvar)) || N(0, I)), averaged over all elements (MLD/TMR convention)."""
-  return jnp.mean(0.5 * (jnp.exp(logvar) + mu ** 2 - 1.0 - logvar))
+  return jnp.mean(0.5 * (jnp.exp(logvar) + mu**2 - 1.0 - logvar))
 
 
 def kl_between(mu_q, logvar_q, mu_p, logvar_p) -> jax.Array:
   """KL(N(mu_q, var_q) || N(mu_p, var_p)), averaged over all elements."""
-  return jnp.mean(0.5 * (logvar_p - logvar_q + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) / jnp.exp(logvar_p)
-                         - 1.0))
+  return jnp.mean(0.5 * (logvar_p - logvar_q + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) / jnp.exp(logvar_p) - 1.0))

@@ -84,12 +84,15 @@ def _from_torch(path: tuple[str, ...], arr: np.ndarray) -> np.ndarray:
 def flax_param_shapes(vae_config: OfficialVAEConfig, denoiser_config: OfficialDenoiserConfig) -> dict:
   """{"vae": ..., "denoiser": ...} param trees of ShapeDtypeStructs (jax.eval_shape, cached per config pair)."""
   key = jax.random.PRNGKey(0)
-  return {"vae": jax.eval_shape(lambda: init_vae(vae_config, key))["params"],
-          "denoiser": jax.eval_shape(lambda: init_denoiser(denoiser_config, key))["params"]}
+  return {
+    "vae": jax.eval_shape(lambda: init_vae(vae_config, key))["params"],
+    "denoiser": jax.eval_shape(lambda: init_denoiser(denoiser_config, key))["params"],
+  }
 
 
-def expected_state_shapes(vae_config: OfficialVAEConfig,
-                          denoiser_config: OfficialDenoiserConfig) -> dict[str, tuple[int, ...]]:
+def expected_state_shapes(
+  vae_config: OfficialVAEConfig, denoiser_config: OfficialDenoiserConfig
+) -> dict[str, tuple[int, ...]]:
   """The official state-dict keys (`vae.*`, `denoiser.*`) and their PyTorch shapes for these configs."""
   out = {}
   for module, tree in flax_param_shapes(vae_config, denoiser_config).items():
@@ -111,25 +114,36 @@ def _shape(state, key, source):
   return tuple(np.shape(state[key]))
 
 
-def configs_from_state(state: Mapping[str, Any], num_heads: int = 4, source: str = "state dict",
-                       **overrides) -> tuple[OfficialVAEConfig, OfficialDenoiserConfig]:
+def configs_from_state(
+  state: Mapping[str, Any], num_heads: int = 4, source: str = "state dict", **overrides
+) -> tuple[OfficialVAEConfig, OfficialDenoiserConfig]:
   """Reads the sizes (nfeats, latent [n, d], ff, layers, table rows, text / time dims, cond_proj, mem_pos) from
   the state dict's shapes. `num_heads` (not stored in the weights) applies to both; `overrides` such as
   vae_dropout=0.0 / denoiser_norm_eps=... set other fields."""
   sk = _shape(state, "vae.skel_embedding.weight", source)
   gm = _shape(state, "vae.global_motion_token", source)
-  vae = dict(nfeats=sk[1], latent_dim=sk[0], latent_size=gm[0] // 2, num_heads=num_heads,
-             ff_size=_shape(state, "vae.encoder.middle_block.linear1.weight", source)[0],
-             num_layers=_layers(state, "vae.encoder."),
-             max_len=_shape(state, "vae.query_pos_encoder.pe", source)[0])
+  vae = dict(
+    nfeats=sk[1],
+    latent_dim=sk[0],
+    latent_size=gm[0] // 2,
+    num_heads=num_heads,
+    ff_size=_shape(state, "vae.encoder.middle_block.linear1.weight", source)[0],
+    num_layers=_layers(state, "vae.encoder."),
+    max_len=_shape(state, "vae.query_pos_encoder.pe", source)[0],
+  )
   l2 = _shape(state, "denoiser.time_embedding.linear_2.weight", source)
   l1 = _shape(state, "denoiser.time_embedding.linear_1.weight", source)
-  den = dict(latent_size=vae["latent_size"], latent_dim=l2[0], time_dim=l1[1], num_heads=num_heads,
-             text_dim=_shape(state, "denoiser.emb_proj.1.weight", source)[1],
-             ff_size=_shape(state, "denoiser.encoder.middle_block.linear1.weight", source)[0],
-             num_layers=_layers(state, "denoiser.encoder."),
-             max_len=_shape(state, "denoiser.query_pos.pe", source)[0],
-             unused_mem_pos="denoiser.mem_pos.pe" in state)
+  den = dict(
+    latent_size=vae["latent_size"],
+    latent_dim=l2[0],
+    time_dim=l1[1],
+    num_heads=num_heads,
+    text_dim=_shape(state, "denoiser.emb_proj.1.weight", source)[1],
+    ff_size=_shape(state, "denoiser.encoder.middle_block.linear1.weight", source)[0],
+    num_layers=_layers(state, "denoiser.encoder."),
+    max_len=_shape(state, "denoiser.query_pos.pe", source)[0],
+    unused_mem_pos="denoiser.mem_pos.pe" in state,
+  )
   if "denoiser.time_embedding.cond_proj.weight" in state:
     den["time_cond_proj_dim"] = _shape(state, "denoiser.time_embedding.cond_proj.weight", source)[1]
   for k, v in overrides.items():
@@ -150,17 +164,22 @@ def _set(tree: dict, path: tuple[str, ...], value):
   tree[path[-1]] = value
 
 
-def convert_official_mld_state(state: Mapping[str, Any], vae_config: OfficialVAEConfig,
-                               denoiser_config: OfficialDenoiserConfig, dtype=np.float32,
-                               source: str = "state dict") -> tuple[dict, dict, dict]:
+def convert_official_mld_state(
+  state: Mapping[str, Any],
+  vae_config: OfficialVAEConfig,
+  denoiser_config: OfficialDenoiserConfig,
+  dtype=np.float32,
+  source: str = "state dict",
+) -> tuple[dict, dict, dict]:
   """Official state dict -> (vae variables {"params": ...}, denoiser variables {"params": ...}, report).
 
   report: {"ignored": {top-level prefix: number of keys}, "converted": number of tensors}.
   Raises OfficialCheckpointError listing every missing / mis-shaped / non-finite / unexpected key.
   """
   if not isinstance(state, Mapping):
-    raise OfficialCheckpointError(f"{source}: expected a state dict (mapping of names to tensors), found "
-                                  f"{type(state).__name__}")
+    raise OfficialCheckpointError(
+      f"{source}: expected a state dict (mapping of names to tensors), found {type(state).__name__}"
+    )
   problems, ignored = [], {}
   params = {m: {} for m in MODULES}
   expected = set()
@@ -179,8 +198,7 @@ def convert_official_mld_state(state: Mapping[str, Any], vae_config: OfficialVAE
         problems.append(f"key {key!r}: expected a tensor of shape {want}, found {type(arr).__name__}")
         continue
       if tuple(arr.shape) != want:
-        problems.append(f"key {key!r}: expected shape {want} (from {type(cfg).__name__}), found "
-                        f"{tuple(arr.shape)}")
+        problems.append(f"key {key!r}: expected shape {want} (from {type(cfg).__name__}), found {tuple(arr.shape)}")
         continue
       if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
         problems.append(f"key {key!r}: expected a floating-point tensor, found {arr.dtype}")
@@ -214,20 +232,26 @@ def read_official_state(path: str | os.PathLike) -> dict:
   except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, zipfile.LargeZipFile, OSError) as e:
     if isinstance(e, FileNotFoundError):
       raise
-    raise OfficialCheckpointError(f"{path}: unreadable torch checkpoint (truncated or corrupt?): "
-                                  f"{type(e).__name__}: {e}") from None
+    raise OfficialCheckpointError(
+      f"{path}: unreadable torch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}"
+    ) from None
   if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
     ckpt = ckpt["state_dict"]
   if not isinstance(ckpt, Mapping) or not any(str(k).startswith(("vae.", "denoiser.")) for k in ckpt):
     keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-    raise OfficialCheckpointError(f"{path}: expected an MLD checkpoint with 'state_dict' holding vae.* and "
-                                  f"denoiser.* keys, found {keys}")
+    raise OfficialCheckpointError(
+      f"{path}: expected an MLD checkpoint with 'state_dict' holding vae.* and denoiser.* keys, found {keys}"
+    )
   return dict(ckpt)
 
 
-def load_official_mld(path: str | os.PathLike, vae_config: Optional[OfficialVAEConfig] = None,
-                      denoiser_config: Optional[OfficialDenoiserConfig] = None, num_heads: int = 4,
-                      dtype=np.float32) -> tuple[dict, dict, dict]:
+def load_official_mld(
+  path: str | os.PathLike,
+  vae_config: Optional[OfficialVAEConfig] = None,
+  denoiser_config: Optional[OfficialDenoiserConfig] = None,
+  num_heads: int = 4,
+  dtype=np.float32,
+) -> tuple[dict, dict, dict]:
   """Official `.ckpt` -> (vae variables, denoiser variables, report with "vae_config" / "denoiser_config").
 
   Configs default to the sizes read from the file (`configs_from_state`, `num_heads` 4 as in the official

@@ -61,25 +61,30 @@ class OfficialVAEConfig:
   `tiny()` is a CPU test size."""
 
   nfeats: int = 263
-  latent_size: int = 1      # model.latent_dim[0]
-  latent_dim: int = 256     # model.latent_dim[1]: the transformer width
+  latent_size: int = 1  # model.latent_dim[0]
+  latent_dim: int = 256  # model.latent_dim[1]: the transformer width
   ff_size: int = 1024
   num_layers: int = 9
   num_heads: int = 4
   dropout: float = 0.1
   norm_eps: float = 1e-5
-  max_len: int = 500        # rows of each learned position table (PositionEmbeddingLearned1D's default)
+  max_len: int = 500  # rows of each learned position table (PositionEmbeddingLearned1D's default)
 
   def __post_init__(self):
     _check_common("OfficialVAEConfig", self.latent_dim, self.num_heads, self.num_layers, self.max_len)
     if self.max_len < 2 * self.latent_size + 1:
-      raise ValueError(f"OfficialVAEConfig.max_len: expected > 2 * latent_size = {2 * self.latent_size}, "
-                       f"found {self.max_len}")
+      raise ValueError(
+        f"OfficialVAEConfig.max_len: expected > 2 * latent_size = {2 * self.latent_size}, found {self.max_len}"
+      )
 
   @classmethod
   def tiny(cls, **kw) -> "OfficialVAEConfig":
-    return cls(**{**dict(nfeats=12, latent_size=1, latent_dim=16, ff_size=32, num_layers=3, num_heads=2,
-                         dropout=0.0, max_len=40), **kw})
+    return cls(
+      **{
+        **dict(nfeats=12, latent_size=1, latent_dim=16, ff_size=32, num_layers=3, num_heads=2, dropout=0.0, max_len=40),
+        **kw,
+      }
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +121,22 @@ class OfficialDenoiserConfig:
 
   @classmethod
   def tiny(cls, **kw) -> "OfficialDenoiserConfig":
-    return cls(**{**dict(latent_size=1, latent_dim=16, text_dim=12, time_dim=10, ff_size=32, num_layers=3,
-                         num_heads=2, dropout=0.0, max_len=40), **kw})
+    return cls(
+      **{
+        **dict(
+          latent_size=1,
+          latent_dim=16,
+          text_dim=12,
+          time_dim=10,
+          ff_size=32,
+          num_layers=3,
+          num_heads=2,
+          dropout=0.0,
+          max_len=40,
+        ),
+        **kw,
+      }
+    )
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -137,8 +156,8 @@ class TorchMultiheadAttention(nn.Module):
     hd = c // self.num_heads
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, hd))
     qh = split(q @ w[:, :c] + b[:c]) * (1.0 / math.sqrt(hd))
-    kh = split(kv @ w[:, c:2 * c] + b[c:2 * c])
-    vh = split(kv @ w[:, 2 * c:] + b[2 * c:])
+    kh = split(kv @ w[:, c : 2 * c] + b[c : 2 * c])
+    vh = split(kv @ w[:, 2 * c :] + b[2 * c :])
     logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh)
     if key_mask is not None:
       logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
@@ -228,8 +247,7 @@ class SkipTransformer(nn.Module):
         return layer.apply({"params": p}, h, mask, deterministic, rngs=rngs)
 
       rng = None if deterministic or not self.dropout else self.make_rng("dropout")
-      x = run_skip_layers(apply_block, lambda p, h: linear.apply({"params": p}, h), self.variables["params"], n,
-                          x, rng)
+      x = run_skip_layers(apply_block, lambda p, h: linear.apply({"params": p}, h), self.variables["params"], n, x, rng)
       return nn.LayerNorm(self.norm_eps, name="norm")(x)
 
     def block(name, h):
@@ -244,7 +262,8 @@ class SkipTransformer(nn.Module):
     x = block("middle_block", x)
     for i in range(n):
       x = nn.Dense(x.shape[-1], name=f"linear_blocks_{i}", kernel_init=_xavier)(
-          jnp.concatenate([x, skips.pop()], axis=-1))
+        jnp.concatenate([x, skips.pop()], axis=-1)
+      )
       x = block(f"output_blocks_{i}", x)
     return nn.LayerNorm(self.norm_eps, name="norm")(x)
 
@@ -259,9 +278,10 @@ class LearnedPositions(nn.Module):
   def __call__(self, x):
     pe = self.param("pe", nn.initializers.uniform(1.0), (self.max_len, x.shape[-1]))
     if x.shape[1] > self.max_len:
-      raise ValueError(f"LearnedPositions: the table has max_len={self.max_len} rows, the sequence has "
-                       f"{x.shape[1]} positions")
-    return x + pe[None, :x.shape[1]].astype(x.dtype)
+      raise ValueError(
+        f"LearnedPositions: the table has max_len={self.max_len} rows, the sequence has {x.shape[1]} positions"
+      )
+    return x + pe[None, : x.shape[1]].astype(x.dtype)
 
 
 def _check_motion(x, mask, nfeats):
@@ -283,14 +303,17 @@ class OfficialMLDVAE(nn.Module):
   def setup(self):
     c = self.config
     self.skel_embedding = nn.Dense(c.latent_dim, kernel_init=_xavier)
-    self.global_motion_token = self.param("global_motion_token", nn.initializers.normal(1.0),
-                                          (2 * c.latent_size, c.latent_dim))
+    self.global_motion_token = self.param(
+      "global_motion_token", nn.initializers.normal(1.0), (2 * c.latent_size, c.latent_dim)
+    )
     self.query_pos_encoder = LearnedPositions(c.max_len)
     self.query_pos_decoder = LearnedPositions(c.max_len)
-    self.encoder = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps,
-                                   scan_layers=self.scan_layers)
-    self.decoder = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, decoder=True,
-                                   scan_layers=self.scan_layers)
+    self.encoder = SkipTransformer(
+      c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, scan_layers=self.scan_layers
+    )
+    self.decoder = SkipTransformer(
+      c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, decoder=True, scan_layers=self.scan_layers
+    )
     self.final_layer = nn.Dense(c.nfeats, kernel_init=_xavier)
 
   def encode(self, x, mask, deterministic: bool = True):
@@ -302,7 +325,7 @@ class OfficialMLDVAE(nn.Module):
     seq = self.query_pos_encoder(jnp.concatenate([tokens, self.skel_embedding(x)], axis=1))
     seq_mask = jnp.concatenate([jnp.ones((b, n2), bool), mask], axis=1)
     dist = self.encoder(seq, seq_mask, deterministic=deterministic)[:, :n2]
-    return dist[:, :c.latent_size], dist[:, c.latent_size:]
+    return dist[:, : c.latent_size], dist[:, c.latent_size :]
 
   def decode(self, z, mask, deterministic: bool = True):
     c = self.config
@@ -366,14 +389,15 @@ class OfficialMLDDenoiser(nn.Module):
       self.param("mem_pos", nn.initializers.uniform(1.0), (c.max_len, c.latent_dim))
     t = jnp.broadcast_to(jnp.asarray(t), (b,))
     feats = timestep_embedding(t, c.time_dim, c.flip_sin_to_cos, c.freq_shift).astype(x_t.dtype)
-    time = OfficialTimestepEmbedding(c.time_dim, c.latent_dim, c.time_cond_proj_dim, c.zero_init_cond,
-                                     name="time_embedding")(feats, cond.get("timestep_cond"))
+    time = OfficialTimestepEmbedding(
+      c.time_dim, c.latent_dim, c.time_cond_proj_dim, c.zero_init_cond, name="time_embedding"
+    )(feats, cond.get("timestep_cond"))
     text = nn.Dense(c.latent_dim, name="emb_proj")(nn.relu(text.astype(x_t.dtype)))
     seq = jnp.concatenate([x_t, time[:, None], text], axis=1)
     seq = LearnedPositions(c.max_len, name="query_pos")(seq)
-    out = SkipTransformer(c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, name="encoder",
-                          scan_layers=self.scan_layers)(
-        seq, None, deterministic=deterministic)
+    out = SkipTransformer(
+      c.num_layers, c.num_heads, c.ff_size, c.dropout, c.norm_eps, name="encoder", scan_layers=self.scan_layers
+    )(seq, None, deterministic=deterministic)
     return out[:, :n]
 
 

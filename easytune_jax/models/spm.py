@@ -30,8 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from easytune_jax.models.layers import (DistributionTokenEncoder, TimestepMLP, TransformerDecoder,
-                                        sinusoidal_positions)
+from easytune_jax.models.layers import DistributionTokenEncoder, TimestepMLP, TransformerDecoder, sinusoidal_positions
 
 MODES = ("M0T0", "M1T0", "M0T1", "M1T1")
 TEXT_INPUTS = ("tokens", "embeddings")
@@ -101,8 +100,9 @@ class SPMConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"{_WHERE}: SPMConfig.{name}: expected >= 1, found {getattr(self, name)}")
     if self.latent_dim % self.num_heads:
-      raise ValueError(f"{_WHERE}: SPMConfig.latent_dim: expected a multiple of num_heads={self.num_heads}, "
-                       f"found {self.latent_dim}")
+      raise ValueError(
+        f"{_WHERE}: SPMConfig.latent_dim: expected a multiple of num_heads={self.num_heads}, found {self.latent_dim}"
+      )
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"{_WHERE}: SPMConfig.dropout: expected in [0, 1), found {self.dropout}")
     for name, allowed in (("arch", ARCHS), ("reward_latent", REWARD_LATENTS), ("reward_timestep", REWARD_TIMESTEPS)):
@@ -110,14 +110,20 @@ class SPMConfig:
         raise ValueError(f"{_WHERE}: SPMConfig.{name}: expected one of {allowed}, found {getattr(self, name)!r}")
     if self.arch == "official":
       if self.text_input != "embeddings":
-        raise ValueError(f"{_WHERE}: SPMConfig.text_input: arch='official' reads precomputed sentence-T5 token "
-                         f"embeddings: expected 'embeddings', found {self.text_input!r}")
+        raise ValueError(
+          f"{_WHERE}: SPMConfig.text_input: arch='official' reads precomputed sentence-T5 token "
+          f"embeddings: expected 'embeddings', found {self.text_input!r}"
+        )
       if self.patch_size != 1:
-        raise ValueError(f"{_WHERE}: SPMConfig.patch_size: arch='official' has one token per frame: expected 1, "
-                         f"found {self.patch_size}")
+        raise ValueError(
+          f"{_WHERE}: SPMConfig.patch_size: arch='official' has one token per frame: expected 1, "
+          f"found {self.patch_size}"
+        )
       if self.num_layers % 2 != 1:
-        raise ValueError(f"{_WHERE}: SPMConfig.num_layers: arch='official' (skip transformers) needs an odd "
-                         f"number, found {self.num_layers}")
+        raise ValueError(
+          f"{_WHERE}: SPMConfig.num_layers: arch='official' (skip transformers) needs an odd "
+          f"number, found {self.num_layers}"
+        )
 
   @classmethod
   def paper(cls, **overrides) -> "SPMConfig":
@@ -131,9 +137,20 @@ class SPMConfig:
     """The official EasyTune SPM (HumanML3D: D = 263, 1024-d sentence-T5-large token embeddings, latent 256,
     ff 1024, 9 layers, 4 heads, dropout 0.1, mode M1T0 as the official README's example) with the official
     reward semantics: sampled latents, no timestep, dropout on. 26,515,975 parameters."""
-    base = dict(arch="official", text_input="embeddings", latent_dim=256, ff_dim=1024, num_layers=9, num_heads=4,
-                dropout=0.1, patch_size=1, mode="M1T0", reward_latent="sample", reward_timestep="none",
-                reward_dropout=True)
+    base = dict(
+      arch="official",
+      text_input="embeddings",
+      latent_dim=256,
+      ff_dim=1024,
+      num_layers=9,
+      num_heads=4,
+      dropout=0.1,
+      patch_size=1,
+      mode="M1T0",
+      reward_latent="sample",
+      reward_timestep="none",
+      reward_dropout=True,
+    )
     base.update(overrides)
     return cls(**base)
 
@@ -164,12 +181,20 @@ class SPM(nn.Module):
 
   def setup(self):
     c = self.config
-    enc = lambda: DistributionTokenEncoder(latent_dim=c.latent_dim, num_tokens=1, num_layers=c.num_layers,
-                                           num_heads=c.num_heads, ff_dim=c.ff_dim, dropout=c.dropout)
+    enc = lambda: DistributionTokenEncoder(
+      latent_dim=c.latent_dim,
+      num_tokens=1,
+      num_layers=c.num_layers,
+      num_heads=c.num_heads,
+      ff_dim=c.ff_dim,
+      dropout=c.dropout,
+    )
     if c.text_input == "tokens":
       if c.vocab_size < 1:
-        raise ValueError(f"{_WHERE}: SPMConfig.vocab_size: expected >= 1 with text_input='tokens' (set it to "
-                         f"the Tokenizer's vocab_size; 0 means unset), found {c.vocab_size}")
+        raise ValueError(
+          f"{_WHERE}: SPMConfig.vocab_size: expected >= 1 with text_input='tokens' (set it to "
+          f"the Tokenizer's vocab_size; 0 means unset), found {c.vocab_size}"
+        )
       self.word_embed = nn.Embed(c.vocab_size, c.word_dim, embedding_init=nn.initializers.normal(1.0))
     self.text_encoder = enc()
     self.motion_encoder = enc()
@@ -184,26 +209,31 @@ class SPM(nn.Module):
     t = jnp.zeros((b,), jnp.int32) if t is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
     return embed(t)[:, None, :]
 
-  def encode_text(self, text: jax.Array, text_mask: jax.Array, t: Optional[jax.Array] = None,
-                  deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+  def encode_text(
+    self, text: jax.Array, text_mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+  ) -> tuple[jax.Array, jax.Array]:
     """text: int32 [B, Lt] ids ('tokens') or float [B, Lt, E] ('embeddings'); text_mask bool [B, Lt];
     t: int32 [B] or None (clean, t = 0); used only in T1 modes. -> (mu, logvar) [B, latent]."""
     if self.config.text_input == "tokens":
       if text.ndim != 2 or not jnp.issubdtype(text.dtype, jnp.integer):
-        raise ValueError(f"{_WHERE}: text input: expected int token ids [B, Lt] (text_input='tokens'), "
-                         f"found {text.dtype} {text.shape}")
+        raise ValueError(
+          f"{_WHERE}: text input: expected int token ids [B, Lt] (text_input='tokens'), found {text.dtype} {text.shape}"
+        )
       x = self.word_embed(text)
     else:
       if text.ndim != 3:
-        raise ValueError(f"{_WHERE}: text input: expected float embeddings [B, Lt, E] "
-                         f"(text_input='embeddings'), found {text.dtype} {text.shape}")
+        raise ValueError(
+          f"{_WHERE}: text input: expected float embeddings [B, Lt, E] "
+          f"(text_input='embeddings'), found {text.dtype} {text.shape}"
+        )
       x = text.astype(jnp.float32)
     extra = self._time_token(self.text_time, t, x.shape[0]) if self.config.text_sees_t else None
     mu, logvar = self.text_encoder(x, text_mask.astype(bool), extra, deterministic)
     return mu[:, 0], logvar[:, 0]
 
-  def encode_motion(self, motion: jax.Array, mask: jax.Array, t: Optional[jax.Array] = None,
-                    deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+  def encode_motion(
+    self, motion: jax.Array, mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+  ) -> tuple[jax.Array, jax.Array]:
     """motion [B, L, D] normalised features, mask bool [B, L], t int32 [B] or None (used in M1 modes)."""
     if motion.ndim != 3 or motion.shape[-1] != self.config.dim_motion:
       raise ValueError(f"{_WHERE}: motion input: expected [B, L, D={self.config.dim_motion}], found {motion.shape}")
@@ -219,8 +249,7 @@ class SPM(nn.Module):
     p = self.config.patch_size
     _, pmask = _patchify(None, mask.astype(bool), p)
     n = pmask.shape[1]
-    queries = jnp.broadcast_to(sinusoidal_positions(n, self.config.latent_dim)[None],
-                               (b, n, self.config.latent_dim))
+    queries = jnp.broadcast_to(sinusoidal_positions(n, self.config.latent_dim)[None], (b, n, self.config.latent_dim))
     h = self.decoder(queries, pmask, z[:, None, :], None, deterministic)
     out = self.decoder_out(h).reshape(b, n * p, self.config.dim_motion)[:, :length]
     return out * mask[..., None].astype(out.dtype)
@@ -250,6 +279,7 @@ def spm_module(config: SPMConfig) -> nn.Module:
   Both have `encode_text`, `encode_motion`, `decode` and `__call__` with the same signatures."""
   if config.arch == "official":
     from easytune_jax.models.spm_official import OfficialSPM  # pylint: disable=import-outside-toplevel
+
     return OfficialSPM(config)
   return SPM(config)
 
@@ -267,13 +297,13 @@ def text_inputs(config: SPMConfig, cond: Mapping[str, jax.Array]) -> tuple[jax.A
   keys = ("tokens", "token_mask") if config.text_input == "tokens" else ("text_emb", "text_emb_mask")
   missing = [k for k in keys if k not in cond]
   if missing:
-    raise KeyError(f"{_WHERE}: cond: missing {missing} for text_input={config.text_input!r}; found keys "
-                   f"{sorted(cond)}")
+    raise KeyError(f"{_WHERE}: cond: missing {missing} for text_input={config.text_input!r}; found keys {sorted(cond)}")
   return cond[keys[0]], cond[keys[1]]
 
 
-def init_spm(config: SPMConfig, rng: jax.Array, batch_size: int = 2, length: int = 16,
-             text_length: int = 8, text_emb_dim: int = 32) -> Any:
+def init_spm(
+  config: SPMConfig, rng: jax.Array, batch_size: int = 2, length: int = 16, text_length: int = 8, text_emb_dim: int = 32
+) -> Any:
   """Initial parameters of SPM(config) (shapes do not depend on the lengths used here)."""
   if config.text_input == "tokens":
     text = jnp.ones((batch_size, text_length), jnp.int32)
@@ -294,12 +324,17 @@ def encode_text(params, config: SPMConfig, cond, t=None):
 
 def encode_motion(params, config: SPMConfig, motion, mask, t=None):
   """mu of the motion latent [B, latent] (inference; t reaches the motion encoder only if the mode says so)."""
-  return spm_module(config).apply(params, motion, mask, route_timestep(config, t, "motion"),
-                                  method="encode_motion")[0]
+  return spm_module(config).apply(params, motion, mask, route_timestep(config, t, "motion"), method="encode_motion")[0]
 
 
-def reward_apply(params, config: SPMConfig, x: jax.Array, cond: Mapping[str, jax.Array],
-                 t: Optional[jax.Array] = None, rng: Optional[jax.Array] = None) -> jax.Array:
+def reward_apply(
+  params,
+  config: SPMConfig,
+  x: jax.Array,
+  cond: Mapping[str, jax.Array],
+  t: Optional[jax.Array] = None,
+  rng: Optional[jax.Array] = None,
+) -> jax.Array:
   """Pure reward: cos(z_text, z_motion) [B] float32.
 
   x: motion features [B, L, D] (dataset-normalised); cond: dict with the text inputs (see
@@ -324,19 +359,23 @@ def reward_apply(params, config: SPMConfig, x: jax.Array, cond: Mapping[str, jax
   else:
     rng = cond.get("reward_rng") if rng is None else rng
     if rng is None:
-      raise ValueError(f"{_WHERE}: reward_apply: this reward is stochastic (reward_latent={config.reward_latent!r}, "
-                       f"reward_dropout={config.reward_dropout}) and needs a PRNG key: pass rng= or "
-                       f"cond['reward_rng'], or use reward_latent='mean', reward_dropout=False")
+      raise ValueError(
+        f"{_WHERE}: reward_apply: this reward is stochastic (reward_latent={config.reward_latent!r}, "
+        f"reward_dropout={config.reward_dropout}) and needs a PRNG key: pass rng= or "
+        f"cond['reward_rng'], or use reward_latent='mean', reward_dropout=False"
+      )
     if not jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
       rng = jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
     k_dt, k_dm, k_zt, k_zm = jax.random.split(rng, 4)
     module = spm_module(config)
     det = not config.reward_dropout
     text, tmask = text_inputs(config, cond)
-    t_mu, t_lv = module.apply(params, text, tmask, route_timestep(config, t, "text"), det, method="encode_text",
-                              rngs={"dropout": k_dt})
-    m_mu, m_lv = module.apply(params, x, mask, route_timestep(config, t, "motion"), det, method="encode_motion",
-                              rngs={"dropout": k_dm})
+    t_mu, t_lv = module.apply(
+      params, text, tmask, route_timestep(config, t, "text"), det, method="encode_text", rngs={"dropout": k_dt}
+    )
+    m_mu, m_lv = module.apply(
+      params, x, mask, route_timestep(config, t, "motion"), det, method="encode_motion", rngs={"dropout": k_dm}
+    )
     if config.reward_latent == "sample":
       text_z = t_mu + jnp.exp(0.5 * t_lv) * jax.random.normal(k_zt, t_mu.shape, t_mu.dtype)
       motion_z = m_mu + jnp.exp(0.5 * m_lv) * jax.random.normal(k_zm, m_mu.shape, m_mu.dtype)
@@ -368,4 +407,5 @@ def reward_fn(params, config: SPMConfig, **reward_overrides) -> Callable[..., ja
 
   def reward(x, cond, t=None):
     return reward_apply(params, config, x, cond, t)
+
   return reward

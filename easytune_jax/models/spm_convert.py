@@ -38,7 +38,7 @@ from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.models.spm_official import MAX_POSITIONS
 
 _WHERE = "easytune_jax/models/spm_convert.py"
-IGNORED_PREFIXES = ("clip.",)   # the sentence-T5 text model, present only in unfiltered state dicts
+IGNORED_PREFIXES = ("clip.",)  # the sentence-T5 text model, present only in unfiltered state dicts
 
 
 def official_state_shapes(config: SPMConfig, text_emb_dim: int = 1024) -> "collections.OrderedDict[str, tuple]":
@@ -59,8 +59,14 @@ def official_state_shapes(config: SPMConfig, text_emb_dim: int = 1024) -> "colle
     attn(f"{prefix}.self_attn")
     if decoder:
       attn(f"{prefix}.multihead_attn")
-    out.update({f"{prefix}.linear1.weight": (f, c), f"{prefix}.linear1.bias": (f,),
-                f"{prefix}.linear2.weight": (c, f), f"{prefix}.linear2.bias": (c,)})
+    out.update(
+      {
+        f"{prefix}.linear1.weight": (f, c),
+        f"{prefix}.linear1.bias": (f,),
+        f"{prefix}.linear2.weight": (c, f),
+        f"{prefix}.linear2.bias": (c,),
+      }
+    )
     for k in (1, 2, 3) if decoder else (1, 2):
       out.update({f"{prefix}.norm{k}.weight": (c,), f"{prefix}.norm{k}.bias": (c,)})
 
@@ -79,11 +85,20 @@ def official_state_shapes(config: SPMConfig, text_emb_dim: int = 1024) -> "colle
     out[f"global_{s}_token"] = (1, c)
     out[f"dist_{s}_layer.weight"] = (2 * c, c)
     out[f"dist_{s}_layer.bias"] = (2 * c,)
-  out.update({"skel_embedding.weight": (c, d), "skel_embedding.bias": (c,),
-              "text_embedding.weight": (c, text_emb_dim), "text_embedding.bias": (c,),
-              "final_layer.weight": (d, c), "final_layer.bias": (d,),
-              "time_embedding.linear_1.weight": (c, 2 * c), "time_embedding.linear_1.bias": (c,),
-              "time_embedding.linear_2.weight": (c, c), "time_embedding.linear_2.bias": (c,)})
+  out.update(
+    {
+      "skel_embedding.weight": (c, d),
+      "skel_embedding.bias": (c,),
+      "text_embedding.weight": (c, text_emb_dim),
+      "text_embedding.bias": (c,),
+      "final_layer.weight": (d, c),
+      "final_layer.bias": (d,),
+      "time_embedding.linear_1.weight": (c, 2 * c),
+      "time_embedding.linear_1.bias": (c,),
+      "time_embedding.linear_2.weight": (c, c),
+      "time_embedding.linear_2.bias": (c,),
+    }
+  )
   return out
 
 
@@ -91,17 +106,24 @@ def _state_dict(obj: Any, source: str) -> Mapping[str, np.ndarray]:
   """The state dict inside a loaded checkpoint: `obj['state_dict']`, or `obj` itself when it is one."""
   if isinstance(obj, Mapping) and "state_dict" in obj:
     obj = obj["state_dict"]
-  if (not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) for k in obj)
-      or not all(isinstance(v, np.ndarray) for v in obj.values())):
-    raise ValueError(f"{source}: expected a checkpoint {{'state_dict': {{name: tensor}}}} (official train_spm.py "
-                     f"layout) or a bare state dict, found {type(obj).__name__}")
+  if (
+    not isinstance(obj, Mapping)
+    or not obj
+    or not all(isinstance(k, str) for k in obj)
+    or not all(isinstance(v, np.ndarray) for v in obj.values())
+  ):
+    raise ValueError(
+      f"{source}: expected a checkpoint {{'state_dict': {{name: tensor}}}} (official train_spm.py "
+      f"layout) or a bare state dict, found {type(obj).__name__}"
+    )
   return obj
 
 
 def _require(state: Mapping[str, Any], key: str, ndim: int, source: str) -> tuple:
   if key not in state:
-    raise ValueError(f"{source}: missing key {key!r} (needed to read the model sizes; is this an official SPM "
-                     f"checkpoint?)")
+    raise ValueError(
+      f"{source}: missing key {key!r} (needed to read the model sizes; is this an official SPM checkpoint?)"
+    )
   shape = tuple(np.shape(state[key]))
   if len(shape) != ndim:
     raise ValueError(f"{source}: key {key!r}: expected a {ndim}-D tensor, found shape {shape}")
@@ -136,8 +158,9 @@ def _flax_path(key: str) -> tuple[str, ...]:
   return tuple(parts)
 
 
-def convert_spm_state(state: Mapping[str, Any], config: SPMConfig, text_emb_dim: int = 1024,
-                      source: str = "state dict") -> dict:
+def convert_spm_state(
+  state: Mapping[str, Any], config: SPMConfig, text_emb_dim: int = 1024, source: str = "state dict"
+) -> dict:
   """Official SPM state dict -> Flax params `{'params': ...}` (float32 numpy) for `spm_module(config)`.
 
   Raises ValueError naming `source`, the key and the expected/found shapes on any missing, unexpected or
@@ -145,27 +168,31 @@ def convert_spm_state(state: Mapping[str, Any], config: SPMConfig, text_emb_dim:
   text model, only in unfiltered state dicts) are ignored.
   """
   if config.arch != "official":
-    raise ValueError(f"{_WHERE}: convert_spm_state: expected an SPMConfig with arch='official', found "
-                     f"{config.arch!r}")
+    raise ValueError(f"{_WHERE}: convert_spm_state: expected an SPMConfig with arch='official', found {config.arch!r}")
   expected = official_state_shapes(config, text_emb_dim)
   present = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
   missing = [k for k in expected if k not in present]
   unexpected = sorted(k for k in present if k not in expected)
   if missing or unexpected:
-    raise ValueError(f"{source}: not an official SPM state dict for {_sizes(config, text_emb_dim)}: missing keys "
-                     f"{missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys "
-                     f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)})")
+    raise ValueError(
+      f"{source}: not an official SPM state dict for {_sizes(config, text_emb_dim)}: missing keys "
+      f"{missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected keys "
+      f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)})"
+    )
   for k, shape in expected.items():
     found = tuple(np.shape(present[k]))
     if found != shape:
-      raise ValueError(f"{source}: key {k!r}: expected shape {shape}, found {found} "
-                       f"(model sizes {_sizes(config, text_emb_dim)})")
+      raise ValueError(
+        f"{source}: key {k!r}: expected shape {shape}, found {found} (model sizes {_sizes(config, text_emb_dim)})"
+      )
   for k in ("weight", "bias"):
     a, b = np.asarray(present[f"motion_encoder.norm.{k}"]), np.asarray(present[f"text_encoder.norm.{k}"])
     if not np.array_equal(a, b):
-      raise ValueError(f"{source}: keys 'motion_encoder.norm.{k}' and 'text_encoder.norm.{k}' differ (max abs "
-                       f"difference {float(np.max(np.abs(a - b))):.3g}); the official SPM shares one final "
-                       f"LayerNorm between its encoders, so they must be equal")
+      raise ValueError(
+        f"{source}: keys 'motion_encoder.norm.{k}' and 'text_encoder.norm.{k}' differ (max abs "
+        f"difference {float(np.max(np.abs(a - b))):.3g}); the official SPM shares one final "
+        f"LayerNorm between its encoders, so they must be equal"
+      )
 
   params: dict = {}
   for k in expected:
@@ -196,19 +223,19 @@ def convert_spm_state(state: Mapping[str, Any], config: SPMConfig, text_emb_dim:
   want = jax.eval_shape(lambda: init_spm(config, jax.random.key(0), text_emb_dim=text_emb_dim))
   got_paths = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   want_paths = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(want)[0]}
-  if got_paths != want_paths:   # a bug of this module, not of the file
+  if got_paths != want_paths:  # a bug of this module, not of the file
     diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:6]
     raise AssertionError(f"{_WHERE}: converted tree does not match the Flax model: {diff}")
   return params
 
 
 def _sizes(config: SPMConfig, e: int) -> str:
-  return (f"D={config.dim_motion}, text E={e}, C={config.latent_dim}, ff={config.ff_dim}, "
-          f"layers={config.num_layers}")
+  return f"D={config.dim_motion}, text E={e}, C={config.latent_dim}, ff={config.ff_dim}, layers={config.num_layers}"
 
 
-def load_official_spm(path: str | os.PathLike, config: Optional[SPMConfig] = None, **overrides
-                      ) -> tuple[dict, SPMConfig, int]:
+def load_official_spm(
+  path: str | os.PathLike, config: Optional[SPMConfig] = None, **overrides
+) -> tuple[dict, SPMConfig, int]:
   """Reads an official SPM checkpoint file -> (Flax params, SPMConfig, text embedding width E).
 
   `config`: the expected architecture (validated against the file); default: inferred from the tensors with
@@ -220,8 +247,10 @@ def load_official_spm(path: str | os.PathLike, config: Optional[SPMConfig] = Non
   except FileNotFoundError:
     raise
   except Exception as err:  # zipfile / pickle / storage errors of damaged files
-    raise ValueError(f"{source}: cannot read as a torch.save checkpoint ({type(err).__name__}: {err}); the file "
-                     f"is truncated, damaged or not a torch checkpoint") from err
+    raise ValueError(
+      f"{source}: cannot read as a torch.save checkpoint ({type(err).__name__}: {err}); the file "
+      f"is truncated, damaged or not a torch checkpoint"
+    ) from err
   state = _state_dict(obj, source)
   if config is None:
     config, e = infer_official_config(state, source, **overrides)

@@ -73,8 +73,8 @@ class TorchMultiheadAttention(nn.Module):
     b = self.param("in_proj_bias", nn.initializers.zeros, (3 * c,))
     split = lambda x: x.reshape(x.shape[0], x.shape[1], h, c // h)
     qh = split(q @ w[:, :c] + b[:c]) * (c // h) ** -0.5
-    kh = split(kv @ w[:, c:2 * c] + b[c:2 * c])
-    vh = split(kv @ w[:, 2 * c:] + b[2 * c:])
+    kh = split(kv @ w[:, c : 2 * c] + b[c : 2 * c])
+    vh = split(kv @ w[:, 2 * c :] + b[2 * c :])
     logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh)
     if key_mask is not None:
       # torch adds -inf; the most negative finite value gives the same weights (exp underflows to exactly 0)
@@ -115,8 +115,7 @@ class OfficialDecoderLayer(nn.Module):
     drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=deterministic)
     a = TorchMultiheadAttention(self.num_heads, self.dropout, name="self_attn")(x, x, mask, deterministic)
     x = _layer_norm("norm1")(x + drop(a))
-    a = TorchMultiheadAttention(self.num_heads, self.dropout, name="multihead_attn")(x, memory, None,
-                                                                                     deterministic)
+    a = TorchMultiheadAttention(self.num_heads, self.dropout, name="multihead_attn")(x, memory, None, deterministic)
     x = _layer_norm("norm2")(x + drop(a))
     h = drop(nn.gelu(_dense(self.ff_dim, "linear1")(x), approximate=False))
     return _layer_norm("norm3")(x + drop(_dense(x.shape[-1], "linear2")(h)))
@@ -165,8 +164,9 @@ class SkipTransformer(nn.Module):
         return layer.apply({"params": p}, h, mask, deterministic, rngs=rngs)
 
       rng = None if deterministic or not self.dropout else self.make_rng("dropout")
-      return run_skip_layers(apply_block, lambda p, h: linear.apply({"params": p}, h), self.variables["params"], n,
-                             x, rng)
+      return run_skip_layers(
+        apply_block, lambda p, h: linear.apply({"params": p}, h), self.variables["params"], n, x, rng
+      )
     skips = []
     for block in self.input_blocks:
       x = self._run(block, x, mask, memory, deterministic)
@@ -188,8 +188,10 @@ class LearnedPositions(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     pe = self.param("pe", nn.initializers.uniform(1.0), (self.max_len, self.dim))
     if x.shape[1] > self.max_len:
-      raise ValueError(f"{_WHERE}: sequence of {x.shape[1]} positions (tokens included) exceeds the "
-                       f"{self.max_len} learned positions of the official SPM")
+      raise ValueError(
+        f"{_WHERE}: sequence of {x.shape[1]} positions (tokens included) exceeds the "
+        f"{self.max_len} learned positions of the official SPM"
+      )
     return x + pe[None, : x.shape[1]]
 
 
@@ -220,8 +222,9 @@ class OfficialSPM(nn.Module):
   def setup(self):
     c = self.config
     d = c.latent_dim
-    stack = lambda decoder: SkipTransformer(d, c.num_layers, c.num_heads, c.ff_dim, c.dropout, decoder,
-                                            scan_layers=self.scan_layers)
+    stack = lambda decoder: SkipTransformer(
+      d, c.num_layers, c.num_heads, c.ff_dim, c.dropout, decoder, scan_layers=self.scan_layers
+    )
     self.skel_embedding = nn.Dense(d)
     self.text_embedding = nn.Dense(d)
     self.final_layer = nn.Dense(c.dim_motion)
@@ -255,25 +258,44 @@ class OfficialSPM(nn.Module):
     dist = dist_layer(h[:, 0])
     return dist[:, :d], dist[:, d:]
 
-  def encode_text(self, text: jax.Array, text_mask: jax.Array, t: Optional[jax.Array] = None,
-                  deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+  def encode_text(
+    self, text: jax.Array, text_mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+  ) -> tuple[jax.Array, jax.Array]:
     """text float [B, Lt, E] token embeddings, text_mask bool [B, Lt], t None (no token) or int [B] / [].
     -> (mu, logvar) [B, latent]."""
     if text.ndim != 3:
-      raise ValueError(f"{_WHERE}: text input: expected float token embeddings [B, Lt, E], found {text.dtype} "
-                       f"{text.shape}")
+      raise ValueError(
+        f"{_WHERE}: text input: expected float token embeddings [B, Lt, E], found {text.dtype} {text.shape}"
+      )
     x = self.text_embedding(text.astype(jnp.float32))
-    return self._encode(x, text_mask, t, self.global_text_token, self.query_text_pos_encoder, self.text_encoder,
-                        self.dist_text_layer, deterministic)
+    return self._encode(
+      x,
+      text_mask,
+      t,
+      self.global_text_token,
+      self.query_text_pos_encoder,
+      self.text_encoder,
+      self.dist_text_layer,
+      deterministic,
+    )
 
-  def encode_motion(self, motion: jax.Array, mask: jax.Array, t: Optional[jax.Array] = None,
-                    deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+  def encode_motion(
+    self, motion: jax.Array, mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+  ) -> tuple[jax.Array, jax.Array]:
     """motion [B, L, D] normalised features, mask bool [B, L], t None or int [B] / [] -> (mu, logvar)."""
     if motion.ndim != 3 or motion.shape[-1] != self.config.dim_motion:
       raise ValueError(f"{_WHERE}: motion input: expected [B, L, D={self.config.dim_motion}], found {motion.shape}")
     x = self.skel_embedding(motion)
-    return self._encode(x, mask, t, self.global_motion_token, self.query_motion_pos_encoder, self.motion_encoder,
-                        self.dist_motion_layer, deterministic)
+    return self._encode(
+      x,
+      mask,
+      t,
+      self.global_motion_token,
+      self.query_motion_pos_encoder,
+      self.motion_encoder,
+      self.dist_motion_layer,
+      deterministic,
+    )
 
   def decode(self, z: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
     """z [B, latent], mask bool [B, L] -> motion features [B, L, D], zero on padded frames."""

@@ -85,13 +85,19 @@ class T5Config:
     if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
       raise ValueError(f"{path}: field 'feed_forward_proj': expected 'ACT' or 'gated-ACT', found {ff!r}")
     act = "gelu_new" if ff == "gated-gelu" else parts[-1]
-    return cls(vocab_size=int(require(d, "vocab_size", path)), d_model=int(require(d, "d_model", path)),
-               d_kv=int(require(d, "d_kv", path)), d_ff=int(require(d, "d_ff", path)),
-               num_layers=int(require(d, "num_layers", path)), num_heads=int(require(d, "num_heads", path)),
-               relative_attention_num_buckets=int(d.get("relative_attention_num_buckets", 32)),
-               relative_attention_max_distance=int(d.get("relative_attention_max_distance", 128)),
-               layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-6)), dense_act_fn=act,
-               is_gated_act=parts[0] == "gated" and len(parts) == 2)
+    return cls(
+      vocab_size=int(require(d, "vocab_size", path)),
+      d_model=int(require(d, "d_model", path)),
+      d_kv=int(require(d, "d_kv", path)),
+      d_ff=int(require(d, "d_ff", path)),
+      num_layers=int(require(d, "num_layers", path)),
+      num_heads=int(require(d, "num_heads", path)),
+      relative_attention_num_buckets=int(d.get("relative_attention_num_buckets", 32)),
+      relative_attention_max_distance=int(d.get("relative_attention_max_distance", 128)),
+      layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-6)),
+      dense_act_fn=act,
+      is_gated_act=parts[0] == "gated" and len(parts) == 2,
+    )
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
@@ -110,8 +116,9 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   rel = np.abs(rel)
   max_exact = half // 2
   ratio = np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact)
-  large = max_exact + (np.log(ratio) / np.float32(math.log(max_distance / max_exact))
-                       * np.float32(half - max_exact)).astype(np.int64)
+  large = max_exact + (
+    np.log(ratio) / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact)
+  ).astype(np.int64)
   large = np.minimum(large, half - 1)
   return (out + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
@@ -163,10 +170,10 @@ class T5Encoder(nn.Module):
     cfg = self.config
     length = ids.shape[1]
     x = nn.Embed(cfg.vocab_size, cfg.d_model, name="shared")(ids)
-    buckets = relative_position_buckets(length, cfg.relative_attention_num_buckets,
-                                        cfg.relative_attention_max_distance)
-    table = self.param("relative_attention_bias", nn.initializers.normal(1.0),
-                       (cfg.relative_attention_num_buckets, cfg.num_heads))
+    buckets = relative_position_buckets(length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
+    table = self.param(
+      "relative_attention_bias", nn.initializers.normal(1.0), (cfg.relative_attention_num_buckets, cfg.num_heads)
+    )
     pos_bias = jnp.transpose(table[buckets], (2, 0, 1))[None]  # [1, H, L, L]
     neg = jnp.finfo(jnp.float32).min
     bias = pos_bias + jnp.where(mask[:, None, None, :], 0.0, neg).astype(jnp.float32)
@@ -180,22 +187,29 @@ def t5_params_from_state_dict(sd: StateDict, cfg: T5Config, prefix: str = "") ->
   params of :class:`T5Encoder`. Linear weights [out, in] become kernels [in, out]."""
   e = f"{prefix}encoder."
   params = {
-      "shared": {"embedding": sd.get(f"{prefix}shared.weight", (cfg.vocab_size, cfg.d_model),
-                                     alternatives=[f"{e}embed_tokens.weight"])},
-      "relative_attention_bias": sd.get(f"{e}block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                                        (cfg.relative_attention_num_buckets, cfg.num_heads)),
-      "final_layer_norm": {"weight": sd.get(f"{e}final_layer_norm.weight", (cfg.d_model,))},
+    "shared": {
+      "embedding": sd.get(
+        f"{prefix}shared.weight", (cfg.vocab_size, cfg.d_model), alternatives=[f"{e}embed_tokens.weight"]
+      )
+    },
+    "relative_attention_bias": sd.get(
+      f"{e}block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      (cfg.relative_attention_num_buckets, cfg.num_heads),
+    ),
+    "final_layer_norm": {"weight": sd.get(f"{e}final_layer_norm.weight", (cfg.d_model,))},
   }
   lin = lambda key, n_out, n_in: {"kernel": sd.get(key, (n_out, n_in)).T}  # noqa: E731
   for i in range(cfg.num_layers):
     a, f = f"{e}block.{i}.layer.0.", f"{e}block.{i}.layer.1."
-    blk = {"attn_norm": {"weight": sd.get(f"{a}layer_norm.weight", (cfg.d_model,))},
-           "ff_norm": {"weight": sd.get(f"{f}layer_norm.weight", (cfg.d_model,))},
-           "o": lin(f"{a}SelfAttention.o.weight", cfg.d_model, cfg.inner_dim),
-           "wo": lin(f"{f}DenseReluDense.wo.weight", cfg.d_model, cfg.d_ff)}
+    blk = {
+      "attn_norm": {"weight": sd.get(f"{a}layer_norm.weight", (cfg.d_model,))},
+      "ff_norm": {"weight": sd.get(f"{f}layer_norm.weight", (cfg.d_model,))},
+      "o": lin(f"{a}SelfAttention.o.weight", cfg.d_model, cfg.inner_dim),
+      "wo": lin(f"{f}DenseReluDense.wo.weight", cfg.d_model, cfg.d_ff),
+    }
     for n in ("q", "k", "v"):
       blk[n] = lin(f"{a}SelfAttention.{n}.weight", cfg.inner_dim, cfg.d_model)
-    for n in (("wi_0", "wi_1") if cfg.is_gated_act else ("wi",)):
+    for n in ("wi_0", "wi_1") if cfg.is_gated_act else ("wi",):
       blk[n] = lin(f"{f}DenseReluDense.{n}.weight", cfg.d_ff, cfg.d_model)
     params[f"block_{i}"] = blk
   return params
@@ -231,8 +245,10 @@ class T5Tokenizer:
     self.eos_id = int(self.sp.eos_id())
     self.pad_id = int(self.sp.pad_id())
     if self.eos_id < 0 or self.pad_id < 0:
-      raise ValueError(f"{spm_path}: expected a T5 SentencePiece model with </s> and <pad> ids, found "
-                       f"eos_id={self.eos_id}, pad_id={self.pad_id}")
+      raise ValueError(
+        f"{spm_path}: expected a T5 SentencePiece model with </s> and <pad> ids, found "
+        f"eos_id={self.eos_id}, pad_id={self.pad_id}"
+      )
 
   @property
   def vocab_size(self) -> int:
@@ -245,8 +261,9 @@ class T5Tokenizer:
       text = text.lower()
     return list(self.sp.encode(text))[: self.max_length - 1] + [self.eos_id]
 
-  def __call__(self, texts: Sequence[str], padding: str = "longest", pad_to: Optional[int] = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(
+    self, texts: Sequence[str], padding: str = "longest", pad_to: Optional[int] = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Batch of texts -> (ids int32 [B, L], mask bool [B, L]).
 
     Args:
@@ -264,8 +281,8 @@ class T5Tokenizer:
     ids = np.full((len(rows), length), self.pad_id, np.int32)
     mask = np.zeros((len(rows), length), bool)
     for i, r in enumerate(rows):
-      ids[i, :len(r)] = r
-      mask[i, :len(r)] = True
+      ids[i, : len(r)] = r
+      mask[i, : len(r)] = True
     return ids, mask
 
 
@@ -375,7 +392,7 @@ class SentenceT5:
     toks, sents = [], []
     bs = min(batch_size, 1 << (len(texts) - 1).bit_length())  # rows bucketed to a power of two too
     for s in range(0, len(texts), bs):
-      i, m = pad_ids[s:s + bs], pad_mask[s:s + bs]
+      i, m = pad_ids[s : s + bs], pad_mask[s : s + bs]
       n = i.shape[0]
       if n < bs:  # fill with '</s>'-only rows
         fill_i = np.full((bs - n, padded), self.tokenizer.pad_id, np.int32)
@@ -388,8 +405,9 @@ class SentenceT5:
       sents.append(np.asarray(e)[:n])
     return np.concatenate(toks), mask, np.concatenate(sents)
 
-  def embeddings(self, texts: Sequence[str], output: str = "sentence", batch_size: int = 64
-                 ) -> tuple[np.ndarray, np.ndarray]:
+  def embeddings(
+    self, texts: Sequence[str], output: str = "sentence", batch_size: int = 64
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [B, Lt, E], mask [B, Lt]) in the precomputed-embeddings layout of ``data.text``.
 
     Args:
@@ -407,9 +425,14 @@ class SentenceT5:
 _DENSE_ACTS = {"torch.nn.modules.linear.Identity": "identity", "torch.nn.modules.activation.Tanh": "tanh"}
 
 
-_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-                   "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_LEGACY_POOLING = {
+  "pooling_mode_cls_token": "cls",
+  "pooling_mode_mean_tokens": "mean",
+  "pooling_mode_max_tokens": "max",
+  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+  "pooling_mode_weightedmean_tokens": "weightedmean",
+  "pooling_mode_lasttoken": "lasttoken",
+}
 
 
 def _pooling_mode(cfg: dict, path: str) -> str:
@@ -448,15 +471,19 @@ def load_sentence_t5(folder: str) -> SentenceT5:
     if not isinstance(modules, list):
       raise ValueError(f"{modules_path}: expected a JSON list of modules")
   else:
-    modules = [{"path": "", "type": "sentence_transformers.models.Transformer"},
-               {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-               {"path": "2_Dense", "type": "sentence_transformers.models.Dense"},
-               {"path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    modules = [
+      {"path": "", "type": "sentence_transformers.models.Transformer"},
+      {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+      {"path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+      {"path": "3_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
   kinds = [str(m.get("type", "")).split(".")[-1] for m in modules]
   body = kinds[2:-1] if kinds[-1:] == ["Normalize"] else kinds[2:]
   if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Dense" for k in body):
-    raise ValueError(f"{modules_path}: expected modules Transformer, Pooling, Dense (any number), Normalize "
-                     f"(optional) in this order, found {kinds}")
+    raise ValueError(
+      f"{modules_path}: expected modules Transformer, Pooling, Dense (any number), Normalize "
+      f"(optional) in this order, found {kinds}"
+    )
 
   tdir = os.path.join(folder, modules[0].get("path", ""))
   cfg_path = os.path.join(tdir, "config.json")
@@ -473,8 +500,9 @@ def load_sentence_t5(folder: str) -> SentenceT5:
     tc_path = os.path.join(tdir, "tokenizer_config.json")
     mml = read_json(tc_path, "tokenizer config").get("model_max_length") if os.path.exists(tc_path) else None
     max_len = int(mml) if isinstance(mml, (int, float)) and 0 < mml < 1e6 else 512
-  tokenizer = T5Tokenizer(find_file(tdir, ["spiece.model"], "SentencePiece model"), int(max_len),
-                          bool(st_cfg.get("do_lower_case", False)))
+  tokenizer = T5Tokenizer(
+    find_file(tdir, ["spiece.model"], "SentencePiece model"), int(max_len), bool(st_cfg.get("do_lower_case", False))
+  )
 
   sd = load_folder_weights(tdir)
   params = {"encoder": t5_params_from_state_dict(sd, t5)}
@@ -499,8 +527,9 @@ def load_sentence_t5(folder: str) -> SentenceT5:
       if dc.get("use_residual", False) or dc.get("module_input_name", "sentence_embedding") != "sentence_embedding":
         raise ValueError(f"{dpath}: unsupported Dense options (use_residual / module_input_name): {dc}")
       if act_name not in _DENSE_ACTS:
-        raise ValueError(f"{dpath}: field 'activation_function': expected one of {sorted(_DENSE_ACTS)}, found "
-                         f"{act_name!r}")
+        raise ValueError(
+          f"{dpath}: field 'activation_function': expected one of {sorted(_DENSE_ACTS)}, found {act_name!r}"
+        )
       bias = bool(dc.get("bias", True))
       dsd = load_folder_weights(mdir)
       p = {"kernel": dsd.get("linear.weight", (n_out, n_in)).T}
@@ -513,11 +542,20 @@ def load_sentence_t5(folder: str) -> SentenceT5:
       width = n_out
     elif kind == "Normalize":
       normalize = True
-  cfg = SentenceT5Config(t5=t5, pooling=pooling, dense_features=tuple(feats), dense_bias=tuple(biases),
-                         dense_activation=tuple(acts), normalize=normalize, max_seq_length=int(max_len),
-                         do_lower_case=tokenizer.do_lower_case)
+  cfg = SentenceT5Config(
+    t5=t5,
+    pooling=pooling,
+    dense_features=tuple(feats),
+    dense_bias=tuple(biases),
+    dense_activation=tuple(acts),
+    normalize=normalize,
+    max_seq_length=int(max_len),
+    do_lower_case=tokenizer.do_lower_case,
+  )
   if tokenizer.vocab_size > t5.vocab_size:
-    raise ValueError(f"{os.path.join(tdir, 'spiece.model')}: {tokenizer.vocab_size} pieces, more than the "
-                     f"vocab_size {t5.vocab_size} of {cfg_path}")
+    raise ValueError(
+      f"{os.path.join(tdir, 'spiece.model')}: {tokenizer.vocab_size} pieces, more than the "
+      f"vocab_size {t5.vocab_size} of {cfg_path}"
+    )
   params = jax.tree_util.tree_map(jnp.asarray, params)
   return SentenceT5(cfg, params, tokenizer)

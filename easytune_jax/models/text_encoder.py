@@ -39,14 +39,15 @@ class TextEncoderConfig:
   num_layers: int = 1
   num_heads: int = 4
   ff_dim: int = 128
-  dropout: float = 0.0          # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
+  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
 
   def __post_init__(self):
     if self.kind not in TEXT_KINDS:
       raise ValueError(f"TextEncoderConfig.kind: expected one of {TEXT_KINDS}, found {self.kind!r}")
     if self.width % self.num_heads:
-      raise ValueError(f"TextEncoderConfig.width: expected a multiple of num_heads={self.num_heads}, "
-                       f"found {self.width}")
+      raise ValueError(
+        f"TextEncoderConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}"
+      )
 
   @classmethod
   def paper(cls, **kw) -> "TextEncoderConfig":
@@ -66,8 +67,9 @@ class TextEncoder(nn.Module):
     cfg = self.config
     if cfg.kind == "learned":
       if cfg.vocab_size <= 0:
-        raise ValueError("TextEncoderConfig.vocab_size: expected the tokenizer's vocabulary size (> 0), "
-                         f"found {cfg.vocab_size}")
+        raise ValueError(
+          f"TextEncoderConfig.vocab_size: expected the tokenizer's vocabulary size (> 0), found {cfg.vocab_size}"
+        )
       self.embed = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02))
     else:
       self.proj = nn.Dense(cfg.width)
@@ -79,13 +81,15 @@ class TextEncoder(nn.Module):
     cfg = self.config
     if cfg.kind == "learned":
       if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim != 2:
-        raise ValueError(f"TextEncoder(kind='learned'): expected int token ids [B, Lt], found "
-                         f"{inputs.dtype} {inputs.shape}")
+        raise ValueError(
+          f"TextEncoder(kind='learned'): expected int token ids [B, Lt], found {inputs.dtype} {inputs.shape}"
+        )
       h = self.embed(inputs)
     else:
       if inputs.ndim != 3 or (cfg.embed_dim and inputs.shape[-1] != cfg.embed_dim):
-        raise ValueError(f"TextEncoder(kind='precomputed'): expected embeddings [B, Lt, "
-                         f"{cfg.embed_dim or 'E'}], found {inputs.shape}")
+        raise ValueError(
+          f"TextEncoder(kind='precomputed'): expected embeddings [B, Lt, {cfg.embed_dim or 'E'}], found {inputs.shape}"
+        )
       h = self.proj(inputs.astype(jnp.float32))
     if mask.shape != inputs.shape[:2]:
       raise ValueError(f"TextEncoder: mask shape {mask.shape} does not match inputs {inputs.shape[:2]}")

@@ -21,8 +21,13 @@ import jax.numpy as jnp
 import optax
 
 from easytune_jax.data.features import joints_num_for_dim, recover_from_ric
-from easytune_jax.models.layers import (TransformerDecoder, TransformerEncoder, kl_to_standard_normal,
-                                        reparameterize, sinusoidal_positions)
+from easytune_jax.models.layers import (
+  TransformerDecoder,
+  TransformerEncoder,
+  kl_to_standard_normal,
+  reparameterize,
+  sinusoidal_positions,
+)
 
 QUERY_POS = ("sine", "learned")
 
@@ -40,15 +45,15 @@ class VAEConfig:
   decoder_layers: int = 1
   num_heads: int = 4
   ff_dim: int = 128
-  dropout: float = 0.0          # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
-  skip: bool = True            # MLD's SkipTransformerEncoder in the encoder (needs an odd layer count)
-  query_pos: str = "sine"      # decoder queries: sinusoidal (any length) or learned (up to max_length)
-  max_length: int = 196        # only used by learned queries
+  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
+  skip: bool = True  # MLD's SkipTransformerEncoder in the encoder (needs an odd layer count)
+  query_pos: str = "sine"  # decoder queries: sinusoidal (any length) or learned (up to max_length)
+  max_length: int = 196  # only used by learned queries
   kl_weight: float = 1e-4
   feature_weight: float = 1.0
-  joint_weight: float = 1.0    # smooth-L1 on joint positions recovered from de-normalised features
+  joint_weight: float = 1.0  # smooth-L1 on joint positions recovered from de-normalised features
   logvar_offset: float = -6.0  # added to the encoder's logvar output: < 0 starts training with a narrow
-                               # posterior (MLD: 0); short CPU runs otherwise spend their steps on z noise
+  # posterior (MLD: 0); short CPU runs otherwise spend their steps on z noise
 
   def __post_init__(self):
     if self.query_pos not in QUERY_POS:
@@ -60,8 +65,23 @@ class VAEConfig:
 
   @classmethod
   def paper(cls, **kw) -> "VAEConfig":
-    return cls(**{**dict(latent_size=1, latent_dim=256, width=256, encoder_layers=9, decoder_layers=9,
-                         num_heads=4, ff_dim=1024, dropout=0.1, skip=True, logvar_offset=0.0), **kw})
+    return cls(
+      **{
+        **dict(
+          latent_size=1,
+          latent_dim=256,
+          width=256,
+          encoder_layers=9,
+          decoder_layers=9,
+          num_heads=4,
+          ff_dim=1024,
+          dropout=0.1,
+          skip=True,
+          logvar_offset=0.0,
+        ),
+        **kw,
+      }
+    )
 
 
 class VAEEncoder(nn.Module):
@@ -80,8 +100,9 @@ class VAEEncoder(nn.Module):
     seq = seq + sinusoidal_positions(2 * n + length, cfg.width)[None]
     seq_mask = jnp.concatenate([jnp.ones((b, 2 * n), bool), mask], axis=1)
     out = TransformerEncoder(cfg.encoder_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout, skip=cfg.skip)(
-        seq, seq_mask, deterministic)
-    dist = out[:, :2 * n]
+      seq, seq_mask, deterministic
+    )
+    dist = out[:, : 2 * n]
     if cfg.width != cfg.latent_dim:
       dist = nn.Dense(cfg.latent_dim, name="dist_proj")(dist)
     return dist[:, :n], dist[:, n:] + cfg.logvar_offset
@@ -98,15 +119,15 @@ class VAEDecoder(nn.Module):
     b, length = mask.shape
     if cfg.query_pos == "learned":
       if length > cfg.max_length:
-        raise ValueError(f"VAEDecoder: learned queries cover max_length={cfg.max_length} frames, asked for "
-                         f"{length}")
+        raise ValueError(f"VAEDecoder: learned queries cover max_length={cfg.max_length} frames, asked for {length}")
       pos = self.param("query_pos", nn.initializers.normal(0.02), (cfg.max_length, cfg.width))[:length]
     else:
       pos = sinusoidal_positions(length, cfg.width)
     queries = jnp.broadcast_to(pos[None], (b, length, cfg.width))
     memory = z if cfg.latent_dim == cfg.width else nn.Dense(cfg.width, name="latent_proj")(z)
     h = TransformerDecoder(cfg.decoder_layers, cfg.num_heads, cfg.ff_dim, cfg.dropout)(
-        queries, mask, memory, None, deterministic)
+      queries, mask, memory, None, deterministic
+    )
     h = nn.LayerNorm()(h)
     out = nn.Dense(cfg.nfeats, name="head")(h)
     return jnp.where(mask[..., None], out, 0.0)
@@ -161,9 +182,16 @@ def features_to_joints(features: jax.Array, mean: jax.Array, std: jax.Array) -> 
   return recover_from_ric(features * std + mean, joints_num_for_dim(d))
 
 
-def vae_loss(recon: jax.Array, target: jax.Array, mask: jax.Array, mu: jax.Array, logvar: jax.Array,
-             config: VAEConfig, mean: Optional[jax.Array] = None,
-             std: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
+def vae_loss(
+  recon: jax.Array,
+  target: jax.Array,
+  mask: jax.Array,
+  mu: jax.Array,
+  logvar: jax.Array,
+  config: VAEConfig,
+  mean: Optional[jax.Array] = None,
+  std: Optional[jax.Array] = None,
+) -> tuple[jax.Array, dict]:
   """MLD VAE loss: feature_weight * smoothL1(features) + joint_weight * smoothL1(joints) + kl_weight * KL.
 
   recon, target: normalised features [B, L, D]; mask [B, L]; mu, logvar [B, n, d].

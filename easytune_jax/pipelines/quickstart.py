@@ -39,21 +39,21 @@ class QuickstartConfig:
   """Sizes of each stage. Defaults take about 8-9 minutes on an otherwise idle 2-core CPU (longer on a busy one);
   `scale` multiplies every step count."""
 
-  data_dir: Optional[str] = None          # a HumanML3D-layout folder; None writes the synthetic dataset
+  data_dir: Optional[str] = None  # a HumanML3D-layout folder; None writes the synthetic dataset
   num_motions: int = 1000
-  max_frames: int = 64                    # longest synthetic motion: the tiny generator's 64-frame window, so a
-                                          # caption never describes frames outside the window it trains on
+  max_frames: int = 64  # longest synthetic motion: the tiny generator's 64-frame window, so a
+  # caption never describes frames outside the window it trains on
   seed: int = 0
   base_overrides: tuple = ("vae_steps=1500", "diffusion_steps=1500")
   reward_steps: int = 1500
   spl_steps: int = 300
-  reward_objective: str = "official"    # SPM training objective: 'official' (EasyTune's) or 'ours'
+  reward_objective: str = "official"  # SPM training objective: 'official' (EasyTune's) or 'ours'
   evaluator_steps: int = 200
   methods: tuple = ("easytune", "draft")
-  num_steps: int = CPU_NUM_STEPS          # DDIM steps of fine-tuning and evaluation
+  num_steps: int = CPU_NUM_STEPS  # DDIM steps of fine-tuning and evaluation
   guidance_scale: float = CPU_GUIDANCE_SCALE
   trajectories: int = 24
-  draft_k: int = 1                        # DRaFT-K reference (K=1 is the cheapest strong baseline)
+  draft_k: int = 1  # DRaFT-K reference (K=1 is the cheapest strong baseline)
   finetune_batch: int = 16
   learning_rate: float = 5e-5
   replications: int = 6
@@ -65,8 +65,9 @@ class QuickstartConfig:
     if unknown:
       raise ValueError(f"QuickstartConfig.methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")
     if self.reward_objective not in ("official", "ours"):
-      raise ValueError(f"QuickstartConfig.reward_objective: expected 'official' or 'ours', found "
-                       f"{self.reward_objective!r}")
+      raise ValueError(
+        f"QuickstartConfig.reward_objective: expected 'official' or 'ours', found {self.reward_objective!r}"
+      )
 
   def steps(self, n: int) -> int:
     return max(1, int(round(n * self.scale)))
@@ -77,8 +78,7 @@ def stage_data(cfg: QuickstartConfig, root: pathlib.Path) -> str:
     return cfg.data_dir
   out = root / "data"
   if not (out / "metadata.json").exists():
-    synthetic.write_synthetic_dataset(str(out), num_motions=cfg.num_motions, seed=cfg.seed,
-                                      max_len=cfg.max_frames)
+    synthetic.write_synthetic_dataset(str(out), num_motions=cfg.num_motions, seed=cfg.seed, max_len=cfg.max_frames)
   return str(out)
 
 
@@ -90,8 +90,11 @@ def base_config(cfg: QuickstartConfig) -> base.BaseConfig:
   for stage in ("vae", "diffusion"):
     steps = cfg.steps(getattr(config, f"{stage}_steps"))
     warmup = min(getattr(config, f"{stage}_optim").warmup_steps, steps // 2)
-    scaled += [f"{stage}_steps={steps}", f"{stage}_optim.warmup_steps={warmup}",
-               f"{stage}_optim.decay_steps={max(1, steps - warmup)}"]
+    scaled += [
+      f"{stage}_steps={steps}",
+      f"{stage}_optim.warmup_steps={warmup}",
+      f"{stage}_optim.decay_steps={max(1, steps - warmup)}",
+    ]
   return base.apply_overrides(config, scaled)
 
 
@@ -106,11 +109,20 @@ def stage_reward(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> st
   # The reward only ever scores the generator's window: train it on crops of that length (3x cheaper than
   # padding to 196 frames, so more steps fit the budget).
   rcfg = R.RewardTrainConfig(seed=cfg.seed, max_length=base_config(cfg).data.max_length)
-  rcfg = rcfg.with_objective(cfg.reward_objective)   # the CPU-size SPM trained with the official objective
-  R.train_reward(rcfg, root / "reward_pretrain", train, steps=cfg.steps(cfg.reward_steps),
-                 eval_dataset=test, eval_timesteps=(0, 300))
-  R.train_reward(rcfg, root / "reward", train, spl=True, init_from=root / "reward_pretrain",
-                 steps=cfg.steps(cfg.spl_steps), eval_dataset=test, eval_timesteps=(0, 300))
+  rcfg = rcfg.with_objective(cfg.reward_objective)  # the CPU-size SPM trained with the official objective
+  R.train_reward(
+    rcfg, root / "reward_pretrain", train, steps=cfg.steps(cfg.reward_steps), eval_dataset=test, eval_timesteps=(0, 300)
+  )
+  R.train_reward(
+    rcfg,
+    root / "reward",
+    train,
+    spl=True,
+    init_from=root / "reward_pretrain",
+    steps=cfg.steps(cfg.spl_steps),
+    eval_dataset=test,
+    eval_timesteps=(0, 300),
+  )
   return str(root / "reward")
 
 
@@ -122,43 +134,58 @@ def stage_evaluator(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) ->
 
 def run_config(cfg: QuickstartConfig, method: str) -> fr.RunConfig:
   ft = finetune.FinetuneConfig(
-      method=method, num_steps=cfg.num_steps, k=cfg.draft_k if method == "draft" else None,
-      guidance_scale=cfg.guidance_scale,
-      optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=5))
-  return fr.RunConfig(finetune=ft, trajectories=cfg.steps(cfg.trajectories), batch_size=cfg.finetune_batch,
-                      seed=cfg.seed, eval_every=max(1, cfg.steps(cfg.trajectories) // 4), heldout_size=64)
+    method=method,
+    num_steps=cfg.num_steps,
+    k=cfg.draft_k if method == "draft" else None,
+    guidance_scale=cfg.guidance_scale,
+    optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=5),
+  )
+  return fr.RunConfig(
+    finetune=ft,
+    trajectories=cfg.steps(cfg.trajectories),
+    batch_size=cfg.finetune_batch,
+    seed=cfg.seed,
+    eval_every=max(1, cfg.steps(cfg.trajectories) // 4),
+    heldout_size=64,
+  )
 
 
-def stage_finetune(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str,
-                   reward_dir: str) -> dict:
+def stage_finetune(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str, reward_dir: str) -> dict:
   out = {}
   for method in cfg.methods:
-    out[method] = fr.run_finetune(run_config(cfg, method), str(root / f"finetune_{method}"), gen_dir,
-                                  reward_dir, data_dir)
+    out[method] = fr.run_finetune(
+      run_config(cfg, method), str(root / f"finetune_{method}"), gen_dir, reward_dir, data_dir
+    )
   return out
 
 
 def generate_fn_for(cfg: QuickstartConfig, gen) -> Callable:
   """The evaluation protocol's `generate_fn(captions, pos_tokens, lengths, rng) -> normalised motion` of a
   generator at the quickstart's sampler setting."""
+
   def generate_fn(captions, pos_tokens, lengths, rng):
     del pos_tokens
-    return gen.generate(captions, lengths, rng, guidance_scale=cfg.guidance_scale, num_steps=cfg.num_steps,
-                        normalized=True)[0]
+    return gen.generate(
+      captions, lengths, rng, guidance_scale=cfg.guidance_scale, num_steps=cfg.num_steps, normalized=True
+    )[0]
+
   return generate_fn
 
 
 def reward_fn_for(cfg: QuickstartConfig, task, gen) -> Callable:
   """The protocol's `reward_fn(x, captions, lengths) -> [B]`: the task's reward model on clean motion."""
+
   def reward_fn(x, captions, lengths):
     lengths = np.minimum(lengths, gen.max_length)
     cond, _ = task.inputs(captions, lengths, rng=jax.random.key(cfg.seed))
-    return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
+    return np.asarray(task.reward(jax.numpy.asarray(x[:, : gen.max_length]), cond, None))
+
   return reward_fn
 
 
-def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str,
-                   eval_dir: str, reward_dir: str) -> dict:
+def stage_evaluate(
+  cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str, eval_dir: str, reward_dir: str
+) -> dict:
   test = load_dataset(data_dir, "test")
   evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
   task = fr.load_task(gen_dir, reward_dir)
@@ -167,11 +194,23 @@ def stage_evaluate(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
     rows[method] = fr.load_finetuned_generator(str(root / f"finetune_{method}"))
   results = []
   for name, gen in rows.items():
-    results.append(evaluation.evaluate(
-        generate_fn_for(cfg, gen), evaluator, test, replications=cfg.replications, mm=True,
-        mm_num_samples=min(20, len(test)), mm_num_repeats=5, mm_num_times=3,
-        max_length=min(gen.max_length, evaluator.max_length), seed=cfg.seed, method=name,
-        reward_fn=reward_fn_for(cfg, task, gen), progress=True))
+    results.append(
+      evaluation.evaluate(
+        generate_fn_for(cfg, gen),
+        evaluator,
+        test,
+        replications=cfg.replications,
+        mm=True,
+        mm_num_samples=min(20, len(test)),
+        mm_num_repeats=5,
+        mm_num_times=3,
+        max_length=min(gen.max_length, evaluator.max_length),
+        seed=cfg.seed,
+        method=name,
+        reward_fn=reward_fn_for(cfg, task, gen),
+        progress=True,
+      )
+    )
   paths = evaluation.write_results(results, str(root / "eval"))
   return {"results": results, "paths": paths}
 
@@ -187,8 +226,9 @@ def reward_curves(root: pathlib.Path, methods) -> tuple[dict, dict]:
   for method in methods:
     run = root / f"finetune_{method}"
     rows = [r for r in read_metrics(run) if "heldout_reward" in r]
-    base_reward = json.loads((run / "summary.json").read_text())["base_heldout_reward"] \
-        if (run / "summary.json").exists() else None
+    base_reward = (
+      json.loads((run / "summary.json").read_text())["base_heldout_reward"] if (run / "summary.json").exists() else None
+    )
     steps, values = [r["step"] for r in rows], [r["heldout_reward"] for r in rows]
     if base_reward is not None:
       steps, values = [0] + steps, [base_reward] + values
@@ -196,8 +236,10 @@ def reward_curves(root: pathlib.Path, methods) -> tuple[dict, dict]:
       by_traj[method] = (steps, values)
     timed = [r for r in rows if "wall_seconds" in r]
     if timed and base_reward is not None:
-      by_time[method] = ([0.0] + [r["wall_seconds"] for r in timed],
-                         [base_reward] + [r["heldout_reward"] for r in timed])
+      by_time[method] = (
+        [0.0] + [r["wall_seconds"] for r in timed],
+        [base_reward] + [r["heldout_reward"] for r in timed],
+      )
   return by_traj, by_time
 
 
@@ -211,15 +253,20 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
   panels = [(by_traj, "trajectories (base model at 0)")]
   if by_time:
     panels.append((by_time, "fine-tuning seconds, wall clock (held-out evaluations excluded)"))
-  out = {"curves": viz.plot_curve_panels(panels, str(media / "heldout_reward.png"),
-                                         title="held-out reward (SPM, fixed val captions and noise)",
-                                         ylabel="held-out reward")}
+  out = {
+    "curves": viz.plot_curve_panels(
+      panels,
+      str(media / "heldout_reward.png"),
+      title="held-out reward (SPM, fixed val captions and noise)",
+      ylabel="held-out reward",
+    )
+  }
   base_gen = generator.load_generator(gen_dir)
   tuned = {m: fr.load_finetuned_generator(str(root / f"finetune_{m}")) for m in cfg.methods}
   test = load_dataset(data_dir, "test")
   out["animations"] = []
   panel_px = 960 / (1 + len(tuned))
-  for i, entry in enumerate(test.entries[:cfg.num_animations]):
+  for i, entry in enumerate(test.entries[: cfg.num_animations]):
     caption = entry.captions[0][0]
     length = min(base_gen.max_length, 4 * (entry.length // 4))
     rng = jax.random.key(cfg.seed + 100 + i)
@@ -228,8 +275,16 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
     for m, gen in tuned.items():
       joints.append(gen.generate([caption], [length], rng, cfg.guidance_scale, cfg.num_steps)[1][0, :length])
       titles.append(m)
-    path = viz.side_by_side(joints, titles, str(media / f"sample_{i}.gif"), suptitle=caption,
-                            panel_size=panel_px / 100, dpi=100, linewidth=3.5, trail=12)
+    path = viz.side_by_side(
+      joints,
+      titles,
+      str(media / f"sample_{i}.gif"),
+      suptitle=caption,
+      panel_size=panel_px / 100,
+      dpi=100,
+      linewidth=3.5,
+      trail=12,
+    )
     out["animations"].append({"caption": caption, "path": path})
   return out
 
@@ -240,49 +295,77 @@ def _summary_table(summary: dict) -> list[str]:
   results = summary["evaluate"]["results"]
   ft = summary["finetune"]
   first_ft = next(iter(ft.values()), None)
-  fmt = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"   # noqa: E731
-  lines = ["| | val held-out reward | test reward-model score | R@1 | R@3 | MM-Dist | FID | Diversity |",
-           "|---|---|---|---|---|---|---|---|"]
+  fmt = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
+  lines = [
+    "| | val held-out reward | test reward-model score | R@1 | R@3 | MM-Dist | FID | Diversity |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   if results:
     m, r = results[0]["metrics"], results[0].get("reward", {})
-    lines.append(f"| Real motions | – | {fmt(r['gt_reward']) if r else '–'} | {fmt(m['gt_R_precision_top_1'])} | "
-                 f"{fmt(m['gt_R_precision_top_3'])} | {fmt(m['gt_Matching_score'], 2)} | {fmt(m['gt_FID'], 2)} | "
-                 f"{fmt(m['gt_Diversity'], 2)} |")
+    lines.append(
+      f"| Real motions | – | {fmt(r['gt_reward']) if r else '–'} | {fmt(m['gt_R_precision_top_1'])} | "
+      f"{fmt(m['gt_R_precision_top_3'])} | {fmt(m['gt_Matching_score'], 2)} | {fmt(m['gt_FID'], 2)} | "
+      f"{fmt(m['gt_Diversity'], 2)} |"
+    )
   for res in results:
     name, m, r = res["method"], res["metrics"], res.get("reward", {})
     if name == "base":
       val = f"{first_ft['base_heldout_reward']:.3f}" if first_ft else "–"
     else:
       val = f"{ft[name]['final_heldout_reward']:.3f}" if name in ft else "–"
-    lines.append(f"| {name} | {val} | {fmt(r['reward']) if r else '–'} | {fmt(m['R_precision_top_1'])} | "
-                 f"{fmt(m['R_precision_top_3'])} | {fmt(m['Matching_score'], 2)} | {fmt(m['FID'], 2)} | "
-                 f"{fmt(m['Diversity'], 2)} |")
+    lines.append(
+      f"| {name} | {val} | {fmt(r['reward']) if r else '–'} | {fmt(m['R_precision_top_1'])} | "
+      f"{fmt(m['R_precision_top_3'])} | {fmt(m['Matching_score'], 2)} | {fmt(m['FID'], 2)} | "
+      f"{fmt(m['Diversity'], 2)} |"
+    )
   return lines
 
 
 def write_report(root: pathlib.Path, summary: dict) -> str:
   ev = summary["evaluate"]
   timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings"].items())
-  lines = ["# easytune_jax quickstart report", "",
-           f"Machine: jax {jax.__version__}, backend {jax.default_backend()}, "
-           f"{jax.devices()[0].device_kind}; compute time {summary['seconds']:.0f} s ({timings}).", "",
-           "## Summary", "",
-           "Two different reward measures, in separate columns: the *val held-out reward* is the reward model's "
-           "score of fine-tuning's fixed val captions and noise (what `best/` and the curves use); the *test "
-           "reward-model score* is the same reward model on the test split under the evaluation protocol (mean ± "
-           "95% CI over the replications). R-precision, MM-Dist, FID and diversity come from the separate "
-           "T2M-style evaluator on the test split.", ""]
+  lines = [
+    "# easytune_jax quickstart report",
+    "",
+    f"Machine: jax {jax.__version__}, backend {jax.default_backend()}, "
+    f"{jax.devices()[0].device_kind}; compute time {summary['seconds']:.0f} s ({timings}).",
+    "",
+    "## Summary",
+    "",
+    "Two different reward measures, in separate columns: the *val held-out reward* is the reward model's "
+    "score of fine-tuning's fixed val captions and noise (what `best/` and the curves use); the *test "
+    "reward-model score* is the same reward model on the test split under the evaluation protocol (mean ± "
+    "95% CI over the replications). R-precision, MM-Dist, FID and diversity come from the separate "
+    "T2M-style evaluator on the test split.",
+    "",
+  ]
   lines += _summary_table(summary)
-  lines += ["", "## Held-out reward during fine-tuning (val split, fixed captions and noise)", "",
-            "| method | base | fine-tuned | gain | fine-tuning seconds |", "|---|---|---|---|---|"]
+  lines += [
+    "",
+    "## Held-out reward during fine-tuning (val split, fixed captions and noise)",
+    "",
+    "| method | base | fine-tuned | gain | fine-tuning seconds |",
+    "|---|---|---|---|---|",
+  ]
   for m, s in summary["finetune"].items():
-    lines.append(f"| {m} | {s['base_heldout_reward']:.4f} | {s['final_heldout_reward']:.4f} | "
-                 f"{s['final_heldout_reward'] - s['base_heldout_reward']:+.4f} | {s['seconds']:.0f} |")
+    lines.append(
+      f"| {m} | {s['base_heldout_reward']:.4f} | {s['final_heldout_reward']:.4f} | "
+      f"{s['final_heldout_reward'] - s['base_heldout_reward']:+.4f} | {s['seconds']:.0f} |"
+    )
   details = pathlib.Path(ev["paths"]["markdown"]).read_text()
   details = "\n".join("#" + line if line.startswith("## ") else line for line in details.splitlines())
   details = details.replace("(mean ± 95% CI)\n|", "(mean ± 95% CI)\n\n|")
-  lines += ["", "## Test-split evaluation in detail (`eval/eval.md`)", "", details, "",
-            "## Curves and animations", "", f"![held-out reward]({pathlib.Path(summary['media']['curves']).name})", ""]
+  lines += [
+    "",
+    "## Test-split evaluation in detail (`eval/eval.md`)",
+    "",
+    details,
+    "",
+    "## Curves and animations",
+    "",
+    f"![held-out reward]({pathlib.Path(summary['media']['curves']).name})",
+    "",
+  ]
   for a in summary["media"]["animations"]:
     lines.append(f"- {a['caption']}: ![{a['caption']}]({pathlib.Path(a['path']).name})")
   path = root / "report" / "report.md"
@@ -297,17 +380,30 @@ def _stage_plan(cfg: QuickstartConfig, root: pathlib.Path) -> dict:
   base, reward, ev = str(root / "base"), [str(root / "reward_pretrain"), str(root / "reward")], str(root / "evaluator")
   gen = {"num_steps": cfg.num_steps, "guidance_scale": cfg.guidance_scale, "seed": cfg.seed, "methods": cfg.methods}
   return {
-      "data": ({"data_dir": cfg.data_dir, "num_motions": cfg.num_motions, "max_frames": cfg.max_frames,
-                "seed": cfg.seed}, [], [data]),
-      "base": ({"config": dataclasses.asdict(base_config(cfg))}, [data], [base]),
-      "reward": ({"seed": cfg.seed, "steps": [cfg.steps(cfg.reward_steps), cfg.steps(cfg.spl_steps)],
-                  "max_length": base_config(cfg).data.max_length, "objective": cfg.reward_objective}, [data], reward),
-      "evaluator": ({"steps": cfg.steps(cfg.evaluator_steps)}, [data], [ev]),
-      "finetune": ({m: run_config(cfg, m).to_dict() for m in cfg.methods}, [data, base, *reward], ft_dirs),
-      "evaluate": ({**gen, "replications": cfg.replications}, [data, base, *reward, ev, *ft_dirs],
-                   [str(root / "eval")]),
-      "media": ({**gen, "num_animations": cfg.num_animations, "media_version": MEDIA_VERSION}, [data, base, *ft_dirs],
-                None),   # outputs: the files it returned (report/ also holds the report itself)
+    "data": (
+      {"data_dir": cfg.data_dir, "num_motions": cfg.num_motions, "max_frames": cfg.max_frames, "seed": cfg.seed},
+      [],
+      [data],
+    ),
+    "base": ({"config": dataclasses.asdict(base_config(cfg))}, [data], [base]),
+    "reward": (
+      {
+        "seed": cfg.seed,
+        "steps": [cfg.steps(cfg.reward_steps), cfg.steps(cfg.spl_steps)],
+        "max_length": base_config(cfg).data.max_length,
+        "objective": cfg.reward_objective,
+      },
+      [data],
+      reward,
+    ),
+    "evaluator": ({"steps": cfg.steps(cfg.evaluator_steps)}, [data], [ev]),
+    "finetune": ({m: run_config(cfg, m).to_dict() for m in cfg.methods}, [data, base, *reward], ft_dirs),
+    "evaluate": ({**gen, "replications": cfg.replications}, [data, base, *reward, ev, *ft_dirs], [str(root / "eval")]),
+    "media": (
+      {**gen, "num_animations": cfg.num_animations, "media_version": MEDIA_VERSION},
+      [data, base, *ft_dirs],
+      None,
+    ),  # outputs: the files it returned (report/ also holds the report itself)
   }
 
 
@@ -331,12 +427,12 @@ def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
   timings, skipped = {}, []
 
   def stage(name, fn, *args):
-    if name == "data" and cfg.data_dir:   # the user's folder: nothing to compute (and nothing written on failure)
+    if name == "data" and cfg.data_dir:  # the user's folder: nothing to compute (and nothing written on failure)
       timings[name] = 0.0
       return fn(*args)
     settings, inputs, outputs = plan[name]
     key = rerun.settings_key(workdir=str(root.absolute()), settings=settings, inputs=rerun.fingerprint(inputs))
-    if outputs is None:   # media: the files the recorded run returned
+    if outputs is None:  # media: the files the recorded run returned
       try:
         outputs = _media_files(manifest.entries[name]["result"])
       except (KeyError, TypeError):
@@ -349,7 +445,7 @@ def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
       return entry["result"]
     t = time.time()
     logging.info("quickstart: stage %s", name)
-    out = json.loads(json.dumps(fn(*args), default=str))   # as a rerun will read it back
+    out = json.loads(json.dumps(fn(*args), default=str))  # as a rerun will read it back
     timings[name] = time.time() - t
     manifest.record(name, key, _media_files(out) if name == "media" else outputs, out, timings[name])
     return out
@@ -361,12 +457,22 @@ def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
   ft = stage("finetune", stage_finetune, cfg, root, data_dir, gen_dir, reward_dir)
   ev = stage("evaluate", stage_evaluate, cfg, root, data_dir, gen_dir, eval_dir, reward_dir)
   media = stage("media", stage_media, cfg, root, data_dir, gen_dir)
-  summary = {"finetune": ft, "evaluate": ev, "media": media, "timings": timings,
-             "seconds": sum(timings.values()), "workdir": str(root)}
+  summary = {
+    "finetune": ft,
+    "evaluate": ev,
+    "media": media,
+    "timings": timings,
+    "seconds": sum(timings.values()),
+    "workdir": str(root),
+  }
   summary["report"] = write_report(root, summary)
-  (root / "report" / "summary.json").write_text(json.dumps(
+  (root / "report" / "summary.json").write_text(
+    json.dumps(
       {k: v for k, v in summary.items() if k != "evaluate"} | {"metrics": [r["metrics"] for r in ev["results"]]},
-      indent=2, default=str))
+      indent=2,
+      default=str,
+    )
+  )
   summary["wall_seconds"] = time.time() - t0
   summary["skipped"] = skipped
   return summary
@@ -376,17 +482,29 @@ def summary_screen(summary: dict) -> str:
   """One screen: per-method rewards, the metric table and the files written."""
   wall = summary.get("wall_seconds", summary["seconds"])
   skipped = summary.get("skipped", [])
-  lines = ["", "=" * 78, "easytune_jax quickstart: done in %.0f s" % wall,
-           "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items())]
+  lines = [
+    "",
+    "=" * 78,
+    "easytune_jax quickstart: done in %.0f s" % wall,
+    "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items()),
+  ]
   if skipped:
-    lines.append(f"unchanged since the last run, not recomputed: {', '.join(skipped)} (their recorded seconds "
-                 f"above; delete {pathlib.Path(summary['workdir']) / rerun.MANIFEST} to recompute)")
+    lines.append(
+      f"unchanged since the last run, not recomputed: {', '.join(skipped)} (their recorded seconds "
+      f"above; delete {pathlib.Path(summary['workdir']) / rerun.MANIFEST} to recompute)"
+    )
   lines.append("")
   for m, s in summary["finetune"].items():
     lines.append(f"{m:>10}: held-out reward {s['base_heldout_reward']:.4f} -> {s['final_heldout_reward']:.4f}")
-  lines += ["", pathlib.Path(summary["evaluate"]["paths"]["markdown"]).read_text().strip(), "",
-            "files:", f"  report      {summary['report']}", f"  metrics     {summary['evaluate']['paths']['json']}",
-            f"  curves      {summary['media']['curves']}"]
+  lines += [
+    "",
+    pathlib.Path(summary["evaluate"]["paths"]["markdown"]).read_text().strip(),
+    "",
+    "files:",
+    f"  report      {summary['report']}",
+    f"  metrics     {summary['evaluate']['paths']['json']}",
+    f"  curves      {summary['media']['curves']}",
+  ]
   lines += [f"  animation   {a['path']}" for a in summary["media"]["animations"]]
   lines += [f"  TensorBoard tensorboard --logdir {summary['workdir']}   (pip install tensorboard)", "=" * 78]
   return "\n".join(lines)

@@ -38,8 +38,15 @@ def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
   return jnp.sum(values * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
 
 
-def skating_penalty(joints: jax.Array, mask: jax.Array, *, fps: float = 20.0, feet=FOOT_JOINTS,
-                    height: float = SKATE_HEIGHT, softness: float = 0.01) -> jax.Array:
+def skating_penalty(
+  joints: jax.Array,
+  mask: jax.Array,
+  *,
+  fps: float = 20.0,
+  feet=FOOT_JOINTS,
+  height: float = SKATE_HEIGHT,
+  softness: float = 0.01,
+) -> jax.Array:
   """Contact-weighted horizontal foot speed, mean over valid transitions and feet.
 
   Args:
@@ -48,25 +55,25 @@ def skating_penalty(joints: jax.Array, mask: jax.Array, *, fps: float = 20.0, fe
   Returns:
     [B] penalty in m/s.
   """
-  f = joints[:, :, jnp.asarray(feet), :]                                  # [B, F, 2, 3]
+  f = joints[:, :, jnp.asarray(feet), :]  # [B, F, 2, 3]
   disp = f[:, 1:] - f[:, :-1]
-  speed = _safe_norm(jnp.stack([disp[..., 0], disp[..., 2]], -1)) * fps   # [B, F-1, 2]
-  contact = jax.nn.sigmoid((height - f[..., 1]) / softness)               # [B, F, 2]
+  speed = _safe_norm(jnp.stack([disp[..., 0], disp[..., 2]], -1)) * fps  # [B, F-1, 2]
+  contact = jax.nn.sigmoid((height - f[..., 1]) / softness)  # [B, F, 2]
   weight = contact[:, 1:] * contact[:, :-1]
-  valid = mask[:, 1:] & mask[:, :-1]                                      # transition t -> t+1 inside
+  valid = mask[:, 1:] & mask[:, :-1]  # transition t -> t+1 inside
   return _masked_mean(jnp.mean(weight * speed, axis=-1), valid)
 
 
 def jitter_penalty(joints: jax.Array, mask: jax.Array, *, fps: float = 20.0) -> jax.Array:
   """Mean joint jerk magnitude |x_{t+3} - 3x_{t+2} + 3x_{t+1} - x_t| * fps^3 over valid windows. [B]."""
   jerk = joints[:, 3:] - 3 * joints[:, 2:-1] + 3 * joints[:, 1:-2] - joints[:, :-3]
-  mag = jnp.mean(_safe_norm(jerk), axis=-1) * fps**3                     # [B, F-3]
+  mag = jnp.mean(_safe_norm(jerk), axis=-1) * fps**3  # [B, F-3]
   return _masked_mean(mag, mask[:, 3:])
 
 
 def penetration_penalty(joints: jax.Array, mask: jax.Array, *, up_axis: int = 1) -> jax.Array:
   """Mean over valid frames of max(0, -min_j y_j): depth of the lowest joint below the floor. [B] metres."""
-  depth = jax.nn.relu(-jnp.min(joints[..., up_axis], axis=-1))            # [B, F]
+  depth = jax.nn.relu(-jnp.min(joints[..., up_axis], axis=-1))  # [B, F]
   return _masked_mean(depth, mask)
 
 

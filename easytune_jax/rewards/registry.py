@@ -69,12 +69,16 @@ def _physical(name: str) -> Callable[[RewardContext], RewardFn]:
       mask = cond.get("mask")
       mask = jnp.ones(x.shape[:2], bool) if mask is None else mask
       return -penalty(joints, mask, **kw)
+
     return reward
+
   return build
 
 
 REGISTRY: dict[str, Callable[[RewardContext], RewardFn]] = {
-    "spm": _spm, **{name: _physical(name) for name in physical.PENALTIES}}
+  "spm": _spm,
+  **{name: _physical(name) for name in physical.PENALTIES},
+}
 
 
 def register(name: str, builder: Callable[[RewardContext], RewardFn]) -> None:
@@ -96,7 +100,7 @@ def parse_spec(spec: str) -> tuple[tuple[str, float], ...]:
       try:
         name, weight = head, float(tail)
       except ValueError:
-        name = item   # 'module:function' without a weight
+        name = item  # 'module:function' without a weight
     terms.append((name.strip(), weight))
   if not terms:
     raise ValueError(f"--reward {spec!r}: expected terms like 'spm' or 'spm:1.0,skating:0.2'")
@@ -155,8 +159,7 @@ def build_reward(spec: str, context: RewardContext) -> WeightedReward:
     elif name in REGISTRY:
       fn = REGISTRY[name](context)
     else:
-      raise ValueError(f"reward term {name!r}: not registered (known: {sorted(REGISTRY)}) and not "
-                       "'module:function'")
+      raise ValueError(f"reward term {name!r}: not registered (known: {sorted(REGISTRY)}) and not 'module:function'")
     names.append(name)
     weights.append(weight)
     fns.append(fn)

@@ -54,14 +54,20 @@ def filter_cutoff(threshold: float, convention: str = "cosine") -> float:
   ('tmr': TMR's and the official SPM's `InfoNCE_with_filtering`, which maps the threshold from [0, 1] to the
   cosine range [-1, 1]; 0.9 -> 0.8)."""
   if convention not in FILTER_CONVENTIONS:
-    raise ValueError(f"easytune_jax/spl.py: filter convention: expected one of {FILTER_CONVENTIONS}, found "
-                     f"{convention!r}")
+    raise ValueError(
+      f"easytune_jax/spl.py: filter convention: expected one of {FILTER_CONVENTIONS}, found {convention!r}"
+    )
   return 2.0 * threshold - 1.0 if convention == "tmr" else threshold
 
 
-def info_nce_with_filtering(text: jax.Array, motion: jax.Array, sent_emb: Optional[jax.Array] = None,
-                            temperature: float = 0.1, threshold: float = 0.9,
-                            convention: str = "cosine") -> jax.Array:
+def info_nce_with_filtering(
+  text: jax.Array,
+  motion: jax.Array,
+  sent_emb: Optional[jax.Array] = None,
+  temperature: float = 0.1,
+  threshold: float = 0.9,
+  convention: str = "cosine",
+) -> jax.Array:
   """Symmetric InfoNCE over cosine similarities, dropping near-duplicate-caption negatives (TMR).
 
   Args:
@@ -81,8 +87,10 @@ def info_nce_with_filtering(text: jax.Array, motion: jax.Array, sent_emb: Option
   _check_rank(text, 2, "text")
   _check_rank(motion, 2, "motion")
   if text.shape != motion.shape:
-    raise ValueError(f"easytune_jax/spl.py: info_nce_with_filtering: 'text' and 'motion' must have the "
-                     f"same shape [B, E], found {text.shape} and {motion.shape}")
+    raise ValueError(
+      f"easytune_jax/spl.py: info_nce_with_filtering: 'text' and 'motion' must have the "
+      f"same shape [B, E], found {text.shape} and {motion.shape}"
+    )
   logits = cosine_similarity_matrix(text, motion) / temperature
   b = logits.shape[0]
   if sent_emb is not None:
@@ -112,8 +120,9 @@ class PreferencePairs(NamedTuple):
   topk: jax.Array
 
 
-def mine_preference_pairs(sim: jax.Array, k: int = 10, high_sim: float = 0.8,
-                          targets: Optional[jax.Array] = None) -> PreferencePairs:
+def mine_preference_pairs(
+  sim: jax.Array, k: int = 10, high_sim: float = 0.8, targets: Optional[jax.Array] = None
+) -> PreferencePairs:
   """SPL mining: one ranking function vmapped over the rows of `sim`.
 
   Args:
@@ -128,8 +137,10 @@ def mine_preference_pairs(sim: jax.Array, k: int = 10, high_sim: float = 0.8,
   b, m = sim.shape
   if targets is None:
     if m < b:
-      raise ValueError(f"easytune_jax/spl.py: mine_preference_pairs: 'sim' [B, M] with default targets needs "
-                       f"M >= B, found shape {sim.shape}")
+      raise ValueError(
+        f"easytune_jax/spl.py: mine_preference_pairs: 'sim' [B, M] with default targets needs "
+        f"M >= B, found shape {sim.shape}"
+      )
     targets = jnp.arange(b, dtype=jnp.int32)
   targets = jnp.asarray(targets, jnp.int32)
   if targets.shape != (b,):
@@ -147,8 +158,9 @@ def mine_preference_pairs(sim: jax.Array, k: int = 10, high_sim: float = 0.8,
   return PreferencePairs(retrieved.astype(jnp.int32), targets, correct, topk.astype(jnp.int32))
 
 
-def preference_loss(sim: jax.Array, pairs: PreferencePairs, temperature: float = 0.1,
-                    convention: str = "official") -> jax.Array:
+def preference_loss(
+  sim: jax.Array, pairs: PreferencePairs, temperature: float = 0.1, convention: str = "official"
+) -> jax.Array:
   """KL(target || softmax(logits)) of the pair [sim(row, retrieved), sim(row, target)].
 
   target = [0.5, 0.5] on correct rows, [0, 1] on incorrect rows; the KL is summed over the pair and
@@ -169,8 +181,10 @@ def preference_loss(sim: jax.Array, pairs: PreferencePairs, temperature: float =
   """
   _check_rank(sim, 2, "sim")
   if convention not in TEMPERATURE_CONVENTIONS:
-    raise ValueError(f"easytune_jax/spl.py: preference_loss: 'convention': expected one of "
-                     f"{TEMPERATURE_CONVENTIONS}, found {convention!r}")
+    raise ValueError(
+      f"easytune_jax/spl.py: preference_loss: 'convention': expected one of "
+      f"{TEMPERATURE_CONVENTIONS}, found {convention!r}"
+    )
   rows = jnp.arange(sim.shape[0])
   z = jnp.stack([sim[rows, pairs.retrieved], sim[rows, pairs.target]], axis=-1) / temperature
   if convention == "official":
@@ -181,9 +195,15 @@ def preference_loss(sim: jax.Array, pairs: PreferencePairs, temperature: float =
   return jnp.mean(kl)
 
 
-def spl_loss(text: jax.Array, motion: jax.Array, k: int = 10, high_sim: float = 0.8,
-             temperature: float = 0.1, targets: Optional[jax.Array] = None, convention: str = "official"
-             ) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+def spl_loss(
+  text: jax.Array,
+  motion: jax.Array,
+  k: int = 10,
+  high_sim: float = 0.8,
+  temperature: float = 0.1,
+  targets: Optional[jax.Array] = None,
+  convention: str = "official",
+) -> tuple[jax.Array, Mapping[str, jax.Array]]:
   """SPL loss from latents: text [B, E], motion [M, E] -> (scalar loss, aux).
 
   convention: the temperature convention of :func:`preference_loss` ('official' divides by tau twice).
@@ -192,8 +212,10 @@ def spl_loss(text: jax.Array, motion: jax.Array, k: int = 10, high_sim: float = 
   sim = cosine_similarity_matrix(text, motion)
   pairs = mine_preference_pairs(sim, k=k, high_sim=high_sim, targets=targets)
   loss = preference_loss(sim, pairs, temperature, convention)
-  aux = {"spl_correct_frac": jnp.mean(pairs.correct.astype(jnp.float32)),
-         "spl_top1_frac": jnp.mean((pairs.retrieved == pairs.target).astype(jnp.float32))}
+  aux = {
+    "spl_correct_frac": jnp.mean(pairs.correct.astype(jnp.float32)),
+    "spl_top1_frac": jnp.mean((pairs.retrieved == pairs.target).astype(jnp.float32)),
+  }
   return loss, aux
 
 
@@ -231,14 +253,20 @@ def batched_retrieval_metrics(text, motion, batch_size: int = 32, ks=RECALL_KS) 
   group's [b, b] cosine matrix averaged over groups. text, motion: latents [N, E] in matching order."""
   text, motion = np.asarray(text, np.float64), np.asarray(motion, np.float64)
   if text.shape != motion.shape or text.ndim != 2:
-    raise ValueError(f"easytune_jax/spl.py: batched_retrieval_metrics: expected 'text' and 'motion' of the same "
-                     f"shape [N, E], found {text.shape} and {motion.shape}")
+    raise ValueError(
+      f"easytune_jax/spl.py: batched_retrieval_metrics: expected 'text' and 'motion' of the same "
+      f"shape [N, E], found {text.shape} and {motion.shape}"
+    )
   n = text.shape[0] // batch_size
   if n == 0:
-    raise ValueError(f"easytune_jax/spl.py: batched_retrieval_metrics: need at least batch_size={batch_size} "
-                     f"pairs, found {text.shape[0]}")
+    raise ValueError(
+      f"easytune_jax/spl.py: batched_retrieval_metrics: need at least batch_size={batch_size} "
+      f"pairs, found {text.shape[0]}"
+    )
   norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
   text, motion = norm(text), norm(motion)
-  groups = [retrieval_metrics(text[i * batch_size:(i + 1) * batch_size] @
-                              motion[i * batch_size:(i + 1) * batch_size].T, ks) for i in range(n)]
+  groups = [
+    retrieval_metrics(text[i * batch_size : (i + 1) * batch_size] @ motion[i * batch_size : (i + 1) * batch_size].T, ks)
+    for i in range(n)
+  ]
   return {k: float(np.mean([g[k] for g in groups])) for k in groups[0]}

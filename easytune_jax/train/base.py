@@ -45,10 +45,21 @@ from easytune_jax.core.config import check_config_matches
 from easytune_jax.core.metric_writer import MetricWriter
 from easytune_jax.core.optim import apply_gradients, create_train_state
 from easytune_jax.core.config import apply_overrides, config_to_dict  # noqa: F401  (callers override base configs)
-from easytune_jax.models.generator import (MODELS, BaseConfig, DataConfig, Modules, build_modules, diffusion_tx,  # noqa: F401
-                                          encode_latents, get_config, init_diffusion_params, init_vae_params,
-                                          make_cond,
-                                          text_inputs, vae_tx)
+from easytune_jax.models.generator import (
+  MODELS,  # noqa: F401
+  BaseConfig,
+  DataConfig,  # noqa: F401
+  Modules,  # noqa: F401
+  build_modules,
+  diffusion_tx,  # noqa: F401
+  encode_latents,
+  get_config,  # noqa: F401
+  init_diffusion_params,
+  init_vae_params,
+  make_cond,
+  text_inputs,
+  vae_tx,
+)
 from easytune_jax.train.loop import train_loop
 
 _ARRAY_KEYS = ("motion", "mask", "length", "tokens", "token_mask", "text_emb", "text_emb_mask")
@@ -67,8 +78,15 @@ def _local(batch, mesh):
 def _model_key(config: BaseConfig) -> BaseConfig:
   """The config with the fields that do not change compiled code zeroed: jitted functions are cached on it,
   so a resumed (or longer) run with the same model reuses the compiled steps."""
-  return dataclasses.replace(config, vae_steps=0, diffusion_steps=0, log_every=0, checkpoint_every=0,
-                             eval_every=0, data=dataclasses.replace(config.data, num_val_batches=0))
+  return dataclasses.replace(
+    config,
+    vae_steps=0,
+    diffusion_steps=0,
+    log_every=0,
+    checkpoint_every=0,
+    eval_every=0,
+    data=dataclasses.replace(config.data, num_val_batches=0),
+  )
 
 
 def _jit(step, mesh):
@@ -84,8 +102,9 @@ def _vae_step_fn(config: BaseConfig, mesh=None):
     k_z, k_drop = jax.random.split(jax.random.fold_in(key, state.step))
 
     def loss_fn(params):
-      recon, mu, logvar = vae.apply(params, batch["motion"], batch["mask"], k_z, deterministic=False,
-                                    rngs={"dropout": k_drop})
+      recon, mu, logvar = vae.apply(
+        params, batch["motion"], batch["mask"], k_z, deterministic=False, rngs={"dropout": k_drop}
+      )
       return vae_loss(recon, batch["motion"], batch["mask"], mu, logvar, config.vae, mean, std)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -103,8 +122,9 @@ def make_vae_step(config: BaseConfig, mean: np.ndarray, std: np.ndarray, key: ja
   return lambda state, batch: step(state, _arrays(batch), mean, std, key)
 
 
-def diffusion_loss(config: BaseConfig, params: dict, vae_params, batch: dict, rng: jax.Array,
-                   latent_scale, deterministic: bool = False) -> tuple[jax.Array, dict]:
+def diffusion_loss(
+  config: BaseConfig, params: dict, vae_params, batch: dict, rng: jax.Array, latent_scale, deterministic: bool = False
+) -> tuple[jax.Array, dict]:
   """DDPM loss at uniformly random t with per-example unconditional dropout (prob cond_drop_prob).
   MLD: MSE over the latent; MDM: MSE over valid frames only."""
   m = build_modules(config)
@@ -115,8 +135,16 @@ def diffusion_loss(config: BaseConfig, params: dict, vae_params, batch: dict, rn
   else:
     x0 = batch["motion"]
   inputs, tmask = text_inputs(config, batch)
-  cond, uncond = make_cond(config, m.text, params["text"], inputs, tmask, batch["mask"],
-                           deterministic=deterministic, rng=None if deterministic else k_text)
+  cond, uncond = make_cond(
+    config,
+    m.text,
+    params["text"],
+    inputs,
+    tmask,
+    batch["mask"],
+    deterministic=deterministic,
+    rng=None if deterministic else k_text,
+  )
   if config.cond_drop_prob > 0:
     cond = drop_condition(k_drop, cond, uncond, config.cond_drop_prob)
   b = x0.shape[0]
@@ -124,8 +152,9 @@ def diffusion_loss(config: BaseConfig, params: dict, vae_params, batch: dict, rn
   noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
   x_t = schedules.add_noise(schedule, x0, noise, t)
   target = schedules.training_target(schedule, x0, noise, t)
-  pred = m.denoiser.apply(params["denoiser"], x_t, t, cond, deterministic,
-                          rngs=None if deterministic else {"dropout": k_den})
+  pred = m.denoiser.apply(
+    params["denoiser"], x_t, t, cond, deterministic, rngs=None if deterministic else {"dropout": k_den}
+  )
   err = (pred - target) ** 2
   if config.model == "mdm":
     w = batch["mask"][..., None].astype(err.dtype)
@@ -142,7 +171,8 @@ def _diffusion_step_fn(config: BaseConfig, mesh=None):
   def step(state, batch, vae_params, latent_scale, key):
     rng = jax.random.fold_in(key, state.step)
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p: diffusion_loss(config, p, vae_params, batch, rng, latent_scale), has_aux=True)(state.params)
+      lambda p: diffusion_loss(config, p, vae_params, batch, rng, latent_scale), has_aux=True
+    )(state.params)
     state, finite = apply_gradients(state, grads, tx, loss, config.ema_decay)
     return state, {**metrics, "grad_norm": optax.tree.norm(grads), "finite": finite}
 
@@ -163,16 +193,14 @@ def build_tokenizer(config: BaseConfig, dataset: MotionDataset, workdir: str) ->
   path = os.path.join(workdir, "tokenizer.json")
   if os.path.exists(path):
     return Tokenizer.load(path)
-  tok = Tokenizer.build([c for e in dataset.entries for c, _ in e.captions],
-                        max_length=config.data.text_max_length)
+  tok = Tokenizer.build([c for e in dataset.entries for c, _ in e.captions], max_length=config.data.text_max_length)
   os.makedirs(workdir, exist_ok=True)
   tok.save(path)
   return tok
 
 
 def _batch_kwargs(config: BaseConfig, text_embeddings: Optional[TextEmbeddings]) -> dict:
-  return dict(max_length=config.data.max_length, unit_length=config.data.unit_length,
-              text_embeddings=text_embeddings)
+  return dict(max_length=config.data.max_length, unit_length=config.data.unit_length, text_embeddings=text_embeddings)
 
 
 def _text_embeddings(config: BaseConfig) -> Optional[TextEmbeddings]:
@@ -183,8 +211,9 @@ def _text_embeddings(config: BaseConfig) -> Optional[TextEmbeddings]:
   return TextEmbeddings(config.data.text_embeddings)
 
 
-def validation_batches(config: BaseConfig, dataset: MotionDataset, tokenizer: Tokenizer,
-                       text_embeddings: Optional[TextEmbeddings] = None) -> list[dict]:
+def validation_batches(
+  config: BaseConfig, dataset: MotionDataset, tokenizer: Tokenizer, text_embeddings: Optional[TextEmbeddings] = None
+) -> list[dict]:
   """Fixed held-out batches: the first num_val_batches * batch_size entries, crops drawn from a fixed
   seed (so every evaluation sees the same windows)."""
   n = min(len(dataset), config.data.num_val_batches * config.data.batch_size)
@@ -199,19 +228,45 @@ def validation_batches(config: BaseConfig, dataset: MotionDataset, tokenizer: To
 
 # --------------------------------------------------------------------------------------------- stages
 def _metadata(config: BaseConfig, dataset: MotionDataset, stage: str, latent_scale: float = 1.0) -> dict:
-  return {"stage": stage, "config": config_to_dict(config), "mean": dataset.mean.tolist(),
-          "std": dataset.std.tolist(), "tokenizer": "tokenizer.json", "latent_scale": float(latent_scale),
-          "dataset": {"root": str(dataset.root), "kind": dataset.info.kind, "dim": dataset.info.dim,
-                      "joints_num": dataset.info.joints_num}}
+  return {
+    "stage": stage,
+    "config": config_to_dict(config),
+    "mean": dataset.mean.tolist(),
+    "std": dataset.std.tolist(),
+    "tokenizer": "tokenizer.json",
+    "latent_scale": float(latent_scale),
+    "dataset": {
+      "root": str(dataset.root),
+      "kind": dataset.info.kind,
+      "dim": dataset.info.dim,
+      "joints_num": dataset.info.joints_num,
+    },
+  }
 
 
 # Fields that never change a stage's result (run length, logging, the sampler of the samples) or that only the
 # other stage reads: a VAE can be resumed (or reused by a new denoiser) whatever the denoiser/text/diffusion
 # settings are.
-_RESUME_IGNORE = ("vae_steps", "diffusion_steps", "log_every", "checkpoint_every", "eval_every",
-                  "data.num_val_batches", "sampler.")
-_VAE_IGNORE = ("denoiser.", "text.", "diffusion.", "diffusion_optim.", "sampler.", "cond_drop_prob",
-               "scale_latents", "data.text_max_length", "data.text_embeddings")
+_RESUME_IGNORE = (
+  "vae_steps",
+  "diffusion_steps",
+  "log_every",
+  "checkpoint_every",
+  "eval_every",
+  "data.num_val_batches",
+  "sampler.",
+)
+_VAE_IGNORE = (
+  "denoiser.",
+  "text.",
+  "diffusion.",
+  "diffusion_optim.",
+  "sampler.",
+  "cond_drop_prob",
+  "scale_latents",
+  "data.text_max_length",
+  "data.text_embeddings",
+)
 
 
 def _check_resume(ckpt: Checkpointer, config: BaseConfig, stage: str) -> None:
@@ -231,8 +286,13 @@ def _reconstruction_fn(config: BaseConfig):
     recon, _, _ = vae.apply(params, motion, mask)
     d = jnp.linalg.norm(features_to_joints(recon, mean, std) - features_to_joints(motion, mean, std), axis=-1)
     w = mask[..., None].astype(d.dtype)
-    return (jnp.sum(d * w), jnp.sum(w) * d.shape[-1], jnp.sum(jnp.abs(recon - motion) * mask[..., None]),
-            jnp.sum(mask) * motion.shape[-1])
+    return (
+      jnp.sum(d * w),
+      jnp.sum(w) * d.shape[-1],
+      jnp.sum(jnp.abs(recon - motion) * mask[..., None]),
+      jnp.sum(mask) * motion.shape[-1],
+    )
+
   return err
 
 
@@ -247,8 +307,15 @@ def reconstruction_error(config: BaseConfig, vae_params, batches: list[dict], me
   return {"val/mpjpe_m": float(tot[0] / max(tot[1], 1)), "val/feature_l1": float(tot[2] / max(tot[3], 1))}
 
 
-def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenizer: Tokenizer,
-              val_dataset: Optional[MotionDataset] = None, progress: bool = True, mesh=None) -> tuple[Any, dict]:
+def train_vae(
+  config: BaseConfig,
+  workdir: str,
+  dataset: MotionDataset,
+  tokenizer: Tokenizer,
+  val_dataset: Optional[MotionDataset] = None,
+  progress: bool = True,
+  mesh=None,
+) -> tuple[Any, dict]:
   """Trains (or resumes, or just restores when finished) the VAE. Returns (vae params, final val metrics);
   the params are the EMA copy when ema_decay > 0. `mesh` (`parallel.make_mesh`): data-parallel / FSDP steps
   (config.data.batch_size is the GLOBAL batch and must divide the device count)."""
@@ -260,21 +327,31 @@ def train_vae(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenize
   writer = MetricWriter(stage_dir)
   root = jax.random.PRNGKey(config.seed)
   tx = vae_tx(config)
-  state = create_train_state(init_vae_params(config, jax.random.fold_in(root, 10)), tx,
-                                    use_ema=config.ema_decay > 0)
+  state = create_train_state(init_vae_params(config, jax.random.fold_in(root, 10)), tx, use_ema=config.ema_decay > 0)
   emb = _text_embeddings(config)
   val = validation_batches(config, val_dataset if val_dataset is not None else dataset, tokenizer, emb)
-  eval_fn = lambda s, step: reconstruction_error(config, s.ema_params if s.ema_params is not None else s.params,
-                                                 val, dataset.mean, dataset.std)
-  batch_fn = lambda step: _local(batching.batch_at(
-      dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh)
+  eval_fn = lambda s, step: reconstruction_error(
+    config, s.ema_params if s.ema_params is not None else s.params, val, dataset.mean, dataset.std
+  )
+  batch_fn = lambda step: _local(
+    batching.batch_at(dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh
+  )
   try:
     result = train_loop(
-        state=state, step_fn=make_vae_step(config, dataset.mean, dataset.std, jax.random.fold_in(root, 0), mesh),
-        batch_fn=batch_fn, num_steps=config.vae_steps, checkpointer=ckpt, writer=writer,
-        metadata=_metadata(config, dataset, "vae"), log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, eval_fn=eval_fn,
-        eval_every=config.eval_every, desc="vae", progress=progress)
+      state=state,
+      step_fn=make_vae_step(config, dataset.mean, dataset.std, jax.random.fold_in(root, 0), mesh),
+      batch_fn=batch_fn,
+      num_steps=config.vae_steps,
+      checkpointer=ckpt,
+      writer=writer,
+      metadata=_metadata(config, dataset, "vae"),
+      log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every,
+      eval_fn=eval_fn,
+      eval_every=config.eval_every,
+      desc="vae",
+      progress=progress,
+    )
     s = result.state
     params = s.ema_params if s.ema_params is not None else s.params
     final = eval_fn(s, result.last_step)
@@ -290,8 +367,9 @@ def _encode_fn(config: BaseConfig):
   return jax.jit(lambda v, b: encode_latents(config, v, b, None, 1.0))
 
 
-def measure_latent_scale(config: BaseConfig, vae_params, dataset: MotionDataset, tokenizer: Tokenizer,
-                         num_batches: int = 4) -> float:
+def measure_latent_scale(
+  config: BaseConfig, vae_params, dataset: MotionDataset, tokenizer: Tokenizer, num_batches: int = 4
+) -> float:
   """1 / std of the posterior means over the first training batches (deterministic), as Stable Diffusion's
   latent scale factor: the diffusion then runs on unit-scale latents. 1.0 when scale_latents is off."""
   if config.model != "mld" or not config.scale_latents:
@@ -299,8 +377,9 @@ def measure_latent_scale(config: BaseConfig, vae_params, dataset: MotionDataset,
   emb = _text_embeddings(config)
   zs = []
   for s in range(num_batches):
-    b = _arrays(batching.batch_at(dataset, s, config.data.batch_size, config.seed, tokenizer,
-                                  **_batch_kwargs(config, emb)))
+    b = _arrays(
+      batching.batch_at(dataset, s, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb))
+    )
     zs.append(np.asarray(_encode_fn(_model_key(config))(vae_params, b)))
   return float(1.0 / max(np.std(np.concatenate(zs)), 1e-6))
 
@@ -315,14 +394,24 @@ def validation_diffusion_loss(config: BaseConfig, params, vae_params, batches, l
   """Deterministic held-out diffusion loss: fixed keys per batch, no dropout, no unconditional drop."""
   f = _val_loss_fn(_model_key(config))
   key = jax.random.PRNGKey(1234)
-  losses = [float(f(params, vae_params, b, jax.random.fold_in(key, i), jnp.float32(latent_scale)))
-            for i, b in enumerate(batches)]
+  losses = [
+    float(f(params, vae_params, b, jax.random.fold_in(key, i), jnp.float32(latent_scale)))
+    for i, b in enumerate(batches)
+  ]
   return {"val/diffusion_loss": float(np.mean(losses))}
 
 
-def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, tokenizer: Tokenizer,
-                    vae_params=None, val_dataset: Optional[MotionDataset] = None, progress: bool = True,
-                    vae_step: Optional[int] = None, mesh=None) -> tuple[dict, dict]:
+def train_diffusion(
+  config: BaseConfig,
+  workdir: str,
+  dataset: MotionDataset,
+  tokenizer: Tokenizer,
+  vae_params=None,
+  val_dataset: Optional[MotionDataset] = None,
+  progress: bool = True,
+  vae_step: Optional[int] = None,
+  mesh=None,
+) -> tuple[dict, dict]:
   """Trains (or resumes) the denoiser and the text encoder in the frozen VAE's latent space (MLD) or on
   motion features (MDM). Returns ({"denoiser", "text"} params (EMA when enabled), final val metrics).
 
@@ -338,30 +427,41 @@ def train_diffusion(config: BaseConfig, workdir: str, dataset: MotionDataset, to
     if saved != vae_step:
       ckpt.close()
       raise CheckpointError(
-          f"{ckpt.directory}: diffusion checkpoint was trained on the VAE at step {saved}, but the VAE is now "
-          f"at step {vae_step}; delete {stage_dir} to retrain the diffusion on the new latent space")
+        f"{ckpt.directory}: diffusion checkpoint was trained on the VAE at step {saved}, but the VAE is now "
+        f"at step {vae_step}; delete {stage_dir} to retrain the diffusion on the new latent space"
+      )
   writer = MetricWriter(stage_dir)
   root = jax.random.PRNGKey(config.seed)
   latent_scale = measure_latent_scale(config, vae_params, dataset, tokenizer)
   logging.info("latent scale: %.5f", latent_scale)
   tx = diffusion_tx(config)
-  state = create_train_state(init_diffusion_params(config, jax.random.fold_in(root, 11)), tx,
-                                    use_ema=config.ema_decay > 0)
+  state = create_train_state(
+    init_diffusion_params(config, jax.random.fold_in(root, 11)), tx, use_ema=config.ema_decay > 0
+  )
   emb = _text_embeddings(config)
   val = validation_batches(config, val_dataset if val_dataset is not None else dataset, tokenizer, emb)
   eval_fn = lambda s, step: validation_diffusion_loss(
-      config, s.ema_params if s.ema_params is not None else s.params, vae_params, val, latent_scale)
-  batch_fn = lambda step: _local(batching.batch_at(
-      dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh)
+    config, s.ema_params if s.ema_params is not None else s.params, vae_params, val, latent_scale
+  )
+  batch_fn = lambda step: _local(
+    batching.batch_at(dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh
+  )
   try:
     result = train_loop(
-        state=state, step_fn=make_diffusion_step(config, vae_params, latent_scale, jax.random.fold_in(root, 1),
-                                                 mesh),
-        batch_fn=batch_fn, num_steps=config.diffusion_steps, checkpointer=ckpt, writer=writer,
-        metadata={**_metadata(config, dataset, "diffusion", latent_scale), "vae_step": vae_step},
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, eval_fn=eval_fn,
-        eval_every=config.eval_every, desc="diffusion", progress=progress)
+      state=state,
+      step_fn=make_diffusion_step(config, vae_params, latent_scale, jax.random.fold_in(root, 1), mesh),
+      batch_fn=batch_fn,
+      num_steps=config.diffusion_steps,
+      checkpointer=ckpt,
+      writer=writer,
+      metadata={**_metadata(config, dataset, "diffusion", latent_scale), "vae_step": vae_step},
+      log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every,
+      eval_fn=eval_fn,
+      eval_every=config.eval_every,
+      desc="diffusion",
+      progress=progress,
+    )
     s = result.state
     final = eval_fn(s, result.last_step)
     writer.write(result.last_step, final)
@@ -393,13 +493,18 @@ def finalize_config(config: BaseConfig, dataset: MotionDataset, tokenizer: Token
   data = config.data
   if emb is not None and emb.max_length != data.text_max_length:
     data = dataclasses.replace(data, text_max_length=emb.max_length)
-  return dataclasses.replace(config, text=text, data=data,
-                             vae=dataclasses.replace(config.vae, nfeats=dataset.info.dim))
+  return dataclasses.replace(config, text=text, data=data, vae=dataclasses.replace(config.vae, nfeats=dataset.info.dim))
 
 
-def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str] = None,
-                       dataset: Optional[MotionDataset] = None, val_dataset: Optional[MotionDataset] = None,
-                       progress: bool = True, mesh=None) -> dict:
+def train_and_evaluate(
+  config: BaseConfig,
+  workdir: str,
+  data_dir: Optional[str] = None,
+  dataset: Optional[MotionDataset] = None,
+  val_dataset: Optional[MotionDataset] = None,
+  progress: bool = True,
+  mesh=None,
+) -> dict:
   """Runs (or resumes) both stages (on `mesh` when given). Returns {"config", "vae": val metrics,
   "diffusion": val metrics, "seconds": {"vae", "diffusion"}}."""
   if dataset is None:
@@ -419,17 +524,32 @@ def train_and_evaluate(config: BaseConfig, workdir: str, data_dir: Optional[str]
     out["seconds"]["vae"] = time.time() - t0
     logging.info("VAE: %s (%.1f s)", out["vae"], out["seconds"]["vae"])
   t0 = time.time()
-  _, out["diffusion"] = train_diffusion(config, workdir, dataset, tokenizer, vae_params, val_dataset, progress,
-                                        vae_step=out["vae"]["step"] if vae_params is not None else None,
-                                        mesh=mesh)
+  _, out["diffusion"] = train_diffusion(
+    config,
+    workdir,
+    dataset,
+    tokenizer,
+    vae_params,
+    val_dataset,
+    progress,
+    vae_step=out["vae"]["step"] if vae_params is not None else None,
+    mesh=mesh,
+  )
   out["seconds"]["diffusion"] = time.time() - t0
   logging.info("diffusion: %s (%.1f s)", out["diffusion"], out["seconds"]["diffusion"])
   return out
 
 
-def train_and_sample(config: BaseConfig, workdir: str, data_dir: str, num_samples: int = 4,
-                     guidance_scale: Optional[float] = None, num_steps: Optional[int] = None, gif: bool = True,
-                     progress: bool = True) -> dict:
+def train_and_sample(
+  config: BaseConfig,
+  workdir: str,
+  data_dir: str,
+  num_samples: int = 4,
+  guidance_scale: Optional[float] = None,
+  num_steps: Optional[int] = None,
+  gif: bool = True,
+  progress: bool = True,
+) -> dict:
   """`train_and_evaluate` on `data_dir`, then `save_samples` of the first `num_samples` held-out
   captions (their own lengths, cut to the model's max_length) into <workdir>/samples/, sampled with
   `guidance_scale` / `num_steps` (default: `config.sampler`'s). This is what `launch/train_base.py` runs."""
@@ -443,8 +563,14 @@ def train_and_sample(config: BaseConfig, workdir: str, data_dir: str, num_sample
     texts = [e.captions[0][0] for e in entries]
     u = config.data.unit_length
     lengths = [min(gen.max_length, u * (e.length // u)) for e in entries]
-    out["samples"] = generator.save_samples(gen, texts, lengths, os.path.join(workdir, "samples"),
-                                  jax.random.PRNGKey(config.seed),
-                                  config.sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                                  config.sampler.num_steps if num_steps is None else num_steps, gif)
+    out["samples"] = generator.save_samples(
+      gen,
+      texts,
+      lengths,
+      os.path.join(workdir, "samples"),
+      jax.random.PRNGKey(config.seed),
+      config.sampler.guidance_scale if guidance_scale is None else guidance_scale,
+      config.sampler.num_steps if num_steps is None else num_steps,
+      gif,
+    )
   return out

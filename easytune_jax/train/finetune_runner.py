@@ -51,8 +51,9 @@ from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
 
 
 # --------------------------------------------------------------------------------------------- task
-def load_task(generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm",
-              reward_text: str = "") -> MotionTask:
+def load_task(
+  generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm", reward_text: str = ""
+) -> MotionTask:
   """The generator of `generator_workdir` with the reward `reward` (a `rewards.registry` spec such as
   'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`. A reward
   that reads text embeddings (the official SPM) gets them from `reward_text` (`bundles.task.reward_text_encoder`:
@@ -62,13 +63,17 @@ def load_task(generator_workdir: str, reward_workdir: Optional[str], reward: str
   if reward_workdir:
     spm_fn, _, rcfg = reward_train.load_reward(reward_workdir)
     if rcfg.model.dim_motion != gen.mean.shape[0]:
-      raise ValueError(f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
-                       f"{generator_workdir} produces {gen.mean.shape[0]}-dim features")
+      raise ValueError(
+        f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
+        f"{generator_workdir} produces {gen.mean.shape[0]}-dim features"
+      )
     tokenizer = reward_train.load_reward_tokenizer(reward_workdir)
     stochastic = spm.is_stochastic(rcfg.model)
     if rcfg.model.text_input == "embeddings" and not reward_text:
-      raise ValueError(f"reward model {reward_workdir} reads text embeddings: set RunConfig.reward_text (a "
-                       "sentence-t5 folder or a precomputed .npz)")
+      raise ValueError(
+        f"reward model {reward_workdir} reads text embeddings: set RunConfig.reward_text (a "
+        "sentence-t5 folder or a precomputed .npz)"
+      )
   context = RewardContext(mean=gen.mean, std=gen.std, joints_num=joints_num_for_dim(gen.mean.shape[0]), spm=spm_fn)
   text = reward_text_encoder(reward_text) if reward_text else None
   return MotionTask(gen, build_reward(reward, context), tokenizer, text, stochastic)
@@ -91,38 +96,45 @@ def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
 # --------------------------------------------------------------------------------------------- run
 # Criteria for `best/`: +1 higher is better, -1 lower is better. Evaluator metrics are measured on the VAL
 # split (quick evaluation, fixed seed), never on the test split the final numbers are reported on.
-BEST_METRICS = {"heldout_reward": 1.0, "R_precision_top_1": 1.0, "R_precision_top_3": 1.0,
-                "Matching_score": -1.0, "FID": -1.0}
+BEST_METRICS = {
+  "heldout_reward": 1.0,
+  "R_precision_top_1": 1.0,
+  "R_precision_top_3": 1.0,
+  "Matching_score": -1.0,
+  "FID": -1.0,
+}
 _EVAL_METRICS = ("R_precision_top_1", "R_precision_top_3", "Matching_score", "FID", "Diversity")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """A fine-tuning run: method config, data, schedule of evaluation and checkpoints."""
 
   finetune: finetune.FinetuneConfig = finetune.FinetuneConfig(
-      num_steps=CPU_NUM_STEPS, guidance_scale=CPU_GUIDANCE_SCALE, optim=OptimConfig(learning_rate=2e-4, warmup_steps=10))
+    num_steps=CPU_NUM_STEPS, guidance_scale=CPU_GUIDANCE_SCALE, optim=OptimConfig(learning_rate=2e-4, warmup_steps=10)
+  )
   trajectories: int = 20
   batch_size: int = 16
   seed: int = 0
   eval_every: int = 5
   heldout_size: int = 64
-  heldout_num_steps: Optional[int] = None      # DDIM steps of held-out sampling (default: finetune.num_steps)
+  heldout_num_steps: Optional[int] = None  # DDIM steps of held-out sampling (default: finetune.num_steps)
   checkpoint_every: int = 10
   trainable: str = "all"
   ema_decay: float = 0.0
   on_nonfinite: str = "skip"
   best_metric: str = "heldout_reward"
-  reward: str = "spm"                          # rewards.registry spec, e.g. 'spm:1.0,skating:0.2'
-  reward_text: str = ""                        # embedding-input rewards: sentence-t5 folder or .npz
+  reward: str = "spm"  # rewards.registry spec, e.g. 'spm:1.0,skating:0.2'
+  reward_text: str = ""  # embedding-input rewards: sentence-t5 folder or .npz
 
   def __post_init__(self):
-    parse_spec(self.reward)   # a malformed spec fails here, before anything is loaded
+    parse_spec(self.reward)  # a malformed spec fails here, before anything is loaded
     if self.trajectories < 1 or self.batch_size < 1:
-      raise ValueError(f"RunConfig: trajectories and batch_size must be >= 1, found {self.trajectories}, "
-                       f"{self.batch_size}")
+      raise ValueError(
+        f"RunConfig: trajectories and batch_size must be >= 1, found {self.trajectories}, {self.batch_size}"
+      )
     if self.best_metric not in BEST_METRICS:
-      raise ValueError(f"RunConfig.best_metric: expected one of {sorted(BEST_METRICS)}, found "
-                       f"{self.best_metric!r}")
+      raise ValueError(f"RunConfig.best_metric: expected one of {sorted(BEST_METRICS)}, found {self.best_metric!r}")
 
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -149,8 +161,7 @@ class HeldOut:
 
   def __init__(self, task: MotionTask, dataset: MotionDataset, cfg: RunConfig):
     n = min(cfg.heldout_size, len(dataset))
-    arrays, host = batching.batch_at(dataset, 0, n, cfg.seed + 1, task.gen.tokenizer,
-                                     max_length=task.gen.max_length)
+    arrays, host = batching.batch_at(dataset, 0, n, cfg.seed + 1, task.gen.tokenizer, max_length=task.gen.max_length)
     self.captions = list(host["caption"])
     self.lengths = np.asarray(arrays["length"])
     self.cond, self.uncond = task.inputs(self.captions, self.lengths, rng=jax.random.key(cfg.seed + 11))
@@ -160,8 +171,9 @@ class HeldOut:
 
   def reward_terms(self, params) -> dict[str, np.ndarray]:
     """{term: reward [N]} of the task's reward terms on the held-out samples of `params`."""
-    terms = self.task.sample_rewards(params, self.cond, self.uncond, self.x_T, self.cfg.finetune.guidance_scale,
-                                     self.num_steps)
+    terms = self.task.sample_rewards(
+      params, self.cond, self.uncond, self.x_T, self.cfg.finetune.guidance_scale, self.num_steps
+    )
     return {k: np.asarray(v) for k, v in terms.items()}
 
   def rewards(self, params) -> np.ndarray:
@@ -169,8 +181,16 @@ class HeldOut:
     return np.asarray(self.task.reward_fn.combine(self.reward_terms(params)))
 
 
-def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_workdir: Optional[str], data_dir: str,
-                 evaluator_workdir: Optional[str] = None, progress: bool = True, mesh=None) -> dict:
+def run_finetune(
+  cfg: RunConfig,
+  workdir: str,
+  generator_workdir: str,
+  reward_workdir: Optional[str],
+  data_dir: str,
+  evaluator_workdir: Optional[str] = None,
+  progress: bool = True,
+  mesh=None,
+) -> dict:
   """Fine-tunes the generator of `generator_workdir` with the reward of `reward_workdir`.
 
   Writes `<workdir>/finetune.json` (configs and sources), `checkpoints/` (resumable state), `best/` (params
@@ -186,16 +206,23 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   task = load_task(generator_workdir, reward_workdir, cfg.reward, cfg.reward_text)
   train = load_dataset(data_dir, "train")
   val = load_dataset(data_dir, "val")
-  meta = {"run": cfg.to_dict(), "generator_workdir": str(pathlib.Path(generator_workdir).absolute()),
-          "reward_workdir": str(pathlib.Path(reward_workdir).absolute()) if reward_workdir else None,
-          "data_dir": str(pathlib.Path(data_dir).absolute())}
+  meta = {
+    "run": cfg.to_dict(),
+    "generator_workdir": str(pathlib.Path(generator_workdir).absolute()),
+    "reward_workdir": str(pathlib.Path(reward_workdir).absolute()) if reward_workdir else None,
+    "data_dir": str(pathlib.Path(data_dir).absolute()),
+  }
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
     saved = read_json(info_path, "fine-tuning run info")["run"]
     # grad_chunk changes how the same updates are computed (batched or one by one), not the run.
-    check_config_matches(saved, meta["run"], str(info_path),
-                                ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"))
+    check_config_matches(
+      saved,
+      meta["run"],
+      str(info_path),
+      ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"),
+    )
   tmp = info_path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(meta, indent=2))
   tmp.replace(info_path)
@@ -203,11 +230,14 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   ft = cfg.finetune
   mask = trainable_mask(task.gen.params, cfg.trainable)
   tx = make_optimizer(ft.optim, mask)
-  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode,
-                                   ema_decay=cfg.ema_decay, jit=mesh is None)
+  update = finetune.make_update_fn(
+    ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode, ema_decay=cfg.ema_decay, jit=mesh is None
+  )
   if mesh is not None and task.reward_needs_rng:
-    raise ValueError("run_finetune: a stochastic reward (official SPM scoring: sampled latents / dropout) is not "
-                     "supported on a mesh; load the reward with reward_latent='mean', reward_dropout=False")
+    raise ValueError(
+      "run_finetune: a stochastic reward (official SPM scoring: sampled latents / dropout) is not "
+      "supported on a mesh; load the reward with reward_latent='mean', reward_dropout=False"
+    )
   if mesh is not None:
     # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
     # the key and the base params (KL regulariser) replicated.
@@ -222,19 +252,28 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     evaluator = load_trained_evaluator(evaluator_workdir).with_dataset_stats(task.gen.mean, task.gen.std)
     test = load_dataset(data_dir, "test")
   elif cfg.best_metric != "heldout_reward":
-    raise ValueError(f"run_finetune: best_metric={cfg.best_metric!r} is an evaluator metric: pass "
-                     "evaluator_workdir (or use best_metric='heldout_reward')")
+    raise ValueError(
+      f"run_finetune: best_metric={cfg.best_metric!r} is an evaluator metric: pass "
+      "evaluator_workdir (or use best_metric='heldout_reward')"
+    )
 
   def quick_eval(params, dataset, seed):
-    res = evaluation.evaluate(generate_fn_for(task, params, ft), evaluator, dataset, quick=True, batch_size=32,
-                              max_length=min(task.gen.max_length, evaluator.max_length), seed=seed)
+    res = evaluation.evaluate(
+      generate_fn_for(task, params, ft),
+      evaluator,
+      dataset,
+      quick=True,
+      batch_size=32,
+      max_length=min(task.gen.max_length, evaluator.max_length),
+      seed=seed,
+    )
     return {k: v[0] for k, v in res["metrics"].items() if k in _EVAL_METRICS}
 
   def criterion(params, heldout_reward):
     """(value of cfg.best_metric, val-split evaluator metrics {'val/...'} or {})."""
     if cfg.best_metric == "heldout_reward":
       return heldout_reward, {}
-    vm = quick_eval(params, val, cfg.seed)   # same seed every time: differences come from the params
+    vm = quick_eval(params, val, cfg.seed)  # same seed every time: differences come from the params
     return vm[cfg.best_metric], {f"val/{k}": v for k, v in vm.items()}
 
   # `best/` starts as the base model (trajectory 0): a run that never improves keeps the base params.
@@ -243,20 +282,25 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     best = best_ck.metadata()["best"]
   else:
     value, _ = criterion(task.gen.params, float(np.mean(base_rewards)))
-    best = {"metric": cfg.best_metric, "value": float(value), "trajectory": 0,
-            "heldout_reward": float(np.mean(base_rewards))}
+    best = {
+      "metric": cfg.best_metric,
+      "value": float(value),
+      "trajectory": 0,
+      "heldout_reward": float(np.mean(base_rewards)),
+    }
     best_ck.save(0, task.gen.params, {"best": best})
   sign = BEST_METRICS[cfg.best_metric]
   key = jax.random.key(cfg.seed)
 
   def batch_fn(it):
-    arrays, host = batching.batch_at(train, it, cfg.batch_size, cfg.seed, task.gen.tokenizer,
-                                     max_length=task.gen.max_length)
+    arrays, host = batching.batch_at(
+      train, it, cfg.batch_size, cfg.seed, task.gen.tokenizer, max_length=task.gen.max_length
+    )
     rng = jax.random.fold_in(key, it)
     cond, uncond = task.inputs(host["caption"], arrays["length"], rng=jax.random.fold_in(rng, 3))
     x_T = task.noise(jax.random.fold_in(rng, 1), cfg.batch_size)
     data = task.data_batch(arrays, cond) if ft.regularizer == "diffusion" else None
-    if mesh is not None:   # each process keeps its rows of the global batch
+    if mesh is not None:  # each process keeps its rows of the global batch
       x_T, cond, uncond, data = parallel.local_rows((x_T, cond, uncond, data))
     return x_T, cond, uncond, jax.random.fold_in(rng, 2), data
 
@@ -270,14 +314,14 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
     wall = clock["offset"] + (t_eval - clock["start"] - clock["evals"])
     terms = heldout.reward_terms(state.params)
     out = {"heldout_reward": float(np.mean(task.reward_fn.combine(terms)))}
-    if len(terms) > 1:   # a composite reward: every term on its own
+    if len(terms) > 1:  # a composite reward: every term on its own
       out.update({f"heldout_reward_terms/{k}": float(np.mean(v)) for k, v in terms.items()})
     value, val_metrics = criterion(state.params, out["heldout_reward"])
     out.update(val_metrics)
     if sign * value > sign * best["value"]:
       best.update(value=float(value), trajectory=it, heldout_reward=out["heldout_reward"])
       best_ck.save(it, state.params, {"best": best})
-    if evaluator is not None:   # test-split monitoring (not used for any choice)
+    if evaluator is not None:  # test-split monitoring (not used for any choice)
       out.update({f"eval/{k}": v for k, v in quick_eval(state.params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
     out["wall_seconds"] = wall
@@ -289,20 +333,38 @@ def run_finetune(cfg: RunConfig, workdir: str, generator_workdir: str, reward_wo
   clock["start"] = time.time()
   try:
     loop = train_loop(
-        state=state, step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params), batch_fn=batch_fn,
-        num_steps=cfg.trajectories, checkpointer=ck, writer=writer, metadata={"run": meta["run"]},
-        log_every=1, checkpoint_every=cfg.checkpoint_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
-        on_nonfinite=cfg.on_nonfinite, desc=f"finetune[{ft.method}]", progress=progress,
-        state_step=lambda s: int(s.step) // per_traj)
+      state=state,
+      step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params),
+      batch_fn=batch_fn,
+      num_steps=cfg.trajectories,
+      checkpointer=ck,
+      writer=writer,
+      metadata={"run": meta["run"]},
+      log_every=1,
+      checkpoint_every=cfg.checkpoint_every,
+      eval_fn=eval_fn,
+      eval_every=cfg.eval_every,
+      on_nonfinite=cfg.on_nonfinite,
+      desc=f"finetune[{ft.method}]",
+      progress=progress,
+      state_step=lambda s: int(s.step) // per_traj,
+    )
   finally:
     writer.close()
     ck.close()
   final_rewards = heldout.rewards(loop.state.params)
-  summary = {"method": ft.method, "trajectories": loop.last_step, "updates": int(loop.state.step),
-             "base_heldout_reward": float(np.mean(base_rewards)),
-             "final_heldout_reward": float(np.mean(final_rewards)), "best": best,
-             "seconds": time.time() - t0, "preempted": loop.preempted,
-             "nonfinite_steps": loop.nonfinite_steps, "workdir": str(workdir)}
+  summary = {
+    "method": ft.method,
+    "trajectories": loop.last_step,
+    "updates": int(loop.state.step),
+    "base_heldout_reward": float(np.mean(base_rewards)),
+    "final_heldout_reward": float(np.mean(final_rewards)),
+    "best": best,
+    "seconds": time.time() - t0,
+    "preempted": loop.preempted,
+    "nonfinite_steps": loop.nonfinite_steps,
+    "workdir": str(workdir),
+  }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   best_ck.close()
   return summary
@@ -317,9 +379,11 @@ def _step_with_flat_metrics(update, state, batch, base_params=None):
 def generate_fn_for(task: MotionTask, params, ft: finetune.FinetuneConfig):
   def generate(captions, pos_tokens, lengths, rng):
     del pos_tokens
-    feats, _ = task.gen.generate(captions, lengths, rng, guidance_scale=ft.guidance_scale,
-                                 num_steps=ft.num_steps, params=params, normalized=True)
+    feats, _ = task.gen.generate(
+      captions, lengths, rng, guidance_scale=ft.guidance_scale, num_steps=ft.num_steps, params=params, normalized=True
+    )
     return feats
+
   return generate
 
 

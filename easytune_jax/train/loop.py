@@ -1,5 +1,4 @@
-"""The training loop every trainer runs: resume, preemption (SIGTERM/SIGINT), non-finite policy, logging.
-"""
+"""The training loop every trainer runs: resume, preemption (SIGTERM/SIGINT), non-finite policy, logging."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from absl import logging
 
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.metric_writer import MetricWriter
+
 
 # --------------------------------------------------------------------------------------------- loop
 class PreemptionGuard:
@@ -53,13 +53,24 @@ class LoopResult:
   nonfinite_steps: list
 
 
-def train_loop(*, state: Any, step_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]],
-               batch_fn: Callable[[int], Any], num_steps: int, checkpointer: Optional[Checkpointer],
-               writer: Optional[MetricWriter], metadata: Optional[Mapping[str, Any]] = None,
-               log_every: int = 10, checkpoint_every: int = 100,
-               eval_fn: Optional[Callable[[Any, int], Mapping[str, float]]] = None, eval_every: int = 0,
-               on_nonfinite: str = "skip", desc: str = "train", progress: bool = True,
-               state_step: Callable[[Any], int] = lambda s: int(s.step)) -> LoopResult:
+def train_loop(
+  *,
+  state: Any,
+  step_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]],
+  batch_fn: Callable[[int], Any],
+  num_steps: int,
+  checkpointer: Optional[Checkpointer],
+  writer: Optional[MetricWriter],
+  metadata: Optional[Mapping[str, Any]] = None,
+  log_every: int = 10,
+  checkpoint_every: int = 100,
+  eval_fn: Optional[Callable[[Any, int], Mapping[str, float]]] = None,
+  eval_every: int = 0,
+  on_nonfinite: str = "skip",
+  desc: str = "train",
+  progress: bool = True,
+  state_step: Callable[[Any], int] = lambda s: int(s.step),
+) -> LoopResult:
   """Runs `step_fn(state, batch_fn(step))` from the state's step to `num_steps`, with resume.
 
   - Resume: if `checkpointer` holds a checkpoint it is restored into `state`'s structure first, and the loop
@@ -85,6 +96,7 @@ def train_loop(*, state: Any, step_fn: Callable[[Any, Any], tuple[Any, Mapping[s
   bar = None
   if progress and start < num_steps:
     from tqdm.auto import tqdm
+
     bar = tqdm(total=num_steps, initial=start, desc=desc, leave=False, dynamic_ncols=True)
   pending = []
   with PreemptionGuard() as guard:
@@ -105,8 +117,10 @@ def train_loop(*, state: Any, step_fn: Callable[[Any, Any], tuple[Any, Mapping[s
           bar.update(done - bar.n)
         if nonfinite and on_nonfinite == "stop":
           save(state)
-          raise NonFiniteError(f"{desc}: non-finite loss or gradient at step {nonfinite[0]} "
-                               f"(last finite checkpoint: step {state_step(state)})")
+          raise NonFiniteError(
+            f"{desc}: non-finite loss or gradient at step {nonfinite[0]} "
+            f"(last finite checkpoint: step {state_step(state)})"
+          )
       if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
         ev = eval_fn(state, done)
         if writer is not None and ev:

@@ -60,8 +60,16 @@ from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
 from easytune_jax.models import spm_convert
 from easytune_jax.models.layers import kl_between, kl_to_standard_normal, reparameterize
-from easytune_jax.models.spm import (SPMConfig, encode_motion, encode_text, init_spm, reward_fn, route_timestep,
-                                     spm_module, text_inputs)
+from easytune_jax.models.spm import (
+  SPMConfig,
+  encode_motion,
+  encode_text,
+  init_spm,
+  reward_fn,
+  route_timestep,
+  spm_module,
+  text_inputs,
+)
 from easytune_jax.core.schedules import DiffusionConfig, Schedule, add_noise, make_schedule
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import check_config_matches, config_from_dict
@@ -74,15 +82,33 @@ META_KIND = "easytune_jax.spm_reward"
 
 # The objective's named options (see the module docstring). Dataclass defaults = OUR_OBJECTIVE, so configs saved
 # before these fields existed read back with the behaviour they were trained with.
-OUR_OBJECTIVE = dict(timestep_routing="mode", spl_latents="mean", spl_temperature_convention="single",
-                     filter_convention="cosine", recons_target="clean_valid", max_timestep=500, weight_decay=0.0,
-                     grad_clip_norm=1.0)
-OFFICIAL_OBJECTIVE = dict(timestep_routing="official", spl_latents="sample", spl_temperature_convention="official",
-                          filter_convention="tmr", recons_target="input", max_timestep=501, weight_decay=0.01,
-                          grad_clip_norm=0.0)
-_CHOICES = {"timestep_routing": ("mode", "official"), "spl_latents": ("mean", "sample"),
-            "spl_temperature_convention": spl_lib.TEMPERATURE_CONVENTIONS,
-            "filter_convention": spl_lib.FILTER_CONVENTIONS, "recons_target": ("clean_valid", "input")}
+OUR_OBJECTIVE = dict(
+  timestep_routing="mode",
+  spl_latents="mean",
+  spl_temperature_convention="single",
+  filter_convention="cosine",
+  recons_target="clean_valid",
+  max_timestep=500,
+  weight_decay=0.0,
+  grad_clip_norm=1.0,
+)
+OFFICIAL_OBJECTIVE = dict(
+  timestep_routing="official",
+  spl_latents="sample",
+  spl_temperature_convention="official",
+  filter_convention="tmr",
+  recons_target="input",
+  max_timestep=501,
+  weight_decay=0.01,
+  grad_clip_norm=0.0,
+)
+_CHOICES = {
+  "timestep_routing": ("mode", "official"),
+  "spl_latents": ("mean", "sample"),
+  "spl_temperature_convention": spl_lib.TEMPERATURE_CONVENTIONS,
+  "filter_convention": spl_lib.FILTER_CONVENTIONS,
+  "recons_target": ("clean_valid", "input"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,26 +165,37 @@ class RewardTrainConfig:
   def __post_init__(self):
     for name, allowed in _CHOICES.items():
       if getattr(self, name) not in allowed:
-        raise ValueError(f"{_WHERE}: RewardTrainConfig.{name}: expected one of {tuple(allowed)}, found "
-                         f"{getattr(self, name)!r}")
+        raise ValueError(
+          f"{_WHERE}: RewardTrainConfig.{name}: expected one of {tuple(allowed)}, found {getattr(self, name)!r}"
+        )
     if not 0.0 <= self.noise_threshold <= 1.0:
-      raise ValueError(f"{_WHERE}: RewardTrainConfig.noise_threshold: expected in [0, 1], found "
-                       f"{self.noise_threshold}")
+      raise ValueError(f"{_WHERE}: RewardTrainConfig.noise_threshold: expected in [0, 1], found {self.noise_threshold}")
     if not 1 <= self.max_timestep <= self.diffusion.num_train_timesteps:
-      raise ValueError(f"{_WHERE}: RewardTrainConfig.max_timestep: expected in [1, "
-                       f"{self.diffusion.num_train_timesteps}], found {self.max_timestep}")
+      raise ValueError(
+        f"{_WHERE}: RewardTrainConfig.max_timestep: expected in [1, "
+        f"{self.diffusion.num_train_timesteps}], found {self.max_timestep}"
+      )
     if self.batch_size < 2:
-      raise ValueError(f"{_WHERE}: RewardTrainConfig.batch_size: expected >= 2 (contrastive), found "
-                       f"{self.batch_size}")
+      raise ValueError(f"{_WHERE}: RewardTrainConfig.batch_size: expected >= 2 (contrastive), found {self.batch_size}")
 
   @classmethod
   def official(cls, **overrides) -> "RewardTrainConfig":
     """The official EasyTune SPM training: its architecture (`SPMConfig.official()`, sentence-T5 token embeddings
     as text input) and objective (OFFICIAL_OBJECTIVE), batch 64 (configs/spm_h3d.yaml), lr 1e-4 pretraining /
     1e-5 SPL, NoiseThr 0.5 (the README's), InfoNCE tau 0.1 / threshold 0.9, SPL tau 0.1, weight 0.01."""
-    base = dict(model=SPMConfig.official(), batch_size=64, max_length=196, text_max_length=32, num_steps=100_000,
-                learning_rate=1e-4, spl_learning_rate=1e-5, noise_threshold=0.5, log_every=100,
-                checkpoint_every=2000, **OFFICIAL_OBJECTIVE)
+    base = dict(
+      model=SPMConfig.official(),
+      batch_size=64,
+      max_length=196,
+      text_max_length=32,
+      num_steps=100_000,
+      learning_rate=1e-4,
+      spl_learning_rate=1e-5,
+      noise_threshold=0.5,
+      log_every=100,
+      checkpoint_every=2000,
+      **OFFICIAL_OBJECTIVE,
+    )
     base.update(overrides)
     return cls(**base)
 
@@ -170,9 +207,16 @@ class RewardTrainConfig:
   @classmethod
   def paper_tmr(cls, **overrides) -> "RewardTrainConfig":
     """Paper sizes with our TMR-style SPM and our objective (the previous `paper()`)."""
-    base = dict(model=SPMConfig.paper(), max_length=196, text_max_length=32, num_steps=100_000,
-                learning_rate=1e-4, spl_learning_rate=1e-5,
-                log_every=100, checkpoint_every=2000)
+    base = dict(
+      model=SPMConfig.paper(),
+      max_length=196,
+      text_max_length=32,
+      num_steps=100_000,
+      learning_rate=1e-4,
+      spl_learning_rate=1e-5,
+      log_every=100,
+      checkpoint_every=2000,
+    )
     base.update(overrides)
     return cls(**base)
 
@@ -216,9 +260,15 @@ def caption_features(config: SPMConfig, batch: Mapping[str, jax.Array]) -> jax.A
   return jnp.sum(emb * m[..., None], 1) / jnp.maximum(jnp.sum(m, 1, keepdims=True), 1.0)
 
 
-def noise_batch(rng: jax.Array, motion: jax.Array, mask: jax.Array, schedule: Schedule,
-                noise_threshold: float, max_timestep: int, clean_timestep: str = "zero"
-                ) -> tuple[jax.Array, jax.Array]:
+def noise_batch(
+  rng: jax.Array,
+  motion: jax.Array,
+  mask: jax.Array,
+  schedule: Schedule,
+  noise_threshold: float,
+  max_timestep: int,
+  clean_timestep: str = "zero",
+) -> tuple[jax.Array, jax.Array]:
   """Noise-aware augmentation: with probability 1 - noise_threshold the whole batch is noised to per-sample
   t ~ U{0, ..., max_timestep - 1}; otherwise x is clean and t is 0 (`clean_timestep='zero'`, ours) or the
   sampled t all the same (`'sampled'`, the official code, which draws t for every batch and passes it on).
@@ -245,9 +295,15 @@ def batch_frames_smooth_l1(pred: jax.Array, target: jax.Array, mask: jax.Array) 
   return jnp.sum(smooth_l1(pred, target) * frames) / count
 
 
-def reward_loss(params, batch: Mapping[str, jax.Array], rng: jax.Array, config: RewardTrainConfig,
-                schedule: Schedule, use_spl: bool, deterministic: bool = False
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def reward_loss(
+  params,
+  batch: Mapping[str, jax.Array],
+  rng: jax.Array,
+  config: RewardTrainConfig,
+  schedule: Schedule,
+  use_spl: bool,
+  deterministic: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total SPM loss of one batch -> (scalar, metrics). See the module docstring for the terms and options."""
   mc = config.model
   model = spm_module(mc)
@@ -257,55 +313,94 @@ def reward_loss(params, batch: Mapping[str, jax.Array], rng: jax.Array, config: 
   input_target = config.recons_target == "input"
   # The official reconstruction target keeps the noise on padded frames too; the encoders ignore padded frames,
   # so feeding them the unmasked x changes nothing else.
-  x, t = noise_batch(k_noise, motion, jnp.ones_like(mask) if input_target else mask, schedule,
-                     config.noise_threshold, config.max_timestep, "sampled" if official_t else "zero")
+  x, t = noise_batch(
+    k_noise,
+    motion,
+    jnp.ones_like(mask) if input_target else mask,
+    schedule,
+    config.noise_threshold,
+    config.max_timestep,
+    "sampled" if official_t else "zero",
+  )
   text, tmask = text_inputs(mc, batch)
   if official_t and not use_spl:
-    t_text = t_motion = None          # official pretraining: no timestep token anywhere
+    t_text = t_motion = None  # official pretraining: no timestep token anywhere
   else:
     t_text, t_motion = route_timestep(mc, t, "text"), route_timestep(mc, t, "motion")
-  t_mu, t_lv = model.apply(params, text, tmask, t_text, deterministic, method="encode_text",
-                           rngs={"dropout": k_drop_t})
-  m_mu, m_lv = model.apply(params, x, mask, t_motion, deterministic, method="encode_motion",
-                           rngs={"dropout": k_drop_m})
+  t_mu, t_lv = model.apply(params, text, tmask, t_text, deterministic, method="encode_text", rngs={"dropout": k_drop_t})
+  m_mu, m_lv = model.apply(params, x, mask, t_motion, deterministic, method="encode_motion", rngs={"dropout": k_drop_m})
   t_z = reparameterize(k_zt, t_mu, t_lv)
   m_z = reparameterize(k_zm, m_mu, m_lv)
   # Both latents are decoded in one call (shared decoder): [2B, latent] -> [2B, L, D].
-  recon = model.apply(params, jnp.concatenate([t_z, m_z]), jnp.concatenate([mask, mask]), deterministic,
-                      method="decode", rngs={"dropout": k_drop_d})
+  recon = model.apply(
+    params,
+    jnp.concatenate([t_z, m_z]),
+    jnp.concatenate([mask, mask]),
+    deterministic,
+    method="decode",
+    rngs={"dropout": k_drop_d},
+  )
   b = motion.shape[0]
   if input_target:
     recons = batch_frames_smooth_l1(recon[:b], x, mask) + batch_frames_smooth_l1(recon[b:], x, mask)
   else:
     recons = masked_smooth_l1(recon[:b], motion, mask) + masked_smooth_l1(recon[b:], motion, mask)
-  kl = (kl_between(t_mu, t_lv, m_mu, m_lv) + kl_between(m_mu, m_lv, t_mu, t_lv)
-        + kl_to_standard_normal(t_mu, t_lv) + kl_to_standard_normal(m_mu, m_lv))
+  kl = (
+    kl_between(t_mu, t_lv, m_mu, m_lv)
+    + kl_between(m_mu, m_lv, t_mu, t_lv)
+    + kl_to_standard_normal(t_mu, t_lv)
+    + kl_to_standard_normal(m_mu, m_lv)
+  )
   latent = jnp.mean(smooth_l1(t_z, m_z))
-  contrastive = spl_lib.info_nce_with_filtering(t_z, m_z, caption_features(mc, batch), config.temperature,
-                                                config.threshold_selfsim, config.filter_convention)
-  total = (config.w_recons * recons + config.w_kl * kl + config.w_latent * latent
-           + config.w_contrastive * contrastive)
+  contrastive = spl_lib.info_nce_with_filtering(
+    t_z, m_z, caption_features(mc, batch), config.temperature, config.threshold_selfsim, config.filter_convention
+  )
+  total = config.w_recons * recons + config.w_kl * kl + config.w_latent * latent + config.w_contrastive * contrastive
   # With official routing clean batches carry a sampled t too, so "noised" is read off the data instead.
   noised = jnp.any(x != motion, axis=(1, 2)) if official_t else t > 0
-  metrics = {"recons": recons, "kl": kl, "latent": latent, "contrastive": contrastive,
-             "noised_frac": jnp.mean(noised.astype(jnp.float32))}
+  metrics = {
+    "recons": recons,
+    "kl": kl,
+    "latent": latent,
+    "contrastive": contrastive,
+    "noised_frac": jnp.mean(noised.astype(jnp.float32)),
+  }
   if use_spl:
     if config.spl_latents == "mean" and not official_t:
       # Ours: rank the latent means of the pass above (the deterministic reward reads mu).
       spl_text, spl_motion = t_mu, m_mu
     else:
-      spl_text, spl_motion = _spl_pass(params, model, mc, config, text, tmask, x, mask, t, official_t,
-                                       jax.random.fold_in(rng, 7), deterministic)
-    loss_spl, aux = spl_lib.spl_loss(spl_text, spl_motion, k=config.spl_k, high_sim=config.spl_high_sim,
-                                     temperature=config.spl_temperature, convention=config.spl_temperature_convention)
+      spl_text, spl_motion = _spl_pass(
+        params, model, mc, config, text, tmask, x, mask, t, official_t, jax.random.fold_in(rng, 7), deterministic
+      )
+    loss_spl, aux = spl_lib.spl_loss(
+      spl_text,
+      spl_motion,
+      k=config.spl_k,
+      high_sim=config.spl_high_sim,
+      temperature=config.spl_temperature,
+      convention=config.spl_temperature_convention,
+    )
     total = total + config.spl_weight * loss_spl
     metrics.update(spl=loss_spl, **aux)
   metrics["loss"] = total
   return total, metrics
 
 
-def _spl_pass(params, model, mc: SPMConfig, config: RewardTrainConfig, text, tmask, x, mask, t, official_t: bool,
-              rng: jax.Array, deterministic: bool) -> tuple[jax.Array, jax.Array]:
+def _spl_pass(
+  params,
+  model,
+  mc: SPMConfig,
+  config: RewardTrainConfig,
+  text,
+  tmask,
+  x,
+  mask,
+  t,
+  official_t: bool,
+  rng: jax.Array,
+  deterministic: bool,
+) -> tuple[jax.Array, jax.Array]:
   """The SPL term's own forward pass (official `compute_finetune_loss`): fresh dropout and, with
   spl_latents='sample', fresh reparameterised samples; official routing: text without timestep, motion with
   the sampled t whatever the mode. -> (text latents [B, C], motion latents [B, C])."""
@@ -314,10 +409,8 @@ def _spl_pass(params, model, mc: SPMConfig, config: RewardTrainConfig, text, tma
     t_text, t_motion = None, t
   else:
     t_text, t_motion = route_timestep(mc, t, "text"), route_timestep(mc, t, "motion")
-  t_mu, t_lv = model.apply(params, text, tmask, t_text, deterministic, method="encode_text",
-                           rngs={"dropout": k_dt})
-  m_mu, m_lv = model.apply(params, x, mask, t_motion, deterministic, method="encode_motion",
-                           rngs={"dropout": k_dm})
+  t_mu, t_lv = model.apply(params, text, tmask, t_text, deterministic, method="encode_text", rngs={"dropout": k_dt})
+  m_mu, m_lv = model.apply(params, x, mask, t_motion, deterministic, method="encode_motion", rngs={"dropout": k_dm})
   if config.spl_latents == "sample":
     return reparameterize(k_zt, t_mu, t_lv), reparameterize(k_zm, m_mu, m_lv)
   return t_mu, m_mu
@@ -333,7 +426,8 @@ def _jitted_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, m
   def step(state: TrainState, batch, rng):
     step_rng = jax.random.fold_in(rng, state.step)
     (loss, metrics), grads = jax.value_and_grad(reward_loss, has_aux=True)(
-        state.params, batch, step_rng, config, schedule, use_spl)
+      state.params, batch, step_rng, config, schedule, use_spl
+    )
     state, finite = apply_gradients(state, grads, tx, loss)
     metrics = dict(metrics, finite=finite, grad_norm=optax.tree.norm(grads))
     return state, metrics
@@ -345,8 +439,9 @@ def _jitted_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, m
   return jax.jit(step, donate_argnums=0)
 
 
-def make_train_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, rng: jax.Array,
-                    mesh=None) -> Callable:
+def make_train_step(
+  config: RewardTrainConfig, optim: OptimConfig, use_spl: bool, rng: jax.Array, mesh=None
+) -> Callable:
   """jit-compiled `(state, batch) -> (state, metrics)` with the optimizer of `optim`; per-step randomness is
   fold_in(rng, state.step), so a resumed run draws the same numbers. `mesh` (a `parallel.make_mesh`):
   data-parallel / FSDP step with the same result as one device on the same global batch."""
@@ -356,8 +451,9 @@ def make_train_step(config: RewardTrainConfig, optim: OptimConfig, use_spl: bool
 
 # --------------------------------------------------------------------------------------------- train
 def _optim(config: RewardTrainConfig, learning_rate: float) -> OptimConfig:
-  return OptimConfig(learning_rate=learning_rate, weight_decay=config.weight_decay,
-                     grad_clip_norm=config.grad_clip_norm)
+  return OptimConfig(
+    learning_rate=learning_rate, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm
+  )
 
 
 def stage_optim(config: RewardTrainConfig, spl: bool) -> OptimConfig:
@@ -383,8 +479,7 @@ def read_reward_metadata(workdir: str | os.PathLike) -> dict:
   finally:
     ckpt.close()
   if meta.get("kind") != META_KIND:
-    raise ValueError(f"{workdir}: checkpoint metadata field 'kind': expected {META_KIND!r}, found "
-                     f"{meta.get('kind')!r}")
+    raise ValueError(f"{workdir}: checkpoint metadata field 'kind': expected {META_KIND!r}, found {meta.get('kind')!r}")
   return meta
 
 
@@ -405,12 +500,24 @@ def _restore(workdir, meta) -> TrainState:
     ckpt.close()
 
 
-def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset: MotionDataset, *,
-                 mode: Optional[str] = None, noise_threshold: Optional[float] = None, spl: bool = False,
-                 init_from: Optional[str | os.PathLike] = None, steps: Optional[int] = None,
-                 tokenizer: Optional[Tokenizer] = None, text_embeddings: Optional[TextEmbeddings] = None,
-                 eval_dataset: Optional[MotionDataset] = None, eval_timesteps: Sequence[int] = (0, 100, 300),
-                 learning_rate: Optional[float] = None, progress: bool = True, mesh=None) -> dict:
+def train_reward(
+  config: RewardTrainConfig,
+  workdir: str | os.PathLike,
+  dataset: MotionDataset,
+  *,
+  mode: Optional[str] = None,
+  noise_threshold: Optional[float] = None,
+  spl: bool = False,
+  init_from: Optional[str | os.PathLike] = None,
+  steps: Optional[int] = None,
+  tokenizer: Optional[Tokenizer] = None,
+  text_embeddings: Optional[TextEmbeddings] = None,
+  eval_dataset: Optional[MotionDataset] = None,
+  eval_timesteps: Sequence[int] = (0, 100, 300),
+  learning_rate: Optional[float] = None,
+  progress: bool = True,
+  mesh=None,
+) -> dict:
   """Trains (or resumes) one SPM stage in `workdir` and returns a summary dict.
 
   Args:
@@ -445,8 +552,9 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
     model_over["text_input"] = "embeddings"
   elif config.model.text_input == "tokens":
     if tokenizer is None:
-      tokenizer = Tokenizer.build((c for e in dataset.entries for c, _ in e.captions),
-                                  max_length=config.text_max_length)
+      tokenizer = Tokenizer.build(
+        (c for e in dataset.entries for c, _ in e.captions), max_length=config.text_max_length
+      )
     model_over["vocab_size"] = tokenizer.vocab_size
   model_over["dim_motion"] = dataset.info.dim
   config = dataclasses.replace(config, model=dataclasses.replace(config.model, **model_over))
@@ -455,9 +563,11 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   if init_meta is not None:
     check_config_matches(init_meta["train"]["model"], config.model.to_dict(), f"{init_from} (init_from)")
   if config.model.text_input == "embeddings" and text_embeddings is None:
-    raise ValueError(f"{_WHERE}: train_reward: the model reads precomputed text embeddings (text_input="
-                     f"'embeddings'{', the official SPM' if config.model.arch == 'official' else ''}): pass "
-                     f"text_embeddings= (a TextEmbeddings .npz, e.g. sentence-T5-large token embeddings)")
+    raise ValueError(
+      f"{_WHERE}: train_reward: the model reads precomputed text embeddings (text_input="
+      f"'embeddings'{', the official SPM' if config.model.arch == 'official' else ''}): pass "
+      f"text_embeddings= (a TextEmbeddings .npz, e.g. sentence-T5-large token embeddings)"
+    )
   num_steps = config.num_steps if steps is None else int(steps)
   lr = learning_rate or (config.spl_learning_rate if spl else config.learning_rate)
   optim = _optim(config, lr)
@@ -476,44 +586,85 @@ def train_reward(config: RewardTrainConfig, workdir: str | os.PathLike, dataset:
   # A different fold for the SPL stage so it does not replay the pretraining noise sequence.
   step_fn = make_train_step(config, optim, spl, jax.random.fold_in(k_train, int(spl)), mesh)
 
-  metadata = {"kind": META_KIND, "train": config.to_dict(), "optim": dataclasses.asdict(optim),
-              "stage": "spl" if spl else "pretrain", "init_from": None if init_from is None else str(init_from),
-              "tokenizer": _tokenizer_meta(tokenizer), "text_emb_dim": text_emb_dim if text_embeddings else None,
-              "text_embeddings_path": None if text_embeddings is None else text_embeddings.path,
-              "dataset": {"root": dataset.root, "split": dataset.split, "dim": dataset.info.dim},
-              "inputs": "reward(x, cond, t): x = dataset-normalised motion features [B, L, D]; "
-                        "Mean/Std are not stored (normalise with the dataset's own)."}
+  metadata = {
+    "kind": META_KIND,
+    "train": config.to_dict(),
+    "optim": dataclasses.asdict(optim),
+    "stage": "spl" if spl else "pretrain",
+    "init_from": None if init_from is None else str(init_from),
+    "tokenizer": _tokenizer_meta(tokenizer),
+    "text_emb_dim": text_emb_dim if text_embeddings else None,
+    "text_embeddings_path": None if text_embeddings is None else text_embeddings.path,
+    "dataset": {"root": dataset.root, "split": dataset.split, "dim": dataset.info.dim},
+    "inputs": "reward(x, cond, t): x = dataset-normalised motion features [B, L, D]; "
+    "Mean/Std are not stored (normalise with the dataset's own).",
+  }
   ckpt = Checkpointer(workdir / "checkpoints")
   if ckpt.latest_step() is not None:
     saved = ckpt.metadata()
-    check_config_matches(saved["train"], config.to_dict(), str(workdir / "checkpoints"),
-                         ignore=("log_every", "checkpoint_every", "num_steps"))
+    check_config_matches(
+      saved["train"],
+      config.to_dict(),
+      str(workdir / "checkpoints"),
+      ignore=("log_every", "checkpoint_every", "num_steps"),
+    )
   writer = MetricWriter(workdir)
   emb_kwargs = {"text_embeddings": text_embeddings} if text_embeddings is not None else {}
 
   def batch_fn(step):
-    arrays, _ = batch_at(dataset, step, config.batch_size, config.seed, tokenizer or _dummy_tokenizer(),
-                         max_length=config.max_length, **emb_kwargs)
+    arrays, _ = batch_at(
+      dataset,
+      step,
+      config.batch_size,
+      config.seed,
+      tokenizer or _dummy_tokenizer(),
+      max_length=config.max_length,
+      **emb_kwargs,
+    )
     return arrays if mesh is None else parallel.local_rows(arrays)
 
   t0 = time.time()
-  result = train_loop(state=state, step_fn=step_fn, batch_fn=batch_fn, num_steps=num_steps, checkpointer=ckpt,
-                      writer=writer, metadata=metadata, log_every=config.log_every,
-                      checkpoint_every=config.checkpoint_every, desc=f"spm-{metadata['stage']}",
-                      progress=progress)
+  result = train_loop(
+    state=state,
+    step_fn=step_fn,
+    batch_fn=batch_fn,
+    num_steps=num_steps,
+    checkpointer=ckpt,
+    writer=writer,
+    metadata=metadata,
+    log_every=config.log_every,
+    checkpoint_every=config.checkpoint_every,
+    desc=f"spm-{metadata['stage']}",
+    progress=progress,
+  )
   train_seconds = time.time() - t0
   ckpt.close()
   retrieval = None
   if eval_dataset is not None and not result.preempted:
-    retrieval = evaluate_retrieval(result.state.params, config, eval_dataset, tokenizer,
-                                   timesteps=eval_timesteps, text_embeddings=text_embeddings)
+    retrieval = evaluate_retrieval(
+      result.state.params, config, eval_dataset, tokenizer, timesteps=eval_timesteps, text_embeddings=text_embeddings
+    )
     (workdir / "retrieval.json").write_text(json.dumps(retrieval, indent=1, sort_keys=True))
-    writer.write(result.last_step, {f"retrieval/{k}/{m}": v for k, d in retrieval.items() for m, v in d.items()
-                                    if m.endswith(("R@1", "R@3", "MedR"))})
+    writer.write(
+      result.last_step,
+      {
+        f"retrieval/{k}/{m}": v
+        for k, d in retrieval.items()
+        for m, v in d.items()
+        if m.endswith(("R@1", "R@3", "MedR"))
+      },
+    )
   writer.close()
-  return {"params": result.state.params, "config": config, "workdir": str(workdir), "steps": result.last_step,
-          "train_seconds": train_seconds, "retrieval": retrieval, "preempted": result.preempted,
-          "tokenizer": tokenizer}
+  return {
+    "params": result.state.params,
+    "config": config,
+    "workdir": str(workdir),
+    "steps": result.last_step,
+    "train_seconds": train_seconds,
+    "retrieval": retrieval,
+    "preempted": result.preempted,
+    "tokenizer": tokenizer,
+  }
 
 
 def _dummy_tokenizer() -> Tokenizer:
@@ -538,10 +689,17 @@ def _jitted_encoder(mc: SPMConfig, diffusion: DiffusionConfig) -> Callable:
   return enc
 
 
-def encode_dataset(params, config: RewardTrainConfig, dataset: MotionDataset, tokenizer: Optional[Tokenizer],
-                   timesteps: Sequence[int] = (0,), batch_size: int = 32, seed: int = 1234,
-                   text_embeddings: Optional[TextEmbeddings] = None, noise_seed: int = 0
-                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def encode_dataset(
+  params,
+  config: RewardTrainConfig,
+  dataset: MotionDataset,
+  tokenizer: Optional[Tokenizer],
+  timesteps: Sequence[int] = (0,),
+  batch_size: int = 32,
+  seed: int = 1234,
+  text_embeddings: Optional[TextEmbeddings] = None,
+  noise_seed: int = 0,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
   """Latent means of every entry (one random caption, one crop, fixed shuffled order) at each timestep.
 
   Motion at t > 0 is the DDPM-noised normalised motion (fixed noise per entry); texts get t only in T1 modes.
@@ -550,11 +708,19 @@ def encode_dataset(params, config: RewardTrainConfig, dataset: MotionDataset, to
   enc = _jitted_encoder(config.model, config.diffusion)
   kwargs = {"text_embeddings": text_embeddings} if text_embeddings is not None else {}
   out = {int(t): ([], []) for t in timesteps}
-  batches = iterate_batches(dataset, batch_size, seed, 0, tokenizer or _dummy_tokenizer(), drop_last=False,
-                            max_length=config.max_length, **kwargs)
+  batches = iterate_batches(
+    dataset,
+    batch_size,
+    seed,
+    0,
+    tokenizer or _dummy_tokenizer(),
+    drop_last=False,
+    max_length=config.max_length,
+    **kwargs,
+  )
   for i, (arrays, _) in enumerate(batches):
     n = arrays["motion"].shape[0]
-    if n < batch_size:   # pad the last batch so the jitted encoder is not retraced
+    if n < batch_size:  # pad the last batch so the jitted encoder is not retraced
       arrays = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, 0)]) for k, v in arrays.items()}
     for t in timesteps:
       key = jax.random.fold_in(jax.random.key(noise_seed), i)
@@ -564,9 +730,16 @@ def encode_dataset(params, config: RewardTrainConfig, dataset: MotionDataset, to
   return {t: (np.concatenate(a), np.concatenate(b)) for t, (a, b) in out.items()}
 
 
-def evaluate_retrieval(params, config: RewardTrainConfig, dataset: MotionDataset, tokenizer: Optional[Tokenizer],
-                       timesteps: Sequence[int] = (0, 100, 300), batch_size: int = 32, seed: int = 1234,
-                       text_embeddings: Optional[TextEmbeddings] = None) -> dict[str, dict[str, float]]:
+def evaluate_retrieval(
+  params,
+  config: RewardTrainConfig,
+  dataset: MotionDataset,
+  tokenizer: Optional[Tokenizer],
+  timesteps: Sequence[int] = (0, 100, 300),
+  batch_size: int = 32,
+  seed: int = 1234,
+  text_embeddings: Optional[TextEmbeddings] = None,
+) -> dict[str, dict[str, float]]:
   """Text<->motion retrieval of the SPM on `dataset`, clean (t=0) and with motion noised at each t.
 
   Returns {'t=<t>/full': metrics, 't=<t>/batch<batch_size>': metrics (only when N >= batch_size)} with the keys of
@@ -579,8 +752,7 @@ def evaluate_retrieval(params, config: RewardTrainConfig, dataset: MotionDataset
     if text.shape[0] >= batch_size:
       out[f"t={t}/batch{batch_size}"] = spl_lib.batched_retrieval_metrics(text, motion, batch_size)
     else:
-      logging.warning("evaluate_retrieval: %d pairs < batch_size=%d: batch protocol skipped", text.shape[0],
-                      batch_size)
+      logging.warning("evaluate_retrieval: %d pairs < batch_size=%d: batch protocol skipped", text.shape[0], batch_size)
   return out
 
 
@@ -611,8 +783,9 @@ class SPMConversion:
   num_heads: int = 4
 
 
-def convert_spm_checkpoint(ckpt_path: str | os.PathLike, out_workdir: str | os.PathLike,
-                           config: Optional[SPMConfig] = None, **overrides) -> pathlib.Path:
+def convert_spm_checkpoint(
+  ckpt_path: str | os.PathLike, out_workdir: str | os.PathLike, config: Optional[SPMConfig] = None, **overrides
+) -> pathlib.Path:
   """Converts an official SPM checkpoint into a reward workdir that `load_reward` loads.
 
   The workdir holds `checkpoints/` (step 0: the params and a fresh optimizer state of the official SPL stage,
@@ -634,13 +807,21 @@ def convert_spm_checkpoint(ckpt_path: str | os.PathLike, out_workdir: str | os.P
   params = jax.tree.map(np.asarray, params)
   state = create_train_state(params, tx)
   digest = hashlib.sha256(pathlib.Path(ckpt_path).read_bytes()).hexdigest()
-  metadata = {"kind": META_KIND, "train": train_config.to_dict(), "optim": optim,
-              "stage": "converted", "init_from": None, "tokenizer": None, "text_emb_dim": e,
-              "text_embeddings_path": None, "dataset": {"root": None, "split": None, "dim": config.dim_motion},
-              "source": {"official_checkpoint": str(pathlib.Path(ckpt_path).absolute()), "sha256": digest},
-              "inputs": "reward(x, cond, t): x = dataset-normalised motion features [B, L, D]; cond['text_emb'] "
-                        "[B, Lt, E] sentence-T5-large token embeddings and cond['text_emb_mask']; Mean/Std are not "
-                        "stored (normalise with the dataset's own)."}
+  metadata = {
+    "kind": META_KIND,
+    "train": train_config.to_dict(),
+    "optim": optim,
+    "stage": "converted",
+    "init_from": None,
+    "tokenizer": None,
+    "text_emb_dim": e,
+    "text_embeddings_path": None,
+    "dataset": {"root": None, "split": None, "dim": config.dim_motion},
+    "source": {"official_checkpoint": str(pathlib.Path(ckpt_path).absolute()), "sha256": digest},
+    "inputs": "reward(x, cond, t): x = dataset-normalised motion features [B, L, D]; cond['text_emb'] "
+    "[B, Lt, E] sentence-T5-large token embeddings and cond['text_emb_mask']; Mean/Std are not "
+    "stored (normalise with the dataset's own).",
+  }
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)

@@ -54,10 +54,13 @@ def check_contrastive(spec):
   shardings = parallel.state_shardings(mesh, state, min_size=16)
   f = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None))
   new, m = f(sh_state, parallel.shard_batch(batch, mesh))
-  specs = {"params.wt": str(new.params["wt"].sharding.spec),
-           "mu.wt": str(new.opt_state[1][0].mu["wt"].sharding.spec)}
-  return {"param_diff": max_diff(new.params, ref_state.params), "loss_diff": abs(float(m["loss"] - ref_m["loss"])),
-          "specs": specs, "batch_spec": str(parallel.shard_batch(batch, mesh)["text"].sharding.spec)}, new
+  specs = {"params.wt": str(new.params["wt"].sharding.spec), "mu.wt": str(new.opt_state[1][0].mu["wt"].sharding.spec)}
+  return {
+    "param_diff": max_diff(new.params, ref_state.params),
+    "loss_diff": abs(float(m["loss"] - ref_m["loss"])),
+    "specs": specs,
+    "batch_spec": str(parallel.shard_batch(batch, mesh)["text"].sharding.spec),
+  }, new
 
 
 results["contrastive_data8"], _ = check_contrastive("data=8")
@@ -71,9 +74,10 @@ ck.save(1, sharded_state, {"note": "written on 8 devices"})
 mesh4 = parallel.make_mesh("data=4", devices=jax.devices()[:4])
 template4 = parallel.shard_state(mlp_contrastive_problem()[0], mesh4, min_size=16)
 restored4 = ck.restore(template4)
-results["restore_on_4"] = {"diff": max_diff(jax.device_get(restored4.params),
-                                           jax.device_get(sharded_state.params)),
-                           "devices": len(restored4.params["wt"].sharding.device_set)}
+results["restore_on_4"] = {
+  "diff": max_diff(jax.device_get(restored4.params), jax.device_get(sharded_state.params)),
+  "devices": len(restored4.params["wt"].sharding.device_set),
+}
 try:
   parallel.check_batch_divisible(30, parallel.make_mesh("data=8"))
 except ValueError as e:

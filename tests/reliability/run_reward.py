@@ -35,20 +35,24 @@ R.init_spm = jax.jit(R.init_spm, static_argnums=0, static_argnames="text_emb_dim
 
 # tests/pipeline.py REWARD, but checkpointing every step.
 CONFIG = R.RewardTrainConfig(
-    model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
-    batch_size=8, max_length=32, text_max_length=12, log_every=1, checkpoint_every=1)
+  model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
+  batch_size=8,
+  max_length=32,
+  text_max_length=12,
+  log_every=1,
+  checkpoint_every=1,
+)
 
 
 def main() -> int:
-  out = R.train_reward(CONFIG, workdir, load_dataset(data_dir, "train"), mode="M1T1", steps=steps,
-                       progress=False)
+  out = R.train_reward(CONFIG, workdir, load_dataset(data_dir, "train"), mode="M1T1", steps=steps, progress=False)
   if out["preempted"]:
     print(f"PREEMPTED at step {out['steps']}", flush=True)
     return 3
   flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(out["params"])[0]}
   tmp = os.path.join(workdir, "final.tmp.npz")
   np.savez(tmp, **flat)
-  os.replace(tmp, os.path.join(workdir, "final.npz"))   # atomic: a kill never leaves a partial final.npz
+  os.replace(tmp, os.path.join(workdir, "final.npz"))  # atomic: a kill never leaves a partial final.npz
   print(f"DONE at step {out['steps']}", flush=True)
   return 0
 
