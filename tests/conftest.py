@@ -39,6 +39,7 @@ SLOW_MODULES = {
   "test_notebooks",
   "test_parallel",
   "test_parallel_methods",
+  "test_scan_layers",
   "test_spm_train",
   "test_train_evaluator",
 }

@@ -50,6 +50,7 @@ def test_presets_and_named_options():
     OFFICIAL.with_objective("paper")
 
 
+@pytest.mark.slow
 def test_noise_batch_official_timesteps():
   sched = make_schedule(OFFICIAL.diffusion)
   x = jnp.ones((4, 6, 6))
@@ -170,6 +171,7 @@ def test_spl_latents_sample_vs_mean(params):
   assert float(m_single["spl"]) == pytest.approx(float(spl.spl_loss(mu_t, mu_m, convention="single")[0]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_reconstruction_targets():
   mask = jnp.asarray(np.arange(6)[None] < np.array([2, 4])[:, None])
   target = jnp.ones((2, 6, 3))
