@@ -17,32 +17,11 @@ from easytune_jax.train import base
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import create_train_state
+from easytune_jax.pipelines.tiny import TINY_BASE_OVERRIDES
 
 # Small model, few steps: compile time dominates on CPU, so every test shares these sizes (the jitted
 # steps are cached on the model config) and runs a handful of steps.
-TINY = [
-  "data.batch_size=8",
-  "data.max_length=32",
-  "data.text_max_length=16",
-  "data.num_val_batches=1",
-  "vae.latent_dim=16",
-  "vae.width=32",
-  "vae.ff_dim=64",
-  "vae.num_heads=2",
-  "denoiser.width=32",
-  "denoiser.num_layers=1",
-  "denoiser.ff_dim=64",
-  "denoiser.num_heads=2",
-  "text.width=32",
-  "text.ff_dim=64",
-  "text.num_heads=2",
-  "vae_optim.warmup_steps=0",
-  "vae_optim.decay_steps=0",
-  "diffusion_optim.warmup_steps=0",
-  "diffusion_optim.decay_steps=0",
-  "log_every=2",
-  "checkpoint_every=2",
-]
+TINY = [o for o in TINY_BASE_OVERRIDES if not o.startswith(("vae_steps=", "diffusion_steps="))]
 
 
 @pytest.fixture(scope="module")
