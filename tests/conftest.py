@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the real reference data beside the checkout."""
+"""Shared test fixtures: paths to the real reference data beside the checkout; the compilation cache."""
 
 import os
 import pathlib
@@ -6,6 +6,15 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# XLA compilations dominate the suite's time, and many tests (and the launchers they run in subprocesses) compile
+# the same programs from fresh closures. JAX's persistent compilation cache keys a compiled program by its HLO,
+# so every repeat after the first is a disk read, within one run and across runs. Set before jax is imported
+# (the test modules import it after this file) and inherited by subprocesses through the environment. A
+# JAX_COMPILATION_CACHE_DIR already set by the user wins; EASYTUNE_TEST_JAX_CACHE=0 turns the cache off.
+if os.environ.get("EASYTUNE_TEST_JAX_CACHE", "") != "0":
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax_tests"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 SHARED_DATA = pathlib.Path(os.environ.get("EASYTUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -22,10 +31,12 @@ def shared_data() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
-  """A tiny trained dataset + generator + reward + evaluator (see tests/pipeline.py)."""
+  """A tiny trained dataset + generator + reward + evaluator (see tests/pipeline.py), one per run: under
+  pytest-xdist the workers' base temporary directories share a parent, where the pipeline is built once."""
   from tests import pipeline
 
-  return pipeline.build(tmp_path_factory.mktemp("pipeline"))
+  base = tmp_path_factory.getbasetemp()
+  return pipeline.build((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_pipeline")
 
 
 # The fast tier (`pytest -m "not slow"`, for daily work) leaves out what trains models, runs subprocesses on 8

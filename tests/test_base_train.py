@@ -108,10 +108,11 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
   np.testing.assert_array_equal(f1, f2)
   with open(os.path.join(a, "samples", "captions.txt")) as f:
     sample_texts = f.read().splitlines()
-  _, j_again = ga.generate(
+  f_again, j_again = ga.generate(
     sample_texts, np.load(os.path.join(a, "samples", "lengths.npy")), jax.random.PRNGKey(0), num_steps=3
   )
   np.testing.assert_array_equal(j_again, joints)  # the reloaded model reproduces the saved samples
+  np.testing.assert_array_equal(f_again, np.load(os.path.join(a, "samples", "features.npy")))
   f3, _ = ga.generate(texts[::-1], lengths, jax.random.PRNGKey(1), num_steps=3, guidance_scale=2.0)
   assert ga.sampler(3)._cache_size() == 1  # one trace for every call above
   assert np.all(f1[1, 20:] == 0) and np.all(j1[1, 20:] == 0) and not np.allclose(f1, f3)
@@ -145,7 +146,10 @@ def test_end_to_end_checkpoints_resume_and_generator(synth, tmp_path):
 
 def test_mdm_tiny_run(synth, tmp_path):
   out = _run(str(tmp_path), synth, TINY + ["diffusion_steps=2"], model="mdm")
-  assert "vae" not in out and np.isfinite(out["diffusion"]["val/diffusion_loss"])
+  assert "vae" not in out and not os.path.exists(tmp_path / "vae")  # MDM denoises the features: no VAE stage
+  logged = [r for r in read_metrics(tmp_path / "diffusion") if "loss" in r]
+  assert [r["step"] for r in logged] == [1, 2] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in logged)
+  assert np.isfinite(out["diffusion"]["val/diffusion_loss"]) and out["diffusion"]["val/diffusion_loss"] > 0
   gen = generator.load_generator(str(tmp_path))
   assert gen.latent_shape == (32, 263)
   cond = gen.encode_text(["a person walks."], lengths=[12])

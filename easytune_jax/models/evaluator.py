@@ -468,7 +468,7 @@ class T2MEvaluator(nn.Module):
 
 
 def init_evaluator(key, config: EvaluatorConfig, batch: int = 2, motion_len: int = 16):
-  """Random parameters (T2M initialisation) for ``config``."""
+  """Random parameters (T2M initialisation) for ``config`` (one compiled program)."""
   c = config
   if c.vocab_size is None:
     words = jnp.zeros((batch, c.text_seq_len, c.dim_word), jnp.float32)
@@ -477,7 +477,8 @@ def init_evaluator(key, config: EvaluatorConfig, batch: int = 2, motion_len: int
   pos = jnp.zeros((batch, c.text_seq_len, c.dim_pos_ohot), jnp.float32)
   motion = jnp.zeros((batch, motion_len, c.motion_input_dim), jnp.float32)
   lens = jnp.full((batch,), 2, jnp.int32)
-  return T2MEvaluator(c).init(key, words, pos, lens, motion, jnp.full((batch,), motion_len, jnp.int32))
+  motion_lens = jnp.full((batch,), motion_len, jnp.int32)
+  return jax.jit(lambda k: T2MEvaluator(c).init(k, words, pos, lens, motion, motion_lens))(key)
 
 
 def evaluator_embed_text(params, words, pos_ohot, lengths, *, config: EvaluatorConfig):

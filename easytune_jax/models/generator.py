@@ -8,6 +8,7 @@ them. Training lives in `train/base.py`; loading a trained or converted generato
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -150,7 +151,8 @@ def build_modules(config: BaseConfig) -> Modules:
 def init_vae_params(config: BaseConfig, rng: jax.Array) -> Any:
   vae = MotionVAE(config.vae)
   length = config.data.max_length
-  return vae.init(rng, jnp.zeros((1, length, config.vae.nfeats)), jnp.ones((1, length), bool))
+  init = lambda r: vae.init(r, jnp.zeros((1, length, config.vae.nfeats)), jnp.ones((1, length), bool))
+  return jax.jit(init)(rng)
 
 
 def _dummy_text_inputs(config: BaseConfig, b: int = 1):
@@ -161,7 +163,11 @@ def _dummy_text_inputs(config: BaseConfig, b: int = 1):
 
 
 def init_diffusion_params(config: BaseConfig, rng: jax.Array) -> dict:
-  """{"denoiser": ..., "text": ...} (the text encoder trains with the denoiser here)."""
+  """{"denoiser": ..., "text": ...} (the text encoder trains with the denoiser here; one compiled program)."""
+  return jax.jit(functools.partial(_init_diffusion_params, config))(rng)
+
+
+def _init_diffusion_params(config: BaseConfig, rng: jax.Array) -> dict:
   m = build_modules(config)
   k_text, k_den = jax.random.split(rng)
   tok, tmask = _dummy_text_inputs(config)

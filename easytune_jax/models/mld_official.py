@@ -413,12 +413,13 @@ def denoiser_init_inputs(config: OfficialDenoiserConfig, text_len: int = 1):
 
 
 def init_vae(config: OfficialVAEConfig, rng: jax.Array):
-  """{"params": ...} of `OfficialMLDVAE` (the init traces encode + decode)."""
-  return OfficialMLDVAE(config).init(rng, *vae_init_inputs(config))
+  """{"params": ...} of `OfficialMLDVAE` (the init traces encode + decode; one compiled program)."""
+  return jax.jit(lambda r: OfficialMLDVAE(config).init(r, *vae_init_inputs(config)))(rng)
 
 
 def init_denoiser(config: OfficialDenoiserConfig, rng: jax.Array):
-  return OfficialMLDDenoiser(config).init(rng, *denoiser_init_inputs(config))
+  """{"params": ...} of `OfficialMLDDenoiser` (one compiled program)."""
+  return jax.jit(lambda r: OfficialMLDDenoiser(config).init(r, *denoiser_init_inputs(config)))(rng)
 
 
 def param_count(tree) -> int:

@@ -304,7 +304,7 @@ def text_inputs(config: SPMConfig, cond: Mapping[str, jax.Array]) -> tuple[jax.A
 def init_spm(
   config: SPMConfig, rng: jax.Array, batch_size: int = 2, length: int = 16, text_length: int = 8, text_emb_dim: int = 32
 ) -> Any:
-  """Initial parameters of SPM(config) (shapes do not depend on the lengths used here)."""
+  """Initial parameters of SPM(config) (shapes do not depend on the lengths used here); one compiled program."""
   if config.text_input == "tokens":
     text = jnp.ones((batch_size, text_length), jnp.int32)
   else:
@@ -313,7 +313,7 @@ def init_spm(
   motion = jnp.zeros((batch_size, length, config.dim_motion), jnp.float32)
   mask = jnp.ones((batch_size, length), bool)
   t = jnp.zeros((batch_size,), jnp.int32)
-  return spm_module(config).init({"params": rng}, text, tmask, motion, mask, t)
+  return jax.jit(lambda r: spm_module(config).init({"params": r}, text, tmask, motion, mask, t))(rng)
 
 
 def encode_text(params, config: SPMConfig, cond, t=None):
