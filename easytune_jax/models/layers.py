@@ -54,6 +54,40 @@ def sinusoidal_positions(length: int, dim: int) -> jax.Array:
   return pe.at[:, 1::2].set(jnp.cos(pos * div)[:, : dim // 2])
 
 
+class TorchMultiheadAttention(nn.Module):
+  """`torch.nn.MultiheadAttention` (batch-first here) as the official MLD and SPM modules use it: packed input
+  projection `in_proj_kernel` [C, 3C] (columns q | k | v) with `in_proj_bias` [3C], q scaled by head_dim**-0.5,
+  softmax over keys with padded keys removed, dropout on the attention weights, `out_proj`.
+
+  q [B, Lq, C], kv [B, Lk, C], key_mask bool [B, Lk] (True = attend) or None -> [B, Lq, C]. The heads are moved
+  in front of the sequence before the two batched products ([B, H, L, d] operands, the layout XLA's batched dot
+  takes without copies; docs/benchmark/profile/README.md has the measurements).
+  """
+
+  num_heads: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, q: jax.Array, kv: jax.Array, key_mask: Optional[jax.Array] = None, deterministic: bool = True):
+    c = q.shape[-1]
+    hd = c // self.num_heads
+    xavier = nn.initializers.xavier_uniform()
+    w = self.param("in_proj_kernel", xavier, (c, 3 * c))
+    b = self.param("in_proj_bias", nn.initializers.zeros, (3 * c,))
+    heads = lambda x: x.reshape(x.shape[:2] + (self.num_heads, hd)).transpose(0, 2, 1, 3)  # [B, H, L, d]
+    qh = heads(q @ w[:, :c] + b[:c]) * hd**-0.5
+    kh = heads(kv @ w[:, c : 2 * c] + b[c : 2 * c])
+    vh = heads(kv @ w[:, 2 * c :] + b[2 * c :])
+    logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh)
+    if key_mask is not None:
+      # torch adds -inf; the most negative finite value gives the same weights (exp underflows to exactly 0)
+      # and keeps a row whose keys are all padded finite.
+      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = nn.Dropout(self.dropout)(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, vh).transpose(0, 2, 1, 3).reshape(q.shape[:2] + (c,))
+    return nn.Dense(c, name="out_proj", kernel_init=xavier, bias_init=nn.initializers.zeros)(out)
+
+
 # Skip transformers can run their identical layers as `lax.scan`s (`run_skip_layers`): XLA then compiles one
 # input-half layer and one output-half layer instead of every layer. Measured on the 2-core CPU at the paper
 # size (docs/benchmark/profile/README.md) it compiled and ran SLOWER than the unrolled layers (VAE decode

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from easytune_jax.models.layers import resolve_scan, run_skip_layers, timestep_embedding
+from easytune_jax.models.layers import TorchMultiheadAttention, resolve_scan, run_skip_layers, timestep_embedding
 
 _xavier = nn.initializers.xavier_uniform()
 _zeros = nn.initializers.zeros
@@ -140,33 +140,6 @@ class OfficialDenoiserConfig:
 
 
 # --------------------------------------------------------------------------------------------- layers
-class TorchMultiheadAttention(nn.Module):
-  """`torch.nn.MultiheadAttention` (batch-first here): packed input projection `in_proj_kernel` [C, 3C]
-  (columns q | k | v) with `in_proj_bias` [3C], scaled dot product per head, dropout on the attention
-  weights, `out_proj`. q [B, Lq, C], kv [B, Lk, C], key_mask bool [B, Lk] (True = attend) or None."""
-
-  num_heads: int
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, q, kv, key_mask=None, deterministic: bool = True):
-    c = q.shape[-1]
-    w = self.param("in_proj_kernel", _xavier, (c, 3 * c))
-    b = self.param("in_proj_bias", _zeros, (3 * c,))
-    hd = c // self.num_heads
-    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, hd))
-    qh = split(q @ w[:, :c] + b[:c]) * (1.0 / math.sqrt(hd))
-    kh = split(kv @ w[:, c : 2 * c] + b[c : 2 * c])
-    vh = split(kv @ w[:, 2 * c :] + b[2 * c :])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh)
-    if key_mask is not None:
-      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    attn = jax.nn.softmax(logits, axis=-1)
-    attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", attn, vh).reshape(q.shape[:2] + (c,))
-    return nn.Dense(c, name="out_proj", kernel_init=_xavier, bias_init=_zeros)(out)
-
-
 class _FeedForward(nn.Module):
   ff_size: int
   dropout: float = 0.0

@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from easytune_jax.models.layers import resolve_scan, run_skip_layers, timestep_embedding
+from easytune_jax.models.layers import TorchMultiheadAttention, resolve_scan, run_skip_layers, timestep_embedding
 
 MAX_POSITIONS = 500
 LN_EPS = 1e-5
@@ -53,37 +53,6 @@ def _dense(features: int, name: Optional[str] = None, xavier: bool = True) -> nn
 
 def _layer_norm(name: Optional[str] = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, name=name)
-
-
-class TorchMultiheadAttention(nn.Module):
-  """torch.nn.MultiheadAttention (batch-first here): packed q/k/v in-projection `in_proj` (Dense C -> 3C),
-  q scaled by head_dim**-0.5, softmax over keys with padded keys removed, dropout on the weights, `out_proj`.
-
-  q [B, Lq, C], kv [B, Lk, C], key_mask bool [B, Lk] (True = valid) or None -> [B, Lq, C].
-  """
-
-  num_heads: int
-  dropout: float = 0.1
-
-  @nn.compact
-  def __call__(self, q: jax.Array, kv: jax.Array, key_mask: Optional[jax.Array], deterministic: bool = True):
-    c = q.shape[-1]
-    h = self.num_heads
-    w = self.param("in_proj_kernel", _xavier, (c, 3 * c))
-    b = self.param("in_proj_bias", nn.initializers.zeros, (3 * c,))
-    split = lambda x: x.reshape(x.shape[0], x.shape[1], h, c // h)
-    qh = split(q @ w[:, :c] + b[:c]) * (c // h) ** -0.5
-    kh = split(kv @ w[:, c : 2 * c] + b[c : 2 * c])
-    vh = split(kv @ w[:, 2 * c :] + b[2 * c :])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh)
-    if key_mask is not None:
-      # torch adds -inf; the most negative finite value gives the same weights (exp underflows to exactly 0)
-      # and keeps a row whose keys are all padded finite.
-      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, vh).reshape(q.shape[0], q.shape[1], c)
-    return _dense(c, "out_proj")(out)
 
 
 class OfficialEncoderLayer(nn.Module):
