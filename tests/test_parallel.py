@@ -1,37 +1,12 @@
 """Scale-out: sharded steps on 8 fake CPU devices equal one device; shardings; resharded restore."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from easytune_jax.core import parallel
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_on_8_devices(script, *args):
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-  )
-  out = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "tests", "multidevice", script), *args],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert out.returncode == 0, out.stderr[-4000:]
-  line = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")][-1]
-  return json.loads(line[len("RESULTS ") :])
+from tests.multidevice import run_on_8_devices
 
 
 def test_mesh_spec_parsing_and_errors():

@@ -1,40 +1,12 @@
 """Scale-out of the real training steps: EasyTune, DRaFT-K, SPM+SPL and the base VAE step on 8 fake CPU
 devices (meshes data=8 and data=4,fsdp=2) equal the single-device step on the same global batch."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 from easytune_jax.core import parallel
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_on_8_devices(script):
-  """Runs tests/multidevice/<script> with 8 fake CPU devices; returns its RESULTS json line."""
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-  )
-  # Four steps are compiled three times each (one device, data=8, data=4,fsdp=2): minutes on a busy CPU.
-  out = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "tests", "multidevice", script)],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=1800,
-  )
-  assert out.returncode == 0, out.stderr[-4000:]
-  line = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")][-1]
-  return json.loads(line[len("RESULTS ") :])
-
+from tests.multidevice import run_on_8_devices
 
 STEPS = ("easytune", "draft", "spm_spl", "vae", "easytune_batched")
 MESHES = ("data=8", "data=4,fsdp=2")
