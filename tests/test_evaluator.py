@@ -194,17 +194,17 @@ def test_flax_evaluator_equals_float64_numpy_torch_equations(tiny_ckpt):
   words, pos, tlens, motion, mlens = _inputs(TINY)
   ref_t = np_text(words, pos, tlens, state["text_encoder"])
   ref_m = np_motion(motion, mlens, state)
+  embed_t = jax.jit(functools.partial(ev.evaluator_embed_text, config=TINY))
+  embed_m = jax.jit(functools.partial(ev.evaluator_embed_motion, config=TINY))
   with jax.enable_x64(True):
     params = tc.load_t2m_evaluator(path, TINY, dtype=np.float64)
-    t = ev.evaluator_embed_text(params, jnp.asarray(words), jnp.asarray(pos), jnp.asarray(tlens), config=TINY)
-    m = ev.evaluator_embed_motion(params, jnp.asarray(motion), jnp.asarray(mlens), config=TINY)
+    t = embed_t(params, jnp.asarray(words), jnp.asarray(pos), jnp.asarray(tlens))
+    m = embed_m(params, jnp.asarray(motion), jnp.asarray(mlens))
     assert t.dtype == jnp.float64 and m.dtype == jnp.float64
     err64 = (np.abs(np.asarray(t) - ref_t).max(), np.abs(np.asarray(m) - ref_m).max())
   print("float64 max abs err text/motion", err64)
   assert max(err64) < 1e-10
   params32 = tc.load_t2m_evaluator(path, TINY)
-  embed_t = jax.jit(functools.partial(ev.evaluator_embed_text, config=TINY))
-  embed_m = jax.jit(functools.partial(ev.evaluator_embed_motion, config=TINY))
   t32 = embed_t(params32, jnp.asarray(words, jnp.float32), jnp.asarray(pos, jnp.float32), jnp.asarray(tlens))
   m32 = embed_m(params32, jnp.asarray(motion, jnp.float32), jnp.asarray(mlens))
   err32 = (np.abs(np.asarray(t32) - ref_t).max(), np.abs(np.asarray(m32) - ref_m).max())
@@ -371,6 +371,9 @@ def _np_log_softmax(z, axis):
 
 
 def test_contrastive_losses_match_numpy():
+  loss_fn = jax.jit(  # one program per variant instead of every op compiled on its own
+    ev.evaluator_contrastive_loss, static_argnames=("kind", "temperature", "similarity", "margin", "shift")
+  )
   rng = np.random.default_rng(0)
   t, m = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
   with jax.enable_x64(True):
@@ -385,14 +388,14 @@ def test_contrastive_losses_match_numpy():
     ):
       z = s / tau
       ref = -0.5 * (np.mean(np.diag(_np_log_softmax(z, 1))) + np.mean(np.diag(_np_log_softmax(z, 0))))
-      got = ev.evaluator_contrastive_loss(jnp.asarray(t), jnp.asarray(m), similarity=sim, temperature=tau)
+      got = loss_fn(jnp.asarray(t), jnp.asarray(m), similarity=sim, temperature=tau)
       assert abs(float(got) - ref) < 1e-9, sim
     shift = 2
     neg = m[(np.arange(6) + shift) % 6]
     ref_h = np.mean(((t - m) ** 2).sum(-1)) + np.mean(np.maximum(3.0 - np.linalg.norm(t - neg, axis=1), 0) ** 2)
-    got_h = ev.evaluator_contrastive_loss(jnp.asarray(t), jnp.asarray(m), kind="hinge", margin=3.0, shift=shift)
+    got_h = loss_fn(jnp.asarray(t), jnp.asarray(m), kind="hinge", margin=3.0, shift=shift)
     assert abs(float(got_h) - ref_h) < 1e-9
-    g = jax.grad(lambda a: ev.evaluator_contrastive_loss(a, a))(jnp.asarray(t))  # coincident pairs: finite
+    g = jax.grad(lambda a: loss_fn(a, a))(jnp.asarray(t))  # coincident pairs: finite
     assert np.all(np.isfinite(np.asarray(g)))
   with pytest.raises(ValueError, match="kind must be 'infonce' or 'hinge', found 'nce'"):
     ev.evaluator_contrastive_loss(jnp.asarray(t), jnp.asarray(m), kind="nce")

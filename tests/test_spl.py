@@ -143,11 +143,19 @@ def test_info_nce_with_filtering_matches_float64_reference():
   sent = rng.normal(size=(b, 4))
   sent[4] = sent[1] * 2.0 + 1e-3  # near-duplicate captions 1 and 4 (and 7)
   sent[7] = sent[1] + 1e-3 * rng.normal(size=4)
+
+  @jax.jit  # one program instead of every op compiled on its own
+  def run(t, m, s):
+    return (
+      spl.info_nce_with_filtering(t, m, s, 0.1, 0.9),
+      spl.info_nce_with_filtering(t, m, None, 0.1, 0.9),
+      jax.grad(lambda t, m: spl.info_nce_with_filtering(t, m, s), argnums=(0, 1))(t, m),
+    )
+
   with jax.enable_x64(True):
-    args = (jnp.asarray(text), jnp.asarray(motion))
-    got = float(spl.info_nce_with_filtering(*args, jnp.asarray(sent), 0.1, 0.9))
-    plain = float(spl.info_nce_with_filtering(*args, None, 0.1, 0.9))
-    grads = jax.grad(lambda t, m: spl.info_nce_with_filtering(t, m, jnp.asarray(sent)), argnums=(0, 1))(*args)
+    got, plain, grads = run(jnp.asarray(text), jnp.asarray(motion), jnp.asarray(sent))
+    assert got.dtype == jnp.float64
+    got, plain = float(got), float(plain)
   ref = info_nce_reference(text, motion, sent, 0.1, 0.9)
   assert got == pytest.approx(ref, rel=1e-10)
   assert plain == pytest.approx(info_nce_reference(text, motion, None, 0.1, 0.9), rel=1e-10)
