@@ -66,9 +66,9 @@ def test_penalties_ignore_padding_and_have_finite_gradients(name):
   mask = _mask(lengths, f)
   padded = np.where(mask[..., None, None], joints, 0.0)  # zero padding: zero differences (norm at 0)
   junk = np.where(mask[..., None, None], joints, 5.0)
-  fn = physical.PENALTIES[name]
+  fn = jax.jit(physical.PENALTIES[name])  # one program, not every op compiled on its own
   np.testing.assert_allclose(fn(padded, mask), fn(junk, mask), rtol=1e-6)
-  g = jax.grad(lambda x: jnp.sum(fn(x, mask)))(jnp.asarray(padded))
+  g = jax.jit(jax.grad(lambda x: jnp.sum(fn(x, mask))))(jnp.asarray(padded))
   assert np.all(np.isfinite(np.asarray(g)))
   assert np.all(np.asarray(g)[~mask] == 0)  # no gradient into frames that do not exist
 
