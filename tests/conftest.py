@@ -21,8 +21,8 @@ if os.environ.get("EASYTUNE_TEST_JAX_CACHE", "") != "0":
 _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 if os.environ.get("EASYTUNE_TEST_XLA_FAST_COMPILE", "") != "0" and "xla_backend_optimization_level" not in _XLA_FLAGS:
   os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
-# easytune_jax lowers threefry straight-line on the CPU (faster steps, slower compiles, the same bits:
-# tests/test_prng.py); the suite keeps JAX's compile-friendly loop lowering unless told otherwise.
+# easytune_jax lowers threefry straight-line on the CPU (faster steps, larger programs: +4% compile of the paper
+# step; the same bits, tests/test_prng.py); the suite keeps JAX's compile-friendly loop unless told otherwise.
 os.environ.setdefault("EASYTUNE_JAX_CPU_THREEFRY", "rolled")
 SHARED_DATA = pathlib.Path(os.environ.get("EASYTUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
