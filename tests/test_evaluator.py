@@ -10,6 +10,7 @@ import pickle
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from easytune_jax.models import evaluator as ev
@@ -402,8 +403,6 @@ def test_contrastive_losses_match_numpy():
 
 
 def test_train_step_reduces_loss_and_freezes_movement_encoder():
-  import optax
-
   cfg = ev.EvaluatorConfig(
     dim_pose=12,
     dim_word=8,
@@ -425,7 +424,7 @@ def test_train_step_reduces_loss_and_freezes_movement_encoder():
   params = jax.device_put(_params(cfg))
   opt = optax.adamw(3e-3, weight_decay=0.1)
   step = jax.jit(ev.make_evaluator_train_step(cfg, opt, train_movement_encoder=False, kind="hinge", margin=3.0))
-  opt_state = opt.init(params)
+  opt_state = jax.jit(opt.init)(params)
   p = params
   losses = []
   for i in range(25):

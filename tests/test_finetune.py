@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from easytune_jax import finetune
-from easytune_jax.core import schedules
+from easytune_jax.core import sampling, schedules
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 
 B, D, H, C = 3, 5, 7, 5
@@ -148,8 +148,6 @@ def test_step_loss_value_and_grad_match_formula(reward_input, reward_timestep):
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref = Ref()
-    from easytune_jax.core import sampling
-
     ts = sampling.make_timesteps(sched, sampling.SamplerConfig(num_steps=T))
     loss_fn = finetune.make_step_loss(
       denoise, reward, sched, ts, W, decode=decode, reward_input=reward_input, reward_timestep=reward_timestep
@@ -257,10 +255,10 @@ def test_easytune_skips_nonfinite_steps():
 
 
 # --------------------------------------------------------------------------------------------- baselines
-def traj_grad(method, params, sched, x_T, cond, uncond, rng, **kw):
+def traj_grad_fn(method, sched, **kw):
+  """Jitted (loss, aux), grad of a method's trajectory loss; built once per test, called once per seed."""
   loss_fn = finetune.make_trajectory_loss(cfg(method, **kw), denoise, reward, sched, decode=decode)
-  (loss, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, x_T, cond, uncond, rng)
-  return loss, aux, g
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
 
 
 @pytest.mark.parametrize("k", [2, T])
@@ -268,7 +266,7 @@ def test_draft_k_equals_unrolled_backprop_through_last_k(k):
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
     ref = Ref()
-    loss, aux, g = traj_grad("draft", params, sched, x_T, cond, uncond, jax.random.key(0), k=k)
+    (loss, aux), g = traj_grad_fn("draft", sched, k=k)(params, x_T, cond, uncond, jax.random.key(0))
 
     def expected(p):
       x = ref.trajectory(params, x_T, cond, uncond, T - k)[-1]  # held constant
@@ -293,9 +291,9 @@ def test_draft_k_equals_unrolled_backprop_through_last_k(k):
 def test_refl_equals_definition_given_i_stop():
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
-    ref, seen = Ref(), set()
+    ref, seen, grad_fn = Ref(), set(), traj_grad_fn("refl", sched, m=3)
     for seed in (0, 3, 4):
-      loss, aux, g = traj_grad("refl", params, sched, x_T, cond, uncond, jax.random.key(seed), m=3)
+      (loss, aux), g = grad_fn(params, x_T, cond, uncond, jax.random.key(seed))
       i_stop = int(aux.loss_index)
       seen.add(i_stop)
       assert T - 3 <= i_stop < T
@@ -310,9 +308,9 @@ def test_refl_equals_definition_given_i_stop():
 def test_alignprop_equals_definition_given_mask():
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
-    ref, masks = Ref(), []
+    ref, masks, grad_fn = Ref(), [], traj_grad_fn("alignprop", sched, p=0.4)
     for seed in range(3):
-      loss, aux, g = traj_grad("alignprop", params, sched, x_T, cond, uncond, jax.random.key(seed), p=0.4)
+      (loss, aux), g = grad_fn(params, x_T, cond, uncond, jax.random.key(seed))
       mask = np.asarray(aux.grad_mask)
       masks.append(mask)
       assert mask.any()
@@ -341,9 +339,9 @@ def test_alignprop_mask_is_nonempty_bernoulli():
 def test_drtune_equals_definition_given_choices():
   with jax.enable_x64(True):
     params, sched, x_T, cond, uncond = setup()
-    ref, seen = Ref(), set()
+    ref, seen, grad_fn = Ref(), set(), traj_grad_fn("drtune", sched, k=2, m=3, t_train=5)
     for seed in range(3):
-      loss, aux, g = traj_grad("drtune", params, sched, x_T, cond, uncond, jax.random.key(seed), k=2, m=3, t_train=5)
+      (loss, aux), g = grad_fn(params, x_T, cond, uncond, jax.random.key(seed))
       s, i_min, mask = int(aux.offset), int(aux.loss_index), np.asarray(aux.grad_mask)
       seen.add((s, i_min))
       assert 0 <= s <= 1 and T - 3 <= i_min < T  # stride 5 // 2 = 2, s in {0, 1}

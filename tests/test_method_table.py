@@ -6,6 +6,8 @@ table, the config validates it, `make_update_fn` runs it, and the benchmark pars
 gradient is checked against an independently unrolled definition like every built-in row.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,29 +51,35 @@ def test_toy_row_equals_its_unrolled_definition(window):
     config = cfg("window", k=2, m=3)
     assert (config.num_grad_steps, config.updates_per_trajectory) == (2, 1)
     loss_fn = finetune.make_trajectory_loss(config, denoise, reward, sched, decode=decode)
-    for seed in (0, 1, 2, 5):
-      (loss, aux), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-        params, x_T, cond, uncond, jax.random.key(seed)
-      )
-      i_stop = int(aux.loss_index)
-      seen.add(i_stop)
-      assert T - 3 <= i_stop < T
-      np.testing.assert_array_equal(aux.grad_mask, (np.arange(T) > i_stop - 2) & (np.arange(T) <= i_stop))
 
-      def expected(p, i_stop=i_stop):
+    @functools.partial(jax.jit, static_argnums=0)
+    def definition(i_stop, p):
+      """The toy row's loss and gradient written out, and ReFL's gradient at the same stop step."""
+
+      def window_loss(p):
         x = ref.trajectory(params, x_T, cond, uncond, i_stop - 1)[-1]  # held constant
         x = ref.step(p, x, i_stop - 1, cond, uncond)[0]
         return -jnp.mean(ref.R(ref.step(p, x, i_stop, cond, uncond)[1], cond))
 
-      np.testing.assert_allclose(loss, expected(params), rtol=1e-12)
-      assert_tree_close(g, jax.grad(expected)(params))
+      def refl_loss(p):
+        x = ref.trajectory(params, x_T, cond, uncond, i_stop)[-1]
+        return -jnp.mean(ref.R(ref.step(p, x, i_stop, cond, uncond)[1], cond))
+
+      return *jax.value_and_grad(window_loss)(p), jax.grad(refl_loss)(p)
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    for seed in (0, 1, 2, 5):
+      (loss, aux), g = grad_fn(params, x_T, cond, uncond, jax.random.key(seed))
+      i_stop = int(aux.loss_index)
+      seen.add(i_stop)
+      assert T - 3 <= i_stop < T
+      np.testing.assert_array_equal(aux.grad_mask, (np.arange(T) > i_stop - 2) & (np.arange(T) <= i_stop))
+      expected_loss, expected_grad, refl_grad = definition(i_stop, params)
+      assert expected_loss.dtype == jnp.float64
+      np.testing.assert_allclose(loss, expected_loss, rtol=1e-12)
+      assert_tree_close(g, expected_grad)
       # Depth 2 really differs from ReFL (depth 1) at the same stop step.
-      refl = lambda p, i_stop=i_stop: (
-        -jnp.mean(
-          ref.R(ref.step(p, ref.trajectory(params, x_T, cond, uncond, i_stop)[-1], i_stop, cond, uncond)[1], cond)
-        )
-      )
-      assert float(optax.tree.norm(jax.tree.map(jnp.subtract, g, jax.grad(refl)(params)))) > 1e-6
+      assert float(optax.tree.norm(jax.tree.map(jnp.subtract, g, refl_grad))) > 1e-6
     assert len(seen) >= 2
 
 
