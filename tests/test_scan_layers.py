@@ -1,6 +1,8 @@
 """Skip transformers run as lax.scans over their stacked layers (`models.layers.run_skip_layers`): the same
 parameter tree, outputs and gradients as the unrolled modules (official MLD VAE / denoiser, official SPM)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +25,8 @@ def _close(a, b, tol=2e-5):
 
 
 def _both(module_cls, config, variables, fn):
-  """fn(module, variables) under scan_layers=False and True."""
-  return [fn(module_cls(config, scan_layers=s), variables) for s in (False, True)]
+  """fn(module, variables) under scan_layers=False and True, each as one compiled program."""
+  return [jax.jit(functools.partial(fn, module_cls(config, scan_layers=s)))(variables) for s in (False, True)]
 
 
 def test_default_and_override():
@@ -35,7 +37,7 @@ def test_default_and_override():
 def test_official_vae_scan_equals_unrolled():
   v = mo.init_vae(VCFG, jax.random.key(0))
   assert jax.tree.structure(v) == jax.tree.structure(
-    mo.OfficialMLDVAE(VCFG, scan_layers=True).init(jax.random.key(0), *mo.vae_init_inputs(VCFG))
+    jax.eval_shape(mo.OfficialMLDVAE(VCFG, scan_layers=True).init, jax.random.key(0), *mo.vae_init_inputs(VCFG))
   )
   assert {
     "input_blocks_0",
@@ -85,7 +87,7 @@ def test_official_spm_scan_equals_unrolled_and_dropout_runs():
   motion = jax.random.normal(jax.random.key(2), (B, L, SCFG.dim_motion))
   mask = jnp.arange(L)[None] < jnp.array([L, 5, 3])[:, None]
   t = jnp.array([10, 200, 0])
-  v = spm_official.OfficialSPM(SCFG).init(jax.random.key(0), text, tmask, motion, mask, t)
+  v = jax.jit(spm_official.OfficialSPM(SCFG).init)(jax.random.key(0), text, tmask, motion, mask, t)
 
   def run(m, var):
     out = m.apply(var, text, tmask, motion, mask, t)
@@ -96,7 +98,9 @@ def test_official_spm_scan_equals_unrolled_and_dropout_runs():
   a, b = _both(spm_official.OfficialSPM, SCFG, v, run)
   _close(a, b)
   m = spm_official.OfficialSPM(SCFG, scan_layers=True)
-  noisy = m.apply(v, motion, mask, t, False, method=m.encode_motion, rngs={"dropout": jax.random.key(3)})
+  noisy = jax.jit(
+    lambda v: m.apply(v, motion, mask, t, False, method=m.encode_motion, rngs={"dropout": jax.random.key(3)})
+  )(v)
   assert all(np.isfinite(np.asarray(u)).all() for u in noisy)
   assert not np.allclose(np.asarray(noisy[0]), np.asarray(b[1][0]))
 
