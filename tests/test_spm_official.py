@@ -129,7 +129,7 @@ def test_paper_size_parameter_count_is_the_official_one():
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(flax_shapes)) == 26_515_975
 
 
-@pytest.mark.slow  # eager float64 reference and a backward (~3.5 min on a loaded 2-core CPU)
+@pytest.mark.slow  # a float64 numpy reference and a compiled forward + backward (~18 s alone)
 def test_converted_checkpoint_matches_an_independent_numpy_forward(tmp_path):
   sd = synthetic_state()
   path = tmp_path / "SPM_Noisy_T1000_M1T0_E10.pth"
@@ -142,27 +142,32 @@ def test_converted_checkpoint_matches_an_independent_numpy_forward(tmp_path):
   # Our batches are padded beyond the longest clip with anything: the result must not change.
   padded = np.concatenate([motion, np.full((3, 4, D), 9.0, np.float32)], 1)
   pvalid = np.concatenate([valid, np.zeros((3, 4), bool)], 1)
-  for tt in (None, t):
-    mu, lv = module.apply(params, jnp.asarray(padded), jnp.asarray(pvalid), tt, method="encode_motion")
-    ref_mu, ref_lv = np_encode(sd, "motion", motion.astype(np.float64), valid, tt)
-    np.testing.assert_allclose(np.asarray(mu), ref_mu, atol=2e-5)
-    np.testing.assert_allclose(np.asarray(lv), ref_lv, atol=2e-5)
-    mu, lv = module.apply(params, jnp.asarray(text), jnp.asarray(tvalid), tt, method="encode_text")
-    ref_mu, ref_lv = np_encode(sd, "text", text.astype(np.float64), tvalid, tt)
-    np.testing.assert_allclose(np.asarray(mu), ref_mu, atol=2e-5)
-    np.testing.assert_allclose(np.asarray(lv), ref_lv, atol=2e-5)
   z = np.random.default_rng(2).normal(size=(3, C)).astype(np.float32)
-  rec = module.apply(params, jnp.asarray(z), jnp.asarray(pvalid), method="decode")
-  np.testing.assert_allclose(np.asarray(rec)[:, :7], np_decode(sd, z.astype(np.float64), valid), atol=2e-5)
-  assert np.all(np.asarray(rec)[:, 7:] == 0)
 
   # Small-config backward: finite, non-zero gradients of a scalar of every output w.r.t. the params.
   def loss(p):
-    mu, lv = module.apply(p, jnp.asarray(padded), jnp.asarray(pvalid), jnp.asarray(t), method="encode_motion")
-    tmu, _ = module.apply(p, jnp.asarray(text), jnp.asarray(tvalid), None, method="encode_text")
-    return jnp.sum(mu * tmu) + jnp.sum(lv) + jnp.sum(module.apply(p, mu, jnp.asarray(pvalid), method="decode") ** 2)
+    mu, lv = module.apply(p, padded, pvalid, t, method="encode_motion")
+    tmu, _ = module.apply(p, text, tvalid, None, method="encode_text")
+    return jnp.sum(mu * tmu) + jnp.sum(lv) + jnp.sum(module.apply(p, mu, pvalid, method="decode") ** 2)
 
-  grads = jax.grad(loss)(params)
+  @jax.jit  # one program (eagerly, every op of the unrolled layers would compile on its own)
+  def flax_side(p):
+    encoded = {
+      (stream, tt is None): module.apply(p, x, m, tt, method=f"encode_{stream}")
+      for stream, x, m in (("motion", padded, pvalid), ("text", text, tvalid))
+      for tt in (None, t)
+    }
+    return encoded, module.apply(p, z, pvalid, method="decode"), jax.grad(loss)(p)
+
+  encoded, rec, grads = flax_side(params)
+  for tt in (None, t):
+    for stream, x, m in (("motion", motion, valid), ("text", text, tvalid)):
+      mu, lv = encoded[(stream, tt is None)]
+      ref_mu, ref_lv = np_encode(sd, stream, x.astype(np.float64), m, tt)
+      np.testing.assert_allclose(np.asarray(mu), ref_mu, atol=2e-5)
+      np.testing.assert_allclose(np.asarray(lv), ref_lv, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(rec)[:, :7], np_decode(sd, z.astype(np.float64), valid), atol=2e-5)
+  assert np.all(np.asarray(rec)[:, 7:] == 0)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads["params"]["time_embedding"]["linear_1"]["kernel"]).sum()) > 0
 
@@ -185,20 +190,25 @@ def test_convert_checkpoint_writes_a_reward_workdir_with_the_official_reward(tmp
   with pytest.raises(ValueError, match="reward_rng"):
     reward(x, cond, None)
   k1 = dict(cond, reward_rng=jax.random.key(1))
-  r1, r1t = reward(x, k1, None), reward(x, k1, jnp.asarray(t))
+
+  @jax.jit  # one program instead of every op compiled on its own
+  def rewards(x):
+    r2 = reward(x, dict(cond, reward_rng=jax.random.key(2)), None)
+    g = jax.grad(lambda x: jnp.sum(reward(x, k1, None)))(x)
+    det = spm.reward_fn(params, cfg.model, reward_latent="mean", reward_dropout=False)(x, cond, None)
+    samp = spm.reward_fn(params, cfg.model, reward_dropout=False)(x, k1, None)
+    return reward(x, k1, None), reward(x, k1, jnp.asarray(t)), r2, g, det, samp
+
+  r1, r1t, r2, g, det, samp = rewards(x)
   np.testing.assert_array_equal(np.asarray(r1), np.asarray(r1t))
-  r2 = reward(x, dict(cond, reward_rng=jax.random.key(2)), None)
   assert r1.shape == (3,) and np.all(np.abs(np.asarray(r1)) <= 1) and not np.allclose(r1, r2)
-  g = jax.grad(lambda x: jnp.sum(reward(x, k1, None)))(x)
   assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).sum()) > 0
   # Named option: our deterministic mean-latent scoring = cos(mu_text, mu_motion) of the numpy forward.
-  det = spm.reward_fn(params, cfg.model, reward_latent="mean", reward_dropout=False)(x, cond, None)
   tm, _ = np_encode(sd, "text", text.astype(np.float64), tvalid)
   mm, _ = np_encode(sd, "motion", motion.astype(np.float64), valid)
   cos = np.sum(tm * mm, -1) / (np.linalg.norm(tm, axis=-1) * np.linalg.norm(mm, axis=-1))
   np.testing.assert_allclose(np.asarray(det), cos, atol=1e-5)
   # Sampling only (no dropout): reproduces mu + exp(lv / 2) * eps with the reward's own eps draws.
-  samp = spm.reward_fn(params, cfg.model, reward_dropout=False)(x, k1, None)
   assert not np.allclose(np.asarray(samp), np.asarray(det))
   with pytest.raises(FileExistsError):
     R.convert_spm_checkpoint(path, wd, num_heads=H)
