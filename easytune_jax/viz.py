@@ -14,12 +14,24 @@ import os
 import shutil
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")  # headless; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+_PYPLOT = []
+
+
+def _pyplot():
+  """matplotlib.pyplot on the headless Agg backend, imported on first use (launchers that never draw skip its
+  ~0.6 s import)."""
+  if not _PYPLOT:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless; must precede pyplot
+    import matplotlib.pyplot
+
+    _PYPLOT.append(matplotlib.pyplot)
+  return _PYPLOT[0]
+
 
 # HUMANML3D.md §A3: right leg, left leg, spine-head, right arm, left arm (HumanML3D, 22 joints).
 T2M_KINEMATIC_CHAIN = [
@@ -110,6 +122,7 @@ class _Panel:
 
 
 def _render(motions, titles, chain, suptitle, ncols, panel_size, dpi, linewidth=2.0, trail=0):
+  plt = _pyplot()
   n = len(motions)
   ncols = ncols or n
   nrows = -(-n // ncols)
@@ -133,6 +146,7 @@ def _render(motions, titles, chain, suptitle, ncols, panel_size, dpi, linewidth=
 
 
 def _write(frames, path, fps):
+  plt = _pyplot()
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.lower().endswith(".mp4"):
@@ -220,6 +234,7 @@ def plot_curves(
   dpi: int = 80,
 ) -> str:
   """Line plot of ``{name: (steps, values)}`` to a PNG; returns the path."""
+  plt = _pyplot()
   if not curves:
     raise ValueError("plot_curves: expected at least one curve, found none")
   fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
@@ -260,6 +275,7 @@ def plot_curve_panels(
   Returns:
     The path written.
   """
+  plt = _pyplot()
   if not panels or not any(curves for curves, _ in panels):
     raise ValueError("plot_curve_panels: expected at least one panel with a curve, found none")
   fig, axes = plt.subplots(

@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from easytune_jax.data import skeleton as sk
 from easytune_jax.data.skeleton import qbetween, qinv, qmul, qrot, xp_of
@@ -141,6 +140,8 @@ def smoothed_heading(positions, face_joints=sk.HML_FACE_JOINTS, sigma: float = 2
   across = across / np.linalg.norm(across, axis=-1, keepdims=True)
   forward = sk.cross(np.broadcast_to(np.array([0.0, 1.0, 0.0]), across.shape), across)
   if sigma > 0:
+    from scipy.ndimage import gaussian_filter1d  # scipy on first use: launchers that never extract features skip it
+
     forward = gaussian_filter1d(forward, sigma, axis=0, mode="nearest")
   forward = forward / np.linalg.norm(forward, axis=-1, keepdims=True)
   r = qbetween(forward, np.broadcast_to(np.array([0.0, 0.0, 1.0]), forward.shape))

@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import linen as nn
 
 # --------------------------------------------------------------------------------------------------
@@ -605,7 +606,6 @@ def make_evaluator_train_step(
   autoencoder); from scratch we train it jointly by default, ``train_movement_encoder=False`` freezes it.
   Jit it with ``donate_argnums=(0, 1)``. ``optimizer`` is an optax ``GradientTransformation``.
   """
-  import optax
 
   def step(params, opt_state, batch, rng):
     (loss, aux), grads = jax.value_and_grad(evaluator_loss, has_aux=True)(
