@@ -10,6 +10,7 @@ small figure and dpi keep a 100-frame GIF to a few seconds on a CPU.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from typing import Mapping, Sequence
@@ -17,20 +18,17 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-_PYPLOT = []
 
-
+@functools.cache
 def _pyplot():
   """matplotlib.pyplot on the headless Agg backend, imported on first use (launchers that never draw skip its
   ~0.6 s import)."""
-  if not _PYPLOT:
-    import matplotlib
+  import matplotlib
 
-    matplotlib.use("Agg")  # headless; must precede pyplot
-    import matplotlib.pyplot
+  matplotlib.use("Agg")  # headless; must precede pyplot
+  import matplotlib.pyplot
 
-    _PYPLOT.append(matplotlib.pyplot)
-  return _PYPLOT[0]
+  return matplotlib.pyplot
 
 
 # HUMANML3D.md §A3: right leg, left leg, spine-head, right arm, left arm (HumanML3D, 22 joints).
@@ -146,13 +144,13 @@ def _render(motions, titles, chain, suptitle, ncols, panel_size, dpi, linewidth=
 
 
 def _write(frames, path, fps):
-  plt = _pyplot()
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.lower().endswith(".mp4"):
     if shutil.which("ffmpeg") is None:
       path = path[:-4] + ".gif"  # no encoder: fall back to GIF next to the requested path
     else:
+      plt = _pyplot()  # Agg selected before matplotlib.animation loads
       import matplotlib.animation as animation
 
       fig = plt.figure(figsize=(frames[0].width / 100, frames[0].height / 100), dpi=100)
