@@ -18,12 +18,13 @@ if os.environ.get("EASYTUNE_TEST_JAX_CACHE", "") != "0":
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax_tests"))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # Cold, the suite is mostly XLA compiling small programs; the tests check numbers, not speed, so they compile with
-# LLVM's optimisation level 0 (about a third less compile time, same results to the tests' tolerances).
-# EASYTUNE_TEST_XLA_FAST_COMPILE=0, or an --xla_backend_optimization_level of the user's own, keeps XLA's default.
-# XLA's CPU fusion emitters (MLIR, the default since jaxlib 0.5.3) cost about as much compile time again as the
-# rest of the pipeline; the older LLVM IR emitters halve the cold fast tier (194 -> 115 s, the same 335 passes).
-# XLA aborts on a flag it does not know, so a one-second subprocess asks this jaxlib first; xdist workers
-# inherit the answer through XLA_FLAGS.
+# LLVM's optimisation level 0 (about a third less compile time, same results to the tests' tolerances) and, at
+# that level, with XLA's LLVM IR fusion emitters instead of its MLIR ones (the default since jaxlib 0.5.3): the
+# cold fast tier 194 -> 115 s and the whole suite 25:57 -> 13:32, the same 450 passes. Not a tip for users: at
+# XLA's default level the paper-size EasyTune step compiled slower with it (73-84 s against 40-47 s) and ran no
+# faster. XLA aborts on a flag it does not know, so a one-second subprocess asks this jaxlib first. Subprocesses
+# and xdist workers inherit XLA_FLAGS; EASYTUNE_TEST_XLA_FAST_COMPILE=0, or an --xla_backend_optimization_level
+# of the user's own, keeps XLA's defaults.
 _FUSION_EMITTERS_OFF = "--xla_cpu_use_fusion_emitters=false"
 
 
@@ -34,9 +35,8 @@ def _xla_accepts(flag: str) -> bool:
 
 
 _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
-if os.environ.get("EASYTUNE_TEST_XLA_FAST_COMPILE", "") != "0":
-  if "xla_backend_optimization_level" not in _XLA_FLAGS:
-    _XLA_FLAGS += " --xla_backend_optimization_level=0"
+if os.environ.get("EASYTUNE_TEST_XLA_FAST_COMPILE", "") != "0" and "xla_backend_optimization_level" not in _XLA_FLAGS:
+  _XLA_FLAGS += " --xla_backend_optimization_level=0"
   if "xla_cpu_use_fusion_emitters" not in _XLA_FLAGS and _xla_accepts(_FUSION_EMITTERS_OFF):
     _XLA_FLAGS += f" {_FUSION_EMITTERS_OFF}"
   os.environ["XLA_FLAGS"] = _XLA_FLAGS.strip()
@@ -84,8 +84,12 @@ SLOW_MODULES = {
 }
 
 
+def _module(item) -> str:
+  return item.module.__name__.split(".")[-1]
+
+
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    if "tiny_pipeline" in getattr(item, "fixturenames", ()) or item.module.__name__.split(".")[-1] in SLOW_MODULES:
+    if "tiny_pipeline" in getattr(item, "fixturenames", ()) or _module(item) in SLOW_MODULES:
       item.add_marker(pytest.mark.slow)
