@@ -161,8 +161,8 @@ def test_clip_sample_and_eta_requires_noise():
     want, want_x0 = ref.step(out, 901, x)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-10)
     assert np.abs(np.asarray(x0)).max() <= 1.0
-  with pytest.raises(ValueError, match="noise"):
-    schedules.ddim_step(s, out, x, 901, 801, eta=0.3)
+    with pytest.raises(ValueError, match="noise"):
+      schedules.ddim_step(s, out, x, 901, 801, eta=0.3)
 
 
 @pytest.mark.parametrize("prediction_type", schedules.PREDICTION_TYPES)
