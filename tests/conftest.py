@@ -29,6 +29,7 @@ _FUSION_EMITTERS_OFF = "--xla_cpu_use_fusion_emitters=false"
 
 
 def _xla_accepts(flag: str) -> bool:
+  """Whether this jaxlib starts its CPU backend with `flag` in XLA_FLAGS (XLA aborts on unknown flags)."""
   env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
   probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
   return probe.returncode == 0
@@ -84,12 +85,8 @@ SLOW_MODULES = {
 }
 
 
-def _module(item) -> str:
-  return item.module.__name__.split(".")[-1]
-
-
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    if "tiny_pipeline" in getattr(item, "fixturenames", ()) or _module(item) in SLOW_MODULES:
+    if "tiny_pipeline" in getattr(item, "fixturenames", ()) or item.module.__name__.split(".")[-1] in SLOW_MODULES:
       item.add_marker(pytest.mark.slow)
