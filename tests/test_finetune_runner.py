@@ -3,6 +3,7 @@ fine-tuned generator reloads; EasyTune raises the held-out reward."""
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import jax
@@ -46,6 +47,13 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   evals = [r for r in rows if "heldout_reward" in r]
   assert [r["step"] for r in evals] == [2, 4]
   assert "eval/R_precision_top_1" in evals[-1] and np.isfinite(evals[-1]["eval/FID"])
+  # The curve's clock leaves compilation out (reported apart, as JAX measured it) and continues on resume.
+  assert 0 < s1["compile_seconds"] <= s2["compile_seconds"] < s2["seconds"] + s1["seconds"]
+  assert 0 <= evals[0]["wall_seconds"] < evals[1]["wall_seconds"] and evals[1]["compile_seconds"] > 0
+  assert evals[1]["wall_seconds"] + evals[1]["compile_seconds"] <= s1["seconds"] + s2["seconds"]
+  info = json.loads((work / "finetune.json").read_text())
+  assert info["generator_workdir"] == os.path.relpath(p.generator, work)  # a run moved with its base reloads
+  assert info["generator_workdir_absolute"] == str(pathlib.Path(p.generator).absolute())
   # EasyTune raises the held-out reward of the base model on this tiny setup.
   assert s2["final_heldout_reward"] > s2["base_heldout_reward"]
   gen = fr.load_finetuned_generator(str(work))

@@ -38,7 +38,7 @@ def _reuse(src):
 def counted(monkeypatch, tiny_pipeline):
   """Stage functions of the trained pipeline, and call counters of every expensive function."""
   calls = {"evaluate": 0, "finetune": 0, "render": 0}
-  monkeypatch.setattr(quickstart, "stage_data", lambda cfg, root: tiny_pipeline.data)
+  monkeypatch.setattr(quickstart, "stage_data", _reuse(tiny_pipeline.data))
   monkeypatch.setattr(quickstart, "stage_base", _reuse(tiny_pipeline.generator))
   monkeypatch.setattr(quickstart, "stage_reward", _reuse(tiny_pipeline.reward))
   monkeypatch.setattr(quickstart, "stage_evaluator", _reuse(tiny_pipeline.evaluator))
@@ -87,6 +87,27 @@ def test_rerun_of_finished_quickstart_skips_everything(tmp_path, counted):
   print(f"\nrerun of the finished tiny quickstart: {seconds:.2f} s")
   assert seconds < 10, f"rerun took {seconds:.1f} s"
   assert second["timings"] == first["timings"] and "unchanged since the last run" in quickstart.summary_screen(second)
+
+  # Copied (new modification times, as `cp -r` gives) and then moved: still finished, nothing recomputed, the
+  # recorded stage times kept, the same report; no absolute path of the workdir in what it wrote.
+  copy = tmp_path / "elsewhere" / "copy"
+  shutil.copytree(root, copy, copy_function=shutil.copy)
+  moved = tmp_path / "moved"
+  root.rename(moved)
+  for where in (copy, moved):
+    t0 = time.time()
+    again = quickstart.run_quickstart(CFG, str(where))
+    seconds = time.time() - t0
+    assert counted == {"evaluate": 2, "finetune": 1, "render": 1}, f"{where}: recomputed something: {counted}"
+    assert again["skipped"] == second["skipped"] and again["timings"] == first["timings"]
+    assert _outputs(where) == before, f"{where}: the rerun changed an output"
+    print(f"rerun of the {where.name} tiny quickstart: {seconds:.2f} s")
+    assert seconds < 10, f"rerun took {seconds:.1f} s"
+    for name in ("report/report.md", "report/summary.json"):
+      text = (where / name).read_text()
+      assert str(tmp_path) not in text, f"{name} holds an absolute path: {text[:400]}"
+    tuned = finetune_runner.load_finetuned_generator(str(where / "finetune_easytune"))  # its base found beside it
+    assert tuned.max_length > 0
 
 
 def test_manifest_detects_changed_inputs_and_outputs(tmp_path):

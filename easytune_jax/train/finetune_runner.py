@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import time
@@ -32,6 +33,7 @@ from absl import logging
 from easytune_jax import finetune
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.core import parallel
+from easytune_jax.core.compile_clock import CompileClock
 from easytune_jax.eval import evaluation
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
@@ -208,9 +210,9 @@ def run_finetune(
   val = load_dataset(data_dir, "val")
   meta = {
     "run": cfg.to_dict(),
-    "generator_workdir": str(pathlib.Path(generator_workdir).absolute()),
-    "reward_workdir": str(pathlib.Path(reward_workdir).absolute()) if reward_workdir else None,
-    "data_dir": str(pathlib.Path(data_dir).absolute()),
+    **_recorded_path("generator_workdir", generator_workdir, workdir),
+    **_recorded_path("reward_workdir", reward_workdir, workdir),
+    **_recorded_path("data_dir", data_dir, workdir),
   }
   info_path = workdir / "finetune.json"
   if info_path.exists():
@@ -304,14 +306,25 @@ def run_finetune(
       x_T, cond, uncond, data = parallel.local_rows((x_T, cond, uncond, data))
     return x_T, cond, uncond, jax.random.fold_in(rng, 2), data
 
-  # Fine-tuning wall clock for the curves against seconds: from the loop's start (compilation included),
-  # without the held-out evaluations, continued across resumes.
-  prior = [r["wall_seconds"] for r in read_metrics(workdir) if "wall_seconds" in r]
-  clock = {"offset": max(prior, default=0.0), "start": time.time(), "evals": 0.0}
+  # Fine-tuning wall clock for the curves against seconds: from the loop's start, without the held-out
+  # evaluations and without JAX's tracing and compilation (reported apart as `compile_seconds`), continued
+  # across resumes.
+  prior = [r for r in read_metrics(workdir) if "wall_seconds" in r]
+  clock = {
+    "offset": max((r["wall_seconds"] for r in prior), default=0.0),
+    "compile_offset": max((r.get("compile_seconds", 0.0) for r in prior), default=0.0),
+    "start": time.time(),
+    "evals": 0.0,
+    "eval_compile": 0.0,
+  }
+  compile_clock = CompileClock()
+
+  def loop_compile_seconds():
+    return compile_clock.seconds - clock["eval_compile"]
 
   def eval_fn(state, it):
-    t_eval = time.time()
-    wall = clock["offset"] + (t_eval - clock["start"] - clock["evals"])
+    t_eval, c_eval = time.time(), compile_clock.seconds
+    wall = clock["offset"] + (t_eval - clock["start"] - clock["evals"] - loop_compile_seconds())
     terms = heldout.reward_terms(state.params)
     out = {"heldout_reward": float(np.mean(task.reward_fn.combine(terms)))}
     if len(terms) > 1:  # a composite reward: every term on its own
@@ -325,30 +338,33 @@ def run_finetune(
       out.update({f"eval/{k}": v for k, v in quick_eval(state.params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
     out["wall_seconds"] = wall
+    out["compile_seconds"] = clock["compile_offset"] + loop_compile_seconds()
     clock["evals"] += time.time() - t_eval
+    clock["eval_compile"] += compile_clock.seconds - c_eval
     return out
 
   writer = MetricWriter(workdir)
   ck = Checkpointer(workdir / "checkpoints")
   clock["start"] = time.time()
   try:
-    loop = train_loop(
-      state=state,
-      step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params),
-      batch_fn=batch_fn,
-      num_steps=cfg.trajectories,
-      checkpointer=ck,
-      writer=writer,
-      metadata={"run": meta["run"]},
-      log_every=1,
-      checkpoint_every=cfg.checkpoint_every,
-      eval_fn=eval_fn,
-      eval_every=cfg.eval_every,
-      on_nonfinite=cfg.on_nonfinite,
-      desc=f"finetune[{ft.method}]",
-      progress=progress,
-      state_step=lambda s: int(s.step) // per_traj,
-    )
+    with compile_clock:
+      loop = train_loop(
+        state=state,
+        step_fn=lambda s, b: _step_with_flat_metrics(update, s, b, base_params),
+        batch_fn=batch_fn,
+        num_steps=cfg.trajectories,
+        checkpointer=ck,
+        writer=writer,
+        metadata={"run": meta["run"]},
+        log_every=1,
+        checkpoint_every=cfg.checkpoint_every,
+        eval_fn=eval_fn,
+        eval_every=cfg.eval_every,
+        on_nonfinite=cfg.on_nonfinite,
+        desc=f"finetune[{ft.method}]",
+        progress=progress,
+        state_step=lambda s: int(s.step) // per_traj,
+      )
   finally:
     writer.close()
     ck.close()
@@ -361,9 +377,9 @@ def run_finetune(
     "final_heldout_reward": float(np.mean(final_rewards)),
     "best": best,
     "seconds": time.time() - t0,
+    "compile_seconds": clock["compile_offset"] + loop_compile_seconds(),
     "preempted": loop.preempted,
     "nonfinite_steps": loop.nonfinite_steps,
-    "workdir": str(workdir),
   }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   best_ck.close()
@@ -387,12 +403,37 @@ def generate_fn_for(task: MotionTask, params, ft: finetune.FinetuneConfig):
   return generate
 
 
+def _recorded_path(name: str, path: Optional[str], workdir: pathlib.Path) -> dict:
+  """`{name: path relative to workdir, name_absolute: absolute path}` for finetune.json (None stays None):
+  the relative form keeps a run loadable when it is moved or copied together with its inputs, the absolute
+  one when only the run folder moves."""
+  if path is None:
+    return {name: None, f"{name}_absolute": None}
+  absolute = pathlib.Path(path).absolute()
+  return {name: os.path.relpath(absolute, pathlib.Path(workdir).absolute()), f"{name}_absolute": str(absolute)}
+
+
+def recorded_path(info: dict, name: str, workdir: str | os.PathLike) -> str:
+  """The folder a run's finetune.json records under `name`: relative to the run folder if it exists there,
+  else the recorded absolute path (runs written before relative paths were recorded hold only that)."""
+  candidates = [pathlib.Path(workdir) / info[name]] if info.get(name) else []
+  candidates += [pathlib.Path(info[f"{name}_absolute"])] if info.get(f"{name}_absolute") else []
+  for c in candidates:
+    if c.exists():
+      return str(c)
+  raise FileNotFoundError(
+    f"{pathlib.Path(workdir) / 'finetune.json'}: field {name!r}: the recorded folder is missing "
+    f"(tried {[str(c) for c in candidates]}); expected it beside the run as when it was written, or at its "
+    "recorded absolute path"
+  )
+
+
 def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
   """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
   checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them)."""
   workdir = pathlib.Path(workdir)
   info = read_json(workdir / "finetune.json", "fine-tuning run info")
-  gen = load_generator(info["generator_workdir"])
+  gen = load_generator(recorded_path(info, "generator_workdir", workdir))
   run = run_config_from_dict(info["run"])
   if which == "best" and (workdir / "best").is_dir():
     ck = Checkpointer(workdir / "best", max_to_keep=1)
