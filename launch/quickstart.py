@@ -9,10 +9,22 @@ or a .py file with get_config(); override any field with --config.<field>=<value
 --config.methods=easytune,draft,refl --config.trajectories=48 --config.reward_objective=ours.
 
 Rerunning the same command resumes every stage from its checkpoints; stages whose inputs and settings have not
-changed since they finished are skipped (<workdir>/manifest.json), so a rerun of a finished run takes seconds.
+changed since they finished are skipped (<workdir>/manifest.json, keyed on file contents, so a copied or moved
+workdir is still finished), so a rerun of a finished run takes seconds.
+
+The README's table is the table of docs/quickstart/summary.json. After a change that moves the quickstart's
+numbers, regenerate both from a fresh run (default config):
+
+  python -m launch.quickstart --workdir runs/quickstart --export_docs=docs/quickstart --readme=README.md
+
+and CI checks that a fresh run still gives that table digit for digit:
+
+  python -m launch.quickstart --workdir runs/quickstart --check_against=docs/quickstart/summary.json
 """
 
 import dataclasses
+import json
+import sys
 
 from absl import flags, logging
 
@@ -24,6 +36,15 @@ from easytune_jax.pipelines import quickstart
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout folder; default writes the synthetic dataset.")
+flags.DEFINE_string(
+  "check_against",
+  None,
+  "A summary.json (docs/quickstart/summary.json): exit 1 when this run's table differs from its table.",
+)
+flags.DEFINE_string(
+  "export_docs", None, "Copy the finished report (report.md, summary.json, curves, GIFs) into this folder."
+)
+flags.DEFINE_string("readme", None, "With --export_docs: rewrite this README's quickstart table from the run.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The QuickstartConfig (easytune_jax/configs/quickstart.py).")
 cli.define_flags()
 
@@ -37,7 +58,24 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   summary = quickstart.run_quickstart(cfg, FLAGS.workdir)
   print(quickstart.summary_screen(summary))
+  if FLAGS.export_docs:
+    for path in quickstart.export_docs(FLAGS.workdir, FLAGS.export_docs, FLAGS.readme):
+      logging.info("wrote %s", path)
+  if FLAGS.check_against:
+    with open(f"{FLAGS.workdir}/report/summary.json") as f:
+      found = json.load(f)
+    with open(FLAGS.check_against) as f:
+      reference = json.load(f)
+    diff = quickstart.table_differences(found, reference)
+    if diff:
+      print("\n".join(diff))
+      sys.exit(
+        f"--check_against={FLAGS.check_against}: this run's table differs in {len(diff) // 2} rows (above): "
+        "the code changed the quickstart's numbers; regenerate the docs and the README table with "
+        "--export_docs=docs/quickstart --readme=README.md from a fresh run"
+      )
+    print(f"quickstart table equals {FLAGS.check_against} digit for digit")
 
 
 if __name__ == "__main__":
-  cli.run(main, outputs=("workdir",), inputs=("data_dir",))
+  cli.run(main, outputs=("workdir",), inputs=("data_dir",), files=("check_against", "readme"))

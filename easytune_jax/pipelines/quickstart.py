@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import platform
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -300,10 +303,13 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
   return out
 
 
-def _summary_table(summary: dict) -> list[str]:
-  """One row per model, one measure per column: the val held-out reward of fine-tuning (fixed captions and
-  noise) and the test-split reward-model score and evaluator metrics of the evaluation protocol."""
-  results = summary["evaluate"]["results"]
+def summary_table(summary: dict) -> list[str]:
+  """The quickstart's table (markdown lines) from its `report/summary.json`: one row per model, one measure per
+  column: the val held-out reward of fine-tuning (fixed captions and noise) and the test-split reward-model
+  score and evaluator metrics of the evaluation protocol (mean ± 95% CI). The README's table is this table
+  of the committed `docs/quickstart/summary.json` (tests/test_docs.py), and `--check_against` compares a
+  fresh run's table with it digit for digit. No timing is in it: seconds depend on the machine."""
+  results = summary["results"]
   ft = summary["finetune"]
   first_ft = next(iter(ft.values()), None)
   fmt = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
@@ -312,14 +318,14 @@ def _summary_table(summary: dict) -> list[str]:
     "|---|---|---|---|---|---|---|---|",
   ]
   if results:
-    m, r = results[0]["metrics"], results[0].get("reward", {})
+    m, r = results[0]["metrics"], results[0].get("reward") or {}
     lines.append(
       f"| Real motions | – | {fmt(r['gt_reward']) if r else '–'} | {fmt(m['gt_R_precision_top_1'])} | "
       f"{fmt(m['gt_R_precision_top_3'])} | {fmt(m['gt_Matching_score'], 2)} | {fmt(m['gt_FID'], 2)} | "
       f"{fmt(m['gt_Diversity'], 2)} |"
     )
   for res in results:
-    name, m, r = res["method"], res["metrics"], res.get("reward", {})
+    name, m, r = res["method"], res["metrics"], res.get("reward") or {}
     if name == "base":
       val = f"{first_ft['base_heldout_reward']:.3f}" if first_ft else "–"
     else:
@@ -332,14 +338,54 @@ def _summary_table(summary: dict) -> list[str]:
   return lines
 
 
+def summary_record(summary: dict, root: pathlib.Path) -> dict:
+  """What `report/summary.json` holds: fine-tuning summaries, per-row metrics and reward scores, media,
+  stage seconds and the machine, with paths relative to the workdir."""
+  record = {k: v for k, v in summary.items() if k != "evaluate"}
+  record["results"] = [
+    {"method": r["method"], "metrics": r["metrics"], "reward": r.get("reward") or {}}
+    for r in summary["evaluate"]["results"]
+  ]
+  record["machine"] = machine_description()
+  return rerun.relative_strings(json.loads(json.dumps(record, default=str)), root)
+
+
+def machine_description() -> dict:
+  """The library versions and CPU a run was made with (the figures depend on them)."""
+  import flax
+  import jaxlib
+  import optax
+
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return {
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "numpy": np.__version__,
+    "python": platform.python_version(),
+    "backend": jax.default_backend(),
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+  }
+
+
 def write_report(root: pathlib.Path, summary: dict) -> str:
   ev = summary["evaluate"]
   timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings"].items())
+  machine = machine_description()
   lines = [
     "# easytune_jax quickstart report",
     "",
-    f"Machine: jax {jax.__version__}, backend {jax.default_backend()}, "
-    f"{jax.devices()[0].device_kind}; compute time {summary['seconds']:.0f} s ({timings}).",
+    "Machine: {jax} {jaxlib}, backend {backend}, {cpu} ({cpu_count} cores)".format(
+      jax=f"jax {jax.__version__}", jaxlib=f"jaxlib {machine['jaxlib']}", **machine
+    )
+    + f"; compute time {summary['seconds']:.0f} s ({timings}).",
     "",
     "## Summary",
     "",
@@ -350,7 +396,7 @@ def write_report(root: pathlib.Path, summary: dict) -> str:
     "T2M-style evaluator on the test split.",
     "",
   ]
-  lines += _summary_table(summary)
+  lines += summary_table(summary_record(summary, root))
   lines += [
     "",
     "## Held-out reward during fine-tuning (val split, fixed captions and noise)",
@@ -484,16 +530,7 @@ def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
     "workdir": str(root),
   }
   summary["report"] = write_report(root, summary)
-  (root / "report" / "summary.json").write_text(
-    json.dumps(
-      rerun.relative_strings(
-        {k: v for k, v in summary.items() if k != "evaluate"} | {"metrics": [r["metrics"] for r in ev["results"]]},
-        root,
-      ),
-      indent=2,
-      default=str,
-    )
-  )
+  (root / "report" / "summary.json").write_text(json.dumps(summary_record(summary, root), indent=2))
   summary["wall_seconds"] = time.time() - t0
   summary["skipped"] = skipped
   return summary
@@ -530,3 +567,54 @@ def summary_screen(summary: dict) -> str:
   lines += [f"  animation   {root / a['path']}" for a in summary["media"]["animations"]]
   lines += [f"  TensorBoard tensorboard --logdir {summary['workdir']}   (pip install tensorboard)", "=" * 78]
   return "\n".join(lines)
+
+
+# The README's quickstart table sits between these two lines and is the table of docs/quickstart/summary.json.
+README_TABLE_BEGIN = "<!-- quickstart-table: generated from docs/quickstart/summary.json, do not edit -->"
+README_TABLE_END = "<!-- end of quickstart-table -->"
+
+
+def table_differences(summary: dict, reference: dict) -> list[str]:
+  """The table rows (as printed) where `summary` and `reference` (two summary.json dicts) differ, each as
+  'expected: <reference row>' / 'found:    <row>' lines; [] when the tables are equal digit for digit."""
+  found, expected = summary_table(summary), summary_table(reference)
+  out = []
+  for i in range(max(len(found), len(expected))):
+    e = expected[i] if i < len(expected) else "(no row)"
+    f = found[i] if i < len(found) else "(no row)"
+    if e != f:
+      out += [f"expected: {e}", f"found:    {f}"]
+  return out
+
+
+def readme_with_table(readme: str, summary: dict, readme_name: str = "README.md") -> str:
+  """`readme` with the text between the quickstart-table markers replaced by `summary`'s table."""
+  if readme.count(README_TABLE_BEGIN) != 1 or readme.count(README_TABLE_END) != 1:
+    raise ValueError(
+      f"{readme_name}: expected the quickstart-table markers once each ({README_TABLE_BEGIN!r} ... "
+      f"{README_TABLE_END!r})"
+    )
+  head, rest = readme.split(README_TABLE_BEGIN)
+  _, tail = rest.split(README_TABLE_END)
+  return head + README_TABLE_BEGIN + "\n" + "\n".join(summary_table(summary)) + "\n" + README_TABLE_END + tail
+
+
+def export_docs(workdir: str, docs_dir: str, readme: Optional[str] = None) -> list[str]:
+  """Copies a finished quickstart's report (report.md, summary.json, curves, animations) into `docs_dir`
+  and, with `readme`, rewrites the README's table from it. Returns the files written."""
+  report = pathlib.Path(workdir) / "report"
+  summary = json.loads((report / "summary.json").read_text())
+  docs = pathlib.Path(docs_dir)
+  docs.mkdir(parents=True, exist_ok=True)
+  files = ["report.md", "summary.json", summary["media"]["curves"]]
+  files += [a["path"] for a in summary["media"]["animations"]]
+  written = []
+  for f in files:
+    src = report / pathlib.Path(f).name
+    shutil.copyfile(src, docs / src.name)
+    written.append(str(docs / src.name))
+  if readme is not None:
+    path = pathlib.Path(readme)
+    path.write_text(readme_with_table(path.read_text(), summary, str(path)))
+    written.append(str(path))
+  return written
