@@ -20,6 +20,10 @@ numbers, regenerate both from a fresh run (default config):
 and CI checks that a fresh run still gives that table digit for digit:
 
   python -m launch.quickstart --workdir runs/quickstart --check_against=docs/quickstart/summary.json
+
+It fails (exit 1, naming the rows) when the tables differ on the CPU and library versions the summary was
+recorded with; on another CPU or other versions (which move the last digits by themselves) it prints both
+and warns instead.
 """
 
 import dataclasses
@@ -67,12 +71,23 @@ def main(argv):
     with open(FLAGS.check_against) as f:
       reference = json.load(f)
     diff = quickstart.table_differences(found, reference)
+    machine = quickstart.machine_differences(found, reference)
+    if diff and machine:
+      # Another CPU or library version moves the last digits without any code change: say so, do not fail.
+      print("\n".join(diff))
+      logging.warning(
+        "--check_against=%s: not comparable digit for digit, the run was made on another machine or with other "
+        "libraries (%s); this machine's table is above (regenerate the docs on the CI machine to compare)",
+        FLAGS.check_against,
+        "; ".join(machine),
+      )
+      return
     if diff:
       print("\n".join(diff))
       sys.exit(
-        f"--check_against={FLAGS.check_against}: this run's table differs in {len(diff) // 2} rows (above): "
-        "the code changed the quickstart's numbers; regenerate the docs and the README table with "
-        "--export_docs=docs/quickstart --readme=README.md from a fresh run"
+        f"--check_against={FLAGS.check_against}: this run's table differs in {len(diff) // 2} rows (above) on the "
+        "machine and libraries it was recorded with: the code changed the quickstart's numbers; regenerate the "
+        "docs and the README table with --export_docs=docs/quickstart --readme=README.md from a fresh run"
       )
     print(f"quickstart table equals {FLAGS.check_against} digit for digit")
 

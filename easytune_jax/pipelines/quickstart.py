@@ -382,10 +382,8 @@ def write_report(root: pathlib.Path, summary: dict) -> str:
   lines = [
     "# easytune_jax quickstart report",
     "",
-    "Machine: {jax} {jaxlib}, backend {backend}, {cpu} ({cpu_count} cores)".format(
-      jax=f"jax {jax.__version__}", jaxlib=f"jaxlib {machine['jaxlib']}", **machine
-    )
-    + f"; compute time {summary['seconds']:.0f} s ({timings}).",
+    f"Machine: jax {machine['jax']}, jaxlib {machine['jaxlib']}, backend {machine['backend']}, {machine['cpu']} "
+    f"({machine['cpu_count']} cores); compute time {summary['seconds']:.0f} s ({timings}).",
     "",
     "## Summary",
     "",
@@ -585,6 +583,17 @@ def table_differences(summary: dict, reference: dict) -> list[str]:
     if e != f:
       out += [f"expected: {e}", f"found:    {f}"]
   return out
+
+
+# What the table's digits depend on besides the code: another CPU or library version can move the last digits.
+COMPARED_MACHINE_FIELDS = ("cpu", "cpu_count", "jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def machine_differences(summary: dict, reference: dict) -> list[str]:
+  """'field: reference -> this run' for each of COMPARED_MACHINE_FIELDS where the two summaries' machines
+  differ ([] when the tables are comparable digit for digit)."""
+  m, r = summary.get("machine", {}), reference.get("machine", {})
+  return [f"{k}: {r.get(k)!r} -> {m.get(k)!r}" for k in COMPARED_MACHINE_FIELDS if m.get(k) != r.get(k)]
 
 
 def readme_with_table(readme: str, summary: dict, readme_name: str = "README.md") -> str:
