@@ -1,7 +1,5 @@
 """features <-> joints on the real HumanML3D sample 012314 and on synthetic / hand-built motions."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +9,11 @@ from easytune_jax.data import features as F
 from easytune_jax.data import skeleton as sk
 from easytune_jax.data import synthetic as S
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "humanml3d_sample")
+from tests import reference_data
 
 
 def _load(sub):
-  path = os.path.join(SAMPLE, sub, "012314.npy")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"real reference sample missing: {os.path.abspath(path)} (expected ../shared/data)")
-  return np.load(path).astype(np.float64)
+  return np.load(reference_data.path(f"humanml3d_sample/{sub}/012314.npy")).astype(np.float64)
 
 
 @pytest.fixture(scope="module")

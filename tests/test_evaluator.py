@@ -4,7 +4,6 @@ inputs (A4.1), evaluator renormalisation with the real T2M stats, contrastive lo
 import collections
 import dataclasses
 import functools
-import pathlib
 import pickle
 
 import jax
@@ -15,16 +14,8 @@ import pytest
 
 from easytune_jax.models import evaluator as ev
 from easytune_jax.models import t2m_convert as tc
+from tests.reference_data import path as _data
 from tests.torch_zip import write_torch_zip
-
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _data(rel):
-  p = DATA / rel
-  if not p.exists():
-    raise FileNotFoundError(f"reference data {p} is missing: tests need ../shared/data next to the repo")
-  return p
 
 
 TINY = ev.EvaluatorConfig(

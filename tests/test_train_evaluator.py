@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import pathlib
 import pickle
 
 import numpy as np
@@ -16,8 +15,9 @@ from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
 from easytune_jax.bundles import evaluator as evaluator_bundle
 from easytune_jax.train import evaluator as te
+from tests import reference_data
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = reference_data.ROOT
 STEPS = 60
 _RUN = {}
 
@@ -133,8 +133,7 @@ def test_official_loader_matches_direct_path(tmp_path):
   from tests import test_evaluator as tev  # torch-zip writer of the evaluator tests
 
   for name in ("t2m_mean.npy", "t2m_std.npy"):
-    if not (DATA / "evaluator_stats" / name).exists():
-      pytest.fail(f"reference data {DATA / 'evaluator_stats' / name} is missing: tests need ../shared/data")
+    reference_data.path(f"evaluator_stats/{name}")  # FileNotFoundError (a failure) when missing
   cfg = ev.EvaluatorConfig(
     dim_pose=263,
     dim_word=300,
