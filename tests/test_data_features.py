@@ -22,7 +22,7 @@ def sample():
 
 
 def _reference_recover(x, j):
-  """Independent loop version of §A2.4 (quaternion rotation, step by step)."""
+  """Independent loop version of docs/humanml3d_format.md#recovering-joints (quaternion rotation, step by step)."""
   f = x.shape[0]
   theta, root = 0.0, np.zeros(3)
   out = np.zeros((f, j, 3))
@@ -170,8 +170,8 @@ def test_hand_built_forward_walk_and_turn():
   np.testing.assert_allclose(j[:, 0, [0]], 0, atol=1e-12)
   np.testing.assert_allclose(j[:, 5] - j[:, 0] * [1, 0, 1], np.tile([0.1, 0, 0], (f, 1)), atol=1e-12)
   # pure turn in place: 90 degrees over 40 frames (dim 0 = half yaw increment). Joints are
-  # R_y(-2θ_t)·ric (§A2.4): positive dim 0 turns the body clockwise seen from above (to its
-  # right), so its left-side joint moves from +X to +Z.
+  # R_y(-2θ_t)·ric (docs/humanml3d_format.md#recovering-joints): positive dim 0 turns the body clockwise seen
+  # from above (to its right), so its left-side joint moves from +X to +Z.
   y = np.zeros((f, 263))
   y[:, 3] = 0.9
   y[:, 4:67] = np.tile(np.array([0.1, 0.0, 0.0]), 21)

@@ -168,7 +168,7 @@ def test_official_loader_matches_direct_path(tmp_path):
   ref_t = ev.evaluator_embed_text(off.params, w, p, l, config=cfg)
   np.testing.assert_allclose(off.embed_text(toks), np.asarray(ref_t), rtol=1e-5, atol=1e-5)
   x = (np.load(real / "new_joint_vecs" / "012314.npy")[:168] - dmean) / dstd
-  # Padding is dataset-space zeros, renormalised like the frames (HUMANML3D.md §B.1).
+  # Padding is dataset-space zeros, renormalised like the frames (docs/humanml3d_format.md#evaluator-motion-input).
   xpad = np.pad(x[None], ((0, 0), (0, 28), (0, 0)))
   xe = ev.renorm_for_evaluator(xpad, dmean, dstd, off.eval_mean, off.eval_std, mask=np.arange(196)[None] < 168)
   assert abs(float(xe[0, -1, 3]) - float((dmean[3] - off.eval_mean[3]) / off.eval_std[3])) < 1e-4
