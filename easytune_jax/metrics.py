@@ -1,11 +1,14 @@
-"""Text-to-motion evaluation metrics (HUMANML3D.md §B) and physical-plausibility extras.
+"""Text-to-motion evaluation metrics (docs/humanml3d_format.md#evaluation-protocol) and physical-plausibility
+extras.
 
 Embedding metrics follow the MLD / MotionLCM / EasyTune reference code (``TM2TMetrics``, ``MMMetrics``):
 
-* :func:`euclidean_distance_matrix` (§B.2), :func:`r_precision` and Matching score / MM-Dist (§B.3),
-* :func:`fid` (§B.4, float64 numpy),
-* :func:`diversity` (§B.5), :func:`multimodality` (§B.6),
-* :func:`summarize_replications` and :func:`format_markdown_table` (§B.7).
+* :func:`euclidean_distance_matrix` (docs/humanml3d_format.md#distances),
+* :func:`r_precision` and Matching score / MM-Dist (docs/humanml3d_format.md#r-precision),
+* :func:`fid` (docs/humanml3d_format.md#fid, float64 numpy),
+* :func:`diversity` (docs/humanml3d_format.md#diversity), :func:`multimodality`
+  (docs/humanml3d_format.md#multimodality),
+* :func:`summarize_replications` and :func:`format_markdown_table` (docs/humanml3d_format.md#replications).
 
 Every random draw (permutation, pair indices) is either passed in explicitly or drawn from an explicit numpy
 ``Generator`` / integer seed on the host, so results are reproducible and tests can compare against
@@ -51,7 +54,7 @@ def euclidean_distance_matrix(a, b):
 
 
 def r_precision(text_emb, motion_emb, perm, *, group_size: int = R_PRECISION_GROUP, top_k: int = 3):
-  """R-precision top-1..k and Matching score (MM-Dist), rows = texts (HUMANML3D.md §B.3).
+  """R-precision top-1..k and Matching score (MM-Dist), rows = texts (docs/humanml3d_format.md#r-precision).
 
   One common permutation is applied to texts and motions; they are cut into ``N // group_size`` groups of
   ``group_size`` (the remainder is ignored); in each group every text ranks the group's motions by
@@ -146,7 +149,7 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 def fid(gen_emb, gt_emb, eps: float = 1e-6) -> float:
-  """FID between generated and real embeddings [N, E] (HUMANML3D.md §B.4; ``np.cov``, ddof 1).
+  """FID between generated and real embeddings [N, E] (docs/humanml3d_format.md#fid; ``np.cov``, ddof 1).
 
   Means are taken in the embeddings' dtype as in the reference (float32 stays float32), the rest in float64.
   """
@@ -173,7 +176,8 @@ def diversity_indices(n: int, rng, times: int = DIVERSITY_TIMES):
 
 
 def diversity(emb, indices=None, *, rng=None, times: int = DIVERSITY_TIMES):
-  """``mean_s |emb[i1_s] - emb[i2_s]|`` (HUMANML3D.md §B.5). emb [N, E]; indices = (i1, i2) or drawn by rng."""
+  """``mean_s |emb[i1_s] - emb[i2_s]|`` (docs/humanml3d_format.md#diversity). emb [N, E]; indices = (i1, i2)
+  or drawn by rng."""
   if indices is None:
     indices = diversity_indices(emb.shape[0], rng, times)
   i1, i2 = indices
@@ -181,7 +185,7 @@ def diversity(emb, indices=None, *, rng=None, times: int = DIVERSITY_TIMES):
 
 
 def multimodality(emb, indices=None, *, rng=None, times: int = MM_TIMES):
-  """``mean over (texts x times) of |A[:, i1] - A[:, i2]|`` (HUMANML3D.md §B.6).
+  """``mean over (texts x times) of |A[:, i1] - A[:, i2]|`` (docs/humanml3d_format.md#multimodality).
 
   Args:
     emb: [N_texts, R, E], R generations per text (30 standard).

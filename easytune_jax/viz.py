@@ -31,7 +31,7 @@ def _pyplot():
   return matplotlib.pyplot
 
 
-# HUMANML3D.md §A3: right leg, left leg, spine-head, right arm, left arm (HumanML3D, 22 joints).
+# docs/humanml3d_format.md#skeleton: right leg, left leg, spine-head, right arm, left arm (HumanML3D, 22 joints).
 T2M_KINEMATIC_CHAIN = [
   [0, 2, 5, 8, 11],
   [0, 1, 4, 7, 10],

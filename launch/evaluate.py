@@ -1,4 +1,5 @@
-"""Standard text-to-motion evaluation (HUMANML3D.md §B) of one or several generators side by side.
+"""Standard text-to-motion evaluation (docs/humanml3d_format.md#evaluation-protocol) of one or several generators
+side by side.
 
   python launch/evaluate.py --generator_workdir=/tmp/base,/tmp/finetuned --evaluator_workdir=/tmp/evaluator \
       --data_dir=/tmp/synthetic_hml --out_dir=/tmp/eval [--config=tiny] [--config.quick] [--config.replications=20]

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the real reference data beside the checkout; the compilation cache."""
+"""Shared test fixtures: the real reference data in tests/data/; the compilation cache."""
 
 import os
 import pathlib
@@ -44,18 +44,17 @@ if os.environ.get("EASYTUNE_TEST_XLA_FAST_COMPILE", "") != "0" and "xla_backend_
 # easytune_jax lowers threefry straight-line on the CPU (faster steps, larger programs: +4% compile of the paper
 # step; the same bits, tests/test_prng.py); the suite keeps JAX's compile-friendly loop unless told otherwise.
 os.environ.setdefault("EASYTUNE_JAX_CPU_THREEFRY", "rolled")
-SHARED_DATA = pathlib.Path(os.environ.get("EASYTUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-  """../shared/data (real HumanML3D sample and statistics). Fails, never skips, when absent."""
-  if not (SHARED_DATA / "humanml3d_sample").is_dir():
-    pytest.fail(
-      f"real reference data not found at {SHARED_DATA}: tests need ../shared/data beside the "
-      "checkout (or EASYTUNE_SHARED_DATA pointing at it)"
-    )
-  return SHARED_DATA
+def reference_data() -> pathlib.Path:
+  """tests/data/ (the real HumanML3D sample, its Mean/Std and the T2M evaluator statistics; see
+  tests/data/README.md). Fails, never skips, when absent."""
+  from tests import reference_data as ref
+
+  if not (ref.ROOT / "humanml3d_sample").is_dir() or not (ref.ROOT / "evaluator_stats").is_dir():
+    pytest.fail(f"real reference data not found at {ref.ROOT}: it belongs to the repository (tests/data/README.md)")
+  return ref.ROOT
 
 
 @pytest.fixture(scope="session")

@@ -119,8 +119,8 @@ def test_file_layout_and_exact_roundtrip_on_a_rigid_skeleton(tmp_path):
   np.testing.assert_allclose(back, joints, atol=1e-6)  # text rounding only (1e-6 cm, 1e-6 degree)
 
 
-def test_roundtrip_real_humanml3d_joints(tmp_path, shared_data):
-  joints = np.load(shared_data / "humanml3d_sample" / "new_joints" / "012314.npy").astype(np.float64)
+def test_roundtrip_real_humanml3d_joints(tmp_path, reference_data):
+  joints = np.load(reference_data / "humanml3d_sample" / "new_joints" / "012314.npy").astype(np.float64)
   out, _, back = roundtrip(joints, tmp_path, scale=1.0)  # metres in the file
   assert out["max_error_m"] < 5e-6
   np.testing.assert_allclose(back, joints, atol=1e-5)
@@ -161,10 +161,10 @@ def test_bad_inputs(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
-def test_a_standard_bvh_parser_reads_the_humanml3d_skeleton(tmp_path, shared_data):
+def test_a_standard_bvh_parser_reads_the_humanml3d_skeleton(tmp_path, reference_data):
   """The `bvh` package (PyPI, a widely used BVH reader) parses the file: the 22 HumanML3D joints with their
   parents, offsets and channels, 20 fps; posing its values with this test's FK gives back the real motion."""
-  joints = np.load(shared_data / "humanml3d_sample" / "new_joints" / "012314.npy").astype(np.float64)
+  joints = np.load(reference_data / "humanml3d_sample" / "new_joints" / "012314.npy").astype(np.float64)
   path = tmp_path / "sample.bvh"
   bvh.joints_to_bvh(joints, path)
   mocap = bvh_pkg.Bvh(path.read_text())

@@ -1,7 +1,5 @@
 """features <-> joints on the real HumanML3D sample 012314 and on synthetic / hand-built motions."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +9,11 @@ from easytune_jax.data import features as F
 from easytune_jax.data import skeleton as sk
 from easytune_jax.data import synthetic as S
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "humanml3d_sample")
+from tests import reference_data
 
 
 def _load(sub):
-  path = os.path.join(SAMPLE, sub, "012314.npy")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"real reference sample missing: {os.path.abspath(path)} (expected ../shared/data)")
-  return np.load(path).astype(np.float64)
+  return np.load(reference_data.path(f"humanml3d_sample/{sub}/012314.npy")).astype(np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +22,7 @@ def sample():
 
 
 def _reference_recover(x, j):
-  """Independent loop version of §A2.4 (quaternion rotation, step by step)."""
+  """Independent loop version of docs/humanml3d_format.md#recovering-joints (quaternion rotation, step by step)."""
   f = x.shape[0]
   theta, root = 0.0, np.zeros(3)
   out = np.zeros((f, j, 3))
@@ -175,8 +170,8 @@ def test_hand_built_forward_walk_and_turn():
   np.testing.assert_allclose(j[:, 0, [0]], 0, atol=1e-12)
   np.testing.assert_allclose(j[:, 5] - j[:, 0] * [1, 0, 1], np.tile([0.1, 0, 0], (f, 1)), atol=1e-12)
   # pure turn in place: 90 degrees over 40 frames (dim 0 = half yaw increment). Joints are
-  # R_y(-2θ_t)·ric (§A2.4): positive dim 0 turns the body clockwise seen from above (to its
-  # right), so its left-side joint moves from +X to +Z.
+  # R_y(-2θ_t)·ric (docs/humanml3d_format.md#recovering-joints): positive dim 0 turns the body clockwise seen
+  # from above (to its right), so its left-side joint moves from +X to +Z.
   y = np.zeros((f, 263))
   y[:, 3] = 0.9
   y[:, 4:67] = np.tile(np.array([0.1, 0.0, 0.0]), 21)

@@ -1,4 +1,4 @@
-"""HumanML3D folder reader: construction logic (§A1.5) and validation errors."""
+"""HumanML3D folder reader: construction logic (docs/humanml3d_format.md#dataset-construction) and validation errors."""
 
 import os
 import re

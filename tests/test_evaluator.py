@@ -4,7 +4,6 @@ inputs (A4.1), evaluator renormalisation with the real T2M stats, contrastive lo
 import collections
 import dataclasses
 import functools
-import pathlib
 import pickle
 
 import jax
@@ -15,16 +14,8 @@ import pytest
 
 from easytune_jax.models import evaluator as ev
 from easytune_jax.models import t2m_convert as tc
+from tests.reference_data import path as _data
 from tests.torch_zip import write_torch_zip
-
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _data(rel):
-  p = DATA / rel
-  if not p.exists():
-    raise FileNotFoundError(f"reference data {p} is missing: tests need ../shared/data next to the repo")
-  return p
 
 
 TINY = ev.EvaluatorConfig(
@@ -354,7 +345,7 @@ def test_renorm_for_evaluator_real_stats():
   pad = ((mean_d.astype(np.float64) - mean_e) / std_e)[:259]
   np.testing.assert_allclose(out[0, 168:], np.broadcast_to(pad, (4, 259)), atol=1e-5)
   np.testing.assert_allclose(out[1], np.broadcast_to(pad, (172, 259)), atol=1e-5)
-  # HUMANML3D.md B.1: the padded frame's largest component is the root height, about 3.44
+  # docs/humanml3d_format.md#evaluator-motion-input: the padded frame's largest component is the root height, about 3.44
   assert np.argmax(np.abs(pad)) == 3 and abs(abs(pad[3]) - 3.44) < 0.01
   assert np.abs(np.delete(pad, 3)).max() < 0.23
   with pytest.raises(ValueError, match=r"std_e expected shape \(263,\), found \(251,\)"):

@@ -96,19 +96,19 @@ def scaled_reward(x, cond, t, context):
   return height_reward(x, cond, t) * context.joints_num
 
 
-def _context(shared_data, spm=None):
-  d = shared_data / "humanml3d_sample"
+def _context(reference_data, spm=None):
+  d = reference_data / "humanml3d_sample"
   return registry.RewardContext(mean=np.load(d / "Mean.npy"), std=np.load(d / "Std.npy"), joints_num=22, spm=spm)
 
 
-def test_weighted_reward_terms_and_user_functions(shared_data):
-  d = shared_data / "humanml3d_sample"
+def test_weighted_reward_terms_and_user_functions(reference_data):
+  d = reference_data / "humanml3d_sample"
   feats = np.load(d / "new_joint_vecs" / "012314.npy")[:40].astype(np.float32)
   mean, std = np.load(d / "Mean.npy"), np.load(d / "Std.npy")
   x = jnp.asarray(np.stack([(feats - mean) / std, (feats[::-1] - mean) / std]))
   cond = {"mask": jnp.asarray(_mask([40, 31], 40))}
   spm = lambda x, cond, t=None: jnp.tanh(x.mean(axis=(1, 2)))  # noqa: E731  (stands in for the SPM)
-  ctx = _context(shared_data, spm)
+  ctx = _context(reference_data, spm)
   r = registry.build_reward("spm:1.0,skating:0.2,jitter:0.001,tests.test_rewards:scaled_reward:0.5", ctx)
 
   order = []  # the terms' order as term_values returns it (a jitted dict comes back with sorted keys)
@@ -133,8 +133,8 @@ def test_weighted_reward_terms_and_user_functions(shared_data):
   assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).sum()) > 0
 
 
-def test_build_reward_errors(shared_data):
-  ctx = _context(shared_data)
+def test_build_reward_errors(reference_data):
+  ctx = _context(reference_data)
   with pytest.raises(ValueError, match="no trained reward model"):
     registry.build_reward("spm", ctx)
   with pytest.raises(ValueError, match="not registered.*skating"):

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import pathlib
 import pickle
 
 import numpy as np
@@ -16,8 +15,9 @@ from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
 from easytune_jax.bundles import evaluator as evaluator_bundle
 from easytune_jax.train import evaluator as te
+from tests import reference_data
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = reference_data.ROOT
 STEPS = 60
 _RUN = {}
 
@@ -133,8 +133,7 @@ def test_official_loader_matches_direct_path(tmp_path):
   from tests import test_evaluator as tev  # torch-zip writer of the evaluator tests
 
   for name in ("t2m_mean.npy", "t2m_std.npy"):
-    if not (DATA / "evaluator_stats" / name).exists():
-      pytest.fail(f"reference data {DATA / 'evaluator_stats' / name} is missing: tests need ../shared/data")
+    reference_data.path(f"evaluator_stats/{name}")  # FileNotFoundError (a failure) when missing
   cfg = ev.EvaluatorConfig(
     dim_pose=263,
     dim_word=300,
@@ -169,7 +168,7 @@ def test_official_loader_matches_direct_path(tmp_path):
   ref_t = ev.evaluator_embed_text(off.params, w, p, l, config=cfg)
   np.testing.assert_allclose(off.embed_text(toks), np.asarray(ref_t), rtol=1e-5, atol=1e-5)
   x = (np.load(real / "new_joint_vecs" / "012314.npy")[:168] - dmean) / dstd
-  # Padding is dataset-space zeros, renormalised like the frames (HUMANML3D.md §B.1).
+  # Padding is dataset-space zeros, renormalised like the frames (docs/humanml3d_format.md#evaluator-motion-input).
   xpad = np.pad(x[None], ((0, 0), (0, 28), (0, 0)))
   xe = ev.renorm_for_evaluator(xpad, dmean, dstd, off.eval_mean, off.eval_std, mask=np.arange(196)[None] < 168)
   assert abs(float(xe[0, -1, 3]) - float((dmean[3] - off.eval_mean[3]) / off.eval_std[3])) < 1e-4

@@ -1,21 +1,15 @@
 """Visualisation writes valid images of the expected size and frame count (real HumanML3D joints)."""
 
-import pathlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from easytune_jax import viz
-
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests import reference_data
 
 
 def _joints():
-  p = DATA / "humanml3d_sample" / "new_joints" / "012314.npy"
-  if not p.exists():
-    raise FileNotFoundError(f"reference data {p} is missing: tests need ../shared/data next to the repo")
-  return np.load(p)
+  return np.load(reference_data.path("humanml3d_sample/new_joints/012314.npy"))
 
 
 def _frames(path):

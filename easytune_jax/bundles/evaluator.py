@@ -155,7 +155,8 @@ class Evaluator:
     """Dataset-normalised features [B, L, D] (frames >= length ignored) -> float32 [B, E].
 
     Frames at or beyond each length are set to dataset-space zeros and renormalised with
-    ``((x * std_d + mean_d) - mean_e) / std_e`` (HUMANML3D.md §B.1); the GRU sees ``length // 4`` steps.
+    ``((x * std_d + mean_d) - mean_e) / std_e`` (docs/humanml3d_format.md#evaluator-motion-input); the GRU sees
+    ``length // 4`` steps.
     """
     x = np.asarray(x_norm, np.float32)
     lengths = np.asarray(lengths, np.int32)

@@ -1,4 +1,5 @@
-"""Deterministic, fixed-shape batches from a :class:`MotionDataset` (§A1.5 ``__getitem__``).
+"""Deterministic, fixed-shape batches from a :class:`MotionDataset` (the reference loaders' ``__getitem__``,
+docs/humanml3d_format.md#dataset-construction).
 
 Each item: a caption chosen uniformly at random, the unit-length crop (coin from
 {single, single, double}; ``L' = u*floor(L/u)`` or ``u*(floor(L/u) - 1)``; start uniform in
@@ -34,7 +35,7 @@ Batch = tuple  # (arrays: dict[str, np.ndarray], host: dict[str, list])
 
 
 def unit_length_crop(length: int, rng: np.random.Generator, unit_length: int = 4) -> tuple[int, int]:
-  """(start, cropped_length) of the §A1.5 crop of a clip of ``length`` frames."""
+  """(start, cropped_length) of the unit-length crop of a clip of ``length`` frames."""
   if unit_length < 10:
     coin = rng.choice(["single", "single", "double"])
   else:

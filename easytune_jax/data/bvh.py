@@ -10,8 +10,8 @@ File layout (what a standard BVH parser reads back):
   6 channels ``Xposition Yposition Zposition Zrotation Yrotation Xrotation``, every other joint 3 rotation
   channels ``Zrotation Yrotation Xrotation`` (rotation matrix ``Rz(a) Ry(b) Rx(c)``, intrinsic order, degrees);
   leaves (feet, head, wrists) close with an ``End Site``.
-* World Y up, body facing +Z (HumanML3D, HUMANML3D.md §0). Lengths in centimetres by default (``scale=100``; the
-  joints are in metres), the usual BVH unit; ``Frame Time`` 0.05 s (20 fps).
+* World Y up, body facing +Z (HumanML3D, docs/humanml3d_format.md#conventions). Lengths in centimetres by
+  default (``scale=100``; the joints are in metres), the usual BVH unit; ``Frame Time`` 0.05 s (20 fps).
 * Forward kinematics is the BVH one: ``G_j = G_parent ⊗ L_j``, ``P_j = P_parent + G_parent · offset_j``
   (``skeleton.forward_kinematics``).
 

@@ -1,24 +1,25 @@
-"""HumanML3D / KIT motion features <-> global joint positions (HUMANML3D.md §A2).
+"""HumanML3D / KIT motion features <-> global joint positions (docs/humanml3d_format.md#feature-vector).
 
 * :func:`recover_root_rot_pos`, :func:`recover_from_ric`: features -> joints, the closed form of
-  §A2.4. Pure array code on numpy or JAX arrays with any leading batch dims; jittable and
-  differentiable (reward models and metrics call it inside ``jit``).
-* :func:`joints_to_features`: joints -> features, the H3D ``process_file`` pipeline of §A2.3
-  (numpy, float64) without the re-targeting step 1 (the input is assumed to be on the wanted
-  skeleton already; the synthetic generator builds its motions on the reference skeleton).
+  docs/humanml3d_format.md#recovering-joints. Pure array code on numpy or JAX arrays with any
+  leading batch dims; jittable and differentiable (reward models and metrics call it inside ``jit``).
+* :func:`joints_to_features`: joints -> features, the H3D ``process_file`` pipeline
+  (docs/humanml3d_format.md#feature-computation; numpy, float64) without the re-targeting step 1
+  (the input is assumed to be on the wanted skeleton already; the synthetic generator builds its
+  motions on the reference skeleton).
 
 Measured on the real sample 012314 (tests/test_data_features.py, float64):
-* features -> joints reproduces ``new_joints/012314.npy`` to 2.1e-7 m and every verification
-  number of §A2.4.
+* features -> joints reproduces ``new_joints/012314.npy`` to 2.1e-7 m, and the root positions,
+  single joints and coordinate sums that tests/test_data_features.py checks.
 * joints -> features on those joints with the smoothed heading matches the published features
   in *every* group over frames 0..88 (root 1.4e-7, ric 2.2e-7, 6-D 7.8e-6, local velocity
   3.4e-7, contacts exact). After frame ~89 the heading-dependent dims drift (ric up to 6.8e-3 m
   at frame 168, 6-D up to 1.3e-2, root angular velocity 3e-4): the published joints stop one
   pose frame short of the clip the features were built from (the last pose frame is dropped,
-  §A2.3 step 12), and the σ = 20 Gaussian (radius 4σ = 80 frames, 'nearest' edges) of the
-  forward vector then pads its right half with frame 169 instead of the unseen frame 170, so the
-  last 80 frames see a slightly different heading. That is inherent to re-deriving features from
-  a published joints file, not a bug.
+  docs/humanml3d_format.md#feature-computation step 5), and the σ = 20 Gaussian (radius 4σ = 80
+  frames, 'nearest' edges) of the forward vector then pads its right half with frame 169 instead of
+  the unseen frame 170, so the last 80 frames see a slightly different heading. That is inherent to
+  re-deriving features from a published joints file, not a bug.
 * Passing ``heading=heading_from_features(x)[:F]`` (the heading is exactly recoverable from
   dim 0) removes the edge effect and then all 263 dims match on every frame: root/ric/local
   velocity <= 4.3e-8 / 2.2e-7 / 3.4e-7, contacts exact, and the 6-D block to 7.8e-6. The 6-D
@@ -51,7 +52,7 @@ def joints_num_for_dim(dim: int) -> int:
 
 
 def feature_slices(joints_num: int) -> dict:
-  """Half-open [start, stop) of each feature group (§A2.1)."""
+  """Half-open [start, stop) of each feature group (docs/humanml3d_format.md#feature-vector)."""
   j = joints_num
   ric0 = 4
   rot0 = ric0 + 3 * (j - 1)
@@ -75,7 +76,7 @@ def _exclusive_cumsum(a, xp):
 
 
 def recover_root_rot_pos(x):
-  """Heading quaternions and root positions from features (§A2.4).
+  """Heading quaternions and root positions from features (docs/humanml3d_format.md#recovering-joints).
 
   Args:
     x: [..., F, D] de-normalised features.
@@ -97,7 +98,8 @@ def recover_root_rot_pos(x):
 
 
 def recover_from_ric(x, joints_num: int):
-  """Global joint positions from features (closed form of §A2.4). [..., F, D] -> [..., F, J, 3].
+  """Global joint positions from features (closed form, docs/humanml3d_format.md#recovering-joints).
+  [..., F, D] -> [..., F, J, 3].
 
   Uses only dims 0-3 and the ric block. Causal in time, so trailing padding never changes a
   valid frame.
@@ -150,7 +152,8 @@ def smoothed_heading(positions, face_joints=sk.HML_FACE_JOINTS, sigma: float = 2
 
 
 def normalize_pose_frame(positions, face_joints=sk.HML_FACE_JOINTS):
-  """§A2.3 steps 2-4: floor at y = 0, frame-0 root at the xz origin, frame 0 facing +Z.
+  """Floor at y = 0, frame-0 root at the xz origin, frame 0 facing +Z
+  (docs/humanml3d_format.md#feature-computation step 2).
 
   positions: [T, J, 3] -> [T, J, 3] (float64).
   """
@@ -183,7 +186,8 @@ def joints_to_features(
   smooth_sigma: float = 20.0,
   foot_threshold: Optional[float] = None,
 ):
-  """Global joints -> features, H3D ``process_file`` (§A2.3, steps 2-12). numpy float64.
+  """Global joints -> features, H3D ``process_file`` (docs/humanml3d_format.md#feature-computation,
+  steps 2-5). numpy float64.
 
   Args:
     positions: [T, J, 3] global joint positions (Y-up), on the target skeleton.

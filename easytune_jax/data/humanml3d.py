@@ -1,4 +1,5 @@
-"""Reader of the HumanML3D / KIT-ML folder layout (HUMANML3D.md §A1.1-A1.5).
+"""Reader of the HumanML3D / KIT-ML folder layout (docs/humanml3d_format.md#layout,
+docs/humanml3d_format.md#dataset-construction).
 
 ``load_dataset(root, split)`` reproduces the T2M / MLD / MotionLCM ``Text2MotionDataset``
 construction: ids in split-file order, the length filter ``min_len <= F < max_len``, whole-clip
@@ -121,8 +122,8 @@ def load_mean_std(
 
 
 def group_mean_std(features, joints_num: int) -> tuple[np.ndarray, np.ndarray]:
-  """H3D ``cal_mean_variance`` (§A2.2): per-dim mean, and the population std averaged within
-  each of the 7 feature groups (dim 0 | 1-2 | 3 | ric | rot | local-vel | contacts).
+  """H3D ``cal_mean_variance`` (docs/humanml3d_format.md#normalisation): per-dim mean, and the population
+  std averaged within each of the 7 feature groups (dim 0 | 1-2 | 3 | ric | rot | local-vel | contacts).
 
   Args:
     features: [N_frames, D] all frames of all files, or a list of [F_i, D] arrays (two passes in
@@ -228,7 +229,7 @@ def load_dataset(
   std: Optional[np.ndarray] = None,
   max_items: Optional[int] = None,
 ) -> MotionDataset:
-  """Builds the dataset of one split (§A1.5 construction).
+  """Builds the dataset of one split (docs/humanml3d_format.md#dataset-construction).
 
   Args:
     root: dataset folder (new_joint_vecs/, texts/, Mean.npy, Std.npy, <split>.txt).

@@ -1,15 +1,17 @@
 """Skeletons (HumanML3D 22 joints, KIT 21 joints), quaternion maths and forward kinematics.
 
-Conventions (HUMANML3D.md §0, §A3): quaternions are ``(w, x, y, z)`` with the real part first,
-the world is Y-up, the body faces +Z in the first frame and its left side is +X.
+Conventions (docs/humanml3d_format.md#conventions, docs/humanml3d_format.md#skeleton): quaternions are
+``(w, x, y, z)`` with the real part first, the world is Y-up, the body faces +Z in the first frame and its
+left side is +X.
 
 Every quaternion / rotation helper works on numpy *and* JAX arrays with any leading batch dims:
 the array module is picked from the inputs (``jax.Array`` -> ``jax.numpy``, otherwise ``numpy``),
 so the same code serves float64 data generation and jitted, differentiable reward / metric code.
 
 Reference bone lengths (``HML_BONE_LENGTHS``): the real reference skeleton ``000021`` is not
-available here. Every HumanML3D file is re-targeted to that skeleton (§A2.3 step 1), so its bone
-lengths are constant over the frames of *any* processed file. They were measured as the mean
+available here. Every HumanML3D file is re-targeted to that skeleton
+(docs/humanml3d_format.md#feature-computation step 1), so its bone lengths are constant over the frames of
+*any* processed file. They were measured as the mean
 ``|P[t, j] - P[t, parent(j)]|`` over the 170 frames of the real sample
 ``new_joints/012314.npy``; their standard deviation over the frames is 2.4e-7 m at most, which
 confirms that these are the 000021 lengths (up to float32 rounding), in metres.

@@ -1,22 +1,27 @@
-"""The standard text-to-motion evaluation protocol (HUMANML3D.md §B, MLD / MotionLCM / EasyTune ``t2m_eval``).
+"""The standard text-to-motion evaluation protocol (docs/humanml3d_format.md#evaluation-protocol; MLD / MotionLCM
+/ EasyTune ``t2m_eval``).
 
 :func:`evaluate` runs ``replications`` independent passes over the test split. One pass:
 
 1. every test entry, in dataset (length-sorted) order, gets a random caption and a unit-length crop
    (:func:`easytune_jax.data.batching.make_batch`: coin 2/3 single, 1/3 double, inclusive random start),
-   normalised with the dataset Mean/Std and zero-padded in normalised space (§A1.5);
+   normalised with the dataset Mean/Std and zero-padded in normalised space
+   (docs/humanml3d_format.md#dataset-construction);
 2. the generator makes ONE motion per caption with exactly the crop length, in dataset-normalised space,
    called on fixed ``[batch_size]`` rows (the last batch is padded by repeating its last row) so a jitted
    generator never retraces;
-3. both are renormalised for the evaluator from dataset-space zero padding (§B.1, inside
-   :meth:`Evaluator.embed_motion`) and embedded, with the text of the caption that conditioned the generator;
+3. both are renormalised for the evaluator from dataset-space zero padding
+   (docs/humanml3d_format.md#evaluator-motion-input, inside :meth:`Evaluator.embed_motion`) and embedded, with
+   the text of the caption that conditioned the generator;
 4. metrics: R-precision top-1/2/3 and Matching score (MM-Dist) on groups of ``r_precision_group`` after one
-   common permutation (§B.3); FID of generated vs real embeddings of the same pass (§B.4); Diversity over
-   ``diversity_times`` pairs (§B.5); the same R-precision / MM-Dist / Diversity for the real motions
+   common permutation (docs/humanml3d_format.md#r-precision); FID of generated vs real embeddings of the same
+   pass (docs/humanml3d_format.md#fid); Diversity over ``diversity_times`` pairs
+   (docs/humanml3d_format.md#diversity); the same R-precision / MM-Dist / Diversity for the real motions
    (``gt_*``, the "Real" row); ``gt_FID``: real embeddings of this pass vs a SECOND independent pass of the
    real loader (T2M's "Real motion" FID, ≈ 0.002 with the official evaluator);
-5. MultiModality (§B.6): ``mm_num_samples`` entries, each with its own caption and crop, ``mm_num_repeats``
-   generations per caption, mean distance over ``mm_num_times`` shared index pairs.
+5. MultiModality (docs/humanml3d_format.md#multimodality): ``mm_num_samples`` entries, each with its own
+   caption and crop, ``mm_num_repeats`` generations per caption, mean distance over ``mm_num_times`` shared
+   index pairs.
 
 Counts are clamped for small test sets (fewer entries than 300 diversity pairs or 100 MM texts), with a warning
 recorded in ``results["warnings"]`` and the actual counts in ``results["counts"]``. Each replication has fresh
@@ -238,9 +243,9 @@ def evaluate(
     reward_fn: optional ``(x_norm [B, L, D], captions, lengths) -> [B]`` reward; reported separately.
     physical: foot skating / jitter / floor penetration of generated and real motion (HumanML3D only).
   Returns:
-    dict: ``metrics`` {name: [mean, ci95]} (names of §B.7 plus ``gt_FID``), ``replications`` (per-pass
-    values), ``reward`` and ``physical`` (same format, separate), ``counts``, ``warnings``, ``settings``,
-    ``seconds``, ``method``.
+    dict: ``metrics`` {name: [mean, ci95]} (names of docs/humanml3d_format.md#replications plus ``gt_FID``),
+    ``replications`` (per-pass values), ``reward`` and ``physical`` (same format, separate), ``counts``,
+    ``warnings``, ``settings``, ``seconds``, ``method``.
   """
   t_start = time.time()
   evaluator.check_dataset_stats(dataset.mean, dataset.std, "evaluate")
@@ -362,8 +367,9 @@ def evaluate(
 def _multimodality(
   generate_fn, evaluator, dataset, rng, key, num_samples, repeats, times, batch_size, max_length, unit_length
 ) -> float:
-  """§B.6: ``num_samples`` entries (own caption and crop), ``repeats`` generations each, all requests packed
-  into fixed ``batch_size`` generator calls; mean distance over ``times`` shared index pairs."""
+  """MultiModality (docs/humanml3d_format.md#multimodality): ``num_samples`` entries (own caption and crop),
+  ``repeats`` generations each, all requests packed into fixed ``batch_size`` generator calls; mean distance
+  over ``times`` shared index pairs."""
   chosen = rng.choice(len(dataset), num_samples, replace=False)
   items = draw_test_samples(dataset, rng, indices=chosen, max_length=max_length, unit_length=unit_length)
   rep = np.repeat(np.arange(num_samples), repeats)

@@ -10,7 +10,7 @@ Model-agnostic: every builder takes apply functions, never concrete networks (co
 embeddings for the denoiser, lengths/mask for the decoder, reward-text features ...). For classifier-free
 guidance `uncond` must have `cond`'s structure (both go through one batched denoiser call).
 
-Notation (DESIGN.md §1): DDIM timesteps t_1 > ... > t_T, step i maps x_{t_i} -> x_{t_{i+1}} and gives
+Notation: DDIM timesteps t_1 > ... > t_T, step i maps x_{t_i} -> x_{t_{i+1}} and gives
 x0_hat_i = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); guidance eps = eps_u + w (eps_c - eps_u).
 
   EasyTune (K):  for i in the last K steps: loss_i(theta) = -R(decode(x0_hat_i(theta; sg(x_{t_i}))) [, t_i]);
@@ -34,7 +34,7 @@ one executor runs them all (`_run_span`: a no-gradient prefix, then a differenti
 one row (tests/test_method_table.py adds one); configs, builders, the benchmark and the launchers read the
 table.
 
-Memory (DESIGN.md §2): EasyTune's update is ONE `lax.scan` whose body takes `jax.value_and_grad` of the
+Memory (docs/benchmark/README.md): EasyTune's update is ONE `lax.scan` whose body takes `jax.value_and_grad` of the
 one-step loss and applies optax in the carry, so its temporaries do not grow with T. Trajectory losses
 store residuals per differentiated step; `remat=True` checkpoints each step (the fair baseline setting).
 The no-gradient parts of the trajectory losses are computed with `stop_gradient(params)`, so autodiff
@@ -975,7 +975,7 @@ def compiled_memory(fn: Callable, *args, donate_argnums: tuple = (), **kwargs) -
 
   Returns {'temp', 'argument', 'output', 'alias', 'total'} with total = temp + argument + output - alias
   ('alias': output bytes written over donated arguments). Deterministic and available on CPU, so it is
-  the figure to report (DESIGN.md §2).
+  the figure to report (docs/benchmark/README.md reports it).
   """
   compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args, **kwargs).compile()
   m = compiled.memory_analysis()

@@ -1,6 +1,6 @@
 """T2M text-motion matching evaluator (Guo et al., CVPR 2022, "text_mot_match") in Flax Linen.
 
-The architecture is the published one (HUMANML3D.md §A4.3), with PyTorch semantics:
+The architecture is the published one (docs/humanml3d_format.md#evaluator-networks), with PyTorch semantics:
 
 * ``MovementConvEncoder``: Conv1d(D-4 -> H, k4 s2 p1), Dropout(0.2), LeakyReLU(0.2),
   Conv1d(H -> L, k4 s2 p1), Dropout(0.2), LeakyReLU(0.2), Linear(L -> L). Time is divided by 4.
@@ -167,7 +167,7 @@ class EvaluatorConfig:
 
   @classmethod
   def paper(cls, dim_pose: int = 263, **overrides) -> "EvaluatorConfig":
-    """Official T2M sizes (HUMANML3D.md §A4.4, §B.9). ``dim_pose=251`` for KIT-ML."""
+    """Official T2M sizes (docs/humanml3d_format.md#evaluator-checkpoint). ``dim_pose=251`` for KIT-ML."""
     kw = dict(
       dim_pose=dim_pose,
       dim_word=300,
@@ -195,12 +195,12 @@ class EvaluatorConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Host-side word vectorizer (A4.1)
+# Host-side word vectorizer (docs/humanml3d_format.md#evaluator-text-input)
 # --------------------------------------------------------------------------------------------------
 
 
 class WordVectorizer:
-  """Turns stored ``word/POS`` token lists into evaluator text inputs (HUMANML3D.md §A4.1).
+  """Turns stored ``word/POS`` token lists into evaluator text inputs (docs/humanml3d_format.md#evaluator-text-input).
 
   Args:
     word_to_idx: vocabulary, must contain ``sos``, ``eos`` and ``unk``.
@@ -506,7 +506,8 @@ def evaluator_embed_motion(params, motion, lengths, *, config: EvaluatorConfig, 
 
 
 def renorm_for_evaluator(x_norm, mean_d, std_d, mean_e, std_e, mask=None):
-  """Dataset-normalised features -> evaluator input (HUMANML3D.md §B.1, MLD ``renorm4t2m``).
+  """Dataset-normalised features -> evaluator input (docs/humanml3d_format.md#evaluator-motion-input, MLD
+  ``renorm4t2m``).
 
   ``((x * std_d + mean_d) - mean_e) / std_e`` with the last 4 dims (foot contacts) dropped. Padded frames
   must hold dataset-space zeros (the batch convention); with ``mask`` [B, L] they are forced to zero

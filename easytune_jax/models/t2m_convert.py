@@ -1,7 +1,7 @@
 """Load the official T2M evaluator (``text_mot_match/model/finest.tar``) and GloVe files without torch.
 
 ``finest.tar`` is a ``torch.save`` zip read by :func:`easytune_jax.core.torch_zip.load_torch_checkpoint`;
-:func:`convert_t2m_state` maps its three state dicts (names per HUMANML3D.md §A4.4) onto
+:func:`convert_t2m_state` maps its three state dicts (names per docs/humanml3d_format.md#evaluator-checkpoint) onto
 :class:`~easytune_jax.models.evaluator.T2MEvaluator` parameters, validating every shape against an
 :class:`EvaluatorConfig`.
 """
@@ -25,7 +25,7 @@ from easytune_jax.models.evaluator import EvaluatorConfig, WordVectorizer
 
 
 def t2m_expected_shapes(config: EvaluatorConfig) -> dict[str, dict[str, tuple[int, ...]]]:
-  """PyTorch parameter names and shapes of the three T2M state dicts for ``config`` (HUMANML3D.md §A4.4)."""
+  """PyTorch parameter names and shapes of the three T2M state dicts for ``config``."""
   c = config
 
   def gru(prefix_in, h):

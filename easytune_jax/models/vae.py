@@ -4,7 +4,7 @@ Encoder: learned distribution tokens (2 * latent_size) are prepended to the proj
 positions are added over the whole sequence, a (skip) transformer encoder runs with padded frames masked,
 and the token outputs are read as (mu, logvar). Decoder: positional queries (sinusoidal or learned) for the
 L frames attend to themselves (padded frames masked) and to the latent (memory); a linear head gives the
-features; padded frames are set to exactly zero (as MLD's decoder does, HUMANML3D.md B.1).
+features; padded frames are set to exactly zero (as MLD's decoder does, docs/humanml3d_format.md#embeddings).
 
 Reference: Chen et al., Executing your Commands via Motion Diffusion in Latent Space (MLD), CVPR 2023,
 arXiv 2212.04048 (`mld/models/architectures/mld_vae.py`).

@@ -3,16 +3,18 @@
 The evaluator is the judge of every generator in the project, so it is trained on its OWN data and seed:
 the TRAIN split of the dataset (never the validation/test split that metrics are reported on, and never on
 anything the reward model is fine-tuned against), with ``EvaluatorTrainConfig.seed`` distinct from the reward
-model's. The architecture is T2M's ``text_mot_match`` (HUMANML3D.md §A4.3, :mod:`easytune_jax.models.evaluator`)
-with learned word vectors in place of GloVe (no GloVe download here): the vocabulary is built from the train
-captions' ``word/POS`` tokens with :func:`build_word_vocab` and saved in the work directory.
+model's. The architecture is T2M's ``text_mot_match`` (docs/humanml3d_format.md#evaluator-networks,
+:mod:`easytune_jax.models.evaluator`) with learned word vectors in place of GloVe (no GloVe download here): the
+vocabulary is built from the train captions' ``word/POS`` tokens with :func:`build_word_vocab` and saved in the
+work directory.
 
 Objective (``loss="infonce"``, the default): symmetric InfoNCE over the batch on NEGATIVE EUCLIDEAN distances
 ``logits_ij = -|t_i - m_j|_2 / temperature`` (the distance the protocol ranks by), cross-entropy with the
 diagonal as target, averaged over text->motion and motion->text. ``loss="hinge"`` is T2M's original
 ``ContrastiveLoss`` (pull pairs together, push the batch shifted by a random offset beyond margin 10).
 
-Normalisation (the evaluator's own statistics, as T2M's ``Comp_v6_KLD01/meta``; HUMANML3D.md §A1.7, §A2.2):
+Normalisation (the evaluator's own statistics, as T2M's ``Comp_v6_KLD01/meta``;
+docs/humanml3d_format.md#evaluator-statistics):
 ``mean`` = per-dim mean and ``std`` = per-dim population std averaged within each of the 7 feature groups
 (:func:`group_mean_std`), both over every frame of every entry of the training split (sub-clip entries
 included, as loaded); then the 4 root dims (0-3) and the 4 foot-contact dims (last 4) of ``std`` are divided
