@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout folder; default writes the synthetic dataset.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The QuickstartConfig (easytune_jax/configs/quickstart.py).")
-cli.define_flags()
+cli.define_flags(dataset=True, progress=False)
 
 
 def main(argv):
