@@ -1,8 +1,10 @@
 """The shared front of every launcher: one config path, one-line errors naming flags, no empty output folders.
 
 Each launcher defines its path flags, calls :func:`define_config_flag` with its presets and :func:`define_flags`
-(``--verbose``, and for launchers that read a dataset ``--on_missing`` / ``--drop_nonfinite``), reads its config
-with :func:`get_config` and ends with ``cli.run(main, outputs=..., inputs=...)`` instead of ``app.run(main)``.
+(the flags launchers share, defined only there: ``--verbose``; ``--[no]progress`` for launchers that show progress;
+``--on_missing`` / ``--drop_nonfinite`` for launchers that read a dataset; ``--mesh`` and the multi-host flags for
+launchers that run on a mesh), reads its config with :func:`get_config` and ends with
+``cli.run(main, outputs=..., inputs=...)`` instead of ``app.run(main)``.
 Then:
 
 * ``--config=<preset>`` (e.g. ``tiny``, ``paper``; the presets live in ``easytune_jax/configs/``) or
@@ -145,11 +147,26 @@ def _class_paths(config, prefix: str = "") -> dict:
   return out
 
 
-def define_flags(dataset: bool = True) -> None:
-  """Registers --verbose (and --on_missing / --drop_nonfinite when the launcher reads a dataset) as key flags
-  of the calling launcher, so that they are listed by its --help."""
+COMMON_FLAGS = {
+  "verbose": "every launcher",
+  "progress": "launchers that show progress bars (progress=True)",
+  "on_missing": "launchers that read a dataset (dataset=True)",
+  "drop_nonfinite": "launchers that read a dataset (dataset=True)",
+  "mesh": "launchers that run on a device mesh (mesh=True; with --coordinator_address, --num_processes, "
+  "--process_id, --distributed: core/parallel.define_flags)",
+}
+
+
+def define_flags(*, dataset: bool, progress: bool, mesh: bool = False) -> None:
+  """Registers the flags launchers share (:data:`COMMON_FLAGS`), the one place they are defined, as key flags of
+  the calling launcher (listed by its --help): --verbose always; --[no]progress when `progress` (the launcher
+  passes ``FLAGS.progress`` to every progress bar it starts); --on_missing / --drop_nonfinite when `dataset` (applied
+  by :func:`run` to every dataset the run loads); --mesh and the multi-host flags when `mesh` (read them with
+  ``core.parallel.setup_from_flags()``)."""
   flags.disclaim_key_flags()  # the flags below belong to the launcher that calls this function
   flags.DEFINE_bool("verbose", False, "On an error, print the full traceback instead of one line.")
+  if progress:
+    flags.DEFINE_bool("progress", True, "Show progress bars and per-step progress lines (--noprogress: none).")
   if dataset:
     flags.DEFINE_enum(
       "on_missing",
@@ -161,6 +178,10 @@ def define_flags(dataset: bool = True) -> None:
     flags.DEFINE_bool(
       "drop_nonfinite", False, "Drop dataset feature files holding NaN/inf (counted and logged) instead of stopping."
     )
+  if mesh:
+    from easytune_jax.core import parallel  # here: launchers without a mesh do not import jax for their flags
+
+    parallel.define_flags()
 
 
 def _flag_value(name: str):

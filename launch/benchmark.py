@@ -35,7 +35,7 @@ flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator for R-precisi
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
 flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The BenchmarkConfig (easytune_jax/configs/benchmark.py).")
-cli.define_flags()
+cli.define_flags(dataset=True, progress=False)
 
 
 def main(argv):

@@ -22,7 +22,7 @@ from easytune_jax.configs import convert as presets
 from easytune_jax.bundles import official_generator
 
 FLAGS = flags.FLAGS
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=False)
 flags.DEFINE_string(
   "checkpoint", None, "Official MLD .ckpt (torch.save zip with state_dict vae.* / denoiser.*).", required=True
 )

@@ -17,7 +17,7 @@ from easytune_jax.configs import convert as presets
 from easytune_jax.train import reward
 
 FLAGS = flags.FLAGS
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=False)
 flags.DEFINE_string(
   "checkpoint",
   None,

@@ -1,12 +1,20 @@
 """Standard text-to-motion evaluation (docs/humanml3d_format.md#evaluation-protocol) of one or several generators
 side by side.
 
-  python launch/evaluate.py --generator_workdir=/tmp/base,/tmp/finetuned --evaluator_workdir=/tmp/evaluator \
-      --data_dir=/tmp/synthetic_hml --out_dir=/tmp/eval [--config=tiny] [--config.quick] [--config.replications=20]
+  python launch/evaluate.py --generator_workdir=/tmp/base,/tmp/finetuned --evaluator_workdir=/tmp/evaluator \\
+      --data_dir=/tmp/synthetic_hml --out_dir=/tmp/eval [--config.quick] [--config.replications=20] [--noprogress]
+
+Sampler: by default each generator samples with the DDIM steps and guidance scale it records (a trained workdir:
+its BaseConfig.sampler, the CPU setting for 'tiny'; a converted official MLD: 50 steps, w = 7.5; a fine-tuning
+run: the FinetuneConfig it was tuned with; a workdir that records none: core/sampling.py's 50 / 7.5, with a
+warning), so generators made for different samplers are each evaluated with their own. --config.num_steps=<n> /
+--config.guidance_scale=<w> (or --config=paper / --config=tiny) set one sampler for all of them. The values used
+are logged and written to eval.json (results[i].settings.sampler) and eval.md.
 
 --config: the `EvaluateConfig` (eval/evaluation.py: split, replications, quick, mm, batch_size, guidance_scale,
-num_steps, seed): a preset of easytune_jax/configs/evaluate.py ('paper', the default: 50 DDIM steps, w = 7.5;
-'tiny': the CPU sampler) or a .py file with get_config(); override any field with --config.<field>=<value>.
+num_steps, seed): a preset of easytune_jax/configs/evaluate.py ('default': each generator's own sampler; 'paper':
+50 DDIM steps, w = 7.5 for all; 'tiny': the CPU sampler, 10 steps, w = 2.5, for all) or a .py file with
+get_config(); override any field with --config.<field>=<value>.
 
 Writes <out_dir>/eval.json and <out_dir>/eval.md (Real row + one row per generator; reward and physical
 extras in separate tables). --t2m_dir/--glove_dir/--evaluator_stats_dir select the official T2M evaluator
@@ -56,19 +64,13 @@ flags.DEFINE_string("out_dir", None, "Output folder for eval.json / eval.md.", r
 flags.DEFINE_bool(
   "force", False, "Recompute even when the inputs, flags and config equal those of the existing results."
 )
-cli.define_config_flag(presets.PRESETS, "paper", "The EvaluateConfig (easytune_jax/configs/evaluate.py).")
-cli.define_flags()
-
-
-def generate_fn_for(gen, guidance_scale: float, num_steps: int):
-  """Adapter to the protocol's (captions, pos_tokens, lengths, rng) -> dataset-normalised features."""
-
-  def generate(captions, pos_tokens, lengths, rng):
-    del pos_tokens
-    feats, _ = gen.generate(captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps, normalized=True)
-    return feats
-
-  return generate
+cli.define_config_flag(
+  presets.PRESETS,
+  "default",
+  "The EvaluateConfig (easytune_jax/configs/evaluate.py); 'default' samples each generator with its own DDIM "
+  "steps and guidance scale (--config.num_steps / --config.guidance_scale set them for all).",
+)
+cli.define_flags(dataset=True, progress=True)
 
 
 def main(argv):
@@ -127,19 +129,7 @@ def main(argv):
   for name, workdir in zip(names, FLAGS.generator_workdir):
     gen = load_any_generator(workdir, FLAGS.finetune_which)
     evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
-    res = E.evaluate(
-      generate_fn_for(gen, config.guidance_scale, config.num_steps),
-      evaluator,
-      test,
-      replications=config.replications,
-      batch_size=config.batch_size,
-      max_length=min(gen.max_length, evaluator.max_length),
-      mm=config.mm,
-      seed=config.seed,
-      quick=config.quick,
-      method=name,
-      progress=True,
-    )
+    res = E.evaluate_generator(gen, evaluator, test, config, method=name, progress=FLAGS.progress)
     results.append(res)
     logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
   paths = E.write_results(results, FLAGS.out_dir)

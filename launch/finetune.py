@@ -41,8 +41,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train captions, val held-out).", required=True)
 flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator: quick R-precision/FID/MM-Dist at evals.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The run's RunConfig (easytune_jax/configs/finetune.py).")
-parallel.define_flags()
-cli.define_flags()
+cli.define_flags(dataset=True, progress=True, mesh=True)
 
 
 def main(argv):
@@ -58,6 +57,7 @@ def main(argv):
     FLAGS.data_dir,
     FLAGS.evaluator_workdir,
     mesh=mesh if mesh.devices.size > 1 else None,
+    progress=FLAGS.progress,
   )
   print(json.dumps(summary, indent=2))
 

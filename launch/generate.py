@@ -1,17 +1,27 @@
 """Text -> motion files (features .npy, joints .npy, GIF / MP4, BVH) from a generator.
 
-  # a trained workdir (launch/train_base.py, the quickstart's <out>/base)
-  python launch/generate.py --generator_workdir=/tmp/quickstart/base --text="a person walks forward and waves" \
+  # a trained workdir (launch/train_base.py, the quickstart's <out>/base): sampled with its own setting
+  python launch/generate.py --generator_workdir=/tmp/quickstart/base --text="a person walks forward and waves" \\
       --out_dir=/tmp/gen
-  # the converted official MLD (launch/convert_official_mld.py), several prompts, 50 DDIM steps, w = 7.5
-  python launch/generate.py --generator_workdir=/tmp/mld_official --text_file=prompts.txt --config.length=120 \
+  # the converted official MLD (launch/convert_official_mld.py, its own sampler: 50 DDIM steps, w = 7.5), several
+  # prompts, 120 frames
+  python launch/generate.py --generator_workdir=/tmp/mld_official --text_file=prompts.txt --config.length=120 \\
       --out_dir=/tmp/gen_mld [--sentence_t5_dir=deps/sentence-t5-large] [--config.mp4]
-  # the fine-tuned params of a launch/finetune.py run (its recorded base generator)
+  # the fine-tuned params of a launch/finetune.py run (its recorded base generator, its fine-tuning sampler)
   python launch/generate.py --finetune_workdir=/tmp/ft_easytune --text="a person jumps" --out_dir=/tmp/gen_ft
 
+Sampler: by default each generator samples with the DDIM steps and guidance scale it records (a trained workdir:
+its BaseConfig.sampler, the CPU setting for 'tiny'; a converted official MLD: 50 steps, w = 7.5; a fine-tuning
+run: the FinetuneConfig it was tuned with; a workdir that records none: core/sampling.py's 50 / 7.5, with a
+warning). --config.num_steps=<n> / --config.guidance_scale=<w> (or --config=paper / --config=tiny) override them.
+The values used are logged and written to generated.json ("sampler"). Motion length: --config.length (default
+0: the generator's own, its max_length).
+
 --config: the `GenerateConfig` (bundles/export.py: guidance_scale, num_steps, seed, length, batch_size, gif, mp4,
-bvh, bvh_scale): a preset of easytune_jax/configs/generate.py ('paper', the default: 50 DDIM steps, w = 7.5;
-'tiny': the CPU sampler) or a .py file with get_config(); override any field with --config.<field>=<value>.
+bvh, bvh_scale, animation_size): a preset of easytune_jax/configs/generate.py ('default': the generator's own
+sampler; 'paper': 50 DDIM steps, w = 7.5; 'tiny': the CPU sampler, 10 steps, w = 2.5) or a .py file with
+get_config(); override any field with --config.<field>=<value>. --config.animation_size=<pixels> sets the GIF / MP4
+width and height (default 480).
 
 Per prompt i, `<out_dir>/<i:03d>_<slug>{_features.npy,_joints.npy,.gif,.mp4,.bvh}` and `<out_dir>/generated.json`
 (see easytune_jax/bundles/export.py). MP4 needs ffmpeg on PATH (otherwise generated.json notes that none was written).
@@ -29,8 +39,8 @@ from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.train.finetune_runner import load_finetuned_generator
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("text", None, "A caption (repeat the flag for several).")
-flags.DEFINE_string("text_file", None, "Text file with one caption per line.")
+flags.DEFINE_multi_string("text", None, "A caption, not empty (repeat the flag for several).")
+flags.DEFINE_string("text_file", None, "UTF-8 text file with one caption per line (blank lines are skipped).")
 flags.DEFINE_string(
   "generator_workdir",
   None,
@@ -45,15 +55,31 @@ flags.DEFINE_string(
   "(instead of the one recorded at conversion, or the precomputed .npz).",
 )
 flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
-cli.define_config_flag(presets.PRESETS, "paper", "The GenerateConfig (easytune_jax/configs/generate.py).")
-cli.define_flags(dataset=False)
+cli.define_config_flag(
+  presets.PRESETS,
+  "default",
+  "The GenerateConfig (easytune_jax/configs/generate.py); 'default' samples with the generator's own DDIM steps "
+  "and guidance scale (--config.num_steps / --config.guidance_scale override them).",
+)
+cli.define_flags(dataset=False, progress=True)
 
 
 def _texts() -> list:
-  texts = list(FLAGS.text or [])
+  """The captions of --text and --text_file, each refused with its own one-line error when empty or blank."""
+  texts = []
+  given = FLAGS.text or []
+  for i, t in enumerate(given):
+    which = f"--text (#{i + 1} of {len(given)})" if len(given) > 1 else "--text"
+    if not t:
+      raise app.UsageError(f"{which}: expected a caption, found an empty string")
+    if not t.strip():  # the message says how many: one_line would fold the whitespace itself into one space
+      raise app.UsageError(f"{which}: expected a caption, found only whitespace ({len(t)} characters)")
+    texts.append(t)
   if FLAGS.text_file:
-    texts += export.read_text_file(FLAGS.text_file)
+    try:
+      texts += export.read_text_file(FLAGS.text_file)
+    except ValueError as e:
+      raise app.UsageError(f"--text_file={e}") from None
   if not texts:
     raise app.UsageError("give --text (repeatable) and/or --text_file")
   return texts

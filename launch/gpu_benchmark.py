@@ -20,7 +20,7 @@ from easytune_jax.configs import gpu as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=False)
 flags.DEFINE_string("out_dir", None, "Where benchmark.json / benchmark.md go.", required=True)
 cli.define_config_flag(presets.PRESETS, "paper", "The GpuBenchConfig (easytune_jax/configs/gpu.py).")
 

@@ -20,7 +20,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", None, "Output dataset folder.", required=True)
 flags.DEFINE_string("preview", None, "If set, write a stick-figure PNG of the first 6 motions here.")
 cli.define_config_flag(presets.PRESETS, "default", "The SyntheticConfig (easytune_jax/configs/synthetic.py).")
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=False)
 
 
 def main(argv):

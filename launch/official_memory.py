@@ -30,7 +30,7 @@ flags.DEFINE_string(
   "them yet); default a temporary folder removed at the end.",
 )
 cli.define_config_flag(presets.PRESETS, "paper", "The OfficialMemoryConfig (easytune_jax/configs/official_memory.py).")
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=False)
 
 
 def main(argv):

@@ -34,7 +34,7 @@ flags.DEFINE_string("dataset_dir", None, "HumanML3D-layout folder: captions of t
 flags.DEFINE_list("splits", ["train", "val", "test"], "Splits of --dataset_dir.")
 flags.DEFINE_string("out", None, "Output .npz.", required=True)
 cli.define_config_flag(presets.PRESETS, None, "The TextEmbeddingConfig (easytune_jax/configs/text_embeddings.py).")
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=True)
 
 
 def _captions() -> list:
@@ -67,7 +67,7 @@ def main(argv):
 
     model = load_clip_text(FLAGS.model_dir)
   encode = functools.partial(model.embeddings, output=cfg.output, batch_size=cfg.batch_size)
-  n = precompute_text_embeddings(FLAGS.out, captions, encode, batch_size=cfg.batch_size, progress=True)
+  n = precompute_text_embeddings(FLAGS.out, captions, encode, batch_size=cfg.batch_size, progress=FLAGS.progress)
   logging.info(
     "wrote %d unique captions (%s %s) to %s in %.1f s", n, cfg.encoder, cfg.output, FLAGS.out, time.time() - t0
   )

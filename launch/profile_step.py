@@ -18,7 +18,7 @@ from easytune_jax.configs import profile as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
-cli.define_flags(dataset=False)
+cli.define_flags(dataset=False, progress=False)
 flags.DEFINE_string("out_dir", None, "Where profile_<size>.json / .md go.", required=True)
 cli.define_config_flag(presets.PRESETS, "tiny", "The ProfileConfig (easytune_jax/configs/profile.py).")
 

@@ -50,7 +50,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("readme", None, "With --export_docs: rewrite this README's quickstart table from the run.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The QuickstartConfig (easytune_jax/configs/quickstart.py).")
-cli.define_flags()
+cli.define_flags(dataset=True, progress=False)
 
 
 def main(argv):

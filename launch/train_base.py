@@ -30,8 +30,7 @@ flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", requir
 flags.DEFINE_integer("num_samples", 4, "Held-out captions to generate after training (0: none).")
 flags.DEFINE_bool("gif", True, "Also write stick-figure GIFs of the samples.")
 cli.define_config_flag(presets.PRESETS, "tiny", "The BaseConfig (easytune_jax/configs/base.py).")
-parallel.define_flags()
-cli.define_flags()
+cli.define_flags(dataset=True, progress=True, mesh=True)
 
 
 def main(argv):
@@ -42,8 +41,10 @@ def main(argv):
   if mesh.devices.size > 1:
     # Trains both stages on the mesh; train_and_sample below then restores the finished checkpoints
     # (no further steps) and writes the samples.
-    base.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir, mesh=mesh)
-  out = base.train_and_sample(config, FLAGS.workdir, FLAGS.data_dir, FLAGS.num_samples, gif=FLAGS.gif)
+    base.train_and_evaluate(config, FLAGS.workdir, FLAGS.data_dir, progress=FLAGS.progress, mesh=mesh)
+  out = base.train_and_sample(
+    config, FLAGS.workdir, FLAGS.data_dir, FLAGS.num_samples, gif=FLAGS.gif, progress=FLAGS.progress
+  )
   logging.info("VAE: %s", out.get("vae"))
   logging.info("diffusion: %s", out["diffusion"])
   logging.info("seconds: %s", out["seconds"])

@@ -27,8 +27,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", required=True)
 cli.define_config_flag(presets.PRESETS, "tiny", "The EvaluatorTrainConfig (easytune_jax/configs/evaluator.py).")
-parallel.define_flags()
-cli.define_flags()
+cli.define_flags(dataset=True, progress=True, mesh=True)
 
 
 def main(argv):
@@ -36,7 +35,9 @@ def main(argv):
   quiet_library_logs()
   config = cli.get_config()
   mesh = parallel.setup_from_flags()
-  out = te.train_evaluator(config, FLAGS.workdir, FLAGS.data_dir, mesh=mesh if mesh.devices.size > 1 else None)
+  out = te.train_evaluator(
+    config, FLAGS.workdir, FLAGS.data_dir, mesh=mesh if mesh.devices.size > 1 else None, progress=FLAGS.progress
+  )
   logging.info(
     "evaluator trained: %d steps in %.1f s; validation %s", out["steps"], out["seconds"], json.dumps(out["val"])
   )

@@ -42,8 +42,7 @@ flags.DEFINE_string("text_embeddings", None, "Precomputed text-embeddings .npz (
 flags.DEFINE_string("train_split", "train", "Training split file stem.")
 flags.DEFINE_string("eval_split", "test", "Evaluation split ('' to skip retrieval evaluation).")
 cli.define_config_flag(presets.PRESETS, "tiny", "The RewardTrainConfig (easytune_jax/configs/reward.py).")
-parallel.define_flags()
-cli.define_flags()
+cli.define_flags(dataset=True, progress=True, mesh=True)
 
 
 def main(argv):
@@ -66,11 +65,12 @@ def main(argv):
     text_embeddings=emb,
     eval_dataset=evaluation,
     mesh=mesh if mesh.devices.size > 1 else None,
+    progress=FLAGS.progress,
   )
   logging.info("trained %d steps in %.1f s -> %s", result["steps"], result["train_seconds"], FLAGS.workdir)
   if result["retrieval"]:
     short = {
-      k: {m: round(v, 2) for m, v in d.items() if m in ("t2m/R@1", "t2m/R@3", "t2m/MedR")}
+      k: {m: round(v, 2) for m, v in d.items() if m in ("t2m/R1", "t2m/R3", "t2m/MedR")}
       for k, d in result["retrieval"].items()
     }
     logging.info("retrieval: %s", json.dumps(short))

@@ -522,7 +522,7 @@ print(f"{int(np.sum(~np.asarray(pairs.correct)))} of {BATCH} captions give a pre
 """),
     new_markdown_cell(
       "## 3. SPL fine-tuning and retrieval before/after\n\nText-to-motion retrieval on the "
-      "test split (`evaluate_retrieval`: R@k in %, median rank), with the motion clean "
+      "test split (`evaluate_retrieval`: R@k in % as `R<k>`, median rank as `MedR`), with the motion clean "
       "(t = 0) and noised to t = 300 of 1000: the step-aware SPM has to score noisy "
       "intermediate motions during EasyTune."
     ),
@@ -536,8 +536,8 @@ print(f"SPL: {spl_run['steps']} steps in {spl_run['train_seconds']:.0f} s")
 
 lines = ["| motion | protocol | metric | before SPL | after SPL |", "|---|---|---|---|---|"]
 for key in sorted(before):
-    for name in ("t2m/R@1", "t2m/R@3", "t2m/MedR", "m2t/R@1"):
-        lines.append(f"| t={key.split('/')[0][2:]} | {key.split('/')[1]} | {name} | {before[key][name]:.2f} | "
+    for name in ("t2m/R1", "t2m/R3", "t2m/MedR", "m2t/R1"):
+        lines.append(f"| t={key.split('/')[0][1:]} | {key.split('/')[1]} | {name} | {before[key][name]:.2f} | "
                      f"{after[key][name]:.2f} |")
 display(Markdown("\\n".join(lines)))
 """),

@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 from typing import Literal, Optional
@@ -220,9 +221,41 @@ def test_sampler_defaults_come_from_core_sampling():
   assert (paper.num_steps, paper.guidance_scale) == (sampling.NUM_STEPS, sampling.GUIDANCE_SCALE) == (50, 7.5)
   assert paper.optim == OptimConfig(learning_rate=1e-5, warmup_steps=1000) and paper.method in finetune.METHODS
   for mod in (evaluate, generate):
-    p, t = mod.get_config("paper"), mod.get_config("tiny")
+    d, p, t = mod.get_config(), mod.get_config("paper"), mod.get_config("tiny")
+    assert (d.num_steps, d.guidance_scale) == (None, None)  # the default: each generator's own sampler
     assert (p.num_steps, p.guidance_scale) == (sampling.NUM_STEPS, sampling.GUIDANCE_SCALE)
     assert (t.num_steps, t.guidance_scale) == (sampling.CPU_NUM_STEPS, sampling.CPU_GUIDANCE_SCALE)
+  # what a trained base workdir records: the CPU sampler for 'tiny', MLD's for 'small' / 'paper'
+  from easytune_jax.configs import base as base_presets
+
+  for name, want in (("tiny", (10, 2.5)), ("tiny_mdm", (10, 2.5)), ("small", (50, 7.5)), ("paper", (50, 7.5))):
+    s = base_presets.get_config(name).sampler
+    assert (s.num_steps, s.guidance_scale) == want, name
+
+
+# Flags every launcher shares are defined by cli.define_flags only (core/parallel.define_flags through it).
+COMMON = ("verbose", "progress", "on_missing", "drop_nonfinite", "mesh", "coordinator_address", "distributed")
+
+
+def test_common_flags_are_defined_in_one_place():
+  """Each launcher calls cli.define_flags (the only definition of the shared flags), asks for --progress when it
+  shows progress and for --mesh when it builds a mesh, and passes FLAGS.progress to every progress bar."""
+  for path in sorted((ROOT / "launch").glob("*.py")):
+    if path.name == "__init__.py":
+      continue
+    text = path.read_text()
+    calls = re.findall(r"cli\.define_flags\(([^)]*)\)", text)
+    assert len(calls) == 1, (path.name, calls)
+    assert re.search(rf"DEFINE_\w+\(\s*\"({'|'.join(COMMON)})\"", text) is None, path.name
+    assert "parallel.define_flags(" not in text, path.name
+    args = dict(a.strip().split("=") for a in calls[0].split(","))
+    assert set(args) >= {"dataset", "progress"}, (path.name, args)
+    assert (args["progress"] == "True") == ("FLAGS.progress" in text), path.name
+    assert (args.get("mesh") == "True") == ("parallel.setup_from_flags()" in text), path.name
+    rest = text.replace(f"cli.define_flags({calls[0]})", "")
+    assert re.search(r"progress=(True|False)", rest) is None, f"{path.name}: progress=FLAGS.progress, not a constant"
+  text = (ROOT / "easytune_jax" / "cli.py").read_text()
+  assert 'DEFINE_bool("progress"' in text and "parallel.define_flags()" in text
 
 
 def test_make_synthetic_launcher_end_to_end(tmp_path):

@@ -57,6 +57,8 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   # EasyTune raises the held-out reward of the base model on this tiny setup.
   assert s2["final_heldout_reward"] > s2["base_heldout_reward"]
   gen = fr.load_finetuned_generator(str(work))
+  own = gen.sampler_defaults  # the sampler it was fine-tuned with: what generate / evaluate use by default
+  assert (own.num_steps, own.guidance_scale) == (4, 2.0) and str(work) in own.source
   base = fr.load_task(p.generator, p.reward).gen
   diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), gen.params, base.params))
   assert max(diff) > 0

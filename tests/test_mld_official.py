@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from easytune_jax.core import sampling
 from easytune_jax.models import mld_convert
 from easytune_jax.models import mld_official as mo
 from easytune_jax.core.torch_zip import save_torch
@@ -369,6 +370,18 @@ def test_generator_bundle(tmp_path, ckpt):
   gen = generator.load_generator(str(tmp_path / "gen"))
   assert isinstance(gen, og.OfficialMLDGenerator) and gen.latent_shape == (2, 16) and gen.max_length == 16
   np.testing.assert_array_equal(gen.mean, mean)
+  # its own sampler is MLD's (the paper's 50 steps, w = 7.5), also for a workdir converted before it was recorded
+  own = gen.sampler_defaults
+  assert (own.num_steps, own.guidance_scale) == (50, 7.5) and "official MLD" in own.source
+  choice = generator.resolve_sampler(gen, guidance_scale=3.0)
+  assert (choice.num_steps, choice.guidance_scale, choice.guidance_scale_from) == (50, 3.0, "set in the config")
+  marker = tmp_path / "gen" / og.MARKER
+  old = json.loads(marker.read_text())
+  del old["config"]["sampler"]
+  marker.write_text(json.dumps(old))
+  older = generator.load_generator(str(tmp_path / "gen"))
+  assert (older.sampler_defaults.num_steps, older.sampler_defaults.guidance_scale) == (50, 7.5)
+  assert older.config.sampler == sampling.SamplerConfig()
 
   cond = gen.encode_text(["a person jumps", "a person walks"])
   assert cond["text"].shape == (2, 1, DCFG.text_dim)

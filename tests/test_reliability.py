@@ -227,6 +227,18 @@ def _launcher(module, args, prepare=None, leftover=()):
 _FT = ["--generator_workdir={empty}", "--reward_workdir={empty}", "--data_dir={ds}"]
 
 
+def _metric_tag(name):
+  def run(tmp):
+    writer = MetricWriter(tmp / "metrics")
+    try:
+      writer.write(1, {"loss": 0.5, name: 1.0})
+    finally:
+      writer.close()
+      assert not (tmp / "metrics").exists(), "a refused metric name left files behind"
+
+  return run
+
+
 def _fake_mesh(data, fsdp):
   # check_batch_divisible reads only mesh.devices.size and mesh.shape; this test process has one CPU device.
   return types.SimpleNamespace(devices=np.empty((data, fsdp)), shape={"data": data, "fsdp": fsdp})
@@ -741,6 +753,87 @@ CASES = [
     LauncherFailed,
     [r"^error: give --text", r"see --help"],
   ),
+  # generate's captions: empty / blank --text, an empty, blank-only or non-UTF-8 --text_file (each its own line)
+  (
+    "launcher_generate_empty_text",
+    _launcher("generate", ["--out_dir={tmp}/gen", "--generator_workdir={empty}", "--text="]),
+    LauncherFailed,
+    [r"^error: --text: expected a caption, found an empty string \(see --help\)$"],
+  ),
+  (
+    "launcher_generate_blank_text",
+    _launcher(
+      "generate", ["--out_dir={tmp}/gen", "--generator_workdir={empty}", "--text=a person jumps", "--text=   "]
+    ),
+    LauncherFailed,
+    [r"^error: --text \(#2 of 2\): expected a caption, found only whitespace \(3 characters\) \(see --help\)$"],
+  ),
+  (
+    "launcher_generate_empty_text_file",
+    _launcher(
+      "generate",
+      ["--out_dir={tmp}/gen", "--generator_workdir={empty}", "--text_file={tmp}/prompts.txt"],
+      prepare=lambda ds: (ds.parent / "prompts.txt").write_text(""),
+    ),
+    LauncherFailed,
+    [r"^error: --text_file=\S*/prompts\.txt: the file is empty; expected one caption per line \(see --help\)$"],
+  ),
+  (
+    "launcher_generate_blank_text_file",
+    _launcher(
+      "generate",
+      ["--out_dir={tmp}/gen", "--generator_workdir={empty}", "--text_file={tmp}/prompts.txt"],
+      prepare=lambda ds: (ds.parent / "prompts.txt").write_text("\n   \n\t\n"),
+    ),
+    LauncherFailed,
+    [
+      r"^error: --text_file=\S*/prompts\.txt: all 3 lines are blank; expected one caption per line "
+      r"\(see --help\)$"
+    ],
+  ),
+  (
+    "launcher_generate_binary_text_file",
+    _launcher(
+      "generate",
+      ["--out_dir={tmp}/gen", "--generator_workdir={empty}", "--text_file={tmp}/prompts.txt"],
+      prepare=lambda ds: (ds.parent / "prompts.txt").write_bytes(b"a man\xff\xfe jumps\n"),
+    ),
+    LauncherFailed,
+    [
+      r"^error: --text_file=\S*/prompts\.txt: expected UTF-8 text \(one caption per line\), found byte 5 "
+      r"that is not \(see --help\)$"
+    ],
+  ),
+  (
+    "launcher_generate_animation_size",
+    _launcher(
+      "generate", ["--out_dir={tmp}/gen", "--generator_workdir={empty}", "--text=a", "--config.animation_size=8"]
+    ),
+    LauncherFailed,
+    [
+      r"^error: --config\.animation_size \(GenerateConfig\.animation_size\): expected 64\.\.4096 pixels, found 8 "
+      r"\(--verbose shows the traceback\)$"
+    ],
+  ),
+  (
+    "launcher_evaluate_num_steps",
+    _launcher(
+      "evaluate",
+      [
+        "--generator_workdir={empty}",
+        "--evaluator_workdir={empty}",
+        "--data_dir={ds}",
+        "--out_dir={tmp}/eval",
+        "--noprogress",
+        "--config.num_steps=0",
+      ],
+    ),
+    LauncherFailed,
+    [
+      r"^error: --config\.num_steps \(EvaluateConfig\.num_steps\): expected >= 1 or none \(each generator's own\), "
+      r"found 0 \(--verbose shows the traceback\)$"
+    ],
+  ),
   (
     "launcher_file_flag_missing",
     _launcher("train_reward", ["--workdir={tmp}/rw", "--data_dir={ds}", "--text_embeddings={tmp}/none.npz"]),
@@ -768,6 +861,17 @@ CASES = [
   ),
   ("fid_one_sample", lambda t: metrics.fid(np.ones((1, 3)), np.ones((5, 3))), ValueError, ["fid", "N>=2"]),
   ("fid_rank", lambda t: metrics.fid(np.ones(5), np.ones(5)), ValueError, ["fid", r"\[N, E\]", r"\(5,\)"]),
+  # metric names TensorBoard would rename (issue 37): refused, nothing written
+  (
+    "metric_tag_illegal",
+    _metric_tag("retrieval/t=0/full/t2m/R@1"),
+    ValueError,
+    [
+      r"^metric name 'retrieval/t=0/full/t2m/R@1': TensorBoard would rename it \(characters \['=', '@'\]\); "
+      r"expected letters, digits, '_', '-', '\.' and '/' \(not leading\), e\.g\. 'retrieval/t0/full/t2m/R1'$"
+    ],
+  ),
+  ("metric_tag_leading_slash", _metric_tag("/loss"), ValueError, [r"^metric name '/loss': .*\(a leading '/'\)"]),
 ]
 
 

@@ -120,14 +120,14 @@ def test_weighted_reward_terms_and_user_functions(reference_data):
     return terms, r(x, cond, None), jax.grad(lambda x: jnp.sum(r(x, cond, None)))(x)
 
   terms, total, g = evaluate(x)
-  assert order == ["spm", "skating", "jitter", "tests.test_rewards:scaled_reward"]
+  assert order == ["spm", "skating", "jitter", "tests.test_rewards.scaled_reward"]  # tag-safe names
   joints = np.asarray(recover_from_ric(feats, 22))
   lengths = np.array([40, 31])
   joints2 = np.stack([joints, np.asarray(recover_from_ric(feats[::-1], 22))])
   np.testing.assert_allclose(terms["jitter"], -metrics.jitter(joints2, lengths, fps=FPS), rtol=2e-3)
-  np.testing.assert_allclose(terms["tests.test_rewards:scaled_reward"], 22 * height_reward(x, cond, None), rtol=1e-6)
+  np.testing.assert_allclose(terms["tests.test_rewards.scaled_reward"], 22 * height_reward(x, cond, None), rtol=1e-6)
   want = (
-    terms["spm"] + 0.2 * terms["skating"] + 0.001 * terms["jitter"] + 0.5 * terms["tests.test_rewards:scaled_reward"]
+    terms["spm"] + 0.2 * terms["skating"] + 0.001 * terms["jitter"] + 0.5 * terms["tests.test_rewards.scaled_reward"]
   )
   np.testing.assert_allclose(total, want, rtol=1e-6)
   assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).sum()) > 0

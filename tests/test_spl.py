@@ -178,17 +178,17 @@ def test_retrieval_metrics_match_loop_reference():
   t2m = [1 + sum(sim[i, j] > sim[i, i] for j in range(n)) for i in range(n)]
   m2t = [1 + sum(sim[j, i] > sim[i, i] for j in range(n)) for i in range(n)]
   for k in spl.RECALL_KS:
-    assert m[f"t2m/R@{k}"] == pytest.approx(100 * np.mean([r <= k for r in t2m]))
-    assert m[f"m2t/R@{k}"] == pytest.approx(100 * np.mean([r <= k for r in m2t]))
+    assert m[f"t2m/R{k}"] == pytest.approx(100 * np.mean([r <= k for r in t2m]))
+    assert m[f"m2t/R{k}"] == pytest.approx(100 * np.mean([r <= k for r in m2t]))
   assert m["t2m/MedR"] == np.median(t2m) and m["m2t/MedR"] == np.median(m2t)
   # Batched protocol: mean over consecutive groups of 32 (the remainder of 6 is dropped).
   text, motion = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
   bm = spl.batched_retrieval_metrics(text, motion, 32)
   norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
   groups = [spl.retrieval_metrics(norm(text[i : i + 32]) @ norm(motion[i : i + 32]).T) for i in (0, 32)]
-  assert bm["t2m/R@1"] == pytest.approx((groups[0]["t2m/R@1"] + groups[1]["t2m/R@1"]) / 2)
+  assert bm["t2m/R1"] == pytest.approx((groups[0]["t2m/R1"] + groups[1]["t2m/R1"]) / 2)
   perfect = spl.retrieval_metrics(np.eye(5))
-  assert perfect["t2m/R@1"] == 100.0 and perfect["m2t/MedR"] == 1.0
+  assert perfect["t2m/R1"] == 100.0 and perfect["m2t/MedR"] == 1.0
   with pytest.raises(ValueError, match="square"):
     spl.retrieval_metrics(np.zeros((3, 4)))
   with pytest.raises(ValueError, match="at least batch_size=32"):

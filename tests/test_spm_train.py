@@ -47,15 +47,15 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   steps = [m["step"] for m in read_metrics(pre) if "loss" in m]
   assert steps == list(range(1, STEPS + 1))
   ret = json.loads((pre / "retrieval.json").read_text())
-  assert {"t=0/full", "t=300/full"} <= set(ret)
+  assert {"t0/full", "t300/full"} <= set(ret)
   # The trained SPM retrieves its training pairs far above chance: measured (32 pairs, 150 steps) R@1 19% / 13%,
   # median rank 4.5 / 5, R@10 81% / 78% (text->motion / motion->text); the model after 2 steps, like any model
   # blind to text or motion, is at chance: R@1 3%, median rank 14.5 / 9.5 (chance: 100/N %, ~N/2). R@1 below
   # 100 rules out the tie collapse (equal similarities count as rank 1).
-  n, clean = len(train), ret["t=0/full"]
+  n, clean = len(train), ret["t0/full"]
   for d in ("t2m", "m2t"):
-    assert 2 * 100 / n <= clean[f"{d}/R@1"] < 100 and clean[f"{d}/MedR"] <= n / 4, (d, clean)
-    assert clean[f"{d}/R@10"] >= 60, (d, clean)  # chance 10/N = 31%
+    assert 2 * 100 / n <= clean[f"{d}/R1"] < 100 and clean[f"{d}/MedR"] <= n / 4, (d, clean)
+    assert clean[f"{d}/R10"] >= 60, (d, clean)  # chance 10/N = 31%
   # A different model config in the same workdir is refused with the differing field named.
   with pytest.raises(CheckpointError, match="model.mode"):
     R.train_reward(TINY, pre, train, mode="M0T0", steps=4, progress=False)

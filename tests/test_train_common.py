@@ -165,6 +165,50 @@ def test_metric_writer_jsonl_csv_tensorboard(tmp_path):
   assert not (tmp_path / "never").exists()
 
 
+def test_metric_names_follow_tensorboards_rule(tmp_path):
+  """check_tag refuses exactly the names tensorboardX would rename (its own _clean_tag), and the names the trainers
+  build from user text (retrieval keys, per-step vectors, reward terms) are valid as written."""
+  from tensorboardX import summary
+
+  from easytune_jax.core.metric_writer import check_tag
+  from easytune_jax.rewards import spl
+
+  names = [
+    "loss",
+    "retrieval/t0/full/t2m/R1",
+    "reward_per_step/003",
+    "heldout_reward_terms/mypkg.rewards.fn",
+    "val/R_precision_top_1",
+    "a-b.c_d/é",
+    "retrieval/t=0/full",
+    "t2m/R@1",
+    "a b",
+    "x:y",
+    "/lead",
+    "f(x)",
+    "a%b",
+  ]
+  for name in names:
+    renamed = summary._clean_tag(name) != name
+    try:
+      check_tag(name)
+      refused = False
+    except ValueError as e:
+      refused = True
+      assert repr(name) in str(e)
+    assert refused == renamed, name
+  sim = np.eye(4) + 0.1
+  for key in spl.retrieval_metrics(sim):
+    check_tag(f"retrieval/t0/full/{key}")
+  for key in spl.batched_retrieval_metrics(np.eye(4), np.eye(4), 2):
+    check_tag(f"retrieval/t300/batch2/{key}")
+  w = MetricWriter(tmp_path / "m")
+  with pytest.raises(ValueError, match=r"^metric name 'retrieval/t=0/x': TensorBoard would rename it"):
+    w.write(1, {"retrieval/t=0/x": 1.0})
+  w.close()
+  assert not (tmp_path / "m").exists()
+
+
 def test_loop_resume_is_identical_to_uninterrupted(tmp_path):
   params, tx, step_fn = quadratic_problem()
   batch_fn = lambda step: jnp.float32(1.0 + 0.1 * (step % 3))

@@ -5,12 +5,14 @@
 
   *_features.npy   [L, D] float32 de-normalised features (dataset units, HumanML3D's 263-D vector), L = length
   *_joints.npy     [L, 22, 3] float32 joint positions in metres (Y up, HumanML3D skeleton order)
-  *.gif            stick-figure animation (viz.animate_motion), when `gif`
+  *.gif            stick-figure animation (viz.animate_motion, `animation_size` pixels square), when `gif`
   *.mp4            the same as MP4 when `mp4` and ffmpeg is on PATH (else skipped, and `notes` says so)
   *.bvh            BVH on the HumanML3D skeleton (data/bvh.py: shortest-arc IK, per-motion mean bone lengths,
                    centimetres by default), when `bvh`
 
-and `generated.json`: the config, one record per caption (text, length, files, BVH max position error) and timings.
+and `generated.json`: the config, the sampler used (DDIM steps and guidance scale: the generator's own unless the
+config sets them, and where each comes from), one record per caption (text, length, files, BVH max position
+error) and timings.
 Randomness: batch k draws its noise from `fold_in(PRNGKey(seed), k)`, so a run is reproducible for a given seed,
 batch size and caption order. The last batch is padded (repeating its last caption) to `batch_size` so every batch
 reuses one compiled sampler.
@@ -31,9 +33,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from easytune_jax import viz
-from easytune_jax.bundles.generator import Generator
+from easytune_jax.bundles.generator import Generator, resolve_sampler
 from easytune_jax.data import bvh
-from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +42,17 @@ class GenerateConfig:
   """Sampling and output options of :func:`generate_to_files`.
 
   Attributes:
-    guidance_scale: CFG weight w (1 = the conditional model alone); num_steps: DDIM steps.
-    seed: root seed of the noise; length: frames per motion (0: the generator's max_length; at 20 fps).
+    guidance_scale: CFG weight w (1 = the conditional model alone); num_steps: DDIM steps. None (the default):
+      the generator's own (`Generator.sampler_defaults`: what its workdir records; bundles/generator.py
+      `resolve_sampler`).
+    seed: root seed of the noise; length: frames per motion (0: the generator's own, its max_length; at 20 fps).
     batch_size: captions per sampler call.
     gif / mp4 / bvh: which files besides the .npy arrays; bvh_scale: BVH length unit per metre (100: cm).
+    animation_size: width and height of the GIF / MP4 in pixels (line widths scale with it).
   """
 
-  guidance_scale: float = GUIDANCE_SCALE
-  num_steps: int = NUM_STEPS
+  guidance_scale: Optional[float] = None
+  num_steps: Optional[int] = None
   seed: int = 0
   length: int = 0
   batch_size: int = 8
@@ -56,13 +60,33 @@ class GenerateConfig:
   mp4: bool = False
   bvh: bool = True
   bvh_scale: float = 100.0
+  animation_size: int = 480
 
   def __post_init__(self):
-    if self.num_steps < 1 or self.batch_size < 1 or self.length < 0 or self.bvh_scale <= 0:
-      raise ValueError(
-        f"GenerateConfig: expected num_steps >= 1, batch_size >= 1, length >= 0, bvh_scale > 0, "
-        f"found {self.num_steps}, {self.batch_size}, {self.length}, {self.bvh_scale}"
-      )
+    checks = (
+      ("num_steps", self.num_steps is None or self.num_steps >= 1, ">= 1 or none (the generator's own)"),
+      ("guidance_scale", self.guidance_scale is None or self.guidance_scale >= 0, ">= 0 or none (the generator's own)"),
+      ("batch_size", self.batch_size >= 1, ">= 1"),
+      ("length", self.length >= 0, ">= 0 (0: the generator's max_length)"),
+      ("bvh_scale", self.bvh_scale > 0, "> 0"),
+      (
+        "animation_size",
+        MIN_ANIMATION_SIZE <= self.animation_size <= MAX_ANIMATION_SIZE,
+        f"{MIN_ANIMATION_SIZE}..{MAX_ANIMATION_SIZE} pixels",
+      ),
+    )
+    for name, ok, expected in checks:
+      if not ok:
+        raise ValueError(f"GenerateConfig.{name}: expected {expected}, found {getattr(self, name)}")
+
+
+MIN_ANIMATION_SIZE, MAX_ANIMATION_SIZE = 64, 4096
+
+
+def animation_style(size: int) -> dict:
+  """`viz.animate_motion` keywords for a `size` x `size` pixel animation: the quickstart report's look (3.5 pt limbs
+  on 320-pixel panels at 100 dpi) scaled to `size`."""
+  return {"panel_size": size / 100, "dpi": 100, "linewidth": 3.5 * size / 320}
 
 
 def slug(text: str, max_chars: int = 40) -> str:
@@ -72,9 +96,35 @@ def slug(text: str, max_chars: int = 40) -> str:
 
 
 def read_text_file(path: str | os.PathLike) -> list[str]:
-  """Captions of a text file, one per non-empty line (surrounding whitespace stripped)."""
-  with open(path, encoding="utf-8") as f:
-    return [line.strip() for line in f if line.strip()]
+  """Captions of a text file, one per non-empty line (surrounding whitespace stripped). Raises ValueError naming
+  the file when it is not UTF-8 text, empty, or holds only blank lines."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(
+      f"{os.fspath(path)}: expected UTF-8 text (one caption per line), found byte {e.start} that is not"
+    ) from None
+  captions = [line.strip() for line in lines if line.strip()]
+  if not lines:
+    raise ValueError(f"{os.fspath(path)}: the file is empty; expected one caption per line")
+  if not captions:
+    raise ValueError(f"{os.fspath(path)}: all {len(lines)} lines are blank; expected one caption per line")
+  return captions
+
+
+def check_captions(texts: Sequence[str]) -> list[str]:
+  """`texts` as a list; ValueError naming the first empty or blank one (it would give an unconditional motion)."""
+  if isinstance(texts, str):
+    raise TypeError("texts: expected a sequence of captions, found a single str")
+  texts = list(texts)
+  if not texts:
+    raise ValueError("texts: expected at least one caption")
+  for i, t in enumerate(texts):
+    if not isinstance(t, str) or not t.strip():
+      kind = "an empty caption" if t == "" else f"a blank caption {t!r}" if isinstance(t, str) else repr(t)
+      raise ValueError(f"texts[{i}]: expected a caption, found {kind}")
+  return texts
 
 
 def generate_to_files(
@@ -91,26 +141,24 @@ def generate_to_files(
   Args:
     generator: a Generator bundle (trained workdir, converted official checkpoint, or fine-tuned).
     texts: N captions; out_dir: created if needed.
-    config: sampling / output options.
+    config: sampling / output options (its None num_steps / guidance_scale: the generator's own).
     params: denoiser params to sample with instead of `generator.params` (e.g. fine-tuned ones).
     lengths: frames per caption (an int or N ints); default `config.length`, or the generator's max_length.
     progress: show a tqdm bar over the captions.
 
   Returns:
-    The manifest written to `<out_dir>/generated.json`: {"config", "generator", "motions": [{"text", "length",
+    The manifest written to `<out_dir>/generated.json`: {"config", "sampler" (the DDIM steps and guidance scale
+    used and where each comes from: `SamplerChoice.to_dict`), "generator", "motions": [{"text", "length",
     "files", "bvh_max_error_m"}], "notes", "timing": {"sample_s" per batch (the first includes compilation),
     "write_s"}}.
   """
-  if isinstance(texts, str):
-    raise TypeError("texts: expected a sequence of captions, found a single str")
-  texts = list(texts)
-  if not texts:
-    raise ValueError("texts: expected at least one caption")
+  texts = check_captions(texts)
   n = len(texts)
   if lengths is None:
     lengths = config.length or generator.max_length
   lengths = np.broadcast_to(np.asarray(lengths, np.int64), (n,)).copy()
   generator.frame_mask(lengths)  # validates 1 <= length <= max_length, with the model's limit in the message
+  sampler = resolve_sampler(generator, config.num_steps, config.guidance_scale, name="generate")
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   notes = []
@@ -130,8 +178,8 @@ def generate_to_files(
       chunk + chunk[-1:] * pad,
       padded_len,
       jax.random.fold_in(key, k),
-      guidance_scale=config.guidance_scale,
-      num_steps=config.num_steps,
+      guidance_scale=sampler.guidance_scale,
+      num_steps=sampler.num_steps,
       params=params,
     )
     sample_s.append(time.perf_counter() - t0)
@@ -143,6 +191,7 @@ def generate_to_files(
   bar.close()
   manifest = {
     "config": dataclasses.asdict(config),
+    "sampler": sampler.to_dict(),
     "generator": type(generator).__name__,
     "fps": 20.0,
     "motions": records,
@@ -160,10 +209,11 @@ def _write_one(out_dir, index, text, length, feats, joints, config: GenerateConf
   np.save(stem + "_features.npy", feats[:length])
   np.save(stem + "_joints.npy", j)
   files = [stem + "_features.npy", stem + "_joints.npy"]
+  style = animation_style(config.animation_size)
   if config.gif:
-    files.append(viz.animate_motion(j, stem + ".gif", title=text[:60]))
+    files.append(viz.animate_motion(j, stem + ".gif", title=text[:60], **style))
   if mp4:
-    files.append(viz.animate_motion(j, stem + ".mp4", title=text[:60]))
+    files.append(viz.animate_motion(j, stem + ".mp4", title=text[:60], **style))
   err = None
   if config.bvh:
     out = bvh.joints_to_bvh(j, stem + ".bvh", scale=config.bvh_scale)

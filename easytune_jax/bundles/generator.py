@@ -10,6 +10,12 @@ what the fine-tuning builders take (WORKSPACE.md contracts):
   gen.encode_text(texts, lengths)     cond pytree through the FROZEN text encoder (gen.frozen["text"])
   gen.uncond(batch)                   the unconditional pytree of the same structure
   gen.latent_shape                    the per-example shape of x_t
+
+The sampler a generator was made for (DDIM steps, guidance scale) travels with it as `gen.sampler_defaults`
+(read from the workdir: `BaseConfig.sampler` of a trained one, MLD's 50 steps / w 7.5 for a converted official
+one, the `FinetuneConfig` of a fine-tuning run; None when the workdir records none). `resolve_sampler(gen,
+num_steps, guidance_scale)` is the one place that turns "the generator's own unless overridden" into numbers
+(launch/generate.py and launch/evaluate.py both use it).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from absl import logging
+
 from easytune_jax import viz
 from easytune_jax.core import sampling
 from easytune_jax.core import schedules
@@ -35,11 +43,82 @@ from easytune_jax.core.config import config_from_dict
 from easytune_jax.core.optim import create_train_state
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerDefaults:
+  """The sampler a generator was made for: DDIM steps, guidance scale w, and where they are recorded."""
+
+  num_steps: int
+  guidance_scale: float
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerChoice:
+  """The sampler settings a run uses (:func:`resolve_sampler`) and where each value comes from."""
+
+  num_steps: int
+  guidance_scale: float
+  num_steps_from: str
+  guidance_scale_from: str
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def describe(self) -> str:
+    if self.num_steps_from == self.guidance_scale_from:
+      return f"{self.num_steps} DDIM steps, guidance scale {self.guidance_scale:g} ({self.num_steps_from})"
+    return (
+      f"{self.num_steps} DDIM steps ({self.num_steps_from}), guidance scale {self.guidance_scale:g} "
+      f"({self.guidance_scale_from})"
+    )
+
+
+OVERRIDE_SOURCE = "set in the config"
+DEFAULT_SOURCE = "the default of core/sampling.py (NUM_STEPS / GUIDANCE_SCALE): the generator records no sampler"
+
+
+def recorded_sampler(saved: Any, num_steps: int, guidance_scale: float, source: str) -> Optional[SamplerDefaults]:
+  """SamplerDefaults(num_steps, guidance_scale, source) when the saved config dict `saved` (e.g. the JSON of a
+  BaseConfig.sampler or a FinetuneConfig) records both values, else None (an older workdir)."""
+  if isinstance(saved, dict) and "num_steps" in saved and "guidance_scale" in saved:
+    return SamplerDefaults(int(num_steps), float(guidance_scale), source)
+  return None
+
+
+def resolve_sampler(
+  gen: "Generator", num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, name: str = ""
+) -> SamplerChoice:
+  """The DDIM steps and guidance scale to sample `gen` with: `num_steps` / `guidance_scale` when given (not
+  None), else the generator's own (`gen.sampler_defaults`), else core/sampling.py's NUM_STEPS / GUIDANCE_SCALE
+  (a warning says so). Logs the choice (`name` labels the line)."""
+  own = gen.sampler_defaults
+  label = f"{name}: " if name else ""
+  if own is None:
+    own = SamplerDefaults(sampling.NUM_STEPS, sampling.GUIDANCE_SCALE, DEFAULT_SOURCE)
+    if num_steps is None or guidance_scale is None:
+      logging.warning(
+        "%sthe generator records no sampler settings (an older workdir?): using the default %d DDIM steps, "
+        "guidance scale %g where the config sets none",
+        label,
+        own.num_steps,
+        own.guidance_scale,
+      )
+  choice = SamplerChoice(
+    num_steps=own.num_steps if num_steps is None else int(num_steps),
+    guidance_scale=own.guidance_scale if guidance_scale is None else float(guidance_scale),
+    num_steps_from=own.source if num_steps is None else OVERRIDE_SOURCE,
+    guidance_scale_from=own.source if guidance_scale is None else OVERRIDE_SOURCE,
+  )
+  logging.info("%ssampler: %s", label, choice.describe())
+  return choice
+
+
 @dataclasses.dataclass(eq=False)
 class Generator:
   """Trained generator. `params`: trainable denoiser params; `frozen`: {"vae": VAE params or None (MDM),
   "text": text-encoder params}; `mean`, `std` [D]: dataset statistics; `latent_scale`: diffusion-space
-  latents are `z_vae * latent_scale` (MLD; 1.0 for MDM)."""
+  latents are `z_vae * latent_scale` (MLD; 1.0 for MDM); `sampler_defaults`: the sampler it was made for
+  (None: its workdir records none; see :func:`resolve_sampler`)."""
 
   config: gm.BaseConfig
   tokenizer: Tokenizer
@@ -49,6 +128,7 @@ class Generator:
   frozen: dict
   latent_scale: float = 1.0
   text_embeddings: Optional[TextEmbeddings] = None
+  sampler_defaults: Optional[SamplerDefaults] = None
 
   def __post_init__(self):
     self.modules = gm.build_modules(self.config)
@@ -163,8 +243,8 @@ class Generator:
     texts: Sequence[str],
     lengths: Sequence[int],
     rng: jax.Array,
-    guidance_scale: float = sampling.GUIDANCE_SCALE,
-    num_steps: int = sampling.NUM_STEPS,
+    guidance_scale: Optional[float] = None,
+    num_steps: Optional[int] = None,
     params: Any = None,
     normalized: bool = False,
   ) -> tuple[np.ndarray, np.ndarray]:
@@ -172,13 +252,19 @@ class Generator:
 
     Args:
       texts: B captions; lengths: B frame counts (<= max_length); rng: noise key.
-      guidance_scale: CFG weight w (1 = conditional model); num_steps: DDIM steps.
+      guidance_scale: CFG weight w (1 = conditional model); num_steps: DDIM steps. None: the generator's own
+        (`sampler_defaults`; core/sampling.py's NUM_STEPS / GUIDANCE_SCALE when it records none).
       params: denoiser params to use instead of `self.params` (e.g. fine-tuned ones).
       normalized: return dataset-normalised features instead of de-normalised ones.
     Returns:
       (features [B, L, D], joints [B, L, J, 3] in metres), numpy float32 with L = max_length and padded
       frames zero. Features are DE-NORMALISED (dataset units) unless `normalized`.
     """
+    own = self.sampler_defaults
+    if num_steps is None:
+      num_steps = own.num_steps if own is not None else sampling.NUM_STEPS
+    if guidance_scale is None:
+      guidance_scale = own.guidance_scale if own is not None else sampling.GUIDANCE_SCALE
     inputs, mask = self.text_inputs(texts)
     fm = self.frame_mask(lengths)
     if fm.shape[0] != inputs.shape[0]:
@@ -260,6 +346,12 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
     frozen={"vae": vae_params, "text": dparams["text"]},
     latent_scale=float(meta["latent_scale"]),
     text_embeddings=emb,
+    sampler_defaults=recorded_sampler(
+      meta["config"].get("sampler"),
+      config.sampler.num_steps,
+      config.sampler.guidance_scale,
+      f"{workdir} (BaseConfig.sampler, the setting it was trained for)",
+    ),
   )
 
 
@@ -269,12 +361,13 @@ def save_samples(
   lengths: Sequence[int],
   out_dir: str,
   rng: jax.Array,
-  guidance_scale: float = sampling.GUIDANCE_SCALE,
-  num_steps: int = sampling.NUM_STEPS,
+  guidance_scale: Optional[float] = None,
+  num_steps: Optional[int] = None,
   gif: bool = True,
 ) -> dict:
   """Generates one motion per text and writes `features.npy` (de-normalised [B, L, D]), `joints.npy`
-  ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `gif`, one stick-figure GIF per motion. Returns {"features", "joints", "files"}."""
+  ([B, L, J, 3], metres), `lengths.npy`, `captions.txt` and, when `gif`, one stick-figure GIF per motion; sampled
+  with `guidance_scale` / `num_steps` (None: the generator's own). Returns {"features", "joints", "files"}."""
   os.makedirs(out_dir, exist_ok=True)
   feats, joints = generator.generate(texts, lengths, rng, guidance_scale, num_steps)
   np.save(os.path.join(out_dir, "features.npy"), feats)

@@ -29,8 +29,9 @@ Text conditioning: the official denoiser takes a 768-d sentence embedding per ca
 Classifier-free guidance's unconditional input is, as in the official code, the embedding of the empty caption
 "": sentence-T5's encoding of "" when the encoder is given, else the `.npz`'s caption "" or `null_text`; it is
 stored as the frozen text params `{"params": {"null_text": [768]}}`. The VAE scale factor is 1
-(`vae_scale_factor` is unset in the official configs); the schedule and sampler are the config defaults,
-which are MLD's DDIM (1000 steps, scaled_linear 0.00085..0.012, epsilon, steps_offset 1, 50 steps, w 7.5).
+(`vae_scale_factor` is unset in the official configs); the schedule is the config default and the sampler
+MLD's DDIM (1000 steps, scaled_linear 0.00085..0.012, epsilon, steps_offset 1, 50 steps, w 7.5): the bundle's
+`sampler_defaults`, what generation and evaluation use unless told otherwise.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import numpy as np
 from flax import serialization
 
 from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
-from easytune_jax.bundles.generator import Generator, register_workdir_loader
+from easytune_jax.bundles.generator import Generator, SamplerDefaults, register_workdir_loader
 from easytune_jax.models import mld_convert
 from easytune_jax.models.mld_official import (
   OfficialDenoiserConfig,
@@ -61,6 +62,7 @@ from easytune_jax.models.mld_official import (
 from easytune_jax.models.t5_encoder import SentenceT5, load_sentence_t5
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
+from easytune_jax.core.sampling import SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
 from easytune_jax.core.config import config_from_dict, config_to_dict
 from easytune_jax.models import generator as gm
@@ -161,7 +163,14 @@ def official_base_config(
     vae=vae,
     text=TextEncoderConfig(kind="precomputed", embed_dim=text_dim, width=text_dim, num_layers=0, num_heads=heads),
     diffusion=DiffusionConfig(prediction_type="epsilon"),
+    sampler=SamplerConfig(),  # MLD's DDIM: 50 steps, w = 7.5 (the paper's; BaseConfig's default is the CPU one)
     cond_drop_prob=0.1,
+  )
+
+
+def _official_sampler(cfg: gm.BaseConfig, where: str) -> SamplerDefaults:
+  return SamplerDefaults(
+    cfg.sampler.num_steps, cfg.sampler.guidance_scale, f"{where}: the official MLD's sampler (the paper's)"
   )
 
 
@@ -293,6 +302,7 @@ def official_generator_from_checkpoint(
     vae_config=vcfg,
     denoiser_config=dcfg,
     text_model=text_model,
+    sampler_defaults=_official_sampler(cfg, f"{os.fspath(ckpt_path)}"),
   )
   gen.conversion_report = {"ignored": report["ignored"], "converted": report["converted"]}
   return gen
@@ -384,6 +394,8 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, se
   vcfg = config_from_dict(OfficialVAEConfig, meta["vae"], f"{marker}:vae")
   dcfg = config_from_dict(OfficialDenoiserConfig, meta["denoiser"], f"{marker}:denoiser")
   cfg = config_from_dict(gm.BaseConfig, meta["config"], f"{marker}:config")
+  if "sampler" not in meta["config"]:  # not recorded: MLD's own sampler, not BaseConfig's (CPU) default
+    cfg = dataclasses.replace(cfg, sampler=SamplerConfig())
   if text_embeddings is not None:
     path = text_embeddings.path if isinstance(text_embeddings, TextEmbeddings) else os.fspath(text_embeddings)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, text_embeddings=path))
@@ -418,6 +430,7 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, se
     vae_config=vcfg,
     denoiser_config=dcfg,
     text_model=text_model,
+    sampler_defaults=_official_sampler(cfg, str(workdir)),
   )
 
 

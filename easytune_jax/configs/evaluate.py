@@ -1,5 +1,7 @@
-"""Presets of launch/evaluate.py: `EvaluateConfig` (eval/evaluation.py). 'paper' = `EvaluateConfig()`, the default
-(the T2M protocol at the paper's sampler, NUM_STEPS / GUIDANCE_SCALE); 'tiny' samples with the CPU setting."""
+"""Presets of launch/evaluate.py: `EvaluateConfig` (eval/evaluation.py). 'default' = `EvaluateConfig()`, the default:
+the T2M protocol with each generator's own sampler (the DDIM steps and guidance scale its workdir records;
+bundles/generator.py `resolve_sampler`); 'paper' forces the paper's sampler (NUM_STEPS / GUIDANCE_SCALE) on every
+generator, 'tiny' the CPU setting (CPU_NUM_STEPS / CPU_GUIDANCE_SCALE)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,18 @@ from easytune_jax.core import sampling
 from easytune_jax.eval.evaluation import EvaluateConfig
 
 
+def paper() -> EvaluateConfig:
+  return dataclasses.replace(EvaluateConfig(), num_steps=sampling.NUM_STEPS, guidance_scale=sampling.GUIDANCE_SCALE)
+
+
 def tiny() -> EvaluateConfig:
   return dataclasses.replace(
     EvaluateConfig(), num_steps=sampling.CPU_NUM_STEPS, guidance_scale=sampling.CPU_GUIDANCE_SCALE
   )
 
 
-PRESETS = {"paper": EvaluateConfig, "tiny": tiny}
+PRESETS = {"default": EvaluateConfig, "paper": paper, "tiny": tiny}
 
 
-def get_config(name: str = "paper") -> EvaluateConfig:
+def get_config(name: str = "default") -> EvaluateConfig:
   return PRESETS[name]()

@@ -7,6 +7,7 @@ import json
 import logging as std_logging
 import os
 import pathlib
+import re
 import time
 from typing import Any, Mapping
 
@@ -27,6 +28,26 @@ def quiet_library_logs() -> None:
     logger.addFilter(_DropOrbaxInfo())
 
 
+# TensorBoard's rule for tag names (tensorboardX `summary._clean_tag`, TensorFlow's name scopes): any character
+# matching this pattern is replaced by '_' (and leading '/' are dropped), with an INFO line per tag and write.
+ILLEGAL_TAG_CHARACTERS = re.compile(r"[^-/\w\.]")
+
+
+def check_tag(name: str) -> str:
+  """`name` if TensorBoard keeps it as written, else ValueError naming the tag, the offending characters and the
+  characters allowed (so that metrics.jsonl, metrics.csv and TensorBoard show one name)."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"metric name {name!r}: expected a non-empty str")
+  bad = sorted(set(ILLEGAL_TAG_CHARACTERS.findall(name)))
+  if bad or name.startswith("/"):
+    found = f"characters {bad}" if bad else "a leading '/'"
+    raise ValueError(
+      f"metric name {name!r}: TensorBoard would rename it ({found}); expected letters, digits, '_', '-', '.' "
+      "and '/' (not leading), e.g. 'retrieval/t0/full/t2m/R1'"
+    )
+  return name
+
+
 class MetricWriter:
   """Scalar metrics to `<dir>/metrics.jsonl`, `<dir>/metrics.csv` (step,name,value) and a TensorBoard event
   file (`events.out.tfevents.*`, written by tensorboardX: no TensorFlow needed).
@@ -35,7 +56,9 @@ class MetricWriter:
   that was already finished, a run that fails early) leaves no empty event file or folder behind; tensorboardX
   is imported then too. metrics.jsonl and metrics.csv are flushed at every write (what a killed run leaves);
   tensorboardX writes its events from a background thread, flushed every few seconds and on `flush`/`close`.
-  TensorBoard tags are tensorboardX's cleaned names (characters other than letters, digits, `_-/.` become `_`).
+  Metric names are TensorBoard tags as written: a name TensorBoard would rename (a character other than letters,
+  digits, `_-/.`, or a leading '/') is refused with a ValueError naming it (:func:`check_tag`), before anything is
+  written.
 
   Args:
     directory: the output folder.
@@ -62,7 +85,7 @@ class MetricWriter:
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Appends one row per metric at `step`; values are anything `float(np.asarray(v))` accepts."""
-    scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    scalars = {check_tag(k): float(np.asarray(v)) for k, v in metrics.items()}
     if self._jsonl is None:
       self._open()
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")

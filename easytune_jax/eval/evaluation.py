@@ -52,7 +52,7 @@ from easytune_jax.data import batching
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
-from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS
+from easytune_jax.bundles.generator import Generator, resolve_sampler
 
 GenerateFn = Callable[..., np.ndarray]
 EMBEDDING_METRICS = (
@@ -73,7 +73,8 @@ class EvaluateConfig:
   Attributes:
     split: the dataset split evaluated; replications: independent passes (mean ± 1.96 std / sqrt(n));
     quick: few replications, no MultiModality; mm: run MultiModality; batch_size: generator batch size;
-    guidance_scale, num_steps: CFG weight w and DDIM steps of every generator; seed: evaluation seed.
+    guidance_scale, num_steps: CFG weight w and DDIM steps of every generator; None (the default): each
+      generator's own (`Generator.sampler_defaults`, bundles/generator.py `resolve_sampler`); seed: evaluation seed.
   """
 
   split: str = "test"
@@ -81,17 +82,24 @@ class EvaluateConfig:
   quick: bool = False
   mm: bool = True
   batch_size: int = 32
-  guidance_scale: float = GUIDANCE_SCALE
-  num_steps: int = NUM_STEPS
+  guidance_scale: Optional[float] = None
+  num_steps: Optional[int] = None
   seed: int = 0
 
   def __post_init__(self):
-    if self.replications < 1 or self.batch_size < 1 or self.num_steps < 1 or self.guidance_scale < 0:
-      raise ValueError(
-        f"EvaluateConfig: expected replications, batch_size, num_steps >= 1 and "
-        f"guidance_scale >= 0, found {self.replications}, {self.batch_size}, "
-        f"{self.num_steps}, {self.guidance_scale}"
-      )
+    checks = (
+      ("replications", self.replications >= 1, ">= 1"),
+      ("batch_size", self.batch_size >= 1, ">= 1"),
+      ("num_steps", self.num_steps is None or self.num_steps >= 1, ">= 1 or none (each generator's own)"),
+      (
+        "guidance_scale",
+        self.guidance_scale is None or self.guidance_scale >= 0,
+        ">= 0 or none (each generator's own)",
+      ),
+    )
+    for name, ok, expected in checks:
+      if not ok:
+        raise ValueError(f"EvaluateConfig.{name}: expected {expected}, found {getattr(self, name)}")
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -364,6 +372,51 @@ def evaluate(
   return results
 
 
+def generator_fn(gen: Generator, guidance_scale: float, num_steps: int) -> GenerateFn:
+  """A Generator bundle as the protocol's ``(captions, pos_tokens, lengths, rng) -> x_norm`` (dataset-normalised)."""
+
+  def generate(captions, pos_tokens, lengths, rng):
+    del pos_tokens
+    feats, _ = gen.generate(captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps, normalized=True)
+    return feats
+
+  return generate
+
+
+def evaluate_generator(
+  gen: Generator,
+  evaluator: Evaluator,
+  dataset: MotionDataset,
+  config: EvaluateConfig = EvaluateConfig(),
+  method: str = "generated",
+  progress: bool = False,
+  **kwargs,
+) -> dict:
+  """:func:`evaluate` of a Generator bundle with `config`'s protocol (what launch/evaluate.py runs per generator).
+
+  The sampler is `config.num_steps` / `config.guidance_scale` where set, else the generator's own
+  (bundles/generator.py `resolve_sampler`, logged); the values used and where they come from are recorded in
+  ``results["settings"]["sampler"]`` (eval.json) and in eval.md's counts. `kwargs` go to :func:`evaluate`.
+  """
+  sampler = resolve_sampler(gen, config.num_steps, config.guidance_scale, name=method)
+  res = evaluate(
+    generator_fn(gen, sampler.guidance_scale, sampler.num_steps),
+    evaluator,
+    dataset,
+    replications=config.replications,
+    batch_size=config.batch_size,
+    max_length=min(gen.max_length, evaluator.max_length),
+    mm=config.mm,
+    seed=config.seed,
+    quick=config.quick,
+    method=method,
+    progress=progress,
+    **kwargs,
+  )
+  res["settings"]["sampler"] = sampler.to_dict()
+  return res
+
+
 def _multimodality(
   generate_fn, evaluator, dataset, rng, key, num_samples, repeats, times, batch_size, max_length, unit_length
 ) -> float:
@@ -449,6 +502,9 @@ def format_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> 
       f"{c['diversity_times']}, MM {c['mm_num_samples']} x {c['mm_num_repeats']} "
       f"(pairs {c['mm_num_times']}); evaluator {r['settings']['evaluator']}"
     )
+    if r["settings"].get("sampler"):
+      sm = r["settings"]["sampler"]
+      notes.append(f"  - sampler: {sm['num_steps']} DDIM steps, guidance scale {sm['guidance_scale']:g}")
     notes += [f"  - warning: {w}" for w in r.get("warnings", [])]
   out += ["\n## Counts\n", "\n".join(notes) + "\n"]
   return "".join(out)

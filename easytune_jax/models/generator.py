@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from easytune_jax.core.optim import OptimConfig, make_optimizer
-from easytune_jax.core.sampling import SamplerConfig
+from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS, SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
 from easytune_jax.models.layers import reparameterize
 from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
@@ -64,7 +64,11 @@ class BaseConfig:
   # denoiser stayed at chance R-precision (its x0 estimate at high t was noise), a sample-predicting one reached
   # the VAE's own reconstruction R-precision (WORKSPACE "Base generator"). 'paper' keeps MLD's epsilon.
   diffusion: DiffusionConfig = dataclasses.field(default_factory=lambda: DiffusionConfig(prediction_type="sample"))
-  sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+  # The sampler the model is made for (generation and evaluation use it unless told otherwise): the CPU setting
+  # here (core/sampling.py CPU_NUM_STEPS / CPU_GUIDANCE_SCALE), MLD's 50 steps / w 7.5 in 'small' and 'paper'.
+  sampler: SamplerConfig = dataclasses.field(
+    default_factory=lambda: SamplerConfig(num_steps=CPU_NUM_STEPS, guidance_scale=CPU_GUIDANCE_SCALE)
+  )
   vae_optim: OptimConfig = dataclasses.field(
     default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=450)
   )
@@ -89,10 +93,10 @@ class BaseConfig:
 
 def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
   """Named configs: 'tiny' (CPU: widths 64, 1-layer VAE encoder/decoder, 3-layer skip denoiser, no dropout,
-  64-frame windows, sample prediction, ~1.5 min for both stages), 'small' (one GPU, minutes to an hour, sample
-  prediction), 'paper' (MLD sizes: latent [1, 256], 9 layers, 4 heads, ff 1024, dropout 0.1, skip, epsilon
-  prediction; MDM: width 512, 8 layers, sample prediction as in MDM). Step counts of 'paper' are round
-  numbers, not MLD's epoch schedule."""
+  64-frame windows, sample prediction, the CPU sampler, ~1.5 min for both stages), 'small' (one GPU, minutes to an
+  hour, sample prediction), 'paper' (MLD sizes: latent [1, 256], 9 layers, 4 heads, ff 1024, dropout 0.1, skip,
+  epsilon prediction; MDM: width 512, 8 layers, sample prediction as in MDM); 'small' and 'paper' sample with
+  MLD's 50 DDIM steps, w = 7.5. Step counts of 'paper' are round numbers, not MLD's epoch schedule."""
   if name == "tiny":
     return BaseConfig(model=model)
   if name == "small":
@@ -106,6 +110,7 @@ def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
       text=TextEncoderConfig(width=128, num_layers=2, ff_dim=512, dropout=0.1),
       vae_optim=OptimConfig(learning_rate=2e-4, warmup_steps=1000, decay_steps=49000),
       diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=99000),
+      sampler=SamplerConfig(),
       vae_steps=50_000,
       diffusion_steps=100_000,
       ema_decay=0.999,
@@ -124,6 +129,7 @@ def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
       text=TextEncoderConfig.paper(),
       vae_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
       diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
+      sampler=SamplerConfig(),
       vae_steps=300_000,
       diffusion_steps=300_000,
       ema_decay=0.9999,

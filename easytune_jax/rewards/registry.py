@@ -12,7 +12,9 @@ Each term is one of
   the :class:`RewardContext` (dataset statistics, joint count, the trained SPM).
 
 `build_reward(spec, context)` returns a :class:`WeightedReward`: call it for the weighted sum, or
-`term_values` for each term (unweighted) so that logs can show every term separately.
+`term_values` for each term (unweighted) so that logs can show every term separately. Terms are named as in the
+spec, except that a ``module:function`` term is named ``module.function`` (the name is a metric tag of the logs,
+e.g. ``heldout_reward_terms/mypkg.rewards.fn``, and TensorBoard tags take no ':').
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def build_reward(spec: str, context: RewardContext) -> WeightedReward:
       fn = REGISTRY[name](context)
     else:
       raise ValueError(f"reward term {name!r}: not registered (known: {sorted(REGISTRY)}) and not 'module:function'")
-    names.append(name)
+    names.append(name.replace(":", "."))  # a valid metric tag (core/metric_writer.check_tag)
     weights.append(weight)
     fns.append(fn)
   return WeightedReward(tuple(names), tuple(weights), tuple(fns))

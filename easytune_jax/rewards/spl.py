@@ -238,12 +238,13 @@ def retrieval_ranks(sim) -> tuple[np.ndarray, np.ndarray]:
 def retrieval_metrics(sim, ks=RECALL_KS) -> dict[str, float]:
   """Recall@k (in %) and median rank, both directions, on the full [N, N] similarity matrix.
 
-  Keys: 't2m/R@k', 't2m/MedR', 'm2t/R@k', 'm2t/MedR'.
+  Keys: 't2m/R<k>' (R@k: 't2m/R1', 't2m/R10'), 't2m/MedR', 'm2t/R<k>', 'm2t/MedR' (valid TensorBoard tags as
+  written: no '@').
   """
   out = {}
   for name, ranks in zip(("t2m", "m2t"), retrieval_ranks(sim)):
     for k in ks:
-      out[f"{name}/R@{k}"] = float(100.0 * np.mean(ranks <= k))
+      out[f"{name}/R{k}"] = float(100.0 * np.mean(ranks <= k))
     out[f"{name}/MedR"] = float(np.median(ranks))
   return out
 

@@ -37,7 +37,7 @@ from easytune_jax.core.compile_clock import CompileClock
 from easytune_jax.eval import evaluation
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, load_dataset
-from easytune_jax.bundles.generator import Generator, load_generator
+from easytune_jax.bundles.generator import Generator, load_generator, recorded_sampler
 from easytune_jax.bundles.task import MotionTask, reward_text_encoder
 from easytune_jax.data.features import joints_num_for_dim
 from easytune_jax.models import spm
@@ -430,7 +430,9 @@ def recorded_path(info: dict, name: str, workdir: str | os.PathLike) -> str:
 
 def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
   """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
-  checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them)."""
+  checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them). Its
+  `sampler_defaults` are the sampler it was fine-tuned with (`FinetuneConfig.num_steps` / `guidance_scale`; the
+  base generator's when the run records none)."""
   workdir = pathlib.Path(workdir)
   info = read_json(workdir / "finetune.json", "fine-tuning run info")
   gen = load_generator(recorded_path(info, "generator_workdir", workdir))
@@ -445,7 +447,13 @@ def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
     template = jax.eval_shape(lambda: create_train_state(gen.params, tx, use_ema=run.ema_decay > 0))
     params = ck.restore(template).params
   ck.close()
-  return dataclasses.replace(gen, params=params)
+  own = recorded_sampler(
+    info["run"].get("finetune"),
+    run.finetune.num_steps,
+    run.finetune.guidance_scale,
+    f"{workdir} (FinetuneConfig, the sampler it was fine-tuned with)",
+  )
+  return dataclasses.replace(gen, params=params, sampler_defaults=own or gen.sampler_defaults)
 
 
 def load_any_generator(workdir: str, which: str = "final") -> Generator:

@@ -651,7 +651,7 @@ def train_reward(
         f"retrieval/{k}/{m}": v
         for k, d in retrieval.items()
         for m, v in d.items()
-        if m.endswith(("R@1", "R@3", "MedR"))
+        if m.endswith(("/R1", "/R3", "/MedR"))
       },
     )
   writer.close()
@@ -742,15 +742,16 @@ def evaluate_retrieval(
 ) -> dict[str, dict[str, float]]:
   """Text<->motion retrieval of the SPM on `dataset`, clean (t=0) and with motion noised at each t.
 
-  Returns {'t=<t>/full': metrics, 't=<t>/batch<batch_size>': metrics (only when N >= batch_size)} with the keys of
-  :func:`easytune_jax.spl.retrieval_metrics` (R@k in %, MedR).
+  Returns {'t<t>/full': metrics, 't<t>/batch<batch_size>': metrics (only when N >= batch_size)} with the keys of
+  :func:`easytune_jax.spl.retrieval_metrics` (R<k> = R@k in %, MedR); e.g. 't0/full' -> 't2m/R1', logged as the
+  metric 'retrieval/t0/full/t2m/R1' (no character TensorBoard renames).
   """
   lat = encode_dataset(params, config, dataset, tokenizer, timesteps, batch_size, seed, text_embeddings)
   out = {}
   for t, (text, motion) in lat.items():
-    out[f"t={t}/full"] = spl_lib.retrieval_metrics(spl_lib.cosine_similarity_matrix(text, motion))
+    out[f"t{t}/full"] = spl_lib.retrieval_metrics(spl_lib.cosine_similarity_matrix(text, motion))
     if text.shape[0] >= batch_size:
-      out[f"t={t}/batch{batch_size}"] = spl_lib.batched_retrieval_metrics(text, motion, batch_size)
+      out[f"t{t}/batch{batch_size}"] = spl_lib.batched_retrieval_metrics(text, motion, batch_size)
     else:
       logging.warning("evaluate_retrieval: %d pairs < batch_size=%d: batch protocol skipped", text.shape[0], batch_size)
   return out
