@@ -220,7 +220,7 @@ def stage_evaluate(
 
 
 # Bumped when the media change (curves, animation size): media recorded by an older version are redone.
-MEDIA_VERSION = 2
+MEDIA_VERSION = 4
 
 
 def reward_curves(root: pathlib.Path, methods) -> tuple[dict, dict]:
@@ -265,7 +265,7 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
     compile_s = {m: _compile_seconds(root / f"finetune_{m}") for m in by_time}
     spent = ", ".join(f"{m} {s:.0f} s" for m, s in compile_s.items() if s is not None)
     panels.append(
-      (by_time, f"fine-tuning seconds, wall clock; not counted: held-out evaluations and compilation ({spent})")
+      (by_time, f"fine-tuning seconds, wall clock, without held-out evaluations\nand compilation ({spent})")
     )
   out = {
     "curves": viz.plot_curve_panels(
