@@ -12,6 +12,7 @@ import dataclasses
 import pathlib
 import sys
 
+from easytune_jax.core import rerun
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation
 from easytune_jax.bundles.evaluator import load_trained_evaluator
@@ -40,7 +41,8 @@ def main(qs_dir: str, out: str, *weights: str):
         mm_num_samples=min(20, len(test)), mm_num_repeats=5, mm_num_times=3,
         max_length=min(gen.max_length, evaluator.max_length), seed=cfg.seed, method=name,
         reward_fn=qs.reward_fn_for(cfg, task, gen), progress=True))
-  print(evaluation.write_results(results, str(out / "eval")))
+  # the quickstart's evaluator and data named relative to its workdir (no machine path in the docs)
+  print(evaluation.write_results(rerun.relative_strings(results, root), str(out / "eval")))
 
 
 if __name__ == "__main__":
