@@ -9,6 +9,7 @@
   by train_loop (skip policy) / NonFiniteError (stop policy), and every checkpoint stays finite.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -237,6 +238,17 @@ def _metric_tag(name):
       assert not (tmp / "metrics").exists(), "a refused metric name left files behind"
 
   return run
+
+
+def _moved_run_without_its_base(tmp):
+  """A fine-tuning run folder whose recorded base generator is neither beside it nor at its absolute path."""
+  from easytune_jax.train import finetune_runner
+
+  run = tmp / "moved" / "finetune_easytune"
+  run.mkdir(parents=True)
+  info = {"run": {}, "generator_workdir": "../base", "generator_workdir_absolute": str(tmp / "old" / "base")}
+  (run / "finetune.json").write_text(json.dumps(info))
+  return finetune_runner.load_finetuned_generator(str(run))
 
 
 def _fake_mesh(data, fsdp):
@@ -872,6 +884,17 @@ CASES = [
     ],
   ),
   ("metric_tag_leading_slash", _metric_tag("/loss"), ValueError, [r"^metric name '/loss': .*\(a leading '/'\)"]),
+  # a moved fine-tuning run whose base generator did not move with it (issue 37)
+  (
+    "finetune_run_base_missing",
+    _moved_run_without_its_base,
+    FileNotFoundError,
+    [
+      r"moved/finetune_easytune/finetune\.json: field 'generator_workdir': the recorded folder is missing",
+      r"moved/base', '.*old/base'\]",
+      "beside the run",
+    ],
+  ),
 ]
 
 

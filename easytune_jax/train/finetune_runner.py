@@ -416,7 +416,7 @@ def _recorded_path(name: str, path: Optional[str], workdir: pathlib.Path) -> dic
 def recorded_path(info: dict, name: str, workdir: str | os.PathLike) -> str:
   """The folder a run's finetune.json records under `name`: relative to the run folder if it exists there,
   else the recorded absolute path (runs written before relative paths were recorded hold only that)."""
-  candidates = [pathlib.Path(workdir) / info[name]] if info.get(name) else []
+  candidates = [pathlib.Path(os.path.normpath(pathlib.Path(workdir) / info[name]))] if info.get(name) else []
   candidates += [pathlib.Path(info[f"{name}_absolute"])] if info.get(f"{name}_absolute") else []
   for c in candidates:
     if c.exists():
