@@ -78,6 +78,7 @@ SLOW_MODULES = {
   "test_notebooks",
   "test_parallel",
   "test_parallel_methods",
+  "test_parallel_random",
   "test_scan_layers",
   "test_spm_train",
   "test_train_evaluator",

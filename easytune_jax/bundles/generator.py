@@ -149,9 +149,13 @@ class Generator:
       return (self.config.vae.latent_size, self.config.vae.latent_dim)
     return (self.max_length, self.config.vae.nfeats)
 
-  def denoise(self, params, x_t: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
-    """Pure denoiser: x_t [B, *latent_shape], t int32 [B], cond -> prediction (schedule.prediction_type)."""
-    return self.modules.denoiser.apply(params, x_t, t, cond)
+  def denoise(self, params, x_t: jax.Array, t: jax.Array, cond: dict, rng: Optional[jax.Array] = None) -> jax.Array:
+    """Pure denoiser: x_t [B, *latent_shape], t int32 [B], cond -> prediction (schedule.prediction_type).
+    `rng` None: deterministic (eval mode); a key: training mode, dropout masks drawn from it (the official
+    fine-tuning keeps the denoiser in train mode; `FinetuneConfig.denoiser_dropout`)."""
+    if rng is None:
+      return self.modules.denoiser.apply(params, x_t, t, cond)
+    return self.modules.denoiser.apply(params, x_t, t, cond, False, rngs={"dropout": rng})
 
   def decode(self, vae_params, z: jax.Array, mask: jax.Array) -> jax.Array:
     """Diffusion-space sample -> normalised features [B, L, D] with padded frames exactly 0; mask [B, L]."""

@@ -35,8 +35,11 @@ class MotionTask:
     reward_text: captions -> (text_emb float32 [B, Lt, E], text_emb_mask bool [B, Lt]) for rewards that read
       text embeddings (the official SPM: sentence-T5-large token embeddings); see `reward_text_encoder`.
     reward_needs_rng: the reward is stochastic (the official SPM scores sampled latents with dropout on): `inputs`
-      then needs a key, carried to the reward as `cond['reward']['reward_rng']` (one draw per batch: every
-      step of a trajectory scores with the same noise, where the official code draws anew per call).
+      then needs a key, carried to the reward as `cond['reward']['reward_rng']` (the same key data in every row,
+      [B, 2] uint32, so that it is split over a mesh with the batch; the reward reads row 0). That is the
+      'per_batch' reward noise (every scored step of a trajectory draws the same noise); with
+      `FinetuneConfig.reward_noise='per_step'` the builders pass `rng=` per scored step, which replaces it
+      (the official reward draws anew per call).
   """
 
   gen: Generator
@@ -45,22 +48,29 @@ class MotionTask:
   reward_text: Optional[Callable[[list], tuple]] = None
   reward_needs_rng: bool = False
 
-  def denoise(self, params, x_t, t, cond):
-    return self.gen.denoise(params, x_t, t, cond["gen"])
+  def denoise(self, params, x_t, t, cond, rng=None):
+    """`rng`: the denoiser's dropout key (None: deterministic)."""
+    return self.gen.denoise(params, x_t, t, cond["gen"], rng=rng)
 
   def decode(self, z, cond):
     return self.gen.decode(self.gen.frozen["vae"], z, cond["mask"])
 
-  def reward(self, x, cond, t=None):
-    return self.reward_fn(x, self._reward_cond(cond), t)
+  def reward(self, x, cond, t=None, rng=None):
+    """`rng`: a key for this call's reward noise (per-step reward noise), replacing the per-batch key in
+    `cond`; ignored by a deterministic reward."""
+    return self.reward_fn(x, self._reward_cond(cond, rng), t)
 
-  def reward_terms(self, x, cond, t=None) -> dict:
+  def reward_terms(self, x, cond, t=None, rng=None) -> dict:
     """{term name: unweighted reward [B]} of `reward_fn`'s terms."""
-    return self.reward_fn.term_values(x, self._reward_cond(cond), t)
+    return self.reward_fn.term_values(x, self._reward_cond(cond, rng), t)
 
-  @staticmethod
-  def _reward_cond(cond):
-    return {**cond["reward"], "mask": cond["mask"]}
+  def _reward_cond(self, cond, rng=None):
+    out = {**cond["reward"], "mask": cond["mask"]}
+    if rng is not None and self.reward_needs_rng:
+      out["reward_rng"] = rng
+    elif out.get("reward_rng") is not None and jnp.ndim(out["reward_rng"]) == 2:
+      out["reward_rng"] = out["reward_rng"][0]  # the per-batch key, carried per row (see `reward_needs_rng`)
+    return out
 
   def inputs(
     self, captions: Sequence[str], lengths: Sequence[int], rng: Optional[jax.Array] = None
@@ -79,7 +89,8 @@ class MotionTask:
     if self.reward_needs_rng:
       if rng is None:
         raise ValueError("MotionTask.inputs: the reward is stochastic (official SPM scoring): pass rng=")
-      reward_cond["reward_rng"] = jax.random.key_data(rng)
+      data = jax.random.key_data(rng)
+      reward_cond["reward_rng"] = jnp.broadcast_to(data, (len(lengths),) + data.shape)
     cond = {"gen": gen_cond, "reward": reward_cond, "mask": mask}
     uncond = {"gen": self.gen.uncond(gen_cond), "reward": reward_cond, "mask": mask}
     return cond, uncond

@@ -71,18 +71,22 @@ def guided_denoise(
   cond: Any,
   uncond: Any,
   guidance_scale: float | jax.Array,
+  rng: Optional[jax.Array] = None,
 ) -> jax.Array:
   """Classifier-free guidance: out_u + w (out_c - out_u), both branches in ONE batched call.
 
   Args:
     x_t: [B, ...]; t: int32 [B] or scalar; cond/uncond: pytrees with leading dim B.
     guidance_scale: w. With `uncond=None` the conditional output is returned (no guidance).
+    rng: None calls `denoise(params, x, t, cond)` (deterministic); a key calls it with `rng=rng` (the
+      denoiser's dropout on, masks drawn over the batched [2B, ...] call, as the official one-call CFG).
   """
+  kw = {} if rng is None else {"rng": rng}
   if uncond is None:
-    return denoise(params, x_t, jnp.broadcast_to(t, x_t.shape[:1]), cond)
+    return denoise(params, x_t, jnp.broadcast_to(t, x_t.shape[:1]), cond, **kw)
   b = x_t.shape[0]
   t = jnp.broadcast_to(t, (b,))
-  out = denoise(params, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), _concat(uncond, cond))
+  out = denoise(params, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), _concat(uncond, cond), **kw)
   out_u, out_c = out[:b], out[b:]
   return out_u + guidance_scale * (out_c - out_u)
 

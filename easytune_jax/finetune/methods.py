@@ -103,8 +103,44 @@ REWARD_INPUTS = ("x0_hat", "x_prev")
 REWARD_TIMESTEPS = (None, "t")
 REGULARIZERS = ("none", "diffusion", "kl")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+REWARD_NOISE = ("per_batch", "per_step")
+
+# Key streams folded into a trajectory's key (`fold_in(rng, stream)`), then per step (`fold_in(., i)`). Distinct
+# large constants, so that they never meet the small fold_in indices callers use on the same key (x_T, cond).
+DROPOUT_STREAM = 0x64726F70  # "drop"
+REWARD_STREAM = 0x72657764  # "rewd"
 
 sg = jax.lax.stop_gradient
+
+
+def dropout_key(rng: jax.Array, step) -> jax.Array:
+  """The denoiser's dropout key of step `step` (0..T-1) of the trajectory with key `rng`:
+  fold_in(fold_in(rng, DROPOUT_STREAM), step). Every call of the denoiser at that step (the no-gradient
+  sampler, the gradient step, the KL base output) uses it, so they see the same masks."""
+  return jax.random.fold_in(jax.random.fold_in(rng, DROPOUT_STREAM), step)
+
+
+def reward_key(rng: jax.Array, step) -> jax.Array:
+  """The reward's key when it scores step `step`'s output ('per_step' reward noise; a final sample x_0
+  is step T-1's output): fold_in(fold_in(rng, REWARD_STREAM), step)."""
+  return jax.random.fold_in(jax.random.fold_in(rng, REWARD_STREAM), step)
+
+
+class _Keys(NamedTuple):
+  """A trajectory's keys: noise (DDIM eta > 0), dropout (denoiser dropout), reward (per-step reward noise);
+  each None when that part is deterministic / off. Per-step keys are folded in by the step index."""
+
+  noise: Optional[jax.Array] = None
+  dropout: Optional[jax.Array] = None
+  reward: Optional[jax.Array] = None
+
+
+def _trajectory_keys(config: "FinetuneConfig", rng: jax.Array, noise_rng: Optional[jax.Array]) -> _Keys:
+  return _Keys(
+    noise_rng if config.eta > 0 else None,
+    rng if config.denoiser_dropout else None,
+    rng if config.reward_noise == "per_step" else None,
+  )
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -132,6 +168,16 @@ class FinetuneConfig:
      at the apply boundary, outputs cast back to float32); params, gradients, optimizer state and the DDIM
      arithmetic stay float32. Weights the decoder / reward close over are not arguments of the update: cast
      them with `cast_floating` to run those networks in bfloat16 too.
+  denoiser_dropout: run the denoiser in training mode (dropout on) at every step, the no-gradient ones
+     included, as the official fine-tuning does (`denoiser.train()`): the denoiser is then called with a
+     keyword `rng` (it must accept one: `denoise(params, x_t, t, cond, rng=key)`), the key of step i being
+     `dropout_key(rng, i)` of the trajectory's key (the update's `rng`; a trajectory loss's own `rng`).
+     False (default): `denoise(params, x_t, t, cond)`, deterministic, as before this option existed.
+  reward_noise: how a stochastic reward gets its noise. 'per_batch' (default): the reward is called
+     `reward(x, cond, t)` and draws from whatever key its `cond` carries (the harness's key per batch, shared
+     by every scored step of the trajectory). 'per_step': `reward(x, cond, t, rng=reward_key(rng, i))` when
+     it scores step i's output (a fresh draw per scored step, as the official reward draws per call); the
+     reward must accept `rng` (a deterministic one may ignore it).
   """
 
   method: str = "easytune"
@@ -153,6 +199,8 @@ class FinetuneConfig:
   reg_weight: float = 0.0
   grad_chunk: int = 1
   compute_dtype: str = "float32"
+  denoiser_dropout: bool = False
+  reward_noise: str = "per_batch"
   optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=1000)
 
   def __post_init__(self):
@@ -195,6 +243,8 @@ class FinetuneConfig:
       )
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"{name}.compute_dtype: expected one of {COMPUTE_DTYPES}, found {self.compute_dtype!r}")
+    if self.reward_noise not in REWARD_NOISE:
+      raise ValueError(f"{name}.reward_noise: expected one of {REWARD_NOISE}, found {self.reward_noise!r}")
     if self.policy.check is not None:
       self.policy.check(self)
     sampling.SamplerConfig(
@@ -291,9 +341,13 @@ class _Ctx:
   def T(self) -> int:
     return int(self.timesteps.t.shape[0])
 
-  def out(self, params, x_in, i, cond, uncond):
-    """Guided denoiser output at step i for input x_in [B, ...]."""
-    return sampling.guided_denoise(self.denoise, params, x_in, self.timesteps.t[i], cond, uncond, self.guidance_scale)
+  def out(self, params, x_in, i, cond, uncond, dropout_rng=None):
+    """Guided denoiser output at step i for input x_in [B, ...]; with the trajectory's `dropout_rng`, the
+    denoiser's dropout is on with the step's key `dropout_key(dropout_rng, i)`."""
+    key = None if dropout_rng is None else dropout_key(dropout_rng, i)
+    return sampling.guided_denoise(
+      self.denoise, params, x_in, self.timesteps.t[i], cond, uncond, self.guidance_scale, rng=key
+    )
 
   def ddim(self, out, x_t, i, rng):
     """DDIM update of x_t with a given model output -> (x_prev, x0_hat)."""
@@ -306,32 +360,36 @@ class _Ctx:
       self.schedule, out, x_t, self.timesteps.t[i], self.timesteps.prev_t[i], eta=self.eta, noise=noise
     )
 
-  def _call_reward(self, x, cond, t):
+  def _call_reward(self, x, cond, t, i, reward_rng):
     if self.decode is not None:
       x = self.decode(x, cond)
     tt = None if self.reward_timestep is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32), x.shape[:1])
-    r = self.reward(x, cond, tt)
+    if reward_rng is None:
+      r = self.reward(x, cond, tt)
+    else:
+      r = self.reward(x, cond, tt, rng=reward_key(reward_rng, i))
     if r.shape != x.shape[:1]:
       raise ValueError(f"finetune: reward must return shape [B]={x.shape[:1]}, found {r.shape}")
     return r
 
-  def score_step(self, x0_hat, x_prev, i, cond):
-    """Reward [B] of step i's output: x0_hat (timestep t_i) or x_prev (timestep max(prev_t_i, 0))."""
+  def score_step(self, x0_hat, x_prev, i, cond, reward_rng=None):
+    """Reward [B] of step i's output: x0_hat (timestep t_i) or x_prev (timestep max(prev_t_i, 0)); with the
+    trajectory's `reward_rng`, the reward draws with `reward_key(reward_rng, i)`."""
     if self.reward_input == "x0_hat":
-      return self._call_reward(x0_hat, cond, self.timesteps.t[i])
-    return self._call_reward(x_prev, cond, jnp.maximum(self.timesteps.prev_t[i], 0))
+      return self._call_reward(x0_hat, cond, self.timesteps.t[i], i, reward_rng)
+    return self._call_reward(x_prev, cond, jnp.maximum(self.timesteps.prev_t[i], 0), i, reward_rng)
 
-  def score_final(self, x0, cond):
-    """Reward [B] of a final sample x_0 (timestep 0)."""
-    return self._call_reward(x0, cond, 0)
+  def score_final(self, x0, cond, reward_rng=None):
+    """Reward [B] of a final sample x_0 (timestep 0; step T-1's output for the reward key)."""
+    return self._call_reward(x0, cond, 0, self.T - 1, reward_rng)
 
-  def kl(self, out, base_params, x_in, i, cond, uncond):
+  def kl(self, out, base_params, x_in, i, cond, uncond, dropout_rng=None):
     """mean((out - out_base)^2) at the visited input; 0 when no KL regulariser is asked for."""
     if self.kl_weight == 0:
       return jnp.zeros((), out.dtype)
     if base_params is None:
       raise ValueError("finetune: regularizer='kl' needs `base_params` (the frozen base model's params)")
-    base = sg(self.out(base_params, sg(x_in), i, cond, uncond))
+    base = sg(self.out(base_params, sg(x_in), i, cond, uncond, dropout_rng))
     return jnp.mean(jnp.square(out - base))
 
   def objective(self, reward, kl):
@@ -366,11 +424,11 @@ def with_compute_dtype(
     return denoise, reward, decode
   dt = jnp.dtype(compute_dtype)
 
-  def denoise_c(params, x_t, t, cond):
-    return denoise(cast_floating(params, dt), x_t.astype(dt), t, cast_floating(cond, dt)).astype(x_t.dtype)
+  def denoise_c(params, x_t, t, cond, **kw):  # kw: the optional dropout `rng`
+    return denoise(cast_floating(params, dt), x_t.astype(dt), t, cast_floating(cond, dt), **kw).astype(x_t.dtype)
 
-  def reward_c(x, cond, t):
-    return reward(x.astype(dt), cast_floating(cond, dt), t).astype(jnp.float32)
+  def reward_c(x, cond, t, **kw):  # kw: the optional per-step reward `rng`
+    return reward(x.astype(dt), cast_floating(cond, dt), t, **kw).astype(jnp.float32)
 
   decode_c = None
   if decode is not None:
@@ -400,13 +458,19 @@ def _ctx(config: FinetuneConfig, denoise, reward, schedule, decode) -> _Ctx:
 
 # --------------------------------------------------------------------------------------------- regulariser A
 def diffusion_loss(
-  denoise: Denoiser, schedule: schedules.Schedule, params: Any, data_batch: Mapping[str, Any], rng: jax.Array
+  denoise: Denoiser,
+  schedule: schedules.Schedule,
+  params: Any,
+  data_batch: Mapping[str, Any],
+  rng: jax.Array,
+  dropout: bool = False,
 ) -> jax.Array:
   """Standard denoising loss on data: mean over (masked) elements of (denoise(x_t, t) - target)^2.
 
   data_batch: {'x0': [B, ...] clean data (latents or motion), 'cond': pytree [B, ...],
   optional 'mask': bool/float [B, L] (positions beyond a sequence's length do not count)}.
-  t ~ U{0..N-1}, noise ~ N(0, I); the target follows the schedule's prediction_type.
+  t ~ U{0..N-1}, noise ~ N(0, I); the target follows the schedule's prediction_type. `dropout`: the denoiser
+  runs with dropout on, key fold_in(rng, DROPOUT_STREAM) (t and noise are drawn as without it).
   """
   for key in ("x0", "cond"):
     if key not in data_batch:
@@ -416,7 +480,9 @@ def diffusion_loss(
   t = schedules.sample_train_timesteps(k_t, x0.shape[0], schedule)
   noise = jax.random.normal(k_n, x0.shape, x0.dtype)
   x_t = schedules.add_noise(schedule, x0, noise, t)
-  err = jnp.square(denoise(params, x_t, t, data_batch["cond"]) - schedules.training_target(schedule, x0, noise, t))
+  kw = {"rng": jax.random.fold_in(rng, DROPOUT_STREAM)} if dropout else {}
+  pred = denoise(params, x_t, t, data_batch["cond"], **kw)
+  err = jnp.square(pred - schedules.training_target(schedule, x0, noise, t))
   mask = data_batch.get("mask")
   if mask is None:
     return jnp.mean(err)
@@ -583,7 +649,17 @@ METHODS: dict[str, StepPolicy] = {
 
 # --------------------------------------------------------------------------------------------- executor
 def _run_span(
-  ctx: _Ctx, policy: StepPolicy, params, x, choice: Choice, length: int, remat: bool, rng, cond, uncond, base_params
+  ctx: _Ctx,
+  policy: StepPolicy,
+  params,
+  x,
+  choice: Choice,
+  length: int,
+  remat: bool,
+  keys: _Keys,
+  cond,
+  uncond,
+  base_params,
 ):
   """Runs the differentiated span: steps choice.start .. start+length-1 from x (held constant).
 
@@ -600,11 +676,11 @@ def _run_span(
     x_in = sg(x) if policy.sg_every_input else x
 
     def with_grad(x_in):
-      out = ctx.out(params, x_in, i, cond, uncond)
-      return out, ctx.kl(out, base_params, x_in, i, cond, uncond)
+      out = ctx.out(params, x_in, i, cond, uncond, keys.dropout)
+      return out, ctx.kl(out, base_params, x_in, i, cond, uncond, keys.dropout)
 
     def without(x_in):
-      out = sg(ctx.out(p0, sg(x_in), i, cond, uncond))
+      out = sg(ctx.out(p0, sg(x_in), i, cond, uncond, keys.dropout))
       return out, jnp.zeros((), out.dtype)
 
     if policy.masked:
@@ -612,7 +688,7 @@ def _run_span(
       g = choice.grad_mask[i]
     else:
       (out, kl), g = with_grad(x_in), jnp.asarray(True)
-    x_prev, x0_hat = ctx.ddim(out, x, i, rng)
+    x_prev, x0_hat = ctx.ddim(out, x, i, keys.noise)
     return x_prev, x0_hat, kl, g
 
   if length == 1:  # one step (EasyTune's per-step loss, ReFL): no scan
@@ -639,22 +715,26 @@ def _run_span(
     (x_end, x0_at, xp_at, kl_sum, n), _ = jax.lax.scan(body, init, jnp.arange(length))
     kl = kl_sum / jnp.maximum(n, 1).astype(kl_sum.dtype)
   if track:
-    r = ctx.score_step(x0_at, xp_at, choice.loss_index, cond)
+    r = ctx.score_step(x0_at, xp_at, choice.loss_index, cond, keys.reward)
     scored = x0_at if ctx.reward_input == "x0_hat" else xp_at
   else:
-    r, scored = ctx.score_final(x_end, cond), x_end
+    r, scored = ctx.score_final(x_end, cond, keys.reward), x_end
   aux = TrajectoryAux(
     sg(scored), sg(r), sg(kl), choice.grad_mask, jnp.asarray(choice.loss_index, jnp.int32), choice.offset
   )
   return ctx.objective(r, kl), (aux, sg(x_end), sg(x0_at))
 
 
-def _nograd_prefix(ctx: _Ctx, params, x_T, start, cond, uncond, rng):
+def _nograd_prefix(ctx: _Ctx, params, x_T, start, cond, uncond, keys: _Keys):
   """x_{t_start} from x_T through steps 0..start-1 without gradient (start: int or int32 [])."""
   p0 = sg(params)
+  rng = keys.noise
+  step = lambda i, x: ctx.ddim(ctx.out(p0, x, i, cond, uncond, keys.dropout), x, i, rng)[0]
   if isinstance(start, int):
     if start == 0:
       return x_T
+    if keys.dropout is not None:  # the sampler below is deterministic; the same steps with dropout on
+      return jax.lax.scan(lambda x, i: (step(i, x), None), x_T, jnp.arange(start))[0]
     return sampling.sample(
       ctx.denoise,
       p0,
@@ -668,7 +748,7 @@ def _nograd_prefix(ctx: _Ctx, params, x_T, start, cond, uncond, rng):
       rng,
       stop_index=start,
     ).x0
-  return jax.lax.fori_loop(0, start, lambda i, x: ctx.ddim(ctx.out(p0, x, i, cond, uncond), x, i, rng)[0], x_T)
+  return jax.lax.fori_loop(0, start, step, x_T)
 
 
 # --------------------------------------------------------------------------------------------- one-step loss
@@ -688,14 +768,16 @@ def make_step_loss(
 ) -> Callable:
   """EasyTune's one-step loss (the executor's one-step span).
 
-  Returns `step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None)
-  -> (loss [], StepAux)` with x_t [B, ...] held constant (stop_gradient):
+  Returns `step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None, dropout_rng=None,
+  reward_rng=None) -> (loss [], StepAux)` with x_t [B, ...] held constant (stop_gradient):
 
     out = guided(params, x_t, t_i);  (x_prev, x0_hat) = DDIM(out, x_t, t_i -> t_{i+1})
     loss = -reward_scale * mean_b R(decode(x0_hat)[, t_i]) + kl_weight * mean((out - out_base)^2)
 
   `rng` gives the DDIM noise when eta > 0 (normal(fold_in(rng, step_index)), as `sampling.sample`);
-  `base_params` is needed when kl_weight > 0. Pure and jit-able; step_index may be traced.
+  `base_params` is needed when kl_weight > 0; `dropout_rng` / `reward_rng` (the trajectory's keys) turn on
+  the denoiser's dropout (`dropout_key(dropout_rng, i)`) / give the reward `rng=reward_key(reward_rng, i)`.
+  Pure and jit-able; step_index may be traced.
   """
   if reward_input not in REWARD_INPUTS:
     raise ValueError(f"make_step_loss.reward_input: expected one of {REWARD_INPUTS}, found {reward_input!r}")
@@ -718,11 +800,14 @@ def make_step_loss(
 
 
 def _step_loss_from_ctx(ctx: _Ctx, policy: StepPolicy) -> Callable:
-  def step_loss(params, x_t, step_index, cond, uncond=None, rng=None, base_params=None):
+  def step_loss(
+    params, x_t, step_index, cond, uncond=None, rng=None, base_params=None, dropout_rng=None, reward_rng=None
+  ):
     i = jnp.asarray(step_index, jnp.int32)
     choice = Choice(i, None, i, _zero())
+    keys = _Keys(rng, dropout_rng, reward_rng)
     loss, (aux, x_prev, x0_hat) = _run_span(
-      ctx, policy, params, sg(x_t), choice, 1, False, rng, cond, uncond, base_params
+      ctx, policy, params, sg(x_t), choice, 1, False, keys, cond, uncond, base_params
     )
     return loss, StepAux(x_prev, x0_hat, aux.reward, aux.kl)
 
@@ -781,18 +866,18 @@ def make_per_step_update(
   def update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None):
     _check_regularizer_inputs(config, data_batch, base_params)
     noise_rng, reg_rng = jax.random.split(rng)
-    noise_rng = noise_rng if config.eta > 0 else None
+    keys = _trajectory_keys(config, rng, noise_rng)
     theta_old = state.params
-    x = _nograd_prefix(ctx, theta_old, x_T, T - K, cond, uncond, noise_rng)
+    x = _nograd_prefix(ctx, theta_old, x_T, T - K, cond, uncond, keys)
 
     def value_and_grad(at, x_t, i):
       """((loss [], StepAux), grads) of step i's loss at params `at`, x_t [B, ...] held constant."""
 
       def loss_fn(p):
-        loss, aux = step_loss(p, x_t, i, cond, uncond, noise_rng, base_params)
+        loss, aux = step_loss(p, x_t, i, cond, uncond, keys.noise, base_params, keys.dropout, keys.reward)
         if use_data:
           loss = loss + config.reg_weight * diffusion_loss(
-            ctx.denoise, schedule, p, data_batch, jax.random.fold_in(reg_rng, i)
+            ctx.denoise, schedule, p, data_batch, jax.random.fold_in(reg_rng, i), config.denoiser_dropout
           )
         return loss, aux
 
@@ -814,7 +899,7 @@ def make_per_step_update(
       st, x_t = carry
 
       def nograd_step(x, i):
-        return ctx.ddim(ctx.out(theta_old, x, i, cond, uncond), x, i, noise_rng)[0], x
+        return ctx.ddim(ctx.out(theta_old, x, i, cond, uncond, keys.dropout), x, i, keys.noise)[0], x
 
       x_next, xs = jax.lax.scan(nograd_step, x_t, idx)  # xs [c, B, ...]: the steps' inputs
       (loss, aux), grads = jax.vmap(lambda x, i: value_and_grad(theta_old, x, i))(xs, idx)
@@ -862,7 +947,9 @@ def make_trajectory_loss(
 
   (noise_rng, choice_rng) = split(rng); choice = row.choose(choice_rng, config); steps 0..start-1 run
   without gradient (`sampling.sample` for a static start, a `fori_loop` for a random one; nothing stored);
-  the span of row.span(config) steps runs from the stopped x_{t_start} (`_run_span`).
+  the span of row.span(config) steps runs from the stopped x_{t_start} (`_run_span`). With
+  `denoiser_dropout` / reward_noise='per_step' the step keys are `dropout_key(rng, i)` / `reward_key(rng, i)`
+  of this `rng` (the update passes split(update rng)[0]).
   """
   policy = config.policy
   if policy.per_step_updates:
@@ -875,17 +962,15 @@ def make_trajectory_loss(
 
   def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
     noise_rng, choice_rng = jax.random.split(rng)
-    noise_rng = noise_rng if config.eta > 0 else None
+    keys = _trajectory_keys(config, rng, noise_rng)
     choice = policy.choose(choice_rng, config)
     if policy.scores == "final" and isinstance(choice.start, int) and choice.start + length != ctx.T:
       raise ValueError(
         f"StepPolicy({policy.label}): scores='final' needs the span to end at step T-1, "
         f"found start {choice.start} + span {length} != T={ctx.T}"
       )
-    x = sg(_nograd_prefix(ctx, params, x_T, choice.start, cond, uncond, noise_rng))
-    loss, (aux, _, _) = _run_span(
-      ctx, policy, params, x, choice, length, config.remat, noise_rng, cond, uncond, base_params
-    )
+    x = sg(_nograd_prefix(ctx, params, x_T, choice.start, cond, uncond, keys))
+    loss, (aux, _, _) = _run_span(ctx, policy, params, x, choice, length, config.remat, keys, cond, uncond, base_params)
     return loss, aux
 
   return loss_fn
@@ -915,7 +1000,9 @@ def make_trajectory_update(
     def total(p):
       loss, aux = loss_fn(p, x_T, cond, uncond, loss_rng, base_params)
       if use_data:
-        loss = loss + config.reg_weight * diffusion_loss(denoise, schedule, p, data_batch, reg_rng)
+        loss = loss + config.reg_weight * diffusion_loss(
+          denoise, schedule, p, data_batch, reg_rng, config.denoiser_dropout
+        )
       return loss, aux
 
     (loss, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)

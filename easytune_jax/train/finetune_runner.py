@@ -235,14 +235,11 @@ def run_finetune(
   update = finetune.make_update_fn(
     ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode, ema_decay=cfg.ema_decay, jit=mesh is None
   )
-  if mesh is not None and task.reward_needs_rng:
-    raise ValueError(
-      "run_finetune: a stochastic reward (official SPM scoring: sampled latents / dropout) is not "
-      "supported on a mesh; load the reward with reward_latent='mean', reward_dropout=False"
-    )
   if mesh is not None:
     # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
-    # the key and the base params (KL regulariser) replicated.
+    # the key and the base params (KL regulariser) replicated. The random parts (dropout masks, per-step
+    # reward keys from the replicated key; the per-batch reward key carried per row in cond) are drawn for
+    # the global shapes, so a mesh run draws the numbers of the one-device run.
     update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5), donate_state=True)
   base_params = task.gen.params if ft.regularizer == "kl" else None
   per_traj = ft.updates_per_trajectory
