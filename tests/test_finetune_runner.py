@@ -36,6 +36,10 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   work = tmp_path / "easytune"
   s1 = fr.run_finetune(_cfg("easytune", 2), str(work), p.generator, p.reward, p.data, progress=False)
   assert s1["trajectories"] == 2 and s1["updates"] == 8  # K = T = 4 updates per trajectory
+  # A run recorded before the randomness options existed resumes (they default to its behaviour).
+  info = json.loads((work / "finetune.json").read_text())
+  del info["run"]["finetune"]["denoiser_dropout"], info["run"]["finetune"]["reward_noise"]
+  (work / "finetune.json").write_text(json.dumps(info))
   s2 = fr.run_finetune(
     _cfg("easytune", 4), str(work), p.generator, p.reward, p.data, evaluator_workdir=p.evaluator, progress=False
   )

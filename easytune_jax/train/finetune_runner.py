@@ -217,7 +217,9 @@ def run_finetune(
   info_path = workdir / "finetune.json"
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
-    saved = read_json(info_path, "fine-tuning run info")["run"]
+    # Read through RunConfig, so a field added since the run was written takes its default (the behaviour the
+    # run had: new options default to the old behaviour).
+    saved = run_config_from_dict(read_json(info_path, "fine-tuning run info")["run"]).to_dict()
     # grad_chunk changes how the same updates are computed (batched or one by one), not the run.
     check_config_matches(
       saved,
