@@ -59,6 +59,7 @@ class ProfileConfig:
   repeats: int = 3
   parts: tuple = PARTS
   seed: int = 0
+  denoiser_dropout: bool = False  # the paper setting's training-mode denoiser (FinetuneConfig.denoiser_dropout)
 
   def __post_init__(self):
     if self.size not in official_memory.SIZES:
@@ -90,7 +91,12 @@ def cost(compiled) -> dict:
     ca = ca[0] if ca else {}
   ca = ca or {}
   get = lambda k: float(ca[k]) if k in ca else None
-  return {"flops": get("flops"), "transcendentals": get("transcendentals"), "bytes_accessed": get("bytes accessed")}
+  out = {"flops": get("flops"), "transcendentals": get("transcendentals"), "bytes_accessed": get("bytes accessed")}
+  mem = compiled.memory_analysis()
+  if mem is not None:  # XLA's compiled memory analysis: temporaries and arguments of the program
+    out["temp_bytes"] = int(mem.temp_size_in_bytes)
+    out["argument_bytes"] = int(mem.argument_size_in_bytes)
+  return out
 
 
 def _block(tree):
@@ -118,8 +124,11 @@ def measure(fn: Callable, args: tuple, repeats: int) -> dict:
   }
 
 
-def part_functions(task, num_steps: int, guidance_scale: float, x_T, cond, uncond) -> dict:
-  """{part name: (fn, args)} of one EasyTune per-step update of `task` at step index num_steps // 2."""
+def part_functions(
+  task, num_steps: int, guidance_scale: float, x_T, cond, uncond, denoiser_dropout: bool = False
+) -> dict:
+  """{part name: (fn, args)} of one EasyTune per-step update of `task` at step index num_steps // 2
+  (`denoiser_dropout`: the whole step with the denoiser in training mode, keyed as fine-tuning keys it)."""
   ft = finetune.FinetuneConfig(method="easytune", num_steps=num_steps, guidance_scale=guidance_scale)
   tx = make_optimizer(ft.optim)
   timesteps = sampling.make_timesteps(task.gen.schedule, ft.sampler_config())
@@ -150,7 +159,10 @@ def part_functions(task, num_steps: int, guidance_scale: float, x_T, cond, uncon
   optimizer = lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0))
 
   def step(st, xt):
-    (loss, aux), g = jax.value_and_grad(step_loss, has_aux=True)(st.params, xt, i, cond, uncond)
+    dropout_rng = jax.random.key(1) if denoiser_dropout else None
+    (loss, aux), g = jax.value_and_grad(step_loss, has_aux=True)(
+      st.params, xt, i, cond, uncond, dropout_rng=dropout_rng
+    )
     return apply_gradients(st, g, tx, loss)[0], aux.x_prev
 
   sampling_step = lambda p, xt: sampling.denoise_step(
@@ -177,7 +189,7 @@ def run_profile(config: ProfileConfig, out_dir: Optional[str] = None, work_dir: 
     mcfg = config.memory_config()
     task, info = official_memory.build_task(work_dir, mcfg)
     x_T, cond, uncond, _ = official_memory.task_inputs(task, mcfg)
-    fns = part_functions(task, config.num_steps, config.guidance_scale, x_T, cond, uncond)
+    fns = part_functions(task, config.num_steps, config.guidance_scale, x_T, cond, uncond, config.denoiser_dropout)
     result = {
       "machine": benchmark.machine_info(),
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
