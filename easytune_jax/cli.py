@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
@@ -68,6 +69,9 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list, list]:
   rest, overrides, i = [], [], 0
   while i < len(argv):
     arg = argv[i]
+    if arg == "--":  # the rest is not this launcher's (e.g. the command launch/multiprocess.py runs)
+      rest += argv[i:]
+      break
     if arg.startswith(CONFIG_PREFIX):
       body = arg[len(CONFIG_PREFIX) :]
       if "=" in body:
@@ -274,6 +278,22 @@ def _debugging() -> bool:
   return any(n in FLAGS and FLAGS[n].value for n in ("verbose", "pdb_post_mortem", "run_with_pdb"))
 
 
+def _exit_multiprocess(e: BaseException, aliases: Optional[Mapping[str, str]]) -> None:
+  """A process of a multi-process run that fails leaves at once: printing its error (its traceback with --verbose)
+  and exiting without JAX's shutdown barrier, which would wait minutes for peers that are still running. The
+  coordination service then stops the other processes within the heartbeat timeout (--heartbeat_timeout), each
+  with a message that a peer died. Output folders are left as they are: the others may be writing into them."""
+  import jax
+
+  if _debugging():
+    traceback.print_exception(e)
+  where = f"process {jax.process_index()} of {jax.process_count()}"
+  print(f"error ({where}): {one_line(e, aliases)} (this process exits; the others stop too)", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
 def wrap(
   main: Callable,
   *,
@@ -295,6 +315,9 @@ def wrap(
       created = [c for c in (_first_new_ancestor(p) for n in outputs for p in _as_list(_flag_value(n))) if c]
       return main(argv)
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001  (every error becomes one line)
+      par = sys.modules.get("easytune_jax.core.parallel")  # imported by launchers on a mesh, never here for others
+      if par is not None and par.is_multiprocess():
+        _exit_multiprocess(e, aliases)
       remove_if_empty(created)
       if _debugging():
         raise

@@ -59,7 +59,8 @@ def main(argv):
     mesh=mesh if mesh.devices.size > 1 else None,
     progress=FLAGS.progress,
   )
-  print(json.dumps(summary, indent=2))
+  if parallel.is_main_process():
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class Checkpointer:
     if self.directory.exists() and not self.directory.is_dir():
       raise CheckpointError(f"{self.directory}: expected a checkpoint directory, found a file")
     self._max_to_keep = max_to_keep
+    self._ready = False
     self._mngr = self._manager()
 
   def _manager(self) -> ocp.CheckpointManager:
@@ -62,10 +63,14 @@ class Checkpointer:
       raise NonFiniteStateError(f"refusing to write a non-finite state to {self.directory} at step {step}")
     if step in self._mngr.all_steps():
       return
-    if not self.directory.is_dir():  # first save: create the directory now (nothing is created on reads)
+    if not self._ready:
+      # First save of this Checkpointer: create the directory now (nothing is created on reads) and reopen the
+      # manager on it. Decided per object, not by whether the folder exists, so that the processes of a
+      # multi-process run (which all save, collectively) take the same path even when another created the folder.
       self.directory.mkdir(parents=True, exist_ok=True)
       self._mngr.close()
       self._mngr = self._manager()
+      self._ready = True
     self._mngr.save(
       step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(metadata or {})))
     )
@@ -102,7 +107,7 @@ class Checkpointer:
     (a checkpoint written on a CPU host restores on a GPU and vice versa)."""
     step = self._resolve(step)
     self._check_structure(template, step)
-    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def abstract_leaf(x):
       s = ocp.utils.to_shape_dtype_struct(x)

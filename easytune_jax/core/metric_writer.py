@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from easytune_jax.core.parallel import is_main_process
+
 
 # --------------------------------------------------------------------------------------------- logging
 class _DropOrbaxInfo(std_logging.Filter):
@@ -60,6 +62,9 @@ class MetricWriter:
   digits, `_-/.`, or a leading '/') is refused with a ValueError naming it (:func:`check_tag`), before anything is
   written.
 
+  In a multi-process run only process 0 writes (the metrics are the same on every process); on the others
+  `write` checks the names and writes nothing.
+
   Args:
     directory: the output folder.
     tensorboard: also write the TensorBoard event file.
@@ -67,6 +72,7 @@ class MetricWriter:
 
   def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
     self.directory = pathlib.Path(directory)
+    self._enabled = is_main_process()
     self._tensorboard = tensorboard
     self._jsonl = self._csv_file = self._csv = self._tb = None
 
@@ -86,6 +92,8 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Appends one row per metric at `step`; values are anything `float(np.asarray(v))` accepts."""
     scalars = {check_tag(k): float(np.asarray(v)) for k, v in metrics.items()}
+    if not self._enabled:
+      return
     if self._jsonl is None:
       self._open()
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")

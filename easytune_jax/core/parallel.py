@@ -121,16 +121,30 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-  """Multi-host settings (absl flags in the launchers). `auto` lets JAX detect TPU pods / SLURM."""
+  """Multi-process settings (absl flags in the launchers). `auto` lets JAX detect TPU pods / SLURM.
+
+  `heartbeat_timeout_seconds`: a process that stops answering (killed, its host lost) is declared dead after this
+  long, and JAX's coordination service then stops every other process with a message naming the cause (instead of
+  leaving them waiting in a collective).
+  """
 
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
   auto: bool = False
+  heartbeat_timeout_seconds: int = 100
+
+
+_RUNTIME = {"initialized": False}
 
 
 def initialize_distributed(cfg: DistributedConfig) -> bool:
-  """Calls `jax.distributed.initialize` when a multi-host launch is asked for. Returns True if it did."""
+  """Calls `jax.distributed.initialize` when a multi-process launch is asked for. Returns True if it did.
+
+  Call it before anything touches a JAX device. CPU processes exchange their collectives through gloo
+  (`jax_cpu_collectives_implementation`, unless set otherwise already): the multi-process runs of the tests use it
+  on one machine.
+  """
   if cfg.coordinator_address is None and not cfg.auto:
     return False
   if cfg.coordinator_address is not None and (cfg.num_processes is None or cfg.process_id is None):
@@ -138,23 +152,52 @@ def initialize_distributed(cfg: DistributedConfig) -> bool:
       "--coordinator_address needs --num_processes and --process_id (or use --distributed "
       "for auto-detection on TPU pods and SLURM)"
     )
+  if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timeouts = {"heartbeat_timeout_seconds": cfg.heartbeat_timeout_seconds}
   if cfg.auto:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
   else:
-    jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id, **timeouts)
+  _RUNTIME["initialized"] = True
   return True
 
 
+def is_multiprocess() -> bool:
+  """True in a process that joined a multi-process run (`initialize_distributed`); touches no device."""
+  return _RUNTIME["initialized"] and jax.process_count() > 1
+
+
+def is_main_process() -> bool:
+  """True in the process that writes a run's files (metrics, reports, configs): process 0, or the only one."""
+  return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+  """`flag` OR-ed over every process (a collective when there are several: every process must call it at the same
+  point). Keeps decisions taken from process-local events, such as a SIGTERM, the same on every process."""
+  if not is_multiprocess():
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
 def define_flags() -> None:
-  """Registers --mesh and the multi-host flags on absl's FLAGS (call once per launcher)."""
+  """Registers --mesh and the multi-process flags on absl's FLAGS (call once per launcher)."""
   from absl import flags
 
   flags.disclaim_key_flags()  # key flags of the launcher calling this function: listed by its --help
   flags.DEFINE_string("mesh", "", "Device mesh, e.g. 'data=8' or 'data=4,fsdp=2' (default: all on data).")
-  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-  flags.DEFINE_bool("distributed", False, "Multi-host with auto-detection (TPU pods, SLURM).")
+  flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+  flags.DEFINE_bool("distributed", False, "Multi-process with auto-detection (TPU pods, SLURM).")
+  flags.DEFINE_integer(
+    "heartbeat_timeout",
+    DistributedConfig.heartbeat_timeout_seconds,
+    "Multi-process: seconds after which a silent (dead) process stops the others.",
+  )
 
 
 def setup_from_flags() -> Mesh:
@@ -162,7 +205,9 @@ def setup_from_flags() -> Mesh:
   from absl import flags
 
   f = flags.FLAGS
-  initialize_distributed(DistributedConfig(f.coordinator_address, f.num_processes, f.process_id, f.distributed))
+  initialize_distributed(
+    DistributedConfig(f.coordinator_address, f.num_processes, f.process_id, f.distributed, f.heartbeat_timeout)
+  )
   return make_mesh(f.mesh)
 
 
@@ -215,14 +260,61 @@ def jit_sharded(
     fn, st = cache[key]
     # Placing the inputs is a no-op for arrays already laid out as required (e.g. the previous step's state);
     # host batches go through shard_batch so that multi-host runs pass only their local rows.
-    state = jax.device_put(state, st)
+    state = place(state, st)
     args = tuple(
-      shard_batch(a, mesh) if i + 1 in batch_argnums else jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), a)
+      shard_batch(a, mesh) if i + 1 in batch_argnums else place(a, jax.tree.map(lambda _: replicated(mesh), a))
       for i, a in enumerate(args)
     )
     return fn(state, *args)
 
   return call
+
+
+def gathered(tree: Any) -> Any:
+  """A whole copy of every array of `tree` on this process's first local device: what single-device code
+  (held-out sampling, evaluation, export) needs from a state that is split or replicated over a mesh.
+
+  Leaves already on one device, and non-array leaves, are returned as they are. A leaf spread over devices of
+  this process only is copied on device; a leaf of a multi-process mesh is all-gathered over the processes
+  (`multihost_utils.process_allgather`, a collective: every process must call this with the same tree). The
+  values are copied, never recomputed, so the result equals the one-device state bit for bit.
+  """
+  here = jax.local_devices()[0]
+
+  def leaf(x):
+    if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+      return x
+    if x.is_fully_addressable:
+      return jax.device_put(x, here)
+    from jax.experimental import multihost_utils
+
+    return jax.device_put(multihost_utils.process_allgather(x, tiled=True), here)
+
+  return jax.tree.map(leaf, tree)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+  """`jax.device_put(tree, shardings)` that also takes values every process holds whole (host arrays, arrays on one
+  local device) onto shardings that span several processes, where `device_put` refuses cross-host transfers: each
+  process then supplies its devices' parts of its own copy. Arrays already laid out as asked pass through."""
+
+  def leaf(x, s):
+    if isinstance(x, jax.Array) and x.sharding == s:
+      return x
+    if s.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      return jax.device_put(x, s)
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):  # typed keys travel as their data
+      return jax.random.wrap_key_data(leaf(jax.random.key_data(x), s), impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+  return jax.tree.map(leaf, tree, shardings)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Every array leaf of `tree` (host or one-device values, equal on every process) replicated over `mesh`: the
+  form in which a multi-process run saves values that every process holds whole (e.g. the base parameters)."""
+  return place(tree, jax.tree.map(lambda _: replicated(mesh), tree))
 
 
 def local_rows(batch: Any) -> Any:

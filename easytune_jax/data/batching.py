@@ -62,15 +62,23 @@ def make_batch(
   max_length: int = 196,
   unit_length: int = 4,
   text_embeddings: Optional[TextEmbeddings] = None,
+  rows: Optional[slice] = None,
 ) -> Batch:
-  """Builds one batch of the given entry indices with the given RNG (see module docstring)."""
+  """Builds one batch of the given entry indices with the given RNG (see module docstring).
+
+  `rows`: build only these rows of the batch (a process's share of a global batch in a multi-process run,
+  `core.parallel.host_local_slice`). The random draws of every row are still made, in order, so the rows built
+  equal the same rows of the whole batch.
+  """
   d = dataset.info.dim
-  b = len(indices)
+  keep = range(len(indices))[rows] if rows is not None else range(len(indices))
+  b = len(keep)
   motion = np.zeros((b, max_length, d), np.float32)
   mask = np.zeros((b, max_length), bool)
   length = np.zeros((b,), np.int32)
   captions, pos_tokens, names = [], [], []
-  for i, idx in enumerate(indices):
+  i = 0
+  for row, idx in enumerate(indices):
     e = dataset.entries[int(idx)]
     caption, tokens = e.captions[int(rng.integers(len(e.captions)))]
     start, n = unit_length_crop(e.length, rng, unit_length)
@@ -78,6 +86,8 @@ def make_batch(
       cap = unit_length * (max_length // unit_length)
       start += int(rng.integers(0, n - cap + 1))
       n = cap
+    if row not in keep:
+      continue
     clip = e.motion[start : start + n]
     motion[i, :n] = (clip - dataset.mean) / dataset.std
     mask[i, :n] = True
@@ -85,6 +95,7 @@ def make_batch(
     captions.append(caption)
     pos_tokens.append(list(tokens))
     names.append(e.name)
+    i += 1
   tok, tok_mask = tokenizer.encode_batch(captions)
   arrays = {"motion": motion, "mask": mask, "length": length, "tokens": tok, "token_mask": tok_mask}
   if text_embeddings is not None:

@@ -9,7 +9,9 @@ reports the same way: ``<path>: <what>: expected ..., found ...``.
   the rank, shape and finiteness;
 * :func:`load_npz` opens a ``.npz`` archive (numpy.savez) and reads named arrays with the same checks;
 * :func:`read_text` reads a UTF-8 text file (undecodable bytes name their offset);
-* :func:`read_json` parses a JSON file (the error names line and column).
+* :func:`read_json` parses a JSON file (the error names line and column);
+* :func:`write_json` writes one atomically (a reader never sees half a file), from process 0 only in a
+  multi-process run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import zipfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from easytune_jax.core.parallel import is_main_process
 
 
 class BadFileError(ValueError):
@@ -229,3 +233,16 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
       f"{os.fspath(path)}: {what}: expected JSON, found invalid JSON at line {e.lineno} column "
       f"{e.colno} ({e.msg}; truncated?)"
     ) from None
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 1, sort_keys: bool = False) -> None:
+  """Writes `obj` as JSON to `path` through a temporary file renamed into place (a reader, or a run killed
+  mid-write, never finds half a file). In a multi-process run only process 0 writes: every process holds the same
+  value, and two writers of one file would race."""
+  if not is_main_process():
+    return
+  path = os.fspath(path)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=indent, sort_keys=sort_keys)
+  os.replace(tmp, path)

@@ -18,7 +18,6 @@ command: ``launch/precompute_text_embeddings.py``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from easytune_jax.data.safe_io import NpzReader, read_json
+from easytune_jax.data.safe_io import NpzReader, read_json, write_json
 
 _WORD_RE = re.compile(r"[a-z]+")
 
@@ -107,8 +106,7 @@ class Tokenizer:
     return " ".join(self.vocab[i] for i in ids if i not in skip)
 
   def save(self, path: str) -> None:
-    with open(path, "w") as f:
-      json.dump({"vocab": self.vocab, "max_length": self.max_length, "add_sos_eos": self.add_sos_eos}, f, indent=0)
+    write_json(path, {"vocab": self.vocab, "max_length": self.max_length, "add_sos_eos": self.add_sos_eos}, indent=0)
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":

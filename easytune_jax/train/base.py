@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import time
@@ -33,6 +32,7 @@ import optax
 from absl import logging
 
 from easytune_jax.bundles import generator
+from easytune_jax.data.safe_io import write_json
 from easytune_jax.core import parallel
 from easytune_jax.core import schedules
 from easytune_jax.data import batching
@@ -70,9 +70,13 @@ def _arrays(batch) -> dict:
   return {k: jnp.asarray(v) for k, v in arrays.items() if k in _ARRAY_KEYS}
 
 
-def _local(batch, mesh):
-  """On a mesh, each process keeps its rows of the (identical on every host) global batch."""
-  return batch if mesh is None else parallel.local_rows(_arrays(batch))
+def _train_batch(config: BaseConfig, dataset, tokenizer, emb, step: int, mesh):
+  """The training batch of `step`; on a mesh, this process's rows of it as arrays (`batching.make_batch` rows)."""
+  rows = None if mesh is None else parallel.host_local_slice(config.data.batch_size)
+  batch = batching.batch_at(
+    dataset, step, config.data.batch_size, config.seed, tokenizer, rows=rows, **_batch_kwargs(config, emb)
+  )
+  return batch if mesh is None else _arrays(batch)
 
 
 def _model_key(config: BaseConfig) -> BaseConfig:
@@ -333,9 +337,7 @@ def train_vae(
   eval_fn = lambda s, step: reconstruction_error(
     config, s.ema_params if s.ema_params is not None else s.params, val, dataset.mean, dataset.std
   )
-  batch_fn = lambda step: _local(
-    batching.batch_at(dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh
-  )
+  batch_fn = lambda step: _train_batch(config, dataset, tokenizer, emb, step, mesh)
   try:
     result = train_loop(
       state=state,
@@ -443,9 +445,7 @@ def train_diffusion(
   eval_fn = lambda s, step: validation_diffusion_loss(
     config, s.ema_params if s.ema_params is not None else s.params, vae_params, val, latent_scale
   )
-  batch_fn = lambda step: _local(
-    batching.batch_at(dataset, step, config.data.batch_size, config.seed, tokenizer, **_batch_kwargs(config, emb)), mesh
-  )
+  batch_fn = lambda step: _train_batch(config, dataset, tokenizer, emb, step, mesh)
   try:
     result = train_loop(
       state=state,
@@ -514,8 +514,7 @@ def train_and_evaluate(
   os.makedirs(workdir, exist_ok=True)
   tokenizer = build_tokenizer(config, dataset, workdir)
   config = finalize_config(config, dataset, tokenizer)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config_to_dict(config), f, indent=1)
+  write_json(os.path.join(workdir, "config.json"), config_to_dict(config))
   out = {"config": config, "seconds": {}}
   vae_params = None
   if config.model == "mld":

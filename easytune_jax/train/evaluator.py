@@ -35,7 +35,6 @@ Work directory::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import time
@@ -48,9 +47,10 @@ import optax
 from absl import logging
 
 from easytune_jax import metrics as M
+from easytune_jax.core.parallel import is_main_process
 from easytune_jax.core import parallel
 from easytune_jax.data import batching
-from easytune_jax.data.safe_io import read_json
+from easytune_jax.data.safe_io import read_json, write_json
 from easytune_jax.data.humanml3d import MotionDataset, group_mean_std, load_dataset
 from easytune_jax.models.evaluator import (
   EvaluatorConfig,
@@ -193,8 +193,10 @@ def evaluator_statistics(
 
 
 # --------------------------------------------------------------------------------------------- training
-def _batch_fn(config: EvaluatorTrainConfig, dataset: MotionDataset, vectorizer: WordVectorizer):
+def _batch_fn(config: EvaluatorTrainConfig, dataset: MotionDataset, vectorizer: WordVectorizer, mesh=None):
+  """step -> training batch; on a mesh, this process's rows of it (`batching.make_batch` rows)."""
   tok = pos_only_tokenizer()
+  rows = None if mesh is None else parallel.host_local_slice(config.batch_size)
 
   def batch_fn(step: int) -> dict:
     arrays, host = batching.batch_at(
@@ -205,6 +207,7 @@ def _batch_fn(config: EvaluatorTrainConfig, dataset: MotionDataset, vectorizer: 
       tok,
       max_length=config.max_length,
       unit_length=config.model.unit_length,
+      rows=rows,
     )
     ids, pos, lens = vectorizer.encode(host["pos_tokens"], config.model.max_text_len)
     return {
@@ -362,15 +365,16 @@ def train_evaluator(
     vocab = read_json(vocab_path, "evaluator vocabulary")
   else:
     vocab = build_word_vocab([toks for e in dataset.entries for _, toks in e.captions], config.min_word_count)
-    vocab_path.write_text(json.dumps(vocab, indent=0))
+    write_json(vocab_path, vocab, indent=0)
   vectorizer = WordVectorizer(vocab)
   config = dataclasses.replace(
     config, model=dataclasses.replace(config.model, vocab_size=vectorizer.vocab_size, dim_pose=dataset.info.dim)
   )
   mean_e, std_e = evaluator_statistics(dataset, config.feat_bias, config.feat_bias_applications)
-  np.save(work / "mean.npy", mean_e)
-  np.save(work / "std.npy", std_e)
-  (work / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
+  if is_main_process():
+    np.save(work / "mean.npy", mean_e)
+    np.save(work / "std.npy", std_e)
+  write_json(work / "config.json", config_to_dict(config))
 
   ckpt = Checkpointer(work / "checkpoints")
   if ckpt.latest_step() is not None:
@@ -386,9 +390,7 @@ def train_evaluator(
   state = create_train_state(_init_params(config.model, jax.random.fold_in(root, 1)), tx)
   step_fn = make_train_step(config, tx, dataset.mean, dataset.std, mean_e, std_e, jax.random.fold_in(root, 2), mesh)
 
-  # On a mesh each process keeps its rows of the (identical on every host) global batch.
-  train_batch = _batch_fn(config, dataset, vectorizer)
-  batch_fn = train_batch if mesh is None else (lambda step: parallel.local_rows(train_batch(step)))
+  batch_fn = _batch_fn(config, dataset, vectorizer, mesh)
   eval_fn = None
   if val_dataset is not None and config.eval_every:
     vx, vl, vt = validation_samples(val_dataset, config.max_length, config.seed, config.model.unit_length)

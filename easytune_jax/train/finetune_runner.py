@@ -45,7 +45,7 @@ from easytune_jax.rewards.registry import RewardContext, build_reward, parse_spe
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import check_config_matches, config_from_dict
 from easytune_jax.core.metric_writer import MetricWriter, read_metrics
-from easytune_jax.data.safe_io import read_json
+from easytune_jax.data.safe_io import read_json, write_json
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.train.loop import train_loop
 from easytune_jax.train import reward as reward_train
@@ -227,9 +227,7 @@ def run_finetune(
       str(info_path),
       ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"),
     )
-  tmp = info_path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(meta, indent=2))
-  tmp.replace(info_path)
+  write_json(info_path, meta, indent=2)
 
   ft = cfg.finetune
   mask = trainable_mask(task.gen.params, cfg.trainable)
@@ -289,7 +287,9 @@ def run_finetune(
       "trajectory": 0,
       "heldout_reward": float(np.mean(base_rewards)),
     }
-    best_ck.save(0, task.gen.params, {"best": best})
+    # Every process saves (orbax writes collectively); on a mesh the base params, whole on every process, are
+    # saved as one array replicated over it.
+    best_ck.save(0, task.gen.params if mesh is None else parallel.replicate(task.gen.params, mesh), {"best": best})
   sign = BEST_METRICS[cfg.best_metric]
   key = jax.random.key(cfg.seed)
 
@@ -324,17 +324,20 @@ def run_finetune(
   def eval_fn(state, it):
     t_eval, c_eval = time.time(), compile_clock.seconds
     wall = clock["offset"] + (t_eval - clock["start"] - clock["evals"] - loop_compile_seconds())
-    terms = heldout.reward_terms(state.params)
+    # Held-out sampling and evaluation run on one device per process with a whole copy of the params (on a mesh
+    # they are split or replicated over it): the same numbers as a one-device run.
+    params = parallel.gathered(state.params)
+    terms = heldout.reward_terms(params)
     out = {"heldout_reward": float(np.mean(task.reward_fn.combine(terms)))}
     if len(terms) > 1:  # a composite reward: every term on its own
       out.update({f"heldout_reward_terms/{k}": float(np.mean(v)) for k, v in terms.items()})
-    value, val_metrics = criterion(state.params, out["heldout_reward"])
+    value, val_metrics = criterion(params, out["heldout_reward"])
     out.update(val_metrics)
     if sign * value > sign * best["value"]:
       best.update(value=float(value), trajectory=it, heldout_reward=out["heldout_reward"])
       best_ck.save(it, state.params, {"best": best})
     if evaluator is not None:  # test-split monitoring (not used for any choice)
-      out.update({f"eval/{k}": v for k, v in quick_eval(state.params, test, it).items()})
+      out.update({f"eval/{k}": v for k, v in quick_eval(params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
     out["wall_seconds"] = wall
     out["compile_seconds"] = clock["compile_offset"] + loop_compile_seconds()
@@ -367,7 +370,7 @@ def run_finetune(
   finally:
     writer.close()
     ck.close()
-  final_rewards = heldout.rewards(loop.state.params)
+  final_rewards = heldout.rewards(parallel.gathered(loop.state.params))
   summary = {
     "method": ft.method,
     "trajectories": loop.last_step,
@@ -380,7 +383,7 @@ def run_finetune(
     "preempted": loop.preempted,
     "nonfinite_steps": loop.nonfinite_steps,
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  write_json(workdir / "summary.json", summary, indent=2)
   best_ck.close()
   return summary
 

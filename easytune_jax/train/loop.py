@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from easytune_jax.core import parallel
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.metric_writer import MetricWriter
 
@@ -79,7 +80,8 @@ def train_loop(
   - `step_fn` returns (state, metrics) where metrics may hold `finite` (bool []): False marks a step whose
     update was skipped (see `apply_gradients`); it is logged with its step; `on_nonfinite='stop'` then
     checkpoints the last finite state and raises NonFiniteError.
-  - SIGTERM/SIGINT: the loop finishes the current step, checkpoints and returns with preempted=True.
+  - SIGTERM/SIGINT: the loop finishes the current step, checkpoints and returns with preempted=True (in a
+    multi-process run every process stops at the first step after which any of them got the signal).
   """
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"on_nonfinite: expected 'skip' or 'stop', found {on_nonfinite!r}")
@@ -104,7 +106,9 @@ def train_loop(
       state, metrics = step_fn(state, batch_fn(step))
       pending.append((step, metrics))
       done = step + 1
-      if done % log_every == 0 or done == num_steps or guard.requested:
+      # A signal reaches the processes of a multi-process run one by one: they stop at the same step when any got it.
+      stop = parallel.any_process(guard.requested)
+      if done % log_every == 0 or done == num_steps or stop:
         for s, m in jax.device_get(pending):
           finite = bool(m.get("finite", True))
           if not finite:
@@ -127,7 +131,7 @@ def train_loop(
           writer.write(done, ev)
       if done % checkpoint_every == 0 or done == num_steps:
         save(state)
-      if guard.requested:
+      if stop:
         save(state)
         preempted = True
         break

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import pathlib
 import shutil
@@ -54,6 +53,7 @@ import optax
 from absl import logging
 
 from easytune_jax.core import parallel
+from easytune_jax.data.safe_io import write_json
 from easytune_jax.rewards import spl as spl_lib
 from easytune_jax.data.batching import batch_at, iterate_batches
 from easytune_jax.data.humanml3d import MotionDataset
@@ -619,9 +619,10 @@ def train_reward(
       config.seed,
       tokenizer or _dummy_tokenizer(),
       max_length=config.max_length,
+      rows=None if mesh is None else parallel.host_local_slice(config.batch_size),
       **emb_kwargs,
     )
-    return arrays if mesh is None else parallel.local_rows(arrays)
+    return arrays
 
   t0 = time.time()
   result = train_loop(
@@ -644,7 +645,7 @@ def train_reward(
     retrieval = evaluate_retrieval(
       result.state.params, config, eval_dataset, tokenizer, timesteps=eval_timesteps, text_embeddings=text_embeddings
     )
-    (workdir / "retrieval.json").write_text(json.dumps(retrieval, indent=1, sort_keys=True))
+    write_json(workdir / "retrieval.json", retrieval, sort_keys=True)
     writer.write(
       result.last_step,
       {
