@@ -145,6 +145,8 @@ def test_relative_position_buckets_properties():
 
 
 def test_safetensors_roundtrip_and_dtypes(tmp_path):
+  """core/safetensors.py (the `safetensors` package underneath): dtypes (bfloat16 too), empty, transposed
+  (non-contiguous) and big-endian arrays round-trip; `names=` reads a subset; the arrays are writeable copies."""
   import ml_dtypes
 
   arrs = {
@@ -152,17 +154,59 @@ def test_safetensors_roundtrip_and_dtypes(tmp_path):
     "b": np.array([1, -2], np.int64),
     "c": np.ones((2, 2), ml_dtypes.bfloat16),
     "d": np.zeros((0, 4), np.float16),
+    "t": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # non-contiguous: written in its logical order
+    "e": np.array([1, 258], ">i4"),
+    "m": np.array([True, False]),
   }
   path = tmp_path / "x.safetensors"
-  save_safetensors(path, arrs, metadata={"format": "pt"})
+  save_safetensors(path, arrs, metadata={"format": "pt", "step": 3})
   back = load_safetensors(path)
+  assert set(back) == set(arrs)
   for k, v in arrs.items():
-    assert back[k].dtype == v.dtype and back[k].shape == v.shape
+    assert back[k].dtype == v.dtype.newbyteorder("=") and back[k].shape == v.shape, k
     np.testing.assert_array_equal(back[k].astype(np.float32), v.astype(np.float32))
-  assert set(load_safetensors(path, names={"a"})) == {"a"}
+    assert back[k].flags.writeable and back[k].flags.owndata
+  assert set(load_safetensors(path, names={"a", "t"})) == {"a", "t"}
   (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
-  with pytest.raises(ValueError, match="not a safetensors file"):
+  with pytest.raises(ValueError, match="bad.safetensors: not a safetensors file"):
     load_safetensors(tmp_path / "bad.safetensors")
+
+
+def _write_by_hand(path, header: dict, data: bytes) -> None:
+  """The format written from its specification: u64 header length, JSON header, raw little-endian bytes."""
+  import struct
+
+  text = json.dumps(header).encode("utf-8")
+  path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def test_safetensors_reads_a_hand_written_file_and_names_errors(tmp_path):
+  """A file laid out by hand from the format's specification reads back; a missing file, a tensor whose byte
+  range does not hold its shape, a truncated file and an unstorable dtype are errors naming the file / tensor."""
+  w = np.array([[1.5, -2.0], [3.0, 0.25]], "<f4")
+  ids = np.array([7, -1, 2], "<i8")
+  header = {
+    "__metadata__": {"format": "pt"},
+    "ids": {"dtype": "I64", "shape": [3], "data_offsets": [0, 24]},
+    "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [24, 40]},
+  }
+  _write_by_hand(tmp_path / "hand.safetensors", header, ids.tobytes() + w.tobytes())
+  got = load_safetensors(tmp_path / "hand.safetensors")
+  np.testing.assert_array_equal(got["w"], w)
+  np.testing.assert_array_equal(got["ids"], ids)
+  assert got["ids"].dtype == np.int64 and got["w"].dtype == np.float32
+
+  with pytest.raises(FileNotFoundError, match=r"safetensors file .*nothing.safetensors' does not exist"):
+    load_safetensors(tmp_path / "nothing.safetensors")
+  header["w"]["shape"] = [2, 3]
+  _write_by_hand(tmp_path / "shape.safetensors", header, ids.tobytes() + w.tobytes())
+  with pytest.raises(ValueError, match=r"shape.safetensors: tensor 'w' of shape \(2, 3\) \(F32\) expects 24 bytes"):
+    load_safetensors(tmp_path / "shape.safetensors")
+  (tmp_path / "short.safetensors").write_bytes(b"\x01\x02")
+  with pytest.raises(ValueError, match=r"short.safetensors: not a safetensors file"):
+    load_safetensors(tmp_path / "short.safetensors")
+  with pytest.raises(ValueError, match=r"tensor 'z' \(complex128\) has a dtype the format cannot store"):
+    save_safetensors(tmp_path / "z.safetensors", {"a": w, "z": np.zeros(2, np.complex128)})
 
 
 def test_fixture_weights_same_through_both_readers():
