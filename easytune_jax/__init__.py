@@ -7,6 +7,5 @@ text-to-motion evaluation.
 
 __version__ = "0.1.0"
 
-from easytune_jax.core import prng as _prng  # noqa: E402
-
-_prng.apply_default()  # CPU: threefry lowered straight-line (same bits, faster steps; core/prng.py)
+# Importing the package changes nothing in JAX. The faster CPU lowering of threefry (same random bits) is an
+# explicit opt-in: `easytune_jax.core.prng.use_fast_cpu_threefry()`, which the launchers call (cli.run).

@@ -20,7 +20,11 @@ Then:
   file when it fails are removed again (a folder that existed before is never touched, and one a failing
   run wrote files into is kept: it may hold a checkpoint to resume from);
 * ``--on_missing=skip`` / ``--drop_nonfinite`` set the dataset reader's skip policies
-  (``humanml3d.set_default_policy``) for every dataset the run loads.
+  (``humanml3d.set_default_policy``) for every dataset the run loads;
+* the launcher opts in to the straight-line CPU lowering of JAX's threefry (``core.prng.use_fast_cpu_threefry``:
+  the same random bits, faster steps that draw many dropout masks; ``EASYTUNE_JAX_CPU_THREEFRY=rolled`` keeps
+  JAX's loop). The library itself never changes JAX on import: this is the application's choice, made here for
+  every ``launch/*.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from absl import app, flags
 
 from easytune_jax.core import config as config_lib
+from easytune_jax.core import prng
 from easytune_jax.data import humanml3d
 
 FLAGS = flags.FLAGS
@@ -301,14 +306,18 @@ def wrap(
   inputs: Sequence[str] = (),
   files: Sequence[str] = (),
   aliases: Optional[Mapping[str, str]] = None,
+  fast_cpu_threefry: bool = False,
 ) -> Callable:
-  """`main` with the behaviour of the module docstring (see :func:`run`)."""
+  """`main` with the behaviour of the module docstring (see :func:`run`); `fast_cpu_threefry` calls
+  `prng.use_fast_cpu_threefry()` before `main` (what :func:`run` asks for)."""
 
   def wrapped(argv):
     created = []
     # jax logs a failed TPU probe at INFO on every CPU/GPU machine: noise in front of the one-line error.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
+      if fast_cpu_threefry:
+        prng.use_fast_cpu_threefry()
       if "on_missing" in FLAGS:
         humanml3d.set_default_policy(on_missing=FLAGS.on_missing, drop_nonfinite=FLAGS.drop_nonfinite)
       check_inputs(inputs, files)
@@ -341,7 +350,8 @@ def run(
   files: Sequence[str] = (),
   aliases: Optional[Mapping[str, str]] = None,
 ) -> None:
-  """`app.run(main)` with one-line errors and the input / output checks of the module docstring.
+  """`app.run(main)` with one-line errors, the input / output checks of the module docstring and the opt-in to
+  the fast CPU threefry lowering (`core.prng.use_fast_cpu_threefry`; the launchers are applications).
 
   Args:
     main: the launcher's `main(argv)`.
@@ -350,4 +360,5 @@ def run(
     files: names of flags holding input files that must exist.
     aliases: field -> flag name, for a field named in an error that a flag of another name sets.
   """
-  app.run(wrap(main, outputs=outputs, inputs=inputs, files=files, aliases=aliases), flags_parser=_parse_flags)
+  wrapped = wrap(main, outputs=outputs, inputs=inputs, files=files, aliases=aliases, fast_cpu_threefry=True)
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -41,8 +41,10 @@ if os.environ.get("EASYTUNE_TEST_XLA_FAST_COMPILE", "") != "0" and "xla_backend_
   if "xla_cpu_use_fusion_emitters" not in _XLA_FLAGS and _xla_accepts(_FUSION_EMITTERS_OFF):
     _XLA_FLAGS += f" {_FUSION_EMITTERS_OFF}"
   os.environ["XLA_FLAGS"] = _XLA_FLAGS.strip()
-# easytune_jax lowers threefry straight-line on the CPU (faster steps, larger programs: +4% compile of the paper
-# step; the same bits, tests/test_prng.py); the suite keeps JAX's compile-friendly loop unless told otherwise.
+# The launchers opt in to the straight-line CPU lowering of threefry (cli.run -> core/prng.use_fast_cpu_threefry:
+# faster steps, larger programs: +4% compile of the paper step; the same bits, tests/test_prng.py). The suite keeps
+# JAX's compile-friendly loop: the test process never opts in (importing easytune_jax changes nothing), and the
+# launchers the tests run as subprocesses inherit this 'rolled', unless told otherwise.
 os.environ.setdefault("EASYTUNE_JAX_CPU_THREEFRY", "rolled")
 
 

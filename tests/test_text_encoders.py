@@ -110,6 +110,129 @@ def test_clip_pre_tokenize_and_specials(models):
   assert clip.tokenizer.encode("<|endoftext|>") == [clip.tokenizer.eot_id]
 
 
+# Characters for random captions: ASCII, whitespace kinds, accents and combining marks (NFC), ligatures, full-width
+# and non-Latin letters and digits, emoji, apostrophes for the contractions, and the literal special tokens. Not
+# U+001C..U+001F: Python's isspace (the reference) calls them whitespace, the Rust regex \s does not.
+_POOL = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'-_()[]#%&*/\\\"@")
+_POOL += [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\r\n", "é", "e\u0301", "ß", "ﬁ", "Ａ", "ｂ", "１", "½", "Ⅻ"]
+_POOL += ["ж", "Ω", "中", "文", "ا", "४", "😀", "👍🏽", "'s", "'t", "'re", "'ll", "'d", "\ufeff", "\u200b"]
+_POOL += ["<|endoftext|>", "<|startoftext|>", " walks", " counter-clockwise", " person", " the", " jumps"]
+
+
+def _random_texts(n: int, seed: int) -> list[str]:
+  rng = np.random.default_rng(seed)
+  return ["".join(rng.choice(_POOL, size=rng.integers(0, 40))) for _ in range(n)]
+
+
+def test_clip_tokenizer_matches_a_pure_python_reference(models, captions):
+  """The library's tokenizer (HF tokenizers) and a small independent pure-Python BPE (tests/reference_clip_bpe.py)
+  give the same ids on the captions and 400 random strings, padded and truncated (77 and 8 tokens)."""
+  from easytune_jax.models.clip_text import CLIPTokenizer
+  from tests.reference_clip_bpe import ReferenceCLIPTokenizer
+
+  texts = captions + _random_texts(400, seed=0) + ["a " * 100]
+  for name in ("clip_bin", "clip_safetensors"):
+    files = os.path.join(FIX, name, "vocab.json"), os.path.join(FIX, name, "merges.txt")
+    for max_length in (77, 8):
+      ref = ReferenceCLIPTokenizer(*files, max_length=max_length)
+      tok = CLIPTokenizer.from_files(*files, max_length=max_length)
+      ids, mask = tok(texts)
+      for t, row, m in zip(texts, ids, mask):
+        assert row.tolist() == ref.padded(t), repr(t)
+        assert m.sum() == min(len(ref.encode(t)) + 2, max_length)
+      assert all(tok.encode(t) == ref.encode(t) for t in texts[:50])
+
+
+def test_clip_tokenizer_json_as_transformers_writes_it(tmp_path, expected, captions, models):
+  """A CLIP folder holding HF's tokenizer.json (written by transformers 5.24's CLIPTokenizer.save_pretrained from
+  clip_bin's vocab.json + merges.txt) and no vocab.json / merges.txt: the same ids, features and hidden states. The
+  tokenizer the library builds from vocab.json + merges.txt serialises to that very file."""
+  from easytune_jax.models.clip_text import build_clip_tokenizer
+  from tokenizers import models as tk_models
+
+  saved = os.path.join(FIX, "clip_bin.tokenizer.json")
+  with open(saved, encoding="utf-8") as f:
+    written = json.load(f)
+  vocab, merges = tk_models.BPE.read_file(
+    os.path.join(FIX, "clip_bin", "vocab.json"), os.path.join(FIX, "clip_bin", "merges.txt")
+  )
+  assert json.loads(build_clip_tokenizer(vocab, merges).to_str()) == written
+
+  folder = _copy(tmp_path, "clip_bin")
+  os.remove(folder / "vocab.json")
+  os.remove(folder / "merges.txt")
+  shutil.copy(saved, folder / "tokenizer.json")
+  clip = load_clip_text(folder)
+  feats, hidden, ids = clip.encode(captions, batch_size=4)
+  np.testing.assert_array_equal(ids, expected["clip_bin/ids"])
+  np.testing.assert_array_equal(clip.tokenizer(captions)[1], expected["clip_bin/mask"])
+  np.testing.assert_array_equal(
+    clip.tokenizer(json.loads(str(expected["fuzz_texts_json"])))[0], expected["clip_bin/fuzz_ids"]
+  )
+  ref_feats, ref_hidden, _ = models["clip_bin"].encode(captions, batch_size=4)
+  np.testing.assert_array_equal(feats, ref_feats)
+  np.testing.assert_array_equal(hidden, ref_hidden)
+  (folder / "tokenizer.json").write_text("{not json")
+  with pytest.raises(ValueError, match=r"tokenizer.json: not a HF tokenizers file"):
+    load_clip_text(folder)
+
+
+def spiece_to_tokenizer_json(spm_path: str) -> str:
+  """The ``tokenizer.json`` transformers (5.x) writes for a T5 ``spiece.model``: the SentencePiece model's pieces and
+  scores as a ``tokenizers`` Unigram model, its normalisation table (``precompiled_charsmap``), whitespace split +
+  metaspace pre-tokeniser, ``$A </s>`` post-processor, the control and unknown pieces as added tokens. (Checked
+  when written: equal, as JSON, to what transformers 5.24.0's T5Tokenizer.save_pretrained writes for the fixture.)"""
+  from sentencepiece import sentencepiece_model_pb2
+  from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(spm_path, "rb") as f:
+    proto.ParseFromString(f.read())
+  tok = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces], proto.trainer_spec.unk_id, False))
+  tok.normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
+  metaspace = dict(replacement="\u2581", prepend_scheme="always", split=True)
+  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(**metaspace)])
+  tok.decoder = decoders.Metaspace(**metaspace)
+  eos = proto.pieces[proto.trainer_spec.eos_id].piece
+  tok.post_processor = processors.TemplateProcessing(
+    single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, proto.trainer_spec.eos_id)]
+  )
+  specials = [p.piece for p in proto.pieces if p.type in (p.UNKNOWN, p.CONTROL)]
+  tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+  return tok.to_str()
+
+
+@pytest.mark.parametrize("name", ["st5_safetensors", "st5_bin"])
+def test_sentence_t5_from_tokenizer_json_only(tmp_path, name, expected, captions, models):
+  """A sentence-T5 folder as transformers >= 5 saves it (tokenizer.json, no spiece.model) loads with HF tokenizers
+  and encodes the same as the spiece.model folder: ids of the captions, of the 200 fuzz strings and of 400 random
+  strings, token embeddings and sentence embeddings, bit for bit."""
+  folder = _copy(tmp_path, name)
+  (folder / "tokenizer.json").write_text(spiece_to_tokenizer_json(str(folder / "spiece.model")), encoding="utf-8")
+  os.remove(folder / "spiece.model")
+  st5, ref = load_sentence_t5(folder), models[name]
+  assert st5.tokenizer.sp is None and st5.tokenizer.tokenizer is not None and ref.tokenizer.sp is not None
+  assert (st5.tokenizer.eos_id, st5.tokenizer.pad_id, st5.tokenizer.vocab_size) == (
+    ref.tokenizer.eos_id,
+    ref.tokenizer.pad_id,
+    ref.tokenizer.vocab_size,
+  )
+  texts = captions + json.loads(str(expected["fuzz_texts_json"])) + _random_texts(400, seed=1)
+  for t in texts:
+    assert st5.tokenizer.encode(t) == ref.tokenizer.encode(t), repr(t)
+  ids, mask = st5.tokenizer(captions)
+  np.testing.assert_array_equal(ids, expected[f"{name}/ids"])
+  np.testing.assert_array_equal(mask, expected[f"{name}/mask"])
+  tokens, mask2, sentence = st5.encode(captions, batch_size=4)
+  ref_tokens, ref_mask, ref_sentence = ref.encode(captions, batch_size=4)
+  np.testing.assert_array_equal(mask2, ref_mask)
+  np.testing.assert_array_equal(tokens, ref_tokens)
+  np.testing.assert_array_equal(sentence, ref_sentence)
+  (folder / "tokenizer.json").write_text("{not json")
+  with pytest.raises(ValueError, match=r"tokenizer.json: not a HF tokenizers file"):
+    load_sentence_t5(folder)
+
+
 def test_precompute_text_embeddings_roundtrip(tmp_path, models, captions):
   """The .npz written through both encoders reads back with TextEmbeddings and equals direct encoding; chunks of
   different token lengths are zero-padded; duplicates are written once."""
@@ -145,6 +268,8 @@ def test_relative_position_buckets_properties():
 
 
 def test_safetensors_roundtrip_and_dtypes(tmp_path):
+  """core/safetensors.py (the `safetensors` package underneath): dtypes (bfloat16 too), empty, transposed
+  (non-contiguous) and big-endian arrays round-trip; `names=` reads a subset; the arrays are writeable copies."""
   import ml_dtypes
 
   arrs = {
@@ -152,17 +277,59 @@ def test_safetensors_roundtrip_and_dtypes(tmp_path):
     "b": np.array([1, -2], np.int64),
     "c": np.ones((2, 2), ml_dtypes.bfloat16),
     "d": np.zeros((0, 4), np.float16),
+    "t": np.arange(12, dtype=np.float32).reshape(3, 4).T,  # non-contiguous: written in its logical order
+    "e": np.array([1, 258], ">i4"),
+    "m": np.array([True, False]),
   }
   path = tmp_path / "x.safetensors"
-  save_safetensors(path, arrs, metadata={"format": "pt"})
+  save_safetensors(path, arrs, metadata={"format": "pt", "step": 3})
   back = load_safetensors(path)
+  assert set(back) == set(arrs)
   for k, v in arrs.items():
-    assert back[k].dtype == v.dtype and back[k].shape == v.shape
+    assert back[k].dtype == v.dtype.newbyteorder("=") and back[k].shape == v.shape, k
     np.testing.assert_array_equal(back[k].astype(np.float32), v.astype(np.float32))
-  assert set(load_safetensors(path, names={"a"})) == {"a"}
+    assert back[k].flags.writeable and back[k].flags.owndata
+  assert set(load_safetensors(path, names={"a", "t"})) == {"a", "t"}
   (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
-  with pytest.raises(ValueError, match="not a safetensors file"):
+  with pytest.raises(ValueError, match="bad.safetensors: not a safetensors file"):
     load_safetensors(tmp_path / "bad.safetensors")
+
+
+def _write_by_hand(path, header: dict, data: bytes) -> None:
+  """The format written from its specification: u64 header length, JSON header, raw little-endian bytes."""
+  import struct
+
+  text = json.dumps(header).encode("utf-8")
+  path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+def test_safetensors_reads_a_hand_written_file_and_names_errors(tmp_path):
+  """A file laid out by hand from the format's specification reads back; a missing file, a tensor whose byte
+  range does not hold its shape, a truncated file and an unstorable dtype are errors naming the file / tensor."""
+  w = np.array([[1.5, -2.0], [3.0, 0.25]], "<f4")
+  ids = np.array([7, -1, 2], "<i8")
+  header = {
+    "__metadata__": {"format": "pt"},
+    "ids": {"dtype": "I64", "shape": [3], "data_offsets": [0, 24]},
+    "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [24, 40]},
+  }
+  _write_by_hand(tmp_path / "hand.safetensors", header, ids.tobytes() + w.tobytes())
+  got = load_safetensors(tmp_path / "hand.safetensors")
+  np.testing.assert_array_equal(got["w"], w)
+  np.testing.assert_array_equal(got["ids"], ids)
+  assert got["ids"].dtype == np.int64 and got["w"].dtype == np.float32
+
+  with pytest.raises(FileNotFoundError, match=r"safetensors file .*nothing.safetensors' does not exist"):
+    load_safetensors(tmp_path / "nothing.safetensors")
+  header["w"]["shape"] = [2, 3]
+  _write_by_hand(tmp_path / "shape.safetensors", header, ids.tobytes() + w.tobytes())
+  with pytest.raises(ValueError, match=r"shape.safetensors: tensor 'w' of shape \(2, 3\) \(F32\) expects 24 bytes"):
+    load_safetensors(tmp_path / "shape.safetensors")
+  (tmp_path / "short.safetensors").write_bytes(b"\x01\x02")
+  with pytest.raises(ValueError, match=r"short.safetensors: not a safetensors file"):
+    load_safetensors(tmp_path / "short.safetensors")
+  with pytest.raises(ValueError, match=r"tensor 'z' \(complex128\) has a dtype the format cannot store"):
+    save_safetensors(tmp_path / "z.safetensors", {"a": w, "z": np.zeros(2, np.complex128)})
 
 
 def test_fixture_weights_same_through_both_readers():
@@ -218,7 +385,11 @@ def test_dense_head_errors(tmp_path):
 @pytest.mark.parametrize(
   "name,remove,pattern",
   [
-    ("st5_safetensors", "spiece.model", r"SentencePiece model not found"),
+    (
+      "st5_safetensors",
+      "spiece.model",
+      r"tokenizer \(SentencePiece model or HF tokenizer.json\) not found \(expected one of \['spiece.model', 'tok",
+    ),
     ("st5_safetensors", "config.json", r"config.json: config file not found"),
     ("st5_bin", "pytorch_model.bin", r"no weight file found \(expected one of"),
     ("st5_bin", "1_Pooling/config.json", r"1_Pooling/config.json: pooling config file not found"),

@@ -1,12 +1,20 @@
-"""Torch-free reader and writer of ``.safetensors`` files (the HuggingFace tensor format).
+"""``.safetensors`` files (the HuggingFace tensor format) as numpy arrays, through the ``safetensors`` package.
 
-The format: an 8-byte little-endian unsigned header length ``n``, then ``n`` bytes of UTF-8 JSON mapping each
-tensor name to ``{"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}`` (offsets relative to the end
-of the header; an optional ``"__metadata__"`` entry maps strings to strings), then the raw little-endian,
-C-contiguous tensor bytes.
+The reading and writing is the maintained ``safetensors`` library's (``safe_open(..., framework="np")`` and
+``safetensors.numpy.save_file``; no torch). This module adds what the project's callers rely on:
 
-:func:`load_safetensors` returns ``{name: numpy array}``; :func:`save_safetensors` writes one (used by tests
-and fixtures).
+* errors that name the file and what was expected (the library's own messages name neither the file nor, for a
+  tensor whose byte range does not match its shape, the tensor): a missing file is a ``FileNotFoundError``, a
+  file the library refuses a ``ValueError`` ``"<file>: not a safetensors file (...)"`` / ``"<file>: tensor 'x'
+  ..."``;
+* writeable arrays that own their memory (not views of the memory-mapped file);
+* ``names=``: read only some tensors (the others' bytes are not read);
+* a writer that takes any numpy array: non-contiguous arrays are made contiguous first (the library would write
+  their raw buffer as is), big-endian ones little-endian, metadata values turned into strings, and an unsupported
+  dtype is named with its tensor.
+
+:func:`load_safetensors` returns ``{name: numpy array}`` (``BF16`` as ``ml_dtypes.bfloat16``);
+:func:`save_safetensors` writes one (used by tests and fixtures).
 """
 
 from __future__ import annotations
@@ -17,61 +25,48 @@ import struct
 from typing import Mapping, Optional
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 
-def _bfloat16():
-  import ml_dtypes  # shipped with jax
-
-  return np.dtype(ml_dtypes.bfloat16)
-
-
-_DTYPES = {
-  "F64": "<f8",
-  "F32": "<f4",
-  "F16": "<f2",
-  "BF16": "bfloat16",
-  "I64": "<i8",
-  "I32": "<i4",
-  "I16": "<i2",
-  "I8": "i1",
-  "U8": "u1",
-  "U16": "<u2",
-  "U32": "<u4",
-  "U64": "<u8",
-  "BOOL": "?",
-}
-
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def _np_dtype(code: str, path: str, name: str) -> np.dtype:
-  if code not in _DTYPES:
-    raise ValueError(f"{path}: tensor {name!r} has dtype {code!r}, expected one of {sorted(_DTYPES)}")
-  dt = _DTYPES[code]
-  return _bfloat16() if dt == "bfloat16" else np.dtype(dt)
-
-
-def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
-  """-> (header dict without ``__metadata__``, byte offset where the data section starts)."""
-  path = os.fspath(path)
+def _check_file(path: str) -> None:
   if not os.path.exists(path):
     raise FileNotFoundError(f"safetensors file {path!r} does not exist")
-  size = os.path.getsize(path)
-  with open(path, "rb") as f:
-    head = f.read(8)
-    if len(head) < 8:
-      raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-    (n,) = struct.unpack("<Q", head)
-    if n > min(_MAX_HEADER, size - 8):
-      raise ValueError(f"{path}: not a safetensors file (header length {n} does not fit the {size}-byte file)")
-    try:
-      header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ValueError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
-  if not isinstance(header, dict):
-    raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
-  header.pop("__metadata__", None)
-  return header, 8 + n
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path}: expected a safetensors file, found a folder")
+
+
+_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2}
+_BYTES.update({"U32": 4, "U64": 8, "BOOL": 1, "C64": 8})
+
+
+def _mismatched_tensor(path: str) -> Optional[str]:
+  """Best effort, only to word an error: the first header entry whose byte range does not hold its shape."""
+  try:
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(min(n, 100 * 1024 * 1024)).decode("utf-8"))
+    data_len = os.path.getsize(path) - 8 - n
+    for name, info in header.items():
+      if name == "__metadata__" or info.get("dtype") not in _BYTES:
+        continue
+      begin, end = (int(o) for o in info["data_offsets"])
+      nbytes = int(np.prod(info["shape"], dtype=np.int64)) * _BYTES[info["dtype"]]
+      if end - begin != nbytes or begin < 0 or end > data_len:
+        return (
+          f"tensor {name!r} of shape {tuple(info['shape'])} ({info['dtype']}) expects {nbytes} bytes, its offsets "
+          f"[{begin}, {end}] give {end - begin} within a {data_len}-byte data section"
+        )
+  except Exception:  # the header is unreadable: the library's message says why
+    return None
+  return None
+
+
+def _refused(path: str, e: Exception) -> ValueError:
+  detail = _mismatched_tensor(path)
+  if detail is not None:
+    return ValueError(f"{path}: {detail} (safetensors: {e})")
+  return ValueError(f"{path}: not a safetensors file, or a damaged one (safetensors: {e})")
 
 
 def load_safetensors(path: str | os.PathLike, names: Optional[set] = None) -> dict[str, np.ndarray]:
@@ -82,61 +77,53 @@ def load_safetensors(path: str | os.PathLike, names: Optional[set] = None) -> di
     names: optional subset of tensor names to read (others are skipped without reading their bytes).
 
   Returns:
-    ``{name: np.ndarray}`` with the stored shapes and dtypes (``BF16`` as ``ml_dtypes.bfloat16``).
+    ``{name: np.ndarray}`` with the stored shapes and dtypes (``BF16`` as ``ml_dtypes.bfloat16``), writeable arrays
+    that own their memory.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: the file is not a (valid) safetensors file, naming it and, where
+    the header is readable, the offending tensor; or a tensor's dtype has no numpy counterpart.
   """
   path = os.fspath(path)
-  header, start = read_safetensors_header(path)
-  data_len = os.path.getsize(path) - start
+  _check_file(path)
   out = {}
-  with open(path, "rb") as f:
-    for name, info in header.items():
-      if names is not None and name not in names:
-        continue
-      try:
-        dtype = _np_dtype(info["dtype"], path, name)
-        shape = tuple(int(s) for s in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-      except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ValueError) and "dtype" in str(e):
-          raise
-        raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-      nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-      if end - begin != nbytes or begin < 0 or end > data_len:
-        raise ValueError(
-          f"{path}: tensor {name!r} of shape {shape} ({info['dtype']}) expects {nbytes} bytes, "
-          f"its offsets [{begin}, {end}] give {end - begin} within a {data_len}-byte data section"
-        )
-      f.seek(start + begin)
-      raw = f.read(nbytes)
-      out[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+  try:
+    with safe_open(path, framework="np") as f:
+      for name in f.keys():
+        if names is not None and name not in names:
+          continue
+        try:
+          out[name] = np.array(f.get_tensor(name), copy=True)
+        except (AttributeError, TypeError, KeyError) as e:  # e.g. a float8 dtype this numpy does not know
+          dtype = f.get_slice(name).get_dtype()
+          raise ValueError(f"{path}: tensor {name!r} has dtype {dtype!r}, which numpy cannot hold ({e})") from None
+  except SafetensorError as e:
+    raise _refused(path, e) from None
   return out
 
 
 def save_safetensors(
   path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None
 ) -> None:
-  """Writes ``{name: array}`` as a ``.safetensors`` file (little-endian, C order, 8-byte aligned header)."""
-  inverse = {np.dtype(v): k for k, v in _DTYPES.items() if v != "bfloat16"}
-  header, blobs, offset = {}, [], 0
+  """Writes ``{name: array}`` as a ``.safetensors`` file (``safetensors.numpy.save_file``: little-endian, C order).
+
+  Raises:
+    ValueError: a tensor has a dtype the format cannot store (the tensor and its dtype named).
+  """
+  arrays = {}
   for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
-    if arr.dtype.name == "bfloat16":
-      code = "BF16"
-    else:
-      code = inverse.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
-      if code is None:
-        raise ValueError(f"save_safetensors: tensor {name!r} has unsupported dtype {arr.dtype}")
-      arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    raw = arr.tobytes()
-    header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-    blobs.append(raw)
-    offset += len(raw)
-  if metadata:
-    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-  text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-  text += b" " * (-(len(text) + 8) % 8)
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(text)))
-    f.write(text)
-    for raw in blobs:
-      f.write(raw)
+    arr = np.ascontiguousarray(tensors[name])  # the library writes an array's raw buffer as is
+    if arr.dtype.byteorder == ">":
+      arr = arr.astype(arr.dtype.newbyteorder("<"))
+    arrays[name] = arr
+  meta = None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
+  try:
+    save_file(arrays, os.fspath(path), metadata=meta)
+  except SafetensorError as e:
+    bad = [f"{n!r} ({a.dtype})" for n, a in arrays.items() if not _storable(a.dtype)]
+    what = f"tensor {bad[0]} has a dtype the format cannot store" if bad else "the library refused the tensors"
+    raise ValueError(f"save_safetensors: {os.fspath(path)}: {what} (safetensors: {e})") from None
+
+
+def _storable(dtype: np.dtype) -> bool:
+  return dtype.kind in "biuf" and dtype.itemsize <= 8 or dtype == np.complex64 or dtype.name == "bfloat16"

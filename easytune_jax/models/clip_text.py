@@ -12,15 +12,15 @@ tokens (``padding="max_length"``, truncation), and the model runs on ``input_ids
             first eos_token_id) -> text_projection (no bias) [B, P] (MLD's "clip" features).
 
 Weight import (:func:`load_clip_text`) reads a HF CLIP folder: ``config.json`` (``CLIPModel``, with ``text_config``,
-or ``CLIPTextModelWithProjection``), ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``,
-``merges.txt``; vision weights are ignored.
+or ``CLIPTextModelWithProjection``), ``model.safetensors`` or ``pytorch_model.bin``, and ``tokenizer.json`` or
+``vocab.json`` + ``merges.txt``; vision weights are ignored. The tokenizer is HF ``tokenizers`` (Rust, no torch), set
+up as transformers' ``CLIPTokenizer``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import unicodedata
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -35,183 +35,148 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tokenizer
+# Tokenizer (HF ``tokenizers``)
+
+# CLIP's pre-tokenizer split: the regex of the original CLIP and of HF's CLIPTokenizer (the special tokens are
+# matched as added tokens before it sees the text).
+SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
-def bytes_to_unicode() -> dict[int, str]:
-  """GPT-2 / CLIP byte -> printable character table (printable Latin-1 bytes map to themselves)."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-  cs = bs[:]
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, (chr(c) for c in cs)))
+def _split_pre_tokenizer():
+  from tokenizers import Regex, pre_tokenizers
+
+  return pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="removed", invert=True)
 
 
-_CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+def build_clip_tokenizer(vocab: dict, merges: Sequence[tuple[str, str]], unk_token: str = EOT):
+  """A ``tokenizers.Tokenizer`` set up as transformers' ``CLIPTokenizer`` (5.x; the ``CLIPConverter`` of 4.x) builds
+  it from ``vocab.json`` + ``merges.txt``: byte-level BPE with ``</w>`` word ends (unknown -> ``unk_token``),
+  normaliser NFC -> whitespace runs to one space -> lower-case, pre-tokeniser :data:`SPLIT_PATTERN` then
+  byte-level, post-processor ``<|startoftext|> ... <|endoftext|>``, the two special tokens as added tokens (matched
+  on the raw text). Its ``to_str()`` is the ``tokenizer.json`` transformers saves for such a folder
+  (tests/test_text_encoders.py compares them)."""
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-
-def _kind(ch: str) -> str:
-  if ch.isspace():
-    return "space"
-  cat = unicodedata.category(ch)
-  return "letter" if cat[0] == "L" else "number" if cat[0] == "N" else "other"
+  for tok in (SOT, EOT, unk_token):
+    if tok not in vocab:
+      raise ValueError(f"vocab.json: expected the special token {tok!r} in the vocabulary")
+  tokenizer = Tokenizer(
+    models.BPE(
+      vocab=dict(vocab),
+      merges=[tuple(m) for m in merges],
+      dropout=None,
+      continuing_subword_prefix="",
+      end_of_word_suffix="</w>",
+      fuse_unk=False,
+      unk_token=unk_token,
+    )
+  )
+  tokenizer.normalizer = normalizers.Sequence(
+    [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+  )
+  tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    [_split_pre_tokenizer(), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+  )
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.post_processor = processors.RobertaProcessing(
+    (EOT, vocab[EOT]),
+    (SOT, vocab[SOT]),
+    False,
+    False,  # sep, cls, trim_offsets, add_prefix_space
+  )
+  tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (SOT, EOT)])
+  return tokenizer
 
 
 def pre_tokenize(text: str) -> list[str]:
-  """The matches of CLIP's split pattern ``'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+``
-  (alternatives tried in order at each position; unmatched whitespace dropped)."""
-  out, i, n = [], 0, len(text)
-  while i < n:
-    kind = _kind(text[i])
-    if kind == "space":
-      i += 1
-      continue
-    c = next((c for c in _CONTRACTIONS if text.startswith(c, i)), None)
-    if c is not None:
-      out.append(c)
-      i += len(c)
-      continue
-    j = i + 1
-    if kind == "letter":
-      while j < n and _kind(text[j]) == "letter":
-        j += 1
-    elif kind == "other":
-      while j < n and _kind(text[j]) == "other":
-        j += 1
-    out.append(text[i:j])
-    i = j
-  return out
+  """The pieces CLIP's split pattern (:data:`SPLIT_PATTERN`) cuts a normalised text into (whitespace dropped)."""
+  return [piece for piece, _ in _split_pre_tokenizer().pre_tokenize_str(text)]
 
 
 class CLIPTokenizer:
-  """CLIP's byte-level BPE, as the HF ``CLIPTokenizer`` (fast) encodes with ``padding="max_length"``,
-  ``truncation=True``: normalise (NFC, whitespace runs -> one space, lower-case), split (:func:`pre_tokenize`),
-  map bytes to characters, BPE-merge with ``</w>`` on each word's last symbol, add ``<|startoftext|>`` /
-  ``<|endoftext|>``, truncate to ``max_length``, pad with the pad token. Literal ``<|startoftext|>`` /
-  ``<|endoftext|>`` in a caption are their special ids (as HF's added tokens).
+  """CLIP's byte-level BPE through HF ``tokenizers``, as the HF ``CLIPTokenizer`` encodes with
+  ``padding="max_length"``, ``truncation=True``: normalise (NFC, whitespace runs -> one space, lower-case), split
+  (:data:`SPLIT_PATTERN`), map bytes to characters, BPE-merge with ``</w>`` on each word's last symbol, add
+  ``<|startoftext|>`` / ``<|endoftext|>``, truncate to ``max_length``, pad with the pad token. Literal
+  ``<|startoftext|>`` / ``<|endoftext|>`` in a caption are their special ids (HF's added tokens).
+
+  Made from a folder's ``tokenizer.json`` (:meth:`from_tokenizer_json`) or from ``vocab.json`` + ``merges.txt``
+  (:meth:`from_files`, :func:`build_clip_tokenizer`).
 
   Attributes:
-    encoder: token -> id (``vocab.json``). bpe_ranks: merge pair -> rank (``merges.txt``).
-    max_length: padded length (77). sot_id, eot_id, pad_id: special ids.
+    tokenizer: the ``tokenizers.Tokenizer`` (no truncation or padding; :meth:`__call__` uses a copy with both).
+    encoder: token -> id. max_length: padded length (77). sot_id, eot_id, pad_id: special ids.
   """
 
-  def __init__(
-    self,
-    vocab: dict,
-    merges: Sequence[tuple[str, str]],
-    max_length: int = 77,
-    pad_token: str = EOT,
-    path: str = "vocab.json",
-  ):
-    self.encoder = dict(vocab)
-    self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
-    for tok in (SOT, EOT, pad_token):
-      if tok not in self.encoder:
-        raise ValueError(f"{path}: expected the special token {tok!r} in the vocabulary")
+  def __init__(self, tokenizer, max_length: int = 77, pad_token: str = EOT, path: str = "tokenizer"):
+    from tokenizers import Tokenizer
+
     if max_length < 2:
       raise ValueError(f"CLIPTokenizer.max_length: expected >= 2, found {max_length}")
+    ids = {tok: tokenizer.token_to_id(tok) for tok in (SOT, EOT, pad_token)}
+    missing = [tok for tok, i in ids.items() if i is None]
+    if missing:
+      raise ValueError(f"{path}: expected the special token {missing[0]!r} in the vocabulary")
     self.max_length = int(max_length)
-    self.sot_id, self.eot_id, self.pad_id = self.encoder[SOT], self.encoder[EOT], self.encoder[pad_token]
-    self.byte_encoder = bytes_to_unicode()
-    self._cache: dict[str, list[str]] = {}
+    self.sot_id, self.eot_id, self.pad_id = ids[SOT], ids[EOT], ids[pad_token]
+    self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+    self.tokenizer.no_truncation()
+    self.tokenizer.no_padding()
+    self._batch = Tokenizer.from_str(self.tokenizer.to_str())
+    self._batch.enable_truncation(self.max_length)
+    self._batch.enable_padding(length=self.max_length, pad_id=self.pad_id, pad_token=pad_token)
+    self.encoder = self.tokenizer.get_vocab()
+    empty = self.tokenizer.encode("").ids
+    if empty != [self.sot_id, self.eot_id]:
+      raise ValueError(
+        f"{path}: expected a post-processor that wraps a text in {SOT} ... {EOT} (ids {self.sot_id}, "
+        f"{self.eot_id}), an empty text gives {empty}"
+      )
 
   @classmethod
   def from_files(cls, vocab_path: str, merges_path: str, max_length: int = 77, pad_token: str = EOT) -> "CLIPTokenizer":
-    """Reads ``vocab.json`` and ``merges.txt`` (a ``#version`` first line is skipped)."""
+    """From ``vocab.json`` and ``merges.txt`` (read by ``tokenizers``; a ``#version`` first line is skipped)."""
+    from tokenizers import models
+
     vocab = read_json(vocab_path, "vocab")
     if not os.path.exists(merges_path):
       raise FileNotFoundError(f"{merges_path}: merges file not found")
-    merges = []
-    with open(merges_path, encoding="utf-8") as f:
-      for k, line in enumerate(f.read().split("\n")):
-        if not line.strip() or (k == 0 and line.startswith("#version")):
-          continue
-        parts = line.split()
-        if len(parts) != 2:
-          raise ValueError(f"{merges_path}: line {k + 1}: expected two space-separated symbols, found {line!r}")
-        merges.append((parts[0], parts[1]))
-    return cls(vocab, merges, max_length, pad_token, vocab_path)
+    try:
+      _, merges = models.BPE.read_file(vocab_path, merges_path)
+    except Exception as e:  # tokenizers raises a bare Exception
+      raise ValueError(f"{merges_path}: expected lines of two space-separated symbols ({e})") from None
+    try:
+      tokenizer = build_clip_tokenizer(vocab, merges)
+    except ValueError as e:
+      raise ValueError(f"{vocab_path}: {str(e).removeprefix('vocab.json: ')}") from None
+    return cls(tokenizer, max_length, pad_token, vocab_path)
 
-  def bpe(self, token: str) -> list[str]:
-    """BPE symbols of one pre-token (already byte-mapped): lowest-rank pair first, all its occurrences."""
-    if token in self._cache:
-      return self._cache[token]
-    word = list(token[:-1]) + [token[-1] + "</w>"]
-    while len(word) > 1:
-      pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
-      best = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
-      if best not in self.bpe_ranks:
-        break
-      merged, i = [], 0
-      while i < len(word):
-        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-          merged.append(word[i] + word[i + 1])
-          i += 2
-        else:
-          merged.append(word[i])
-          i += 1
-      word = merged
-    self._cache[token] = word
-    return word
+  @classmethod
+  def from_tokenizer_json(cls, path: str, max_length: int = 77, pad_token: str = EOT) -> "CLIPTokenizer":
+    """From a HF ``tokenizer.json`` (what ``transformers`` saves; its normaliser, pre-tokeniser, BPE and
+    post-processor are used as saved)."""
+    from tokenizers import Tokenizer
 
-  def _normalize(self, text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
-    text = _collapse_whitespace(text)
-    return text.lower()
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: tokenizer file not found")
+    try:
+      tokenizer = Tokenizer.from_file(path)
+    except Exception as e:
+      raise ValueError(f"{path}: not a HF tokenizers file ({e})") from None
+    return cls(tokenizer, max_length, pad_token, path)
 
   def encode(self, text: str) -> list[int]:
     """Ids of one text without specials or truncation."""
-    ids = []
-    for k, part in enumerate(_split_specials(str(text))):
-      if k % 2:  # a literal special token
-        ids.append(self.encoder[part])
-        continue
-      for tok in pre_tokenize(self._normalize(part)):
-        mapped = "".join(self.byte_encoder[b] for b in tok.encode("utf-8"))
-        ids.extend(self.encoder.get(s, self.eot_id) for s in self.bpe(mapped))  # unk = <|endoftext|>
-    return ids
+    return list(self.tokenizer.encode(str(text), add_special_tokens=False).ids)
 
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Batch -> (ids int32 [B, max_length], mask bool [B, max_length]: True through ``<|endoftext|>``)."""
     ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)
     mask = np.zeros((len(texts), self.max_length), bool)
-    for i, t in enumerate(texts):
-      row = [self.sot_id] + self.encode(t)[: self.max_length - 2] + [self.eot_id]
-      ids[i, : len(row)] = row
-      mask[i, : len(row)] = True
+    for i, t in enumerate(texts):  # one at a time: encode_batch's thread pool would warn in forked children
+      enc = self._batch.encode(str(t))
+      ids[i], mask[i] = enc.ids, enc.attention_mask
     return ids, mask
-
-
-def _collapse_whitespace(text: str) -> str:
-  """Each run of whitespace -> one space (HF's ``Replace(Regex(r"\\s+"), " ")``)."""
-  out, prev_space = [], False
-  for ch in text:
-    if ch.isspace():
-      if not prev_space:
-        out.append(" ")
-      prev_space = True
-    else:
-      out.append(ch)
-      prev_space = False
-  return "".join(out)
-
-
-def _split_specials(text: str) -> list[str]:
-  """[text, special, text, special, ..., text] around literal ``<|startoftext|>`` / ``<|endoftext|>``."""
-  parts, i = [], 0
-  while True:
-    hits = [(text.find(s, i), s) for s in (SOT, EOT)]
-    hits = [(p, s) for p, s in hits if p >= 0]
-    if not hits:
-      parts.append(text[i:])
-      return parts
-    p, s = min(hits)
-    parts.extend([text[i:p], s])
-    i = p + len(s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -381,8 +346,9 @@ def load_clip_text(folder: str, max_length: Optional[int] = None) -> CLIPText:
   """Loads the text tower of a HF CLIP folder (e.g. ``openai/clip-vit-large-patch14``) without torch.
 
   Args:
-    folder: with ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.json``, ``merges.txt``
-      (``tokenizer_config.json`` optional: its ``model_max_length`` and ``pad_token`` are used when present).
+    folder: with ``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, and the tokenizer: HF's
+      ``tokenizer.json`` when present, else ``vocab.json`` + ``merges.txt`` (``tokenizer_config.json`` optional: its
+      ``model_max_length`` and ``pad_token`` are used when present).
     max_length: tokenizer length; default ``model_max_length`` or ``max_position_embeddings`` (77).
 
   Raises:
@@ -410,9 +376,12 @@ def load_clip_text(folder: str, max_length: Optional[int] = None) -> CLIPText:
       f"load_clip_text: max_length {max_length} exceeds max_position_embeddings "
       f"{cfg.max_position_embeddings} of {cfg_path}"
     )
-  tokenizer = CLIPTokenizer.from_files(
-    find_file(folder, ["vocab.json"], "vocab.json"), find_file(folder, ["merges.txt"], "merges.txt"), max_length, pad
-  )
+  if os.path.exists(os.path.join(folder, "tokenizer.json")):
+    tokenizer = CLIPTokenizer.from_tokenizer_json(os.path.join(folder, "tokenizer.json"), max_length, pad)
+  else:
+    tokenizer = CLIPTokenizer.from_files(
+      find_file(folder, ["vocab.json"], "vocab.json"), find_file(folder, ["merges.txt"], "merges.txt"), max_length, pad
+    )
   sd = load_folder_weights(folder)
   params = jax.tree_util.tree_map(jnp.asarray, clip_text_params_from_state_dict(sd, cfg))
   return CLIPText(cfg, params, tokenizer)
@@ -425,6 +394,6 @@ __all__ = [
   "CLIPText",
   "load_clip_text",
   "pre_tokenize",
-  "bytes_to_unicode",
+  "build_clip_tokenizer",
   "clip_text_params_from_state_dict",
 ]

@@ -16,8 +16,9 @@ wo(act(wi_0 x) * wi_1 x), ``gated-gelu`` meaning the tanh GELU); RMS "T5 LayerNo
 a final RMS norm. Masked keys get ``finfo(float32).min`` added to their scores, as in HF.
 
 Weight import (:func:`load_sentence_t5`) reads the folder users download (``modules.json``; the Transformer module's
-``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``spiece.model``, ``sentence_bert_config.json``;
-``1_Pooling/config.json``; ``2_Dense/config.json`` + weights; a Normalize module), with no torch.
+``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``spiece.model`` or ``tokenizer.json``,
+``sentence_bert_config.json``; ``1_Pooling/config.json``; ``2_Dense/config.json`` + weights; a Normalize module),
+with no torch.
 """
 
 from __future__ import annotations
@@ -220,46 +221,94 @@ def t5_params_from_state_dict(sd: StateDict, cfg: T5Config, prefix: str = "") ->
 
 
 class T5Tokenizer:
-  """SentencePiece tokenizer with T5's conventions, as ``SentenceTransformer`` calls the HF T5 tokenizer:
-  strip (and optionally lower-case) the text, SentencePiece ids, truncate to ``max_length - 1`` pieces, append
-  ``</s>``; batches are padded with ``<pad>`` to the longest row (``padding=True``) or to ``max_length``.
+  """T5's tokenizer with T5's conventions, as ``SentenceTransformer`` calls the HF T5 tokenizer: strip (and
+  optionally lower-case) the text, the model's ids, truncate to ``max_length - 1`` pieces, append ``</s>``; batches
+  are padded with ``<pad>`` to the longest row (``padding=True``) or to ``max_length``.
 
-  Not reproduced: HF's added-token matching (a literal ``</s>`` or ``<extra_id_0>`` inside a caption is split
-  into pieces here, while HF maps it to the special id).
+  Two backends, the same ids: ``sentencepiece`` on a ``spiece.model`` (``T5Tokenizer(path)``, the layout of the
+  released ``sentence-t5-large``), or HF ``tokenizers`` on a ``tokenizer.json`` (:meth:`from_tokenizer_json`, what
+  transformers >= 5 saves: a Unigram model converted from the SentencePiece one; tests/test_text_encoders.py checks
+  that both give the same ids).
+
+  Not reproduced with ``spiece.model``: HF's added-token matching (a literal ``</s>`` or ``<extra_id_0>`` inside a
+  caption is split into pieces there, while HF maps it to the special id; the ``tokenizer.json`` backend does as HF).
 
   Attributes:
     max_length: truncation length including ``</s>`` (sentence-transformers' ``max_seq_length``).
-    pad_id, eos_id: the model's ids (T5: 0 and 1).
+    pad_id, eos_id: the model's ids (T5: 0 and 1). path: the tokenizer file.
+    sp: the ``sentencepiece.SentencePieceProcessor`` or None. tokenizer: the ``tokenizers.Tokenizer`` or None.
   """
 
   def __init__(self, spm_path: str, max_length: int = 256, do_lower_case: bool = False):
-    import sentencepiece  # required for sentence-T5 only
+    import sentencepiece  # the spiece.model backend
 
     if not os.path.exists(spm_path):
       raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
-    self.sp = sentencepiece.SentencePieceProcessor(model_file=spm_path)
+    sp = sentencepiece.SentencePieceProcessor(model_file=spm_path)
+    self.sp, self.tokenizer = sp, None
+    self._setup(spm_path, max_length, do_lower_case, int(sp.eos_id()), int(sp.pad_id()), int(sp.get_piece_size()))
+
+  @classmethod
+  def from_tokenizer_json(
+    cls,
+    path: str,
+    max_length: int = 256,
+    do_lower_case: bool = False,
+    eos_token: str = "</s>",
+    pad_token: str = "<pad>",
+  ) -> "T5Tokenizer":
+    """From a HF ``tokenizer.json`` (its normaliser, pre-tokeniser and Unigram model; ``</s>`` is appended here)."""
+    from tokenizers import Tokenizer
+
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: tokenizer file not found")
+    try:
+      tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception
+      raise ValueError(f"{path}: not a HF tokenizers file ({e})") from None
+    tok.no_truncation()
+    tok.no_padding()
+    self = cls.__new__(cls)
+    self.sp, self.tokenizer = None, tok
+    eos, pad = tok.token_to_id(eos_token), tok.token_to_id(pad_token)
+    self._setup(
+      path,
+      max_length,
+      do_lower_case,
+      -1 if eos is None else eos,
+      -1 if pad is None else pad,
+      tok.get_vocab_size(with_added_tokens=True),
+    )
+    return self
+
+  def _setup(self, path: str, max_length: int, do_lower_case: bool, eos_id: int, pad_id: int, size: int) -> None:
     if max_length < 1:
       raise ValueError(f"T5Tokenizer.max_length: expected >= 1, found {max_length}")
+    if eos_id < 0 or pad_id < 0:
+      raise ValueError(
+        f"{path}: expected a T5 tokenizer with </s> and <pad> ids, found eos_id={eos_id}, pad_id={pad_id}"
+      )
+    self.path = path
     self.max_length = int(max_length)
     self.do_lower_case = bool(do_lower_case)
-    self.eos_id = int(self.sp.eos_id())
-    self.pad_id = int(self.sp.pad_id())
-    if self.eos_id < 0 or self.pad_id < 0:
-      raise ValueError(
-        f"{spm_path}: expected a T5 SentencePiece model with </s> and <pad> ids, found "
-        f"eos_id={self.eos_id}, pad_id={self.pad_id}"
-      )
+    self.eos_id, self.pad_id = eos_id, pad_id
+    self._size = int(size)
 
   @property
   def vocab_size(self) -> int:
-    return int(self.sp.get_piece_size())
+    """Pieces of the model (with the added tokens of a ``tokenizer.json``)."""
+    return self._size
 
   def encode(self, text: str) -> list[int]:
     """Ids of one text: pieces (truncated to ``max_length - 1``) + ``</s>``."""
     text = str(text).strip()
     if self.do_lower_case:
       text = text.lower()
-    return list(self.sp.encode(text))[: self.max_length - 1] + [self.eos_id]
+    if self.tokenizer is not None:
+      pieces = list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+    else:
+      pieces = list(self.sp.encode(text))
+    return pieces[: self.max_length - 1] + [self.eos_id]
 
   def __call__(
     self, texts: Sequence[str], padding: str = "longest", pad_to: Optional[int] = None
@@ -453,7 +502,8 @@ def load_sentence_t5(folder: str) -> SentenceT5:
   Reads ``modules.json`` (modules: a Transformer, a Pooling, any number of Dense, an optional Normalize; a
   folder without ``modules.json`` is read as ``sentence-t5``'s default layout: Transformer at the root,
   ``1_Pooling``, ``2_Dense``, Normalize). The Transformer folder gives ``config.json``, the weights
-  (``model.safetensors`` or ``pytorch_model.bin``), ``spiece.model`` and ``sentence_bert_config.json``
+  (``model.safetensors`` or ``pytorch_model.bin``), the tokenizer (``spiece.model``, read by sentencepiece, else HF's
+  ``tokenizer.json``, read by ``tokenizers``, which is all transformers >= 5 saves) and ``sentence_bert_config.json``
   (``max_seq_length``, ``do_lower_case``; when it has no ``max_seq_length``, as sentence-transformers >= 3 writes it,
   the ``model_max_length`` of ``tokenizer_config.json``, else 512).
 
@@ -500,9 +550,14 @@ def load_sentence_t5(folder: str) -> SentenceT5:
     tc_path = os.path.join(tdir, "tokenizer_config.json")
     mml = read_json(tc_path, "tokenizer config").get("model_max_length") if os.path.exists(tc_path) else None
     max_len = int(mml) if isinstance(mml, (int, float)) and 0 < mml < 1e6 else 512
-  tokenizer = T5Tokenizer(
-    find_file(tdir, ["spiece.model"], "SentencePiece model"), int(max_len), bool(st_cfg.get("do_lower_case", False))
-  )
+  # spiece.model (sentencepiece) when present, as the released sentence-t5 folders hold it; else tokenizer.json (HF
+  # tokenizers), all that transformers >= 5 saves
+  tok_path = find_file(tdir, ["spiece.model", "tokenizer.json"], "tokenizer (SentencePiece model or HF tokenizer.json)")
+  lower = bool(st_cfg.get("do_lower_case", False))
+  if tok_path.endswith(".json"):
+    tokenizer = T5Tokenizer.from_tokenizer_json(tok_path, int(max_len), lower)
+  else:
+    tokenizer = T5Tokenizer(tok_path, int(max_len), lower)
 
   sd = load_folder_weights(tdir)
   params = {"encoder": t5_params_from_state_dict(sd, t5)}
@@ -554,8 +609,7 @@ def load_sentence_t5(folder: str) -> SentenceT5:
   )
   if tokenizer.vocab_size > t5.vocab_size:
     raise ValueError(
-      f"{os.path.join(tdir, 'spiece.model')}: {tokenizer.vocab_size} pieces, more than the "
-      f"vocab_size {t5.vocab_size} of {cfg_path}"
+      f"{tokenizer.path}: {tokenizer.vocab_size} pieces, more than the vocab_size {t5.vocab_size} of {cfg_path}"
     )
   params = jax.tree_util.tree_map(jnp.asarray, params)
   return SentenceT5(cfg, params, tokenizer)
