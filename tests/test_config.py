@@ -124,6 +124,9 @@ def test_split_config_overrides_forms():
   assert over == [("a.b", "1"), ("c", "none"), ("flag", "true"), ("last", "true")]
   with pytest.raises(app.UsageError, match="expected --config.<field>=<value>"):
     cli.split_config_overrides(["prog", "--config.=3"])
+  # after '--' the arguments belong to another command (launch/multiprocess.py runs it): none is taken
+  rest, over = cli.split_config_overrides(["prog", "--config.n=2", "--", "python", "--config.trajectories=6"])
+  assert rest == ["prog", "--", "python", "--config.trajectories=6"] and over == [("n", "2")]
 
 
 def test_preset_by_name_and_by_file(tmp_path):

@@ -76,6 +76,18 @@ def test_determinism_by_seed_and_step(data):
     B.batch_at(ds, 0, 100, seed=0, tokenizer=tok)
 
 
+def test_rows_of_a_batch_equal_the_same_rows_of_the_whole_batch(data):
+  """What each process of a multi-process run builds: its rows only, equal to slicing the global batch."""
+  ds, tok = data
+  whole, host = B.batch_at(ds, 3, 8, seed=4, tokenizer=tok, max_length=48)
+  for rows in (slice(0, 4), slice(4, 8), slice(2, 3)):
+    part, hpart = B.batch_at(ds, 3, 8, seed=4, tokenizer=tok, max_length=48, rows=rows)
+    assert set(part) == set(whole)
+    for k in whole:
+      np.testing.assert_array_equal(part[k], whole[k][rows], err_msg=k)
+    assert all(hpart[k] == host[k][rows] for k in host)
+
+
 def test_tokenizer_roundtrip(tmp_path):
   caps = ["A man walks forward.", "a man waves the left hand", "someone jumps-up twice!"]
   tok = Tokenizer.build(caps, max_length=8)

@@ -1,5 +1,7 @@
 """Scale-out: sharded steps on 8 fake CPU devices equal one device; shardings; resharded restore."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,17 @@ def test_sharded_steps_equal_single_device_and_restore_elsewhere(tmp_path):
   assert res["contrastive_data4_fsdp2"]["specs"] == {"params.wt": "P(None, 'fsdp')", "mu.wt": "P(None, 'fsdp')"}
   assert res["restore_on_4"]["diff"] == 0.0 and res["restore_on_4"]["devices"] == 4
   assert "batch_size=30 must be divisible by the number of devices in the mesh (8" in res["indivisible_error"]
+  g = res["gathered"]
+  assert g["sharded_before"] == 8 and g["devices"] == [1] and g["device"].endswith("0") and g["diff"] == 0.0, g
+  assert res["placed"] == {
+    "key_equal": True,
+    "key_devices": 4,
+    "x_spec": "P(('data', 'fsdp'),)",
+    "x_equal": True,
+    "rep_spec": "P()",
+    "rep_devices": 4,
+    "unchanged": True,
+  }
   # The same checkpoint restores on this single-device process.
   ck = Checkpointer(tmp_path / "ck")
   assert ck.metadata()["note"] == "written on 8 devices"
@@ -48,3 +61,28 @@ def _template():
   tx = make_optimizer(OptimConfig(learning_rate=1e-2))
   params = {"wt": jnp.zeros((64, 128)), "wm": jnp.zeros((64, 128))}
   return create_train_state(params, tx)
+
+
+def test_processes_config_and_environment():
+  from easytune_jax.core import processes
+
+  with pytest.raises(ValueError, match="num_processes: expected >= 1, found 0"):
+    processes.ProcessesConfig(num_processes=0)
+  with pytest.raises(ValueError, match="must be >= 0"):
+    processes.ProcessesConfig(cpu_devices=-1)
+  base = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8", "A": "1"}
+  env = processes.process_env(1, processes.ProcessesConfig(num_processes=2, cpu_devices=2), base)
+  assert env["XLA_FLAGS"] == "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=2"
+  assert env["A"] == "1" and env["JAX_PLATFORMS"] == "cpu" and "CUDA_VISIBLE_DEVICES" not in env
+  gpu = processes.process_env(2, processes.ProcessesConfig(num_processes=4, gpus_per_process=2), {})
+  assert gpu == {"CUDA_VISIBLE_DEVICES": "4,5"}
+  assert 0 < processes.free_port() < 65536
+
+
+def test_one_process_is_the_writer_and_decides_alone(tmp_path):
+  from easytune_jax.data.safe_io import read_json, write_json
+
+  assert parallel.is_main_process() and not parallel.is_multiprocess()
+  assert parallel.any_process(True) is True and parallel.any_process(False) is False
+  write_json(tmp_path / "a.json", {"x": [1, 2]})
+  assert read_json(tmp_path / "a.json") == {"x": [1, 2]} and sorted(os.listdir(tmp_path)) == ["a.json"]

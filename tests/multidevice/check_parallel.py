@@ -9,6 +9,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from easytune_jax.core import parallel
@@ -77,6 +78,30 @@ restored4 = ck.restore(template4)
 results["restore_on_4"] = {
   "diff": max_diff(jax.device_get(restored4.params), jax.device_get(sharded_state.params)),
   "devices": len(restored4.params["wt"].sharding.device_set),
+}
+# gathered: a whole copy on this process's first device, equal bit for bit to the FSDP-sharded state;
+# place / replicate: host and one-device values onto mesh shardings (key arrays included).
+whole = parallel.gathered(sharded_state.params)
+key = jax.random.key(3)
+placed = parallel.place(
+  {"k": key, "x": np.arange(16.0)}, {"k": parallel.replicated(mesh4), "x": parallel.batch_sharding(mesh4)}
+)
+rep = parallel.replicate({"w": np.ones((3, 2))}, mesh4)
+results["gathered"] = {
+  "devices": sorted({len(x.sharding.device_set) for x in jax.tree.leaves(whole)}),
+  "device": str(jax.tree.leaves(whole)[0].sharding.device_set.pop()),
+  "diff": max_diff(whole, jax.device_get(sharded_state.params)),
+  "sharded_before": len(sharded_state.params["wt"].sharding.device_set),
+}
+results["placed"] = {
+  "key_equal": bool(np.array_equal(jax.random.key_data(placed["k"]), jax.random.key_data(key))),
+  "key_devices": len(placed["k"].sharding.device_set),
+  "x_spec": str(placed["x"].sharding.spec),
+  "x_equal": bool(np.array_equal(np.asarray(placed["x"]), np.arange(16.0))),
+  "rep_spec": str(rep["w"].sharding.spec),
+  "rep_devices": len(rep["w"].sharding.device_set),
+  "unchanged": parallel.place(placed, {"k": parallel.replicated(mesh4), "x": parallel.batch_sharding(mesh4)})["x"]
+  is placed["x"],
 }
 try:
   parallel.check_batch_divisible(30, parallel.make_mesh("data=8"))
