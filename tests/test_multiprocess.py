@@ -5,6 +5,7 @@ rerun resumes bit for bit (issue 36; launch/multiprocess.py, core/processes.py).
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -103,12 +104,10 @@ def test_two_processes_fine_tune_as_one_process_on_the_same_devices(finetune_run
   assert '"updates"' in logs[0] and '"updates"' not in logs[1]  # the summary is printed by process 0 only
 
 
-def test_a_killed_process_stops_its_peer_and_the_rerun_resumes_bit_for_bit(finetune_runs, tiny_pipeline):
-  work = finetune_runs / "killed"
-  cmd = _finetune_cmd(tiny_pipeline, work) + [f"--heartbeat_timeout={HEARTBEAT}"]
+def _start_two(cmd, logs):
+  """The two processes of `cmd`, started by hand (the test signals and kills them one by one)."""
   port = processes.free_port()
-  logs = [open(finetune_runs / f"killed_{i}.log", "w") for i in range(2)]
-  procs = [
+  return [
     subprocess.Popen(
       cmd + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=ROOT,
@@ -118,11 +117,36 @@ def test_a_killed_process_stops_its_peer_and_the_rerun_resumes_bit_for_bit(finet
     )
     for i in range(2)
   ]
+
+
+def _when_checkpoint(work, step, procs):
+  deadline = time.time() + 600
+  while not (work / "checkpoints" / str(step)).is_dir():
+    assert time.time() < deadline and all(p.poll() is None for p in procs), f"no checkpoint at trajectory {step}"
+    time.sleep(0.05)
+
+
+def _steps(work):
+  return sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())
+
+
+def test_signal_and_killed_process_stop_every_process_and_reruns_resume_bit_for_bit(finetune_runs, tiny_pipeline):
+  """SIGTERM to process 1 only: both stop after the same trajectory, with a checkpoint. Rerun, then kill
+  process 1: process 0 stops within the heartbeat timeout instead of hanging. Rerun: the run ends as the
+  uninterrupted two-process run, bit for bit."""
+  work = finetune_runs / "interrupted"
+  cmd = _finetune_cmd(tiny_pipeline, work) + [f"--heartbeat_timeout={HEARTBEAT}"]
+  logs = [open(finetune_runs / f"interrupted_{i}.log", "w") for i in range(4)]
   try:
-    deadline = time.time() + 600
-    while not (work / "checkpoints" / "2").is_dir():
-      assert time.time() < deadline and procs[1].poll() is None, "no checkpoint at trajectory 2"
-      time.sleep(0.05)
+    procs = _start_two(cmd, logs[:2])
+    _when_checkpoint(work, 2, procs)
+    procs[1].send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["preempted"] and summary["trajectories"] == _steps(work)[-1] < 6, (summary, _steps(work))
+
+    procs = _start_two(cmd, logs[2:])  # resumes, then loses process 1
+    _when_checkpoint(work, summary["trajectories"] + 1, procs)
     procs[1].kill()
     killed = time.time()
     rc = procs[0].wait(timeout=HEARTBEAT + 60)  # a hang fails here
@@ -134,8 +158,8 @@ def test_a_killed_process_stops_its_peer_and_the_rerun_resumes_bit_for_bit(finet
     for f in logs:
       f.close()
   assert rc != 0 and waited < HEARTBEAT + 30, (rc, waited)
-  assert sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())[-1] < 6  # it did stop early
-  _processes(cmd, finetune_runs / "resumed_logs")  # the same command again: resumes
+  assert _steps(work)[-1] < 6
+  _processes(cmd, finetune_runs / "resumed_logs")  # the same command again: resumes and finishes
   assert "resumed from" in (finetune_runs / "resumed_logs" / "process_0.log").read_text()
   ref = finetune_runs / "two"
   jax.tree.map(np.testing.assert_array_equal, _params(work), _params(ref))
