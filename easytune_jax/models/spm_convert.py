@@ -37,7 +37,7 @@ from easytune_jax.core.torch_zip import load_torch_checkpoint
 from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.models.spm_official import MAX_POSITIONS
 
-_WHERE = "easytune_jax/models/spm_convert.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 IGNORED_PREFIXES = ("clip.",)  # the sentence-T5 text model, present only in unfiltered state dicts
 
 

@@ -40,7 +40,7 @@ from easytune_jax.models.layers import TorchMultiheadAttention, resolve_scan, ru
 
 MAX_POSITIONS = 500
 LN_EPS = 1e-5
-_WHERE = "easytune_jax/models/spm_official.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 _xavier = nn.initializers.xavier_uniform()
 
 
