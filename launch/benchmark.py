@@ -10,7 +10,7 @@ Without the workdir flags, --config=tiny builds a seconds-long tiny pipeline und
 T in (10, 50, 200) and speed / alignment at T=50 (the paper's DRaFT-50 comparison), 10 minutes of training
 per method. Writes benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png to --out_dir.
 
---config: the `BenchmarkConfig` (bench/benchmark.py): a preset of easytune_jax/configs/benchmark.py ('tiny',
+--config: the `BenchmarkConfig` (bench/config.py): a preset of easytune_jax/configs/benchmark.py ('tiny',
 'paper') or a .py file with get_config(); override any field with --config.<field>=<value>, e.g.
 --config.memory_steps=10,50 --config.speed_variants=easytune,draft-T --config.budget_seconds=60
 --config.target_gain=none --config.learning_rate=1e-4 --config.floor=false.
@@ -21,7 +21,8 @@ import json
 from absl import app, flags, logging
 
 from easytune_jax import cli
-from easytune_jax.bench import benchmark
+from easytune_jax.bench.benchmark import run_benchmark
+from easytune_jax.bench.report import write_outputs
 from easytune_jax.configs import benchmark as presets
 from easytune_jax.pipelines.tiny import build_tiny_pipeline
 from easytune_jax.core.metric_writer import quiet_library_logs
@@ -52,8 +53,8 @@ def main(argv):
     logging.info("no workdirs given: building the tiny pipeline under %s/pipeline", FLAGS.out_dir)
     p = build_tiny_pipeline(f"{FLAGS.out_dir}/pipeline")
     gen, rew, data, ev = p.generator, p.reward, p.data, ev or p.evaluator
-  result = benchmark.run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed)
-  paths = benchmark.write_outputs(result, FLAGS.out_dir)
+  result = run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed)
+  paths = write_outputs(result, FLAGS.out_dir)
   print(json.dumps({"summary": result["summary"], "outputs": paths}, indent=2))
 
 

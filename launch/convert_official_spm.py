@@ -3,18 +3,18 @@
   python -m launch.convert_official_spm --checkpoint=checkpoints/spm/<spm>.pth --out=runs/spm_official
 
 The output is accepted wherever a trained reward is (`--reward_workdir` of launch/finetune.py and
-launch/benchmark.py, `train.reward.load_reward`, `--init_from` of launch/train_reward.py). The official SPM reads
+launch/benchmark.py, `bundles.reward.load_reward`, `--init_from` of launch/train_reward.py). The official SPM reads
 sentence-T5-large token embeddings: give fine-tuning `--config.reward_text=deps/sentence-t5-large` (encoded on the
 fly) or a precomputed `.npz` (launch/precompute_text_embeddings.py --config=sentence_t5_tokens). Sizes are read
 from the checkpoint's shapes; the number of attention heads is not stored in it (4 in the official configs):
---config.num_heads (`SPMConversion`, train/reward.py; preset 'official').
+--config.num_heads (`SPMConversion`, bundles/reward.py; preset 'official').
 """
 
 from absl import flags, logging
 
 from easytune_jax import cli
 from easytune_jax.configs import convert as presets
-from easytune_jax.train import reward
+from easytune_jax.bundles import reward
 
 FLAGS = flags.FLAGS
 cli.define_flags(dataset=False, progress=False)

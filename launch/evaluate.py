@@ -37,7 +37,7 @@ from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation as E
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
-from easytune_jax.train.finetune_runner import load_any_generator
+from easytune_jax.bundles.finetuned import load_any_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS

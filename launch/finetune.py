@@ -5,7 +5,7 @@
       [--evaluator_workdir=runs/evaluator] [--config=paper] [--config.finetune.method=draft \
       --config.finetune.k=1 --config.finetune.optim.learning_rate=1e-5 --config.trajectories=100 ...]
 
---config: the run's `RunConfig` (train/finetune_runner.py): a preset of easytune_jax/configs/finetune.py ('tiny',
+--config: the run's `RunConfig` (bundles/finetuned.py): a preset of easytune_jax/configs/finetune.py ('tiny',
 the default: the CPU setting; 'paper': T = 50, w = 7.5, lr 1e-5) or a .py file with get_config(); any field is
 overridden with --config.<field>=<value>, e.g. --config.finetune.sampler_variant=online,
 --config.finetune.reward_timestep=t (step-aware reward), --config.reward=spm:1.0,skating:0.2,
@@ -36,7 +36,7 @@ flags.DEFINE_string(
   "reward_workdir",
   None,
   "Reward model: a workdir of launch/train_reward.py or a converted "
-  "official SPM (train.reward.convert_spm_checkpoint).",
+  "official SPM (bundles.reward.convert_spm_checkpoint).",
 )
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train captions, val held-out).", required=True)
 flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator: quick R-precision/FID/MM-Dist at evals.")

@@ -36,7 +36,7 @@ from easytune_jax.bundles import export
 from easytune_jax.bundles import official_generator
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core.metric_writer import quiet_library_logs
-from easytune_jax.train.finetune_runner import load_finetuned_generator
+from easytune_jax.bundles.finetuned import load_finetuned_generator
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", None, "A caption, not empty (repeat the flag for several).")

@@ -15,7 +15,8 @@ import json
 from absl import flags, logging
 
 from easytune_jax import cli
-from easytune_jax.bench import benchmark, gpu
+from easytune_jax.bench import gpu
+from easytune_jax.bench.report import write_outputs
 from easytune_jax.configs import gpu as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
 
@@ -32,7 +33,7 @@ def main(argv):
   logging.info(
     "gpu benchmark: %.0f s, %d records, skipped %s", result["seconds"], len(result["records"]), result["skipped"]
   )
-  print(json.dumps({"summary": result["summary"], "outputs": benchmark.write_outputs(result, FLAGS.out_dir)}, indent=2))
+  print(json.dumps({"summary": result["summary"], "outputs": write_outputs(result, FLAGS.out_dir)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
       --init_from=/tmp/spm
   # EasyTune's sizes and objective: --config=paper
 
---config: the `RewardTrainConfig` (train/reward.py): a preset of easytune_jax/configs/reward.py ('tiny', 'paper'
-= 'official', 'paper_tmr') or a .py file with get_config(); override any field with --config.<field>=<value>
+--config: the `RewardTrainConfig` (rewards/spm_objective.py): a preset of easytune_jax/configs/reward.py ('tiny',
+'paper' = 'official', 'paper_tmr') or a .py file with get_config(); override any field with --config.<field>=<value>
 (e.g. --config.num_steps=1000 --config.batch_size=64 --config.noise_threshold=0.3; the SPL stage's rate is
 --config.spl_learning_rate). With --init_from the architecture is the init checkpoint's (--config.model.mode
 still applies).

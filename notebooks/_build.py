@@ -178,11 +178,11 @@ print(f"denoiser + text encoder parameters: {n_params:,}; max_length {base_gen.m
     ),
     new_code_cell("""\
 import json
-from easytune_jax.train import reward as R
+from easytune_jax.bundles.reward import read_reward_metadata
 
 reward_dir = stage_dir("reward", qs.stage_reward, data_dir)
 eval_dir = stage_dir("evaluator", qs.stage_evaluator, data_dir)
-meta = R.read_reward_metadata(reward_dir)
+meta = read_reward_metadata(reward_dir)
 print("reward model:", meta["stage"], "stage,", meta["train"]["model"]["mode"], "mode")
 if (pathlib.Path(reward_dir) / "retrieval.json").exists():
     print(json.dumps(json.loads((pathlib.Path(reward_dir) / "retrieval.json").read_text()), indent=1)[:600])
@@ -198,6 +198,7 @@ from easytune_jax import finetune
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.core import sampling
+from easytune_jax.bundles.finetuned import RunConfig
 from easytune_jax.train import finetune_runner as fr
 
 # The CPU sampler setting (core/sampling.py, the 'tiny' presets'); fewer steps in CI.
@@ -205,8 +206,8 @@ NUM_STEPS = 4 if SMALL else sampling.CPU_NUM_STEPS
 GUIDANCE = sampling.CPU_GUIDANCE_SCALE
 ft_cfg = finetune.FinetuneConfig(method="easytune", num_steps=NUM_STEPS, guidance_scale=GUIDANCE,
                                  optim=OptimConfig(learning_rate=1e-3 if SMALL else 2e-4, warmup_steps=0))
-run = fr.RunConfig(finetune=ft_cfg, trajectories=2 if SMALL else 12, batch_size=4 if SMALL else 16,
-                   eval_every=1 if SMALL else 3, heldout_size=8 if SMALL else 64, checkpoint_every=100)
+run = RunConfig(finetune=ft_cfg, trajectories=2 if SMALL else 12, batch_size=4 if SMALL else 16,
+                eval_every=1 if SMALL else 3, heldout_size=8 if SMALL else 64, checkpoint_every=100)
 ft_dir = str(OUT / "finetune_easytune")
 summary = fr.run_finetune(run, ft_dir, gen_dir, reward_dir, data_dir, progress=False)
 print(f"{summary['updates']} updates in {summary['seconds']:.0f} s; held-out reward "
@@ -233,19 +234,19 @@ display(Image(filename=curve_png))
     new_code_cell("""\
 from easytune_jax.eval import evaluation
 from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.bundles.finetuned import load_finetuned_generator
+from easytune_jax.bundles.generator import generator_fn
+from easytune_jax.bundles.task import load_task
 evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
-task = fr.load_task(gen_dir, reward_dir)
-tuned_gen = fr.load_finetuned_generator(ft_dir)
+task = load_task(gen_dir, reward_dir)
+tuned_gen = load_finetuned_generator(ft_dir)
 max_len = min(base_gen.max_length, evaluator.max_length)
 
 def make_fns(gen):
-    def generate_fn(captions, pos_tokens, lengths, rng):
-        return gen.generate(captions, lengths, rng, guidance_scale=GUIDANCE, num_steps=NUM_STEPS,
-                            normalized=True)[0]
     def reward_fn(x, captions, lengths):
         cond, _ = task.inputs(captions, np.minimum(lengths, gen.max_length), rng=jax.random.key(0))
         return np.asarray(task.reward(jax.numpy.asarray(x[:, :gen.max_length]), cond, None))
-    return generate_fn, reward_fn
+    return generator_fn(gen, GUIDANCE, NUM_STEPS), reward_fn
 
 results = []
 for name, gen in [("base", base_gen), ("easytune", tuned_gen)]:
@@ -463,6 +464,9 @@ def nb03() -> nbformat.NotebookNode:
       PIPELINE_DIRS
       + """
 from easytune_jax.data.humanml3d import load_dataset
+from easytune_jax.bundles.reward import load_reward, load_reward_tokenizer
+from easytune_jax.eval.retrieval import encode_dataset, evaluate_retrieval
+from easytune_jax.rewards.spm_objective import RewardTrainConfig
 from easytune_jax.train import reward as R
 
 data_dir = stage_dir("data", qs.stage_data)
@@ -480,12 +484,12 @@ print(f"{len(train)} train / {len(test)} test clips")
 if PIPELINE:
     pre_dir = str(ROOT / "reward")
 else:
-    rcfg = R.RewardTrainConfig(batch_size=16, max_length=64, log_every=10) if SMALL else R.RewardTrainConfig()
+    rcfg = RewardTrainConfig(batch_size=16, max_length=64, log_every=10) if SMALL else RewardTrainConfig()
     pre = R.train_reward(rcfg, OUT / "spm_pretrain", train, steps=10 if SMALL else 150, progress=False)
     pre_dir = pre["workdir"]
     print(f"pretrained {pre['steps']} steps in {pre['train_seconds']:.0f} s")
-_, pre_params, pre_cfg = R.load_reward(pre_dir)
-tokenizer = R.load_reward_tokenizer(pre_dir)
+_, pre_params, pre_cfg = load_reward(pre_dir)
+tokenizer = load_reward_tokenizer(pre_dir)
 print("SPM:", pre_cfg.model.mode, "mode, latent", pre_cfg.model.latent_dim, "| batch", pre_cfg.batch_size,
       "| max_length", pre_cfg.max_length)
 """),
@@ -502,7 +506,7 @@ from easytune_jax.data.batching import iterate_batches
 
 BATCH = min(8 if SMALL else 32, len(train))
 K = 2 if SMALL else pre_cfg.spl_k
-lat = R.encode_dataset(pre_params, pre_cfg, train, tokenizer, timesteps=(0,), batch_size=BATCH)
+lat = encode_dataset(pre_params, pre_cfg, train, tokenizer, timesteps=(0,), batch_size=BATCH)
 text_mu, motion_mu = lat[0]
 # encode_dataset visits the entries in the order of iterate_batches with the same seed (1234): its captions.
 arrays, host = next(iterate_batches(train, BATCH, 1234, 0, tokenizer, drop_last=False,
@@ -528,7 +532,7 @@ print(f"{int(np.sum(~np.asarray(pairs.correct)))} of {BATCH} captions give a pre
     ),
     new_code_cell("""\
 TIMESTEPS = (0, 300)
-before = R.evaluate_retrieval(pre_params, pre_cfg, test, tokenizer, timesteps=TIMESTEPS)
+before = evaluate_retrieval(pre_params, pre_cfg, test, tokenizer, timesteps=TIMESTEPS)
 spl_run = R.train_reward(pre_cfg, OUT / "spm_spl", train, spl=True, init_from=pre_dir,
                          steps=4 if SMALL else 60, eval_dataset=test, eval_timesteps=TIMESTEPS, progress=False)
 after = spl_run["retrieval"]
@@ -552,7 +556,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 spl_params, spl_cfg = spl_run["params"], spl_run["config"]
-lat = R.encode_dataset(spl_params, spl_cfg, train, tokenizer, timesteps=TIMESTEPS, batch_size=BATCH)
+lat = encode_dataset(spl_params, spl_cfg, train, tokenizer, timesteps=TIMESTEPS, batch_size=BATCH)
 fig, axes = plt.subplots(1, len(TIMESTEPS), figsize=(4 * len(TIMESTEPS), 3.6), dpi=80)
 for ax, t in zip(axes, TIMESTEPS):
     text_mu, motion_mu = lat[t]

@@ -1,5 +1,5 @@
-"""The benchmark (easytune_jax/benchmark.py) on the shared tiny trained pipeline: JSON schema, finite and
-positive figures, outputs on disk, and EasyTune's compiled memory flat in T while DRaFT-T grows."""
+"""The benchmark (easytune_jax/bench/benchmark.py and its parts) on the shared tiny trained pipeline: JSON schema,
+finite and positive figures, outputs on disk, and EasyTune's compiled memory flat in T while DRaFT-T grows."""
 
 import json
 import math
@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from easytune_jax.bench import benchmark
+from easytune_jax.bench.benchmark import run_benchmark
+from easytune_jax.bench.config import BenchmarkConfig, finetune_config, get_config
+from easytune_jax.bench.report import write_outputs
+from easytune_jax.bench.speed import time_to_gain
+from easytune_jax.bench.variants import Variant, parse_variant
 
 
 def _finite(x):
@@ -16,7 +20,7 @@ def _finite(x):
 
 @pytest.fixture(scope="module")
 def result(tiny_pipeline, tmp_path_factory):
-  cfg = benchmark.BenchmarkConfig(
+  cfg = BenchmarkConfig(
     memory_variants=("easytune", "draft-1", "draft-T", "draft-T+remat", "draft-10"),
     memory_steps=(4, 8),
     speed_variants=("easytune", "draft-T"),
@@ -31,9 +35,9 @@ def result(tiny_pipeline, tmp_path_factory):
     eval_batch_size=4,
   )
   p = tiny_pipeline
-  res = benchmark.run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator)
+  res = run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator)
   out = tmp_path_factory.mktemp("bench")
-  paths = benchmark.write_outputs(res, str(out))
+  paths = write_outputs(res, str(out))
   return res, paths
 
 
@@ -106,7 +110,7 @@ def test_schema_and_figures(result):
   assert math.isclose(summ["target_gain"], 0.5 * max(gains.values()))
   for n in ("EasyTune", "DRaFT-T"):
     ts = [
-      benchmark.time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
+      time_to_gain(run["curve"]["seconds"], run["curve"]["reward"], summ["target_gain"])
       for run in _rec(res, n, 4)["speed"]["runs"]
     ]
     assert summ["seconds_to_target_gain_per_run"][n] == ts
@@ -144,56 +148,49 @@ def test_memory_scaling(result):
 def test_time_to_gain_interpolates_the_first_crossing():
   secs, rew = [0.0, 2.0, 4.0, 6.0], [0.5, 0.6, 0.8, 0.7]
   # level 0.7 is crossed between 2 s (0.6) and 4 s (0.8): halfway -> 3 s; the later dip does not matter.
-  assert math.isclose(benchmark.time_to_gain(secs, rew, 0.2), 3.0)
-  assert math.isclose(benchmark.time_to_gain(secs, rew, 0.05), 1.0)
-  assert math.isclose(benchmark.time_to_gain(secs, rew, 0.25), 3.5)
-  assert benchmark.time_to_gain(secs, rew, 0.31) is None
+  assert math.isclose(time_to_gain(secs, rew, 0.2), 3.0)
+  assert math.isclose(time_to_gain(secs, rew, 0.05), 1.0)
+  assert math.isclose(time_to_gain(secs, rew, 0.25), 3.5)
+  assert time_to_gain(secs, rew, 0.31) is None
   with pytest.raises(ValueError, match="target_gain: expected > 0 or None, found -0.1"):
-    benchmark.BenchmarkConfig(target_gain=-0.1)
+    BenchmarkConfig(target_gain=-0.1)
 
 
 def test_variant_parsing_and_config_errors():
-  assert benchmark.parse_variant("draft-10+remat") == benchmark.Variant("draft", 10, True)
-  assert benchmark.parse_variant("draft-T").name == "DRaFT-T"
-  assert benchmark.parse_variant("alignprop+remat").name == "AlignProp+remat"
-  v = benchmark.parse_variant("draft-1+remat@1e-4")
-  assert v == benchmark.Variant("draft", 1, True, 1e-4) and v.family == "DRaFT-1+remat"
-  assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).optim.learning_rate == 1e-4
-  assert (
-    benchmark.finetune_config(
-      benchmark.BenchmarkConfig(learning_rate=3e-5), benchmark.parse_variant("refl"), 10
-    ).optim.learning_rate
-    == 3e-5
-  )
-  v = benchmark.parse_variant("easytune-10+online")
+  assert parse_variant("draft-10+remat") == Variant("draft", 10, True)
+  assert parse_variant("draft-T").name == "DRaFT-T"
+  assert parse_variant("alignprop+remat").name == "AlignProp+remat"
+  v = parse_variant("draft-1+remat@1e-4")
+  assert v == Variant("draft", 1, True, 1e-4) and v.family == "DRaFT-1+remat"
+  assert finetune_config(BenchmarkConfig(), v, 10).optim.learning_rate == 1e-4
+  assert finetune_config(BenchmarkConfig(learning_rate=3e-5), parse_variant("refl"), 10).optim.learning_rate == 3e-5
+  v = parse_variant("easytune-10+online")
   assert v.name == "EasyTune-10+online" and not v.applies(8) and v.applies(10)
-  assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 50).num_grad_steps == 10
-  k_of = lambda spec: (
-    benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant(spec), 50).num_grad_steps
-  )
+  assert finetune_config(BenchmarkConfig(), v, 50).num_grad_steps == 10
+  k_of = lambda spec: finetune_config(BenchmarkConfig(), parse_variant(spec), 50).num_grad_steps
   assert k_of("easytune-T") == k_of("easytune") == 50 and k_of("drtune") == 5 and k_of("drtune-3") == 3
   with pytest.raises(ValueError, match="expected 'easytune-<K>' with K >= 1 or 'easytune-T', found K='0'"):
-    benchmark.parse_variant("easytune-0")
-  v = benchmark.parse_variant("easytune+online@2e-5")
+    parse_variant("easytune-0")
+  v = parse_variant("easytune+online@2e-5")
   assert v.name == "EasyTune+online@2e-05" and v.family == "EasyTune+online"
-  assert benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).sampler_variant == "online"
+  assert finetune_config(BenchmarkConfig(), v, 10).sampler_variant == "online"
   with pytest.raises(ValueError, match="'\\+online' is a per-step method's sampler variant, not for 'refl'"):
-    benchmark.parse_variant("refl+online")
+    parse_variant("refl+online")
   with pytest.raises(ValueError, match="'easytune@fast'.*rate > 0, found 'fast'"):
-    benchmark.parse_variant("easytune@fast")
-  with pytest.raises(ValueError, match="easytune_jax/benchmark.py.*'draft-x'.*K='x'"):
-    benchmark.parse_variant("draft-x")
+    parse_variant("easytune@fast")
+  with pytest.raises(ValueError, match="easytune_jax/bench/variants.py.*'draft-x'.*K='x'"):
+    parse_variant("draft-x")
   with pytest.raises(ValueError, match="expected a method in"):
-    benchmark.parse_variant("dpo")
+    parse_variant("dpo")
   with pytest.raises(ValueError, match="'\\+remat' does not apply"):
-    benchmark.parse_variant("easytune+remat")
+    parse_variant("easytune+remat")
   with pytest.raises(ValueError, match="'refl' takes no k"):
-    benchmark.parse_variant("refl-3")
-  v = benchmark.parse_variant("draft")  # the row's default depth (K = 1)
-  assert v.name == "DRaFT" and benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10).num_grad_steps == 1
-  assert benchmark.parse_variant("draft-T").resolve_k(7) == 7
+    parse_variant("refl-3")
+  v = parse_variant("draft")  # the row's default depth (K = 1)
+  assert v.name == "DRaFT" and finetune_config(BenchmarkConfig(), v, 10).num_grad_steps == 1
+  assert parse_variant("draft-T").resolve_k(7) == 7
   with pytest.raises(ValueError, match="budget_seconds or budget_trajectories"):
-    benchmark.BenchmarkConfig(budget_seconds=None, budget_trajectories=None)
+    BenchmarkConfig(budget_seconds=None, budget_trajectories=None)
   with pytest.raises(ValueError, match="expected 'tiny' or 'paper', found 'huge'"):
-    benchmark.get_config("huge")
-  assert benchmark.get_config("paper").speed_steps == 50
+    get_config("huge")
+  assert get_config("paper").speed_steps == 50

@@ -15,8 +15,10 @@ from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig
 from easytune_jax.models.spm import SPMConfig
+from easytune_jax.bundles import finetuned
+from easytune_jax.bundles.task import load_task
 from easytune_jax.train import finetune_runner as fr
-from easytune_jax.train import reward as R
+from easytune_jax.bundles import reward as RB
 from tests.test_spm_official import synthetic_state
 from easytune_jax.core.torch_zip import save_torch
 
@@ -26,7 +28,7 @@ def _cfg(method, trajectories=3, **kw):
   ft = finetune.FinetuneConfig(
     method=method, num_steps=4, k=k, m=2, guidance_scale=2.0, optim=OptimConfig(learning_rate=1e-3), **kw
   )
-  return fr.RunConfig(
+  return finetuned.RunConfig(
     finetune=ft, trajectories=trajectories, batch_size=4, eval_every=2, heldout_size=8, checkpoint_every=2
   )
 
@@ -60,17 +62,17 @@ def test_easytune_run_logs_resumes_and_reloads(tiny_pipeline, tmp_path):
   assert info["generator_workdir_absolute"] == str(pathlib.Path(p.generator).absolute())
   # EasyTune raises the held-out reward of the base model on this tiny setup.
   assert s2["final_heldout_reward"] > s2["base_heldout_reward"]
-  gen = fr.load_finetuned_generator(str(work))
+  gen = finetuned.load_finetuned_generator(str(work))
   own = gen.sampler_defaults  # the sampler it was fine-tuned with: what generate / evaluate use by default
   assert (own.num_steps, own.guidance_scale) == (4, 2.0) and str(work) in own.source
-  base = fr.load_task(p.generator, p.reward).gen
+  base = load_task(p.generator, p.reward).gen
   diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), gen.params, base.params))
   assert max(diff) > 0
   feats, joints = gen.generate(["a person walks forward."], [32], jax.random.key(0), num_steps=4)
   assert feats.shape[0] == 1 and np.all(np.isfinite(joints))
   with pytest.raises(CheckpointError, match="batch_size"):
     fr.run_finetune(
-      fr.RunConfig(**{**_cfg("easytune", 4).__dict__, "batch_size": 2}),
+      finetuned.RunConfig(**{**_cfg("easytune", 4).__dict__, "batch_size": 2}),
       str(work),
       p.generator,
       p.reward,
@@ -98,8 +100,8 @@ def test_every_baseline_runs_through_the_same_harness(tiny_pipeline, tmp_path, m
   train_rows = [r for r in read_metrics(work) if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2]
   assert all(np.isfinite(v) for r in train_rows for v in r.values()), train_rows
-  gen = fr.load_finetuned_generator(str(work))
-  base = fr.load_task(p.generator, p.reward).gen
+  gen = finetuned.load_finetuned_generator(str(work))
+  base = load_task(p.generator, p.reward).gen
   diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), gen.params, base.params))
   assert max(diff) > 0, f"{method}: the saved params equal the base model's"
   _, joints = gen.generate(["a person walks forward."], [32], jax.random.key(0), num_steps=4)
@@ -131,11 +133,11 @@ def test_regularizers_get_their_inputs_from_the_harness(tiny_pipeline, tmp_path,
 
 
 def test_trainable_mask_patterns(tiny_pipeline):
-  task = fr.load_task(tiny_pipeline.generator, tiny_pipeline.reward)
-  assert fr.trainable_mask(task.gen.params, "all") is None
+  task = load_task(tiny_pipeline.generator, tiny_pipeline.reward)
+  assert finetuned.trainable_mask(task.gen.params, "all") is None
   with pytest.raises(ValueError, match="matches no parameter"):
-    fr.trainable_mask(task.gen.params, "no_such_layer")
-  mask = fr.trainable_mask(task.gen.params, "Dense_0")
+    finetuned.trainable_mask(task.gen.params, "no_such_layer")
+  mask = finetuned.trainable_mask(task.gen.params, "Dense_0")
   leaves = jax.tree.leaves(mask)
   assert any(leaves) and not all(leaves)
 
@@ -145,8 +147,8 @@ def test_best_checkpoint_by_a_val_split_evaluator_metric(tiny_pipeline, tmp_path
   lower is better); its metadata names the metric, the value and the trajectory."""
   p = tiny_pipeline
   with pytest.raises(ValueError, match="RunConfig.best_metric: expected one of .*found 'loss'"):
-    fr.RunConfig(best_metric="loss")
-  cfg = fr.RunConfig(**{**_cfg("draft", 3).__dict__, "eval_every": 1, "best_metric": "Matching_score"})
+    finetuned.RunConfig(best_metric="loss")
+  cfg = finetuned.RunConfig(**{**_cfg("draft", 3).__dict__, "eval_every": 1, "best_metric": "Matching_score"})
   with pytest.raises(ValueError, match="best_metric='Matching_score' is an evaluator metric: pass evaluator_workdir"):
     fr.run_finetune(cfg, str(tmp_path / "noeval"), p.generator, p.reward, p.data, progress=False)
   work = tmp_path / "best"
@@ -155,8 +157,8 @@ def test_best_checkpoint_by_a_val_split_evaluator_metric(tiny_pipeline, tmp_path
   logged = {r["step"]: r["val/Matching_score"] for r in read_metrics(work) if "val/Matching_score" in r}
   assert sorted(logged) == [1, 2, 3] and best["metric"] == "Matching_score"
   assert best["value"] <= min(logged.values()) + 1e-9
-  base = fr.load_task(p.generator, p.reward).gen.params
-  best_params = fr.load_finetuned_generator(str(work), which="best").params
+  base = load_task(p.generator, p.reward).gen.params
+  best_params = finetuned.load_finetuned_generator(str(work), which="best").params
   same_as_base = all(bool(np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(best_params), jax.tree.leaves(base)))
   if best["trajectory"] == 0:  # nothing beat the base: best/ holds the base params
     assert same_as_base and best["value"] < min(logged.values())
@@ -201,10 +203,10 @@ def test_official_spm_reward_through_the_harness(tiny_pipeline, tmp_path):
   config = SPMConfig.official(dim_motion=263, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)
   sd = synthetic_state(config, e=32, seed=4)  # the fixture's T5 width is 32
   save_torch(tmp_path / "spm.pth", {"state_dict": sd})
-  reward_dir = R.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "spm", num_heads=2)
+  reward_dir = RB.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "spm", num_heads=2)
   with pytest.raises(ValueError, match="RunConfig.reward_text"):
-    fr.load_task(p.generator, str(reward_dir))
-  task = fr.load_task(p.generator, str(reward_dir), reward_text=str(st5))
+    load_task(p.generator, str(reward_dir))
+  task = load_task(p.generator, str(reward_dir), reward_text=str(st5))
   assert task.reward_needs_rng
   with pytest.raises(ValueError, match="pass rng"):
     task.inputs(["a person walks."], [32])

@@ -298,29 +298,31 @@ def test_cast_floating_leaves_ints_and_keys():
 
 # --------------------------------------------------------------------------------------------- benchmark wiring
 def test_benchmark_chunk_variants_and_floor_record():
-  from easytune_jax.bench import benchmark
+  from easytune_jax.bench.config import BenchmarkConfig, finetune_config
+  from easytune_jax.bench.measure import floor_record
+  from easytune_jax.bench.variants import Variant, parse_variant
 
-  v = benchmark.parse_variant("easytune-10+chunk5@1e-4")
-  assert v == benchmark.Variant("easytune", 10, False, 1e-4, False, 5) and v.name == "EasyTune-10+chunk5@0.0001"
+  v = parse_variant("easytune-10+chunk5@1e-4")
+  assert v == Variant("easytune", 10, False, 1e-4, False, 5) and v.name == "EasyTune-10+chunk5@0.0001"
   assert v.family == "EasyTune-10+chunk5"
-  cfg_b = benchmark.BenchmarkConfig(grad_chunk=4)
-  assert benchmark.finetune_config(cfg_b, v, 50).chunk_size == 5
-  assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune"), 50).grad_chunk == 4
-  assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("easytune+online"), 50).grad_chunk == 1
-  assert benchmark.finetune_config(cfg_b, benchmark.parse_variant("draft-1"), 50).grad_chunk == 1
+  cfg_b = BenchmarkConfig(grad_chunk=4)
+  assert finetune_config(cfg_b, v, 50).chunk_size == 5
+  assert finetune_config(cfg_b, parse_variant("easytune"), 50).grad_chunk == 4
+  assert finetune_config(cfg_b, parse_variant("easytune+online"), 50).grad_chunk == 1
+  assert finetune_config(cfg_b, parse_variant("draft-1"), 50).grad_chunk == 1
   for bad, msg in (
     ("easytune+chunk0", "expected '\\+chunk<C>' with C >= 1"),
     ("draft-1+chunk2", "'\\+chunk<C>' batches frozen per-step gradients, not for 'draft'"),
     ("easytune+online+chunk2", "not for 'easytune\\+online'"),
   ):
     with pytest.raises(ValueError, match=msg):
-      benchmark.parse_variant(bad)
+      parse_variant(bad)
   with pytest.raises(ValueError, match="grad_chunk"):
-    benchmark.BenchmarkConfig(grad_chunk=0)
+    BenchmarkConfig(grad_chunk=0)
   floor = {"T": 10, "sampling_seconds": 1.0, "one_step_grad_seconds": 0.5, "optimizer_update_seconds": 0.1}
-  ft = benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant("easytune"), 10)
-  r = benchmark.floor_record(floor, ft, 12.0)
+  ft = finetune_config(BenchmarkConfig(), parse_variant("easytune"), 10)
+  r = floor_record(floor, ft, 12.0)
   assert r["grad_steps"] == 10 and r["floor_seconds"] == 6.0 and r["floor_with_optimizer_seconds"] == 7.0
   assert r["over_floor"] == 2.0
-  ft = benchmark.finetune_config(benchmark.BenchmarkConfig(), benchmark.parse_variant("refl"), 10)
-  assert benchmark.floor_record(floor, ft, 3.2)["floor_with_optimizer_seconds"] == pytest.approx(1.6)
+  ft = finetune_config(BenchmarkConfig(), parse_variant("refl"), 10)
+  assert floor_record(floor, ft, 3.2)["floor_with_optimizer_seconds"] == pytest.approx(1.6)

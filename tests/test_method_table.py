@@ -15,7 +15,9 @@ import optax
 import pytest
 
 from easytune_jax import finetune
-from easytune_jax.bench import benchmark
+from easytune_jax.bench.config import BenchmarkConfig, finetune_config
+from easytune_jax.bench.measure import grad_steps
+from easytune_jax.bench.variants import parse_variant
 from easytune_jax.core.optim import create_train_state
 from tests.test_finetune import T, Ref, assert_tree_close, cfg, decode, denoise, reward, setup
 
@@ -89,12 +91,12 @@ def test_toy_row_runs_in_the_update_and_the_benchmark(window):
   update = finetune.make_update_fn(cfg("window", k=2), denoise, reward, sched, tx, decode=decode)
   state, m = update(create_train_state(params, tx), x_T, cond, uncond, jax.random.key(0))
   assert int(state.step) == 1 and bool(m["finite"]) and int(m["grad_mask"].sum()) == 2
-  v = benchmark.parse_variant("window-3+remat@1e-3")
+  v = parse_variant("window-3+remat@1e-3")
   assert v.name == "Window-3+remat@0.001" and v.applies(3) and not v.applies(2)
-  ft = benchmark.finetune_config(benchmark.BenchmarkConfig(), v, 10)
-  assert (ft.method, ft.num_grad_steps, ft.remat, benchmark.grad_steps(ft)) == ("window", 3, True, 3.0)
+  ft = finetune_config(BenchmarkConfig(), v, 10)
+  assert (ft.method, ft.num_grad_steps, ft.remat, grad_steps(ft)) == ("window", 3, True, 3.0)
   with pytest.raises(ValueError, match="'\\+online' is a per-step method's sampler variant, not for 'window'"):
-    benchmark.parse_variant("window+online")
+    parse_variant("window+online")
 
 
 def test_config_errors_name_the_table():

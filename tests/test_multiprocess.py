@@ -16,7 +16,7 @@ import pytest
 
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core import processes
-from easytune_jax.train import finetune_runner
+from easytune_jax.bundles.finetuned import load_finetuned_generator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TWO_BY_TWO = processes.ProcessesConfig(num_processes=2, cpu_devices=2, grace_seconds=30)
@@ -64,7 +64,7 @@ def _heldout(workdir):
 
 
 def _params(workdir, which="final"):
-  return jax.tree.map(np.asarray, finetune_runner.load_finetuned_generator(str(workdir), which).params)
+  return jax.tree.map(np.asarray, load_finetuned_generator(str(workdir), which).params)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_two_processes_train_base_and_reward_as_one_process(tiny_pipeline, tmp_p
   """The generator (VAE + denoiser) and the reward model trained by 2 processes x 2 devices equal the same
   training by one process on 4 devices: each process built its rows of every batch, process 0 wrote the files."""
   from easytune_jax.pipelines.tiny import TINY_BASE_OVERRIDES
-  from easytune_jax.train import reward as reward_train
+  from easytune_jax.bundles.reward import load_reward
 
   base_args = [f"--config.{o}" for o in TINY_BASE_OVERRIDES] + ["--config=tiny", "--num_samples=0"]
   reward_args = ["--config=tiny", "--config.num_steps=4", "--config.batch_size=8"]
@@ -199,7 +199,7 @@ def test_two_processes_train_base_and_reward_as_one_process(tiny_pipeline, tmp_p
       runs[name, kind] = tmp_path / f"{name}_{kind}"
   # The same float32 noise as the fine-tuning runs, against the parameters' own size (|a - b| / |a|).
   gens = {k: load_generator(str(runs["base", k])) for k in ("one", "two")}
-  rewards = {k: reward_train.load_reward(str(runs["reward", k]))[1] for k in ("one", "two")}
+  rewards = {k: load_reward(str(runs["reward", k]))[1] for k in ("one", "two")}
   for name, get in (
     ("denoiser", lambda k: gens[k].params),
     ("vae", lambda k: gens[k].frozen["vae"]),

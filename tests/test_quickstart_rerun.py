@@ -18,6 +18,7 @@ from easytune_jax import viz
 from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation
 from easytune_jax.pipelines import quickstart
+from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.train import finetune_runner
 
 CFG = quickstart.QuickstartConfig(methods=("easytune",), trajectories=1, replications=1, num_animations=1, num_steps=4)
@@ -106,7 +107,7 @@ def test_rerun_of_finished_quickstart_skips_everything(tmp_path, counted):
     for name in ("report/report.md", "report/summary.json"):
       text = (where / name).read_text()
       assert str(tmp_path) not in text, f"{name} holds an absolute path: {text[:400]}"
-    tuned = finetune_runner.load_finetuned_generator(str(where / "finetune_easytune"))  # its base found beside it
+    tuned = load_finetuned_generator(str(where / "finetune_easytune"))  # its base found beside it
     assert tuned.max_length > 0
 
 

@@ -242,13 +242,13 @@ def _metric_tag(name):
 
 def _moved_run_without_its_base(tmp):
   """A fine-tuning run folder whose recorded base generator is neither beside it nor at its absolute path."""
-  from easytune_jax.train import finetune_runner
+  from easytune_jax.bundles.finetuned import load_finetuned_generator
 
   run = tmp / "moved" / "finetune_easytune"
   run.mkdir(parents=True)
   info = {"run": {}, "generator_workdir": "../base", "generator_workdir_absolute": str(tmp / "old" / "base")}
   (run / "finetune.json").write_text(json.dumps(info))
-  return finetune_runner.load_finetuned_generator(str(run))
+  return load_finetuned_generator(str(run))
 
 
 def _fake_mesh(data, fsdp):

@@ -19,31 +19,34 @@ from easytune_jax.models import spm
 from easytune_jax.models.spm import SPMConfig
 from easytune_jax.core.schedules import make_schedule
 from easytune_jax.train import reward as R
+from easytune_jax.bundles import reward as RB
+from easytune_jax.rewards import spm_loss as RL
+from easytune_jax.rewards import spm_objective as RO
 from tests.test_spm_official import synthetic_state
 from easytune_jax.core.torch_zip import save_torch
 
 E = 10
 MODEL = SPMConfig.official(dim_motion=6, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)
-OFFICIAL = R.RewardTrainConfig.official(model=MODEL, batch_size=4, max_length=6)
+OFFICIAL = RO.RewardTrainConfig.official(model=MODEL, batch_size=4, max_length=6)
 OURS = OFFICIAL.with_objective("ours")
 
 
 def test_presets_and_named_options():
-  paper = R.RewardTrainConfig.paper()
-  assert paper == R.RewardTrainConfig.official()
+  paper = RO.RewardTrainConfig.paper()
+  assert paper == RO.RewardTrainConfig.official()
   assert paper.model == SPMConfig.official() and paper.model.arch == "official"
   assert (paper.learning_rate, paper.spl_learning_rate, paper.spl_weight) == (1e-4, 1e-5, 1e-2)
   assert (paper.noise_threshold, paper.max_timestep, paper.temperature, paper.threshold_selfsim) == (0.5, 501, 0.1, 0.9)
   assert (paper.weight_decay, paper.grad_clip_norm, paper.batch_size) == (0.01, 0.0, 64)
-  assert all(getattr(paper, k) == v for k, v in R.OFFICIAL_OBJECTIVE.items())
-  assert all(getattr(R.RewardTrainConfig(), k) == v for k, v in R.OUR_OBJECTIVE.items())
-  assert all(getattr(OURS, k) == v for k, v in R.OUR_OBJECTIVE.items()) and OURS.model == MODEL
-  assert R.RewardTrainConfig.paper_tmr().model.arch == "tmr"
+  assert all(getattr(paper, k) == v for k, v in RO.OFFICIAL_OBJECTIVE.items())
+  assert all(getattr(RO.RewardTrainConfig(), k) == v for k, v in RO.OUR_OBJECTIVE.items())
+  assert all(getattr(OURS, k) == v for k, v in RO.OUR_OBJECTIVE.items()) and OURS.model == MODEL
+  assert RO.RewardTrainConfig.paper_tmr().model.arch == "tmr"
   # Configs saved before the objective fields existed read back as ours (what they were trained with).
-  old = R.RewardTrainConfig().to_dict()
+  old = RO.RewardTrainConfig().to_dict()
   for k in ("timestep_routing", "spl_latents", "spl_temperature_convention", "filter_convention", "recons_target"):
     old.pop(k)
-  assert R.RewardTrainConfig.from_dict(old) == R.RewardTrainConfig()
+  assert RO.RewardTrainConfig.from_dict(old) == RO.RewardTrainConfig()
   with pytest.raises(ValueError, match="timestep_routing"):
     dataclasses.replace(OFFICIAL, timestep_routing="always")
   with pytest.raises(ValueError, match="objective"):
@@ -56,21 +59,21 @@ def test_noise_batch_official_timesteps():
   x = jnp.ones((4, 6, 6))
   mask = jnp.ones((4, 6), bool)
   key = jax.random.key(3)
-  clean0, t0 = R.noise_batch(key, x, mask, sched, 1.0, 501)  # never noised: ours t = 0
-  clean1, t1 = R.noise_batch(key, x, mask, sched, 1.0, 501, "sampled")  # official: t drawn all the same
+  clean0, t0 = RL.noise_batch(key, x, mask, sched, 1.0, 501)  # never noised: ours t = 0
+  clean1, t1 = RL.noise_batch(key, x, mask, sched, 1.0, 501, "sampled")  # official: t drawn all the same
   np.testing.assert_array_equal(np.asarray(clean0), np.asarray(x))
   np.testing.assert_array_equal(np.asarray(clean1), np.asarray(x))
   assert np.all(np.asarray(t0) == 0) and np.any(np.asarray(t1) > 0)
-  noisy, t2 = R.noise_batch(key, x, mask, sched, 0.0, 501, "sampled")  # always noised, same draws
+  noisy, t2 = RL.noise_batch(key, x, mask, sched, 0.0, 501, "sampled")  # always noised, same draws
   np.testing.assert_array_equal(np.asarray(t1), np.asarray(t2))
   assert not np.allclose(np.asarray(noisy), 1.0)
   # t ~ U{0, ..., 500}: max_timestep=501 reaches 500 and never 501.
-  ts = jax.vmap(lambda k: R.noise_batch(k, x[:1], mask[:1], sched, 0.0, 501, "sampled")[1])(
+  ts = jax.vmap(lambda k: RL.noise_batch(k, x[:1], mask[:1], sched, 0.0, 501, "sampled")[1])(
     jax.random.split(jax.random.key(0), 3000)
   )
   assert int(ts.min()) == 0 and int(ts.max()) == 500
   # Noise with probability 1 - NoiseThr (one coin per batch).
-  coins = jax.vmap(lambda k: jnp.any(R.noise_batch(k, x, mask, sched, 0.7, 501, "sampled")[0] != x))(
+  coins = jax.vmap(lambda k: jnp.any(RL.noise_batch(k, x, mask, sched, 0.7, 501, "sampled")[0] != x))(
     jax.random.split(jax.random.key(1), 2000)
   )
   assert abs(float(jnp.mean(coins)) - 0.3) < 0.05
@@ -109,8 +112,8 @@ def params():
 
 def _run(monkeypatch, params, config, use_spl):
   calls = []
-  monkeypatch.setattr(R, "spm_module", lambda c: _Spy(spm.spm_module(c), calls))
-  loss, metrics = R.reward_loss(
+  monkeypatch.setattr(RL, "spm_module", lambda c: _Spy(spm.spm_module(c), calls))
+  loss, metrics = RL.reward_loss(
     params, _batch(), jax.random.key(5), config, make_schedule(config.diffusion), use_spl, deterministic=True
   )
   assert np.isfinite(float(loss))
@@ -137,7 +140,7 @@ def test_timestep_routing_per_stage(monkeypatch, params, mode):
   ]
   assert np.any(np.asarray(calls[4][1]) > 0)  # a clean batch still carries its sampled t
   # Ours: t to the mode's encoders, t = 0 for clean batches, SPL on the means of the same pass (no second pass).
-  calls, _ = _run(monkeypatch, params, dataclasses.replace(clean, **R.OUR_OBJECTIVE), True)
+  calls, _ = _run(monkeypatch, params, dataclasses.replace(clean, **RO.OUR_OBJECTIVE), True)
   assert [m for m, _ in calls] == ["encode_text", "encode_motion", "decode"]
   if sees_m:
     assert np.all(np.asarray(calls[1][1]) == 0)
@@ -149,17 +152,17 @@ def test_spl_latents_sample_vs_mean(params):
   sched = make_schedule(cfg.diffusion)
   batch = _batch()
   key = jax.random.key(5)
-  _, t = R.noise_batch(jax.random.split(key, 6)[0], batch["motion"], batch["mask"], sched, 1.0, 501, "sampled")
+  _, t = RL.noise_batch(jax.random.split(key, 6)[0], batch["motion"], batch["mask"], sched, 1.0, 501, "sampled")
   module = spm.spm_module(MODEL)
   mu_t, _ = module.apply(params, batch["text_emb"], batch["text_emb_mask"], None, method="encode_text")
   mu_m, _ = module.apply(params, batch["motion"], batch["mask"], t, method="encode_motion")
   on_means = float(spl.spl_loss(mu_t, mu_m, convention="official")[0])
-  _, m_mean = R.reward_loss(params, batch, key, dataclasses.replace(cfg, spl_latents="mean"), sched, True, True)
-  _, m_sample = R.reward_loss(params, batch, key, cfg, sched, True, True)
+  _, m_mean = RL.reward_loss(params, batch, key, dataclasses.replace(cfg, spl_latents="mean"), sched, True, True)
+  _, m_sample = RL.reward_loss(params, batch, key, cfg, sched, True, True)
   assert float(m_mean["spl"]) == pytest.approx(on_means, rel=1e-5)
   assert float(m_sample["spl"]) != pytest.approx(on_means, rel=1e-3)
   # Temperature convention: single division gives a different (smaller) SPL term on the same latents.
-  _, m_single = R.reward_loss(
+  _, m_single = RL.reward_loss(
     params,
     batch,
     key,
@@ -178,14 +181,14 @@ def test_reconstruction_targets():
   pred = target * mask[..., None]
   # Ours: valid frames only -> 0. Official: every frame up to the longest clip (4), padding of the shorter clip
   # included: 2 frames x 3 features of 0.5 over 2 x 4 x 3 elements.
-  assert float(R.masked_smooth_l1(pred, target, mask)) == 0.0
-  assert float(R.batch_frames_smooth_l1(pred, target, mask)) == pytest.approx(0.125)
+  assert float(RL.masked_smooth_l1(pred, target, mask)) == 0.0
+  assert float(RL.batch_frames_smooth_l1(pred, target, mask)) == pytest.approx(0.125)
   # Official target = the (noised) input: with every batch noised, the two targets give different losses.
   sched = make_schedule(OFFICIAL.diffusion)
   p = spm.init_spm(MODEL, jax.random.key(0), text_emb_dim=E)
   noisy = dataclasses.replace(OFFICIAL, noise_threshold=0.0)
-  _, a = R.reward_loss(p, _batch(), jax.random.key(1), noisy, sched, False, True)
-  _, b = R.reward_loss(
+  _, a = RL.reward_loss(p, _batch(), jax.random.key(1), noisy, sched, False, True)
+  _, b = RL.reward_loss(
     p, _batch(), jax.random.key(1), dataclasses.replace(noisy, recons_target="clean_valid"), sched, False, True
   )
   assert float(a["recons"]) != pytest.approx(float(b["recons"]), rel=1e-3)
@@ -211,7 +214,7 @@ def test_spl_stage_from_a_converted_official_checkpoint(tmp_path):
   emb = TextEmbeddings(str(tmp_path / "t5.npz"))
   model = dataclasses.replace(MODEL, dim_motion=train.info.dim)
   save_torch(tmp_path / "spm.pth", {"state_dict": synthetic_state(model, E)})
-  converted = R.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "converted", num_heads=2)
+  converted = RB.convert_spm_checkpoint(tmp_path / "spm.pth", tmp_path / "converted", num_heads=2)
   cfg = dataclasses.replace(OFFICIAL, max_length=16, log_every=1, checkpoint_every=10, model=model)
   with pytest.raises(ValueError, match="text_embeddings"):
     R.train_reward(cfg, tmp_path / "none", train, spl=True, init_from=converted, steps=1, progress=False)
@@ -219,9 +222,9 @@ def test_spl_stage_from_a_converted_official_checkpoint(tmp_path):
     cfg, tmp_path / "spl", train, spl=True, init_from=converted, steps=1, text_embeddings=emb, progress=False
   )
   assert run["steps"] == 1 and run["config"].spl_latents == "sample"
-  meta = R.read_reward_metadata(tmp_path / "spl")
+  meta = RB.read_reward_metadata(tmp_path / "spl")
   assert meta["optim"]["learning_rate"] == 1e-5 and meta["optim"]["weight_decay"] == 0.01
-  reward, _, rc = R.load_reward(tmp_path / "spl")
+  reward, _, rc = RB.load_reward(tmp_path / "spl")
   assert rc.model.arch == "official"
   b = _batch()
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, train.info.dim)), jnp.float32)

@@ -10,7 +10,8 @@ import pytest
 
 from easytune_jax.models import spm
 from easytune_jax.core.schedules import make_schedule
-from easytune_jax.train import reward as R
+from easytune_jax.rewards import spm_loss as RL
+from easytune_jax.rewards import spm_objective as RO
 
 B, L, LT, D = 4, 12, 6, 263
 CFG = spm.SPMConfig(vocab_size=30, word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, dropout=0.1)
@@ -103,7 +104,7 @@ def test_timestep_modes_route_t_to_the_right_encoder(mode, motion_t, text_t):
 
 
 def test_training_loss_gradients_reach_both_encoders_and_decoder():
-  cfg = R.RewardTrainConfig(model=CFG, noise_threshold=0.0, max_length=L)
+  cfg = RO.RewardTrainConfig(model=CFG, noise_threshold=0.0, max_length=L)
   params = spm.init_spm(CFG, jax.random.key(2))
   x, cond = make_inputs(2)
   batch = dict(cond, motion=x)
@@ -114,7 +115,7 @@ def test_training_loss_gradients_reach_both_encoders_and_decoder():
     # The total loss and the contrastive term alone (same graph, read from the metrics) differentiated in one
     # vmapped backward pass: row 0 of each gradient is the total's, row 1 the contrastive term's.
     def both(p):
-      loss, metrics = R.reward_loss(p, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)
+      loss, metrics = RL.reward_loss(p, batch, jax.random.key(3, impl="rbg"), cfg, sched, True)
       return jnp.stack([loss, metrics["contrastive"]]), (loss, metrics)
 
     rows, (loss, metrics) = jax.jacrev(both, has_aux=True)(params)
@@ -136,10 +137,10 @@ def test_training_loss_gradients_reach_both_encoders_and_decoder():
 def test_noise_batch_follows_threshold_and_schedule():
   x, cond = make_inputs(3)
   sched = make_schedule()
-  clean, t = R.noise_batch(jax.random.key(0), x, cond["mask"], sched, 1.0, 500)  # never noised
+  clean, t = RL.noise_batch(jax.random.key(0), x, cond["mask"], sched, 1.0, 500)  # never noised
   assert np.all(np.asarray(t) == 0)
   np.testing.assert_array_equal(np.asarray(clean), np.asarray(x))
-  noisy, t = R.noise_batch(jax.random.key(0), x, cond["mask"], sched, 0.0, 500)  # always noised
+  noisy, t = RL.noise_batch(jax.random.key(0), x, cond["mask"], sched, 0.0, 500)  # always noised
   t = np.asarray(t)
   assert t.dtype == np.int32 and np.all((t >= 0) & (t < 500)) and len(set(t.tolist())) > 1
   assert np.all(np.asarray(noisy)[~np.asarray(cond["mask"])] == 0.0)
@@ -154,12 +155,12 @@ def test_embedding_text_input_and_caption_features():
   emb = jax.random.normal(jax.random.key(5), (B, LT, 10))
   cond = {"text_emb": emb, "text_emb_mask": cond["token_mask"], "mask": cond["mask"]}
   assert spm.reward_apply(params, cfg, x, cond).shape == (B,)
-  feats = np.asarray(R.caption_features(cfg, cond))
+  feats = np.asarray(RL.caption_features(cfg, cond))
   m = np.asarray(cond["text_emb_mask"], np.float64)
   np.testing.assert_allclose(feats, (np.asarray(emb) * m[..., None]).sum(1) / m.sum(1, keepdims=True), rtol=1e-5)
   # Bag of words for tokens: specials (< 4) ignored, counts per word id.
   tok = {"tokens": jnp.array([[2, 5, 5, 9, 3, 0]]), "token_mask": jnp.array([[1, 1, 1, 1, 1, 0]], bool)}
-  bow = np.asarray(R.caption_features(CFG, tok))[0]
+  bow = np.asarray(RL.caption_features(CFG, tok))[0]
   assert bow[5] == 2 and bow[9] == 1 and bow.sum() == 3
 
 

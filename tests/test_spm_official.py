@@ -16,7 +16,7 @@ import pytest
 
 from easytune_jax.models import spm, spm_convert
 from easytune_jax.models.spm import SPMConfig
-from easytune_jax.train import reward as R
+from easytune_jax.bundles import reward as RB
 from easytune_jax.core.torch_zip import save_torch
 
 D, E, C, FF, N, H = 6, 10, 8, 16, 3, 2
@@ -177,12 +177,12 @@ def test_convert_checkpoint_writes_a_reward_workdir_with_the_official_reward(tmp
   sd = synthetic_state(seed=3)
   path = tmp_path / "spm.pth"
   save_torch(path, {"state_dict": sd})
-  wd = R.convert_spm_checkpoint(path, tmp_path / "reward", num_heads=H)
+  wd = RB.convert_spm_checkpoint(path, tmp_path / "reward", num_heads=H)
   assert sorted(os.listdir(tmp_path)) == ["reward", "spm.pth"]  # no temporary folder left behind
-  meta = R.read_reward_metadata(wd)
+  meta = RB.read_reward_metadata(wd)
   assert meta["stage"] == "converted" and meta["text_emb_dim"] == E and len(meta["source"]["sha256"]) == 64
-  reward, params, cfg = R.load_reward(wd)
-  assert cfg.model.arch == "official" and cfg.timestep_routing == "official" and R.load_reward_tokenizer(wd) is None
+  reward, params, cfg = RB.load_reward(wd)
+  assert cfg.model.arch == "official" and cfg.timestep_routing == "official" and RB.load_reward_tokenizer(wd) is None
   motion, valid, text, tvalid, t = inputs()
   cond = {"text_emb": jnp.asarray(text), "text_emb_mask": jnp.asarray(tvalid), "mask": jnp.asarray(valid)}
   x = jnp.asarray(motion)
@@ -211,7 +211,7 @@ def test_convert_checkpoint_writes_a_reward_workdir_with_the_official_reward(tmp
   # Sampling only (no dropout): reproduces mu + exp(lv / 2) * eps with the reward's own eps draws.
   assert not np.allclose(np.asarray(samp), np.asarray(det))
   with pytest.raises(FileExistsError):
-    R.convert_spm_checkpoint(path, wd, num_heads=H)
+    RB.convert_spm_checkpoint(path, wd, num_heads=H)
 
 
 def _expect_error(tmp_path, obj_or_bytes, match, name="bad.pth"):
@@ -222,7 +222,7 @@ def _expect_error(tmp_path, obj_or_bytes, match, name="bad.pth"):
     save_torch(path, obj_or_bytes)
   out = tmp_path / f"out_{name}"
   with pytest.raises(ValueError, match=match) as err:
-    R.convert_spm_checkpoint(path, out, num_heads=H)
+    RB.convert_spm_checkpoint(path, out, num_heads=H)
   assert str(path) in str(err.value)
   assert not out.exists() and not any(p.name.startswith(f".out_{name}") for p in tmp_path.iterdir())
   return str(err.value)
@@ -256,7 +256,7 @@ def test_converter_errors_name_the_file_key_and_shapes(tmp_path):
       zout.writestr(item, data[: len(data) // 2] if "/data/" in item.filename else data)
   _expect_error(tmp_path, cut.read_bytes(), "cut.pth|truncated|expected", "cut2.pth")
   with pytest.raises(FileNotFoundError):
-    R.convert_spm_checkpoint(tmp_path / "absent.pth", tmp_path / "never", num_heads=H)
+    RB.convert_spm_checkpoint(tmp_path / "absent.pth", tmp_path / "never", num_heads=H)
   assert not (tmp_path / "never").exists()
 
 

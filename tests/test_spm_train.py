@@ -14,9 +14,11 @@ from easytune_jax.models.spm import SPMConfig, reward_apply
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.train import reward as R
+from easytune_jax.bundles import reward as RB
+from easytune_jax.rewards import spm_objective as RO
 
 STEPS = 150  # pretraining steps of the tiny SPM: its retrieval on the training pairs is then far above chance
-TINY = R.RewardTrainConfig(
+TINY = RO.RewardTrainConfig(
   model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
   batch_size=8,
   max_length=32,
@@ -63,15 +65,15 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
   # SPL stage from the pretrained checkpoint: starts from its parameters, logs the SPL terms.
   spl_dir = tmp_path / "spl"
   r3 = R.train_reward(TINY, spl_dir, train, spl=True, init_from=pre, steps=2, progress=False)
-  meta = R.read_reward_metadata(spl_dir)
+  meta = RB.read_reward_metadata(spl_dir)
   assert meta["stage"] == "spl" and meta["optim"]["learning_rate"] == TINY.spl_learning_rate
   assert r3["config"].model == r2["config"].model
   logged = [m for m in read_metrics(spl_dir) if "loss" in m]
   assert len(logged) == 2 and all("spl" in m and 0 <= m["spl_correct_frac"] <= 1 for m in logged)
 
   # load_reward rebuilds the same reward; its tokenizer encodes captions for the cond.
-  reward, params, cfg = R.load_reward(spl_dir)
-  tok = R.load_reward_tokenizer(spl_dir)
+  reward, params, cfg = RB.load_reward(spl_dir)
+  tok = RB.load_reward_tokenizer(spl_dir)
   assert tok.vocab == r1["tokenizer"].vocab
   arrays, _ = batch_at(test, 0, 4, 0, tok, max_length=32)
   cond = {k: jnp.asarray(arrays[k]) for k in ("tokens", "token_mask", "mask")}
@@ -90,4 +92,4 @@ def test_pretrain_resume_spl_and_reload(data, tmp_path):
 
 def test_load_reward_errors(tmp_path):
   with pytest.raises(CheckpointError, match="no checkpoint"):
-    R.load_reward(tmp_path / "empty")
+    RB.load_reward(tmp_path / "empty")

@@ -285,7 +285,7 @@ def test_config_from_dict_inverts_asdict_through_json():
   import json
 
   from easytune_jax.finetune import FinetuneConfig
-  from easytune_jax.train.finetune_runner import RunConfig
+  from easytune_jax.bundles.finetuned import RunConfig
 
   cfg = RunConfig(
     finetune=FinetuneConfig(method="draft", num_steps=7, k=3, optim=OptimConfig(learning_rate=3e-4)),

@@ -16,6 +16,9 @@ from easytune_jax.core import rerun
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation
 from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.bundles.finetuned import load_finetuned_generator
+from easytune_jax.bundles.generator import generator_fn
+from easytune_jax.bundles.task import load_task
 from easytune_jax.pipelines import quickstart as qs
 from easytune_jax.train import finetune_runner as fr
 
@@ -32,12 +35,12 @@ def main(qs_dir: str, out: str, *weights: str):
     print(fr.run_finetune(run, str(workdir), gen_dir, reward_dir, data_dir))
   test = load_dataset(data_dir, "test")
   evaluator = load_trained_evaluator(str(root / "evaluator")).with_dataset_stats(test.mean, test.std)
-  task = fr.load_task(gen_dir, reward_dir)
+  task = load_task(gen_dir, reward_dir)
   results = []
   for name, workdir in runs.items():
-    gen = fr.load_finetuned_generator(str(workdir))
+    gen = load_finetuned_generator(str(workdir))
     results.append(evaluation.evaluate(
-        qs.generate_fn_for(cfg, gen), evaluator, test, replications=cfg.replications, mm=True,
+        generator_fn(gen, cfg.guidance_scale, cfg.num_steps), evaluator, test, replications=cfg.replications, mm=True,
         mm_num_samples=min(20, len(test)), mm_num_repeats=5, mm_num_times=3,
         max_length=min(gen.max_length, evaluator.max_length), seed=cfg.seed, method=name,
         reward_fn=qs.reward_fn_for(cfg, task, gen), progress=True))

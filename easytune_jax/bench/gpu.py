@@ -4,13 +4,13 @@
 weights (`bench.official_memory.build_task`; speed and memory do not depend on the weights' values), then
 
   memory  for each T in `memory_steps` and each of `memory_variants` (EasyTune, DRaFT-1, DRaFT-T): the compiled
-          update's memory and plain sampling's (`bench.benchmark.memory_record` / `sampling_memory`: XLA
+          update's memory and plain sampling's (`bench.measure.memory_record` / `sampling_memory`: XLA
           memory_analysis, plus the allocator's peak on an accelerator);
   speed   at T = `speed_steps`, each of `speed_variants` (EasyTune sequential and grad_chunk batched, DRaFT-1,
-          DRaFT-T, ReFL): `bench.benchmark.measure_speed` (compile excluded, timed calls, then updates for
+          DRaFT-T, ReFL): `bench.speed.measure_speed` (compile excluded, timed calls, then updates for
           `seconds` of training wall time with held-out rewards of full samples along the way).
 
-Records are appended to benchmark.json (and benchmark.md / plots rewritten by `bench.benchmark.write_outputs`)
+Records are appended to benchmark.json (and benchmark.md / plots rewritten by `bench.report.write_outputs`)
 after EACH measurement, so a run cut short keeps what it measured. A measurement that would start after
 `max_seconds` is skipped and named in `skipped`. With `smoke_config()` the same code paths run on the tiny
 official configs with short budgets (a CPU test).
@@ -31,10 +31,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from easytune_jax.bench import benchmark, official_memory
+from easytune_jax.bench import official_memory
+from easytune_jax.bench.config import BenchmarkConfig
+from easytune_jax.bench.measure import machine_info, memory_record, sampling_memory
+from easytune_jax.bench.report import write_outputs
+from easytune_jax.bench.speed import measure_speed
+from easytune_jax.bench.summary import summarize
+from easytune_jax.bench.variants import parse_variant
 from easytune_jax.core import sampling
 
-_WHERE = "easytune_jax/bench/gpu.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +89,8 @@ class GpuBenchConfig:
       seed=self.seed if seed is None else seed,
     )
 
-  def benchmark_config(self) -> benchmark.BenchmarkConfig:
-    return benchmark.BenchmarkConfig(
+  def benchmark_config(self) -> BenchmarkConfig:
+    return BenchmarkConfig(
       memory_variants=tuple(self.memory_variants),
       memory_steps=tuple(self.memory_steps),
       speed_variants=tuple(self.speed_variants),
@@ -125,7 +131,7 @@ def smoke_config(**overrides) -> GpuBenchConfig:
 
 
 class FixedInputs:
-  """`inputs(it) -> (x_T, cond, uncond, rng)` of `bench.benchmark.measure_speed`: the captions of
+  """`inputs(it) -> (x_T, cond, uncond, rng)` of `bench.speed.measure_speed`: the captions of
   `official_memory.task_inputs` with fresh noise and keys per trajectory index (cached)."""
 
   def __init__(self, task, config: GpuBenchConfig):
@@ -162,7 +168,7 @@ class HeldOut:
 
 
 def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, work_dir: Optional[str] = None) -> dict:
-  """Memory sweep, then speed runs; returns the result (the `bench.benchmark` layout plus 'models',
+  """Memory sweep, then speed runs; returns the result (the `bench.benchmark.run_benchmark` layout plus 'models',
   'gpu_config', 'skipped', 'phase_seconds') and writes it under `out_dir` after each measurement."""
   t_start = time.time()
   tmp = None
@@ -173,7 +179,7 @@ def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, wor
     task, info = official_memory.build_task(work_dir, config.memory_config())
     bcfg = config.benchmark_config()
     result = {
-      "machine": benchmark.machine_info(),
+      "machine": machine_info(),
       "config": bcfg.to_dict(),
       "gpu_config": json.loads(json.dumps(dataclasses.asdict(config))),
       "models": info["param_counts"],
@@ -185,10 +191,10 @@ def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, wor
     }
 
     def save():
-      result["summary"] = benchmark.summarize(result)
+      result["summary"] = summarize(result)
       result["seconds"] = time.time() - t_start
       if out_dir:
-        benchmark.write_outputs(result, out_dir)
+        write_outputs(result, out_dir)
 
     def late(what: str) -> bool:
       if time.time() - t_start > config.max_seconds:
@@ -202,12 +208,12 @@ def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, wor
     for T in config.memory_steps:
       samp = None
       for spec in config.memory_variants:
-        name = benchmark.parse_variant(spec).name
+        name = parse_variant(spec).name
         if late(f"memory {name} T={T}"):
           continue
         if samp is None:
-          samp = benchmark.sampling_memory(task, T, config.guidance_scale, x_T, cond, uncond)
-        result["records"].append(benchmark.memory_record(task, bcfg, spec, T, x_T, cond, uncond, rng, samp))
+          samp = sampling_memory(task, T, config.guidance_scale, x_T, cond, uncond)
+        result["records"].append(memory_record(task, bcfg, spec, T, x_T, cond, uncond, rng, samp))
         save()
     result["phase_seconds"]["memory"] = time.time() - t0
 
@@ -215,13 +221,13 @@ def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, wor
     inputs, heldout = FixedInputs(task, config), HeldOut(task, config)
     base_reward = None
     for spec in config.speed_variants:
-      v = benchmark.parse_variant(spec)
+      v = parse_variant(spec)
       if late(f"speed {v.name} T={config.speed_steps}"):
         continue
       if base_reward is None:
         base_reward = float(np.mean(heldout.rewards(task.gen.params)))
         result["base"] = {"heldout_reward": base_reward, "heldout_size": config.heldout_size}
-      sp = benchmark.measure_speed(task, bcfg, v, [inputs], heldout, base_reward)
+      sp = measure_speed(task, bcfg, v, [inputs], heldout, base_reward)
       sp.pop("params")
       result["records"].append(
         {

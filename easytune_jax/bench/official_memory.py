@@ -3,10 +3,10 @@
 `run_official_memory(config, out_dir)` builds, at the paper size (or the tiny test size), random checkpoints in the
 official layouts (torch-free `core.torch_zip.save_torch`: `mld_humanml_v1.ckpt`'s `vae.*` / `denoiser.*` state dict
 and the official SPM's state dict), converts them with the project's converters
-(`bundles.official_generator.write_official_generator`, `train.reward.convert_spm_checkpoint`), loads them as
-fine-tuning does (`train.finetune_runner.load_task`: `MotionTask` with the stochastic official scoring, text
+(`bundles.official_generator.write_official_generator`, `bundles.reward.convert_spm_checkpoint`), loads them as
+fine-tuning does (`bundles.task.load_task`: `MotionTask` with the stochastic official scoring, text
 inputs from precomputed-embedding `.npz` files of random rows) and reports XLA's compiled memory of each method's
-update (`bench.benchmark.memory_record`: `finetune.make_update_fn`, lowered and compiled, never run) and of plain
+update (`bench.measure.memory_record`: `finetune.make_update_fn`, lowered and compiled, never run) and of plain
 guided sampling + decode + reward at the same T. Weights are random: the compiled memory does not depend on their
 values. Text inputs: one 768-d sentence embedding per caption for the MLD, `reward_text_length` 1024-d token
 embeddings per caption for the SPM (what sentence-T5-large gives, padded to a multiple of 32).
@@ -30,17 +30,20 @@ import jax
 import numpy as np
 from absl import logging
 
-from easytune_jax.bench import benchmark
+from easytune_jax.bench.config import BenchmarkConfig
+from easytune_jax.bench.measure import machine_info, memory_record, sampling_memory
+from easytune_jax.bench.summary import find_record
+from easytune_jax.bench.variants import parse_variant
 from easytune_jax.bundles.official_generator import write_official_generator
+from easytune_jax.bundles.reward import convert_spm_checkpoint
+from easytune_jax.bundles.task import load_task
 from easytune_jax.core import sampling
 from easytune_jax.core.torch_zip import save_torch
 from easytune_jax.models import mld_convert, spm_convert
 from easytune_jax.models.mld_official import OfficialDenoiserConfig, OfficialVAEConfig
 from easytune_jax.models.spm import SPMConfig
-from easytune_jax.train import finetune_runner
-from easytune_jax.train.reward import convert_spm_checkpoint
 
-_WHERE = "easytune_jax/bench/official_memory.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 SIZES = ("paper", "tiny")
 PREVIOUS = "docs/benchmark/paper_memory_cpu/benchmark.json"
 _GiB = 2.0**30
@@ -49,7 +52,7 @@ _GiB = 2.0**30
 @dataclasses.dataclass(frozen=True)
 class OfficialMemoryConfig:
   """What to compile. `size`: 'paper' (VAE 18,032,135 + denoiser 8,221,184 params, SPM 26,515,975, 1024-d
-  reward text) or 'tiny' (the test configs: seconds on CPU). `variants`: `bench.benchmark.parse_variant` specs,
+  reward text) or 'tiny' (the test configs: seconds on CPU). `variants`: `bench.variants.parse_variant` specs,
   measured in this order, each at every T of `steps` (K = T for EasyTune and 'draft-T')."""
 
   size: str = "paper"
@@ -66,7 +69,7 @@ class OfficialMemoryConfig:
     if self.size not in SIZES:
       raise ValueError(f"{_WHERE}: OfficialMemoryConfig.size: expected one of {SIZES}, found {self.size!r}")
     for v in self.variants:
-      benchmark.parse_variant(v)
+      parse_variant(v)
     counts = {
       "batch_size": self.batch_size,
       "max_length": self.max_length,
@@ -79,10 +82,10 @@ class OfficialMemoryConfig:
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
 
-  def benchmark_config(self) -> benchmark.BenchmarkConfig:
+  def benchmark_config(self) -> BenchmarkConfig:
     """The `BenchmarkConfig` whose `finetune_config` gives each variant's FinetuneConfig (frozen sampler,
     grad_chunk 1, no warm-up)."""
-    return benchmark.BenchmarkConfig(
+    return BenchmarkConfig(
       memory_variants=tuple(self.variants),
       memory_steps=tuple(self.steps),
       batch_size=self.batch_size,
@@ -154,7 +157,7 @@ def captions(batch_size: int) -> list[str]:
 
 def build_task(work_dir: str | pathlib.Path, config: OfficialMemoryConfig):
   """(MotionTask, info): random official checkpoints written, converted and loaded as fine-tuning loads them
-  (`finetune_runner.load_task` with `reward_text` = a `.npz` of random token embeddings)."""
+  (`bundles.task.load_task` with `reward_text` = a `.npz` of random token embeddings)."""
   t0 = time.time()
   work_dir = pathlib.Path(work_dir)
   ck = write_random_checkpoints(work_dir, config.size, config.seed)
@@ -189,7 +192,7 @@ def build_task(work_dir: str | pathlib.Path, config: OfficialMemoryConfig):
     max_length=config.max_length,
   )
   convert_spm_checkpoint(ck["spm"], work_dir / "reward", config=ck["spm_config"])
-  task = finetune_runner.load_task(
+  task = load_task(
     str(work_dir / "generator"), str(work_dir / "reward"), "spm", reward_text=str(work_dir / "token_emb.npz")
   )
   info = {
@@ -265,7 +268,7 @@ def run_official_memory(
     x_T, cond, uncond, rng = task_inputs(task, config)
     bcfg = config.benchmark_config()
     result = {
-      "machine": benchmark.machine_info(),
+      "machine": machine_info(),
       "config": config.to_dict(),
       "setup": _setup(config),
       **info,
@@ -275,16 +278,14 @@ def run_official_memory(
     samp: dict = {}
     for spec in config.variants:
       for T in config.steps:
-        name = benchmark.parse_variant(spec).name
-        if not benchmark.parse_variant(spec).applies(T) or any(
-          r["variant"] == name and r["T"] == T for r in result["records"]
-        ):
+        name = parse_variant(spec).name
+        if not parse_variant(spec).applies(T) or any(r["variant"] == name and r["T"] == T for r in result["records"]):
           continue
         if T not in samp:
           t0 = time.time()
-          samp[T] = benchmark.sampling_memory(task, T, config.guidance_scale, x_T, cond, uncond)
+          samp[T] = sampling_memory(task, T, config.guidance_scale, x_T, cond, uncond)
           samp[T]["compile_seconds"] = time.time() - t0
-        rec = benchmark.memory_record(task, bcfg, spec, T, x_T, cond, uncond, rng, samp[T])
+        rec = memory_record(task, bcfg, spec, T, x_T, cond, uncond, rng, samp[T])
         result["records"].append(rec)
         logging.info(
           "official memory %s T=%d: total %.3f GiB (sampling %.3f GiB), %.0f s to compile",
@@ -305,10 +306,6 @@ def run_official_memory(
       tmp.cleanup()
 
 
-def _find(records, name, T):
-  return next((r for r in records if r["variant"] == name and r["T"] == T), None)
-
-
 def summarize(result: dict) -> dict:
   """EasyTune's total memory and additional memory (update - sampling, totals) as fractions of DRaFT-T's and
   DRaFT-1's at each T, here and in the previous figures."""
@@ -316,9 +313,9 @@ def summarize(result: dict) -> dict:
   for key, recs in (("official", result["records"]), ("previous", (result.get("previous") or {}).get("records", []))):
     s: dict = {}
     for T in sorted({r["T"] for r in recs}):
-      e = _find(recs, "EasyTune", T)
+      e = find_record(recs, "EasyTune", T)
       for other in ("DRaFT-T", "DRaFT-1"):
-        d = _find(recs, other, T)
+        d = find_record(recs, other, T)
         if e and d:
           name = other.replace("-", "_")
           s.setdefault(f"easytune_over_{name}_total", {})[str(T)] = e["memory"]["total"] / d["memory"]["total"]
@@ -347,7 +344,7 @@ def markdown(result: dict) -> str:
     "ran). Bytes do not depend on the machine's speed; an accelerator's compiler may schedule differently.",
     "",
     f"Models ({c['size']} size, random weights written in the official checkpoint layouts and converted with "
-    "`write_official_generator` / `convert_spm_checkpoint`, loaded with `finetune_runner.load_task`): official "
+    "`write_official_generator` / `convert_spm_checkpoint`, loaded with `bundles.task.load_task`): official "
     f"MLD VAE {p['official_mld_vae']:,} + denoiser {p['official_mld_denoiser']:,} parameters, official SPM "
     f"{p['official_spm']:,} parameters with the official stochastic scoring (sampled latents, dropout on; "
     f"reward key in cond: {result['reward_needs_rng']}). Batch {c['batch_size']}, {c['max_length']} frames, "

@@ -35,11 +35,12 @@ import jax.numpy as jnp
 from absl import logging
 
 from easytune_jax import finetune
-from easytune_jax.bench import benchmark, official_memory
+from easytune_jax.bench import official_memory
+from easytune_jax.bench.measure import block_until_ready, machine_info
 from easytune_jax.core import sampling
 from easytune_jax.core.optim import apply_gradients, create_train_state, make_optimizer
 
-_WHERE = "easytune_jax/bench/profile.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 PARTS = ("denoiser", "decode", "reward", "optimizer", "step", "sampling_step")
 
 
@@ -99,21 +100,17 @@ def cost(compiled) -> dict:
   return out
 
 
-def _block(tree):
-  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
-
-
 def measure(fn: Callable, args: tuple, repeats: int) -> dict:
   """Compiles `jax.jit(fn)` on `args` (cost analysis, compile seconds), then times it: one warm-up call and
   `repeats` blocked calls -> min / median seconds."""
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  _block(compiled(*args))
+  block_until_ready(compiled(*args))
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    _block(compiled(*args))
+    block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t0)
   return {
     **cost(compiled),
@@ -191,7 +188,7 @@ def run_profile(config: ProfileConfig, out_dir: Optional[str] = None, work_dir: 
     x_T, cond, uncond, _ = official_memory.task_inputs(task, mcfg)
     fns = part_functions(task, config.num_steps, config.guidance_scale, x_T, cond, uncond, config.denoiser_dropout)
     result = {
-      "machine": benchmark.machine_info(),
+      "machine": machine_info(),
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
       "models": info["param_counts"],
       "parts": {},

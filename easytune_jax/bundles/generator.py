@@ -292,6 +292,20 @@ class Generator:
     return feats, joints
 
 
+def generator_fn(gen: Generator, guidance_scale: float, num_steps: int, params: Any = None):
+  """`gen` as the evaluation protocol's `generate_fn(captions, pos_tokens, lengths, rng) -> x_norm`
+  (dataset-normalised features [B, L, D]; `eval.evaluation.evaluate`), sampled with `params` (None: `gen.params`)."""
+
+  def generate(captions, pos_tokens, lengths, rng):
+    del pos_tokens
+    feats, _ = gen.generate(
+      captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps, params=params, normalized=True
+    )
+    return feats
+
+  return generate
+
+
 def _restore_state(directory: pathlib.Path, init_fn, tx, use_ema: bool):
   ckpt = Checkpointer(directory)
   try:

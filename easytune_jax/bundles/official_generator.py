@@ -250,7 +250,7 @@ def _null_params(model: SentenceT5) -> dict:
 
 
 def with_sentence_t5(gen: OfficialMLDGenerator, sentence_t5) -> OfficialMLDGenerator:
-  """`gen` (e.g. a fine-tuned one from `train.finetune_runner.load_finetuned_generator`) with captions encoded by
+  """`gen` (e.g. a fine-tuned one from `bundles.finetuned.load_finetuned_generator`) with captions encoded by
   `sentence_t5` (folder or `SentenceT5`) and the unconditional input set to its encoding of ""."""
   if not isinstance(gen, OfficialMLDGenerator):
     raise TypeError(

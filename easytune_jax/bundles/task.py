@@ -3,6 +3,10 @@
 `MotionTask` adapts a :class:`~easytune_jax.bundles.generator.Generator` and a reward model to the builders of
 `easytune_jax.finetune`: `denoise(params, x_t, t, cond)`, `decode(z, cond)`, `reward(x, cond, t)` with
 cond = {"gen": generator condition, "reward": reward text inputs, "mask": frame mask [B, L]}.
+
+`load_task(generator_workdir, reward_workdir, reward, reward_text)` builds one from workdirs (what fine-tuning,
+the benchmarks and the quickstart load); `HeldOut` scores full samples of given params on fixed held-out captions
+and noise; `generate_fn_for(task, params, ft)` is the evaluation protocol's generate function of given params.
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from easytune_jax.bundles.generator import Generator
+from easytune_jax import finetune
+from easytune_jax.bundles.finetuned import RunConfig
+from easytune_jax.bundles.generator import Generator, generator_fn, load_generator
+from easytune_jax.bundles.reward import load_reward, load_reward_tokenizer
 from easytune_jax.core import sampling
-from easytune_jax.models import generator as gm
+from easytune_jax.data import batching
+from easytune_jax.data.features import joints_num_for_dim
+from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.text import TextEmbeddings
+from easytune_jax.models import generator as gm
+from easytune_jax.models import spm
 from easytune_jax.models.t5_encoder import load_sentence_t5
-from easytune_jax.rewards.registry import WeightedReward
+from easytune_jax.rewards.registry import RewardContext, WeightedReward, build_reward
 
 
 @dataclasses.dataclass(eq=False)
@@ -160,3 +171,62 @@ def reward_text_encoder(source: str, pad_to: int = 32) -> Callable[[list], tuple
     return np.pad(emb, pad + ((0, 0),)), np.pad(mask, pad)
 
   return reward_text
+
+
+def load_task(
+  generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm", reward_text: str = ""
+) -> MotionTask:
+  """The generator of `generator_workdir` with the reward `reward` (a `rewards.registry` spec such as
+  'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`. A reward
+  that reads text embeddings (the official SPM) gets them from `reward_text` (`bundles.task.reward_text_encoder`:
+  a `.npz` of precomputed embeddings or a sentence-t5 folder)."""
+  gen = load_generator(generator_workdir)
+  spm_fn, tokenizer, stochastic = None, None, False
+  if reward_workdir:
+    spm_fn, _, rcfg = load_reward(reward_workdir)
+    if rcfg.model.dim_motion != gen.mean.shape[0]:
+      raise ValueError(
+        f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
+        f"{generator_workdir} produces {gen.mean.shape[0]}-dim features"
+      )
+    tokenizer = load_reward_tokenizer(reward_workdir)
+    stochastic = spm.is_stochastic(rcfg.model)
+    if rcfg.model.text_input == "embeddings" and not reward_text:
+      raise ValueError(
+        f"reward model {reward_workdir} reads text embeddings: set RunConfig.reward_text (a "
+        "sentence-t5 folder or a precomputed .npz)"
+      )
+  context = RewardContext(mean=gen.mean, std=gen.std, joints_num=joints_num_for_dim(gen.mean.shape[0]), spm=spm_fn)
+  text = reward_text_encoder(reward_text) if reward_text else None
+  return MotionTask(gen, build_reward(reward, context), tokenizer, text, stochastic)
+
+
+class HeldOut:
+  """Fixed held-out captions, lengths and noise; scores full samples of given params with the reward."""
+
+  def __init__(self, task: MotionTask, dataset: MotionDataset, cfg: RunConfig):
+    n = min(cfg.heldout_size, len(dataset))
+    arrays, host = batching.batch_at(dataset, 0, n, cfg.seed + 1, task.gen.tokenizer, max_length=task.gen.max_length)
+    self.captions = list(host["caption"])
+    self.lengths = np.asarray(arrays["length"])
+    self.cond, self.uncond = task.inputs(self.captions, self.lengths, rng=jax.random.key(cfg.seed + 11))
+    self.x_T = task.noise(jax.random.key(cfg.seed + 7), n)
+    self.task, self.cfg = task, cfg
+    self.num_steps = cfg.heldout_num_steps or cfg.finetune.num_steps
+
+  def reward_terms(self, params) -> dict[str, np.ndarray]:
+    """{term: reward [N]} of the task's reward terms on the held-out samples of `params`."""
+    terms = self.task.sample_rewards(
+      params, self.cond, self.uncond, self.x_T, self.cfg.finetune.guidance_scale, self.num_steps
+    )
+    return {k: np.asarray(v) for k, v in terms.items()}
+
+  def rewards(self, params) -> np.ndarray:
+    """Total (weighted) reward [N] of the held-out samples of `params`."""
+    return np.asarray(self.task.reward_fn.combine(self.reward_terms(params)))
+
+
+def generate_fn_for(task: MotionTask, params, ft: finetune.FinetuneConfig):
+  """The evaluation protocol's generate function of `task`'s generator with `params`, sampled with `ft`'s DDIM
+  steps and guidance scale (`bundles.generator.generator_fn`)."""
+  return generator_fn(task.gen, ft.guidance_scale, ft.num_steps, params)

@@ -1,10 +1,10 @@
-"""Presets of launch/benchmark.py: `BenchmarkConfig` (bench/benchmark.py)."""
+"""Presets of launch/benchmark.py: `BenchmarkConfig` (bench/config.py)."""
 
 from __future__ import annotations
 
 import functools
 
-from easytune_jax.bench.benchmark import BenchmarkConfig, get_config as _get
+from easytune_jax.bench.config import BenchmarkConfig, get_config as _get
 
 PRESETS = {name: functools.partial(_get, name) for name in ("tiny", "paper")}
 

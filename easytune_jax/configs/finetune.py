@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from easytune_jax import finetune as ft
-from easytune_jax.train.finetune_runner import RunConfig
+from easytune_jax.bundles.finetuned import RunConfig
 
 
 def paper() -> RunConfig:

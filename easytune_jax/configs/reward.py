@@ -1,8 +1,8 @@
-"""Presets of launch/train_reward.py: `RewardTrainConfig` (train/reward.py)."""
+"""Presets of launch/train_reward.py: `RewardTrainConfig` (rewards/spm_objective.py)."""
 
 from __future__ import annotations
 
-from easytune_jax.train.reward import RewardTrainConfig
+from easytune_jax.rewards.spm_objective import RewardTrainConfig
 
 PRESETS = {
   "tiny": RewardTrainConfig,

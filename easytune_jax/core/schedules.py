@@ -221,3 +221,27 @@ def sample_train_timesteps(
   """DDPM training timesteps t ~ U{0, ..., N-1} (or U{0, ..., max_timestep-1}), int32 [B]."""
   hi = schedule.num_train_timesteps if max_timestep is None else max_timestep
   return jax.random.randint(rng, (batch_size,), 0, hi, dtype=jnp.int32)
+
+
+def denoising_loss(
+  schedule: Schedule,
+  predict,
+  x0: jax.Array,
+  t_key: jax.Array,
+  noise_key: jax.Array,
+  mask: Optional[jax.Array] = None,
+) -> jax.Array:
+  """The DDPM training loss: mean over (masked) elements of (predict(x_t, t) - target)^2 with
+  t ~ U{0, ..., N-1} drawn from `t_key`, noise ~ N(0, I) from `noise_key`, x_t = add_noise(x0, noise, t) and the
+  target of the schedule's prediction_type. x0 [B, ...]; `mask` bool/float [B, L] (leading dims of x0; positions
+  beyond a sequence's length do not count). The base trainer's loss and the fine-tuning 'diffusion' regulariser."""
+  t = sample_train_timesteps(t_key, x0.shape[0], schedule)
+  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+  x_t = add_noise(schedule, x0, noise, t)
+  target = training_target(schedule, x0, noise, t)
+  err = jnp.square(predict(x_t, t) - target)
+  if mask is None:
+    return jnp.mean(err)
+  w = jnp.asarray(mask, err.dtype).reshape(mask.shape + (1,) * (err.ndim - mask.ndim))
+  w = jnp.broadcast_to(w, err.shape)
+  return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -221,18 +221,23 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
     ) from None
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-  """Parsed JSON of a file; FileNotFoundError / BadFileError name the file (and line/column)."""
+def read_json(path: str | os.PathLike, what: str = "JSON file", expected: Optional[type] = None) -> Any:
+  """Parsed JSON of a file; FileNotFoundError / BadFileError name the file (and line/column). `expected`
+  (e.g. dict): the type the top-level value must have (BadFileError naming the type found otherwise)."""
   text = read_text(path, what)
   if not text.strip():
     raise BadFileError(f"{os.fspath(path)}: {what}: expected JSON, found an empty file")
   try:
-    return json.loads(text)
+    value = json.loads(text)
   except json.JSONDecodeError as e:
     raise BadFileError(
       f"{os.fspath(path)}: {what}: expected JSON, found invalid JSON at line {e.lineno} column "
       f"{e.colno} ({e.msg}; truncated?)"
     ) from None
+  if expected is not None and not isinstance(value, expected):
+    kind = {dict: "object", list: "array"}.get(expected, expected.__name__)
+    raise BadFileError(f"{os.fspath(path)}: {what}: expected a JSON {kind}, found {type(value).__name__}")
+  return value
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 1, sort_keys: bool = False) -> None:

@@ -119,6 +119,12 @@ class Tokenizer:
     return cls(d["vocab"], d["max_length"], d["add_sos_eos"])
 
 
+def placeholder_tokenizer() -> Tokenizer:
+  """A tokenizer of the special ids only, for batches whose word ids no model reads (a reward that reads
+  precomputed text embeddings): batches always carry word ids."""
+  return Tokenizer(["<pad>", "<unk>", "<sos>", "<eos>"], max_length=4)
+
+
 def save_text_embeddings(path: str, captions: Sequence[str], embeddings: np.ndarray, mask: np.ndarray) -> None:
   """Writes the ``.npz`` format of the module docstring (validates shapes and uniqueness)."""
   embeddings = np.asarray(embeddings, np.float32)

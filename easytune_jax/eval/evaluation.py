@@ -52,7 +52,7 @@ from easytune_jax.data import batching
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
-from easytune_jax.bundles.generator import Generator, resolve_sampler
+from easytune_jax.bundles.generator import Generator, generator_fn, resolve_sampler
 
 GenerateFn = Callable[..., np.ndarray]
 EMBEDDING_METRICS = (
@@ -370,17 +370,6 @@ def evaluate(
   }
   results["seconds"] = time.time() - t_start
   return results
-
-
-def generator_fn(gen: Generator, guidance_scale: float, num_steps: int) -> GenerateFn:
-  """A Generator bundle as the protocol's ``(captions, pos_tokens, lengths, rng) -> x_norm`` (dataset-normalised)."""
-
-  def generate(captions, pos_tokens, lengths, rng):
-    del pos_tokens
-    feats, _ = gen.generate(captions, lengths, rng, guidance_scale=guidance_scale, num_steps=num_steps, normalized=True)
-    return feats
-
-  return generate
 
 
 def evaluate_generator(

@@ -475,20 +475,10 @@ def diffusion_loss(
   for key in ("x0", "cond"):
     if key not in data_batch:
       raise ValueError(f"finetune.diffusion_loss: data_batch needs key {key!r}, found {sorted(data_batch)}")
-  x0 = data_batch["x0"]
   k_t, k_n = jax.random.split(rng)
-  t = schedules.sample_train_timesteps(k_t, x0.shape[0], schedule)
-  noise = jax.random.normal(k_n, x0.shape, x0.dtype)
-  x_t = schedules.add_noise(schedule, x0, noise, t)
   kw = {"rng": jax.random.fold_in(rng, DROPOUT_STREAM)} if dropout else {}
-  pred = denoise(params, x_t, t, data_batch["cond"], **kw)
-  err = jnp.square(pred - schedules.training_target(schedule, x0, noise, t))
-  mask = data_batch.get("mask")
-  if mask is None:
-    return jnp.mean(err)
-  w = jnp.asarray(mask, err.dtype).reshape(mask.shape + (1,) * (err.ndim - mask.ndim))
-  w = jnp.broadcast_to(w, err.shape)
-  return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+  predict = lambda x_t, t: denoise(params, x_t, t, data_batch["cond"], **kw)  # noqa: E731
+  return schedules.denoising_loss(schedule, predict, data_batch["x0"], k_t, k_n, data_batch.get("mask"))
 
 
 # --------------------------------------------------------------------------------------------- method table

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from easytune_jax.models.hf_weights import StateDict, find_file, load_folder_weights, read_json, require
+from easytune_jax.data.safe_io import read_json
+from easytune_jax.models.hf_weights import StateDict, find_file, load_folder_weights, require
 from easytune_jax.models.t5_encoder import activation
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -138,7 +139,7 @@ class CLIPTokenizer:
     """From ``vocab.json`` and ``merges.txt`` (read by ``tokenizers``; a ``#version`` first line is skipped)."""
     from tokenizers import models
 
-    vocab = read_json(vocab_path, "vocab")
+    vocab = read_json(vocab_path, "vocab file", dict)
     if not os.path.exists(merges_path):
       raise FileNotFoundError(f"{merges_path}: merges file not found")
     try:
@@ -359,11 +360,11 @@ def load_clip_text(folder: str, max_length: Optional[int] = None) -> CLIPText:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: CLIP folder not found")
   cfg_path = os.path.join(folder, "config.json")
-  cfg = CLIPTextConfig.from_hf(read_json(cfg_path), cfg_path)
+  cfg = CLIPTextConfig.from_hf(read_json(cfg_path, "config file", dict), cfg_path)
   tok_cfg = {}
   tc_path = os.path.join(folder, "tokenizer_config.json")
   if os.path.exists(tc_path):
-    tok_cfg = read_json(tc_path, "tokenizer config")
+    tok_cfg = read_json(tc_path, "tokenizer config file", dict)
   pad = tok_cfg.get("pad_token", EOT)
   pad = pad.get("content", EOT) if isinstance(pad, dict) else (pad or EOT)
   if max_length is None:

@@ -8,7 +8,6 @@ float32 numpy arrays and raises errors that name the file, the key and the expec
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Optional, Sequence
 
@@ -16,22 +15,9 @@ import numpy as np
 
 from easytune_jax.core.safetensors import load_safetensors
 from easytune_jax.core.torch_zip import load_torch_checkpoint
+from easytune_jax.data.safe_io import read_json
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def read_json(path: str, what: str = "config") -> dict:
-  """Reads a JSON object; FileNotFoundError / ValueError name the file and what it should be."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: {what} file not found")
-  with open(path) as f:
-    try:
-      d = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: {what} file is not valid JSON ({e})") from None
-  if not isinstance(d, dict):
-    raise ValueError(f"{path}: {what} file: expected a JSON object, found {type(d).__name__}")
-  return d
 
 
 def require(d: dict, key: str, path: str):
@@ -94,7 +80,7 @@ def load_weight_file(path: str) -> StateDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: weight file not found")
   if path.endswith(".index.json"):
-    index = read_json(path, "safetensors index")
+    index = read_json(path, "safetensors index file", dict)
     weight_map = require(index, "weight_map", path)
     tensors = {}
     folder = os.path.dirname(path)
@@ -125,4 +111,4 @@ def find_file(folder: str, names: Sequence[str], what: str) -> str:
 
 
 def optional_json(path: str) -> Optional[dict]:
-  return read_json(path) if os.path.exists(path) else None
+  return read_json(path, "config file", dict) if os.path.exists(path) else None

@@ -37,7 +37,7 @@ TEXT_INPUTS = ("tokens", "embeddings")
 ARCHS = ("tmr", "official")
 REWARD_LATENTS = ("mean", "sample")
 REWARD_TIMESTEPS = ("mode", "none")
-_WHERE = "easytune_jax/models/spm.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ features, E = text embedding width, n = (num_layers - 1) / 2):
 :func:`convert_spm_state` validates every key and shape (missing, unexpected, mis-shaped -> ValueError naming
 the file, the key, the expected and the found shape) and maps Linear weights to kernels (transposed),
 LayerNorm weights to scales, packed attention in-projections to `in_proj_kernel`, [500, 1, C] tables to
-[500, C]. `train.reward.convert_spm_checkpoint` writes a reward workdir that `train.reward.load_reward` reads;
+[500, C]. `bundles.reward.convert_spm_checkpoint` writes a reward workdir that `bundles.reward.load_reward` reads;
 nothing is written unless the whole file converts.
 """
 
@@ -37,7 +37,7 @@ from easytune_jax.core.torch_zip import load_torch_checkpoint
 from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.models.spm_official import MAX_POSITIONS
 
-_WHERE = "easytune_jax/models/spm_convert.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 IGNORED_PREFIXES = ("clip.",)  # the sentence-T5 text model, present only in unfiltered state dicts
 
 

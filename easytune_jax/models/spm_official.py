@@ -40,7 +40,7 @@ from easytune_jax.models.layers import TorchMultiheadAttention, resolve_scan, ru
 
 MAX_POSITIONS = 500
 LN_EPS = 1e-5
-_WHERE = "easytune_jax/models/spm_official.py"
+_WHERE = __name__.replace(".", "/") + ".py"
 _xavier = nn.initializers.xavier_uniform()
 
 
@@ -179,7 +179,7 @@ class OfficialTimestepEmbedding(nn.Module):
 class OfficialSPM(nn.Module):
   """The official SPM. Same methods and signatures as :class:`easytune_jax.models.spm.SPM`, except that
   `t=None` means *no timestep token* (the official behaviour); which encoder gets a timestep is the
-  caller's choice (the official training passes it by stage, see `train/reward.py`).
+  caller's choice (the official training passes it by stage, see `rewards/spm_loss.py`).
 
   `config`: an :class:`easytune_jax.models.spm.SPMConfig` with arch='official' (text_input='embeddings',
   patch_size=1, odd num_layers).

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from easytune_jax.models.hf_weights import StateDict, find_file, load_folder_weights, read_json, require
+from easytune_jax.data.safe_io import read_json
+from easytune_jax.models.hf_weights import StateDict, find_file, load_folder_weights, require
 
 _ACTS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "quick_gelu")
 
@@ -537,18 +538,18 @@ def load_sentence_t5(folder: str) -> SentenceT5:
 
   tdir = os.path.join(folder, modules[0].get("path", ""))
   cfg_path = os.path.join(tdir, "config.json")
-  hf = read_json(cfg_path)
+  hf = read_json(cfg_path, "config file", dict)
   if hf.get("model_type", "t5") not in ("t5", "mt5"):
     raise ValueError(f"{cfg_path}: expected model_type 't5', found {hf.get('model_type')!r}")
   t5 = T5Config.from_hf(hf, cfg_path)
   st_cfg = {}
   st_path = os.path.join(tdir, "sentence_bert_config.json")
   if os.path.exists(st_path):
-    st_cfg = read_json(st_path)
+    st_cfg = read_json(st_path, "config file", dict)
   max_len = st_cfg.get("max_seq_length")
   if not max_len:  # sentence-transformers >= 3 keeps it as the tokenizer's model_max_length
     tc_path = os.path.join(tdir, "tokenizer_config.json")
-    mml = read_json(tc_path, "tokenizer config").get("model_max_length") if os.path.exists(tc_path) else None
+    mml = read_json(tc_path, "tokenizer config file", dict).get("model_max_length") if os.path.exists(tc_path) else None
     max_len = int(mml) if isinstance(mml, (int, float)) and 0 < mml < 1e6 else 512
   # spiece.model (sentencepiece) when present, as the released sentence-t5 folders hold it; else tokenizer.json (HF
   # tokenizers), all that transformers >= 5 saves
@@ -567,14 +568,14 @@ def load_sentence_t5(folder: str) -> SentenceT5:
     mdir = os.path.join(folder, m.get("path", ""))
     if kind == "Pooling":
       pool_path = os.path.join(mdir, "config.json")
-      pool = read_json(pool_path, "pooling config")
+      pool = read_json(pool_path, "pooling config file", dict)
       pooling = _pooling_mode(pool, pool_path)
       dim = pool.get("embedding_dimension", pool.get("word_embedding_dimension", width))
       if dim != width:
         raise ValueError(f"{pool_path}: field 'word_embedding_dimension': expected {width} (d_model), found {dim}")
     elif kind == "Dense":
       dpath = os.path.join(mdir, "config.json")
-      dc = read_json(dpath, "Dense config")
+      dc = read_json(dpath, "Dense config file", dict)
       n_in, n_out = int(require(dc, "in_features", dpath)), int(require(dc, "out_features", dpath))
       if n_in != width:
         raise ValueError(f"{dpath}: field 'in_features': expected {width} (the previous module's width), found {n_in}")

@@ -34,6 +34,9 @@ from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import finetune_runner as fr
 from easytune_jax.train import reward as R
+from easytune_jax.bundles.finetuned import RunConfig, load_finetuned_generator
+from easytune_jax.bundles.task import load_task
+from easytune_jax.rewards.spm_objective import RewardTrainConfig
 from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
 
 
@@ -111,7 +114,7 @@ def stage_reward(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> st
   test = load_dataset(data_dir, "test")
   # The reward only ever scores the generator's window: train it on crops of that length (3x cheaper than
   # padding to 196 frames, so more steps fit the budget).
-  rcfg = R.RewardTrainConfig(seed=cfg.seed, max_length=base_config(cfg).data.max_length)
+  rcfg = RewardTrainConfig(seed=cfg.seed, max_length=base_config(cfg).data.max_length)
   rcfg = rcfg.with_objective(cfg.reward_objective)  # the CPU-size SPM trained with the official objective
   R.train_reward(
     rcfg, root / "reward_pretrain", train, steps=cfg.steps(cfg.reward_steps), eval_dataset=test, eval_timesteps=(0, 300)
@@ -135,7 +138,7 @@ def stage_evaluator(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) ->
   return str(root / "evaluator")
 
 
-def run_config(cfg: QuickstartConfig, method: str) -> fr.RunConfig:
+def run_config(cfg: QuickstartConfig, method: str) -> RunConfig:
   ft = finetune.FinetuneConfig(
     method=method,
     num_steps=cfg.num_steps,
@@ -143,7 +146,7 @@ def run_config(cfg: QuickstartConfig, method: str) -> fr.RunConfig:
     guidance_scale=cfg.guidance_scale,
     optim=OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=5),
   )
-  return fr.RunConfig(
+  return RunConfig(
     finetune=ft,
     trajectories=cfg.steps(cfg.trajectories),
     batch_size=cfg.finetune_batch,
@@ -162,19 +165,6 @@ def stage_finetune(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen
   return out
 
 
-def generate_fn_for(cfg: QuickstartConfig, gen) -> Callable:
-  """The evaluation protocol's `generate_fn(captions, pos_tokens, lengths, rng) -> normalised motion` of a
-  generator at the quickstart's sampler setting."""
-
-  def generate_fn(captions, pos_tokens, lengths, rng):
-    del pos_tokens
-    return gen.generate(
-      captions, lengths, rng, guidance_scale=cfg.guidance_scale, num_steps=cfg.num_steps, normalized=True
-    )[0]
-
-  return generate_fn
-
-
 def reward_fn_for(cfg: QuickstartConfig, task, gen) -> Callable:
   """The protocol's `reward_fn(x, captions, lengths) -> [B]`: the task's reward model on clean motion."""
 
@@ -191,15 +181,15 @@ def stage_evaluate(
 ) -> dict:
   test = load_dataset(data_dir, "test")
   evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
-  task = fr.load_task(gen_dir, reward_dir)
+  task = load_task(gen_dir, reward_dir)
   rows = {"base": task.gen}
   for method in cfg.methods:
-    rows[method] = fr.load_finetuned_generator(str(root / f"finetune_{method}"))
+    rows[method] = load_finetuned_generator(str(root / f"finetune_{method}"))
   results = []
   for name, gen in rows.items():
     results.append(
       evaluation.evaluate(
-        generate_fn_for(cfg, gen),
+        generator.generator_fn(gen, cfg.guidance_scale, cfg.num_steps),
         evaluator,
         test,
         replications=cfg.replications,
@@ -276,7 +266,7 @@ def stage_media(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_di
     )
   }
   base_gen = generator.load_generator(gen_dir)
-  tuned = {m: fr.load_finetuned_generator(str(root / f"finetune_{m}")) for m in cfg.methods}
+  tuned = {m: load_finetuned_generator(str(root / f"finetune_{m}")) for m in cfg.methods}
   test = load_dataset(data_dir, "test")
   out["animations"] = []
   panel_px = 960 / (1 + len(tuned))

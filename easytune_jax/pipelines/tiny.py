@@ -15,6 +15,7 @@ from easytune_jax.models.spm import SPMConfig
 from easytune_jax.train import base
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import reward as R
+from easytune_jax.rewards.spm_objective import RewardTrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ def build_tiny_pipeline(
     write_synthetic_dataset(str(data), num_motions=num_motions, seed=seed, min_len=40, max_len=72)
   cfg = base.apply_overrides(base.get_config("tiny"), list(base_overrides))
   base.train_and_sample(cfg, str(root_p / "base"), str(data), 0, progress=progress)
-  rcfg = R.RewardTrainConfig(
+  rcfg = RewardTrainConfig(
     model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
     batch_size=8,
     max_length=max_length,

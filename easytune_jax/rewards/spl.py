@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_WHERE = __name__.replace(".", "/") + ".py"
+
 RECALL_KS = (1, 2, 3, 5, 10)
 
 
@@ -41,7 +43,7 @@ def cosine_similarity_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _check_rank(x, rank: int, name: str) -> None:
   if np.ndim(x) != rank:
-    raise ValueError(f"easytune_jax/spl.py: '{name}': expected rank {rank}, found shape {np.shape(x)}")
+    raise ValueError(f"{_WHERE}: '{name}': expected rank {rank}, found shape {np.shape(x)}")
 
 
 # --------------------------------------------------------------------------------------------- InfoNCE
@@ -54,9 +56,7 @@ def filter_cutoff(threshold: float, convention: str = "cosine") -> float:
   ('tmr': TMR's and the official SPM's `InfoNCE_with_filtering`, which maps the threshold from [0, 1] to the
   cosine range [-1, 1]; 0.9 -> 0.8)."""
   if convention not in FILTER_CONVENTIONS:
-    raise ValueError(
-      f"easytune_jax/spl.py: filter convention: expected one of {FILTER_CONVENTIONS}, found {convention!r}"
-    )
+    raise ValueError(f"{_WHERE}: filter convention: expected one of {FILTER_CONVENTIONS}, found {convention!r}")
   return 2.0 * threshold - 1.0 if convention == "tmr" else threshold
 
 
@@ -88,14 +88,14 @@ def info_nce_with_filtering(
   _check_rank(motion, 2, "motion")
   if text.shape != motion.shape:
     raise ValueError(
-      f"easytune_jax/spl.py: info_nce_with_filtering: 'text' and 'motion' must have the "
+      f"{_WHERE}: info_nce_with_filtering: 'text' and 'motion' must have the "
       f"same shape [B, E], found {text.shape} and {motion.shape}"
     )
   logits = cosine_similarity_matrix(text, motion) / temperature
   b = logits.shape[0]
   if sent_emb is not None:
     if sent_emb.ndim != 2 or sent_emb.shape[0] != b:
-      raise ValueError(f"easytune_jax/spl.py: 'sent_emb': expected shape [B={b}, F], found {sent_emb.shape}")
+      raise ValueError(f"{_WHERE}: 'sent_emb': expected shape [B={b}, F], found {sent_emb.shape}")
     selfsim = cosine_similarity_matrix(sent_emb, sent_emb)
     drop = (selfsim > filter_cutoff(threshold, convention)) & ~jnp.eye(b, dtype=bool)
     # -inf removes the entry from both softmaxes; the diagonal is never -inf so no row is empty.
@@ -138,16 +138,15 @@ def mine_preference_pairs(
   if targets is None:
     if m < b:
       raise ValueError(
-        f"easytune_jax/spl.py: mine_preference_pairs: 'sim' [B, M] with default targets needs "
-        f"M >= B, found shape {sim.shape}"
+        f"{_WHERE}: mine_preference_pairs: 'sim' [B, M] with default targets needs M >= B, found shape {sim.shape}"
       )
     targets = jnp.arange(b, dtype=jnp.int32)
   targets = jnp.asarray(targets, jnp.int32)
   if targets.shape != (b,):
-    raise ValueError(f"easytune_jax/spl.py: 'targets': expected shape ({b},), found {targets.shape}")
+    raise ValueError(f"{_WHERE}: 'targets': expected shape ({b},), found {targets.shape}")
   k = min(int(k), m)
   if k < 1:
-    raise ValueError(f"easytune_jax/spl.py: 'k': expected >= 1, found {k}")
+    raise ValueError(f"{_WHERE}: 'k': expected >= 1, found {k}")
 
   def rank_row(row, gt):
     values, idx = jax.lax.top_k(row, k)
@@ -182,8 +181,7 @@ def preference_loss(
   _check_rank(sim, 2, "sim")
   if convention not in TEMPERATURE_CONVENTIONS:
     raise ValueError(
-      f"easytune_jax/spl.py: preference_loss: 'convention': expected one of "
-      f"{TEMPERATURE_CONVENTIONS}, found {convention!r}"
+      f"{_WHERE}: preference_loss: 'convention': expected one of {TEMPERATURE_CONVENTIONS}, found {convention!r}"
     )
   rows = jnp.arange(sim.shape[0])
   z = jnp.stack([sim[rows, pairs.retrieved], sim[rows, pairs.target]], axis=-1) / temperature
@@ -228,7 +226,7 @@ def retrieval_ranks(sim) -> tuple[np.ndarray, np.ndarray]:
   """
   sim = np.asarray(sim, np.float64)
   if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
-    raise ValueError(f"easytune_jax/spl.py: retrieval: 'sim': expected a square [N, N] matrix, found {sim.shape}")
+    raise ValueError(f"{_WHERE}: retrieval: 'sim': expected a square [N, N] matrix, found {sim.shape}")
   diag = np.diagonal(sim)
   t2m = 1 + np.sum(sim > diag[:, None], axis=1)
   m2t = 1 + np.sum(sim > diag[None, :], axis=0)
@@ -255,14 +253,13 @@ def batched_retrieval_metrics(text, motion, batch_size: int = 32, ks=RECALL_KS) 
   text, motion = np.asarray(text, np.float64), np.asarray(motion, np.float64)
   if text.shape != motion.shape or text.ndim != 2:
     raise ValueError(
-      f"easytune_jax/spl.py: batched_retrieval_metrics: expected 'text' and 'motion' of the same "
+      f"{_WHERE}: batched_retrieval_metrics: expected 'text' and 'motion' of the same "
       f"shape [N, E], found {text.shape} and {motion.shape}"
     )
   n = text.shape[0] // batch_size
   if n == 0:
     raise ValueError(
-      f"easytune_jax/spl.py: batched_retrieval_metrics: need at least batch_size={batch_size} "
-      f"pairs, found {text.shape[0]}"
+      f"{_WHERE}: batched_retrieval_metrics: need at least batch_size={batch_size} pairs, found {text.shape[0]}"
     )
   norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
   text, motion = norm(text), norm(motion)

@@ -151,20 +151,12 @@ def diffusion_loss(
   )
   if config.cond_drop_prob > 0:
     cond = drop_condition(k_drop, cond, uncond, config.cond_drop_prob)
-  b = x0.shape[0]
-  t = schedules.sample_train_timesteps(k_t, b, schedule)
-  noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-  x_t = schedules.add_noise(schedule, x0, noise, t)
-  target = schedules.training_target(schedule, x0, noise, t)
-  pred = m.denoiser.apply(
+  predict = lambda x_t, t: m.denoiser.apply(  # noqa: E731
     params["denoiser"], x_t, t, cond, deterministic, rngs=None if deterministic else {"dropout": k_den}
   )
-  err = (pred - target) ** 2
-  if config.model == "mdm":
-    w = batch["mask"][..., None].astype(err.dtype)
-    loss = jnp.sum(err * w) / jnp.maximum(jnp.sum(w) * err.shape[-1], 1.0)
-  else:
-    loss = jnp.mean(err)
+  # MDM: the loss counts valid frames only; MLD: every latent element.
+  mask = batch["mask"] if config.model == "mdm" else None
+  loss = schedules.denoising_loss(schedule, predict, x0, k_t, k_noise, mask)
   return loss, {"loss": loss}
 
 

@@ -22,6 +22,7 @@ from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.train import base
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.train import reward as R
+from easytune_jax.rewards import spm_objective as RO
 
 assert jax.device_count() == 8, jax.devices()
 MESHES = ("data=8", "data=4,fsdp=2")
@@ -135,7 +136,7 @@ compare(
 
 # ------------------------------------------------------------------------------------------ SPM + SPL
 L, LT, V = 32, 12, 40
-rcfg = R.RewardTrainConfig(
+rcfg = RO.RewardTrainConfig(
   model=SPMConfig(
     word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4, vocab_size=V, dim_motion=263
   ),

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from easytune_jax.data.humanml3d import load_dataset  # noqa: E402
 from easytune_jax.models.spm import SPMConfig  # noqa: E402
 from easytune_jax.train import reward as R  # noqa: E402
+from easytune_jax.rewards import spm_objective as RO  # noqa: E402
 
 # The trainer initialises the SPM eagerly (thousands of tiny dispatches, ~10 s per process on a loaded CPU);
 # one jitted init gives the same kind of parameters and is loaded from the shared compilation cache. Every
@@ -34,7 +35,7 @@ from easytune_jax.train import reward as R  # noqa: E402
 R.init_spm = jax.jit(R.init_spm, static_argnums=0, static_argnames="text_emb_dim")
 
 # tests/pipeline.py REWARD, but checkpointing every step.
-CONFIG = R.RewardTrainConfig(
+CONFIG = RO.RewardTrainConfig(
   model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
   batch_size=8,
   max_length=32,

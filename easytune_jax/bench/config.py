@@ -1,0 +1,118 @@
+"""What the benchmark measures: `BenchmarkConfig` (variants, T values, budgets, seeds), its presets (`get_config`:
+'tiny', 'paper') and the `FinetuneConfig` of a variant at T (`finetune_config`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional
+
+from easytune_jax import finetune
+from easytune_jax.bench.variants import ALL_MEMORY_VARIANTS, ALL_SPEED_VARIANTS, Variant, parse_variant
+from easytune_jax.core import sampling
+from easytune_jax.core.optim import OptimConfig
+
+_WHERE = __name__.replace(".", "/") + ".py"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """What to measure. Defaults: the tiny CPU config (a few minutes on 2 cores).
+
+  memory_steps: the T values of the memory sweep; speed_steps: the T of the speed / alignment runs.
+  budget_seconds / budget_trajectories: the fixed training budget per method (whichever ends first;
+  None = unbounded, at least one must be set). curve_points: held-out evaluations between start and end.
+  target_gain: the held-out reward gain whose reaching time is compared across methods (`time_to_gain`);
+  None = half the largest final gain among the speed variants (so every good method reaches it).
+  speed_seeds: independent budgeted runs per method (training batches and noise of seeds seed, seed + 1,
+  ...; the held-out set is fixed): gains are reported as mean and standard deviation over them.
+  grad_chunk: C of frozen EasyTune variants without their own '+chunk<C>' (1 = the sequential path).
+  floor: also time sampling alone and one one-step gradient at the speed T (`measure_floor`).
+  """
+
+  memory_variants: tuple = ALL_MEMORY_VARIANTS
+  memory_steps: tuple = (10, 50, 200)
+  speed_variants: tuple = ALL_SPEED_VARIANTS
+  speed_steps: int = 10
+  batch_size: int = 8
+  guidance_scale: float = sampling.CPU_GUIDANCE_SCALE
+  learning_rate: float = 2e-4
+  warmup_steps: int = 0
+  speed_repeats: int = 3
+  budget_seconds: Optional[float] = 20.0
+  budget_trajectories: Optional[int] = None
+  curve_points: int = 3
+  target_gain: Optional[float] = None
+  speed_seeds: int = 1
+  heldout_size: int = 16
+  eval_batch_size: int = 16
+  seed: int = 0
+  grad_chunk: int = 1
+  floor: bool = True
+
+  def __post_init__(self):
+    for v in tuple(self.memory_variants) + tuple(self.speed_variants):
+      parse_variant(v)
+    if not self.memory_steps or min(self.memory_steps) < 1:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found {self.memory_steps}")
+    counts = {
+      k: getattr(self, k)
+      for k in ("speed_steps", "batch_size", "speed_repeats", "speed_seeds", "heldout_size", "grad_chunk")
+    }
+    if min(counts.values()) < 1:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig: expected {', '.join(counts)} >= 1, found {counts}")
+    if self.target_gain is not None and not self.target_gain > 0:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.target_gain: expected > 0 or None, found {self.target_gain}")
+    if self.budget_seconds is None and self.budget_trajectories is None:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig: set budget_seconds or budget_trajectories (found neither)")
+    if self.budget_seconds is not None and self.budget_seconds <= 0:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.budget_seconds: expected > 0, found {self.budget_seconds}")
+    if self.budget_trajectories is not None and self.budget_trajectories < 1:
+      raise ValueError(
+        f"{_WHERE}: BenchmarkConfig.budget_trajectories: expected >= 1, found {self.budget_trajectories}"
+      )
+
+  def to_dict(self) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def get_config(name: str = "tiny") -> BenchmarkConfig:
+  """'tiny': CPU, T in (10, 50, 200) for memory, speed/alignment at T=10, 20 s per method.
+  'paper': GPU at MLD sizes, T in (10, 50, 200) for memory, speed/alignment at T=50 (the paper's
+  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method.
+  Both keep grad_chunk = 1 (EasyTune's sequential path): on the 2-core CPU the batched path was slower at
+  every C measured (tiny, T = 50: 0.88 s per trajectory sequential, 1.18-2.17 s for C in 2..50;
+  docs/benchmark/grad_chunk_tiny) and its compiled temporaries grow by about one one-step gradient's per unit
+  of C; on an accelerator measure '+chunk<C>' variants first (`--config.grad_chunk` / '+chunk<C>')."""
+  if name == "tiny":
+    return BenchmarkConfig()
+  if name == "paper":
+    return BenchmarkConfig(
+      speed_steps=sampling.NUM_STEPS,
+      batch_size=32,
+      guidance_scale=sampling.GUIDANCE_SCALE,
+      learning_rate=1e-5,
+      warmup_steps=0,
+      speed_repeats=5,
+      budget_seconds=600.0,
+      curve_points=5,
+      heldout_size=64,
+      eval_batch_size=32,
+    )
+  raise ValueError(f"{_WHERE}: benchmark config name: expected 'tiny' or 'paper', found {name!r}")
+
+
+def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.FinetuneConfig:
+  chunk = 1
+  if variant.policy.per_step_updates and not variant.online:
+    chunk = variant.grad_chunk or cfg.grad_chunk
+  return finetune.FinetuneConfig(
+    method=variant.method,
+    num_steps=T,
+    k=variant.resolve_k(T),
+    remat=variant.remat,
+    sampler_variant="online" if variant.online else "frozen",
+    grad_chunk=chunk,
+    guidance_scale=cfg.guidance_scale,
+    optim=OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate, warmup_steps=cfg.warmup_steps),
+  )

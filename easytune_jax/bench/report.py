@@ -1,0 +1,214 @@
+"""The benchmark's outputs: benchmark.json, the markdown tables (`markdown`) and the PNG plots (memory vs T,
+held-out reward vs training wall time), written by `write_outputs`."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+from easytune_jax import viz
+
+_MiB = 2.0**20
+
+
+def _fmt(x, digits=3):
+  if x is None:
+    return "-"
+  if isinstance(x, float) and not math.isfinite(x):
+    return str(x)
+  return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _pm(speed: dict, key: str, spec: str) -> str:
+  """'mean ± std' of a speed field (just the value for a single run)."""
+  std = speed.get(key + "_std")
+  v = speed.get(key)
+  if v is None:
+    return "-"
+  return f"{v:{spec}}" + (f" ± {std:{spec.lstrip('+')}}" if std is not None else "")
+
+
+def _memory_table(recs: list) -> list[str]:
+  mem = [r for r in recs if "memory" in r]
+  if not mem:
+    return []
+  lines = [
+    "## Compiled update memory (MiB; XLA memory_analysis, not run)",
+    "",
+    "| variant | T | K | temp | total | sampling total | additional (total) | additional (temp) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in mem:
+    lines.append(
+      f"| {r['variant']} | {r['T']} | {r['K']} | {r['memory']['temp'] / _MiB:.3f} | "
+      f"{r['memory']['total'] / _MiB:.3f} | {r['sampling_memory']['total'] / _MiB:.3f} | "
+      f"{r['additional_memory']['total'] / _MiB:.3f} | {r['additional_memory']['temp'] / _MiB:.3f} |"
+    )
+  return lines + [""]
+
+
+def _speed_table(result: dict, sp: list) -> list[str]:
+  base = result.get("base", {})
+  lines = [
+    f"## Speed and reward at T={sp[0]['speed']['T']} (base held-out reward {_fmt(base.get('heldout_reward'), 4)})",
+    "",
+    "| variant | s/trajectory | s/update | trajectories | train s | final reward | gain | gain/s | "
+    "peak gain/s | s to target |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  ttg = result["summary"].get("seconds_to_target_gain", {})
+  for r in sp:
+    s = r["speed"]
+    lines.append(
+      f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {s['seconds_per_update']:.4f} | "
+      f"{s['trajectories']:.0f} | {s['train_seconds']:.1f} | {s['final_reward']:.4f} | "
+      f"{_pm(s, 'reward_gain', '+.4f')} | {_pm(s, 'reward_gain_per_second', '+.5f')} | "
+      f"{_pm(s, 'peak_gain_per_second', '.4f')} | {_fmt(ttg.get(r['variant']))} |"
+    )
+  return lines
+
+
+def _floor_table(result: dict, sp: list) -> list[str]:
+  fl = [r for r in sp if "floor" in r["speed"]]
+  if not fl:
+    return []
+  f0 = fl[0]["speed"]["floor"]
+  lines = [
+    "",
+    f"Floor at T={sp[0]['speed']['T']}: sampling alone {f0['sampling_seconds']:.4f} s, one one-step "
+    f"gradient {f0['one_step_grad_seconds']:.4f} s, one optimizer update "
+    f"{f0['optimizer_update_seconds']:.4f} s; floor = sampling + (differentiated steps) x one-step "
+    "gradient (+ the method's optimizer updates).",
+    "",
+    "| variant | C | differentiated steps | s/trajectory | floor s | / floor | floor+opt s | / floor+opt |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in fl:
+    f, s_ = r["speed"]["floor"], r["speed"]
+    lines.append(
+      f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {f['grad_steps']:g} | "
+      f"{s_['seconds_per_trajectory']:.4f} | {f['floor_seconds']:.4f} | {f['over_floor']:.2f} | "
+      f"{f['floor_with_optimizer_seconds']:.4f} | {f['over_floor_with_optimizer']:.2f} |"
+    )
+  bf = result.get("base", {}).get("floor")
+  if bf:
+    lines += [
+      "",
+      f"Compiled memory: sampling {bf['sampling_memory']['total'] / _MiB:.3f} MiB, one one-step "
+      f"gradient {bf['one_step_grad_memory']['total'] / _MiB:.3f} MiB (totals).",
+    ]
+  return lines
+
+
+def _speed_notes(result: dict, sp: list) -> list[str]:
+  n_runs = len(sp[0]["speed"].get("runs", [None]))
+  return [
+    "",
+    "gain/s: final gain / train s over the whole budget; peak gain/s: the best gain / train s at "
+    "a held-out evaluation; s to target: train s until the held-out gain first reaches "
+    f"{_fmt(result['summary'].get('target_gain'))} (interpolated between evaluations; - = never)."
+    + (
+      f" Mean ± standard deviation over {n_runs} runs (seeds) per method; trajectories, train s "
+      "and final reward are means."
+      if n_runs > 1
+      else ""
+    ),
+    "",
+  ]
+
+
+def _alignment_table(result: dict, recs: list) -> list[str]:
+  al = [r for r in recs if "alignment" in r]
+  if not al:
+    return []
+  b = result["base"]["eval"]
+  lines = [
+    "## Alignment (quick evaluation, same budget per method)",
+    "",
+    "| variant | R@1 | R@3 | MM-Dist | FID | Diversity | MM-Dist rel. improvement |",
+    "|---|---|---|---|---|---|---|",
+    f"| base | {b['R_precision_top_1']:.3f} | {b['R_precision_top_3']:.3f} | {b['MM_Dist']:.3f} | "
+    f"{b['FID']:.3f} | {b['Diversity']:.3f} | - |",
+  ]
+  for r in al:
+    a = r["alignment"]
+    lines.append(
+      f"| {r['variant']} | {a['R_precision_top_1']:.3f} | {a['R_precision_top_3']:.3f} | "
+      f"{a['MM_Dist']:.3f} | {a['FID']:.3f} | {a['Diversity']:.3f} | "
+      f"{a['MM_Dist_relative_improvement']:+.2%} |"
+    )
+  return lines + [""]
+
+
+def _headline(s: dict) -> list[str]:
+  return [
+    "## Headline figures",
+    "",
+    "- EasyTune additional memory / DRaFT-T (no remat): "
+    + ", ".join(f"T={T}: {_fmt(v)}" for T, v in s.get("easytune_over_draft_T_additional", {}).items())
+    + " (paper: 31.16% total memory vs DRaFT-50)",
+    f"- EasyTune memory, largest / smallest T: {s.get('easytune_memory_largest_over_smallest_T')}",
+    f"- reward gain per second, EasyTune / DRaFT-T: {_fmt(s.get('gain_per_second_easytune_over_draft_T'))}"
+    " (paper: 7.3x faster than DRaFT-50); EasyTune / best other method: "
+    f"{_fmt(s.get('gain_per_second_easytune_over_best_baseline'))} (each method at its best learning "
+    f"rate among those run: {', '.join(s.get('best_variant_per_method', {}).values())})",
+    f"- time to the target gain, method / EasyTune ({s.get('easytune_variant', '-')}): "
+    + ", ".join(f"{v}: {_fmt(x)}" for v, x in s.get("time_to_target_over_easytune", {}).items()),
+    "",
+  ]
+
+
+def markdown(result: dict) -> str:
+  """benchmark.md: the memory table, the speed / reward table with the floor, the alignment table and the
+  headline figures (each section only where the result has its records)."""
+  recs = result["records"]
+  m = result["machine"]
+  lines = [f"# Benchmark ({m['backend']}: {m['device_kind']}, {m['cpu_count']} CPUs, jax {m['jax_version']})", ""]
+  lines += _memory_table(recs)
+  sp = [r for r in recs if "speed" in r]
+  if sp:
+    lines += _speed_table(result, sp) + _floor_table(result, sp) + _speed_notes(result, sp)
+  lines += _alignment_table(result, recs)
+  lines += _headline(result["summary"])
+  return "\n".join(lines)
+
+
+def write_outputs(result: dict, out_dir: str) -> dict:
+  """benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time.png under out_dir; returns their paths."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {"json": out / "benchmark.json", "md": out / "benchmark.md"}
+  paths["json"].write_text(json.dumps(result, indent=2))
+  paths["md"].write_text(markdown(result))
+  recs = result["records"]
+  mem_curves: dict = {}
+  for r in recs:
+    if "memory" in r:
+      ts, vs = mem_curves.setdefault(r["variant"], ([], []))
+      ts.append(r["T"])
+      vs.append(r["memory"]["total"] / _MiB)
+  if mem_curves:
+    paths["memory_png"] = pathlib.Path(
+      viz.plot_curves(
+        {k: v for k, v in mem_curves.items() if len(v[0]) >= 1},
+        out / "memory_vs_T.png",
+        title="compiled update memory",
+        xlabel="DDIM steps T",
+        ylabel="MiB",
+        figsize=(6.5, 4.5),
+      )
+    )
+  rw = {r["variant"]: (r["speed"]["curve"]["seconds"], r["speed"]["curve"]["reward"]) for r in recs if "speed" in r}
+  if rw:
+    paths["reward_png"] = pathlib.Path(
+      viz.plot_curves(
+        rw,
+        out / "reward_vs_time.png",
+        title="held-out reward vs training wall time",
+        xlabel="seconds",
+        ylabel="held-out reward",
+        figsize=(6.5, 4.5),
+      )
+    )
+  return {k: str(v) for k, v in paths.items()}
