@@ -36,7 +36,8 @@ import re
 import shutil
 import sys
 import traceback
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from absl import app, flags
 
@@ -52,7 +53,7 @@ CONFIG_PREFIX = "--config."
 _CONFIG: dict = {"presets": None, "default": None, "overrides": [], "paths": {}}
 
 
-def define_config_flag(presets: Mapping[str, Callable[[], Any]], default: Optional[str], help: str = "") -> None:
+def define_config_flag(presets: Mapping[str, Callable[[], Any]], default: str | None, help: str = "") -> None:
   """Registers ``--config`` (a preset name of `presets` or a .py file with ``get_config()``; required when
   `default` is None); the ``--config.<field>=<value>`` overrides are read by :func:`run` and applied by
   :func:`get_config`."""
@@ -115,8 +116,8 @@ def config_overrides() -> dict:
 def resolve_config(
   spec: str,
   overrides: Sequence[tuple] = (),
-  presets: Optional[Mapping[str, Callable]] = None,
-  default: Optional[str] = None,
+  presets: Mapping[str, Callable] | None = None,
+  default: str | None = None,
 ):
   """The config named by `spec` (a preset of `presets` or a .py file with get_config()) with `overrides`
   ([(dotted key, text)]) applied; errors name the ``--config`` flag, the field and the expected type."""
@@ -219,7 +220,7 @@ def check_inputs(inputs: Sequence[str], files: Sequence[str] = ()) -> None:
         raise app.UsageError(f"--{name}={path}: expected a file, found a folder")
 
 
-def _first_new_ancestor(path: str) -> Optional[str]:
+def _first_new_ancestor(path: str) -> str | None:
   """The outermost folder of `path` (itself included) that does not exist yet, or None if `path` exists."""
   path = os.path.abspath(path)
   if os.path.exists(path):
@@ -251,7 +252,7 @@ def remove_if_empty(created: Sequence[str]) -> list[str]:
 _CONFIG_FIELD = re.compile(r"\b([A-Z]\w*Config)\.(\w+)\b")
 
 
-def flagify(message: str, aliases: Optional[Mapping[str, str]] = None) -> str:
+def flagify(message: str, aliases: Mapping[str, str] | None = None) -> str:
   """Completes 'SomeConfig.field' to '--config.<path>.field (SomeConfig.field)' when SomeConfig sits at one place
   of the launcher's config (or to '--flag (SomeConfig.field)' when the launcher has a flag of that name)."""
   aliases = dict(aliases or {})
@@ -270,7 +271,7 @@ def flagify(message: str, aliases: Optional[Mapping[str, str]] = None) -> str:
   return _CONFIG_FIELD.sub(sub, message)
 
 
-def one_line(e: BaseException, aliases: Optional[Mapping[str, str]] = None) -> str:
+def one_line(e: BaseException, aliases: Mapping[str, str] | None = None) -> str:
   """The message of `e` on one line, config fields turned into flags."""
   msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
   msg = " ".join(str(msg).split())  # newlines and runs of spaces -> one space
@@ -283,7 +284,7 @@ def _debugging() -> bool:
   return any(n in FLAGS and FLAGS[n].value for n in ("verbose", "pdb_post_mortem", "run_with_pdb"))
 
 
-def _exit_multiprocess(e: BaseException, aliases: Optional[Mapping[str, str]]) -> None:
+def _exit_multiprocess(e: BaseException, aliases: Mapping[str, str] | None) -> None:
   """A process of a multi-process run that fails leaves at once: printing its error (its traceback with --verbose)
   and exiting without JAX's shutdown barrier, which would wait minutes for peers that are still running. The
   coordination service then stops the other processes within the heartbeat timeout (--heartbeat_timeout), each
@@ -305,7 +306,7 @@ def wrap(
   outputs: Sequence[str] = (),
   inputs: Sequence[str] = (),
   files: Sequence[str] = (),
-  aliases: Optional[Mapping[str, str]] = None,
+  aliases: Mapping[str, str] | None = None,
   fast_cpu_threefry: bool = False,
 ) -> Callable:
   """`main` with the behaviour of the module docstring (see :func:`run`); `fast_cpu_threefry` calls
@@ -348,7 +349,7 @@ def run(
   outputs: Sequence[str] = (),
   inputs: Sequence[str] = (),
   files: Sequence[str] = (),
-  aliases: Optional[Mapping[str, str]] = None,
+  aliases: Mapping[str, str] | None = None,
 ) -> None:
   """`app.run(main)` with one-line errors, the input / output checks of the module docstring and the opt-in to
   the fast CPU threefry lowering (`core.prng.use_fast_cpu_threefry`; the launchers are applications).

@@ -21,7 +21,7 @@ Physical extras on joint positions ``[B, F, J, 3]`` (Y up, metres, floor at y = 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image

@@ -24,8 +24,8 @@ from easytune_jax import cli
 from easytune_jax.bench.benchmark import run_benchmark
 from easytune_jax.bench.report import write_outputs
 from easytune_jax.configs import benchmark as presets
-from easytune_jax.pipelines.tiny import build_tiny_pipeline
 from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.pipelines.tiny import build_tiny_pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", None, "Where benchmark.json / .md / .png go.", required=True)

@@ -17,9 +17,8 @@ not hold), the preset 'official' or a .py file; e.g. --config.max_length=200.
 from absl import flags, logging
 
 from easytune_jax import cli
-from easytune_jax.configs import convert as presets
-
 from easytune_jax.bundles import official_generator
+from easytune_jax.configs import convert as presets
 
 FLAGS = flags.FLAGS
 cli.define_flags(dataset=False, progress=False)

@@ -13,8 +13,8 @@ from the checkpoint's shapes; the number of attention heads is not stored in it 
 from absl import flags, logging
 
 from easytune_jax import cli
-from easytune_jax.configs import convert as presets
 from easytune_jax.bundles import reward
+from easytune_jax.configs import convert as presets
 
 FLAGS = flags.FLAGS
 cli.define_flags(dataset=False, progress=False)

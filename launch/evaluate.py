@@ -31,14 +31,14 @@ import time
 from absl import app, flags, logging
 
 from easytune_jax import cli
-from easytune_jax.configs import evaluate as presets
-from easytune_jax.core.config import config_to_dict
-from easytune_jax.core import rerun
-from easytune_jax.eval import evaluation as E
-from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
 from easytune_jax.bundles.finetuned import load_any_generator
+from easytune_jax.configs import evaluate as presets
+from easytune_jax.core import rerun
+from easytune_jax.core.config import config_to_dict
 from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.data.humanml3d import load_dataset
+from easytune_jax.eval import evaluation as E
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(

@@ -31,12 +31,11 @@ BVH: HumanML3D skeleton, Y up, centimetres (--config.bvh_scale=1 for metres), 20
 from absl import app, flags, logging
 
 from easytune_jax import cli
-from easytune_jax.configs import generate as presets
-from easytune_jax.bundles import export
-from easytune_jax.bundles import official_generator
-from easytune_jax.bundles.generator import load_generator
-from easytune_jax.core.metric_writer import quiet_library_logs
+from easytune_jax.bundles import export, official_generator
 from easytune_jax.bundles.finetuned import load_finetuned_generator
+from easytune_jax.bundles.generator import load_generator
+from easytune_jax.configs import generate as presets
+from easytune_jax.core.metric_writer import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", None, "A caption, not empty (repeat the flag for several).")

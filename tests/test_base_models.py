@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from easytune_jax.core import sampling, schedules
 from easytune_jax.core.config import config_from_dict
-from easytune_jax.core import sampling
-from easytune_jax.core import schedules
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig, drop_condition

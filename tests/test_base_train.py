@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from easytune_jax.bundles import generator
-from easytune_jax.data import batching
-from easytune_jax.data.synthetic import write_synthetic_dataset
-from easytune_jax.train import base
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import create_train_state
+from easytune_jax.data import batching
+from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.pipelines.tiny import TINY_BASE_OVERRIDES
+from easytune_jax.train import base
 
 # Small model, few steps: compile time dominates on CPU, so every test shares these sizes (the jitted
 # steps are cached on the model config) and runs a handful of steps.

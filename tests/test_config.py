@@ -12,13 +12,12 @@ import pathlib
 import re
 import subprocess
 import sys
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 from absl import app
 
-from easytune_jax import cli
-from easytune_jax import finetune
+from easytune_jax import cli, finetune
 from easytune_jax.core import config as C
 from easytune_jax.core import sampling
 from easytune_jax.core.optim import OptimConfig
@@ -41,8 +40,8 @@ class Inner:
 @dataclasses.dataclass(frozen=True)
 class Outer:
   name: str = "a"
-  k: Optional[int] = None
-  label: Optional[str] = "x"
+  k: int | None = None
+  label: str | None = "x"
   steps: tuple[int, ...] = (10, 50)
   pair: tuple[int, float] = (1, 2.0)
   variants: tuple = ("easytune", "draft")
@@ -217,7 +216,8 @@ def test_every_launcher_takes_the_config_flag():
 
 
 def test_sampler_defaults_come_from_core_sampling():
-  from easytune_jax.configs import evaluate, finetune as ft_presets, generate
+  from easytune_jax.configs import evaluate, generate
+  from easytune_jax.configs import finetune as ft_presets
 
   tiny, paper = ft_presets.get_config("tiny").finetune, ft_presets.get_config("paper").finetune
   assert (tiny.num_steps, tiny.guidance_scale) == (sampling.CPU_NUM_STEPS, sampling.CPU_GUIDANCE_SCALE)

@@ -8,7 +8,6 @@ import pytest
 from easytune_jax.data import features as F
 from easytune_jax.data import skeleton as sk
 from easytune_jax.data import synthetic as S
-
 from tests import reference_data
 
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from easytune_jax.eval import evaluation as E
 from easytune_jax import metrics as M
-from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.data.humanml3d import load_dataset
+from easytune_jax.eval import evaluation as E
 from tests.test_train_evaluator import tiny_run
 
 

@@ -17,7 +17,6 @@ from easytune_jax.models import t2m_convert as tc
 from tests.reference_data import path as _data
 from tests.torch_zip import write_torch_zip
 
-
 TINY = ev.EvaluatorConfig(
   dim_pose=263,
   dim_word=16,
@@ -128,7 +127,7 @@ def np_motion(motion, lens, state):
   return np_head(np_bigru_last(x, [l // 4 for l in lens], mo), mo)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(config):
   """Jitted embed functions (eager Flax dispatch is slow on a shared 2-core CPU)."""
   text = jax.jit(functools.partial(ev.evaluator_embed_text, config=config))

@@ -20,7 +20,7 @@ from easytune_jax.bundles.task import MotionTask
 from easytune_jax.core import sampling
 from easytune_jax.core.optim import create_train_state
 from easytune_jax.models import mld_official as mo
-from tests.test_finetune import B, C, H, T, W, Ref, assert_tree_close, cfg, decode, setup
+from tests.test_finetune import B, C, H, Ref, T, W, assert_tree_close, cfg, decode, setup
 
 KEEP = 0.7  # dropout 0.3: masks that change the outputs visibly
 

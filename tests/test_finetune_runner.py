@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 
 from easytune_jax import finetune
+from easytune_jax.bundles import finetuned
+from easytune_jax.bundles import reward as RB
+from easytune_jax.bundles.task import load_task
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig
-from easytune_jax.models.spm import SPMConfig
-from easytune_jax.bundles import finetuned
-from easytune_jax.bundles.task import load_task
-from easytune_jax.train import finetune_runner as fr
-from easytune_jax.bundles import reward as RB
-from tests.test_spm_official import synthetic_state
 from easytune_jax.core.torch_zip import save_torch
+from easytune_jax.models.spm import SPMConfig
+from easytune_jax.train import finetune_runner as fr
+from tests.test_spm_official import synthetic_state
 
 
 def _cfg(method, trajectories=3, **kw):

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from easytune_jax.bundles import export
-from easytune_jax.bundles import official_generator as og
 from easytune_jax.bundles import generator as G
+from easytune_jax.bundles import official_generator as og
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core import sampling
+from easytune_jax.core.torch_zip import save_torch
 from easytune_jax.data import skeleton as sk
 from easytune_jax.models.t5_encoder import load_sentence_t5
 from tests import test_bvh
 from tests import test_mld_official as tmo
-from easytune_jax.core.torch_zip import save_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

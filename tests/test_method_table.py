@@ -19,7 +19,7 @@ from easytune_jax.bench.config import BenchmarkConfig, finetune_config
 from easytune_jax.bench.measure import grad_steps
 from easytune_jax.bench.variants import parse_variant
 from easytune_jax.core.optim import create_train_state
-from tests.test_finetune import T, Ref, assert_tree_close, cfg, decode, denoise, reward, setup
+from tests.test_finetune import Ref, T, assert_tree_close, cfg, decode, denoise, reward, setup
 
 
 # ----------------------------------------------------------------------- the diff of adding a method

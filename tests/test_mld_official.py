@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from easytune_jax.core import sampling
+from easytune_jax.core.torch_zip import save_torch
 from easytune_jax.models import mld_convert
 from easytune_jax.models import mld_official as mo
-from easytune_jax.core.torch_zip import save_torch
 
 VCFG = mo.OfficialVAEConfig.tiny(nfeats=263, latent_size=2)  # 263: the generator bundle recovers joints
 DCFG = mo.OfficialDenoiserConfig.tiny(latent_size=2)

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core import processes
-from easytune_jax.bundles.finetuned import load_finetuned_generator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TWO_BY_TWO = processes.ProcessesConfig(num_processes=2, cpu_devices=2, grace_seconds=30)
@@ -183,8 +183,8 @@ def _train_cmd(module, workdir, data):
 def test_two_processes_train_base_and_reward_as_one_process(tiny_pipeline, tmp_path):
   """The generator (VAE + denoiser) and the reward model trained by 2 processes x 2 devices equal the same
   training by one process on 4 devices: each process built its rows of every batch, process 0 wrote the files."""
-  from easytune_jax.pipelines.tiny import TINY_BASE_OVERRIDES
   from easytune_jax.bundles.reward import load_reward
+  from easytune_jax.pipelines.tiny import TINY_BASE_OVERRIDES
 
   base_args = [f"--config.{o}" for o in TINY_BASE_OVERRIDES] + ["--config=tiny", "--num_samples=0"]
   reward_args = ["--config=tiny", "--config.num_steps=4", "--config.batch_size=8"]

@@ -15,10 +15,10 @@ import time
 import pytest
 
 from easytune_jax import viz
+from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation
 from easytune_jax.pipelines import quickstart
-from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.train import finetune_runner
 
 CFG = quickstart.QuickstartConfig(methods=("easytune",), trajectories=1, replications=1, num_animations=1, num_steps=4)

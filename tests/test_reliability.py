@@ -27,14 +27,12 @@ import numpy as np
 import pytest
 
 from easytune_jax import finetune, metrics
-from easytune_jax.core import parallel
-from easytune_jax.core import sampling
-from easytune_jax.core import schedules
-from easytune_jax.data import humanml3d, text
-from easytune_jax.core.checkpoint import CheckpointError, Checkpointer, NonFiniteStateError
+from easytune_jax.core import parallel, sampling, schedules
+from easytune_jax.core.checkpoint import Checkpointer, CheckpointError, NonFiniteStateError
 from easytune_jax.core.config import check_config_matches
 from easytune_jax.core.metric_writer import MetricWriter, read_metrics
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer, tree_all_finite
+from easytune_jax.data import humanml3d, text
 from easytune_jax.train.loop import NonFiniteError, train_loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -162,6 +160,7 @@ def _ckpt_absent(tmp):
 
 def _glove_truncated(tmp):
   import pickle
+
   from easytune_jax.models import t2m_convert
 
   np.save(tmp / "our_vab_data.npy", np.zeros((2, 300), np.float32))

@@ -11,19 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax.rewards import spl
+from easytune_jax.bundles import reward as RB
+from easytune_jax.core.schedules import make_schedule
+from easytune_jax.core.torch_zip import save_torch
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.data.text import TextEmbeddings, save_text_embeddings
 from easytune_jax.models import spm
 from easytune_jax.models.spm import SPMConfig
-from easytune_jax.core.schedules import make_schedule
-from easytune_jax.train import reward as R
-from easytune_jax.bundles import reward as RB
+from easytune_jax.rewards import spl
 from easytune_jax.rewards import spm_loss as RL
 from easytune_jax.rewards import spm_objective as RO
+from easytune_jax.train import reward as R
 from tests.test_spm_official import synthetic_state
-from easytune_jax.core.torch_zip import save_torch
 
 E = 10
 MODEL = SPMConfig.official(dim_motion=6, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)

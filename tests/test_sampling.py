@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax.core import sampling
-from easytune_jax.core import schedules
+from easytune_jax.core import sampling, schedules
 
 
 def tiny_denoiser():

@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax.models import layers
+from easytune_jax.models import layers, spm_official
 from easytune_jax.models import mld_official as mo
-from easytune_jax.models import spm_official
 from easytune_jax.models.spm import SPMConfig
 
 VCFG = mo.OfficialVAEConfig.tiny(num_layers=5, dropout=0.1)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax.models import spm
 from easytune_jax.core.schedules import make_schedule
+from easytune_jax.models import spm
 from easytune_jax.rewards import spm_loss as RL
 from easytune_jax.rewards import spm_objective as RO
 

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from easytune_jax.models import spm, spm_convert
-from easytune_jax.models.spm import SPMConfig
 from easytune_jax.bundles import reward as RB
 from easytune_jax.core.torch_zip import save_torch
+from easytune_jax.models import spm, spm_convert
+from easytune_jax.models.spm import SPMConfig
 
 D, E, C, FF, N, H = 6, 10, 8, 16, 3, 2
 

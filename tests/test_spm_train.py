@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from easytune_jax.bundles import reward as RB
+from easytune_jax.core.checkpoint import CheckpointError
+from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.data.batching import batch_at
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.models.spm import SPMConfig, reward_apply
-from easytune_jax.core.checkpoint import CheckpointError
-from easytune_jax.core.metric_writer import read_metrics
-from easytune_jax.train import reward as R
-from easytune_jax.bundles import reward as RB
 from easytune_jax.rewards import spm_objective as RO
+from easytune_jax.train import reward as R
 
 STEPS = 150  # pretraining steps of the tiny SPM: its retrieval on the training pairs is then far above chance
 TINY = RO.RewardTrainConfig(

@@ -147,8 +147,9 @@ def test_clip_tokenizer_json_as_transformers_writes_it(tmp_path, expected, capti
   """A CLIP folder holding HF's tokenizer.json (written by transformers 5.24's CLIPTokenizer.save_pretrained from
   clip_bin's vocab.json + merges.txt) and no vocab.json / merges.txt: the same ids, features and hidden states. The
   tokenizer the library builds from vocab.json + merges.txt serialises to that very file."""
-  from easytune_jax.models.clip_text import build_clip_tokenizer
   from tokenizers import models as tk_models
+
+  from easytune_jax.models.clip_text import build_clip_tokenizer
 
   saved = os.path.join(FIX, "clip_bin.tokenizer.json")
   with open(saved, encoding="utf-8") as f:

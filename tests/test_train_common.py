@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from easytune_jax.core.checkpoint import CheckpointError, Checkpointer, NonFiniteStateError
+from easytune_jax.core.checkpoint import Checkpointer, CheckpointError, NonFiniteStateError
 from easytune_jax.core.config import check_config_matches, config_from_dict
 from easytune_jax.core.metric_writer import MetricWriter, read_metrics
 from easytune_jax.core.optim import (
@@ -284,8 +284,8 @@ def test_config_from_dict_inverts_asdict_through_json():
   import dataclasses
   import json
 
-  from easytune_jax.finetune import FinetuneConfig
   from easytune_jax.bundles.finetuned import RunConfig
+  from easytune_jax.finetune import FinetuneConfig
 
   cfg = RunConfig(
     finetune=FinetuneConfig(method="draft", num_steps=7, k=3, optim=OptimConfig(learning_rate=3e-4)),

@@ -7,13 +7,13 @@ import pickle
 import numpy as np
 import pytest
 
+from easytune_jax.bundles import evaluator as evaluator_bundle
+from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
+from easytune_jax.core.checkpoint import Checkpointer, CheckpointError
+from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.models import evaluator as ev
-from easytune_jax.core.checkpoint import CheckpointError, Checkpointer
-from easytune_jax.core.metric_writer import read_metrics
-from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
-from easytune_jax.bundles import evaluator as evaluator_bundle
 from easytune_jax.train import evaluator as te
 from tests import reference_data
 

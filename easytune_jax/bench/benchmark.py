@@ -32,7 +32,6 @@ This module composes the parts (`run_benchmark`): `bench/variants.py` (the varia
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -79,7 +78,7 @@ def run_benchmark(
   generator_workdir: str,
   reward_workdir: str,
   data_dir: str,
-  evaluator_workdir: Optional[str] = None,
+  evaluator_workdir: str | None = None,
   memory: bool = True,
   speed: bool = True,
 ) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional
 
 from easytune_jax import finetune
 from easytune_jax.bench.variants import ALL_MEMORY_VARIANTS, ALL_SPEED_VARIANTS, Variant, parse_variant
@@ -39,10 +38,10 @@ class BenchmarkConfig:
   learning_rate: float = 2e-4
   warmup_steps: int = 0
   speed_repeats: int = 3
-  budget_seconds: Optional[float] = 20.0
-  budget_trajectories: Optional[int] = None
+  budget_seconds: float | None = 20.0
+  budget_trajectories: int | None = None
   curve_points: int = 3
-  target_gain: Optional[float] = None
+  target_gain: float | None = None
   speed_seeds: int = 1
   heldout_size: int = 16
   eval_batch_size: int = 16

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import tempfile
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -57,7 +56,7 @@ class GpuBenchConfig:
   speed_steps: int = sampling.NUM_STEPS
   seconds: float = 45.0
   batch_size: int = 32
-  max_length: Optional[int] = None
+  max_length: int | None = None
   reward_text_length: int = 32
   guidance_scale: float = sampling.GUIDANCE_SCALE
   learning_rate: float = 1e-5
@@ -76,7 +75,7 @@ class GpuBenchConfig:
       )
     self.memory_config()  # validates size, lengths and variants
 
-  def memory_config(self, batch_size: Optional[int] = None, seed: Optional[int] = None):
+  def memory_config(self, batch_size: int | None = None, seed: int | None = None):
     return official_memory.OfficialMemoryConfig(
       size=self.size,
       variants=tuple(self.memory_variants),
@@ -167,7 +166,7 @@ class HeldOut:
     return np.asarray(self.task.reward_fn.combine(terms))
 
 
-def run_gpu_benchmark(config: GpuBenchConfig, out_dir: Optional[str] = None, work_dir: Optional[str] = None) -> dict:
+def run_gpu_benchmark(config: GpuBenchConfig, out_dir: str | None = None, work_dir: str | None = None) -> dict:
   """Memory sweep, then speed runs; returns the result (the `bench.benchmark.run_benchmark` layout plus 'models',
   'gpu_config', 'skipped', 'phase_seconds') and writes it under `out_dir` after each measurement."""
   t_start = time.time()

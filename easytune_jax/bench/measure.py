@@ -10,7 +10,6 @@ import platform
 import resource
 import statistics
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +43,7 @@ def peak_rss_bytes() -> int:
   return int(r if platform.system() == "Darwin" else r * 1024)
 
 
-def device_peak_bytes() -> Optional[int]:
+def device_peak_bytes() -> int | None:
   """The allocator's peak bytes in use on device 0 (GPU/TPU), None where the backend reports none (CPU)."""
   try:
     stats = jax.devices()[0].memory_stats()

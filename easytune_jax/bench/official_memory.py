@@ -24,7 +24,6 @@ import json
 import pathlib
 import tempfile
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -220,7 +219,7 @@ def task_inputs(task, config: OfficialMemoryConfig):
   return task.noise(jax.random.fold_in(key, 1), config.batch_size), cond, uncond, jax.random.fold_in(key, 2)
 
 
-def previous_figures(path: Optional[str]) -> Optional[dict]:
+def previous_figures(path: str | None) -> dict | None:
   """The memory records of an earlier benchmark.json (e.g. our paper preset's, `PREVIOUS`), or None."""
   if not path or not pathlib.Path(path).is_file():
     return None
@@ -245,9 +244,9 @@ def _setup(config: OfficialMemoryConfig) -> dict:
 
 def run_official_memory(
   config: OfficialMemoryConfig,
-  out_dir: Optional[str] = None,
-  previous: Optional[str] = PREVIOUS,
-  work_dir: Optional[str] = None,
+  out_dir: str | None = None,
+  previous: str | None = PREVIOUS,
+  work_dir: str | None = None,
 ) -> dict:
   """Builds the task (in `work_dir`, default a temporary folder removed afterwards) and compiles every
   (variant, T) of `config` (variant-major: the first variant's figures come first). With `out_dir`, outputs are

@@ -28,7 +28,7 @@ import pathlib
 import statistics
 import tempfile
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,7 @@ class ProfileConfig:
 
   size: str = "tiny"
   batch_size: int = 32
-  max_length: Optional[int] = None
+  max_length: int | None = None
   num_steps: int = 50
   guidance_scale: float = sampling.GUIDANCE_SCALE
   reward_text_length: int = 32
@@ -175,7 +175,7 @@ def part_functions(
   }
 
 
-def run_profile(config: ProfileConfig, out_dir: Optional[str] = None, work_dir: Optional[str] = None) -> dict:
+def run_profile(config: ProfileConfig, out_dir: str | None = None, work_dir: str | None = None) -> dict:
   """Builds the task of `config.size` and measures each part; writes profile_<size>.json under `out_dir`
   after each part when given. Returns {'machine', 'config', 'models', 'parts': {name: record}}."""
   tmp = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +128,7 @@ def budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, 
   }, state
 
 
-def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> Optional[float]:
+def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> float | None:
   """Training seconds at which the held-out reward curve first reaches rewards[0] + target, linearly
   interpolated between the two evaluations that bracket it; None if it never does. seconds, rewards: [P]
   (seconds[0] = 0, rewards[0] = the base reward)."""

@@ -3,8 +3,6 @@ T, the best variant (learning rate) per method, gain-per-second ratios and the t
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from easytune_jax.bench.speed import time_to_gain
@@ -92,5 +90,5 @@ def summarize(result: dict) -> dict:
   return out
 
 
-def _ratio(a, b) -> Optional[float]:
+def _ratio(a, b) -> float | None:
   return float(a) / float(b) if b not in (0, None) and a is not None else None

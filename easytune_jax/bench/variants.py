@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
 
 from easytune_jax import finetune
 
@@ -20,11 +19,11 @@ class Variant:
   (`FinetuneConfig.grad_chunk`; None = the benchmark config's `grad_chunk`)."""
 
   method: str
-  k: Optional[Union[int, str]] = None
+  k: int | str | None = None
   remat: bool = False
-  learning_rate: Optional[float] = None
+  learning_rate: float | None = None
   online: bool = False
-  grad_chunk: Optional[int] = None
+  grad_chunk: int | None = None
 
   @property
   def policy(self) -> finetune.StepPolicy:
@@ -46,7 +45,7 @@ class Variant:
     """The name without the learning rate (variants of one family differ only in their rate)."""
     return dataclasses.replace(self, learning_rate=None).name
 
-  def resolve_k(self, T: int) -> Optional[int]:
+  def resolve_k(self, T: int) -> int | None:
     """K passed to FinetuneConfig at T steps (None where the row's default applies)."""
     return T if self.k == "T" else self.k
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,6 @@ from easytune_jax.models.evaluator import (
   init_evaluator,
   renorm_for_evaluator,
 )
-
 
 # --------------------------------------------------------------------------------------------- the bundle
 _NO_TEXT_TOKENIZER = None
@@ -106,7 +106,7 @@ class Evaluator:
   def dim(self) -> int:
     return self.config.dim_coemb
 
-  def with_dataset_stats(self, mean: np.ndarray, std: np.ndarray) -> "Evaluator":
+  def with_dataset_stats(self, mean: np.ndarray, std: np.ndarray) -> Evaluator:
     """The same evaluator for motions normalised with another dataset Mean/Std."""
     return dataclasses.replace(self, dataset_mean=mean, dataset_std=std)
 
@@ -200,11 +200,11 @@ def _init_params(config: EvaluatorConfig, key: jax.Array):
 def load_trained_evaluator(
   workdir: str,
   *,
-  dataset_mean: Optional[np.ndarray] = None,
-  dataset_std: Optional[np.ndarray] = None,
+  dataset_mean: np.ndarray | None = None,
+  dataset_std: np.ndarray | None = None,
   batch_size: int = 32,
   max_length: int = 196,
-  step: Optional[int] = None,
+  step: int | None = None,
 ) -> Evaluator:
   """The evaluator trained by :func:`train_evaluator` in ``workdir`` (latest checkpoint, or ``step``).
 
@@ -268,7 +268,7 @@ def load_official_evaluator(
   dataset_mean: np.ndarray,
   dataset_std: np.ndarray,
   kind: str = "t2m",
-  config: Optional[EvaluatorConfig] = None,
+  config: EvaluatorConfig | None = None,
   batch_size: int = 32,
   max_length: int = 196,
 ) -> Evaluator:

@@ -26,7 +26,8 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -51,8 +52,8 @@ class GenerateConfig:
     animation_size: width and height of the GIF / MP4 in pixels (line widths scale with it).
   """
 
-  guidance_scale: Optional[float] = None
-  num_steps: Optional[int] = None
+  guidance_scale: float | None = None
+  num_steps: int | None = None
   seed: int = 0
   length: int = 0
   batch_size: int = 8
@@ -133,7 +134,7 @@ def generate_to_files(
   out_dir: str | os.PathLike,
   config: GenerateConfig = GenerateConfig(),
   params: Any = None,
-  lengths: Optional[Union[int, Sequence[int]]] = None,
+  lengths: int | Sequence[int] | None = None,
   progress: bool = True,
 ) -> dict:
   """Samples one motion per caption and writes its files (see the module docstring).

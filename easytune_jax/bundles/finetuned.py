@@ -11,7 +11,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Optional
+from typing import Any
 
 import jax
 
@@ -47,7 +47,7 @@ class RunConfig:
   seed: int = 0
   eval_every: int = 5
   heldout_size: int = 64
-  heldout_num_steps: Optional[int] = None  # DDIM steps of held-out sampling (default: finetune.num_steps)
+  heldout_num_steps: int | None = None  # DDIM steps of held-out sampling (default: finetune.num_steps)
   checkpoint_every: int = 10
   trainable: str = "all"
   ema_decay: float = 0.0
@@ -73,7 +73,7 @@ def run_config_from_dict(d: dict) -> RunConfig:
   return config_from_dict(RunConfig, d, "RunConfig")
 
 
-def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
+def trainable_mask(params: Any, patterns: str) -> Any | None:
   """Bool pytree: leaves whose '/'-joined path matches any comma-separated regex in `patterns` train.
   'all' (or '') trains everything (returns None)."""
   if patterns in ("", "all"):
@@ -87,7 +87,7 @@ def trainable_mask(params: Any, patterns: str) -> Optional[Any]:
   return jax.tree_util.tree_unflatten(jax.tree.structure(params), mask)
 
 
-def record_path(name: str, path: Optional[str], workdir: pathlib.Path) -> dict:
+def record_path(name: str, path: str | None, workdir: pathlib.Path) -> dict:
   """`{name: path relative to workdir, name_absolute: absolute path}` for finetune.json (None stays None):
   the relative form keeps a run loadable when it is moved or copied together with its inputs, the absolute
   one when only the run folder moves."""

@@ -23,24 +23,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from absl import logging
 
 from easytune_jax import viz
-from easytune_jax.core import sampling
-from easytune_jax.core import schedules
-from easytune_jax.data.text import TextEmbeddings, Tokenizer
-from easytune_jax.models.text_encoder import TextEncoder
-from easytune_jax.models.vae import MotionVAE, features_to_joints
-from easytune_jax.models import generator as gm
+from easytune_jax.core import sampling, schedules
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import config_from_dict
 from easytune_jax.core.optim import create_train_state
+from easytune_jax.data.text import TextEmbeddings, Tokenizer
+from easytune_jax.models import generator as gm
+from easytune_jax.models.text_encoder import TextEncoder
+from easytune_jax.models.vae import MotionVAE, features_to_joints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +76,7 @@ OVERRIDE_SOURCE = "set in the config"
 DEFAULT_SOURCE = "the default of core/sampling.py (NUM_STEPS / GUIDANCE_SCALE): the generator records no sampler"
 
 
-def recorded_sampler(saved: Any, num_steps: int, guidance_scale: float, source: str) -> Optional[SamplerDefaults]:
+def recorded_sampler(saved: Any, num_steps: int, guidance_scale: float, source: str) -> SamplerDefaults | None:
   """SamplerDefaults(num_steps, guidance_scale, source) when the saved config dict `saved` (e.g. the JSON of a
   BaseConfig.sampler or a FinetuneConfig) records both values, else None (an older workdir)."""
   if isinstance(saved, dict) and "num_steps" in saved and "guidance_scale" in saved:
@@ -86,7 +85,7 @@ def recorded_sampler(saved: Any, num_steps: int, guidance_scale: float, source: 
 
 
 def resolve_sampler(
-  gen: "Generator", num_steps: Optional[int] = None, guidance_scale: Optional[float] = None, name: str = ""
+  gen: Generator, num_steps: int | None = None, guidance_scale: float | None = None, name: str = ""
 ) -> SamplerChoice:
   """The DDIM steps and guidance scale to sample `gen` with: `num_steps` / `guidance_scale` when given (not
   None), else the generator's own (`gen.sampler_defaults`), else core/sampling.py's NUM_STEPS / GUIDANCE_SCALE
@@ -127,8 +126,8 @@ class Generator:
   params: Any
   frozen: dict
   latent_scale: float = 1.0
-  text_embeddings: Optional[TextEmbeddings] = None
-  sampler_defaults: Optional[SamplerDefaults] = None
+  text_embeddings: TextEmbeddings | None = None
+  sampler_defaults: SamplerDefaults | None = None
 
   def __post_init__(self):
     self.modules = gm.build_modules(self.config)
@@ -149,7 +148,7 @@ class Generator:
       return (self.config.vae.latent_size, self.config.vae.latent_dim)
     return (self.max_length, self.config.vae.nfeats)
 
-  def denoise(self, params, x_t: jax.Array, t: jax.Array, cond: dict, rng: Optional[jax.Array] = None) -> jax.Array:
+  def denoise(self, params, x_t: jax.Array, t: jax.Array, cond: dict, rng: jax.Array | None = None) -> jax.Array:
     """Pure denoiser: x_t [B, *latent_shape], t int32 [B], cond -> prediction (schedule.prediction_type).
     `rng` None: deterministic (eval mode); a key: training mode, dropout masks drawn from it (the official
     fine-tuning keeps the denoiser in train mode; `FinetuneConfig.denoiser_dropout`)."""
@@ -191,7 +190,7 @@ class Generator:
   def _encode_impl(self, text_params, inputs, mask, frame_mask):
     return gm.make_cond(self.config, self.modules.text, text_params, inputs, mask, frame_mask)
 
-  def encode_text(self, texts: Sequence[str], lengths: Optional[Sequence[int]] = None) -> dict:
+  def encode_text(self, texts: Sequence[str], lengths: Sequence[int] | None = None) -> dict:
     """cond {"text": [B, Lt, C], "text_mask": [B, Lt]} (+ "frame_mask" [B, L] for MDM, which needs
     `lengths`) from the frozen text encoder."""
     inputs, mask = self.text_inputs(texts)
@@ -247,8 +246,8 @@ class Generator:
     texts: Sequence[str],
     lengths: Sequence[int],
     rng: jax.Array,
-    guidance_scale: Optional[float] = None,
-    num_steps: Optional[int] = None,
+    guidance_scale: float | None = None,
+    num_steps: int | None = None,
     params: Any = None,
     normalized: bool = False,
   ) -> tuple[np.ndarray, np.ndarray]:
@@ -379,8 +378,8 @@ def save_samples(
   lengths: Sequence[int],
   out_dir: str,
   rng: jax.Array,
-  guidance_scale: Optional[float] = None,
-  num_steps: Optional[int] = None,
+  guidance_scale: float | None = None,
+  num_steps: int | None = None,
   gif: bool = True,
 ) -> dict:
   """Generates one motion per text and writes `features.npy` (de-normalised [B, L, D]), `joints.npy`

@@ -42,7 +42,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -50,8 +50,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
 from easytune_jax.bundles.generator import Generator, SamplerDefaults, register_workdir_loader
+from easytune_jax.core.config import config_from_dict, config_to_dict
+from easytune_jax.core.sampling import SamplerConfig
+from easytune_jax.core.schedules import DiffusionConfig
+from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
+from easytune_jax.models import generator as gm
 from easytune_jax.models import mld_convert
 from easytune_jax.models.mld_official import (
   OfficialDenoiserConfig,
@@ -62,14 +66,10 @@ from easytune_jax.models.mld_official import (
 from easytune_jax.models.t5_encoder import SentenceT5, load_sentence_t5
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
-from easytune_jax.core.sampling import SamplerConfig
-from easytune_jax.core.schedules import DiffusionConfig
-from easytune_jax.core.config import config_from_dict, config_to_dict
-from easytune_jax.models import generator as gm
 
 MARKER = "official_mld.json"
 FORMAT = "easytune_jax.official_mld/1"
-ArrayOrPath = Union[np.ndarray, str, os.PathLike]
+ArrayOrPath = np.ndarray | str | os.PathLike
 
 
 class SentenceEmbeddingText(TextEncoder):
@@ -98,7 +98,7 @@ class OfficialMLDGenerator(Generator):
 
   vae_config: OfficialVAEConfig = dataclasses.field(default_factory=OfficialVAEConfig)
   denoiser_config: OfficialDenoiserConfig = dataclasses.field(default_factory=OfficialDenoiserConfig)
-  text_model: Optional[SentenceT5] = None  # captions -> sentence embeddings on the fly (else the .npz)
+  text_model: SentenceT5 | None = None  # captions -> sentence embeddings on the fly (else the .npz)
 
   def __post_init__(self):
     super().__post_init__()
@@ -174,7 +174,7 @@ def _official_sampler(cfg: gm.BaseConfig, where: str) -> SamplerDefaults:
   )
 
 
-def _array(x: Optional[ArrayOrPath], name: str) -> Optional[np.ndarray]:
+def _array(x: ArrayOrPath | None, name: str) -> np.ndarray | None:
   if x is None:
     return None
   if isinstance(x, (str, os.PathLike)):
@@ -184,7 +184,7 @@ def _array(x: Optional[ArrayOrPath], name: str) -> Optional[np.ndarray]:
   return np.asarray(x, np.float32)
 
 
-def _null_text(null_text, embeddings: Optional[TextEmbeddings], text_dim: int) -> np.ndarray:
+def _null_text(null_text, embeddings: TextEmbeddings | None, text_dim: int) -> np.ndarray:
   if null_text is None and embeddings is not None and "" in embeddings.captions:
     emb, _ = embeddings.lookup([""])
     null_text = emb[0, 0]
@@ -214,7 +214,7 @@ def _stats(mean, std, nfeats):
   return mean, std
 
 
-def _embeddings(text_embeddings, text_dim) -> Optional[TextEmbeddings]:
+def _embeddings(text_embeddings, text_dim) -> TextEmbeddings | None:
   if text_embeddings is None:
     return None
   emb = text_embeddings if isinstance(text_embeddings, TextEmbeddings) else TextEmbeddings(os.fspath(text_embeddings))
@@ -226,7 +226,7 @@ def _embeddings(text_embeddings, text_dim) -> Optional[TextEmbeddings]:
   return emb
 
 
-def _sentence_t5(sentence_t5, text_dim: int) -> Optional[SentenceT5]:
+def _sentence_t5(sentence_t5, text_dim: int) -> SentenceT5 | None:
   if sentence_t5 is None or isinstance(sentence_t5, SentenceT5):
     model = sentence_t5
   else:
@@ -270,10 +270,10 @@ def official_generator_from_checkpoint(
   mean: ArrayOrPath,
   std: ArrayOrPath,
   text_embeddings=None,
-  null_text: Optional[ArrayOrPath] = None,
+  null_text: ArrayOrPath | None = None,
   num_heads: int = 4,
-  vae_config: Optional[OfficialVAEConfig] = None,
-  denoiser_config: Optional[OfficialDenoiserConfig] = None,
+  vae_config: OfficialVAEConfig | None = None,
+  denoiser_config: OfficialDenoiserConfig | None = None,
   max_length: int = 196,
   sentence_t5=None,
 ) -> OfficialMLDGenerator:
@@ -323,7 +323,7 @@ def write_official_generator(
   mean: ArrayOrPath,
   std: ArrayOrPath,
   text_embeddings=None,
-  null_text: Optional[ArrayOrPath] = None,
+  null_text: ArrayOrPath | None = None,
   num_heads: int = 4,
   overwrite: bool = False,
   sentence_t5=None,

@@ -17,7 +17,8 @@ import hashlib
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +34,14 @@ from easytune_jax.rewards.spm_objective import RewardTrainConfig, stage_optim
 META_KIND = "easytune_jax.spm_reward"
 
 
-def tokenizer_meta(tok: Optional[Tokenizer]) -> Optional[dict]:
+def tokenizer_meta(tok: Tokenizer | None) -> dict | None:
   """The word tokenizer as checkpoint metadata (None for embedding-input models)."""
   if tok is None:
     return None
   return {"vocab": tok.vocab, "max_length": tok.max_length, "add_sos_eos": tok.add_sos_eos}
 
 
-def tokenizer_from_meta(d: Optional[Mapping[str, Any]]) -> Optional[Tokenizer]:
+def tokenizer_from_meta(d: Mapping[str, Any] | None) -> Tokenizer | None:
   """The inverse of `tokenizer_meta`."""
   return None if d is None else Tokenizer(d["vocab"], d["max_length"], d["add_sos_eos"])
 
@@ -89,7 +90,7 @@ def load_reward(workdir: str | os.PathLike) -> tuple[Callable[..., jax.Array], A
   return reward_fn(params, config.model), params, config
 
 
-def load_reward_tokenizer(workdir: str | os.PathLike) -> Optional[Tokenizer]:
+def load_reward_tokenizer(workdir: str | os.PathLike) -> Tokenizer | None:
   """The word tokenizer stored with an SPM checkpoint (None for embedding-input models)."""
   return tokenizer_from_meta(read_reward_metadata(workdir)["tokenizer"])
 
@@ -104,7 +105,7 @@ class SPMConversion:
 
 
 def convert_spm_checkpoint(
-  ckpt_path: str | os.PathLike, out_workdir: str | os.PathLike, config: Optional[SPMConfig] = None, **overrides
+  ckpt_path: str | os.PathLike, out_workdir: str | os.PathLike, config: SPMConfig | None = None, **overrides
 ) -> pathlib.Path:
   """Converts an official SPM checkpoint into a reward workdir that `load_reward` loads.
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ class MotionTask:
   gen: Generator
   reward_fn: WeightedReward
   reward_tokenizer: Any = None
-  reward_text: Optional[Callable[[list], tuple]] = None
+  reward_text: Callable[[list], tuple] | None = None
   reward_needs_rng: bool = False
 
   def denoise(self, params, x_t, t, cond, rng=None):
@@ -83,9 +84,7 @@ class MotionTask:
       out["reward_rng"] = out["reward_rng"][0]  # the per-batch key, carried per row (see `reward_needs_rng`)
     return out
 
-  def inputs(
-    self, captions: Sequence[str], lengths: Sequence[int], rng: Optional[jax.Array] = None
-  ) -> tuple[dict, dict]:
+  def inputs(self, captions: Sequence[str], lengths: Sequence[int], rng: jax.Array | None = None) -> tuple[dict, dict]:
     """(cond, uncond) for B captions with B frame counts (<= gen.max_length); `rng` keys a stochastic reward."""
     lengths = np.minimum(np.asarray(lengths), self.gen.max_length)
     gen_cond = self.gen.encode_text(list(captions), lengths)
@@ -174,7 +173,7 @@ def reward_text_encoder(source: str, pad_to: int = 32) -> Callable[[list], tuple
 
 
 def load_task(
-  generator_workdir: str, reward_workdir: Optional[str], reward: str = "spm", reward_text: str = ""
+  generator_workdir: str, reward_workdir: str | None, reward: str = "spm", reward_text: str = ""
 ) -> MotionTask:
   """The generator of `generator_workdir` with the reward `reward` (a `rewards.registry` spec such as
   'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`. A reward

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from easytune_jax.models.generator import BaseConfig, get_config as _get
+from easytune_jax.models.generator import BaseConfig
+from easytune_jax.models.generator import get_config as _get
 
 PRESETS = {
   f"{size}{suffix}": functools.partial(_get, size, model)

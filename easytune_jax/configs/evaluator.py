@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from easytune_jax.train.evaluator import EvaluatorTrainConfig, get_config as _get
+from easytune_jax.train.evaluator import EvaluatorTrainConfig
+from easytune_jax.train.evaluator import get_config as _get
 
 PRESETS = {name: functools.partial(_get, name) for name in ("tiny", "paper")}
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,13 +53,13 @@ class Checkpointer:
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
     )
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
   def all_steps(self) -> list[int]:
     return list(self._mngr.all_steps())
 
-  def save(self, step: int, state: Any, metadata: Optional[Mapping[str, Any]] = None) -> None:
+  def save(self, step: int, state: Any, metadata: Mapping[str, Any] | None = None) -> None:
     if not bool(jax.device_get(tree_all_finite(jax.tree.map(jnp.asarray, state)))):
       raise NonFiniteStateError(f"refusing to write a non-finite state to {self.directory} at step {step}")
     if step in self._mngr.all_steps():
@@ -76,7 +77,7 @@ class Checkpointer:
     )
     self._mngr.wait_until_finished()
 
-  def metadata(self, step: Optional[int] = None) -> dict:
+  def metadata(self, step: int | None = None) -> dict:
     step = self._resolve(step)
     with self._readable(step, "meta"):
       meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -101,7 +102,7 @@ class Checkpointer:
         "delete this step directory to fall back to an earlier step"
       ) from None
 
-  def restore(self, template: Any, step: Optional[int] = None) -> Any:
+  def restore(self, template: Any, step: int | None = None) -> Any:
     """Restores into the structure/shapes/dtypes (and shardings) of `template`. Leaves without a sharding
     (e.g. from `jax.eval_shape`) go to this process's first device, never to the saving machine's devices
     (a checkpoint written on a CPU host restores on a GPU and vice versa)."""
@@ -119,7 +120,7 @@ class Checkpointer:
     with self._readable(step, "state"):
       return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
 
-  def _resolve(self, step: Optional[int]) -> int:
+  def _resolve(self, step: int | None) -> int:
     step = self.latest_step() if step is None else step
     if step is None and not self.directory.is_dir():
       raise CheckpointError(f"{self.directory}: no checkpoints (the directory does not exist)")

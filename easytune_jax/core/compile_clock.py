@@ -58,7 +58,7 @@ class CompileClock:
     with self._lock:
       return sum(stop - start for start, stop in self._spans)
 
-  def __enter__(self) -> "CompileClock":
+  def __enter__(self) -> CompileClock:
     jax.monitoring.register_event_duration_secs_listener(self._listen)
     return self
 

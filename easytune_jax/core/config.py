@@ -13,7 +13,8 @@ import json
 import os
 import types
 import typing
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from easytune_jax.core.checkpoint import CheckpointError
 

@@ -9,7 +9,8 @@ import os
 import pathlib
 import re
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -15,16 +15,18 @@ Launch (each host runs the same command):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
 
 
-def parse_mesh_spec(spec: str, num_devices: Optional[int] = None) -> dict[str, int]:
+def parse_mesh_spec(spec: str, num_devices: int | None = None) -> dict[str, int]:
   """Parses "data=8" / "data=4,fsdp=2" / "" (all devices on `data`). A size of -1 takes the rest."""
   num_devices = num_devices or jax.device_count()
   sizes: dict[str, int] = {}
@@ -54,7 +56,7 @@ def parse_mesh_spec(spec: str, num_devices: Optional[int] = None) -> dict[str, i
   return {k: sizes[k] for k in AXES}
 
 
-def make_mesh(spec: str | dict = "", devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(spec: str | dict = "", devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ('data', 'fsdp') mesh over `devices` (default: all devices of all hosts)."""
   devices = list(devices) if devices is not None else jax.devices()
   sizes = spec if isinstance(spec, dict) else parse_mesh_spec(spec, len(devices))
@@ -128,9 +130,9 @@ class DistributedConfig:
   leaving them waiting in a collective).
   """
 
-  coordinator_address: Optional[str] = None
-  num_processes: Optional[int] = None
-  process_id: Optional[int] = None
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
   auto: bool = False
   heartbeat_timeout_seconds: int = 100
 

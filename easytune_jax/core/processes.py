@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(i: int, cfg: ProcessesConfig, base: Optional[dict] = None) -> dict:
+def process_env(i: int, cfg: ProcessesConfig, base: dict | None = None) -> dict:
   """The environment of process `i`: `base` (default: this process's) with its devices."""
   env = dict(os.environ if base is None else base)
   if cfg.cpu_devices:
@@ -62,7 +62,7 @@ def process_env(i: int, cfg: ProcessesConfig, base: Optional[dict] = None) -> di
 
 
 def run_processes(
-  command: Sequence[str], cfg: ProcessesConfig, log_dir: Optional[str] = None, env: Optional[dict] = None
+  command: Sequence[str], cfg: ProcessesConfig, log_dir: str | None = None, env: dict | None = None
 ) -> int:
   """Starts `command` as the `cfg.num_processes` processes of one JAX run and waits for all of them.
 

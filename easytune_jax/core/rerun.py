@@ -21,7 +21,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from absl import logging
 
@@ -101,7 +102,7 @@ class Manifest:
         logging.warning("%s: unreadable (%s): recomputing every step", self.path, e)
         self.entries = {}
 
-  def lookup(self, name: str, key: str, outputs: Iterable[str | os.PathLike]) -> Optional[dict]:
+  def lookup(self, name: str, key: str, outputs: Iterable[str | os.PathLike]) -> dict | None:
     """The recorded entry of `name` if its key equals `key` and its outputs are unchanged, else None."""
     entry = self.entries.get(name)
     if not isinstance(entry, dict) or entry.get("key") != key:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -40,7 +40,7 @@ _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 _BYTES.update({"U32": 4, "U64": 8, "BOOL": 1, "C64": 8})
 
 
-def _mismatched_tensor(path: str) -> Optional[str]:
+def _mismatched_tensor(path: str) -> str | None:
   """Best effort, only to word an error: the first header entry whose byte range does not hold its shape."""
   try:
     with open(path, "rb") as f:
@@ -69,7 +69,7 @@ def _refused(path: str, e: Exception) -> ValueError:
   return ValueError(f"{path}: not a safetensors file, or a damaged one (safetensors: {e})")
 
 
-def load_safetensors(path: str | os.PathLike, names: Optional[set] = None) -> dict[str, np.ndarray]:
+def load_safetensors(path: str | os.PathLike, names: set | None = None) -> dict[str, np.ndarray]:
   """Reads tensors (all, or those in ``names``) into numpy arrays of their stored dtype.
 
   Args:
@@ -103,7 +103,7 @@ def load_safetensors(path: str | os.PathLike, names: Optional[set] = None) -> di
 
 
 def save_safetensors(
-  path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None
+  path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> None:
   """Writes ``{name: array}`` as a ``.safetensors`` file (``safetensors.numpy.save_file``: little-endian, C order).
 

@@ -7,7 +7,8 @@ same sampler drives the MLD latent denoiser, the MDM motion denoiser and a user'
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,7 @@ def guided_denoise(
   cond: Any,
   uncond: Any,
   guidance_scale: float | jax.Array,
-  rng: Optional[jax.Array] = None,
+  rng: jax.Array | None = None,
 ) -> jax.Array:
   """Classifier-free guidance: out_u + w (out_c - out_u), both branches in ONE batched call.
 
@@ -102,7 +103,7 @@ def denoise_step(
   uncond: Any,
   guidance_scale: float | jax.Array,
   eta: float = 0.0,
-  noise: Optional[jax.Array] = None,
+  noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """One guided DDIM step: x_t -> (x_prev [B, ...], x0_hat [B, ...])."""
   out = guided_denoise(denoise, params, x_t, t, cond, uncond, guidance_scale)
@@ -114,11 +115,11 @@ class SampleOutput(NamedTuple):
   x0_hats: each step's one-step clean estimate [T, B, ...] (or None)."""
 
   x0: jax.Array
-  trajectory: Optional[jax.Array]
-  x0_hats: Optional[jax.Array]
+  trajectory: jax.Array | None
+  x0_hats: jax.Array | None
 
 
-def step_noise(rng: Optional[jax.Array], index: jax.Array, shape, dtype) -> jax.Array:
+def step_noise(rng: jax.Array | None, index: jax.Array, shape, dtype) -> jax.Array:
   """Per-step DDIM noise for eta > 0, derived by fold_in so any step can be reproduced alone."""
   return jax.random.normal(jax.random.fold_in(rng, index), shape, dtype)
 
@@ -133,10 +134,10 @@ def sample(
   uncond: Any = None,
   guidance_scale: float | jax.Array = GUIDANCE_SCALE,
   eta: float = 0.0,
-  rng: Optional[jax.Array] = None,
+  rng: jax.Array | None = None,
   return_trajectory: bool = False,
   start_index: int = 0,
-  stop_index: Optional[int] = None,
+  stop_index: int | None = None,
 ) -> SampleOutput:
   """Runs guided DDIM steps `start_index..stop_index-1` as one `lax.scan`. Jit it from outside.
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import flax.struct
 import jax
@@ -187,7 +186,7 @@ def ddim_step(
   t: jax.Array,
   prev_t: jax.Array,
   eta: float = 0.0,
-  noise: Optional[jax.Array] = None,
+  noise: jax.Array | None = None,
   use_clipped_model_output: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """One DDIM update x_t -> x_{prev_t} (DDIM eq. 12), returning (x_prev, x0_hat).
@@ -216,7 +215,7 @@ def ddim_step(
 
 
 def sample_train_timesteps(
-  rng: jax.Array, batch_size: int, schedule: Schedule, max_timestep: Optional[int] = None
+  rng: jax.Array, batch_size: int, schedule: Schedule, max_timestep: int | None = None
 ) -> jax.Array:
   """DDPM training timesteps t ~ U{0, ..., N-1} (or U{0, ..., max_timestep-1}), int32 [B]."""
   hi = schedule.num_train_timesteps if max_timestep is None else max_timestep
@@ -229,7 +228,7 @@ def denoising_loss(
   x0: jax.Array,
   t_key: jax.Array,
   noise_key: jax.Array,
-  mask: Optional[jax.Array] = None,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
   """The DDPM training loss: mean over (masked) elements of (predict(x_t, t) - target)^2 with
   t ~ U{0, ..., N-1} drawn from `t_key`, noise ~ N(0, I) from `noise_key`, x_t = add_noise(x0, noise, t) and the

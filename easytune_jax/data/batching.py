@@ -24,7 +24,7 @@ A resumed run therefore sees identical data.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -61,8 +61,8 @@ def make_batch(
   *,
   max_length: int = 196,
   unit_length: int = 4,
-  text_embeddings: Optional[TextEmbeddings] = None,
-  rows: Optional[slice] = None,
+  text_embeddings: TextEmbeddings | None = None,
+  rows: slice | None = None,
 ) -> Batch:
   """Builds one batch of the given entry indices with the given RNG (see module docstring).
 

@@ -31,8 +31,6 @@ Measured on the real sample 012314 (tests/test_data_features.py, float64):
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from easytune_jax.data import skeleton as sk
@@ -179,12 +177,12 @@ def foot_contacts(positions, foot_left, foot_right, threshold):
 
 def joints_to_features(
   positions,
-  joints_num: Optional[int] = None,
+  joints_num: int | None = None,
   *,
   normalize_frame: bool = True,
   heading=None,
   smooth_sigma: float = 20.0,
-  foot_threshold: Optional[float] = None,
+  foot_threshold: float | None = None,
 ):
   """Global joints -> features, H3D ``process_file`` (docs/humanml3d_format.md#feature-computation,
   steps 2-5). numpy float64.

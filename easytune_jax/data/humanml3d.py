@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Optional
 
 import numpy as np
 from absl import logging
@@ -96,7 +95,7 @@ def denormalize(x, mean, std):
 
 
 def load_mean_std(
-  root: str, dim: Optional[int] = None, mean_file: str = "Mean.npy", std_file: str = "Std.npy"
+  root: str, dim: int | None = None, mean_file: str = "Mean.npy", std_file: str = "Std.npy"
 ) -> tuple[np.ndarray, np.ndarray]:
   """Loads and validates Mean/Std: float32 [D], finite, std > 0."""
   out = []
@@ -204,7 +203,7 @@ def parse_text_file(path: str) -> list[tuple[str, list[str], float, float]]:
 _POLICY = {"on_missing": "error", "drop_nonfinite": False}
 
 
-def set_default_policy(on_missing: Optional[str] = None, drop_nonfinite: Optional[bool] = None) -> None:
+def set_default_policy(on_missing: str | None = None, drop_nonfinite: bool | None = None) -> None:
   """Sets the defaults of ``load_dataset(on_missing=..., drop_nonfinite=...)`` for every later call that
   does not pass them (the launchers' ``--on_missing=skip`` and ``--drop_nonfinite`` flags)."""
   if on_missing is not None:
@@ -221,13 +220,13 @@ def load_dataset(
   *,
   min_len: int = 40,
   max_len: int = 200,
-  fps: Optional[float] = None,
-  on_missing: Optional[str] = None,
-  drop_nonfinite: Optional[bool] = None,
+  fps: float | None = None,
+  on_missing: str | None = None,
+  drop_nonfinite: bool | None = None,
   seed: int = 0,
-  mean: Optional[np.ndarray] = None,
-  std: Optional[np.ndarray] = None,
-  max_items: Optional[int] = None,
+  mean: np.ndarray | None = None,
+  std: np.ndarray | None = None,
+  max_items: int | None = None,
 ) -> MotionDataset:
   """Builds the dataset of one split (docs/humanml3d_format.md#dataset-construction).
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def _kinds_text(kinds: str) -> str:
   return " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
 
 
-def _shape_text(shape: Sequence[Optional[int]]) -> str:
+def _shape_text(shape: Sequence[int | None]) -> str:
   dims = ["*" if d is None else str(d) for d in shape]
   return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
@@ -59,9 +60,9 @@ def check_array(
   a: np.ndarray,
   where: str,
   *,
-  kinds: Optional[str] = "f",
-  ndim: Optional[int] = None,
-  shape: Optional[Sequence[Optional[int]]] = None,
+  kinds: str | None = "f",
+  ndim: int | None = None,
+  shape: Sequence[int | None] | None = None,
   finite: bool = True,
 ) -> np.ndarray:
   """Validates an array already in memory; raises BadFileError naming `where`.
@@ -97,9 +98,9 @@ def load_npy(
   path: str | os.PathLike,
   what: str = "array",
   *,
-  kinds: Optional[str] = "f",
-  ndim: Optional[int] = None,
-  shape: Optional[Sequence[Optional[int]]] = None,
+  kinds: str | None = "f",
+  ndim: int | None = None,
+  shape: Sequence[int | None] | None = None,
   finite: bool = True,
 ) -> np.ndarray:
   """Reads a ``.npy`` file written by ``numpy.save`` with clear errors for every way it can be bad.
@@ -177,9 +178,9 @@ class NpzReader:
     self,
     name: str,
     *,
-    kinds: Optional[str] = "f",
-    ndim: Optional[int] = None,
-    shape: Optional[Sequence[Optional[int]]] = None,
+    kinds: str | None = "f",
+    ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
     finite: bool = True,
   ) -> np.ndarray:
     where = f"{self.path}: array '{name}'"
@@ -196,7 +197,7 @@ class NpzReader:
   def close(self) -> None:
     self._z.close()
 
-  def __enter__(self) -> "NpzReader":
+  def __enter__(self) -> NpzReader:
     return self
 
   def __exit__(self, *exc) -> None:
@@ -221,7 +222,7 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
     ) from None
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file", expected: Optional[type] = None) -> Any:
+def read_json(path: str | os.PathLike, what: str = "JSON file", expected: type | None = None) -> Any:
   """Parsed JSON of a file; FileNotFoundError / BadFileError name the file (and line/column). `expected`
   (e.g. dict): the type the top-level value must have (BadFileError naming the type found otherwise)."""
   text = read_text(path, what)

@@ -19,7 +19,7 @@ confirms that these are the 000021 lengths (up to float32 rounding), in metres.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import re
 from collections import Counter
-from typing import Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -62,11 +62,11 @@ class Tokenizer:
   unk_id = 1
 
   @property
-  def sos_id(self) -> Optional[int]:
+  def sos_id(self) -> int | None:
     return 2 if self.add_sos_eos else None
 
   @property
-  def eos_id(self) -> Optional[int]:
+  def eos_id(self) -> int | None:
     return 3 if self.add_sos_eos else None
 
   @property
@@ -76,7 +76,7 @@ class Tokenizer:
   @classmethod
   def build(
     cls, captions: Iterable[str], max_length: int = 32, add_sos_eos: bool = True, min_count: int = 1
-  ) -> "Tokenizer":
+  ) -> Tokenizer:
     """Vocabulary = words seen >= min_count times, sorted by (-count, word) for determinism."""
     counts = Counter(w for c in captions for w in split_words(c))
     words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
@@ -109,7 +109,7 @@ class Tokenizer:
     write_json(path, {"vocab": self.vocab, "max_length": self.max_length, "add_sos_eos": self.add_sos_eos}, indent=0)
 
   @classmethod
-  def load(cls, path: str) -> "Tokenizer":
+  def load(cls, path: str) -> Tokenizer:
     d = read_json(path, "tokenizer")
     if not isinstance(d, dict):
       raise ValueError(f"{path}: expected a Tokenizer JSON object, found {type(d).__name__}")

@@ -41,18 +41,19 @@ import inspect
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
 from easytune_jax import metrics as M
+from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
+from easytune_jax.bundles.generator import Generator, generator_fn, resolve_sampler
 from easytune_jax.data import batching
 from easytune_jax.data.features import recover_from_ric
 from easytune_jax.data.humanml3d import MotionDataset
-from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
-from easytune_jax.bundles.generator import Generator, generator_fn, resolve_sampler
 
 GenerateFn = Callable[..., np.ndarray]
 EMBEDDING_METRICS = (
@@ -82,8 +83,8 @@ class EvaluateConfig:
   quick: bool = False
   mm: bool = True
   batch_size: int = 32
-  guidance_scale: Optional[float] = None
-  num_steps: Optional[int] = None
+  guidance_scale: float | None = None
+  num_steps: int | None = None
   seed: int = 0
 
   def __post_init__(self):
@@ -118,7 +119,7 @@ def draw_test_samples(
   dataset: MotionDataset,
   rng: np.random.Generator,
   *,
-  indices: Optional[Sequence[int]] = None,
+  indices: Sequence[int] | None = None,
   max_length: int = 196,
   unit_length: int = 4,
 ) -> TestSamples:
@@ -218,7 +219,7 @@ def evaluate(
   *,
   replications: int = 20,
   batch_size: int = 32,
-  max_length: Optional[int] = None,
+  max_length: int | None = None,
   mm: bool = True,
   mm_num_samples: int = 100,
   mm_num_repeats: int = 30,
@@ -227,7 +228,7 @@ def evaluate(
   r_precision_group: int = 32,
   seed: int = 0,
   quick: bool = False,
-  reward_fn: Optional[Callable[[np.ndarray, list, np.ndarray], Any]] = None,
+  reward_fn: Callable[[np.ndarray, list, np.ndarray], Any] | None = None,
   physical: bool = True,
   quick_replications: int = 2,
   unit_length: int = 4,

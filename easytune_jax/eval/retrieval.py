@@ -6,7 +6,7 @@ writes to `retrieval.json` and the notebooks and tests read.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +42,11 @@ def encode_dataset(
   params,
   config: RewardTrainConfig,
   dataset: MotionDataset,
-  tokenizer: Optional[Tokenizer],
+  tokenizer: Tokenizer | None,
   timesteps: Sequence[int] = (0,),
   batch_size: int = 32,
   seed: int = 1234,
-  text_embeddings: Optional[TextEmbeddings] = None,
+  text_embeddings: TextEmbeddings | None = None,
   noise_seed: int = 0,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
   """Latent means of every entry (one random caption, one crop, fixed shuffled order) at each timestep.
@@ -83,11 +83,11 @@ def evaluate_retrieval(
   params,
   config: RewardTrainConfig,
   dataset: MotionDataset,
-  tokenizer: Optional[Tokenizer],
+  tokenizer: Tokenizer | None,
   timesteps: Sequence[int] = (0, 100, 300),
   batch_size: int = 32,
   seed: int = 1234,
-  text_embeddings: Optional[TextEmbeddings] = None,
+  text_embeddings: TextEmbeddings | None = None,
 ) -> dict[str, dict[str, float]]:
   """Text<->motion retrieval of the SPM on `dataset`, clean (t=0) and with motion noised at each t.
 

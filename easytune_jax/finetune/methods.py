@@ -83,18 +83,18 @@ arXiv 2304.05977; Prabhudesai et al., AlignProp, arXiv 2310.03739; Wu et al., DR
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from easytune_jax.core import sampling
-from easytune_jax.core import schedules
+from easytune_jax.core import sampling, schedules
 from easytune_jax.core.optim import OptimConfig, apply_gradients
 
 Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
-Reward = Callable[[jax.Array, Any, Optional[jax.Array]], jax.Array]
+Reward = Callable[[jax.Array, Any, jax.Array | None], jax.Array]
 Decoder = Callable[[jax.Array, Any], jax.Array]
 
 METHODS = ("easytune", "draft", "refl", "alignprop", "drtune")
@@ -130,12 +130,12 @@ class _Keys(NamedTuple):
   """A trajectory's keys: noise (DDIM eta > 0), dropout (denoiser dropout), reward (per-step reward noise);
   each None when that part is deterministic / off. Per-step keys are folded in by the step index."""
 
-  noise: Optional[jax.Array] = None
-  dropout: Optional[jax.Array] = None
-  reward: Optional[jax.Array] = None
+  noise: jax.Array | None = None
+  dropout: jax.Array | None = None
+  reward: jax.Array | None = None
 
 
-def _trajectory_keys(config: "FinetuneConfig", rng: jax.Array, noise_rng: Optional[jax.Array]) -> _Keys:
+def _trajectory_keys(config: FinetuneConfig, rng: jax.Array, noise_rng: jax.Array | None) -> _Keys:
   return _Keys(
     noise_rng if config.eta > 0 else None,
     rng if config.denoiser_dropout else None,
@@ -182,10 +182,10 @@ class FinetuneConfig:
 
   method: str = "easytune"
   num_steps: int = sampling.NUM_STEPS
-  k: Optional[int] = None
-  m: Optional[int] = None
+  k: int | None = None
+  m: int | None = None
   p: float = 0.5
-  t_train: Optional[int] = None
+  t_train: int | None = None
   guidance_scale: float = sampling.GUIDANCE_SCALE
   eta: float = 0.0
   timestep_spacing: str = "leading"
@@ -193,7 +193,7 @@ class FinetuneConfig:
   sampler_variant: str = "frozen"
   remat: bool = False
   reward_input: str = "x0_hat"
-  reward_timestep: Optional[str] = None
+  reward_timestep: str | None = None
   reward_scale: float = 1.0
   regularizer: str = "none"
   reg_weight: float = 0.0
@@ -256,7 +256,7 @@ class FinetuneConfig:
     )
 
   @property
-  def policy(self) -> "StepPolicy":
+  def policy(self) -> StepPolicy:
     """The method's row of the table `METHODS`."""
     return METHODS[self.method]
 
@@ -327,13 +327,13 @@ class _Ctx:
 
   denoise: Denoiser
   reward: Reward
-  decode: Optional[Decoder]
+  decode: Decoder | None
   schedule: schedules.Schedule
   timesteps: sampling.Timesteps
   guidance_scale: float
   eta: float
   reward_input: str = "x0_hat"
-  reward_timestep: Optional[str] = None
+  reward_timestep: str | None = None
   reward_scale: float = 1.0
   kl_weight: float = 0.0
 
@@ -409,8 +409,8 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
 
 
 def with_compute_dtype(
-  denoise: Denoiser, reward: Reward, decode: Optional[Decoder], compute_dtype: str = "float32"
-) -> tuple[Denoiser, Reward, Optional[Decoder]]:
+  denoise: Denoiser, reward: Reward, decode: Decoder | None, compute_dtype: str = "float32"
+) -> tuple[Denoiser, Reward, Decoder | None]:
   """The three apply functions run in `compute_dtype` ('float32': returned unchanged).
 
   'bfloat16': the denoiser's params and every floating input (x [B, ...], cond pytrees) are cast to
@@ -520,15 +520,15 @@ class StepPolicy:
 
   label: str
   span: Callable[[Any], int]
-  choose: Optional[Callable[[jax.Array, Any], Choice]] = None
+  choose: Callable[[jax.Array, Any], Choice] | None = None
   masked: bool = False
   sg_every_input: bool = False
   scores: str = "final"
   per_step_updates: bool = False
   default_k: Callable[[Any], int] = lambda c: 1
-  grad_steps: Optional[Callable[[Any], float]] = None
+  grad_steps: Callable[[Any], float] | None = None
   uses: tuple = ()
-  check: Optional[Callable[[Any], None]] = None
+  check: Callable[[Any], None] | None = None
 
   def __post_init__(self):
     if self.scores not in ("final", "step"):
@@ -750,9 +750,9 @@ def make_step_loss(
   guidance_scale: float = sampling.GUIDANCE_SCALE,
   *,
   eta: float = 0.0,
-  decode: Optional[Decoder] = None,
+  decode: Decoder | None = None,
   reward_input: str = "x0_hat",
-  reward_timestep: Optional[str] = None,
+  reward_timestep: str | None = None,
   reward_scale: float = 1.0,
   kl_weight: float = 0.0,
 ) -> Callable:
@@ -819,7 +819,7 @@ def make_per_step_update(
   schedule: schedules.Schedule,
   tx: optax.GradientTransformation,
   *,
-  decode: Optional[Decoder] = None,
+  decode: Decoder | None = None,
   ema_decay: float = 0.0,
 ) -> Callable:
   """A per-step row's update (EasyTune): `update(state, x_T, cond, uncond, rng, data_batch=None,
@@ -929,7 +929,7 @@ def make_trajectory_loss(
   denoise: Denoiser,
   reward: Reward,
   schedule: schedules.Schedule,
-  decode: Optional[Decoder] = None,
+  decode: Decoder | None = None,
 ) -> Callable:
   """A trajectory row's loss (DRaFT-K, ReFL, AlignProp, DRTune, ...):
   `loss(params, x_T, cond, uncond, rng, base_params=None) -> (loss [], TrajectoryAux)`; one `jax.grad` of
@@ -973,7 +973,7 @@ def make_trajectory_update(
   schedule: schedules.Schedule,
   tx: optax.GradientTransformation,
   *,
-  decode: Optional[Decoder] = None,
+  decode: Decoder | None = None,
   ema_decay: float = 0.0,
 ) -> Callable:
   """One update per trajectory for a trajectory row: `update(state, x_T, cond, uncond, rng, data_batch=None,
@@ -1021,7 +1021,7 @@ def make_update_fn(
   schedule: schedules.Schedule,
   tx: optax.GradientTransformation,
   *,
-  decode: Optional[Decoder] = None,
+  decode: Decoder | None = None,
   ema_decay: float = 0.0,
   jit: bool = True,
   donate: bool = True,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -135,7 +135,7 @@ class CLIPTokenizer:
       )
 
   @classmethod
-  def from_files(cls, vocab_path: str, merges_path: str, max_length: int = 77, pad_token: str = EOT) -> "CLIPTokenizer":
+  def from_files(cls, vocab_path: str, merges_path: str, max_length: int = 77, pad_token: str = EOT) -> CLIPTokenizer:
     """From ``vocab.json`` and ``merges.txt`` (read by ``tokenizers``; a ``#version`` first line is skipped)."""
     from tokenizers import models
 
@@ -153,7 +153,7 @@ class CLIPTokenizer:
     return cls(tokenizer, max_length, pad_token, vocab_path)
 
   @classmethod
-  def from_tokenizer_json(cls, path: str, max_length: int = 77, pad_token: str = EOT) -> "CLIPTokenizer":
+  def from_tokenizer_json(cls, path: str, max_length: int = 77, pad_token: str = EOT) -> CLIPTokenizer:
     """From a HF ``tokenizer.json`` (what ``transformers`` saves; its normaliser, pre-tokeniser, BPE and
     post-processor are used as saved)."""
     from tokenizers import Tokenizer
@@ -207,7 +207,7 @@ class CLIPTextConfig:
       )
 
   @classmethod
-  def from_hf(cls, d: dict, path: str = "config.json") -> "CLIPTextConfig":
+  def from_hf(cls, d: dict, path: str = "config.json") -> CLIPTextConfig:
     """From a ``CLIPModel`` config (``text_config`` + top-level ``projection_dim``) or a text-only config."""
     if "text_config" in d:
       t = dict(d["text_config"] or {})
@@ -343,7 +343,7 @@ class CLIPText:
     raise ValueError(f"CLIPText.embeddings: output expected 'features' or 'hidden', found {output!r}")
 
 
-def load_clip_text(folder: str, max_length: Optional[int] = None) -> CLIPText:
+def load_clip_text(folder: str, max_length: int | None = None) -> CLIPText:
   """Loads the text tower of a HF CLIP folder (e.g. ``openai/clip-vit-large-patch14``) without torch.
 
   Args:

@@ -41,11 +41,11 @@ class DenoiserConfig:
       raise ValueError(f"DenoiserConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}")
 
   @classmethod
-  def paper(cls, **kw) -> "DenoiserConfig":
+  def paper(cls, **kw) -> DenoiserConfig:
     return cls(**{**dict(width=256, num_layers=9, num_heads=4, ff_dim=1024, dropout=0.1, skip=True), **kw})
 
   @classmethod
-  def mdm_paper(cls, **kw) -> "DenoiserConfig":
+  def mdm_paper(cls, **kw) -> DenoiserConfig:
     return cls(**{**dict(width=512, num_layers=8, num_heads=4, ff_dim=1024, dropout=0.1, skip=False), **kw})
 
 

@@ -21,7 +21,7 @@ Word inputs come in two flavours (both handled by :class:`WordVectorizer` on the
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -166,7 +166,7 @@ class EvaluatorConfig:
   max_text_len: int = 20
 
   @classmethod
-  def paper(cls, dim_pose: int = 263, **overrides) -> "EvaluatorConfig":
+  def paper(cls, dim_pose: int = 263, **overrides) -> EvaluatorConfig:
     """Official T2M sizes (docs/humanml3d_format.md#evaluator-checkpoint). ``dim_pose=251`` for KIT-ML."""
     kw = dict(
       dim_pose=dim_pose,

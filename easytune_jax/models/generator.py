@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from easytune_jax.core.optim import OptimConfig, make_optimizer
 from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS, SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
-from easytune_jax.models.layers import reparameterize
 from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
+from easytune_jax.models.layers import reparameterize
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import MotionVAE, VAEConfig
 
@@ -143,7 +143,7 @@ def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
 # --------------------------------------------------------------------------------------------- models
 @dataclasses.dataclass(frozen=True)
 class Modules:
-  vae: Optional[MotionVAE]
+  vae: MotionVAE | None
   denoiser: Any
   text: TextEncoder
 
@@ -204,7 +204,7 @@ def make_cond(
   mask,
   frame_mask=None,
   deterministic: bool = True,
-  rng: Optional[jax.Array] = None,
+  rng: jax.Array | None = None,
 ) -> tuple[dict, dict]:
   """(cond, uncond) for the denoiser. MDM adds `frame_mask` [B, L] to both."""
   rngs = None if rng is None else {"dropout": rng}
@@ -227,7 +227,7 @@ def diffusion_tx(config: BaseConfig):
 # --------------------------------------------------------------------------------------------- steps
 
 
-def encode_latents(config: BaseConfig, vae_params, batch: dict, rng: Optional[jax.Array], latent_scale) -> jax.Array:
+def encode_latents(config: BaseConfig, vae_params, batch: dict, rng: jax.Array | None, latent_scale) -> jax.Array:
   """z [B, latent_size, latent_dim] in diffusion space (sampled from q(z|x) when rng is given) * scale."""
   mu, logvar = MotionVAE(config.vae).apply(vae_params, batch["motion"], batch["mask"], method=MotionVAE.encode)
   z = mu if rng is None else reparameterize(rng, mu, logvar)

@@ -9,7 +9,7 @@ float32 numpy arrays and raises errors that name the file, the key and the expec
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -110,5 +110,5 @@ def find_file(folder: str, names: Sequence[str], what: str) -> str:
   raise FileNotFoundError(f"{folder}: {what} not found (expected one of {list(names)})")
 
 
-def optional_json(path: str) -> Optional[dict]:
+def optional_json(path: str) -> dict | None:
   return read_json(path, "config file", dict) if os.path.exists(path) else None

@@ -7,7 +7,7 @@ in attention, and padded queries are zeroed on output where a caller asks for it
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -37,7 +37,7 @@ class TimestepMLP(nn.Module):
   """Sinusoidal features -> Linear -> SiLU -> Linear (diffusers' TimestepEmbedding). t [B] -> [B, out_dim]."""
 
   out_dim: int
-  freq_dim: Optional[int] = None
+  freq_dim: int | None = None
 
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
@@ -68,7 +68,7 @@ class TorchMultiheadAttention(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, q: jax.Array, kv: jax.Array, key_mask: Optional[jax.Array] = None, deterministic: bool = True):
+  def __call__(self, q: jax.Array, kv: jax.Array, key_mask: jax.Array | None = None, deterministic: bool = True):
     c = q.shape[-1]
     hd = c // self.num_heads
     xavier = nn.initializers.xavier_uniform()
@@ -96,7 +96,7 @@ class TorchMultiheadAttention(nn.Module):
 SCAN_LAYERS = False
 
 
-def resolve_scan(scan_layers: Optional[bool]) -> bool:
+def resolve_scan(scan_layers: bool | None) -> bool:
   """A module's `scan_layers` attribute, `SCAN_LAYERS` when it is None."""
   return SCAN_LAYERS if scan_layers is None else bool(scan_layers)
 
@@ -107,7 +107,7 @@ def stack_trees(trees):
 
 
 def run_skip_layers(
-  apply_block: Callable, apply_linear: Callable, params, n: int, x: jax.Array, rng: Optional[jax.Array] = None
+  apply_block: Callable, apply_linear: Callable, params, n: int, x: jax.Array, rng: jax.Array | None = None
 ) -> jax.Array:
   """MLD's skip-connected stack (without its final norm) from its layers' params, with two `lax.scan`s.
 
@@ -165,7 +165,7 @@ class EncoderLayer(nn.Module):
   norm_first: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array], deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
     attn_mask = None if mask is None else mask[:, None, None, :]
     attn = nn.MultiHeadDotProductAttention(
       num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=deterministic
@@ -198,7 +198,7 @@ class TransformerEncoder(nn.Module):
   norm_first: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, deterministic: bool = True):
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, deterministic: bool = True):
     layer = lambda: EncoderLayer(self.num_heads, self.ff_dim, self.dropout, self.norm_first)
     if not self.skip:
       for _ in range(self.num_layers):

@@ -24,7 +24,8 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -247,8 +248,8 @@ def read_official_state(path: str | os.PathLike) -> dict:
 
 def load_official_mld(
   path: str | os.PathLike,
-  vae_config: Optional[OfficialVAEConfig] = None,
-  denoiser_config: Optional[OfficialDenoiserConfig] = None,
+  vae_config: OfficialVAEConfig | None = None,
+  denoiser_config: OfficialDenoiserConfig | None = None,
   num_heads: int = 4,
   dtype=np.float32,
 ) -> tuple[dict, dict, dict]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -78,7 +77,7 @@ class OfficialVAEConfig:
       )
 
   @classmethod
-  def tiny(cls, **kw) -> "OfficialVAEConfig":
+  def tiny(cls, **kw) -> OfficialVAEConfig:
     return cls(
       **{
         **dict(nfeats=12, latent_size=1, latent_dim=16, ff_size=32, num_layers=3, num_heads=2, dropout=0.0, max_len=40),
@@ -112,7 +111,7 @@ class OfficialDenoiserConfig:
   flip_sin_to_cos: bool = True
   freq_shift: float = 0.0
   max_len: int = 500
-  time_cond_proj_dim: Optional[int] = None
+  time_cond_proj_dim: int | None = None
   zero_init_cond: bool = True
   unused_mem_pos: bool = False
 
@@ -120,7 +119,7 @@ class OfficialDenoiserConfig:
     _check_common("OfficialDenoiserConfig", self.latent_dim, self.num_heads, self.num_layers, self.max_len)
 
   @classmethod
-  def tiny(cls, **kw) -> "OfficialDenoiserConfig":
+  def tiny(cls, **kw) -> OfficialDenoiserConfig:
     return cls(
       **{
         **dict(
@@ -202,7 +201,7 @@ class SkipTransformer(nn.Module):
   dropout: float = 0.0
   norm_eps: float = 1e-5
   decoder: bool = False
-  scan_layers: Optional[bool] = None
+  scan_layers: bool | None = None
 
   @nn.compact
   def __call__(self, x, mask=None, memory=None, deterministic: bool = True):
@@ -271,7 +270,7 @@ class OfficialMLDVAE(nn.Module):
   (recon, mu, logvar) with z ~ N(mu, exp(logvar)) (mu when rng is None)."""
 
   config: OfficialVAEConfig
-  scan_layers: Optional[bool] = None
+  scan_layers: bool | None = None
 
   def setup(self):
     c = self.config
@@ -311,7 +310,7 @@ class OfficialMLDVAE(nn.Module):
     h = self.decoder(queries, mask.astype(bool), memory=z, deterministic=deterministic)
     return jnp.where(mask[..., None], self.final_layer(h), 0.0)
 
-  def __call__(self, x, mask, rng: Optional[jax.Array] = None, deterministic: bool = True):
+  def __call__(self, x, mask, rng: jax.Array | None = None, deterministic: bool = True):
     mu, logvar = self.encode(x, mask, deterministic)
     z = mu if rng is None else mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
     return self.decode(z, mask, deterministic), mu, logvar
@@ -323,7 +322,7 @@ class OfficialTimestepEmbedding(nn.Module):
 
   in_dim: int
   out_dim: int
-  cond_proj_dim: Optional[int] = None
+  cond_proj_dim: int | None = None
   zero_init_cond: bool = True
 
   @nn.compact
@@ -345,7 +344,7 @@ class OfficialMLDDenoiser(nn.Module):
   -> prediction [B, latent_size, latent_dim] (epsilon for the released MLD)."""
 
   config: OfficialDenoiserConfig
-  scan_layers: Optional[bool] = None
+  scan_layers: bool | None = None
 
   @nn.compact
   def __call__(self, x_t, t, cond, deterministic: bool = True):

@@ -24,7 +24,8 @@ dispatch on it. The `reward_*` fields choose how the reward scores (see :func:`r
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -126,14 +127,14 @@ class SPMConfig:
         )
 
   @classmethod
-  def paper(cls, **overrides) -> "SPMConfig":
+  def paper(cls, **overrides) -> SPMConfig:
     """EasyTune's SPM: latent 256, ff 1024, 9 layers, 4 heads, dropout 0.1."""
     base = dict(latent_dim=256, ff_dim=1024, num_layers=9, num_heads=4, dropout=0.1, word_dim=256, patch_size=1)
     base.update(overrides)
     return cls(**base)
 
   @classmethod
-  def official(cls, **overrides) -> "SPMConfig":
+  def official(cls, **overrides) -> SPMConfig:
     """The official EasyTune SPM (HumanML3D: D = 263, 1024-d sentence-T5-large token embeddings, latent 256,
     ff 1024, 9 layers, 4 heads, dropout 0.1, mode M1T0 as the official README's example) with the official
     reward semantics: sampled latents, no timestep, dropout on. 26,515,975 parameters."""
@@ -166,7 +167,7 @@ class SPMConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "SPMConfig":
+  def from_dict(cls, d: Mapping[str, Any]) -> SPMConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -205,12 +206,12 @@ class SPM(nn.Module):
     self.decoder = TransformerDecoder(c.num_layers, c.num_heads, c.ff_dim, c.dropout)
     self.decoder_out = nn.Dense(c.dim_motion * c.patch_size)
 
-  def _time_token(self, embed: Callable, t: Optional[jax.Array], b: int) -> jax.Array:
+  def _time_token(self, embed: Callable, t: jax.Array | None, b: int) -> jax.Array:
     t = jnp.zeros((b,), jnp.int32) if t is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
     return embed(t)[:, None, :]
 
   def encode_text(
-    self, text: jax.Array, text_mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+    self, text: jax.Array, text_mask: jax.Array, t: jax.Array | None = None, deterministic: bool = True
   ) -> tuple[jax.Array, jax.Array]:
     """text: int32 [B, Lt] ids ('tokens') or float [B, Lt, E] ('embeddings'); text_mask bool [B, Lt];
     t: int32 [B] or None (clean, t = 0); used only in T1 modes. -> (mu, logvar) [B, latent]."""
@@ -232,7 +233,7 @@ class SPM(nn.Module):
     return mu[:, 0], logvar[:, 0]
 
   def encode_motion(
-    self, motion: jax.Array, mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+    self, motion: jax.Array, mask: jax.Array, t: jax.Array | None = None, deterministic: bool = True
   ) -> tuple[jax.Array, jax.Array]:
     """motion [B, L, D] normalised features, mask bool [B, L], t int32 [B] or None (used in M1 modes)."""
     if motion.ndim != 3 or motion.shape[-1] != self.config.dim_motion:
@@ -261,7 +262,7 @@ class SPM(nn.Module):
     return tm, mm, self.decode(mm[0], mask, deterministic)
 
 
-def _patchify(x: Optional[jax.Array], mask: jax.Array, p: int):
+def _patchify(x: jax.Array | None, mask: jax.Array, p: int):
   """[B, L, D], [B, L] -> [B, ceil(L/p), p*D], [B, ceil(L/p)] (zero-padded; a patch is valid if any frame is)."""
   if p == 1:
     return x, mask
@@ -284,7 +285,7 @@ def spm_module(config: SPMConfig) -> nn.Module:
   return SPM(config)
 
 
-def route_timestep(config: SPMConfig, t: Optional[jax.Array], stream: str) -> Optional[jax.Array]:
+def route_timestep(config: SPMConfig, t: jax.Array | None, stream: str) -> jax.Array | None:
   """The timestep one stream ('text' | 'motion') gets under `config.mode`: t when the mode gives that stream
   a timestep token, else None. (Our SPM ignores t for streams the mode excludes anyway; the official module
   adds a token whenever t is not None, so the caller gates.)"""
@@ -332,8 +333,8 @@ def reward_apply(
   config: SPMConfig,
   x: jax.Array,
   cond: Mapping[str, jax.Array],
-  t: Optional[jax.Array] = None,
-  rng: Optional[jax.Array] = None,
+  t: jax.Array | None = None,
+  rng: jax.Array | None = None,
 ) -> jax.Array:
   """Pure reward: cos(z_text, z_motion) [B] float32.
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 import collections
 import os
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,7 +42,7 @@ _WHERE = __name__.replace(".", "/") + ".py"
 IGNORED_PREFIXES = ("clip.",)  # the sentence-T5 text model, present only in unfiltered state dicts
 
 
-def official_state_shapes(config: SPMConfig, text_emb_dim: int = 1024) -> "collections.OrderedDict[str, tuple]":
+def official_state_shapes(config: SPMConfig, text_emb_dim: int = 1024) -> collections.OrderedDict[str, tuple]:
   """The official SPM state-dict keys and shapes for `config` (arch 'official'), in registration order."""
   c, f, d = config.latent_dim, config.ff_dim, config.dim_motion
   n = (config.num_layers - 1) // 2
@@ -234,7 +235,7 @@ def _sizes(config: SPMConfig, e: int) -> str:
 
 
 def load_official_spm(
-  path: str | os.PathLike, config: Optional[SPMConfig] = None, **overrides
+  path: str | os.PathLike, config: SPMConfig | None = None, **overrides
 ) -> tuple[dict, SPMConfig, int]:
   """Reads an official SPM checkpoint file -> (Flax params, SPMConfig, text embedding width E).
 

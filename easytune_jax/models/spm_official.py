@@ -30,8 +30,6 @@ Parameter names mirror the PyTorch state-dict keys (`input_blocks_0` <-> `input_
 
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,14 +42,14 @@ _WHERE = __name__.replace(".", "/") + ".py"
 _xavier = nn.initializers.xavier_uniform()
 
 
-def _dense(features: int, name: Optional[str] = None, xavier: bool = True) -> nn.Dense:
+def _dense(features: int, name: str | None = None, xavier: bool = True) -> nn.Dense:
   # The official skip transformers re-initialise every >= 2-D parameter with xavier_uniform.
   if xavier:
     return nn.Dense(features, kernel_init=_xavier, bias_init=nn.initializers.zeros, name=name)
   return nn.Dense(features, name=name)
 
 
-def _layer_norm(name: Optional[str] = None) -> nn.LayerNorm:
+def _layer_norm(name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, name=name)
 
 
@@ -102,7 +100,7 @@ class SkipTransformer(nn.Module):
   ff_dim: int
   dropout: float = 0.1
   decoder: bool = False
-  scan_layers: Optional[bool] = None
+  scan_layers: bool | None = None
 
   def setup(self):
     if self.num_layers % 2 != 1:
@@ -185,8 +183,8 @@ class OfficialSPM(nn.Module):
   patch_size=1, odd num_layers).
   """
 
-  config: "object"
-  scan_layers: Optional[bool] = None
+  config: object
+  scan_layers: bool | None = None
 
   def setup(self):
     c = self.config
@@ -228,7 +226,7 @@ class OfficialSPM(nn.Module):
     return dist[:, :d], dist[:, d:]
 
   def encode_text(
-    self, text: jax.Array, text_mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+    self, text: jax.Array, text_mask: jax.Array, t: jax.Array | None = None, deterministic: bool = True
   ) -> tuple[jax.Array, jax.Array]:
     """text float [B, Lt, E] token embeddings, text_mask bool [B, Lt], t None (no token) or int [B] / [].
     -> (mu, logvar) [B, latent]."""
@@ -249,7 +247,7 @@ class OfficialSPM(nn.Module):
     )
 
   def encode_motion(
-    self, motion: jax.Array, mask: jax.Array, t: Optional[jax.Array] = None, deterministic: bool = True
+    self, motion: jax.Array, mask: jax.Array, t: jax.Array | None = None, deterministic: bool = True
   ) -> tuple[jax.Array, jax.Array]:
     """motion [B, L, D] normalised features, mask bool [B, L], t None or int [B] / [] -> (mu, logvar)."""
     if motion.ndim != 3 or motion.shape[-1] != self.config.dim_motion:

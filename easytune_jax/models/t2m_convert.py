@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from easytune_jax.core.torch_zip import load_torch_checkpoint
 from easytune_jax.data.safe_io import load_npy
 from easytune_jax.models.evaluator import EvaluatorConfig, WordVectorizer
-
 
 # --------------------------------------------------------------------------------------------------
 # T2M state dicts -> Flax params

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -80,7 +80,7 @@ class T5Config:
     return self.num_heads * self.d_kv
 
   @classmethod
-  def from_hf(cls, d: dict, path: str = "config.json") -> "T5Config":
+  def from_hf(cls, d: dict, path: str = "config.json") -> T5Config:
     """From a HF ``config.json`` dict (``feed_forward_proj`` decoded as ``T5Config`` does)."""
     ff = d.get("feed_forward_proj", "relu")
     parts = ff.split("-")
@@ -257,7 +257,7 @@ class T5Tokenizer:
     do_lower_case: bool = False,
     eos_token: str = "</s>",
     pad_token: str = "<pad>",
-  ) -> "T5Tokenizer":
+  ) -> T5Tokenizer:
     """From a HF ``tokenizer.json`` (its normaliser, pre-tokeniser and Unigram model; ``</s>`` is appended here)."""
     from tokenizers import Tokenizer
 
@@ -312,7 +312,7 @@ class T5Tokenizer:
     return pieces[: self.max_length - 1] + [self.eos_id]
 
   def __call__(
-    self, texts: Sequence[str], padding: str = "longest", pad_to: Optional[int] = None
+    self, texts: Sequence[str], padding: str = "longest", pad_to: int | None = None
   ) -> tuple[np.ndarray, np.ndarray]:
     """Batch of texts -> (ids int32 [B, L], mask bool [B, L]).
 

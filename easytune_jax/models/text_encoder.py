@@ -50,7 +50,7 @@ class TextEncoderConfig:
       )
 
   @classmethod
-  def paper(cls, **kw) -> "TextEncoderConfig":
+  def paper(cls, **kw) -> TextEncoderConfig:
     """Width 256 to match MLD's latent width. (MLD itself uses a frozen CLIP: use kind='precomputed'
     with CLIP token embeddings, embed_dim=768, num_layers=0, for the closest match.)"""
     return cls(**{**dict(width=256, num_layers=4, num_heads=4, ff_dim=1024, dropout=0.1), **kw})

@@ -13,7 +13,6 @@ arXiv 2212.04048 (`mld/models/architectures/mld_vae.py`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -64,7 +63,7 @@ class VAEConfig:
       raise ValueError(f"VAEConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}")
 
   @classmethod
-  def paper(cls, **kw) -> "VAEConfig":
+  def paper(cls, **kw) -> VAEConfig:
     return cls(
       **{
         **dict(
@@ -153,7 +152,7 @@ class MotionVAE(nn.Module):
       raise ValueError(f"MotionVAE.decode: z expected shape [B, {want[0]}, {want[1]}], found {z.shape}")
     return self.decoder(z, mask, deterministic)
 
-  def __call__(self, x, mask, rng: Optional[jax.Array] = None, deterministic: bool = True):
+  def __call__(self, x, mask, rng: jax.Array | None = None, deterministic: bool = True):
     mu, logvar = self.encode(x, mask, deterministic)
     z = mu if rng is None else reparameterize(rng, mu, logvar)
     return self.decode(z, mask, deterministic), mu, logvar
@@ -189,8 +188,8 @@ def vae_loss(
   mu: jax.Array,
   logvar: jax.Array,
   config: VAEConfig,
-  mean: Optional[jax.Array] = None,
-  std: Optional[jax.Array] = None,
+  mean: jax.Array | None = None,
+  std: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
   """MLD VAE loss: feature_weight * smoothL1(features) + joint_weight * smoothL1(joints) + kl_weight * KL.
 

@@ -15,29 +15,29 @@ import pathlib
 import platform
 import shutil
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from absl import logging
 
 from easytune_jax import finetune, viz
-from easytune_jax.core import rerun
-from easytune_jax.eval import evaluation
 from easytune_jax.bundles import generator
-from easytune_jax.data import synthetic
-from easytune_jax.data.humanml3d import load_dataset
-from easytune_jax.train import base
+from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.bundles.finetuned import RunConfig, load_finetuned_generator
+from easytune_jax.bundles.task import load_task
+from easytune_jax.core import rerun
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig
-from easytune_jax.bundles.evaluator import load_trained_evaluator
+from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
+from easytune_jax.data import synthetic
+from easytune_jax.data.humanml3d import load_dataset
+from easytune_jax.eval import evaluation
+from easytune_jax.rewards.spm_objective import RewardTrainConfig
+from easytune_jax.train import base
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import finetune_runner as fr
 from easytune_jax.train import reward as R
-from easytune_jax.bundles.finetuned import RunConfig, load_finetuned_generator
-from easytune_jax.bundles.task import load_task
-from easytune_jax.rewards.spm_objective import RewardTrainConfig
-from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class QuickstartConfig:
   """Sizes of each stage. Defaults take about 8-9 minutes on an otherwise idle 2-core CPU (longer on a busy one);
   `scale` multiplies every step count."""
 
-  data_dir: Optional[str] = None  # a HumanML3D-layout folder; None writes the synthetic dataset
+  data_dir: str | None = None  # a HumanML3D-layout folder; None writes the synthetic dataset
   num_motions: int = 1000
   max_frames: int = 64  # longest synthetic motion: the tiny generator's 64-frame window, so a
   # caption never describes frames outside the window it trains on
@@ -237,7 +237,7 @@ def reward_curves(root: pathlib.Path, methods) -> tuple[dict, dict]:
   return by_traj, by_time
 
 
-def _compile_seconds(run: pathlib.Path) -> Optional[float]:
+def _compile_seconds(run: pathlib.Path) -> float | None:
   """Seconds the fine-tuning run spent tracing and compiling (its summary), None for runs that predate it."""
   path = run / "summary.json"
   return json.loads(path.read_text()).get("compile_seconds") if path.exists() else None
@@ -532,7 +532,7 @@ def summary_screen(summary: dict) -> str:
   lines = [
     "",
     "=" * 78,
-    "easytune_jax quickstart: done in %.0f s" % wall,
+    f"easytune_jax quickstart: done in {wall:.0f} s",
     "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items()),
   ]
   if skipped:
@@ -598,7 +598,7 @@ def readme_with_table(readme: str, summary: dict, readme_name: str = "README.md"
   return head + README_TABLE_BEGIN + "\n" + "\n".join(summary_table(summary)) + "\n" + README_TABLE_END + tail
 
 
-def export_docs(workdir: str, docs_dir: str, readme: Optional[str] = None) -> list[str]:
+def export_docs(workdir: str, docs_dir: str, readme: str | None = None) -> list[str]:
   """Copies a finished quickstart's report (report.md, summary.json, curves, animations) into `docs_dir`
   and, with `readme`, rewrites the README's table from it. Returns the files written."""
   report = pathlib.Path(workdir) / "report"

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.models.spm import SPMConfig
+from easytune_jax.rewards.spm_objective import RewardTrainConfig
 from easytune_jax.train import base
 from easytune_jax.train import evaluator as te
 from easytune_jax.train import reward as R
-from easytune_jax.rewards.spm_objective import RewardTrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

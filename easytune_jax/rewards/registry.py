@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,7 @@ class RewardContext:
   mean: np.ndarray
   std: np.ndarray
   joints_num: int
-  spm: Optional[RewardFn] = None
+  spm: RewardFn | None = None
   fps: float = 20.0
 
 

@@ -17,7 +17,8 @@ them from gathered (global-batch) embeddings: rows are queries (texts), columns 
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Optional
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ def filter_cutoff(threshold: float, convention: str = "cosine") -> float:
 def info_nce_with_filtering(
   text: jax.Array,
   motion: jax.Array,
-  sent_emb: Optional[jax.Array] = None,
+  sent_emb: jax.Array | None = None,
   temperature: float = 0.1,
   threshold: float = 0.9,
   convention: str = "cosine",
@@ -121,7 +122,7 @@ class PreferencePairs(NamedTuple):
 
 
 def mine_preference_pairs(
-  sim: jax.Array, k: int = 10, high_sim: float = 0.8, targets: Optional[jax.Array] = None
+  sim: jax.Array, k: int = 10, high_sim: float = 0.8, targets: jax.Array | None = None
 ) -> PreferencePairs:
   """SPL mining: one ranking function vmapped over the rows of `sim`.
 
@@ -199,7 +200,7 @@ def spl_loss(
   k: int = 10,
   high_sim: float = 0.8,
   temperature: float = 0.1,
-  targets: Optional[jax.Array] = None,
+  targets: jax.Array | None = None,
   convention: str = "official",
 ) -> tuple[jax.Array, Mapping[str, jax.Array]]:
   """SPL loss from latents: text [B, E], motion [M, E] -> (scalar loss, aux).

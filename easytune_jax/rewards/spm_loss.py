@@ -15,7 +15,7 @@ motion (`recons_target='clean_valid'`) or the input (the official option; see `r
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

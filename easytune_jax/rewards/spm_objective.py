@@ -27,7 +27,8 @@ options, each kept selectable (OFFICIAL_OBJECTIVE / OUR_OBJECTIVE):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from easytune_jax.core.config import config_from_dict
 from easytune_jax.core.optim import OptimConfig
@@ -135,7 +136,7 @@ class RewardTrainConfig:
       raise ValueError(f"{_WHERE}: RewardTrainConfig.batch_size: expected >= 2 (contrastive), found {self.batch_size}")
 
   @classmethod
-  def official(cls, **overrides) -> "RewardTrainConfig":
+  def official(cls, **overrides) -> RewardTrainConfig:
     """The official EasyTune SPM training: its architecture (`SPMConfig.official()`, sentence-T5 token embeddings
     as text input) and objective (OFFICIAL_OBJECTIVE), batch 64 (configs/spm_h3d.yaml), lr 1e-4 pretraining /
     1e-5 SPL, NoiseThr 0.5 (the README's), InfoNCE tau 0.1 / threshold 0.9, SPL tau 0.1, weight 0.01."""
@@ -156,12 +157,12 @@ class RewardTrainConfig:
     return cls(**base)
 
   @classmethod
-  def paper(cls, **overrides) -> "RewardTrainConfig":
+  def paper(cls, **overrides) -> RewardTrainConfig:
     """The paper configuration = :meth:`official`."""
     return cls.official(**overrides)
 
   @classmethod
-  def paper_tmr(cls, **overrides) -> "RewardTrainConfig":
+  def paper_tmr(cls, **overrides) -> RewardTrainConfig:
     """Paper sizes with our TMR-style SPM and our objective (the previous `paper()`)."""
     base = dict(
       model=SPMConfig.paper(),
@@ -176,7 +177,7 @@ class RewardTrainConfig:
     base.update(overrides)
     return cls(**base)
 
-  def with_objective(self, objective: str) -> "RewardTrainConfig":
+  def with_objective(self, objective: str) -> RewardTrainConfig:
     """This config with every objective option set to 'official' (OFFICIAL_OBJECTIVE) or 'ours' (OUR_OBJECTIVE);
     sizes, rates and the model are kept."""
     table = {"official": OFFICIAL_OBJECTIVE, "ours": OUR_OBJECTIVE}
@@ -188,7 +189,7 @@ class RewardTrainConfig:
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "RewardTrainConfig":
+  def from_dict(cls, d: Mapping[str, Any]) -> RewardTrainConfig:
     return config_from_dict(cls, d, "RewardTrainConfig")
 
 

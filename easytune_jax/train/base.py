@@ -23,7 +23,7 @@ import functools
 import os
 import pathlib
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,19 +32,15 @@ import optax
 from absl import logging
 
 from easytune_jax.bundles import generator
-from easytune_jax.data.safe_io import write_json
-from easytune_jax.core import parallel
-from easytune_jax.core import schedules
-from easytune_jax.data import batching
-from easytune_jax.data.humanml3d import MotionDataset, load_dataset
-from easytune_jax.data.text import TextEmbeddings, Tokenizer
-from easytune_jax.models.text_encoder import drop_condition
-from easytune_jax.models.vae import MotionVAE, features_to_joints, vae_loss
-from easytune_jax.core.checkpoint import CheckpointError, Checkpointer
-from easytune_jax.core.config import check_config_matches
+from easytune_jax.core import parallel, schedules
+from easytune_jax.core.checkpoint import Checkpointer, CheckpointError
+from easytune_jax.core.config import apply_overrides, check_config_matches, config_to_dict  # noqa: F401  (callers override base configs)
 from easytune_jax.core.metric_writer import MetricWriter
 from easytune_jax.core.optim import apply_gradients, create_train_state
-from easytune_jax.core.config import apply_overrides, config_to_dict  # noqa: F401  (callers override base configs)
+from easytune_jax.data import batching
+from easytune_jax.data.humanml3d import MotionDataset, load_dataset
+from easytune_jax.data.safe_io import write_json
+from easytune_jax.data.text import TextEmbeddings, Tokenizer
 from easytune_jax.models.generator import (
   MODELS,  # noqa: F401
   BaseConfig,
@@ -60,6 +56,8 @@ from easytune_jax.models.generator import (
   text_inputs,
   vae_tx,
 )
+from easytune_jax.models.text_encoder import drop_condition
+from easytune_jax.models.vae import MotionVAE, features_to_joints, vae_loss
 from easytune_jax.train.loop import train_loop
 
 _ARRAY_KEYS = ("motion", "mask", "length", "tokens", "token_mask", "text_emb", "text_emb_mask")
@@ -195,11 +193,11 @@ def build_tokenizer(config: BaseConfig, dataset: MotionDataset, workdir: str) ->
   return tok
 
 
-def _batch_kwargs(config: BaseConfig, text_embeddings: Optional[TextEmbeddings]) -> dict:
+def _batch_kwargs(config: BaseConfig, text_embeddings: TextEmbeddings | None) -> dict:
   return dict(max_length=config.data.max_length, unit_length=config.data.unit_length, text_embeddings=text_embeddings)
 
 
-def _text_embeddings(config: BaseConfig) -> Optional[TextEmbeddings]:
+def _text_embeddings(config: BaseConfig) -> TextEmbeddings | None:
   if config.text.kind != "precomputed":
     return None
   if not config.data.text_embeddings:
@@ -208,7 +206,7 @@ def _text_embeddings(config: BaseConfig) -> Optional[TextEmbeddings]:
 
 
 def validation_batches(
-  config: BaseConfig, dataset: MotionDataset, tokenizer: Tokenizer, text_embeddings: Optional[TextEmbeddings] = None
+  config: BaseConfig, dataset: MotionDataset, tokenizer: Tokenizer, text_embeddings: TextEmbeddings | None = None
 ) -> list[dict]:
   """Fixed held-out batches: the first num_val_batches * batch_size entries, crops drawn from a fixed
   seed (so every evaluation sees the same windows)."""
@@ -308,7 +306,7 @@ def train_vae(
   workdir: str,
   dataset: MotionDataset,
   tokenizer: Tokenizer,
-  val_dataset: Optional[MotionDataset] = None,
+  val_dataset: MotionDataset | None = None,
   progress: bool = True,
   mesh=None,
 ) -> tuple[Any, dict]:
@@ -401,9 +399,9 @@ def train_diffusion(
   dataset: MotionDataset,
   tokenizer: Tokenizer,
   vae_params=None,
-  val_dataset: Optional[MotionDataset] = None,
+  val_dataset: MotionDataset | None = None,
   progress: bool = True,
-  vae_step: Optional[int] = None,
+  vae_step: int | None = None,
   mesh=None,
 ) -> tuple[dict, dict]:
   """Trains (or resumes) the denoiser and the text encoder in the frozen VAE's latent space (MLD) or on
@@ -491,9 +489,9 @@ def finalize_config(config: BaseConfig, dataset: MotionDataset, tokenizer: Token
 def train_and_evaluate(
   config: BaseConfig,
   workdir: str,
-  data_dir: Optional[str] = None,
-  dataset: Optional[MotionDataset] = None,
-  val_dataset: Optional[MotionDataset] = None,
+  data_dir: str | None = None,
+  dataset: MotionDataset | None = None,
+  val_dataset: MotionDataset | None = None,
   progress: bool = True,
   mesh=None,
 ) -> dict:
@@ -536,8 +534,8 @@ def train_and_sample(
   workdir: str,
   data_dir: str,
   num_samples: int = 4,
-  guidance_scale: Optional[float] = None,
-  num_steps: Optional[int] = None,
+  guidance_scale: float | None = None,
+  num_steps: int | None = None,
   gif: bool = True,
   progress: bool = True,
 ) -> dict:

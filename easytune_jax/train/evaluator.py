@@ -38,7 +38,8 @@ import dataclasses
 import os
 import pathlib
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +48,17 @@ import optax
 from absl import logging
 
 from easytune_jax import metrics as M
-from easytune_jax.core.parallel import is_main_process
+from easytune_jax.bundles.evaluator import Evaluator, _init_params, pos_only_tokenizer
+from easytune_jax.core import config as config_io
 from easytune_jax.core import parallel
+from easytune_jax.core.checkpoint import Checkpointer
+from easytune_jax.core.config import check_config_matches
+from easytune_jax.core.metric_writer import MetricWriter
+from easytune_jax.core.optim import OptimConfig, TrainState, apply_gradients, create_train_state, make_optimizer
+from easytune_jax.core.parallel import is_main_process
 from easytune_jax.data import batching
-from easytune_jax.data.safe_io import read_json, write_json
 from easytune_jax.data.humanml3d import MotionDataset, group_mean_std, load_dataset
+from easytune_jax.data.safe_io import read_json, write_json
 from easytune_jax.models.evaluator import (
   EvaluatorConfig,
   WordVectorizer,
@@ -59,12 +66,6 @@ from easytune_jax.models.evaluator import (
   evaluator_loss,
   renorm_for_evaluator,
 )
-from easytune_jax.core.checkpoint import Checkpointer
-from easytune_jax.core import config as config_io
-from easytune_jax.core.config import check_config_matches
-from easytune_jax.core.metric_writer import MetricWriter
-from easytune_jax.core.optim import OptimConfig, TrainState, apply_gradients, create_train_state, make_optimizer
-from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer, _init_params
 from easytune_jax.train.loop import train_loop
 
 LOSSES = ("infonce", "hinge")
@@ -295,7 +296,7 @@ def retrieval_metrics(
   return out
 
 
-def _val_dataset(config: EvaluatorTrainConfig, data_dir: str, train: MotionDataset) -> Optional[MotionDataset]:
+def _val_dataset(config: EvaluatorTrainConfig, data_dir: str, train: MotionDataset) -> MotionDataset | None:
   kw = dict(min_len=config.min_len, max_len=config.max_len, mean=train.mean, std=train.std)
   for split in (config.val_split, "test"):
     if os.path.exists(os.path.join(data_dir, f"{split}.txt")):
@@ -321,13 +322,13 @@ def _metadata(config: EvaluatorTrainConfig, dataset: MotionDataset) -> dict:
 def train_evaluator(
   config: EvaluatorTrainConfig,
   workdir: str,
-  data_dir: Optional[str] = None,
+  data_dir: str | None = None,
   *,
-  dataset: Optional[MotionDataset] = None,
-  val_dataset: Optional[MotionDataset] = None,
-  steps: Optional[int] = None,
-  batch_size: Optional[int] = None,
-  seed: Optional[int] = None,
+  dataset: MotionDataset | None = None,
+  val_dataset: MotionDataset | None = None,
+  steps: int | None = None,
+  batch_size: int | None = None,
+  seed: int | None = None,
   progress: bool = True,
   mesh=None,
 ) -> dict:

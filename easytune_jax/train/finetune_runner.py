@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -64,9 +63,9 @@ def run_finetune(
   cfg: RunConfig,
   workdir: str,
   generator_workdir: str,
-  reward_workdir: Optional[str],
+  reward_workdir: str | None,
   data_dir: str,
-  evaluator_workdir: Optional[str] = None,
+  evaluator_workdir: str | None = None,
   progress: bool = True,
   mesh=None,
 ) -> dict:

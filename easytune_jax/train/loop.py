@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -60,12 +61,12 @@ def train_loop(
   step_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]],
   batch_fn: Callable[[int], Any],
   num_steps: int,
-  checkpointer: Optional[Checkpointer],
-  writer: Optional[MetricWriter],
-  metadata: Optional[Mapping[str, Any]] = None,
+  checkpointer: Checkpointer | None,
+  writer: MetricWriter | None,
+  metadata: Mapping[str, Any] | None = None,
   log_every: int = 10,
   checkpoint_every: int = 100,
-  eval_fn: Optional[Callable[[Any, int], Mapping[str, float]]] = None,
+  eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
   eval_every: int = 0,
   on_nonfinite: str = "skip",
   desc: str = "train",

@@ -21,7 +21,7 @@ import functools
 import os
 import pathlib
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import optax
@@ -32,7 +32,6 @@ from easytune_jax.bundles.reward import state_template as _state_template
 from easytune_jax.bundles.reward import tokenizer_from_meta as _tokenizer_from_meta
 from easytune_jax.bundles.reward import tokenizer_meta as _tokenizer_meta
 from easytune_jax.core import parallel
-from easytune_jax.data.safe_io import write_json
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import check_config_matches
 from easytune_jax.core.metric_writer import MetricWriter
@@ -40,6 +39,7 @@ from easytune_jax.core.optim import OptimConfig, TrainState, apply_gradients, cr
 from easytune_jax.core.schedules import make_schedule
 from easytune_jax.data.batching import batch_at
 from easytune_jax.data.humanml3d import MotionDataset
+from easytune_jax.data.safe_io import write_json
 from easytune_jax.data.text import TextEmbeddings, Tokenizer
 from easytune_jax.data.text import placeholder_tokenizer as _dummy_tokenizer
 from easytune_jax.eval.retrieval import evaluate_retrieval
@@ -90,16 +90,16 @@ def train_reward(
   workdir: str | os.PathLike,
   dataset: MotionDataset,
   *,
-  mode: Optional[str] = None,
-  noise_threshold: Optional[float] = None,
+  mode: str | None = None,
+  noise_threshold: float | None = None,
   spl: bool = False,
-  init_from: Optional[str | os.PathLike] = None,
-  steps: Optional[int] = None,
-  tokenizer: Optional[Tokenizer] = None,
-  text_embeddings: Optional[TextEmbeddings] = None,
-  eval_dataset: Optional[MotionDataset] = None,
+  init_from: str | os.PathLike | None = None,
+  steps: int | None = None,
+  tokenizer: Tokenizer | None = None,
+  text_embeddings: TextEmbeddings | None = None,
+  eval_dataset: MotionDataset | None = None,
   eval_timesteps: Sequence[int] = (0, 100, 300),
-  learning_rate: Optional[float] = None,
+  learning_rate: float | None = None,
   progress: bool = True,
   mesh=None,
 ) -> dict:

@@ -16,13 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from easytune_jax import finetune
-from easytune_jax.core import parallel
-from easytune_jax.core import schedules
-from easytune_jax.models.spm import SPMConfig, init_spm
-from easytune_jax.train import base
+from easytune_jax.core import parallel, schedules
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
-from easytune_jax.train import reward as R
+from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.rewards import spm_objective as RO
+from easytune_jax.train import base
+from easytune_jax.train import reward as R
 
 assert jax.device_count() == 8, jax.devices()
 MESHES = ("data=8", "data=4,fsdp=2")

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from easytune_jax import finetune
-from easytune_jax.core import parallel
-from easytune_jax.core import schedules
+from easytune_jax.core import parallel, schedules
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 
 assert jax.device_count() == 8, jax.devices()

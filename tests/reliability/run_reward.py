@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 
 from easytune_jax.data.humanml3d import load_dataset  # noqa: E402
 from easytune_jax.models.spm import SPMConfig  # noqa: E402
-from easytune_jax.train import reward as R  # noqa: E402
 from easytune_jax.rewards import spm_objective as RO  # noqa: E402
+from easytune_jax.train import reward as R  # noqa: E402
 
 # The trainer initialises the SPM eagerly (thousands of tiny dispatches, ~10 s per process on a loaded CPU);
 # one jitted init gives the same kind of parameters and is loaded from the shared compilation cache. Every
