@@ -41,6 +41,14 @@ if os.environ.get("EASYTUNE_TEST_XLA_FAST_COMPILE", "") != "0" and "xla_backend_
   if "xla_cpu_use_fusion_emitters" not in _XLA_FLAGS and _xla_accepts(_FUSION_EMITTERS_OFF):
     _XLA_FLAGS += f" {_FUSION_EMITTERS_OFF}"
   os.environ["XLA_FLAGS"] = _XLA_FLAGS.strip()
+# Runs on several CPU devices (tests/multidevice, tests/test_multiprocess.py) meet in XLA's in-process collectives,
+# which abort the process when some device threads have not arrived within 40 s: on 2 loaded cores (two xdist
+# workers, each running multi-device subprocesses) a base-training run hit that once. The tests check results, not
+# speed: they wait up to 10 minutes.
+_COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+if "collective_call_terminate_timeout" not in _XLA_FLAGS and _xla_accepts(_COLLECTIVE_TIMEOUT):
+  _XLA_FLAGS += f" {_COLLECTIVE_TIMEOUT}"
+  os.environ["XLA_FLAGS"] = _XLA_FLAGS.strip()
 # The launchers opt in to the straight-line CPU lowering of threefry (cli.run -> core/prng.use_fast_cpu_threefry:
 # faster steps, larger programs: +4% compile of the paper step; the same bits, tests/test_prng.py). The suite keeps
 # JAX's compile-friendly loop: the test process never opts in (importing easytune_jax changes nothing), and the

@@ -95,7 +95,7 @@ def test_overrides_of_every_type():
   [
     ("inner.rat=1", [r"^--config\.inner\.rat: Inner has no field 'rat'; valid fields: rate, depth, flag$"]),
     ("nme=1", [r"Outer has no field 'nme'", r"valid fields: name, k, label, steps, .*inner, optim"]),
-    ("k=abc", [r"^--config\.k='abc': expected int \(Outer\.k: Optional\[int\]\)$"]),
+    ("k=abc", [r"^--config\.k='abc': expected int \(Outer\.k: int \| None\)$"]),
     ("inner.depth=2.5", [r"--config\.inner\.depth='2\.5': expected int \(Inner\.depth: int\)"]),
     ("inner.flag=maybe", [r"--config\.inner\.flag='maybe': expected a bool", r"Inner\.flag: bool"]),
     ("steps=1,x", [r"--config\.steps\[1\]='x': expected int", r"Outer\.steps: tuple\[int, \.\.\.\]"]),

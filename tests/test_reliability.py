@@ -683,7 +683,7 @@ CASES = [
     "launcher_bad_config_value",
     _launcher("finetune", ["--workdir={tmp}/ft", *_FT, "--config.finetune.k=abc"]),
     LauncherFailed,
-    [r"^error: --config\.finetune\.k='abc': expected int \(FinetuneConfig\.k: Optional\[int\]\)"],
+    [r"^error: --config\.finetune\.k='abc': expected int \(FinetuneConfig\.k: int \| None\)"],
   ),
   (
     "launcher_unknown_preset",
