@@ -59,11 +59,11 @@ def main(argv):
   captions = _captions()
   t0 = time.time()
   if cfg.encoder == "sentence_t5":
-    from easytune_jax.models.t5_encoder import load_sentence_t5
+    from easytune_jax.interop.sentence_t5 import load_sentence_t5
 
     model = load_sentence_t5(FLAGS.model_dir)
   else:
-    from easytune_jax.models.clip_text import load_clip_text
+    from easytune_jax.interop.clip import load_clip_text
 
     model = load_clip_text(FLAGS.model_dir)
   encode = functools.partial(model.embeddings, output=cfg.output, batch_size=cfg.batch_size)

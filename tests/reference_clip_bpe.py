@@ -1,5 +1,5 @@
 """A small, independent, pure-Python CLIP tokenizer: the reference tests/test_text_encoders.py compares the library's
-(HF ``tokenizers``, models/clip_text.py) with. It is the project's earlier hand-written implementation, written from
+(HF ``tokenizers``, interop/clip_tokenizer.py) with. It is the project's earlier hand-written implementation, written from
 OpenAI CLIP's ``simple_tokenizer.py`` and HF's ``CLIPTokenizer`` conventions:
 
     text -> NFC, runs of whitespace -> " ", lower-case -> split (``'s 't 're 've 'm 'll 'd``, letter runs, single

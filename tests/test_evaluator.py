@@ -12,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from easytune_jax.interop import t2m_convert as tc
 from easytune_jax.models import evaluator as ev
-from easytune_jax.models import t2m_convert as tc
 from tests.reference_data import path as _data
 from tests.torch_zip import write_torch_zip
 

@@ -17,7 +17,7 @@ from easytune_jax.bundles.task import load_task
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig
-from easytune_jax.core.torch_zip import save_torch
+from easytune_jax.interop.torch_zip import save_torch
 from easytune_jax.models.spm import SPMConfig
 from easytune_jax.train import finetune_runner as fr
 from tests.test_spm_official import synthetic_state

@@ -17,9 +17,9 @@ from easytune_jax.bundles import generator as G
 from easytune_jax.bundles import official_generator as og
 from easytune_jax.bundles.generator import load_generator
 from easytune_jax.core import sampling
-from easytune_jax.core.torch_zip import save_torch
 from easytune_jax.data import skeleton as sk
-from easytune_jax.models.t5_encoder import load_sentence_t5
+from easytune_jax.interop.sentence_t5 import load_sentence_t5
+from easytune_jax.interop.torch_zip import save_torch
 from tests import test_bvh
 from tests import test_mld_official as tmo
 

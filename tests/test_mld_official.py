@@ -1,4 +1,4 @@
-"""Official MLD architecture (models/mld_official.py), its torch-free checkpoint import (models/mld_convert.py)
+"""Official MLD architecture (models/mld_official.py), its torch-free checkpoint import (interop/mld_convert.py)
 and the converted Generator bundle (official_generator.py).
 
 The reference here is independent of the converter: the official state-dict key names are listed from the
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from easytune_jax.core import sampling
-from easytune_jax.core.torch_zip import save_torch
-from easytune_jax.models import mld_convert
+from easytune_jax.interop import mld_convert
+from easytune_jax.interop.torch_zip import save_torch
 from easytune_jax.models import mld_official as mo
 
 VCFG = mo.OfficialVAEConfig.tiny(nfeats=263, latent_size=2)  # 263: the generator bundle recovers joints
@@ -402,7 +402,7 @@ def test_generator_bundle_with_sentence_t5(tmp_path):
   uncond = its embedding of ''; the folder is recorded in the workdir and reloaded."""
   from easytune_jax.bundles import generator
   from easytune_jax.bundles import official_generator as og
-  from easytune_jax.models.t5_encoder import load_sentence_t5
+  from easytune_jax.interop.sentence_t5 import load_sentence_t5
 
   st5 = load_sentence_t5(ST5_DIR)
   dcfg = dataclass_replace(DCFG, text_dim=st5.config.sentence_dim)

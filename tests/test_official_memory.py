@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from easytune_jax.bench import official_memory as om
-from easytune_jax.models import mld_convert, spm_convert
+from easytune_jax.interop import mld_convert, spm_convert
 
 
 def test_paper_sizes_are_the_official_parameter_counts():

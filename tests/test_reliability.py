@@ -161,7 +161,7 @@ def _ckpt_absent(tmp):
 def _glove_truncated(tmp):
   import pickle
 
-  from easytune_jax.models import t2m_convert
+  from easytune_jax.interop import t2m_convert
 
   np.save(tmp / "our_vab_data.npy", np.zeros((2, 300), np.float32))
   (tmp / "our_vab_words.pkl").write_bytes(pickle.dumps(["a", "b"]))
@@ -172,7 +172,7 @@ def _glove_truncated(tmp):
 
 def _torch_zip_damaged(keep):
   def run(tmp):
-    from easytune_jax.core import torch_zip
+    from easytune_jax.interop import torch_zip
     from tests.torch_zip import write_torch_zip
 
     path = tmp / "finest.tar"

@@ -13,10 +13,10 @@ import pytest
 
 from easytune_jax.bundles import reward as RB
 from easytune_jax.core.schedules import make_schedule
-from easytune_jax.core.torch_zip import save_torch
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.data.text import TextEmbeddings, save_text_embeddings
+from easytune_jax.interop.torch_zip import save_torch
 from easytune_jax.models import spm
 from easytune_jax.models.spm import SPMConfig
 from easytune_jax.rewards import spl

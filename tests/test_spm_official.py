@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from easytune_jax.bundles import reward as RB
-from easytune_jax.core.torch_zip import save_torch
-from easytune_jax.models import spm, spm_convert
+from easytune_jax.interop import spm_convert
+from easytune_jax.interop.torch_zip import save_torch
+from easytune_jax.models import spm
 from easytune_jax.models.spm import SPMConfig
 
 D, E, C, FF, N, H = 6, 10, 8, 16, 3, 2

@@ -16,11 +16,13 @@ from functools import partial
 import numpy as np
 import pytest
 
-from easytune_jax.core.safetensors import load_safetensors, save_safetensors
-from easytune_jax.core.torch_zip import load_torch_checkpoint
 from easytune_jax.data.text import TextEmbeddings, precompute_text_embeddings
-from easytune_jax.models.clip_text import load_clip_text, pre_tokenize
-from easytune_jax.models.t5_encoder import load_sentence_t5, relative_position_buckets
+from easytune_jax.interop.clip import load_clip_text
+from easytune_jax.interop.clip_tokenizer import pre_tokenize
+from easytune_jax.interop.safetensors import load_safetensors, save_safetensors
+from easytune_jax.interop.sentence_t5 import load_sentence_t5
+from easytune_jax.interop.torch_zip import load_torch_checkpoint
+from easytune_jax.models.t5_encoder import relative_position_buckets
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "text_encoders")
 TOL = dict(rtol=1e-5, atol=2e-5)
@@ -127,7 +129,7 @@ def _random_texts(n: int, seed: int) -> list[str]:
 def test_clip_tokenizer_matches_a_pure_python_reference(models, captions):
   """The library's tokenizer (HF tokenizers) and a small independent pure-Python BPE (tests/reference_clip_bpe.py)
   give the same ids on the captions and 400 random strings, padded and truncated (77 and 8 tokens)."""
-  from easytune_jax.models.clip_text import CLIPTokenizer
+  from easytune_jax.interop.clip_tokenizer import CLIPTokenizer
   from tests.reference_clip_bpe import ReferenceCLIPTokenizer
 
   texts = captions + _random_texts(400, seed=0) + ["a " * 100]
@@ -149,7 +151,7 @@ def test_clip_tokenizer_json_as_transformers_writes_it(tmp_path, expected, capti
   tokenizer the library builds from vocab.json + merges.txt serialises to that very file."""
   from tokenizers import models as tk_models
 
-  from easytune_jax.models.clip_text import build_clip_tokenizer
+  from easytune_jax.interop.clip_tokenizer import build_clip_tokenizer
 
   saved = os.path.join(FIX, "clip_bin.tokenizer.json")
   with open(saved, encoding="utf-8") as f:
@@ -269,7 +271,7 @@ def test_relative_position_buckets_properties():
 
 
 def test_safetensors_roundtrip_and_dtypes(tmp_path):
-  """core/safetensors.py (the `safetensors` package underneath): dtypes (bfloat16 too), empty, transposed
+  """interop/safetensors.py (the `safetensors` package underneath): dtypes (bfloat16 too), empty, transposed
   (non-contiguous) and big-endian arrays round-trip; `names=` reads a subset; the arrays are writeable copies."""
   import ml_dtypes
 

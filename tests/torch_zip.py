@@ -1,4 +1,4 @@
-"""Test helpers around the torch-free ``torch.save`` writer (`easytune_jax.core.torch_zip.save_torch`).
+"""Test helpers around the torch-free ``torch.save`` writer (`easytune_jax.interop.torch_zip.save_torch`).
 
 ``save_torch`` is the library's writer; ``write_torch_zip(path, state)`` writes
 ``{module: {name: ndarray}}`` the way torch.save lays out less regular files (non-contiguous views, storages
@@ -9,7 +9,7 @@ import collections
 
 import numpy as np
 
-from easytune_jax.core.torch_zip import _Tensor, _Writer
+from easytune_jax.interop.torch_zip import _Tensor, _Writer
 
 
 def write_torch_zip(path, state, transpose_keys=(), shared_bias=True):

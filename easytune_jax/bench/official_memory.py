@@ -1,7 +1,7 @@
 """Compiled memory of fine-tuning the converted official MLD with the converted official SPM (issue 18).
 
 `run_official_memory(config, out_dir)` builds, at the paper size (or the tiny test size), random checkpoints in the
-official layouts (torch-free `core.torch_zip.save_torch`: `mld_humanml_v1.ckpt`'s `vae.*` / `denoiser.*` state dict
+official layouts (torch-free `interop.torch_zip.save_torch`: `mld_humanml_v1.ckpt`'s `vae.*` / `denoiser.*` state dict
 and the official SPM's state dict), converts them with the project's converters
 (`bundles.official_generator.write_official_generator`, `bundles.reward.convert_spm_checkpoint`), loads them as
 fine-tuning does (`bundles.task.load_task`: `MotionTask` with the stochastic official scoring, text
@@ -37,8 +37,8 @@ from easytune_jax.bundles.official_generator import write_official_generator
 from easytune_jax.bundles.reward import convert_spm_checkpoint
 from easytune_jax.bundles.task import load_task
 from easytune_jax.core import sampling
-from easytune_jax.core.torch_zip import save_torch
-from easytune_jax.models import mld_convert, spm_convert
+from easytune_jax.interop import mld_convert, spm_convert
+from easytune_jax.interop.torch_zip import save_torch
 from easytune_jax.models.mld_official import OfficialDenoiserConfig, OfficialVAEConfig
 from easytune_jax.models.spm import SPMConfig
 

@@ -4,7 +4,7 @@ benchmark take).
 Two ways in:
 
 * `write_official_generator(ckpt, workdir, mean, std, text_embeddings=...)` converts `mld_humanml_v1.ckpt`
-  (torch-free, `models/mld_convert.py`) into a generator work directory; ``load_generator` (bundles/generator.py)(workdir)`
+  (torch-free, `interop/mld_convert.py`) into a generator work directory; ``load_generator` (bundles/generator.py)(workdir)`
   recognises it by its `official_mld.json`, so every launcher that takes a generator workdir takes it:
 
       <workdir>/official_mld.json   format, source checkpoint, model configs, BaseConfig, latent scale, report
@@ -18,7 +18,7 @@ Two ways in:
 Text conditioning: the official denoiser takes a 768-d sentence embedding per caption (sentence-T5-large,
 `[B, 1, 768]`). Two sources:
 
-* `sentence_t5=FOLDER` (the `sentence-t5-large` folder sentence-transformers downloads, `models/t5_encoder.py`):
+* `sentence_t5=FOLDER` (the `sentence-t5-large` folder sentence-transformers downloads, `interop/sentence_t5.py`):
   captions are encoded on the fly (`SentenceT5.embeddings(texts, "sentence")`, cached per caption). The folder is
   recorded in `official_mld.json` (`sentence_t5`) and reloaded with the bundle; `load_official_generator(...,
   sentence_t5=...)` points it elsewhere. When given, it encodes every caption (a `.npz` given too is then only
@@ -55,15 +55,15 @@ from easytune_jax.core.config import config_from_dict, config_to_dict
 from easytune_jax.core.sampling import SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
 from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
+from easytune_jax.interop import mld_convert
+from easytune_jax.interop.sentence_t5 import SentenceT5, load_sentence_t5
 from easytune_jax.models import generator as gm
-from easytune_jax.models import mld_convert
 from easytune_jax.models.mld_official import (
   OfficialDenoiserConfig,
   OfficialMLDDenoiser,
   OfficialMLDVAE,
   OfficialVAEConfig,
 )
-from easytune_jax.models.t5_encoder import SentenceT5, load_sentence_t5
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
 

@@ -27,7 +27,7 @@ import numpy as np
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.optim import OptimConfig, TrainState, create_train_state, make_optimizer
 from easytune_jax.data.text import Tokenizer
-from easytune_jax.models import spm_convert
+from easytune_jax.interop import spm_convert
 from easytune_jax.models.spm import SPMConfig, init_spm, reward_fn
 from easytune_jax.rewards.spm_objective import RewardTrainConfig, stage_optim
 

@@ -29,9 +29,9 @@ from easytune_jax.data import batching
 from easytune_jax.data.features import joints_num_for_dim
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.text import TextEmbeddings
+from easytune_jax.interop.sentence_t5 import load_sentence_t5
 from easytune_jax.models import generator as gm
 from easytune_jax.models import spm
-from easytune_jax.models.t5_encoder import load_sentence_t5
 from easytune_jax.rewards.registry import RewardContext, WeightedReward, build_reward
 
 
@@ -152,7 +152,7 @@ def reward_text_encoder(source: str, pad_to: int = 32) -> Callable[[list], tuple
   """Captions -> (token embeddings [B, Lt, E], mask [B, Lt]) for an embedding-input reward.
 
   `source` is a precomputed `.npz` (`data.text.TextEmbeddings`, exact-caption lookup) or a sentence-transformers
-  `sentence-t5-large` folder encoded on the fly (`models.t5_encoder`, token outputs: what the official SPM reads).
+  `sentence-t5-large` folder encoded on the fly (`interop.sentence_t5`, token outputs: what the official SPM reads).
   Lt is padded up to a multiple of `pad_to` so the jitted fine-tuning update sees few distinct shapes.
   """
   if source.endswith(".npz"):

@@ -234,8 +234,8 @@ def precompute_text_embeddings(
     path: output ``.npz``.
     captions: caption strings; duplicates are encoded once (first occurrence order is kept).
     encode: ``encode(list of b captions) -> (embeddings [b, L, E], mask bool [b, L])``, e.g.
-      ``partial(load_sentence_t5(folder).embeddings, output="sentence")`` (``easytune_jax.models.t5_encoder``) or
-      ``partial(load_clip_text(folder).embeddings, output="features")`` (``easytune_jax.models.clip_text``).
+      ``partial(load_sentence_t5(folder).embeddings, output="sentence")`` (``easytune_jax.interop.sentence_t5``) or
+      ``partial(load_clip_text(folder).embeddings, output="features")`` (``easytune_jax.interop.clip``).
       L may differ between calls: rows are zero-padded to the longest L.
     batch_size: captions per ``encode`` call.
     progress: show a tqdm bar.

@@ -3,7 +3,7 @@
 Restated from `wengwanjiang/EasyTune` (`configs/modules/{motion_vae,denoiser}.yaml`,
 `mld/models/architectures/{mld_vae,mld_denoiser}.py`, `mld/models/operator/{attention,embeddings,
 position_encoding}.py`), so that the released `mld_humanml_v1.ckpt` loads parameter for parameter
-(`easytune_jax.models.mld_convert`). Differences from our own `vae.py` / `denoiser.py` that matter for the
+(`easytune_jax.interop.mld_convert`). Differences from our own `vae.py` / `denoiser.py` that matter for the
 weights: learned position tables of 500 rows, LayerNorm eps 1e-5, a skip-connected transformer DECODER in the
 VAE, PyTorch's packed attention projections, no input/output projections in the denoiser, and the denoiser's
 token order [x tokens, time token, text tokens].

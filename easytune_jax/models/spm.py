@@ -17,7 +17,7 @@ differentiable in the motion. Inputs are dataset-normalised features, so Mean/St
 
 `SPMConfig(arch='official')` (:meth:`SPMConfig.official`) selects the official EasyTune architecture instead
 (:mod:`easytune_jax.models.spm_official`, loadable from official checkpoints by
-:mod:`easytune_jax.models.spm_convert`); the helpers below (`init_spm`, `encode_*`, `reward_apply`, `reward_fn`)
+:mod:`easytune_jax.interop.spm_convert`); the helpers below (`init_spm`, `encode_*`, `reward_apply`, `reward_fn`)
 dispatch on it. The `reward_*` fields choose how the reward scores (see :func:`reward_apply`).
 """
 

@@ -2,7 +2,7 @@
 
 Re-stated from the facts of the official PyTorch model (wengwanjiang/EasyTune, `GradGuidance/spm.py` and
 `GradGuidance/opt/{attention,embeddings,position_encoding}.py`), so that its checkpoints load through
-:mod:`easytune_jax.models.spm_convert` and produce the same latents:
+:mod:`easytune_jax.interop.spm_convert` and produce the same latents:
 
 * inputs: motion features [B, L, D] -> `skel_embedding` Linear(D -> C); text = sentence-T5-large token
   embeddings [B, Lt, 1024] -> `text_embedding` Linear(1024 -> C) (the input width is read from the data);

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from easytune_jax.core.torch_zip import load_torch_checkpoint
+from easytune_jax.interop.torch_zip import load_torch_checkpoint
 from easytune_jax.models.mld_official import OfficialDenoiserConfig, OfficialVAEConfig, init_denoiser, init_vae
 
 MODULES = ("vae", "denoiser")

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from easytune_jax.core.torch_zip import load_torch_checkpoint
+from easytune_jax.interop.torch_zip import load_torch_checkpoint
 from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.models.spm_official import MAX_POSITIONS
 

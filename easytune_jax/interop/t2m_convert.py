@@ -1,6 +1,6 @@
 """Load the official T2M evaluator (``text_mot_match/model/finest.tar``) and GloVe files without torch.
 
-``finest.tar`` is a ``torch.save`` zip read by :func:`easytune_jax.core.torch_zip.load_torch_checkpoint`;
+``finest.tar`` is a ``torch.save`` zip read by :func:`easytune_jax.interop.torch_zip.load_torch_checkpoint`;
 :func:`convert_t2m_state` maps its three state dicts (names per docs/humanml3d_format.md#evaluator-checkpoint) onto
 :class:`~easytune_jax.models.evaluator.T2MEvaluator` parameters, validating every shape against an
 :class:`EvaluatorConfig`.
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from easytune_jax.core.torch_zip import load_torch_checkpoint
 from easytune_jax.data.safe_io import load_npy
+from easytune_jax.interop.torch_zip import load_torch_checkpoint
 from easytune_jax.models.evaluator import EvaluatorConfig, WordVectorizer
 
 # --------------------------------------------------------------------------------------------------

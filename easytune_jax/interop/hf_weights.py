@@ -1,8 +1,8 @@
 """Reading HuggingFace-style model folders without torch: configs, weight files, checked tensor access.
 
-A weight folder holds ``model.safetensors`` (read by :mod:`easytune_jax.core.safetensors`), a sharded
+A weight folder holds ``model.safetensors`` (read by :mod:`easytune_jax.interop.safetensors`), a sharded
 ``model.safetensors.index.json``, or ``pytorch_model.bin`` (a ``torch.save`` zip, read by
-:func:`easytune_jax.core.torch_zip.load_torch_checkpoint`). :class:`StateDict` hands out tensors by name as
+:func:`easytune_jax.interop.torch_zip.load_torch_checkpoint`). :class:`StateDict` hands out tensors by name as
 float32 numpy arrays and raises errors that name the file, the key and the expected / found shapes.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from easytune_jax.core.safetensors import load_safetensors
-from easytune_jax.core.torch_zip import load_torch_checkpoint
 from easytune_jax.data.safe_io import read_json
+from easytune_jax.interop.safetensors import load_safetensors
+from easytune_jax.interop.torch_zip import load_torch_checkpoint
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
