@@ -79,6 +79,11 @@ def _type_name(t) -> str:
     return "None"
   if isinstance(t, type) and not typing.get_args(t):
     return t.__name__
+  args = typing.get_args(t)
+  if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:
+    rest = [a for a in args if a is not type(None)]  # `X | None` and Optional[X] read alike: Optional[X]
+    inner = _type_name(rest[0]) if len(rest) == 1 else ", ".join(_type_name(a) for a in rest)
+    return f"Optional[{inner}]" if len(rest) == 1 else f"Optional[Union[{inner}]]"
   return str(t).replace("typing.", "")
 
 
