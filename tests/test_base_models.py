@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from easytune_jax.configs import base as presets
 from easytune_jax.core import sampling, schedules
 from easytune_jax.core.config import config_from_dict
 from easytune_jax.data.features import recover_from_ric
@@ -221,7 +222,7 @@ def test_cfg_with_unit_guidance_equals_conditional_model():
 
 def test_config_overrides_and_roundtrip():
   cfg = base.apply_overrides(
-    base.get_config("tiny"),
+    presets.get_config("tiny"),
     ["vae.width=32", "diffusion.prediction_type=v_prediction", "ema_decay=0.99", "vae.skip=false", "model=mdm"],
   )
   assert cfg.vae.width == 32 and cfg.diffusion.prediction_type == "v_prediction"
@@ -235,12 +236,12 @@ def test_config_overrides_and_roundtrip():
     base.apply_overrides(cfg, ["diffusion.prediction_type=x0"])
   with pytest.raises(ValueError, match="skip=True needs an odd number"):
     base.apply_overrides(cfg, ["vae.skip=true", "vae.encoder_layers=2"])
-  paper = base.get_config("paper")
+  paper = presets.get_config("paper")
   assert (paper.vae.latent_size, paper.vae.latent_dim, paper.vae.encoder_layers) == (1, 256, 9)
   assert (paper.denoiser.num_layers, paper.denoiser.num_heads, paper.denoiser.ff_dim) == (9, 4, 1024)
   assert paper.denoiser.skip and paper.denoiser.dropout == 0.1 and paper.cond_drop_prob == 0.1
   assert paper.vae.logvar_offset == 0.0 and paper.vae.kl_weight == 1e-4
   assert dataclasses.asdict(paper.diffusion) == dataclasses.asdict(schedules.DiffusionConfig())  # MLD: epsilon
   # MDM predicts the clean motion (its paper); so does the tiny CPU config (epsilon stayed at chance there).
-  assert base.get_config("paper", "mdm").diffusion.prediction_type == "sample"
-  assert base.get_config("tiny").diffusion.prediction_type == "sample"
+  assert presets.get_config("paper_mdm").diffusion.prediction_type == "sample"
+  assert presets.get_config("tiny").diffusion.prediction_type == "sample"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from easytune_jax.bundles import generator
+from easytune_jax.configs import base as presets
 from easytune_jax.core.checkpoint import CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import create_train_state
@@ -32,12 +33,12 @@ def synth(tmp_path_factory):
 
 
 def _run(workdir, synth, overrides, model="mld", num_samples=0, **kw):
-  cfg = base.apply_overrides(base.get_config("tiny", model), overrides)
+  cfg = base.apply_overrides(presets.get_config("tiny" if model == "mld" else f"tiny_{model}"), overrides)
   return base.train_and_sample(cfg, workdir, synth, num_samples, progress=False, **kw)
 
 
 def _config(*extra):
-  return base.apply_overrides(base.get_config("tiny"), TINY + list(extra))
+  return base.apply_overrides(presets.get_config("tiny"), TINY + list(extra))
 
 
 def _setup(synth, workdir, *extra):

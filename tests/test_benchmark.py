@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from easytune_jax.bench.benchmark import run_benchmark
-from easytune_jax.bench.config import BenchmarkConfig, finetune_config, get_config
+from easytune_jax.bench.config import BenchmarkConfig, finetune_config
 from easytune_jax.bench.report import write_outputs
 from easytune_jax.bench.speed import time_to_gain
 from easytune_jax.bench.variants import Variant, parse_variant
+from easytune_jax.configs.benchmark import get_config
 
 
 def _finite(x):

@@ -229,7 +229,7 @@ def test_converter_validates_shapes_and_keys(tmp_path):
   assert "found (14, 42)" in str(e.value) and "bad.tar" in str(e.value)
   # the real key names and the paper shapes: a tiny checkpoint is refused by the paper config, naming the key
   with pytest.raises(ValueError, match=r"movement_encoder\.main\.0\.weight' expected shape \(512, 259, 4\)"):
-    tc.convert_t2m_state(random_state(TINY, dtype=np.float32), ev.EvaluatorConfig.paper())
+    tc.convert_t2m_state(random_state(TINY, dtype=np.float32), ev.EvaluatorConfig.official())
   state = random_state(TINY, dtype=np.float32)
   del state["text_encoder"]["hidden"]
   with pytest.raises(KeyError, match=r"missing parameter 'text_encoder\.hidden' \(expected shape \(2, 1, 8\)\)"):
@@ -241,7 +241,7 @@ def test_converter_validates_shapes_and_keys(tmp_path):
 
 
 def test_paper_shapes_match_documented_checkpoint():
-  s = tc.t2m_expected_shapes(ev.EvaluatorConfig.paper())
+  s = tc.t2m_expected_shapes(ev.EvaluatorConfig.official())
   assert s["movement_encoder"]["main.0.weight"] == (512, 259, 4)
   assert s["motion_encoder"]["gru.weight_ih_l0_reverse"] == (3072, 1024)
   assert s["motion_encoder"]["output_net.0.weight"] == (1024, 2048)
@@ -249,9 +249,9 @@ def test_paper_shapes_match_documented_checkpoint():
   assert s["text_encoder"]["pos_emb.weight"] == (300, 15)
   assert s["text_encoder"]["gru.weight_hh_l0"] == (1536, 512)
   assert s["text_encoder"]["output_net.3.weight"] == (512, 512)
-  assert tc.t2m_expected_shapes(ev.EvaluatorConfig.paper(251))["movement_encoder"]["main.0.weight"] == (512, 247, 4)
+  assert tc.t2m_expected_shapes(ev.EvaluatorConfig.official(251))["movement_encoder"]["main.0.weight"] == (512, 247, 4)
   # the Flax tree built from the paper config accepts a converted paper-shaped state (abstractly)
-  shapes = jax.eval_shape(lambda: ev.init_evaluator(jax.random.key(0), ev.EvaluatorConfig.paper()))
+  shapes = jax.eval_shape(lambda: ev.init_evaluator(jax.random.key(0), ev.EvaluatorConfig.official()))
   flat = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(shapes)}
   assert flat["['params']['motion_encoder']['gru']['fwd']['kernel_ih']"] == (1024, 3072)
   assert flat["['params']['movement_encoder']['conv0']['kernel']"] == (4, 259, 512)

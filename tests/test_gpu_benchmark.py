@@ -10,15 +10,16 @@ import sys
 import pytest
 
 from easytune_jax.bench import gpu
+from easytune_jax.configs import gpu as presets
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_configs():
-  c = gpu.GpuBenchConfig()
+  c = presets.get_config("paper")
   assert (c.max_length, c.memory_steps, c.speed_steps) == (196, (10, 50, 200), 50)
   assert set(c.speed_variants) == {"easytune", "easytune+chunk10", "draft-1", "draft-T", "refl"}
-  assert gpu.smoke_config().max_length == 8
+  assert presets.get_config("smoke") == gpu.GpuBenchConfig() and gpu.GpuBenchConfig().max_length == 8
   with pytest.raises(ValueError, match="seconds"):
     gpu.GpuBenchConfig(seconds=0)
 

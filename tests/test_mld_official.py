@@ -381,7 +381,9 @@ def test_generator_bundle(tmp_path, ckpt):
   marker.write_text(json.dumps(old))
   older = generator.load_generator(str(tmp_path / "gen"))
   assert (older.sampler_defaults.num_steps, older.sampler_defaults.guidance_scale) == (50, 7.5)
-  assert older.config.sampler == sampling.SamplerConfig()
+  assert older.config.sampler == sampling.SamplerConfig(
+    num_steps=sampling.NUM_STEPS, guidance_scale=sampling.GUIDANCE_SCALE
+  )
 
   cond = gen.encode_text(["a person jumps", "a person walks"])
   assert cond["text"].shape == (2, 1, DCFG.text_dim)

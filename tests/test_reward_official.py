@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from easytune_jax.bundles import reward as RB
+from easytune_jax.configs import reward as presets
 from easytune_jax.core.schedules import make_schedule
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.data.synthetic import write_synthetic_dataset
@@ -27,13 +28,13 @@ from tests.test_spm_official import synthetic_state
 
 E = 10
 MODEL = SPMConfig.official(dim_motion=6, latent_dim=8, ff_dim=16, num_layers=3, num_heads=2)
-OFFICIAL = RO.RewardTrainConfig.official(model=MODEL, batch_size=4, max_length=6)
+OFFICIAL = dataclasses.replace(presets.get_config("official"), model=MODEL, batch_size=4, max_length=6)
 OURS = OFFICIAL.with_objective("ours")
 
 
 def test_presets_and_named_options():
-  paper = RO.RewardTrainConfig.paper()
-  assert paper == RO.RewardTrainConfig.official()
+  paper = presets.get_config("paper")
+  assert paper == presets.get_config("official")
   assert paper.model == SPMConfig.official() and paper.model.arch == "official"
   assert (paper.learning_rate, paper.spl_learning_rate, paper.spl_weight) == (1e-4, 1e-5, 1e-2)
   assert (paper.noise_threshold, paper.max_timestep, paper.temperature, paper.threshold_selfsim) == (0.5, 501, 0.1, 0.9)
@@ -41,7 +42,7 @@ def test_presets_and_named_options():
   assert all(getattr(paper, k) == v for k, v in RO.OFFICIAL_OBJECTIVE.items())
   assert all(getattr(RO.RewardTrainConfig(), k) == v for k, v in RO.OUR_OBJECTIVE.items())
   assert all(getattr(OURS, k) == v for k, v in RO.OUR_OBJECTIVE.items()) and OURS.model == MODEL
-  assert RO.RewardTrainConfig.paper_tmr().model.arch == "tmr"
+  assert presets.get_config("paper_tmr").model.arch == "tmr"
   # Configs saved before the objective fields existed read back as ours (what they were trained with).
   old = RO.RewardTrainConfig().to_dict()
   for k in ("timestep_routing", "spl_latents", "spl_temperature_convention", "filter_convention", "recons_target"):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from easytune_jax.configs import reward as reward_presets
 from easytune_jax.core.schedules import make_schedule
 from easytune_jax.models import spm
 from easytune_jax.rewards import spm_loss as RL
@@ -165,7 +166,7 @@ def test_embedding_text_input_and_caption_features():
 
 
 def test_config_validation_and_paper_preset():
-  p = spm.SPMConfig.paper(vocab_size=100)
+  p = dataclasses.replace(reward_presets.get_config("paper_tmr").model, vocab_size=100)
   assert (p.latent_dim, p.ff_dim, p.num_layers, p.num_heads) == (256, 1024, 9, 4)
   assert spm.SPMConfig.from_dict(p.to_dict()) == p
   with pytest.raises(ValueError, match=r"spm.py: SPMConfig.mode.*'M2T0'"):

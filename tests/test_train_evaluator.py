@@ -9,6 +9,7 @@ import pytest
 
 from easytune_jax.bundles import evaluator as evaluator_bundle
 from easytune_jax.bundles.evaluator import load_official_evaluator, load_trained_evaluator
+from easytune_jax.configs import evaluator as presets
 from easytune_jax.core.checkpoint import Checkpointer, CheckpointError
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.data.humanml3d import load_dataset
@@ -30,7 +31,7 @@ def tiny_run(tmp_path_factory):
     data = base / "data"
     write_synthetic_dataset(str(data), 220, seed=3)
     cfg = dataclasses.replace(
-      te.get_config("tiny"), steps=STEPS, max_length=96, eval_every=30, checkpoint_every=30, log_every=10
+      presets.get_config("tiny"), steps=STEPS, max_length=96, eval_every=30, checkpoint_every=30, log_every=10
     )
     out = te.train_evaluator(cfg, str(base / "ev"), str(data), progress=False)
     _RUN["run"] = (data, base / "ev", out)
@@ -71,7 +72,7 @@ def test_vocabulary_from_train_tokens(run):
   assert sorted(vocab.values()) == list(range(len(vocab)))
   assert out["config"].model.vocab_size == len(vocab)
   cfg = json.loads((work / "config.json").read_text())
-  assert cfg["model"]["vocab_size"] == len(vocab) and cfg["seed"] == te.get_config("tiny").seed
+  assert cfg["model"]["vocab_size"] == len(vocab) and cfg["seed"] == presets.get_config("tiny").seed
 
 
 def test_training_learns_and_logs(run):
@@ -188,11 +189,11 @@ def test_official_loader_matches_direct_path(tmp_path):
 
 def test_config_validation():
   with pytest.raises(ValueError, match="loss: expected one of"):
-    dataclasses.replace(te.get_config("tiny"), loss="triplet")
+    dataclasses.replace(presets.get_config("tiny"), loss="triplet")
   with pytest.raises(ValueError, match="max_length: expected a multiple of unit_length=4"):
-    dataclasses.replace(te.get_config("tiny"), max_length=90)
+    dataclasses.replace(presets.get_config("tiny"), max_length=90)
   with pytest.raises(ValueError, match="expected 'tiny' or 'paper'"):
-    te.get_config("huge")
-  assert te.get_config("paper").model.dim_motion_hidden == 1024
-  d = te.config_to_dict(te.get_config("tiny"))
-  assert te.config_from_dict(d) == te.get_config("tiny")
+    presets.get_config("huge")
+  assert presets.get_config("paper").model.dim_motion_hidden == 1024
+  d = te.config_to_dict(presets.get_config("tiny"))
+  assert te.config_from_dict(d) == presets.get_config("tiny") == te.EvaluatorTrainConfig()

@@ -1,5 +1,6 @@
-"""What the benchmark measures: `BenchmarkConfig` (variants, T values, budgets, seeds), its presets (`get_config`:
-'tiny', 'paper') and the `FinetuneConfig` of a variant at T (`finetune_config`)."""
+"""What the benchmark measures: `BenchmarkConfig` (variants, T values, budgets, seeds; defaults: the tiny CPU
+setting, 'paper' in easytune_jax/configs/benchmark.py) and the `FinetuneConfig` of a variant at T
+(`finetune_config`)."""
 
 from __future__ import annotations
 
@@ -73,32 +74,6 @@ class BenchmarkConfig:
 
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def get_config(name: str = "tiny") -> BenchmarkConfig:
-  """'tiny': CPU, T in (10, 50, 200) for memory, speed/alignment at T=10, 20 s per method.
-  'paper': GPU at MLD sizes, T in (10, 50, 200) for memory, speed/alignment at T=50 (the paper's
-  DRaFT-50 comparison), batch 32 (64 with CFG's doubled denoiser batch), 10 minutes per method.
-  Both keep grad_chunk = 1 (EasyTune's sequential path): on the 2-core CPU the batched path was slower at
-  every C measured (tiny, T = 50: 0.88 s per trajectory sequential, 1.18-2.17 s for C in 2..50;
-  docs/benchmark/grad_chunk_tiny) and its compiled temporaries grow by about one one-step gradient's per unit
-  of C; on an accelerator measure '+chunk<C>' variants first (`--config.grad_chunk` / '+chunk<C>')."""
-  if name == "tiny":
-    return BenchmarkConfig()
-  if name == "paper":
-    return BenchmarkConfig(
-      speed_steps=sampling.NUM_STEPS,
-      batch_size=32,
-      guidance_scale=sampling.GUIDANCE_SCALE,
-      learning_rate=1e-5,
-      warmup_steps=0,
-      speed_repeats=5,
-      budget_seconds=600.0,
-      curve_points=5,
-      heldout_size=64,
-      eval_batch_size=32,
-    )
-  raise ValueError(f"{_WHERE}: benchmark config name: expected 'tiny' or 'paper', found {name!r}")
 
 
 def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.FinetuneConfig:

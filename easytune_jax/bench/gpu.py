@@ -1,6 +1,6 @@
 """One short accelerator run (issue 20 item 6): paper-size compiled memory over T and the T = 50 speed run.
 
-`run_gpu_benchmark(GpuBenchConfig(), out_dir)` builds the converted official MLD + official SPM task with random
+`run_gpu_benchmark(config, out_dir)` (config: the 'paper' preset of easytune_jax/configs/gpu.py) builds the converted official MLD + official SPM task with random
 weights (`bench.official_memory.build_task`; speed and memory do not depend on the weights' values), then
 
   memory  for each T in `memory_steps` and each of `memory_variants` (EasyTune, DRaFT-1, DRaFT-T): the compiled
@@ -12,10 +12,10 @@ weights (`bench.official_memory.build_task`; speed and memory do not depend on t
 
 Records are appended to benchmark.json (and benchmark.md / plots rewritten by `bench.report.write_outputs`)
 after EACH measurement, so a run cut short keeps what it measured. A measurement that would start after
-`max_seconds` is skipped and named in `skipped`. With `smoke_config()` the same code paths run on the tiny
-official configs with short budgets (a CPU test).
+`max_seconds` is skipped and named in `skipped`. With `GpuBenchConfig()` (the defaults, the 'smoke' preset) the
+same code paths run on the tiny official configs with short budgets (a CPU test).
 
-Budget on one GPU (the defaults): 9 memory compiles (3 sampling) + 5 speed variants x (compile + `seconds` of
+Budget on one GPU (the 'paper' preset): 9 memory compiles (3 sampling) + 5 speed variants x (compile + `seconds` of
 training + held-out sampling), under `max_seconds` = 450 s in all.
 """
 
@@ -47,23 +47,29 @@ class GpuBenchConfig:
   """What one accelerator run measures. `size`: 'paper' or 'tiny' (`official_memory.model_configs`);
   `max_length`: frames (None = 196 for 'paper', 8 for 'tiny'); `seconds`: training budget per speed variant;
   `max_seconds`: no measurement starts after this many seconds of the run; `heldout_size`: captions of the
-  held-out reward (full samples at `speed_steps`)."""
+  held-out reward (full samples at `speed_steps`).
 
-  size: str = "paper"
-  memory_variants: tuple = ("easytune", "draft-1", "draft-T")
-  memory_steps: tuple = (10, 50, 200)
-  speed_variants: tuple = ("easytune", "easytune+chunk10", "draft-1", "draft-T", "refl")
-  speed_steps: int = sampling.NUM_STEPS
-  seconds: float = 45.0
-  batch_size: int = 32
+  Defaults: the CPU smoke run (the 'smoke' preset of configs/gpu.py): the same code on the tiny official configs,
+  EasyTune memory at T in (2, 4) and its batched (C = 2) speed run at T = 2 for 0.5 s. Each update still compiles
+  (~30-40 s apiece on a 2-core CPU), so it is kept to three compiles (the baselines' memory and speed records go
+  through the same functions, tested in tests/test_benchmark.py and tests/test_official_memory.py). The
+  accelerator run is the 'paper' preset."""
+
+  size: str = "tiny"
+  memory_variants: tuple = ("easytune",)
+  memory_steps: tuple = (2, 4)
+  speed_variants: tuple = ("easytune+chunk2",)
+  speed_steps: int = 2
+  seconds: float = 0.5
+  batch_size: int = 2
   max_length: int | None = None
-  reward_text_length: int = 32
+  reward_text_length: int = 4
   guidance_scale: float = sampling.GUIDANCE_SCALE
   learning_rate: float = 1e-5
-  speed_repeats: int = 3
-  curve_points: int = 2
-  heldout_size: int = 32
-  max_seconds: float = 450.0
+  speed_repeats: int = 1
+  curve_points: int = 1
+  heldout_size: int = 2
+  max_seconds: float = 3600.0
   seed: int = 0
 
   def __post_init__(self):
@@ -105,28 +111,6 @@ class GpuBenchConfig:
       seed=self.seed,
       floor=False,
     )
-
-
-def smoke_config(**overrides) -> GpuBenchConfig:
-  """The same code on the tiny official configs: EasyTune memory at T in (2, 4) and its batched (C = 2) speed
-  run at T = 2 for 0.5 s. Each update still compiles (~30-40 s apiece on a 2-core CPU), so it is kept to three
-  compiles (the baselines' memory and speed records go through the same functions, tested in
-  tests/test_benchmark.py and tests/test_official_memory.py)."""
-  base = dict(
-    size="tiny",
-    memory_variants=("easytune",),
-    memory_steps=(2, 4),
-    speed_steps=2,
-    speed_variants=("easytune+chunk2",),
-    seconds=0.5,
-    batch_size=2,
-    speed_repeats=1,
-    curve_points=1,
-    heldout_size=2,
-    reward_text_length=4,
-    max_seconds=3600.0,
-  )
-  return GpuBenchConfig(**{**base, **overrides})
 
 
 class FixedInputs:

@@ -38,7 +38,7 @@ from easytune_jax import finetune
 from easytune_jax.bench import official_memory
 from easytune_jax.bench.measure import block_until_ready, machine_info
 from easytune_jax.core import sampling
-from easytune_jax.core.optim import apply_gradients, create_train_state, make_optimizer
+from easytune_jax.core.optim import OptimConfig, apply_gradients, create_train_state, make_optimizer
 
 _WHERE = __name__.replace(".", "/") + ".py"
 PARTS = ("denoiser", "decode", "reward", "optimizer", "step", "sampling_step")
@@ -126,7 +126,12 @@ def part_functions(
 ) -> dict:
   """{part name: (fn, args)} of one EasyTune per-step update of `task` at step index num_steps // 2
   (`denoiser_dropout`: the whole step with the denoiser in training mode, keyed as fine-tuning keys it)."""
-  ft = finetune.FinetuneConfig(method="easytune", num_steps=num_steps, guidance_scale=guidance_scale)
+  ft = finetune.FinetuneConfig(
+    method="easytune",
+    num_steps=num_steps,
+    guidance_scale=guidance_scale,
+    optim=OptimConfig(learning_rate=1e-5, warmup_steps=1000),  # the official fine-tuning's AdamW ('paper')
+  )
   tx = make_optimizer(ft.optim)
   timesteps = sampling.make_timesteps(task.gen.schedule, ft.sampler_config())
   i = num_steps // 2

@@ -282,12 +282,12 @@ def load_official_evaluator(
       ``Comp_v6_KLD01/meta/`` (KIT: ``Comp_v6_KLD005``), or MDM's copies ``<kind>_mean.npy``/``<kind>_std.npy``.
     dataset_mean, dataset_std: [D] the dataset Mean/Std that motions given to ``embed_motion`` use.
     kind: 't2m' (HumanML3D, D = 263) or 'kit' (D = 251).
-    config: network sizes (default ``EvaluatorConfig.paper(dim_pose)``).
+    config: network sizes (default ``EvaluatorConfig.official(dim_pose)``).
   """
   if kind not in ("t2m", "kit"):
     raise ValueError(f"load_official_evaluator: kind expected 't2m' or 'kit', found {kind!r}")
   dim = 263 if kind == "t2m" else 251
-  config = EvaluatorConfig.paper(dim_pose=dim) if config is None else config
+  config = EvaluatorConfig.official(dim_pose=dim) if config is None else config
   td = pathlib.Path(t2m_dir)
   ckpt = _first_existing(
     [

@@ -19,8 +19,7 @@ from easytune_jax import finetune
 from easytune_jax.bundles.generator import Generator, load_generator, recorded_sampler
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import config_from_dict
-from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
-from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
+from easytune_jax.core.optim import create_train_state, make_optimizer
 from easytune_jax.data.safe_io import read_json
 from easytune_jax.rewards.registry import parse_spec
 
@@ -37,11 +36,10 @@ BEST_METRICS = {
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """A fine-tuning run: method config, data, schedule of evaluation and checkpoints."""
+  """A fine-tuning run: method config, data, schedule of evaluation and checkpoints. Defaults: the CPU setting
+  (the 'tiny' preset of configs/finetune.py; 'paper' is there too)."""
 
-  finetune: finetune.FinetuneConfig = finetune.FinetuneConfig(
-    num_steps=CPU_NUM_STEPS, guidance_scale=CPU_GUIDANCE_SCALE, optim=OptimConfig(learning_rate=2e-4, warmup_steps=10)
-  )
+  finetune: finetune.FinetuneConfig = finetune.FinetuneConfig()
   trajectories: int = 20
   batch_size: int = 16
   seed: int = 0

@@ -52,7 +52,7 @@ from flax import serialization
 
 from easytune_jax.bundles.generator import Generator, SamplerDefaults, register_workdir_loader
 from easytune_jax.core.config import config_from_dict, config_to_dict
-from easytune_jax.core.sampling import SamplerConfig
+from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS, SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
 from easytune_jax.data.text import EOS, PAD, SOS, UNK, TextEmbeddings, Tokenizer
 from easytune_jax.interop import mld_convert
@@ -139,10 +139,14 @@ class OfficialMLDGenerator(Generator):
     return mu * self.latent_scale
 
 
+# The official MLD's DDIM sampler: 50 steps, w = 7.5 (the paper's; SamplerConfig's default is the CPU one).
+MLD_SAMPLER = SamplerConfig(num_steps=NUM_STEPS, guidance_scale=GUIDANCE_SCALE)
+
+
 def official_base_config(
   vae_config: OfficialVAEConfig, text_dim: int, text_embeddings: str = "", max_length: int = 196
 ) -> gm.BaseConfig:
-  """The BaseConfig the bundle carries: MLD's schedule and sampler (the defaults), 196-frame windows,
+  """The BaseConfig the bundle carries: MLD's schedule and sampler (`MLD_SAMPLER`), 196-frame windows,
   one text token of `text_dim` (precomputed sentence embeddings). Its `vae` field only mirrors the latent
   shape; the official modules' own configs travel beside it."""
   vae = VAEConfig(
@@ -163,7 +167,7 @@ def official_base_config(
     vae=vae,
     text=TextEncoderConfig(kind="precomputed", embed_dim=text_dim, width=text_dim, num_layers=0, num_heads=heads),
     diffusion=DiffusionConfig(prediction_type="epsilon"),
-    sampler=SamplerConfig(),  # MLD's DDIM: 50 steps, w = 7.5 (the paper's; BaseConfig's default is the CPU one)
+    sampler=MLD_SAMPLER,
     cond_drop_prob=0.1,
   )
 
@@ -395,7 +399,7 @@ def load_official_generator(workdir: str | os.PathLike, text_embeddings=None, se
   dcfg = config_from_dict(OfficialDenoiserConfig, meta["denoiser"], f"{marker}:denoiser")
   cfg = config_from_dict(gm.BaseConfig, meta["config"], f"{marker}:config")
   if "sampler" not in meta["config"]:  # not recorded: MLD's own sampler, not BaseConfig's (CPU) default
-    cfg = dataclasses.replace(cfg, sampler=SamplerConfig())
+    cfg = dataclasses.replace(cfg, sampler=MLD_SAMPLER)
   if text_embeddings is not None:
     path = text_embeddings.path if isinstance(text_embeddings, TextEmbeddings) else os.fspath(text_embeddings)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, text_embeddings=path))

@@ -29,7 +29,7 @@ from easytune_jax.core.optim import OptimConfig, TrainState, create_train_state,
 from easytune_jax.data.text import Tokenizer
 from easytune_jax.interop import spm_convert
 from easytune_jax.models.spm import SPMConfig, init_spm, reward_fn
-from easytune_jax.rewards.spm_objective import RewardTrainConfig, stage_optim
+from easytune_jax.rewards.spm_objective import OFFICIAL_OBJECTIVE, RewardTrainConfig, stage_optim
 
 META_KIND = "easytune_jax.spm_reward"
 
@@ -96,6 +96,24 @@ def load_reward_tokenizer(workdir: str | os.PathLike) -> Tokenizer | None:
 
 
 # --------------------------------------------------------------------------------------------- official
+# How the official SPM checkpoint was trained (EasyTune's configs/spm_h3d.yaml and train_spm.py; the official
+# objective), recorded as the training config of a converted checkpoint together with the checkpoint's own
+# architecture. A fact about the official file, not a preset: the 'official' preset of easytune_jax/configs/reward.py
+# writes the same values out (tests/test_config.py checks that they agree).
+OFFICIAL_TRAINING = dict(
+  batch_size=64,
+  max_length=196,
+  text_max_length=32,
+  num_steps=100_000,
+  learning_rate=1e-4,
+  spl_learning_rate=1e-5,
+  noise_threshold=0.5,
+  log_every=100,
+  checkpoint_every=2000,
+  **OFFICIAL_OBJECTIVE,
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class SPMConversion:
   """launch/convert_official_spm.py's setting the checkpoint does not hold: attention heads (4 in the official
@@ -111,7 +129,7 @@ def convert_spm_checkpoint(
 
   The workdir holds `checkpoints/` (step 0: the params and a fresh optimizer state of the official SPL stage,
   so it can also be `init_from` of further training) with metadata: kind 'easytune_jax.spm_reward', the
-  training config `RewardTrainConfig.official(model=config)`, stage 'converted', the text embedding width and
+  training config `RewardTrainConfig(model=config, **OFFICIAL_TRAINING)`, stage 'converted', the text embedding width and
   the source file with its sha256. Written into a temporary sibling folder and renamed when complete: on any
   error nothing is left at `out_workdir`. `out_workdir` must not exist yet.
 
@@ -122,7 +140,7 @@ def convert_spm_checkpoint(
   if out.exists():
     raise FileExistsError(f"{out}: already exists; convert_spm_checkpoint writes a new workdir")
   params, config, e = spm_convert.load_official_spm(ckpt_path, config, **overrides)
-  train_config = RewardTrainConfig.official(model=config)
+  train_config = RewardTrainConfig(model=config, **OFFICIAL_TRAINING)
   optim = dataclasses.asdict(stage_optim(train_config, spl=True))
   tx = make_optimizer(OptimConfig(**optim))
   params = jax.tree.map(np.asarray, params)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from easytune_jax.configs import lookup
 from easytune_jax.core import sampling
 from easytune_jax.eval.evaluation import EvaluateConfig
 
@@ -25,4 +26,4 @@ PRESETS = {"default": EvaluateConfig, "paper": paper, "tiny": tiny}
 
 
 def get_config(name: str = "default") -> EvaluateConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/evaluate.py")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from easytune_jax.bundles.export import GenerateConfig
+from easytune_jax.configs import lookup
 from easytune_jax.core import sampling
 
 
@@ -25,4 +26,4 @@ PRESETS = {"default": GenerateConfig, "paper": paper, "tiny": tiny}
 
 
 def get_config(name: str = "default") -> GenerateConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/generate.py")

@@ -3,6 +3,7 @@ platform's devices; 'cpu' = 2 processes of 2 CPU devices each (one 4-device mesh
 
 from __future__ import annotations
 
+from easytune_jax.configs import lookup
 from easytune_jax.core.processes import ProcessesConfig
 
 
@@ -14,4 +15,4 @@ PRESETS = {"default": ProcessesConfig, "cpu": cpu}
 
 
 def get_config(name: str = "default") -> ProcessesConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/multiprocess.py")

@@ -1,12 +1,18 @@
-"""Presets of launch/profile_step.py: `ProfileConfig` (bench/profile.py); 'tiny' (the default: the test sizes)
-or 'paper' (the official checkpoints' sizes, batch 32, 196 frames)."""
+"""Presets of launch/profile_step.py: `ProfileConfig` (bench/profile.py); 'tiny' = `ProfileConfig()` (the
+launcher's default: the test sizes) or 'paper' (the official checkpoints' sizes, batch 32, 196 frames)."""
 
 from __future__ import annotations
 
 from easytune_jax.bench.profile import ProfileConfig
+from easytune_jax.configs import lookup
 
-PRESETS = {"tiny": lambda: ProfileConfig(size="tiny"), "paper": lambda: ProfileConfig(size="paper")}
+
+def paper() -> ProfileConfig:
+  return ProfileConfig(size="paper")
+
+
+PRESETS = {"tiny": ProfileConfig, "paper": paper}
 
 
 def get_config(name: str = "tiny") -> ProfileConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/profile.py")

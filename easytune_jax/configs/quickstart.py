@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from easytune_jax.configs import lookup
 from easytune_jax.pipelines.quickstart import QuickstartConfig
 
 PRESETS = {"tiny": QuickstartConfig}
 
 
 def get_config(name: str = "tiny") -> QuickstartConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/quickstart.py")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from easytune_jax.configs import lookup
 from easytune_jax.data.synthetic import SyntheticConfig
 
 PRESETS = {"default": SyntheticConfig}
 
 
 def get_config(name: str = "default") -> SyntheticConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/synthetic.py")

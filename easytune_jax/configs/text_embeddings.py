@@ -4,6 +4,7 @@ embeddings [N, L, 1024], the SPM's input), 'clip' (features [N, 1, 768]), 'clip_
 
 from __future__ import annotations
 
+from easytune_jax.configs import lookup
 from easytune_jax.data.text import TextEmbeddingConfig
 
 PRESETS = {
@@ -15,4 +16,4 @@ PRESETS = {
 
 
 def get_config(name: str) -> TextEmbeddingConfig:
-  return PRESETS[name]()
+  return lookup(PRESETS, name, "configs/text_embeddings.py")

@@ -79,6 +79,10 @@ def _type_name(t) -> str:
     return "None"
   if isinstance(t, type) and not typing.get_args(t):
     return t.__name__
+  args = typing.get_args(t)
+  if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:
+    rest = [a for a in args if a is not type(None)]  # `X | None` and Optional[X] read alike: `X | None`
+    return " | ".join([_type_name(a) for a in rest] + ["None"])
   return str(t).replace("typing.", "")
 
 

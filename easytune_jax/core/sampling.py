@@ -18,9 +18,9 @@ from easytune_jax.core import schedules
 Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
 
-# Each default defined once. The paper setting (MLD: 50 DDIM steps, classifier-free guidance 7.5) is the default
-# of the library; the CPU setting of the tiny models (quickstart, fine-tuning harness and launcher defaults) is
-# 10 steps at guidance 2.5.
+# Each default defined once. The paper setting (MLD: 50 DDIM steps, classifier-free guidance 7.5) and the CPU
+# setting of the tiny models (10 steps at guidance 2.5). Config classes default to the CPU setting (WORKSPACE.md,
+# "Configs"); the presets of easytune_jax/configs/ name the paper one.
 NUM_STEPS = 50
 GUIDANCE_SCALE = 7.5
 CPU_NUM_STEPS = 10
@@ -29,10 +29,11 @@ CPU_GUIDANCE_SCALE = 2.5
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  """DDIM sampling settings. Defaults are MLD's: 50 steps, guidance 7.5, eta 0, leading spacing."""
+  """DDIM sampling settings. Defaults: the CPU setting (CPU_NUM_STEPS steps, guidance CPU_GUIDANCE_SCALE), eta 0,
+  leading spacing (MLD's); MLD's own sampler is `SamplerConfig(num_steps=NUM_STEPS, guidance_scale=GUIDANCE_SCALE)`."""
 
-  num_steps: int = NUM_STEPS
-  guidance_scale: float = GUIDANCE_SCALE
+  num_steps: int = CPU_NUM_STEPS
+  guidance_scale: float = CPU_GUIDANCE_SCALE
   eta: float = 0.0
   timestep_spacing: str = "leading"
   steps_offset: int = 1

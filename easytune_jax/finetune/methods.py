@@ -146,7 +146,9 @@ def _trajectory_keys(config: FinetuneConfig, rng: jax.Array, noise_rng: jax.Arra
 # --------------------------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-  """Which method and its hyper-parameters. Defaults: EasyTune over all 50 DDIM steps, guidance 7.5.
+  """Which method and its hyper-parameters. Defaults: the CPU setting (EasyTune over all CPU_NUM_STEPS DDIM steps,
+  guidance CPU_GUIDANCE_SCALE, AdamW lr 2e-4 with 10 warm-up updates); the official fine-tuning (T = NUM_STEPS,
+  w = GUIDANCE_SCALE, lr 1e-5 with 1000 warm-up updates, k = 10, ...) is the 'paper' preset of configs/finetune.py.
 
   k, m, p, t_train: the hyper-parameters of the method's row in `METHODS` (its `uses`); what k means is the
      row's (EasyTune: train the last k steps, None = all T; DRaFT: gradient through the last k, None = 1;
@@ -181,12 +183,12 @@ class FinetuneConfig:
   """
 
   method: str = "easytune"
-  num_steps: int = sampling.NUM_STEPS
+  num_steps: int = sampling.CPU_NUM_STEPS
   k: int | None = None
   m: int | None = None
   p: float = 0.5
   t_train: int | None = None
-  guidance_scale: float = sampling.GUIDANCE_SCALE
+  guidance_scale: float = sampling.CPU_GUIDANCE_SCALE
   eta: float = 0.0
   timestep_spacing: str = "leading"
   steps_offset: int = 1
@@ -201,7 +203,7 @@ class FinetuneConfig:
   compute_dtype: str = "float32"
   denoiser_dropout: bool = False
   reward_noise: str = "per_batch"
-  optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=1000)
+  optim: OptimConfig = OptimConfig(learning_rate=2e-4, warmup_steps=10)
 
   def __post_init__(self):
     name = "FinetuneConfig"
@@ -747,7 +749,7 @@ def make_step_loss(
   reward: Reward,
   schedule: schedules.Schedule,
   timesteps: sampling.Timesteps,
-  guidance_scale: float = sampling.GUIDANCE_SCALE,
+  guidance_scale: float = sampling.CPU_GUIDANCE_SCALE,
   *,
   eta: float = 0.0,
   decode: Decoder | None = None,

@@ -156,8 +156,8 @@ def convert_t2m_state(
 def load_t2m_evaluator(
   checkpoint_path: str | os.PathLike, config: EvaluatorConfig | None = None, dtype=np.float32
 ) -> dict:
-  """``finest.tar`` -> Flax params for :class:`T2MEvaluator` (``config`` defaults to ``paper()``)."""
-  config = EvaluatorConfig.paper() if config is None else config
+  """``finest.tar`` -> Flax params for :class:`T2MEvaluator` (``config`` defaults to ``EvaluatorConfig.official()``)."""
+  config = EvaluatorConfig.official() if config is None else config
   state = load_torch_checkpoint(checkpoint_path)
   if not isinstance(state, Mapping):
     raise ValueError(

@@ -24,14 +24,14 @@ from easytune_jax.models.layers import TimestepMLP, TransformerEncoder, sinusoid
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserConfig:
-  """Defaults are the tiny CPU sizes; `paper()` is MLD's denoiser (width 256, 9 layers, 4 heads, ff 1024,
-  dropout 0.1, skip); `mdm_paper()` is MDM's (width 512, 8 layers, 4 heads, ff 1024, no skip)."""
+  """Defaults are the tiny CPU sizes; MLD's denoiser (width 256, 9 layers, 4 heads, ff 1024, dropout 0.1, skip)
+  and MDM's (width 512, 8 layers, 4 heads, ff 1024, no skip) are in the 'paper' presets of configs/base.py."""
 
   width: int = 64
   num_layers: int = 3
   num_heads: int = 4
   ff_dim: int = 128
-  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
+  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; 'paper' uses 0.1
   skip: bool = True
 
   def __post_init__(self):
@@ -39,14 +39,6 @@ class DenoiserConfig:
       raise ValueError(f"DenoiserConfig.num_layers: skip=True needs an odd number, found {self.num_layers}")
     if self.width % self.num_heads:
       raise ValueError(f"DenoiserConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}")
-
-  @classmethod
-  def paper(cls, **kw) -> DenoiserConfig:
-    return cls(**{**dict(width=256, num_layers=9, num_heads=4, ff_dim=1024, dropout=0.1, skip=True), **kw})
-
-  @classmethod
-  def mdm_paper(cls, **kw) -> DenoiserConfig:
-    return cls(**{**dict(width=512, num_layers=8, num_heads=4, ff_dim=1024, dropout=0.1, skip=False), **kw})
 
 
 def _check_cond(cond, b):

@@ -135,7 +135,8 @@ VIP_LISTS = (
 
 @dataclasses.dataclass(frozen=True)
 class EvaluatorConfig:
-  """Sizes of the T2M evaluator. Defaults are tiny CPU sizes; :meth:`paper` gives the official ones.
+  """Sizes of the T2M evaluator. Defaults are tiny CPU sizes; :meth:`official` is the layout of the official T2M
+  checkpoint (what `t2m_convert` reads; not a preset: the 'paper' preset of configs/evaluator.py uses it).
 
   Attributes:
     dim_pose: dataset feature size D (263 HumanML3D, 251 KIT); the motion input has D - 4 dims.
@@ -166,8 +167,9 @@ class EvaluatorConfig:
   max_text_len: int = 20
 
   @classmethod
-  def paper(cls, dim_pose: int = 263, **overrides) -> EvaluatorConfig:
-    """Official T2M sizes (docs/humanml3d_format.md#evaluator-checkpoint). ``dim_pose=251`` for KIT-ML."""
+  def official(cls, dim_pose: int = 263, **overrides) -> EvaluatorConfig:
+    """The official T2M evaluator's sizes (docs/humanml3d_format.md#evaluator-checkpoint). ``dim_pose=251`` for
+    KIT-ML."""
     kw = dict(
       dim_pose=dim_pose,
       dim_word=300,

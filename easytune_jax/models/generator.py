@@ -1,7 +1,7 @@
 """The generator's configuration and networks: MLD (motion VAE + latent denoiser) or MDM (motion-space denoiser).
 
-`BaseConfig` (presets `get_config("tiny"|"small"|"paper")`) says which networks, their sizes, the diffusion
-schedule, the sampler and the training budget; `build_modules` / `init_*_params` / `make_cond` build and call
+`BaseConfig` (defaults: the tiny CPU setting; the presets 'small' / 'paper' are in easytune_jax/configs/base.py)
+says which networks, their sizes, the diffusion schedule, the sampler and the training budget; `build_modules` / `init_*_params` / `make_cond` build and call
 them. Training lives in `train/base.py`; loading a trained or converted generator in `bundles/generator.py`.
 """
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from easytune_jax.core.optim import OptimConfig, make_optimizer
-from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS, SamplerConfig
+from easytune_jax.core.sampling import SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
 from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
 from easytune_jax.models.layers import reparameterize
@@ -62,13 +62,13 @@ class BaseConfig:
   text: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
   # The tiny config predicts the clean sample (MDM's choice): with 1000 CPU steps an epsilon-predicting
   # denoiser stayed at chance R-precision (its x0 estimate at high t was noise), a sample-predicting one reached
-  # the VAE's own reconstruction R-precision (WORKSPACE "Base generator"). 'paper' keeps MLD's epsilon.
+  # the VAE's own reconstruction R-precision (WORKSPACE "Base generator"). 'paper' (configs/base.py) keeps MLD's
+  # epsilon.
   diffusion: DiffusionConfig = dataclasses.field(default_factory=lambda: DiffusionConfig(prediction_type="sample"))
   # The sampler the model is made for (generation and evaluation use it unless told otherwise): the CPU setting
-  # here (core/sampling.py CPU_NUM_STEPS / CPU_GUIDANCE_SCALE), MLD's 50 steps / w 7.5 in 'small' and 'paper'.
-  sampler: SamplerConfig = dataclasses.field(
-    default_factory=lambda: SamplerConfig(num_steps=CPU_NUM_STEPS, guidance_scale=CPU_GUIDANCE_SCALE)
-  )
+  # here (SamplerConfig's default: core/sampling.py CPU_NUM_STEPS / CPU_GUIDANCE_SCALE), MLD's 50 steps / w 7.5
+  # in 'small' and 'paper'.
+  sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
   vae_optim: OptimConfig = dataclasses.field(
     default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=50, decay_steps=450)
   )
@@ -89,55 +89,6 @@ class BaseConfig:
       raise ValueError(f"BaseConfig.model: expected one of {MODELS}, found {self.model!r}")
     if not 0.0 <= self.cond_drop_prob < 1.0:
       raise ValueError(f"BaseConfig.cond_drop_prob: expected in [0, 1), found {self.cond_drop_prob}")
-
-
-def get_config(name: str = "tiny", model: str = "mld") -> BaseConfig:
-  """Named configs: 'tiny' (CPU: widths 64, 1-layer VAE encoder/decoder, 3-layer skip denoiser, no dropout,
-  64-frame windows, sample prediction, the CPU sampler, ~1.5 min for both stages), 'small' (one GPU, minutes to an
-  hour, sample prediction), 'paper' (MLD sizes: latent [1, 256], 9 layers, 4 heads, ff 1024, dropout 0.1, skip,
-  epsilon prediction; MDM: width 512, 8 layers, sample prediction as in MDM); 'small' and 'paper' sample with
-  MLD's 50 DDIM steps, w = 7.5. Step counts of 'paper' are round numbers, not MLD's epoch schedule."""
-  if name == "tiny":
-    return BaseConfig(model=model)
-  if name == "small":
-    return BaseConfig(
-      model=model,
-      data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=8),
-      vae=VAEConfig(
-        latent_dim=128, width=128, encoder_layers=5, decoder_layers=5, ff_dim=512, dropout=0.1, logvar_offset=0.0
-      ),
-      denoiser=DenoiserConfig(width=128, num_layers=5, ff_dim=512, dropout=0.1),
-      text=TextEncoderConfig(width=128, num_layers=2, ff_dim=512, dropout=0.1),
-      vae_optim=OptimConfig(learning_rate=2e-4, warmup_steps=1000, decay_steps=49000),
-      diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=99000),
-      sampler=SamplerConfig(),
-      vae_steps=50_000,
-      diffusion_steps=100_000,
-      ema_decay=0.999,
-      log_every=100,
-      checkpoint_every=5000,
-      eval_every=5000,
-    )
-  if name == "paper":
-    den = DenoiserConfig.paper() if model == "mld" else DenoiserConfig.mdm_paper()
-    return BaseConfig(
-      model=model,
-      data=DataConfig(batch_size=64, max_length=196, text_max_length=32, num_val_batches=16),
-      diffusion=DiffusionConfig(prediction_type="epsilon" if model == "mld" else "sample"),
-      vae=VAEConfig.paper(),
-      denoiser=den,
-      text=TextEncoderConfig.paper(),
-      vae_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
-      diffusion_optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=299_000),
-      sampler=SamplerConfig(),
-      vae_steps=300_000,
-      diffusion_steps=300_000,
-      ema_decay=0.9999,
-      log_every=100,
-      checkpoint_every=10_000,
-      eval_every=10_000,
-    )
-  raise ValueError(f"config name: expected 'tiny', 'small' or 'paper', found {name!r}")
 
 
 # --------------------------------------------------------------------------------------------- models

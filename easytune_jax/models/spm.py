@@ -43,7 +43,9 @@ _WHERE = __name__.replace(".", "/") + ".py"
 
 @dataclasses.dataclass(frozen=True)
 class SPMConfig:
-  """SPM sizes and inputs. Defaults are tiny CPU sizes; :meth:`paper` gives EasyTune's (TMR's) sizes.
+  """SPM sizes and inputs. Defaults are tiny CPU sizes; EasyTune's (TMR's) sizes are the 'paper_tmr' preset of
+  configs/reward.py; :meth:`official` is the layout of the official EasyTune checkpoint (what the converter reads;
+  not a preset: the 'official' preset of configs/reward.py uses it).
 
   Attributes:
     dim_motion: D, motion feature size (263 HumanML3D, 251 KIT).
@@ -125,13 +127,6 @@ class SPMConfig:
           f"{_WHERE}: SPMConfig.num_layers: arch='official' (skip transformers) needs an odd "
           f"number, found {self.num_layers}"
         )
-
-  @classmethod
-  def paper(cls, **overrides) -> SPMConfig:
-    """EasyTune's SPM: latent 256, ff 1024, 9 layers, 4 heads, dropout 0.1."""
-    base = dict(latent_dim=256, ff_dim=1024, num_layers=9, num_heads=4, dropout=0.1, word_dim=256, patch_size=1)
-    base.update(overrides)
-    return cls(**base)
 
   @classmethod
   def official(cls, **overrides) -> SPMConfig:

@@ -29,8 +29,9 @@ TEXT_KINDS = ("learned", "precomputed")
 
 @dataclasses.dataclass(frozen=True)
 class TextEncoderConfig:
-  """Defaults are the tiny CPU sizes. `vocab_size` (learned) / `embed_dim` (precomputed) are set from the
-  data when the model is built (the tokenizer's vocabulary / the embeddings file)."""
+  """Defaults are the tiny CPU sizes ('paper' in configs/base.py). `vocab_size` (learned) / `embed_dim`
+  (precomputed) are set from the data when the model is built (the tokenizer's vocabulary / the embeddings
+  file)."""
 
   kind: str = "learned"
   vocab_size: int = 0
@@ -39,7 +40,7 @@ class TextEncoderConfig:
   num_layers: int = 1
   num_heads: int = 4
   ff_dim: int = 128
-  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
+  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; 'paper' uses 0.1
 
   def __post_init__(self):
     if self.kind not in TEXT_KINDS:
@@ -48,12 +49,6 @@ class TextEncoderConfig:
       raise ValueError(
         f"TextEncoderConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}"
       )
-
-  @classmethod
-  def paper(cls, **kw) -> TextEncoderConfig:
-    """Width 256 to match MLD's latent width. (MLD itself uses a frozen CLIP: use kind='precomputed'
-    with CLIP token embeddings, embed_dim=768, num_layers=0, for the closest match.)"""
-    return cls(**{**dict(width=256, num_layers=4, num_heads=4, ff_dim=1024, dropout=0.1), **kw})
 
 
 class TextEncoder(nn.Module):

@@ -33,8 +33,9 @@ QUERY_POS = ("sine", "learned")
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-  """Defaults are the tiny CPU sizes; `paper()` gives MLD's (latent [1, 256], 9 layers, 4 heads, ff 1024,
-  dropout 0.1, skip encoder). `width` is the transformer width (MLD: equal to latent_dim)."""
+  """Defaults are the tiny CPU sizes; MLD's (latent [1, 256], 9 layers, 4 heads, ff 1024, dropout 0.1, skip
+  encoder) are in the 'paper' preset of configs/base.py. `width` is the transformer width (MLD: equal to
+  latent_dim)."""
 
   nfeats: int = 263
   latent_size: int = 1
@@ -44,7 +45,7 @@ class VAEConfig:
   decoder_layers: int = 1
   num_heads: int = 4
   ff_dim: int = 128
-  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; paper() uses 0.1
+  dropout: float = 0.0  # tiny CPU default: dropout RNG dominates CPU compile and step time; 'paper' uses 0.1
   skip: bool = True  # MLD's SkipTransformerEncoder in the encoder (needs an odd layer count)
   query_pos: str = "sine"  # decoder queries: sinusoidal (any length) or learned (up to max_length)
   max_length: int = 196  # only used by learned queries
@@ -61,26 +62,6 @@ class VAEConfig:
       raise ValueError(f"VAEConfig.encoder_layers: skip=True needs an odd number, found {self.encoder_layers}")
     if self.width % self.num_heads:
       raise ValueError(f"VAEConfig.width: expected a multiple of num_heads={self.num_heads}, found {self.width}")
-
-  @classmethod
-  def paper(cls, **kw) -> VAEConfig:
-    return cls(
-      **{
-        **dict(
-          latent_size=1,
-          latent_dim=256,
-          width=256,
-          encoder_layers=9,
-          decoder_layers=9,
-          num_heads=4,
-          ff_dim=1024,
-          dropout=0.1,
-          skip=True,
-          logvar_offset=0.0,
-        ),
-        **kw,
-      }
-    )
 
 
 class VAEEncoder(nn.Module):

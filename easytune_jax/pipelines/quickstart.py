@@ -89,9 +89,9 @@ def stage_data(cfg: QuickstartConfig, root: pathlib.Path) -> str:
 
 
 def base_config(cfg: QuickstartConfig) -> base.BaseConfig:
-  """The tiny base config with `cfg.base_overrides`, each stage's steps scaled and its cosine decay stretched
+  """The tiny base config (`BaseConfig()`, the 'tiny' preset) with `cfg.base_overrides`, each stage's steps scaled and its cosine decay stretched
   over them (the learning rate would otherwise reach 0 early)."""
-  config = base.apply_overrides(base.get_config("tiny"), list(cfg.base_overrides) + [f"seed={cfg.seed}"])
+  config = base.apply_overrides(base.BaseConfig(), list(cfg.base_overrides) + [f"seed={cfg.seed}"])
   scaled = []
   for stage in ("vae", "diffusion"):
     steps = cfg.steps(getattr(config, f"{stage}_steps"))
@@ -133,7 +133,7 @@ def stage_reward(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> st
 
 
 def stage_evaluator(cfg: QuickstartConfig, root: pathlib.Path, data_dir: str) -> str:
-  ecfg = dataclasses.replace(te.get_config("tiny"), steps=cfg.steps(cfg.evaluator_steps))
+  ecfg = te.EvaluatorTrainConfig(steps=cfg.steps(cfg.evaluator_steps))  # the 'tiny' preset's other values
   te.train_evaluator(ecfg, str(root / "evaluator"), data_dir)
   return str(root / "evaluator")
 

@@ -73,7 +73,7 @@ def build_tiny_pipeline(
   data = root_p / "data"
   if not (data / "Mean.npy").exists():
     write_synthetic_dataset(str(data), num_motions=num_motions, seed=seed, min_len=40, max_len=72)
-  cfg = base.apply_overrides(base.get_config("tiny"), list(base_overrides))
+  cfg = base.apply_overrides(base.BaseConfig(), list(base_overrides))  # BaseConfig(): the 'tiny' preset
   base.train_and_sample(cfg, str(root_p / "base"), str(data), 0, progress=progress)
   rcfg = RewardTrainConfig(
     model=SPMConfig(word_dim=16, latent_dim=16, ff_dim=32, num_layers=1, num_heads=2, patch_size=4),
@@ -86,8 +86,7 @@ def build_tiny_pipeline(
   R.train_reward(
     rcfg, root_p / "reward", load_dataset(str(data), "train"), mode="M1T1", steps=reward_steps, progress=progress
   )
-  ecfg = dataclasses.replace(
-    te.get_config("tiny"),
+  ecfg = te.EvaluatorTrainConfig(  # the 'tiny' preset's other values
     steps=evaluator_steps,
     max_length=max_length,
     eval_every=max(100, evaluator_steps),

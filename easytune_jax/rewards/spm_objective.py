@@ -1,13 +1,14 @@
 """The SPM's training objective: `RewardTrainConfig` (sizes, rates, loss weights and the objective's named
-options, with the presets `official` / `paper` / `paper_tmr`) and the optimizer of each stage.
+options; defaults: the tiny CPU run, the presets 'official' / 'paper' / 'paper_tmr' are in
+easytune_jax/configs/reward.py) and the optimizer of each stage.
 
 The config is what a reward workdir stores (checkpoint metadata 'train'), so the trainer (`train/reward.py`), the
 losses (`rewards/spm_loss.py`), the loader and converter (`bundles/reward.py`) and the retrieval evaluation
 (`eval/retrieval.py`) read it from here.
 
-The official objective (EasyTune's `train_spm.py` + `GradGuidance/spm.py`; :meth:`RewardTrainConfig.official`,
-`RewardTrainConfig.paper()`, or `config.with_objective('official')` at any size) differs from ours in named
-options, each kept selectable (OFFICIAL_OBJECTIVE / OUR_OBJECTIVE):
+The official objective (EasyTune's `train_spm.py` + `GradGuidance/spm.py`; the 'official' / 'paper' presets of
+configs/reward.py, or `config.with_objective('official')` at any size) differs from ours in named options, each
+kept selectable (OFFICIAL_OBJECTIVE / OUR_OBJECTIVE):
 
 * `timestep_routing='official'`: pretraining gives no timestep to either encoder; in the SPL stage the SPM loss
   gives the sampled t to the encoders the mode selects and the SPL term's second pass gives it to the motion
@@ -70,7 +71,8 @@ _CHOICES = {
 
 @dataclasses.dataclass(frozen=True)
 class RewardTrainConfig:
-  """Reward-model training. Defaults: tiny CPU run; :meth:`paper` gives EasyTune's settings.
+  """Reward-model training. Defaults: the tiny CPU run; EasyTune's settings are the 'official' / 'paper' presets
+  of configs/reward.py.
 
   Attributes:
     model: the SPM architecture (`vocab_size` is filled in from the tokenizer).
@@ -85,7 +87,7 @@ class RewardTrainConfig:
     spl_k, spl_high_sim, spl_temperature, spl_weight: SPL top-k, high-similarity rule, tau, loss weight.
     w_*: pretraining loss weights (reconstruction, KL, latent matching, contrastive).
     timestep_routing, spl_latents, spl_temperature_convention, filter_convention, recons_target: the
-      objective's named options, ours by default, official in :meth:`official` (module docstring).
+      objective's named options, ours by default, official in the 'official' preset (module docstring).
   """
 
   model: SPMConfig = SPMConfig()
@@ -134,48 +136,6 @@ class RewardTrainConfig:
       )
     if self.batch_size < 2:
       raise ValueError(f"{_WHERE}: RewardTrainConfig.batch_size: expected >= 2 (contrastive), found {self.batch_size}")
-
-  @classmethod
-  def official(cls, **overrides) -> RewardTrainConfig:
-    """The official EasyTune SPM training: its architecture (`SPMConfig.official()`, sentence-T5 token embeddings
-    as text input) and objective (OFFICIAL_OBJECTIVE), batch 64 (configs/spm_h3d.yaml), lr 1e-4 pretraining /
-    1e-5 SPL, NoiseThr 0.5 (the README's), InfoNCE tau 0.1 / threshold 0.9, SPL tau 0.1, weight 0.01."""
-    base = dict(
-      model=SPMConfig.official(),
-      batch_size=64,
-      max_length=196,
-      text_max_length=32,
-      num_steps=100_000,
-      learning_rate=1e-4,
-      spl_learning_rate=1e-5,
-      noise_threshold=0.5,
-      log_every=100,
-      checkpoint_every=2000,
-      **OFFICIAL_OBJECTIVE,
-    )
-    base.update(overrides)
-    return cls(**base)
-
-  @classmethod
-  def paper(cls, **overrides) -> RewardTrainConfig:
-    """The paper configuration = :meth:`official`."""
-    return cls.official(**overrides)
-
-  @classmethod
-  def paper_tmr(cls, **overrides) -> RewardTrainConfig:
-    """Paper sizes with our TMR-style SPM and our objective (the previous `paper()`)."""
-    base = dict(
-      model=SPMConfig.paper(),
-      max_length=196,
-      text_max_length=32,
-      num_steps=100_000,
-      learning_rate=1e-4,
-      spl_learning_rate=1e-5,
-      log_every=100,
-      checkpoint_every=2000,
-    )
-    base.update(overrides)
-    return cls(**base)
 
   def with_objective(self, objective: str) -> RewardTrainConfig:
     """This config with every objective option set to 'official' (OFFICIAL_OBJECTIVE) or 'ours' (OUR_OBJECTIVE);

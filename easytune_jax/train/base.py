@@ -49,7 +49,6 @@ from easytune_jax.models.generator import (
   build_modules,
   diffusion_tx,  # noqa: F401
   encode_latents,
-  get_config,  # noqa: F401
   init_diffusion_params,
   init_vae_params,
   make_cond,

@@ -74,7 +74,8 @@ LOSSES = ("infonce", "hinge")
 # --------------------------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
 class EvaluatorTrainConfig:
-  """Everything evaluator training needs. Defaults: the CPU config (about a minute on 2 cores).
+  """Everything evaluator training needs. Defaults: the CPU config (widths 64, 300 steps of batch 32 on whole
+  196-frame crops; about a minute on 2 cores); 'paper' is in configs/evaluator.py.
 
   Attributes:
     model: network sizes; ``vocab_size`` and ``dim_pose`` are filled in from the data.
@@ -145,24 +146,6 @@ class EvaluatorTrainConfig:
   @property
   def std_divisor(self) -> float:
     return float(self.feat_bias**self.feat_bias_applications)
-
-
-def get_config(name: str = "tiny") -> EvaluatorTrainConfig:
-  """'tiny': the CPU config (widths 64, 300 steps of batch 32 on whole 196-frame crops; ~1 min on 2 cores).
-  'paper': the official T2M sizes (``EvaluatorConfig.paper()``) with learned 300-d word vectors, lr 1e-4."""
-  if name == "tiny":
-    return EvaluatorTrainConfig()
-  if name == "paper":
-    return EvaluatorTrainConfig(
-      model=EvaluatorConfig.paper(),
-      batch_size=32,
-      steps=100_000,
-      optim=OptimConfig(learning_rate=1e-4, warmup_steps=1000, decay_steps=99_000, end_lr_factor=0.1),
-      log_every=100,
-      checkpoint_every=5000,
-      eval_every=5000,
-    )
-  raise ValueError(f"evaluator config name: expected 'tiny' or 'paper', found {name!r}")
 
 
 def config_to_dict(config: EvaluatorTrainConfig) -> dict:
@@ -335,7 +318,7 @@ def train_evaluator(
   """Trains (or resumes, or restores when finished) the evaluator on the TRAIN split into ``workdir``.
 
   Args:
-    config: :class:`EvaluatorTrainConfig` (``get_config('tiny'|'paper')``); ``steps``, ``batch_size`` and
+    config: :class:`EvaluatorTrainConfig` (presets: ``easytune_jax.configs.evaluator``); ``steps``, ``batch_size`` and
       ``seed`` override its fields.
     workdir: output folder (layout in the module docstring); an existing run there is resumed.
     data_dir: HumanML3D-layout folder; ``config.train_split`` is read from it (and ``val_split`` / 'test' for

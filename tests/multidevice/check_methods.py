@@ -179,7 +179,7 @@ results["spm_spl_metrics"] = spm_metrics
 
 # ------------------------------------------------------------------------------------------ base VAE step
 bcfg = base.apply_overrides(
-  base.get_config("tiny"),
+  base.BaseConfig(),  # the 'tiny' preset
   [
     "data.batch_size=16",
     "data.max_length=32",
