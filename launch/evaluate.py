@@ -39,6 +39,7 @@ from easytune_jax.core.config import config_to_dict
 from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation as E
+from easytune_jax.eval.report import write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -132,7 +133,7 @@ def main(argv):
     res = E.evaluate_generator(gen, evaluator, test, config, method=name, progress=FLAGS.progress)
     results.append(res)
     logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
-  paths = E.write_results(results, FLAGS.out_dir)
+  paths = write_results(results, FLAGS.out_dir)
   manifest.record("evaluate", key, outputs, paths, time.time() - t0)
   print(open(paths["markdown"]).read())
   logging.info("wrote %s", paths)

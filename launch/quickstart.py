@@ -35,7 +35,7 @@ from absl import flags, logging
 from easytune_jax import cli
 from easytune_jax.configs import quickstart as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
-from easytune_jax.pipelines import quickstart
+from easytune_jax.pipelines import quickstart, quickstart_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
@@ -61,17 +61,17 @@ def main(argv):
     cfg = dataclasses.replace(cfg, data_dir=FLAGS.data_dir)
   logging.set_verbosity(logging.INFO)
   summary = quickstart.run_quickstart(cfg, FLAGS.workdir)
-  print(quickstart.summary_screen(summary))
+  print(quickstart_report.summary_screen(summary))
   if FLAGS.export_docs:
-    for path in quickstart.export_docs(FLAGS.workdir, FLAGS.export_docs, FLAGS.readme):
+    for path in quickstart_report.export_docs(FLAGS.workdir, FLAGS.export_docs, FLAGS.readme):
       logging.info("wrote %s", path)
   if FLAGS.check_against:
     with open(f"{FLAGS.workdir}/report/summary.json") as f:
       found = json.load(f)
     with open(FLAGS.check_against) as f:
       reference = json.load(f)
-    diff = quickstart.table_differences(found, reference)
-    machine = quickstart.machine_differences(found, reference)
+    diff = quickstart_report.table_differences(found, reference)
+    machine = quickstart_report.machine_differences(found, reference)
     if diff and machine:
       # Another CPU or library version moves the last digits without any code change: say so, do not fail.
       print("\n".join(diff))

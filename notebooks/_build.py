@@ -233,6 +233,7 @@ display(Image(filename=curve_png))
     ),
     new_code_cell("""\
 from easytune_jax.eval import evaluation
+from easytune_jax.eval.report import write_results
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.bundles.generator import generator_fn
@@ -253,7 +254,7 @@ for name, gen in [("base", base_gen), ("easytune", tuned_gen)]:
     g, r = make_fns(gen)
     results.append(evaluation.evaluate(g, evaluator, test, quick=True, batch_size=8 if SMALL else 32,
                                        max_length=max_len, method=name, reward_fn=r))
-paths = evaluation.write_results(results, str(OUT / "eval"))
+paths = write_results(results, str(OUT / "eval"))
 display(Markdown(pathlib.Path(paths["markdown"]).read_text()))
 """),
     new_markdown_cell(

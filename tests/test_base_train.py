@@ -18,7 +18,7 @@ from easytune_jax.core.optim import create_train_state
 from easytune_jax.data import batching
 from easytune_jax.data.synthetic import write_synthetic_dataset
 from easytune_jax.pipelines.tiny import TINY_BASE_OVERRIDES
-from easytune_jax.train import base
+from easytune_jax.train import base, base_data, base_steps
 
 # Small model, few steps: compile time dominates on CPU, so every test shares these sizes (the jitted
 # steps are cached on the model config) and runs a handful of steps.
@@ -43,35 +43,35 @@ def _config(*extra):
 
 def _setup(synth, workdir, *extra):
   cfg = _config(*extra)
-  train, val = base.load_data(cfg, synth)
-  tok = base.build_tokenizer(cfg, train, str(workdir))
-  return base.finalize_config(cfg, train, tok), train, val, tok
+  train, val = base_data.load_data(cfg, synth)
+  tok = base_data.build_tokenizer(cfg, train, str(workdir))
+  return base_data.finalize_config(cfg, train, tok), train, val, tok
 
 
 def test_training_steps_reduce_loss_on_fixed_batch(synth, tmp_path):
   # Same model config as the end-to-end test, so the compiled steps are shared (cached on the config).
   cfg, train, _, tok = _setup(synth, tmp_path)
-  batch = base._arrays(batching.batch_at(train, 0, 8, 0, tok, max_length=32))
+  batch = base_data.batch_arrays(batching.batch_at(train, 0, 8, 0, tok, max_length=32))
   key = jax.random.PRNGKey(0)
   # VAE: 30 steps on one batch.
   state = create_train_state(base.init_vae_params(cfg, key), base.vae_tx(cfg))
-  step = base.make_vae_step(cfg, train.mean, train.std, key)
-  rec0 = base.reconstruction_error(cfg, state.params, [batch], train.mean, train.std)
+  step = base_steps.make_vae_step(cfg, train.mean, train.std, key)
+  rec0 = base_steps.reconstruction_error(cfg, state.params, [batch], train.mean, train.std)
   losses = []
   for _ in range(30):
     state, m = step(state, batch)
     losses.append(float(m["loss"]))
-  rec1 = base.reconstruction_error(cfg, state.params, [batch], train.mean, train.std)
+  rec1 = base_steps.reconstruction_error(cfg, state.params, [batch], train.mean, train.std)
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
   assert rec1["val/mpjpe_m"] < rec0["val/mpjpe_m"]
   # Diffusion in that VAE's latent space: the fixed-key loss drops.
   dstate = create_train_state(base.init_diffusion_params(cfg, key), base.diffusion_tx(cfg))
-  dstep = base.make_diffusion_step(cfg, state.params, 1.0, key)
-  before = base.validation_diffusion_loss(cfg, dstate.params, state.params, [batch], 1.0)["val/diffusion_loss"]
+  dstep = base_steps.make_diffusion_step(cfg, state.params, 1.0, key)
+  before = base_steps.validation_diffusion_loss(cfg, dstate.params, state.params, [batch], 1.0)["val/diffusion_loss"]
   for _ in range(30):
     dstate, m = dstep(dstate, batch)
     assert bool(m["finite"])
-  after = base.validation_diffusion_loss(cfg, dstate.params, state.params, [batch], 1.0)["val/diffusion_loss"]
+  after = base_steps.validation_diffusion_loss(cfg, dstate.params, state.params, [batch], 1.0)["val/diffusion_loss"]
   assert after < 0.8 * before, (before, after)
 
 

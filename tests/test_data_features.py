@@ -7,7 +7,7 @@ import pytest
 
 from easytune_jax.data import features as F
 from easytune_jax.data import skeleton as sk
-from easytune_jax.data import synthetic as S
+from easytune_jax.data import synthetic_motion as SM
 from tests import reference_data
 
 
@@ -125,7 +125,7 @@ def test_quaternion_helpers_roundtrip():
 def test_ik_fk_chain_roundtrip():
   st = {"speed": 1.0, "amp": 1.0, "rate": 1.0, "phase": 0.0}
   segs = [{"action": "walk", "label": 0, "params": {"direction": "circle", "speed": "fast"}, "start": 0, "end": 60}]
-  p = S.generate_joints(segs, 60, st)
+  p = SM.generate_joints(segs, 60, st)
   r = F.smoothed_heading(p)
   quats = sk.inverse_kinematics_h3d(p, r)
   lengths = np.linalg.norm(p[0] - p[0, list((0,) + sk.HML_PARENTS[1:])], axis=-1)
@@ -142,11 +142,11 @@ def _roundtrip_error(p):
 def test_joints_features_joints_roundtrip_synthetic_and_random():
   rng = np.random.default_rng(1)
   for _ in range(3):
-    segs, style, p = S.make_motion(rng, 90)
+    segs, style, p = SM.make_motion(rng, 90)
     assert _roundtrip_error(p) < 1e-4
   # Random smooth motion: smoothed random joint offsets around a walking root with random yaw.
   t = np.arange(120)[:, None, None]
-  base = sk.forward_kinematics(np.tile(np.array([1.0, 0, 0, 0]), (1, 22, 1)), np.zeros((1, 3)), S.REST_OFFSETS)[0]
+  base = sk.forward_kinematics(np.tile(np.array([1.0, 0, 0, 0]), (1, 22, 1)), np.zeros((1, 3)), SM.REST_OFFSETS)[0]
   wob = 0.05 * np.sin(2 * np.pi * t / 60 * rng.uniform(0.5, 2, (1, 22, 3)) + rng.uniform(0, 6, (1, 22, 3)))
   yaw = 0.8 * np.sin(np.arange(120) / 30.0)
   q = sk.quat_from_axis_angle(np.array([0.0, 1, 0]), yaw)
@@ -184,6 +184,6 @@ def test_hand_built_forward_walk_and_turn():
   # joints -> features of a synthetic 90° LEFT turn (counterclockwise): dim 0 sums to -π/4
   st = {"speed": 1.0, "amp": 1.0, "rate": 1.0, "phase": 0.0}
   segs = [{"action": "turn", "label": 7, "params": {"side": "left", "angle": 90}, "start": 0, "end": 80}]
-  feats = F.joints_to_features(S.generate_joints(segs, 81, st), 22)
+  feats = F.joints_to_features(SM.generate_joints(segs, 81, st), 22)
   total = 2 * feats[:, 0].sum()  # radians of heading change
   assert abs(total + np.pi / 2) < 0.15, total

@@ -9,6 +9,9 @@ import pytest
 from easytune_jax.data import features as F
 from easytune_jax.data import humanml3d as H
 from easytune_jax.data import synthetic as S
+from easytune_jax.data import synthetic_actions as SA
+from easytune_jax.data import synthetic_captions as SC
+from easytune_jax.data import synthetic_motion as SM
 
 
 @pytest.fixture(scope="module")
@@ -83,26 +86,26 @@ def test_captions_labels_and_tokens(two_writes):
   for mid, m in meta["motions"].items():
     assert len(m["captions"]) == 3
     labels = [s["label"] for s in m["segments"]]
-    assert 1 <= len(labels) <= 3 and [S.ACTIONS[l] for l in labels] == [s["action"] for s in m["segments"]]
+    assert 1 <= len(labels) <= 3 and [SA.ACTIONS[l] for l in labels] == [s["action"] for s in m["segments"]]
     lines = open(os.path.join(a, "texts", f"{mid}.txt")).read().strip().split("\n")
     for c, line in zip(m["captions"], lines):
       cap, toks, start, end = line.split("#")
       assert cap == c["caption"] and (start, end) == ("0.0", "0.0")
-      assert S.caption_action_labels(cap) == c["labels"] == labels
-      assert S.primary_action_label(cap) == S.primary_action_label(m) == m["primary_label"]
+      assert SC.caption_action_labels(cap) == c["labels"] == labels
+      assert SC.primary_action_label(cap) == SC.primary_action_label(m) == m["primary_label"]
       assert all(t.count("/") == 1 and t.split("/")[1].isupper() for t in toks.split(" "))
       if " left" in cap and "left/" not in toks:
         raise AssertionError(f"'left' must be kept unlemmatised: {toks}")
     if len(lines) > 3:  # sub-clip line
       seen_sub += 1
       cap, _, start, end = lines[3].split("#")
-      assert float(end) > 0 and S.caption_action_labels(cap) == m["subclip_captions"][0]["labels"]
+      assert float(end) > 0 and SC.caption_action_labels(cap) == m["subclip_captions"][0]["labels"]
     if mid.startswith("M"):
       base = meta["motions"][mid[1:]]
-      assert [c["caption"] for c in m["captions"]] == [S.mirror_caption(c["caption"]) for c in base["captions"]]
+      assert [c["caption"] for c in m["captions"]] == [SC.mirror_caption(c["caption"]) for c in base["captions"]]
   assert seen_sub > 0
-  assert len(S.ACTIONS) >= 12
-  assert S.pos_tag("A man waves with the left hand, then turns right.") == [
+  assert len(SA.ACTIONS) >= 12
+  assert SC.pos_tag("A man waves with the left hand, then turns right.") == [
     "a/DET",
     "man/NOUN",
     "wave/VERB",
@@ -132,8 +135,8 @@ def test_actions_move_as_described():
   st = {"speed": 1.0, "amp": 1.0, "rate": 1.0, "phase": 0.0}
 
   def joints(action, params, n=100):
-    return S.generate_joints(
-      [{"action": action, "label": S.ACTION_INDEX[action], "params": params, "start": 0, "end": n}], n, st
+    return SM.generate_joints(
+      [{"action": action, "label": SA.ACTION_INDEX[action], "params": params, "start": 0, "end": n}], n, st
     )
 
   walk = joints("walk", {"direction": "forward", "speed": "normal"})

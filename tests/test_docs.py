@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from easytune_jax.pipelines import quickstart
+from easytune_jax.pipelines import quickstart_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "docs" / "quickstart" / "summary.json"
@@ -21,34 +21,36 @@ SUMMARY = ROOT / "docs" / "quickstart" / "summary.json"
 def test_readme_table_is_the_committed_summary_table():
   summary = json.loads(SUMMARY.read_text())
   readme = (ROOT / "README.md").read_text()
-  assert quickstart.readme_with_table(readme, summary) == readme, (
+  assert quickstart_report.readme_with_table(readme, summary) == readme, (
     "README.md's quickstart table differs from docs/quickstart/summary.json: regenerate both with "
     "`python -m launch.quickstart --workdir runs/quickstart --export_docs=docs/quickstart --readme=README.md`"
   )
-  table = "\n".join(quickstart.summary_table(summary))
+  table = "\n".join(quickstart_report.summary_table(summary))
   assert table in readme and "| base |" in table and "| easytune |" in table
   assert summary["machine"]["cpu"] and summary["machine"]["jax"]  # the run states what it was made with
 
 
 def test_table_check_names_each_changed_row():
   summary = json.loads(SUMMARY.read_text())
-  assert quickstart.table_differences(summary, summary) == []
+  assert quickstart_report.table_differences(summary, summary) == []
   changed = copy.deepcopy(summary)
   row = next(r for r in changed["results"] if r["method"] == "easytune")
   row["metrics"]["FID"][0] += 0.006  # moves the printed second decimal
-  diff = quickstart.table_differences(changed, summary)
+  diff = quickstart_report.table_differences(changed, summary)
   assert (
     len(diff) == 2 and diff[0].startswith("expected: | easytune |") and diff[1].startswith("found:    | easytune |")
   )
   tiny = copy.deepcopy(summary)
   next(r for r in tiny["results"] if r["method"] == "easytune")["metrics"]["FID"][0] += 1e-9  # below the digits
-  assert quickstart.table_differences(tiny, summary) == []
-  assert quickstart.machine_differences(changed, summary) == []  # same machine: the digits must agree
+  assert quickstart_report.table_differences(tiny, summary) == []
+  assert quickstart_report.machine_differences(changed, summary) == []  # same machine: the digits must agree
   other = copy.deepcopy(changed)
   other["machine"]["cpu"] = "Some Other CPU"
-  assert quickstart.machine_differences(other, summary) == [f"cpu: {summary['machine']['cpu']!r} -> 'Some Other CPU'"]
+  assert quickstart_report.machine_differences(other, summary) == [
+    f"cpu: {summary['machine']['cpu']!r} -> 'Some Other CPU'"
+  ]
   with pytest.raises(ValueError, match=r"NOTES.md: expected the quickstart-table markers once each"):
-    quickstart.readme_with_table("no markers", summary, "NOTES.md")
+    quickstart_report.readme_with_table("no markers", summary, "NOTES.md")
 
 
 _MACHINE_PATH = re.compile(r"(^|[\s:('\"`])/(work|root|home|tmp/pytest-of-\w+|Users)/")

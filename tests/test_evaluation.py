@@ -9,6 +9,7 @@ from easytune_jax import metrics as M
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation as E
+from easytune_jax.eval import report, samples
 from tests.test_train_evaluator import tiny_run
 
 
@@ -122,8 +123,8 @@ def test_physical_metrics_match_direct_computation(setup):
   from easytune_jax.data.features import recover_from_ric
 
   test, _, _, _, _ = setup
-  s = E.draw_test_samples(test, np.random.default_rng(0), max_length=196)
-  got = E.physical_metrics(s.x_norm, s.lengths, test.mean, test.std, batch_size=32)
+  s = samples.draw_test_samples(test, np.random.default_rng(0), max_length=196)
+  got = samples.physical_metrics(s.x_norm, s.lengths, test.mean, test.std, batch_size=32)
   joints = recover_from_ric(s.x_norm * test.std + test.mean, 22)
   assert got["jitter"] == pytest.approx(float(np.mean(M.jitter(joints, s.lengths))), rel=1e-4)
   assert got["foot_skating"] == pytest.approx(float(np.mean(M.foot_skating_ratio(joints, s.lengths))), rel=1e-4)
@@ -149,7 +150,7 @@ def test_generator_calls_fixed_shapes_and_errors(setup):
 
 def test_write_results_json_and_markdown(setup, tmp_path):
   _, _, good, worse, _ = setup
-  paths = E.write_results([good, worse], str(tmp_path))
+  paths = report.write_results([good, worse], str(tmp_path))
   loaded = json.loads(open(paths["json"]).read())
   assert [r["method"] for r in loaded["results"]] == ["perfect", "bad"]
   assert loaded["results"][0]["metrics"]["FID"] == good["metrics"]["FID"]
@@ -159,5 +160,5 @@ def test_write_results_json_and_markdown(setup, tmp_path):
   assert "diversity_times: clamped" in md
   r1 = good["metrics"]["gt_R_precision_top_1"]
   assert f"{r1[0]:.3f} ± {r1[1]:.3f}" in md.split("| Real |")[1].splitlines()[0]
-  single = E.write_results(good, str(tmp_path), name="one")
+  single = report.write_results(good, str(tmp_path), name="one")
   assert json.loads(open(single["json"]).read())["method"] == "perfect"

@@ -18,7 +18,7 @@ from easytune_jax import viz
 from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.core import rerun
 from easytune_jax.eval import evaluation
-from easytune_jax.pipelines import quickstart
+from easytune_jax.pipelines import quickstart, quickstart_report
 from easytune_jax.train import finetune_runner
 
 CFG = quickstart.QuickstartConfig(methods=("easytune",), trajectories=1, replications=1, num_animations=1, num_steps=4)
@@ -87,7 +87,9 @@ def test_rerun_of_finished_quickstart_skips_everything(tmp_path, counted):
   assert sorted(root.rglob("events.out.tfevents.*")) == events, "the rerun created event files"
   print(f"\nrerun of the finished tiny quickstart: {seconds:.2f} s")
   assert seconds < 10, f"rerun took {seconds:.1f} s"
-  assert second["timings"] == first["timings"] and "unchanged since the last run" in quickstart.summary_screen(second)
+  assert second["timings"] == first["timings"] and "unchanged since the last run" in quickstart_report.summary_screen(
+    second
+  )
 
   # Copied (new modification times, as `cp -r` gives) and then moved: still finished, nothing recomputed, the
   # recorded stage times kept, the same report; no absolute path of the workdir in what it wrote.

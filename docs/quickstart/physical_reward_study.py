@@ -15,6 +15,7 @@ import sys
 from easytune_jax.core import rerun
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation
+from easytune_jax.eval.report import write_results
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.bundles.finetuned import load_finetuned_generator
 from easytune_jax.bundles.generator import generator_fn
@@ -45,7 +46,7 @@ def main(qs_dir: str, out: str, *weights: str):
         max_length=min(gen.max_length, evaluator.max_length), seed=cfg.seed, method=name,
         reward_fn=qs.reward_fn_for(cfg, task, gen), progress=True))
   # the quickstart's evaluator and data named relative to its workdir (no machine path in the docs)
-  print(evaluation.write_results(rerun.relative_strings(results, root), str(out / "eval")))
+  print(write_results(rerun.relative_strings(results, root), str(out / "eval")))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Modules: ``skeleton`` (tables, quaternions, FK/IK), ``features`` (recover_from_ric,
 joints_to_features), ``humanml3d`` (folder reader, Mean/Std), ``batching`` (fixed-shape
 deterministic batches), ``text`` (Tokenizer, precomputed embeddings), ``synthetic`` (procedural
-text-motion dataset writer), ``preview`` (stick-figure strips; imports matplotlib).
+text-motion dataset writer) with ``synthetic_actions`` (the actions and their parameters), ``synthetic_motion``
+(actions -> joints) and ``synthetic_captions`` (caption grammar, POS tagger, caption -> action labels),
+``preview`` (stick-figure strips; imports matplotlib).
 """
 
 from easytune_jax.data.batching import batch_at, iterate_batches, make_batch, steps_per_epoch, unit_length_crop
@@ -27,5 +29,7 @@ from easytune_jax.data.humanml3d import (
   load_mean_std,
   normalize,
 )
-from easytune_jax.data.synthetic import ACTIONS, caption_action_labels, primary_action_label, write_synthetic_dataset
+from easytune_jax.data.synthetic import write_synthetic_dataset
+from easytune_jax.data.synthetic_actions import ACTIONS
+from easytune_jax.data.synthetic_captions import caption_action_labels, primary_action_label
 from easytune_jax.data.text import TextEmbeddings, Tokenizer, save_text_embeddings

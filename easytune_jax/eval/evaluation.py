@@ -32,16 +32,16 @@ randomness: numpy ``default_rng([seed, r])`` for captions/crops/permutation/draw
 Kept apart from the evaluator metrics: the reward model's own score (``reward_fn``) on generated and real
 motion, and physical plausibility (foot skating, jitter, floor penetration) on joints recovered with
 ``recover_from_ric`` from de-normalised features.
+
+The test loader's pass and the generator calls are `eval/samples.py`; tables and files of the results
+(eval.json / eval.md) are `eval/report.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -49,13 +49,11 @@ import numpy as np
 from absl import logging
 
 from easytune_jax import metrics as M
-from easytune_jax.bundles.evaluator import Evaluator, pos_only_tokenizer
+from easytune_jax.bundles.evaluator import Evaluator
 from easytune_jax.bundles.generator import Generator, generator_fn, resolve_sampler
-from easytune_jax.data import batching
-from easytune_jax.data.features import recover_from_ric
 from easytune_jax.data.humanml3d import MotionDataset
+from easytune_jax.eval.samples import GenerateFn, TestSamples, draw_test_samples, physical_metrics, run_generator
 
-GenerateFn = Callable[..., np.ndarray]
 EMBEDDING_METRICS = (
   "R_precision_top_1",
   "R_precision_top_2",
@@ -64,7 +62,6 @@ EMBEDDING_METRICS = (
   "FID",
   "Diversity",
 )
-PHYSICAL_METRICS = ("foot_skating", "jitter", "floor_penetration")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,104 +98,6 @@ class EvaluateConfig:
     for name, ok, expected in checks:
       if not ok:
         raise ValueError(f"EvaluateConfig.{name}: expected {expected}, found {getattr(self, name)}")
-
-
-# --------------------------------------------------------------------------------------------- sampling
-@dataclasses.dataclass
-class TestSamples:
-  """One pass of the test loader: x_norm float32 [N, L, D], lengths int32 [N], captions, pos_tokens, names."""
-
-  x_norm: np.ndarray
-  lengths: np.ndarray
-  captions: list
-  pos_tokens: list
-  names: list
-
-
-def draw_test_samples(
-  dataset: MotionDataset,
-  rng: np.random.Generator,
-  *,
-  indices: Sequence[int] | None = None,
-  max_length: int = 196,
-  unit_length: int = 4,
-) -> TestSamples:
-  """Random caption + unit-length crop per entry (all entries in dataset order, or ``indices``), normalised
-  with the dataset Mean/Std and zero-padded to ``max_length`` (crops longer than it get a random window)."""
-  idx = np.arange(len(dataset)) if indices is None else np.asarray(indices)
-  arrays, host = batching.make_batch(
-    dataset, idx, rng, pos_only_tokenizer(), max_length=max_length, unit_length=unit_length
-  )
-  return TestSamples(arrays["motion"], arrays["length"], host["caption"], host["pos_tokens"], host["name"])
-
-
-def _accepts_reference(fn: Callable) -> bool:
-  try:
-    return "reference" in inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return False
-
-
-def run_generator(
-  generate_fn: GenerateFn, samples: TestSamples, rng: jax.Array, batch_size: int, max_length: int, dim: int
-) -> np.ndarray:
-  """Calls ``generate_fn(captions, pos_tokens, lengths, rng)`` on fixed ``batch_size`` rows and returns the
-  generated dataset-normalised features [N, max_length, D] with frames >= length zeroed.
-
-  The last batch is padded by repeating its last row (outputs dropped). If ``generate_fn`` has a keyword
-  ``reference``, it also receives the real crops [B, max_length, D] (oracle / real-motion "generators").
-  """
-  n = len(samples.captions)
-  out = np.zeros((n, max_length, dim), np.float32)
-  with_ref = _accepts_reference(generate_fn)
-  for k, s in enumerate(range(0, n, batch_size)):
-    e = min(s + batch_size, n)
-    take = np.concatenate([np.arange(s, e), np.full(batch_size - (e - s), e - 1)])
-    caps = [samples.captions[i] for i in take]
-    toks = [samples.pos_tokens[i] for i in take]
-    lens = samples.lengths[take].astype(np.int32)
-    kw = {"reference": samples.x_norm[take]} if with_ref else {}
-    x = np.asarray(generate_fn(caps, toks, lens, jax.random.fold_in(rng, k), **kw), np.float32)
-    if x.ndim != 3 or x.shape[0] != batch_size or x.shape[2] != dim or x.shape[1] < int(lens.max()):
-      raise ValueError(
-        f"generate_fn: expected x_norm [{batch_size}, L >= {int(lens.max())}, {dim}] "
-        f"(dataset-normalised features), found {x.shape}"
-      )
-    if not np.all(np.isfinite(x[: e - s])):
-      raise FloatingPointError(f"generate_fn: non-finite values in generated batch {k}")
-    x = x[: e - s, :max_length]
-    mask = np.arange(x.shape[1])[None, :] < lens[: e - s, None]
-    out[s:e, : x.shape[1]] = np.where(mask[..., None], x, 0.0)
-  return out
-
-
-@jax.jit
-def _physical(x_norm, lengths, mean, std):
-  joints = recover_from_ric(x_norm * std + mean, 22)
-  return {
-    "foot_skating": M.foot_skating_ratio(joints, lengths),
-    "jitter": M.jitter(joints, lengths),
-    "floor_penetration": M.floor_penetration(joints, lengths),
-  }
-
-
-def physical_metrics(
-  x_norm: np.ndarray, lengths: np.ndarray, mean: np.ndarray, std: np.ndarray, batch_size: int = 32
-) -> dict:
-  """Mean over samples of foot skating ratio, jitter (m/s^3) and floor penetration (m); HumanML3D (22 joints)
-  only. Fixed [batch_size] chunks so nothing retraces."""
-  n = x_norm.shape[0]
-  sums = {k: 0.0 for k in PHYSICAL_METRICS}
-  for s in range(0, n, batch_size):
-    e = min(s + batch_size, n)
-    xb = np.zeros((batch_size,) + x_norm.shape[1:], np.float32)
-    xb[: e - s] = x_norm[s:e]
-    lb = np.full((batch_size,), lengths[s], np.int32)
-    lb[: e - s] = lengths[s:e]
-    vals = jax.device_get(_physical(xb, lb, mean, std))
-    for k in sums:
-      sums[k] += float(np.sum(np.asarray(vals[k])[: e - s]))
-  return {k: v / n for k, v in sums.items()}
 
 
 # --------------------------------------------------------------------------------------------- protocol
@@ -440,74 +339,3 @@ def _reward_mean(reward_fn, x_norm, samples: TestSamples, batch_size: int) -> fl
       raise ValueError(f"reward_fn: expected finite [{batch_size}] rewards, found shape {r.shape}")
     total += float(r[: e - s].sum())
   return total / n
-
-
-# --------------------------------------------------------------------------------------------- reporting
-def table_rows(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], real_row: bool = True) -> dict:
-  """Rows of the standard table: 'Real' (the gt_* values of the first result) then one row per method."""
-  res = [results] if isinstance(results, Mapping) else list(results)
-  rows = {}
-  if real_row and res:
-    m = res[0]["metrics"]
-    rows["Real"] = {k[3:]: tuple(v) for k, v in m.items() if k.startswith("gt_")}
-  for r in res:
-    rows[r.get("method", "generated")] = {k: tuple(v) for k, v in r["metrics"].items() if not k.startswith("gt_")}
-  return rows
-
-
-def format_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
-  """Markdown: the evaluator table, then (separately) the reward model's score and physical extras."""
-  res = [results] if isinstance(results, Mapping) else list(results)
-  out = ["## Evaluator metrics (mean ± 95% CI)\n", M.format_markdown_table(table_rows(res))]
-  if any(r.get("reward") for r in res):
-    rows = {"Real": {"reward": tuple(res[0]["reward"]["gt_reward"])}} if res[0].get("reward") else {}
-    rows.update({r["method"]: {"reward": tuple(r["reward"]["reward"])} for r in res if r.get("reward")})
-    out += [
-      "\n## Reward model score (not an evaluator metric)\n",
-      M.format_markdown_table(rows, columns=(("reward", "Reward ↑"),)),
-    ]
-  if any(r.get("physical") for r in res):
-    cols = (
-      ("foot_skating", "Foot skating ↓"),
-      ("jitter", "Jitter (m/s³) ↓"),
-      ("floor_penetration", "Floor penetration (m) ↓"),
-    )
-    rows = {}
-    if res[0].get("physical"):
-      rows["Real"] = {k[3:]: tuple(v) for k, v in res[0]["physical"].items() if k.startswith("gt_")}
-    rows.update(
-      {
-        r["method"]: {k: tuple(v) for k, v in r["physical"].items() if not k.startswith("gt_")}
-        for r in res
-        if r.get("physical")
-      }
-    )
-    out += ["\n## Physical plausibility\n", M.format_markdown_table(rows, columns=cols, precision=4)]
-  notes = []
-  for r in res:
-    c = r["counts"]
-    notes.append(
-      f"- {r['method']}: {c['replications']} replications, {c['test_entries']} test entries, "
-      f"R-precision groups {c['r_precision_groups']} x {c['r_precision_group']}, diversity pairs "
-      f"{c['diversity_times']}, MM {c['mm_num_samples']} x {c['mm_num_repeats']} "
-      f"(pairs {c['mm_num_times']}); evaluator {r['settings']['evaluator']}"
-    )
-    if r["settings"].get("sampler"):
-      sm = r["settings"]["sampler"]
-      notes.append(f"  - sampler: {sm['num_steps']} DDIM steps, guidance scale {sm['guidance_scale']:g}")
-    notes += [f"  - warning: {w}" for w in r.get("warnings", [])]
-  out += ["\n## Counts\n", "\n".join(notes) + "\n"]
-  return "".join(out)
-
-
-def write_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], out_dir: str, name: str = "eval") -> dict:
-  """Writes ``<out_dir>/<name>.json`` (all results) and ``<out_dir>/<name>.md`` (tables); returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  res = [results] if isinstance(results, Mapping) else list(results)
-  paths = {"json": os.path.join(out_dir, f"{name}.json"), "markdown": os.path.join(out_dir, f"{name}.md")}
-  payload = res[0] if isinstance(results, Mapping) else {"results": res}
-  with open(paths["json"], "w") as f:
-    json.dump(payload, f, indent=1, sort_keys=True)
-  with open(paths["markdown"], "w") as f:
-    f.write(format_results(res))
-  return paths

@@ -20,7 +20,7 @@ from easytune_jax.core import parallel, schedules
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.models.spm import SPMConfig, init_spm
 from easytune_jax.rewards import spm_objective as RO
-from easytune_jax.train import base
+from easytune_jax.train import base, base_steps
 from easytune_jax.train import reward as R
 
 assert jax.device_count() == 8, jax.devices()
@@ -207,14 +207,14 @@ vae_state = create_train_state(base.init_vae_params(bcfg, jax.random.key(4)), ba
 initial["vae"] = vae_state
 compare(
   "vae",
-  lambda: base.make_vae_step(bcfg, mean, std, jax.random.key(5))(vae_state, vae_batch),
-  lambda mesh: base.make_vae_step(bcfg, mean, std, jax.random.key(5), mesh=mesh)(vae_state, vae_batch),
+  lambda: base_steps.make_vae_step(bcfg, mean, std, jax.random.key(5))(vae_state, vae_batch),
+  lambda mesh: base_steps.make_vae_step(bcfg, mean, std, jax.random.key(5), mesh=mesh)(vae_state, vae_batch),
 )
 
 # ------------------------------------------------------------------------------------------ bad batch
 try:
   bad = {k: v[:12] for k, v in vae_batch.items()}
-  base.make_vae_step(bcfg, mean, std, jax.random.key(5), mesh=parallel.make_mesh("data=8"))(vae_state, bad)
+  base_steps.make_vae_step(bcfg, mean, std, jax.random.key(5), mesh=parallel.make_mesh("data=8"))(vae_state, bad)
 except ValueError as e:
   results["indivisible_error"] = str(e)
 print("RESULTS " + json.dumps(results))
