@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from easytune_jax.data.word_vectors import WordVectorizer, build_word_vocab
 from easytune_jax.interop import t2m_convert as tc
 from easytune_jax.models import evaluator as ev
 from tests.reference_data import path as _data
@@ -302,12 +303,12 @@ def test_word_vectorizer_rules_and_glove_files(tmp_path):
 
 def test_learned_word_path_equals_vector_path():
   toks = [["a/DET", "person/NOUN", "jump/VERB"], ["someone/PRON", "kick/VERB", "high/ADV", "left/ADV"]]
-  vocab = ev.build_word_vocab(toks)
+  vocab = build_word_vocab(toks)
   assert vocab["sos"] == 0 and vocab["eos"] == 1 and vocab["unk"] == 2 and len(vocab) == 10
   cfg_l = ev.EvaluatorConfig(vocab_size=len(vocab))
   embed_l, _ = _jitted(cfg_l)
   params = _params(cfg_l, seed=3)
-  ids, pos, lens = ev.WordVectorizer(vocab).encode(toks)
+  ids, pos, lens = WordVectorizer(vocab).encode(toks)
   out_ids = embed_l(params, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(lens))
   table = params["params"]["word_emb"]["embedding"]
   p_vec = {"params": {k: v for k, v in params["params"].items() if k != "word_emb"}}

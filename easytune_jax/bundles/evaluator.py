@@ -23,10 +23,10 @@ from easytune_jax.core.config import config_from_dict
 from easytune_jax.core.optim import OptimConfig, create_train_state, make_optimizer
 from easytune_jax.data.safe_io import load_npy, read_json
 from easytune_jax.data.text import Tokenizer
+from easytune_jax.data.word_vectors import WordVectorizer
 from easytune_jax.interop import t2m_convert
 from easytune_jax.models.evaluator import (
   EvaluatorConfig,
-  WordVectorizer,
   evaluator_embed_motion,
   evaluator_embed_text,
   init_evaluator,

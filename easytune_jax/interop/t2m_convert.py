@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from easytune_jax.data.safe_io import load_npy
+from easytune_jax.data.word_vectors import WordVectorizer
 from easytune_jax.interop.torch_zip import load_torch_checkpoint
-from easytune_jax.models.evaluator import EvaluatorConfig, WordVectorizer
+from easytune_jax.models.evaluator import EvaluatorConfig
 
 # --------------------------------------------------------------------------------------------------
 # T2M state dicts -> Flax params

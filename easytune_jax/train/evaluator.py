@@ -59,10 +59,9 @@ from easytune_jax.core.parallel import is_main_process
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset, group_mean_std, load_dataset
 from easytune_jax.data.safe_io import read_json, write_json
+from easytune_jax.data.word_vectors import WordVectorizer, build_word_vocab
 from easytune_jax.models.evaluator import (
   EvaluatorConfig,
-  WordVectorizer,
-  build_word_vocab,
   evaluator_loss,
   renorm_for_evaluator,
 )
