@@ -90,11 +90,11 @@ def make_tx(ft: finetune.FinetuneConfig):
 def _sampling_fn(task, T: int, guidance_scale: float):
   """`run(params, x_T, cond, uncond) -> reward [B]`: guided DDIM sampling of T steps + decode + reward."""
   timesteps = sampling.make_timesteps(
-    task.gen.schedule, sampling.SamplerConfig(num_steps=T, guidance_scale=guidance_scale)
+    task.gen.process, sampling.SamplerConfig(num_steps=T, guidance_scale=guidance_scale)
   )
 
   def run(params, x_T, cond, uncond):
-    out = sampling.sample(task.denoise, params, task.gen.schedule, timesteps, x_T, cond, uncond, guidance_scale)
+    out = sampling.sample(task.denoise, params, task.gen.process, timesteps, x_T, cond, uncond, guidance_scale)
     return task.reward(task.decode(out.x0, cond), cond, None)
 
   return run
@@ -110,7 +110,7 @@ def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> 
   """compiled_memory of the (unrun) update of `ft` on the task's base params, with the state donated as
   `make_update_fn` does (the new state is written over the old one: 'alias' bytes)."""
   tx = make_tx(ft)
-  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode, jit=False)
+  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.process, tx, decode=task.decode, jit=False)
   state = create_train_state(task.gen.params, tx)
   return finetune.compiled_memory(update, state, x_T, cond, uncond, rng, donate_argnums=(0,))
 
@@ -179,9 +179,9 @@ def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
   x_T, cond, uncond, _ = inputs(0)
   ft = finetune_config(cfg, Variant("easytune"), T)
   run = jax.jit(_sampling_fn(task, T, cfg.guidance_scale))
-  timesteps = sampling.make_timesteps(task.gen.schedule, ft.sampler_config())
+  timesteps = sampling.make_timesteps(task.gen.process, ft.sampler_config())
   step_loss = finetune.make_step_loss(
-    task.denoise, task.reward, task.gen.schedule, timesteps, cfg.guidance_scale, decode=task.decode
+    task.denoise, task.reward, task.gen.process, timesteps, cfg.guidance_scale, decode=task.decode
   )
   vg = lambda p, x, c, u: jax.value_and_grad(step_loss, has_aux=True)(p, x, T // 2, c, u)
   tx = make_tx(ft)

@@ -133,12 +133,12 @@ def part_functions(
     optim=OptimConfig(learning_rate=1e-5, warmup_steps=1000),  # the official fine-tuning's AdamW ('paper')
   )
   tx = make_optimizer(ft.optim)
-  timesteps = sampling.make_timesteps(task.gen.schedule, ft.sampler_config())
+  timesteps = sampling.make_timesteps(task.gen.process, ft.sampler_config())
   i = num_steps // 2
   t = timesteps.t[i]
   params = task.gen.params
   step_loss = finetune.make_step_loss(
-    task.denoise, task.reward, task.gen.schedule, timesteps, guidance_scale, decode=task.decode
+    task.denoise, task.reward, task.gen.process, timesteps, guidance_scale, decode=task.decode
   )
   guided = lambda p, x: sampling.guided_denoise(task.denoise, p, x, t, cond, uncond, guidance_scale)
 
@@ -168,7 +168,7 @@ def part_functions(
     return apply_gradients(st, g, tx, loss)[0], aux.x_prev
 
   sampling_step = lambda p, xt: sampling.denoise_step(
-    task.denoise, p, task.gen.schedule, xt, t, timesteps.prev_t[i], cond, uncond, guidance_scale
+    task.denoise, p, task.gen.process, xt, t, timesteps.prev_t[i], cond, uncond, guidance_scale
   )
   return {
     "denoiser": (denoiser, (params, x_T)),

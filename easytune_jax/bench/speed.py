@@ -31,7 +31,7 @@ def measure_speed(
   tx = make_tx(ft)
   # The update donates its state (deleted by each call): every timing and run starts from a fresh copy of
   # state0, made outside the clock.
-  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode)
+  update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.process, tx, decode=task.decode)
   state0 = create_train_state(task.gen.params, tx)
   fresh = lambda: block_until_ready(jax.tree.map(jnp.copy, state0))
   x_T, cond, uncond, rng = inputs[0](0)

@@ -1,4 +1,4 @@
-"""A trained base generator as one bundle: text -> guided DDIM sampling -> decoded motion -> joints.
+"""A trained base generator as one bundle: text -> guided sampling (its kind's process) -> decoded motion -> joints.
 
 `load_generator(workdir)` rebuilds everything from the checkpoints written by `train/gm.py` (config,
 tokenizer, dataset Mean/Std and latent scale come from the checkpoint metadata). The bundle also exposes
@@ -10,6 +10,7 @@ what the fine-tuning builders take (WORKSPACE.md contracts):
   gen.encode_text(texts, lengths)     cond pytree through the FROZEN text encoder (gen.frozen["text"])
   gen.uncond(batch)                   the unconditional pytree of the same structure
   gen.latent_shape                    the per-example shape of x_t
+  gen.process                         the sampling process (DDIM / DDPM schedule, flow; core/sampling_process.py)
 
 The sampler a generator was made for (DDIM steps, guidance scale) travels with it as `gen.sampler_defaults`
 (read from the workdir: `BaseConfig.sampler` of a trained one, MLD's 50 steps / w 7.5 for a converted official
@@ -32,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from easytune_jax import viz
-from easytune_jax.core import sampling, schedules
+from easytune_jax.core import sampling
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import config_from_dict
 from easytune_jax.core.optim import create_train_state
@@ -131,7 +132,7 @@ class Generator:
 
   def __post_init__(self):
     self.modules = gm.build_modules(self.config)
-    self.schedule = schedules.make_schedule(self.config.diffusion)
+    self.process = gm.make_process(self.config)
     self._samplers = {}
     self._encode = jax.jit(self._encode_impl)
 
@@ -143,13 +144,12 @@ class Generator:
 
   @property
   def latent_shape(self) -> tuple:
-    """Per-example shape of x_t: (latent_size, latent_dim) for MLD, (max_length, D) for MDM."""
-    if self.config.model == "mld":
-      return (self.config.vae.latent_size, self.config.vae.latent_dim)
-    return (self.max_length, self.config.vae.nfeats)
+    """Per-example shape of x_t: (latent_size, latent_dim) in a VAE latent (MLD, flow), (max_length, D) for MDM."""
+    return gm.model_shape(self.config)
 
   def denoise(self, params, x_t: jax.Array, t: jax.Array, cond: dict, rng: jax.Array | None = None) -> jax.Array:
-    """Pure denoiser: x_t [B, *latent_shape], t int32 [B], cond -> prediction (schedule.prediction_type).
+    """Pure denoiser: x_t [B, *latent_shape], t [B] (the process's model_time), cond -> prediction (eps / sample /
+    v / velocity, as the process says).
     `rng` None: deterministic (eval mode); a key: training mode, dropout masks drawn from it (the official
     fine-tuning keeps the denoiser in train mode; `FinetuneConfig.denoiser_dropout`)."""
     if rng is None:
@@ -157,8 +157,8 @@ class Generator:
     return self.modules.denoiser.apply(params, x_t, t, cond, False, rngs={"dropout": rng})
 
   def decode(self, vae_params, z: jax.Array, mask: jax.Array) -> jax.Array:
-    """Diffusion-space sample -> normalised features [B, L, D] with padded frames exactly 0; mask [B, L]."""
-    if self.config.model == "mdm":
+    """Model-space sample -> normalised features [B, L, D] with padded frames exactly 0; mask [B, L]."""
+    if self.modules.vae is None:
       return jnp.where(mask[..., None], z, 0.0)
     return self.modules.vae.apply(vae_params, z / self.latent_scale, mask, method=MotionVAE.decode)
 
@@ -191,33 +191,34 @@ class Generator:
     return gm.make_cond(self.config, self.modules.text, text_params, inputs, mask, frame_mask)
 
   def encode_text(self, texts: Sequence[str], lengths: Sequence[int] | None = None) -> dict:
-    """cond {"text": [B, Lt, C], "text_mask": [B, Lt]} (+ "frame_mask" [B, L] for MDM, which needs
-    `lengths`) from the frozen text encoder."""
+    """cond {"text": [B, Lt, C], "text_mask": [B, Lt]} (+ "frame_mask" [B, L] for frame-conditioned kinds (MDM),
+    which need `lengths`) from the frozen text encoder."""
     inputs, mask = self.text_inputs(texts)
     fm = self._frame_mask_for(len(texts), lengths)
     return self._encode(self.frozen["text"], inputs, mask, fm)[0]
 
   def encode_batch(self, batch: dict) -> tuple[dict, dict]:
-    """(cond, uncond) from a data batch's arrays (tokens or text_emb; mask for MDM's frame_mask)."""
+    """(cond, uncond) from a data batch's arrays (tokens or text_emb; mask for a frame_mask)."""
     inputs, mask = gm.text_inputs(self.config, batch)
     return self._encode(self.frozen["text"], jnp.asarray(inputs), jnp.asarray(mask), jnp.asarray(batch["mask"]))
 
   def uncond(self, batch) -> dict:
-    """Unconditional pytree: `batch` is a batch size B or a cond pytree (its frame_mask is copied for MDM)."""
+    """Unconditional pytree: `batch` is a batch size B or a cond pytree (its frame_mask is copied for
+    frame-conditioned kinds)."""
     if isinstance(batch, dict):
       b, lt = batch["text_mask"].shape
       fm = batch.get("frame_mask")
     else:
       b, lt, fm = int(batch), self.config.data.text_max_length, None
     u = self.modules.text.apply(self.frozen["text"], b, lt, method=TextEncoder.null)
-    if self.config.model == "mdm":
+    if gm.kind_of(self.config).frame_cond:
       u["frame_mask"] = jnp.ones((b, self.max_length), bool) if fm is None else fm
     return u
 
   def _frame_mask_for(self, b, lengths):
     if lengths is None:
-      if self.config.model == "mdm":
-        raise ValueError("encode_text: model='mdm' needs `lengths` (the frame mask is part of cond)")
+      if gm.kind_of(self.config).frame_cond:
+        raise ValueError(f"encode_text: model={self.config.model!r} needs `lengths` (the frame mask is part of cond)")
       return jnp.ones((b, self.max_length), bool)
     if len(lengths) != b:
       raise ValueError(f"lengths: expected {b} values (one per text), found {len(lengths)}")
@@ -230,11 +231,11 @@ class Generator:
     if num_steps in self._samplers:
       return self._samplers[num_steps]
     scfg = dataclasses.replace(self.config.sampler, num_steps=num_steps)
-    timesteps = sampling.make_timesteps(self.schedule, scfg)
+    timesteps = sampling.make_timesteps(self.process, scfg)
 
     def run(params, frozen, inputs, mask, frame_mask, x_T, w, rng):
       cond, uncond = gm.make_cond(self.config, self.modules.text, frozen["text"], inputs, mask, frame_mask)
-      out = sampling.sample(self.denoise, params, self.schedule, timesteps, x_T, cond, uncond, w, eta=scfg.eta, rng=rng)
+      out = sampling.sample(self.denoise, params, self.process, timesteps, x_T, cond, uncond, w, eta=scfg.eta, rng=rng)
       feats = self.decode(frozen["vae"], out.x0, frame_mask)
       return feats, self.to_joints(feats)
 
@@ -347,7 +348,7 @@ def load_generator(workdir: str, use_ema: bool = True) -> Generator:
   dstate, _ = _restore_state(ddir, lambda: gm.init_diffusion_params(config, key), gm.diffusion_tx(config), ema)
   dparams = dstate.ema_params if (use_ema and ema) else dstate.params
   vae_params = None
-  if config.model == "mld":
+  if gm.kind_of(config).latent:
     vstate, _ = _restore_state(
       workdir / "vae" / "checkpoints", lambda: gm.init_vae_params(config, key), gm.vae_tx(config), ema
     )

@@ -108,40 +108,46 @@ class MotionTask:
   def data_batch(self, arrays: dict, cond: dict) -> dict:
     """The 'diffusion' regulariser's data batch {'x0', 'cond'[, 'mask']} from a data batch's arrays
     (`batching.batch_at` with the generator's tokenizer and max_length) and its `cond` from `inputs`:
-    x0 is the motion in diffusion space (VAE posterior mean * latent_scale for MLD, the features for MDM)."""
+    x0 is the motion in model space (`models.generator.to_model_space`: the VAE posterior mean * latent_scale for
+    latent kinds, the features otherwise); 'mask' (valid frames) is added for kinds whose loss counts frames."""
     motion, mask = jnp.asarray(arrays["motion"]), jnp.asarray(arrays["mask"])
-    if self.gen.config.model == "mdm":
-      return {"x0": motion, "cond": {"gen": cond["gen"]}, "mask": mask}
-    if "_encode_latents" not in self.__dict__:
+    if "_to_model_space" not in self.__dict__:
       own = getattr(self.gen, "encode_latents", None)  # bundles with their own VAE (official_generator.py)
-      self._encode_latents = jax.jit(
+      self._to_model_space = jax.jit(
         (lambda vae, x, m, scale: own(vae, x, m))
         if own
-        else (lambda vae, x, m, scale: gm.encode_latents(self.gen.config, vae, {"motion": x, "mask": m}, None, scale))
+        else (lambda vae, x, m, scale: gm.to_model_space(self.gen.config, vae, {"motion": x, "mask": m}, None, scale))
       )
-    return {
-      "x0": self._encode_latents(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
+    out = {
+      "x0": self._to_model_space(self.gen.frozen["vae"], motion, mask, self.gen.latent_scale),
       "cond": {"gen": cond["gen"]},
     }
+    element_mask = gm.loss_mask(self.gen.config, {"mask": mask})
+    return out if element_mask is None else {**out, "mask": element_mask}
 
   def noise(self, rng: jax.Array, batch_size: int) -> jax.Array:
     return jax.random.normal(rng, (batch_size,) + tuple(self.gen.latent_shape))
 
-  def sample_rewards(self, params, cond, uncond, x_T, guidance_scale: float, num_steps: int) -> dict:
-    """{term name: reward [B]} of fully sampled clean motion (the held-out score, unweighted per term);
-    `reward_fn.combine` of it is the total."""
+  def sample_rewards(
+    self, params, cond, uncond, x_T, guidance_scale: float, num_steps: int, rng: jax.Array | None = None
+  ) -> dict:
+    """{term name: reward [B]} of fully sampled clean motion (the held-out score, unweighted per term), sampled with
+    the generator's sampler (its eta); `rng` keys a stochastic sampler's noise (None: a fixed key, so the score of
+    given params is reproducible). `reward_fn.combine` of it is the total."""
     fn = self._reward_sampler(num_steps)
-    return fn(params, cond, uncond, x_T, jnp.float32(guidance_scale))
+    rng = jax.random.key(0) if rng is None else rng
+    return fn(params, cond, uncond, x_T, jnp.float32(guidance_scale), rng)
 
   def _reward_sampler(self, num_steps: int):
     cache = self.__dict__.setdefault("_samplers", {})
     if num_steps not in cache:
-      timesteps = sampling.make_timesteps(
-        self.gen.schedule, dataclasses.replace(self.gen.config.sampler, num_steps=num_steps)
-      )
+      scfg = dataclasses.replace(self.gen.config.sampler, num_steps=num_steps)
+      timesteps = sampling.make_timesteps(self.gen.process, scfg)
 
-      def run(params, cond, uncond, x_T, w):
-        out = sampling.sample(self.denoise, params, self.gen.schedule, timesteps, x_T, cond, uncond, w)
+      def run(params, cond, uncond, x_T, w, rng):
+        out = sampling.sample(
+          self.denoise, params, self.gen.process, timesteps, x_T, cond, uncond, w, eta=scfg.eta, rng=rng
+        )
         return self.reward_terms(self.decode(out.x0, cond), cond, None)
 
       cache[num_steps] = jax.jit(run)

@@ -1,7 +1,9 @@
-"""Classifier-free guided DDIM sampling as one jitted `lax.scan`, model-agnostic.
+"""Classifier-free guided sampling as one jitted `lax.scan`, model- and process-agnostic.
 
-Everything takes a denoiser `denoise(params, x_t, t, cond) -> model_output` (see WORKSPACE.md), so the
-same sampler drives the MLD latent denoiser, the MDM motion denoiser and a user's own network.
+Everything takes a denoiser `denoise(params, x_t, t, cond) -> model_output` (see WORKSPACE.md) and a sampling
+process (core/sampling_process.py: a DDIM / DDPM `schedules.Schedule` or a `flow.FlowProcess`), so the same sampler
+drives the MLD latent denoiser, the MDM motion denoiser, the flow generator and a user's own network. The denoiser
+is called with the process's `model_time(t)` (int32 DDPM timesteps; float times for flow).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from easytune_jax.core import schedules
+from easytune_jax.core.flow import FlowConfig, make_flow
+from easytune_jax.core.sampling_process import SamplingProcess, Timesteps
 
 Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 
@@ -47,18 +51,18 @@ class SamplerConfig:
       raise ValueError(f"SamplerConfig.eta: expected >= 0, found {self.eta}")
 
 
-class Timesteps(NamedTuple):
-  """DDIM inference timesteps as arrays: t [T] (descending) and prev_t [T], int32."""
+def make_process(config: schedules.DiffusionConfig | FlowConfig) -> SamplingProcess:
+  """The sampling process of a process config: a DDIM / DDPM `Schedule` or a `FlowProcess`."""
+  if isinstance(config, FlowConfig):
+    return make_flow(config)
+  if isinstance(config, schedules.DiffusionConfig):
+    return schedules.make_schedule(config)
+  raise TypeError(f"make_process: expected a DiffusionConfig or a FlowConfig, found {type(config).__name__}")
 
-  t: jax.Array
-  prev_t: jax.Array
 
-
-def make_timesteps(schedule: schedules.Schedule, config: SamplerConfig) -> Timesteps:
-  ts, prev = schedules.ddim_timesteps(
-    schedule.num_train_timesteps, config.num_steps, config.timestep_spacing, config.steps_offset
-  )
-  return Timesteps(jnp.asarray(ts), jnp.asarray(prev))
+def make_timesteps(process: SamplingProcess, config: SamplerConfig) -> Timesteps:
+  """The sampling grid of `process` under `config` (`process.timesteps`)."""
+  return process.timesteps(config)
 
 
 def _concat(a: Any, b: Any) -> Any:
@@ -96,7 +100,7 @@ def guided_denoise(
 def denoise_step(
   denoise: Denoiser,
   params: Any,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   x_t: jax.Array,
   t: jax.Array,
   prev_t: jax.Array,
@@ -106,9 +110,9 @@ def denoise_step(
   eta: float = 0.0,
   noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """One guided DDIM step: x_t -> (x_prev [B, ...], x0_hat [B, ...])."""
-  out = guided_denoise(denoise, params, x_t, t, cond, uncond, guidance_scale)
-  return schedules.ddim_step(schedule, out, x_t, t, prev_t, eta=eta, noise=noise)
+  """One guided step of `process`: x_t -> (x_prev [B, ...], x0_hat [B, ...]); t, prev_t in the process's time."""
+  out = guided_denoise(denoise, params, x_t, process.model_time(t), cond, uncond, guidance_scale)
+  return process.step(out, x_t, t, prev_t, eta=eta, noise=noise)
 
 
 class SampleOutput(NamedTuple):
@@ -121,14 +125,14 @@ class SampleOutput(NamedTuple):
 
 
 def step_noise(rng: jax.Array | None, index: jax.Array, shape, dtype) -> jax.Array:
-  """Per-step DDIM noise for eta > 0, derived by fold_in so any step can be reproduced alone."""
+  """Per-step sampling noise (DDIM eta > 0, DDPM, flow SDE), derived by fold_in so any step can be reproduced alone."""
   return jax.random.normal(jax.random.fold_in(rng, index), shape, dtype)
 
 
 def sample(
   denoise: Denoiser,
   params: Any,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   timesteps: Timesteps,
   x_T: jax.Array,
   cond: Any,
@@ -140,24 +144,26 @@ def sample(
   start_index: int = 0,
   stop_index: int | None = None,
 ) -> SampleOutput:
-  """Runs guided DDIM steps `start_index..stop_index-1` as one `lax.scan`. Jit it from outside.
+  """Runs guided steps `start_index..stop_index-1` of `process` as one `lax.scan`. Jit it from outside.
 
   Args:
     x_T: the input of step `start_index` [B, ...] (pure noise when start_index = 0).
-    eta: 0 deterministic; > 0 needs `rng` (noise of step i is `normal(fold_in(rng, i))`).
+    eta: 0 deterministic (DDIM, flow ODE); a stochastic step (eta > 0, or DDPM) needs `rng` (noise of step i is
+      `normal(fold_in(rng, i))`).
     return_trajectory: also return every step's input x_{t_i} and x0_hat_i (memory grows with T).
   Returns:
     SampleOutput with the output of the last step run.
   """
   stop_index = timesteps.t.shape[0] if stop_index is None else stop_index
   idx = jnp.arange(start_index, stop_index)
-  if eta > 0 and rng is None:
-    raise ValueError("sample: eta > 0 needs an `rng`")
+  stochastic = process.needs_noise(eta)
+  if stochastic and rng is None:
+    raise ValueError(f"sample: a stochastic step ({process.kind}, eta={eta}) needs an `rng`")
 
   def body(x, i):
-    noise = step_noise(rng, i, x.shape, x.dtype) if eta > 0 else None
+    noise = step_noise(rng, i, x.shape, x.dtype) if stochastic else None
     x_prev, x0_hat = denoise_step(
-      denoise, params, schedule, x, timesteps.t[i], timesteps.prev_t[i], cond, uncond, guidance_scale, eta, noise
+      denoise, params, process, x, timesteps.t[i], timesteps.prev_t[i], cond, uncond, guidance_scale, eta, noise
     )
     return x_prev, ((x, x0_hat) if return_trajectory else None)
 

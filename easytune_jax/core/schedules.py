@@ -1,4 +1,5 @@
-"""Noise schedules and DDIM/DDPM maths with diffusers' semantics, as pure jit-able functions.
+"""Noise schedules and DDIM/DDPM maths with diffusers' semantics, as pure jit-able functions; `Schedule` is the
+diffusion implementation of the sampling-process protocol (core/sampling_process.py).
 
 Conventions follow diffusers' `DDPMScheduler` / `DDIMScheduler` exactly (the schedulers MLD and EasyTune
 use): `alphas_cumprod = cumprod(1 - betas)`, DDIM inference timesteps with `timestep_spacing` and
@@ -21,14 +22,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from easytune_jax.core.sampling_process import Timesteps
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+SAMPLERS = ("ddim", "ddpm")
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
-  """Training noise schedule. Defaults are MLD's (diffusers DDIMScheduler settings)."""
+  """Training noise schedule and its sampling rule. Defaults are MLD's (diffusers DDIMScheduler settings).
+
+  sampler: 'ddim' (DDIM eq. 12; `SamplerConfig.eta` sets its noise) or 'ddpm' (DDPM's ancestral posterior step as
+  diffusers' DDPMScheduler, variance 'fixed_small', always stochastic; eta unused)."""
 
   num_train_timesteps: int = 1000
   beta_schedule: str = "scaled_linear"
@@ -38,8 +45,11 @@ class DiffusionConfig:
   set_alpha_to_one: bool = False
   clip_sample: bool = False
   clip_sample_range: float = 1.0
+  sampler: str = "ddim"
 
   def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"DiffusionConfig.sampler: expected one of {SAMPLERS}, found {self.sampler!r}")
     if self.beta_schedule not in BETA_SCHEDULES:
       raise ValueError(f"DiffusionConfig.beta_schedule: expected one of {BETA_SCHEDULES}, found {self.beta_schedule!r}")
     if self.prediction_type not in PREDICTION_TYPES:
@@ -52,7 +62,8 @@ class DiffusionConfig:
 
 @flax.struct.dataclass
 class Schedule:
-  """A noise schedule as a pytree. Arrays are float32 (or float64 under x64); the rest is static."""
+  """A noise schedule as a pytree, and the DDIM / DDPM sampling process (the protocol of
+  core/sampling_process.py). Arrays are float32 (or float64 under x64); the rest is static."""
 
   betas: jax.Array  # [N]
   alphas_cumprod: jax.Array  # [N]
@@ -61,6 +72,44 @@ class Schedule:
   prediction_type: str = flax.struct.field(pytree_node=False, default="epsilon")
   clip_sample: bool = flax.struct.field(pytree_node=False, default=False)
   clip_sample_range: float = flax.struct.field(pytree_node=False, default=1.0)
+  sampler: str = flax.struct.field(pytree_node=False, default="ddim")
+
+  # ------------------------------------------------------------------ the sampling-process protocol
+  @property
+  def kind(self) -> str:
+    return self.sampler
+
+  def timesteps(self, config) -> Timesteps:
+    """The inference timesteps of `config` (a SamplerConfig: num_steps, timestep_spacing, steps_offset)."""
+    ts, prev = ddim_timesteps(self.num_train_timesteps, config.num_steps, config.timestep_spacing, config.steps_offset)
+    return Timesteps(jnp.asarray(ts), jnp.asarray(prev))
+
+  def model_time(self, t: jax.Array) -> jax.Array:
+    return t
+
+  def reward_time(self, t: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.asarray(t, jnp.int32), 0)
+
+  def sample_train_time(self, rng: jax.Array, batch_size: int) -> jax.Array:
+    return sample_train_timesteps(rng, batch_size, self)
+
+  def add_noise(self, x0, noise, t):
+    return add_noise(self, x0, noise, t)
+
+  def training_target(self, x0, noise, t):
+    return training_target(self, x0, noise, t)
+
+  def predict_x0_eps(self, model_output, x_t, t):
+    return predict_x0_eps(self, model_output, x_t, t)
+
+  def needs_noise(self, eta: float) -> bool:
+    return self.sampler == "ddpm" or eta > 0
+
+  def step(self, model_output, x_t, t, prev_t, eta: float = 0.0, noise=None):
+    """One sampling step (DDIM with `eta`, or DDPM's ancestral step) -> (x_prev, x0_hat)."""
+    if self.sampler == "ddpm":
+      return ddpm_step(self, model_output, x_t, t, prev_t, noise)
+    return ddim_step(self, model_output, x_t, t, prev_t, eta=eta, noise=noise)
 
 
 def make_betas(schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
@@ -90,6 +139,7 @@ def make_schedule(config: DiffusionConfig = DiffusionConfig(), dtype=None) -> Sc
     prediction_type=config.prediction_type,
     clip_sample=config.clip_sample,
     clip_sample_range=config.clip_sample_range,
+    sampler=config.sampler,
   )
 
 
@@ -222,25 +272,23 @@ def sample_train_timesteps(
   return jax.random.randint(rng, (batch_size,), 0, hi, dtype=jnp.int32)
 
 
-def denoising_loss(
-  schedule: Schedule,
-  predict,
-  x0: jax.Array,
-  t_key: jax.Array,
-  noise_key: jax.Array,
-  mask: jax.Array | None = None,
-) -> jax.Array:
-  """The DDPM training loss: mean over (masked) elements of (predict(x_t, t) - target)^2 with
-  t ~ U{0, ..., N-1} drawn from `t_key`, noise ~ N(0, I) from `noise_key`, x_t = add_noise(x0, noise, t) and the
-  target of the schedule's prediction_type. x0 [B, ...]; `mask` bool/float [B, L] (leading dims of x0; positions
-  beyond a sequence's length do not count). The base trainer's loss and the fine-tuning 'diffusion' regulariser."""
-  t = sample_train_timesteps(t_key, x0.shape[0], schedule)
-  noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-  x_t = add_noise(schedule, x0, noise, t)
-  target = training_target(schedule, x0, noise, t)
-  err = jnp.square(predict(x_t, t) - target)
-  if mask is None:
-    return jnp.mean(err)
-  w = jnp.asarray(mask, err.dtype).reshape(mask.shape + (1,) * (err.ndim - mask.ndim))
-  w = jnp.broadcast_to(w, err.shape)
-  return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+def ddpm_step(
+  schedule: Schedule, model_output: jax.Array, x_t: jax.Array, t: jax.Array, prev_t: jax.Array, noise: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+  """DDPM's ancestral step x_t -> x_{prev_t} as diffusers' `DDPMScheduler.step` (variance 'fixed_small'; abar of
+  prev_t < 0 is 1): x_prev = c0 x0 + ct x_t + sqrt(var) noise with c0 = sqrt(a_prev) beta / (1 - a_t),
+  ct = sqrt(a_t / a_prev) (1 - a_prev) / (1 - a_t), beta = 1 - a_t / a_prev, var = (1 - a_prev) / (1 - a_t) beta
+  (clamped at 1e-20); no noise when t = 0. Returns (x_prev, x0_hat)."""
+  if noise is None:
+    raise ValueError("ddpm_step: the ancestral step needs a `noise` array of x_t's shape")
+  x0, _ = predict_x0_eps(schedule, model_output, x_t, t)
+  t = jnp.asarray(t)
+  prev_t = jnp.asarray(prev_t)
+  a_t = _bcast(schedule.alphas_cumprod[jnp.maximum(t, 0)], x_t)
+  a_prev = _bcast(jnp.where(prev_t >= 0, schedule.alphas_cumprod[jnp.maximum(prev_t, 0)], 1.0), x_t)
+  cur_alpha = a_t / a_prev
+  cur_beta = 1.0 - cur_alpha
+  mean = (jnp.sqrt(a_prev) * cur_beta / (1.0 - a_t)) * x0 + (jnp.sqrt(cur_alpha) * (1.0 - a_prev) / (1.0 - a_t)) * x_t
+  var = jnp.maximum((1.0 - a_prev) / (1.0 - a_t) * cur_beta, 1e-20)
+  add = _bcast(t > 0, x_t)
+  return mean + jnp.where(add, jnp.sqrt(var) * noise, 0.0), x0

@@ -1,9 +1,10 @@
-"""The one executor that runs every row of the method table: the static pieces of a run (`StepContext`: guided
-denoiser output, DDIM step, reward of a step or a final sample, KL to the base), the no-gradient prefix of a
-trajectory (`nograd_prefix`) and its differentiated span (`run_span`).
+"""The one executor that runs every row of the method table on every sampling process: the static pieces of a run
+(`StepContext`: guided denoiser output, the process's step, reward of a step or a final sample, KL to the base),
+the no-gradient prefix of a trajectory (`nograd_prefix`) and its differentiated span (`run_span`).
 
-Notation: DDIM timesteps t_1 > ... > t_T, step i maps x_{t_i} -> x_{t_{i+1}} and gives
-x0_hat_i = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); guidance eps = eps_u + w (eps_c - eps_u).
+Notation: the process's grid t_1 > ... > t_T (DDIM timesteps, or flow times), step i maps x_{t_i} -> x_{t_{i+1}}
+and gives the one-step clean estimate x0_hat_i (DDIM: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); flow:
+x_t - t v); guidance out = out_u + w (out_c - out_u) on the model output (eps, sample, v or velocity).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from easytune_jax.core import sampling, schedules
+from easytune_jax.core import sampling
+from easytune_jax.core.sampling_process import SamplingProcess
 from easytune_jax.finetune.apply_fns import (
   Decoder,
   Denoiser,
@@ -30,11 +32,13 @@ from easytune_jax.finetune.methods import Choice, StepPolicy
 sg = jax.lax.stop_gradient
 
 
-def trajectory_keys(config: FinetuneConfig, rng: jax.Array, noise_rng: jax.Array | None) -> TrajectoryKeys:
-  """The trajectory's keys under `config`: `noise_rng` for eta > 0, `rng` for the denoiser's dropout and for
+def trajectory_keys(
+  config: FinetuneConfig, rng: jax.Array, noise_rng: jax.Array | None, process: SamplingProcess
+) -> TrajectoryKeys:
+  """The trajectory's keys under `config`: `noise_rng` when the process's step is stochastic (eta > 0, DDPM), `rng` for the denoiser's dropout and for
   per-step reward noise; None for each part that is off."""
   return TrajectoryKeys(
-    noise_rng if config.eta > 0 else None,
+    noise_rng if process.needs_noise(config.eta) else None,
     rng if config.denoiser_dropout else None,
     rng if config.reward_noise == "per_step" else None,
   )
@@ -72,7 +76,7 @@ class StepContext:
   denoise: Denoiser
   reward: Reward
   decode: Decoder | None
-  schedule: schedules.Schedule
+  process: SamplingProcess
   timesteps: sampling.Timesteps
   guidance_scale: float
   eta: float
@@ -89,25 +93,22 @@ class StepContext:
     """Guided denoiser output at step i for input x_in [B, ...]; with the trajectory's `dropout_rng`, the
     denoiser's dropout is on with the step's key `dropout_key(dropout_rng, i)`."""
     key = None if dropout_rng is None else dropout_key(dropout_rng, i)
-    return sampling.guided_denoise(
-      self.denoise, params, x_in, self.timesteps.t[i], cond, uncond, self.guidance_scale, rng=key
-    )
+    t = self.process.model_time(self.timesteps.t[i])
+    return sampling.guided_denoise(self.denoise, params, x_in, t, cond, uncond, self.guidance_scale, rng=key)
 
-  def ddim(self, out, x_t, i, rng):
-    """DDIM update of x_t with a given model output -> (x_prev, x0_hat)."""
+  def step(self, out, x_t, i, rng):
+    """The process's update of x_t at step i with a given model output -> (x_prev, x0_hat)."""
     noise = None
-    if self.eta > 0:
+    if self.process.needs_noise(self.eta):
       if rng is None:
-        raise ValueError("finetune: eta > 0 needs an rng for the DDIM noise")
+        raise ValueError(f"finetune: a stochastic step ({self.process.kind}, eta={self.eta}) needs an rng")
       noise = sampling.step_noise(rng, i, x_t.shape, x_t.dtype)
-    return schedules.ddim_step(
-      self.schedule, out, x_t, self.timesteps.t[i], self.timesteps.prev_t[i], eta=self.eta, noise=noise
-    )
+    return self.process.step(out, x_t, self.timesteps.t[i], self.timesteps.prev_t[i], eta=self.eta, noise=noise)
 
   def _call_reward(self, x, cond, t, i, reward_rng):
     if self.decode is not None:
       x = self.decode(x, cond)
-    tt = None if self.reward_timestep is None else jnp.broadcast_to(jnp.asarray(t, jnp.int32), x.shape[:1])
+    tt = None if self.reward_timestep is None else jnp.broadcast_to(self.process.reward_time(t), x.shape[:1])
     if reward_rng is None:
       r = self.reward(x, cond, tt)
     else:
@@ -117,15 +118,16 @@ class StepContext:
     return r
 
   def score_step(self, x0_hat, x_prev, i, cond, reward_rng=None):
-    """Reward [B] of step i's output: x0_hat (timestep t_i) or x_prev (timestep max(prev_t_i, 0)); with the
-    trajectory's `reward_rng`, the reward draws with `reward_key(reward_rng, i)`."""
+    """Reward [B] of step i's output: x0_hat (time t_i) or x_prev (time prev_t_i), at the process's
+    `reward_time` (DDIM: t_i, max(prev_t_i, 0)); with the trajectory's `reward_rng`, the reward draws with
+    `reward_key(reward_rng, i)`."""
     if self.reward_input == "x0_hat":
       return self._call_reward(x0_hat, cond, self.timesteps.t[i], i, reward_rng)
-    return self._call_reward(x_prev, cond, jnp.maximum(self.timesteps.prev_t[i], 0), i, reward_rng)
+    return self._call_reward(x_prev, cond, self.timesteps.prev_t[i], i, reward_rng)
 
   def score_final(self, x0, cond, reward_rng=None):
     """Reward [B] of a final sample x_0 (timestep 0; step T-1's output for the reward key)."""
-    return self._call_reward(x0, cond, 0, self.T - 1, reward_rng)
+    return self._call_reward(x0, cond, jnp.zeros((), self.timesteps.t.dtype), self.T - 1, reward_rng)
 
   def kl(self, out, base_params, x_in, i, cond, uncond, dropout_rng=None):
     """mean((out - out_base)^2) at the visited input; 0 when no KL regulariser is asked for."""
@@ -140,14 +142,14 @@ class StepContext:
     return -self.reward_scale * jnp.mean(reward) + self.kl_weight * kl
 
 
-def step_context(config: FinetuneConfig, denoise, reward, schedule, decode) -> StepContext:
+def step_context(config: FinetuneConfig, denoise, reward, process, decode) -> StepContext:
   denoise, reward, decode = with_compute_dtype(denoise, reward, decode, config.compute_dtype)
   return StepContext(
     denoise=denoise,
     reward=reward,
     decode=decode,
-    schedule=schedule,
-    timesteps=sampling.make_timesteps(schedule, config.sampler_config()),
+    process=process,
+    timesteps=sampling.make_timesteps(process, config.sampler_config()),
     guidance_scale=config.guidance_scale,
     eta=config.eta,
     reward_input=config.reward_input,
@@ -197,7 +199,7 @@ def run_span(
       g = choice.grad_mask[i]
     else:
       (out, kl), g = with_grad(x_in), jnp.asarray(True)
-    x_prev, x0_hat = ctx.ddim(out, x, i, keys.noise)
+    x_prev, x0_hat = ctx.step(out, x, i, keys.noise)
     return x_prev, x0_hat, kl, g
 
   if length == 1:  # one step (EasyTune's per-step loss, ReFL): no scan
@@ -238,7 +240,7 @@ def nograd_prefix(ctx: StepContext, params, x_T, start, cond, uncond, keys: Traj
   """x_{t_start} from x_T through steps 0..start-1 without gradient (start: int or int32 [])."""
   p0 = sg(params)
   rng = keys.noise
-  step = lambda i, x: ctx.ddim(ctx.out(p0, x, i, cond, uncond, keys.dropout), x, i, rng)[0]
+  step = lambda i, x: ctx.step(ctx.out(p0, x, i, cond, uncond, keys.dropout), x, i, rng)[0]
   if isinstance(start, int):
     if start == 0:
       return x_T
@@ -247,7 +249,7 @@ def nograd_prefix(ctx: StepContext, params, x_T, start, cond, uncond, keys: Traj
     return sampling.sample(
       ctx.denoise,
       p0,
-      ctx.schedule,
+      ctx.process,
       ctx.timesteps,
       x_T,
       cond,

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from easytune_jax.core import sampling, schedules
+from easytune_jax.core import sampling
 from easytune_jax.core.optim import apply_gradients
+from easytune_jax.core.sampling_process import SamplingProcess
 from easytune_jax.finetune.apply_fns import Decoder, Denoiser, Reward, TrajectoryKeys
 from easytune_jax.finetune.config import REWARD_INPUTS, REWARD_TIMESTEPS, FinetuneConfig
 from easytune_jax.finetune.executor import (
@@ -30,7 +31,7 @@ from easytune_jax.finetune.regularizers import check_regularizer_inputs, diffusi
 def make_step_loss(
   denoise: Denoiser,
   reward: Reward,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   timesteps: sampling.Timesteps,
   guidance_scale: float = sampling.CPU_GUIDANCE_SCALE,
   *,
@@ -62,7 +63,7 @@ def make_step_loss(
     denoise,
     reward,
     decode,
-    schedule,
+    process,
     timesteps,
     guidance_scale,
     eta,
@@ -93,7 +94,7 @@ def make_per_step_update(
   config: FinetuneConfig,
   denoise: Denoiser,
   reward: Reward,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   tx: optax.GradientTransformation,
   *,
   decode: Decoder | None = None,
@@ -124,7 +125,7 @@ def make_per_step_update(
       f"make_per_step_update: method {config.method!r} updates once per trajectory "
       "(use make_trajectory_update or make_update_fn)"
     )
-  ctx = step_context(config, denoise, reward, schedule, decode)
+  ctx = step_context(config, denoise, reward, process, decode)
   step_loss = _step_loss_from_ctx(ctx, policy)
   T, K, C = ctx.T, policy.span(config), config.chunk_size
   frozen = config.sampler_variant == "frozen"
@@ -133,7 +134,7 @@ def make_per_step_update(
   def update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None):
     check_regularizer_inputs(config, data_batch, base_params)
     noise_rng, reg_rng = jax.random.split(rng)
-    keys = trajectory_keys(config, rng, noise_rng)
+    keys = trajectory_keys(config, rng, noise_rng, ctx.process)
     theta_old = state.params
     x = nograd_prefix(ctx, theta_old, x_T, T - K, cond, uncond, keys)
 
@@ -144,7 +145,7 @@ def make_per_step_update(
         loss, aux = step_loss(p, x_t, i, cond, uncond, keys.noise, base_params, keys.dropout, keys.reward)
         if use_data:
           loss = loss + config.reg_weight * diffusion_loss(
-            ctx.denoise, schedule, p, data_batch, jax.random.fold_in(reg_rng, i), config.denoiser_dropout
+            ctx.denoise, process, p, data_batch, jax.random.fold_in(reg_rng, i), config.denoiser_dropout
           )
         return loss, aux
 
@@ -166,7 +167,7 @@ def make_per_step_update(
       st, x_t = carry
 
       def nograd_step(x, i):
-        return ctx.ddim(ctx.out(theta_old, x, i, cond, uncond, keys.dropout), x, i, keys.noise)[0], x
+        return ctx.step(ctx.out(theta_old, x, i, cond, uncond, keys.dropout), x, i, keys.noise)[0], x
 
       x_next, xs = jax.lax.scan(nograd_step, x_t, idx)  # xs [c, B, ...]: the steps' inputs
       (loss, aux), grads = jax.vmap(lambda x, i: value_and_grad(theta_old, x, i))(xs, idx)

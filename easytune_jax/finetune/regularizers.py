@@ -9,13 +9,13 @@ from typing import Any
 
 import jax
 
-from easytune_jax.core import schedules
+from easytune_jax.core.sampling_process import SamplingProcess, denoising_loss
 from easytune_jax.finetune.apply_fns import DROPOUT_STREAM, Denoiser
 
 
 def diffusion_loss(
   denoise: Denoiser,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   params: Any,
   data_batch: Mapping[str, Any],
   rng: jax.Array,
@@ -25,7 +25,7 @@ def diffusion_loss(
 
   data_batch: {'x0': [B, ...] clean data (latents or motion), 'cond': pytree [B, ...],
   optional 'mask': bool/float [B, L] (positions beyond a sequence's length do not count)}.
-  t ~ U{0..N-1}, noise ~ N(0, I); the target follows the schedule's prediction_type. `dropout`: the denoiser
+  t from the process's training times, noise ~ N(0, I), the process's target (core/sampling_process.py). `dropout`: the denoiser
   runs with dropout on, key fold_in(rng, DROPOUT_STREAM) (t and noise are drawn as without it).
   """
   for key in ("x0", "cond"):
@@ -34,7 +34,7 @@ def diffusion_loss(
   k_t, k_n = jax.random.split(rng)
   kw = {"rng": jax.random.fold_in(rng, DROPOUT_STREAM)} if dropout else {}
   predict = lambda x_t, t: denoise(params, x_t, t, data_batch["cond"], **kw)  # noqa: E731
-  return schedules.denoising_loss(schedule, predict, data_batch["x0"], k_t, k_n, data_batch.get("mask"))
+  return denoising_loss(process, predict, data_batch["x0"], k_t, k_n, data_batch.get("mask"))
 
 
 def check_regularizer_inputs(config, data_batch, base_params):

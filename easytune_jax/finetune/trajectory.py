@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from easytune_jax.core import schedules
 from easytune_jax.core.optim import apply_gradients
+from easytune_jax.core.sampling_process import SamplingProcess
 from easytune_jax.finetune.apply_fns import Decoder, Denoiser, Reward, with_compute_dtype
 from easytune_jax.finetune.config import FinetuneConfig
 from easytune_jax.finetune.executor import nograd_prefix, run_span, sg, step_context, trajectory_keys
@@ -21,7 +21,7 @@ def make_trajectory_loss(
   config: FinetuneConfig,
   denoise: Denoiser,
   reward: Reward,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   decode: Decoder | None = None,
 ) -> Callable:
   """A trajectory row's loss (DRaFT-K, ReFL, AlignProp, DRTune, ...):
@@ -40,12 +40,12 @@ def make_trajectory_loss(
       f"make_trajectory_loss: method {config.method!r} updates per step, not per trajectory "
       "(its update is `make_per_step_update`)"
     )
-  ctx = step_context(config, denoise, reward, schedule, decode)
+  ctx = step_context(config, denoise, reward, process, decode)
   length = policy.span(config)
 
   def loss_fn(params, x_T, cond, uncond, rng, base_params=None):
     noise_rng, choice_rng = jax.random.split(rng)
-    keys = trajectory_keys(config, rng, noise_rng)
+    keys = trajectory_keys(config, rng, noise_rng, ctx.process)
     choice = policy.choose(choice_rng, config)
     if policy.scores == "final" and isinstance(choice.start, int) and choice.start + length != ctx.T:
       raise ValueError(
@@ -63,7 +63,7 @@ def make_trajectory_update(
   config: FinetuneConfig,
   denoise: Denoiser,
   reward: Reward,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   tx: optax.GradientTransformation,
   *,
   decode: Decoder | None = None,
@@ -72,7 +72,7 @@ def make_trajectory_update(
   """One update per trajectory for a trajectory row: `update(state, x_T, cond, uncond, rng, data_batch=None,
   base_params=None) -> (state, metrics)`; metrics: loss, reward, grad_norm, finite, skipped, kl,
   loss_index, grad_mask [T], offset."""
-  loss_fn = make_trajectory_loss(config, denoise, reward, schedule, decode)
+  loss_fn = make_trajectory_loss(config, denoise, reward, process, decode)
   use_data = config.regularizer == "diffusion"
   denoise = with_compute_dtype(denoise, reward, decode, config.compute_dtype)[0]
 
@@ -84,7 +84,7 @@ def make_trajectory_update(
       loss, aux = loss_fn(p, x_T, cond, uncond, loss_rng, base_params)
       if use_data:
         loss = loss + config.reg_weight * diffusion_loss(
-          denoise, schedule, p, data_batch, reg_rng, config.denoiser_dropout
+          denoise, process, p, data_batch, reg_rng, config.denoiser_dropout
         )
       return loss, aux
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax
 import optax
 
-from easytune_jax.core import schedules
+from easytune_jax.core.sampling_process import SamplingProcess
 from easytune_jax.finetune.apply_fns import Decoder, Denoiser, Reward
 from easytune_jax.finetune.config import FinetuneConfig
 from easytune_jax.finetune.per_step import make_per_step_update
@@ -19,7 +19,7 @@ def make_update_fn(
   config: FinetuneConfig,
   denoise: Denoiser,
   reward: Reward,
-  schedule: schedules.Schedule,
+  process: SamplingProcess,
   tx: optax.GradientTransformation,
   *,
   decode: Decoder | None = None,
@@ -40,7 +40,7 @@ def make_update_fn(
   base params of the held-out score or the KL regulariser: `create_train_state` does not copy them).
   """
   build = make_per_step_update if config.policy.per_step_updates else make_trajectory_update
-  fn = build(config, denoise, reward, schedule, tx, decode=decode, ema_decay=ema_decay)
+  fn = build(config, denoise, reward, process, tx, decode=decode, ema_decay=ema_decay)
   if jit:
     fn = jax.jit(fn, donate_argnums=(0,) if donate else ())
   return fn

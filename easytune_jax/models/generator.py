@@ -1,28 +1,72 @@
-"""The generator's configuration and networks: MLD (motion VAE + latent denoiser) or MDM (motion-space denoiser).
+"""The generator kinds as one table (`GENERATORS`), the generator's configuration and its networks.
+
+A kind is a row: which denoiser, which sampling process (core/sampling_process.py), whether the process runs in the
+motion VAE's latent or on motion features, and whether the denoiser reads the frame mask. Rows: 'mld' (motion VAE +
+latent denoiser, DDPM/DDIM), 'mdm' (motion-space denoiser, DDPM/DDIM), 'flow' (motion VAE + latent transformer
+velocity network, flow matching). Everything kind-specific is read from the row through the helpers below
+(`build_modules`, `model_shape`, `make_process`, `to_model_space`, `make_cond`, `loss_mask`); nothing else compares
+kind names. A new generator is one row (plus its module); tests/test_generator_table.py adds one.
 
 `BaseConfig` (defaults: the tiny CPU setting; the presets 'small' / 'paper' are in easytune_jax/configs/base.py)
-says which networks, their sizes, the diffusion schedule, the sampler and the training budget; `build_modules` / `init_*_params` / `make_cond` build and call
-them. Training lives in `train/base.py`; loading a trained or converted generator in `bundles/generator.py`.
+says which kind, the networks' sizes, the process, the sampler and the training budget. Training lives in
+`train/base.py`; loading a trained or converted generator in `bundles/generator.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from easytune_jax.core.flow import FlowConfig, make_flow
 from easytune_jax.core.optim import OptimConfig, make_optimizer
 from easytune_jax.core.sampling import SamplerConfig
-from easytune_jax.core.schedules import DiffusionConfig
+from easytune_jax.core.sampling_process import SamplingProcess
+from easytune_jax.core.schedules import DiffusionConfig, make_schedule
 from easytune_jax.models.denoiser import DenoiserConfig, LatentDenoiser, MotionDenoiser
 from easytune_jax.models.layers import reparameterize
 from easytune_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from easytune_jax.models.vae import MotionVAE, VAEConfig
 
-MODELS = ("mld", "mdm")
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorKind:
+  """One row of `GENERATORS`.
+
+  label: display name. latent: the process runs in the motion VAE's latent (trained first, frozen; motion <->
+  model space through it), else directly on normalised motion features. denoiser: BaseConfig -> the Flax module
+  `(x_t, t, cond, deterministic) -> model output`. process: BaseConfig -> the sampling process. frame_cond: the
+  denoiser reads cond['frame_mask'] bool [B, L] (and the training loss counts valid frames only).
+  """
+
+  label: str
+  latent: bool
+  denoiser: Callable[[Any], nn.Module]
+  process: Callable[[Any], SamplingProcess]
+  frame_cond: bool = False
+
+
+def _diffusion(config) -> SamplingProcess:
+  return make_schedule(config.diffusion)
+
+
+def _flow(config) -> SamplingProcess:
+  return make_flow(config.flow)
+
+
+# The generator kinds, one row each (module docstring). configs/base.py has presets '<size>_<kind>' for each.
+GENERATORS: dict[str, GeneratorKind] = {
+  "mld": GeneratorKind("MLD", latent=True, denoiser=lambda c: LatentDenoiser(c.denoiser), process=_diffusion),
+  "mdm": GeneratorKind(
+    "MDM", latent=False, denoiser=lambda c: MotionDenoiser(c.denoiser), process=_diffusion, frame_cond=True
+  ),
+  "flow": GeneratorKind("Flow", latent=True, denoiser=lambda c: LatentDenoiser(c.denoiser), process=_flow),
+}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -65,6 +109,8 @@ class BaseConfig:
   # the VAE's own reconstruction R-precision (WORKSPACE "Base generator"). 'paper' (configs/base.py) keeps MLD's
   # epsilon.
   diffusion: DiffusionConfig = dataclasses.field(default_factory=lambda: DiffusionConfig(prediction_type="sample"))
+  # The flow-matching process of the 'flow' kind (the diffusion kinds read `diffusion`).
+  flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
   # The sampler the model is made for (generation and evaluation use it unless told otherwise): the CPU setting
   # here (SamplerConfig's default: core/sampling.py CPU_NUM_STEPS / CPU_GUIDANCE_SCALE), MLD's 50 steps / w 7.5
   # in 'small' and 'paper'.
@@ -85,8 +131,8 @@ class BaseConfig:
   eval_every: int = 0  # periodic validation; 0: only once at the end of each stage
 
   def __post_init__(self):
-    if self.model not in MODELS:
-      raise ValueError(f"BaseConfig.model: expected one of {MODELS}, found {self.model!r}")
+    if self.model not in GENERATORS:
+      raise ValueError(f"BaseConfig.model: expected one of {tuple(GENERATORS)}, found {self.model!r}")
     if not 0.0 <= self.cond_drop_prob < 1.0:
       raise ValueError(f"BaseConfig.cond_drop_prob: expected in [0, 1), found {self.cond_drop_prob}")
 
@@ -99,10 +145,31 @@ class Modules:
   text: TextEncoder
 
 
+def kind_of(config: BaseConfig) -> GeneratorKind:
+  """The row of `config.model`."""
+  return GENERATORS[config.model]
+
+
 def build_modules(config: BaseConfig) -> Modules:
-  vae = MotionVAE(config.vae) if config.model == "mld" else None
-  den = LatentDenoiser(config.denoiser) if config.model == "mld" else MotionDenoiser(config.denoiser)
-  return Modules(vae, den, TextEncoder(config.text))
+  kind = kind_of(config)
+  return Modules(MotionVAE(config.vae) if kind.latent else None, kind.denoiser(config), TextEncoder(config.text))
+
+
+def make_process(config: BaseConfig) -> SamplingProcess:
+  """The kind's sampling process (DDIM / DDPM schedule, flow)."""
+  return kind_of(config).process(config)
+
+
+def model_shape(config: BaseConfig) -> tuple[int, int]:
+  """Per-example shape of x_t: (latent_size, latent_dim) in a VAE latent, (max_length, nfeats) on features."""
+  if kind_of(config).latent:
+    return (config.vae.latent_size, config.vae.latent_dim)
+  return (config.data.max_length, config.vae.nfeats)
+
+
+def loss_mask(config: BaseConfig, batch: dict) -> jax.Array | None:
+  """The training loss's element mask: the frame mask [B, L] for frame-conditioned kinds, else None (all)."""
+  return batch["mask"] if kind_of(config).frame_cond else None
 
 
 def init_vae_params(config: BaseConfig, rng: jax.Array) -> Any:
@@ -130,10 +197,8 @@ def _init_diffusion_params(config: BaseConfig, rng: jax.Array) -> dict:
   tok, tmask = _dummy_text_inputs(config)
   text_params = m.text.init(k_text, tok, tmask)
   cond = m.text.apply(text_params, tok, tmask)
-  if config.model == "mld":
-    x = jnp.zeros((1, config.vae.latent_size, config.vae.latent_dim))
-  else:
-    x = jnp.zeros((1, config.data.max_length, config.vae.nfeats))
+  x = jnp.zeros((1,) + model_shape(config))
+  if kind_of(config).frame_cond:
     cond = {**cond, "frame_mask": jnp.ones((1, config.data.max_length), bool)}
   return {"denoiser": m.denoiser.init(k_den, x, jnp.zeros((1,), jnp.int32), cond), "text": text_params}
 
@@ -157,11 +222,11 @@ def make_cond(
   deterministic: bool = True,
   rng: jax.Array | None = None,
 ) -> tuple[dict, dict]:
-  """(cond, uncond) for the denoiser. MDM adds `frame_mask` [B, L] to both."""
+  """(cond, uncond) for the denoiser. Frame-conditioned kinds (MDM) add `frame_mask` [B, L] to both."""
   rngs = None if rng is None else {"dropout": rng}
   cond = text.apply(text_params, inputs, mask, deterministic, rngs=rngs)
   uncond = text.apply(text_params, mask.shape[0], mask.shape[1], method=TextEncoder.null)
-  if config.model == "mdm":
+  if kind_of(config).frame_cond:
     cond = {**cond, "frame_mask": frame_mask}
     uncond = {**uncond, "frame_mask": frame_mask}
   return cond, uncond
@@ -183,3 +248,11 @@ def encode_latents(config: BaseConfig, vae_params, batch: dict, rng: jax.Array |
   mu, logvar = MotionVAE(config.vae).apply(vae_params, batch["motion"], batch["mask"], method=MotionVAE.encode)
   z = mu if rng is None else reparameterize(rng, mu, logvar)
   return z * latent_scale
+
+
+def to_model_space(config: BaseConfig, vae_params, batch: dict, rng: jax.Array | None, latent_scale) -> jax.Array:
+  """A data batch's motion in the space the process runs in [B, *model_shape]: the VAE latent (`encode_latents`,
+  posterior mean when rng is None) for latent kinds, the normalised features themselves otherwise."""
+  if kind_of(config).latent:
+    return encode_latents(config, vae_params, batch, rng, latent_scale)
+  return batch["motion"]

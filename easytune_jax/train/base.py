@@ -38,13 +38,14 @@ from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.safe_io import write_json
 from easytune_jax.data.text import Tokenizer
 from easytune_jax.models.generator import (
-  MODELS,  # noqa: F401
+  GENERATORS,  # noqa: F401
   BaseConfig,
   DataConfig,  # noqa: F401
   Modules,  # noqa: F401
   diffusion_tx,  # noqa: F401
   init_diffusion_params,
   init_vae_params,
+  kind_of,
   vae_tx,
 )
 from easytune_jax.train.base_data import (
@@ -127,8 +128,8 @@ def train_vae(
   """Trains (or resumes, or just restores when finished) the VAE. Returns (vae params, final val metrics);
   the params are the EMA copy when ema_decay > 0. `mesh` (`parallel.make_mesh`): data-parallel / FSDP steps
   (config.data.batch_size is the GLOBAL batch and must divide the device count)."""
-  if config.model != "mld":
-    raise ValueError(f"train_vae: only the 'mld' model has a VAE, found model={config.model!r}")
+  if not kind_of(config).latent:
+    raise ValueError(f"train_vae: model={config.model!r} runs on motion features and has no VAE")
   stage_dir = pathlib.Path(workdir) / "vae"
   ckpt = Checkpointer(stage_dir / "checkpoints")
   _check_resume(ckpt, config, "vae")
@@ -184,12 +185,13 @@ def train_diffusion(
 
   `vae_step` (the VAE checkpoint's step) is stored in the metadata: resuming a diffusion run on a VAE that
   was trained further since would mix two latent spaces, so it raises instead. `mesh`: as in `train_vae`."""
-  if config.model == "mld" and vae_params is None:
-    raise ValueError("train_diffusion: model='mld' needs the trained vae_params")
+  latent = kind_of(config).latent
+  if latent and vae_params is None:
+    raise ValueError(f"train_diffusion: model={config.model!r} runs in the VAE latent and needs the trained vae_params")
   stage_dir = pathlib.Path(workdir) / "diffusion"
   ckpt = Checkpointer(stage_dir / "checkpoints")
   _check_resume(ckpt, config, "diffusion")
-  if ckpt.latest_step() is not None and config.model == "mld":
+  if ckpt.latest_step() is not None and latent:
     saved = ckpt.metadata().get("vae_step")
     if saved != vae_step:
       ckpt.close()
@@ -257,7 +259,7 @@ def train_and_evaluate(
   write_json(os.path.join(workdir, "config.json"), config_to_dict(config))
   out = {"config": config, "seconds": {}}
   vae_params = None
-  if config.model == "mld":
+  if kind_of(config).latent:
     t0 = time.time()
     vae_params, out["vae"] = train_vae(config, workdir, dataset, tokenizer, val_dataset, progress, mesh)
     out["seconds"]["vae"] = time.time() - t0

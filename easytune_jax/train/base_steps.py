@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from easytune_jax.core import parallel, schedules
+from easytune_jax.core import parallel
 from easytune_jax.core.optim import apply_gradients
+from easytune_jax.core.sampling_process import denoising_loss
 from easytune_jax.data import batching
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.data.text import Tokenizer
@@ -23,8 +24,12 @@ from easytune_jax.models.generator import (
   build_modules,
   diffusion_tx,
   encode_latents,
+  kind_of,
+  loss_mask,
   make_cond,
+  make_process,
   text_inputs,
+  to_model_space,
   vae_tx,
 )
 from easytune_jax.models.text_encoder import drop_condition
@@ -82,15 +87,12 @@ def make_vae_step(config: BaseConfig, mean: np.ndarray, std: np.ndarray, key: ja
 def diffusion_loss(
   config: BaseConfig, params: dict, vae_params, batch: dict, rng: jax.Array, latent_scale, deterministic: bool = False
 ) -> tuple[jax.Array, dict]:
-  """DDPM loss at uniformly random t with per-example unconditional dropout (prob cond_drop_prob).
-  MLD: MSE over the latent; MDM: MSE over valid frames only."""
+  """The kind's process loss (`denoising_loss`: DDPM at uniformly random t, or flow matching) with per-example
+  unconditional dropout (prob cond_drop_prob); MSE over the latent, or over valid frames (frame-conditioned kinds)."""
   m = build_modules(config)
-  schedule = schedules.make_schedule(config.diffusion)
+  process = make_process(config)
   k_z, k_t, k_noise, k_drop, k_text, k_den = jax.random.split(rng, 6)
-  if config.model == "mld":
-    x0 = jax.lax.stop_gradient(encode_latents(config, vae_params, batch, k_z, latent_scale))
-  else:
-    x0 = batch["motion"]
+  x0 = jax.lax.stop_gradient(to_model_space(config, vae_params, batch, k_z, latent_scale))
   inputs, tmask = text_inputs(config, batch)
   cond, uncond = make_cond(
     config,
@@ -107,9 +109,7 @@ def diffusion_loss(
   predict = lambda x_t, t: m.denoiser.apply(  # noqa: E731
     params["denoiser"], x_t, t, cond, deterministic, rngs=None if deterministic else {"dropout": k_den}
   )
-  # MDM: the loss counts valid frames only; MLD: every latent element.
-  mask = batch["mask"] if config.model == "mdm" else None
-  loss = schedules.denoising_loss(schedule, predict, x0, k_t, k_noise, mask)
+  loss = denoising_loss(process, predict, x0, k_t, k_noise, loss_mask(config, batch))
   return loss, {"loss": loss}
 
 
@@ -176,7 +176,7 @@ def measure_latent_scale(
 ) -> float:
   """1 / std of the posterior means over the first training batches (deterministic), as Stable Diffusion's
   latent scale factor: the diffusion then runs on unit-scale latents. 1.0 when scale_latents is off."""
-  if config.model != "mld" or not config.scale_latents:
+  if not kind_of(config).latent or not config.scale_latents:
     return 1.0
   emb = load_text_embeddings(config)
   zs = []

@@ -109,7 +109,7 @@ def run_finetune(
   mask = trainable_mask(task.gen.params, cfg.trainable)
   tx = make_optimizer(ft.optim, mask)
   update = finetune.make_update_fn(
-    ft, task.denoise, task.reward, task.gen.schedule, tx, decode=task.decode, ema_decay=cfg.ema_decay, jit=mesh is None
+    ft, task.denoise, task.reward, task.gen.process, tx, decode=task.decode, ema_decay=cfg.ema_decay, jit=mesh is None
   )
   if mesh is not None:
     # x_T, cond, uncond and the regulariser's data batch are split over the mesh; the state is FSDP-sharded,
