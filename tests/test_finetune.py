@@ -119,7 +119,7 @@ def test_config_validation_errors():
   with pytest.raises(
     ValueError,
     match=r"method: expected one of \('easytune', 'draft', 'refl', "
-    r"'alignprop', 'drtune'\), found 'ppo'",
+    r"'alignprop', 'drtune', 'motionrft'\), found 'ppo'",
   ):
     finetune.FinetuneConfig(method="ppo")
   with pytest.raises(ValueError, match=r"k: expected 1 <= k <= num_steps=10, found 11"):

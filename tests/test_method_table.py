@@ -103,7 +103,7 @@ def test_config_errors_name_the_table():
   with pytest.raises(
     ValueError,
     match=r"method: expected one of \('easytune', 'draft', 'refl', 'alignprop', "
-    r"'drtune'\), found 'window'",
+    r"'drtune', 'motionrft'\), found 'window'",
   ):
     finetune.FinetuneConfig(method="window")
   with pytest.raises(ValueError, match="a trajectory row needs `choose`, a per-step row none"):

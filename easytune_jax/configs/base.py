@@ -1,4 +1,5 @@
-"""Presets of launch/train_base.py: `BaseConfig` (models/generator.py); '<size>' for MLD, '<size>_mdm' for MDM.
+"""Presets of launch/train_base.py: `BaseConfig` (models/generator.py); '<size>' for MLD, '<size>_<kind>' for every
+other row of the generator table (`models.generator.GENERATORS`: '<size>_mdm', '<size>_flow').
 
 'tiny' (CPU: widths 64, 1-layer VAE encoder/decoder, 3-layer skip denoiser, no dropout, 64-frame windows, sample
 prediction, the CPU sampler, ~1.5 min for both stages) is `BaseConfig()`. 'small' (one GPU, minutes to an hour,
@@ -16,7 +17,7 @@ from easytune_jax.core.optim import OptimConfig
 from easytune_jax.core.sampling import GUIDANCE_SCALE, NUM_STEPS, SamplerConfig
 from easytune_jax.core.schedules import DiffusionConfig
 from easytune_jax.models.denoiser import DenoiserConfig
-from easytune_jax.models.generator import BaseConfig, DataConfig
+from easytune_jax.models.generator import GENERATORS, BaseConfig, DataConfig
 from easytune_jax.models.text_encoder import TextEncoderConfig
 from easytune_jax.models.vae import VAEConfig
 
@@ -50,7 +51,7 @@ def small(model: str = "mld") -> BaseConfig:
 
 
 def paper(model: str = "mld") -> BaseConfig:
-  if model == "mld":  # MLD's latent denoiser, epsilon prediction
+  if GENERATORS[model].latent:  # MLD's latent denoiser (epsilon prediction for MLD; flow predicts the velocity)
     denoiser = DenoiserConfig(width=256, num_layers=9, num_heads=4, ff_dim=1024, dropout=0.1, skip=True)
     prediction_type = "epsilon"
   else:  # MDM's motion-space denoiser, sample prediction
@@ -92,7 +93,7 @@ def paper(model: str = "mld") -> BaseConfig:
 PRESETS = {
   f"{name}{suffix}": functools.partial(make, model)
   for name, make in (("tiny", tiny), ("small", small), ("paper", paper))
-  for suffix, model in (("", "mld"), ("_mdm", "mdm"))
+  for suffix, model in [("", "mld")] + [(f"_{kind}", kind) for kind in GENERATORS if kind != "mld"]
 }
 
 

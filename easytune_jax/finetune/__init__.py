@@ -110,7 +110,7 @@ from easytune_jax.finetune.config import (
   FinetuneConfig,
 )
 from easytune_jax.finetune.executor import StepAux, TrajectoryAux
-from easytune_jax.finetune.methods import METHODS, Choice, StepPolicy, alignprop_mask, drtune_choices
+from easytune_jax.finetune.methods import METHODS, Choice, StepPolicy, alignprop_mask, drtune_choices, motionrft_choices
 from easytune_jax.finetune.per_step import make_per_step_update, make_step_loss
 from easytune_jax.finetune.regularizers import diffusion_loss
 from easytune_jax.finetune.trajectory import make_trajectory_loss, make_trajectory_update
@@ -137,6 +137,7 @@ __all__ = [
   "diffusion_loss",
   "dropout_key",
   "drtune_choices",
+  "motionrft_choices",
   "make_per_step_update",
   "make_step_loss",
   "make_trajectory_loss",

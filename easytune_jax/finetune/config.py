@@ -28,6 +28,7 @@ class FinetuneConfig:
   m: ReFL / DRTune: the loss step is drawn among the last m steps (None = min(10, T)).
   p: AlignProp: probability that a step carries gradient.
   t_train: DRTune: the k training steps are evenly spaced over the first t_train steps (None = T).
+  min_k: MotionRFT: the gradient step k is drawn from U{min_k..T} (official default 1; k = T gives a zero gradient).
   reward_input: 'x0_hat' scores the one-step clean estimate; 'x_prev' scores the step's noisy output
      x_{t_{i+1}} (the step's INPUT carries no gradient, so a step-aware reward scores its output).
   reward_timestep: None calls reward(x, cond, None); 't' passes the scored sample's timestep int32 [B]
@@ -60,6 +61,7 @@ class FinetuneConfig:
   m: int | None = None
   p: float = 0.5
   t_train: int | None = None
+  min_k: int = 1
   guidance_scale: float = sampling.CPU_GUIDANCE_SCALE
   eta: float = 0.0
   timestep_spacing: str = "leading"
@@ -92,6 +94,8 @@ class FinetuneConfig:
       raise ValueError(f"{name}.p: expected a probability in (0, 1], found {self.p}")
     if self.t_train is not None and not 1 <= self.t_train <= T:
       raise ValueError(f"{name}.t_train: expected 1 <= t_train <= num_steps={T}, found {self.t_train}")
+    if not 1 <= self.min_k <= T:
+      raise ValueError(f"{name}.min_k: expected 1 <= min_k <= num_steps={T}, found {self.min_k}")
     if self.guidance_scale < 0:
       raise ValueError(f"{name}.guidance_scale: expected >= 0, found {self.guidance_scale}")
     if self.eta < 0:

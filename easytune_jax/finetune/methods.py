@@ -120,6 +120,18 @@ def _drtune_choose(rng, c):
   return Choice(0, mask, i_min, s)
 
 
+def motionrft_choices(rng: jax.Array, num_steps: int, min_k: int) -> tuple[jax.Array, jax.Array]:
+  """MotionRFT's draw: (k, i) with k ~ U{min_k..T} and the gradient step i = min(k, T - 1). k = T is the official
+  edge case: every step ran without gradient and the jump to the end has length 0, so the update's gradient is 0."""
+  k = jax.random.randint(rng, (), min_k, num_steps + 1, dtype=jnp.int32)
+  return k, jnp.minimum(k, num_steps - 1)
+
+
+def _motionrft_choose(rng, c):
+  k, i = motionrft_choices(rng, c.num_steps, c.min_k)
+  return Choice(i, jnp.arange(c.num_steps) == k, i, k)
+
+
 def _drtune_check(c):
   if c.k is not None and c.k > c.train_span:
     raise ValueError(f"FinetuneConfig.k: DRTune needs k <= t_train={c.train_span}, found {c.k}")
@@ -168,5 +180,17 @@ METHODS: dict[str, StepPolicy] = {
     default_k=lambda c: min(5, c.train_span),
     uses=("k", "m", "t_train"),
     check=_drtune_check,
+  ),
+  # MotionRFT (its flow-matching fine-tuning): a random k ~ U{min_k..T}, steps before k without gradient, then ONE
+  # step with gradient from the stopped x_{t_k} whose clean estimate is scored: on a flow, x0_hat = x_t - t v is the
+  # official "one Euler jump to the end". offset reports k (k = T: a zero-gradient update, as the official).
+  "motionrft": StepPolicy(
+    "MotionRFT",
+    span=lambda c: 1,
+    choose=_motionrft_choose,
+    masked=True,
+    scores="step",
+    grad_steps=lambda c: (c.num_steps - c.min_k) / (c.num_steps - c.min_k + 1),
+    uses=("min_k",),
   ),
 }

@@ -32,6 +32,7 @@ from easytune_jax.data import synthetic
 from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation
 from easytune_jax.eval.report import write_results
+from easytune_jax.models.generator import GENERATORS
 from easytune_jax.pipelines.quickstart_report import summary_record, write_report
 from easytune_jax.rewards.spm_objective import RewardTrainConfig
 from easytune_jax.train import base
@@ -50,6 +51,7 @@ class QuickstartConfig:
   max_frames: int = 64  # longest synthetic motion: the tiny generator's 64-frame window, so a
   # caption never describes frames outside the window it trains on
   seed: int = 0
+  generator: str = "mld"  # a row of the generator table (models.generator.GENERATORS): 'mld', 'mdm', 'flow'
   base_overrides: tuple = ("vae_steps=1500", "diffusion_steps=1500")
   reward_steps: int = 1500
   spl_steps: int = 300
@@ -67,6 +69,8 @@ class QuickstartConfig:
   scale: float = 1.0
 
   def __post_init__(self):
+    if self.generator not in GENERATORS:
+      raise ValueError(f"QuickstartConfig.generator: expected one of {tuple(GENERATORS)}, found {self.generator!r}")
     unknown = [m for m in self.methods if m not in finetune.METHODS]
     if unknown:
       raise ValueError(f"QuickstartConfig.methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")
@@ -89,9 +93,10 @@ def stage_data(cfg: QuickstartConfig, root: pathlib.Path) -> str:
 
 
 def base_config(cfg: QuickstartConfig) -> base.BaseConfig:
-  """The tiny base config (`BaseConfig()`, the 'tiny' preset) with `cfg.base_overrides`, each stage's steps scaled and its cosine decay stretched
-  over them (the learning rate would otherwise reach 0 early)."""
-  config = base.apply_overrides(base.BaseConfig(), list(cfg.base_overrides) + [f"seed={cfg.seed}"])
+  """The tiny base config of `cfg.generator` (`BaseConfig(model=...)`, the 'tiny' / 'tiny_<kind>' preset) with
+  `cfg.base_overrides`, each stage's steps scaled and its cosine decay stretched over them (the learning rate would
+  otherwise reach 0 early)."""
+  config = base.apply_overrides(base.BaseConfig(model=cfg.generator), list(cfg.base_overrides) + [f"seed={cfg.seed}"])
   scaled = []
   for stage in ("vae", "diffusion"):
     steps = cfg.steps(getattr(config, f"{stage}_steps"))
