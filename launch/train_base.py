@@ -1,4 +1,5 @@
-"""Trains the base text-to-motion generator (MLD: VAE then latent diffusion; or MDM) and writes samples.
+"""Trains the base text-to-motion generator (a kind of models.generator.GENERATORS: MLD, VAE then latent diffusion;
+MDM on the features; flow, VAE then latent flow matching) and writes samples.
 
   python launch/make_synthetic.py --out_dir=/tmp/synth --config.num_motions=2000
   python launch/train_base.py --config=tiny --workdir=/tmp/base --data_dir=/tmp/synth
@@ -6,7 +7,7 @@
       --config.diffusion_steps=2000 --config.denoiser.width=128
 
 --config: the `BaseConfig` (models/generator.py): a preset of easytune_jax/configs/base.py ('tiny', 'small',
-'paper'; '<size>_mdm' for MDM) or a .py file with get_config(); override any field with --config.<field>=<value>.
+'paper'; '<size>_mdm' for MDM, '<size>_flow' for flow matching) or a .py file with get_config(); override any field with --config.<field>=<value>.
 The samples use --config.sampler.num_steps / --config.sampler.guidance_scale (not part of the resume check).
 
 Scale-out: --mesh=data=8 (or data=4,fsdp=2; data.batch_size is the global batch); multi-host with

@@ -179,8 +179,14 @@ def summary_screen(summary: dict) -> str:
 
 
 # The README's quickstart table sits between these two lines and is the table of docs/quickstart/summary.json.
-README_TABLE_BEGIN = "<!-- quickstart-table: generated from docs/quickstart/summary.json, do not edit -->"
-README_TABLE_END = "<!-- end of quickstart-table -->"
+def table_markers(docs_dir: str = "docs/quickstart") -> tuple[str, str]:
+  """The README markers around the table generated from `<docs_dir>/summary.json` (one pair per exported run:
+  the default quickstart's, the flow generator's, ...)."""
+  docs_dir = str(docs_dir).rstrip("/")
+  return (
+    f"<!-- quickstart-table: generated from {docs_dir}/summary.json, do not edit -->",
+    f"<!-- end of quickstart-table ({docs_dir}) -->",
+  )
 
 
 def table_differences(summary: dict, reference: dict) -> list[str]:
@@ -207,16 +213,17 @@ def machine_differences(summary: dict, reference: dict) -> list[str]:
   return [f"{k}: {r.get(k)!r} -> {m.get(k)!r}" for k in COMPARED_MACHINE_FIELDS if m.get(k) != r.get(k)]
 
 
-def readme_with_table(readme: str, summary: dict, readme_name: str = "README.md") -> str:
-  """`readme` with the text between the quickstart-table markers replaced by `summary`'s table."""
-  if readme.count(README_TABLE_BEGIN) != 1 or readme.count(README_TABLE_END) != 1:
-    raise ValueError(
-      f"{readme_name}: expected the quickstart-table markers once each ({README_TABLE_BEGIN!r} ... "
-      f"{README_TABLE_END!r})"
-    )
-  head, rest = readme.split(README_TABLE_BEGIN)
-  _, tail = rest.split(README_TABLE_END)
-  return head + README_TABLE_BEGIN + "\n" + "\n".join(summary_table(summary)) + "\n" + README_TABLE_END + tail
+def readme_with_table(
+  readme: str, summary: dict, readme_name: str = "README.md", docs_dir: str = "docs/quickstart"
+) -> str:
+  """`readme` with the text between the table markers of `docs_dir` (`table_markers`) replaced by `summary`'s
+  table."""
+  begin, end = table_markers(docs_dir)
+  if readme.count(begin) != 1 or readme.count(end) != 1:
+    raise ValueError(f"{readme_name}: expected the quickstart-table markers once each ({begin!r} ... {end!r})")
+  head, rest = readme.split(begin)
+  _, tail = rest.split(end)
+  return head + begin + "\n" + "\n".join(summary_table(summary)) + "\n" + end + tail
 
 
 def export_docs(workdir: str, docs_dir: str, readme: str | None = None) -> list[str]:
@@ -235,6 +242,6 @@ def export_docs(workdir: str, docs_dir: str, readme: str | None = None) -> list[
     written.append(str(docs / src.name))
   if readme is not None:
     path = pathlib.Path(readme)
-    path.write_text(readme_with_table(path.read_text(), summary, str(path)))
+    path.write_text(readme_with_table(path.read_text(), summary, str(path), docs_dir))
     written.append(str(path))
   return written
