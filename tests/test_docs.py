@@ -30,6 +30,14 @@ def test_readme_table_is_the_committed_summary_table():
   assert summary["machine"]["cpu"] and summary["machine"]["jax"]  # the run states what it was made with
 
 
+def test_readme_flow_table_is_the_committed_flow_summary():
+  """The flow generator's quickstart table (README "Generators and sampling processes") is its summary's."""
+  summary = json.loads((ROOT / "docs" / "flow_quickstart" / "summary.json").read_text())
+  readme = (ROOT / "README.md").read_text()
+  assert quickstart_report.readme_with_table(readme, summary, docs_dir="docs/flow_quickstart") == readme
+  assert summary["generator"] == "flow"
+
+
 def test_table_check_names_each_changed_row():
   summary = json.loads(SUMMARY.read_text())
   assert quickstart_report.table_differences(summary, summary) == []

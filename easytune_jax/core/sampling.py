@@ -33,8 +33,10 @@ CPU_GUIDANCE_SCALE = 2.5
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  """DDIM sampling settings. Defaults: the CPU setting (CPU_NUM_STEPS steps, guidance CPU_GUIDANCE_SCALE), eta 0,
-  leading spacing (MLD's); MLD's own sampler is `SamplerConfig(num_steps=NUM_STEPS, guidance_scale=GUIDANCE_SCALE)`."""
+  """Sampling settings of any process. Defaults: the CPU setting (CPU_NUM_STEPS steps, guidance CPU_GUIDANCE_SCALE),
+  eta 0 (deterministic DDIM / the flow ODE; > 0 the stochastic step), leading spacing (MLD's); MLD's own sampler is
+  `SamplerConfig(num_steps=NUM_STEPS, guidance_scale=GUIDANCE_SCALE)`. timestep_spacing / steps_offset are DDIM's
+  and DDPM's (a flow's grid is its `time_shift`)."""
 
   num_steps: int = CPU_NUM_STEPS
   guidance_scale: float = CPU_GUIDANCE_SCALE

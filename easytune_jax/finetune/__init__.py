@@ -1,8 +1,12 @@
-"""Reward fine-tuning of diffusion samplers: EasyTune and the DRaFT-K / ReFL / AlignProp / DRTune baselines.
+"""Reward fine-tuning of diffusion and flow samplers: EasyTune and the DRaFT-K / ReFL / AlignProp / DRTune /
+MotionRFT baselines.
 
-Model-agnostic: every builder takes apply functions, never concrete networks (contracts in WORKSPACE.md):
+Model-agnostic: every builder takes apply functions, never concrete networks, and a sampling process
+(core/sampling_process.py: a DDIM / DDPM `schedules.Schedule` or a flow-matching `flow.FlowProcess`; contracts in
+WORKSPACE.md):
 
-  denoise(params, x_t [B, ...], t int32 [B], cond) -> model output [B, ...]   (eps / sample / v)
+  denoise(params, x_t [B, ...], t [B], cond) -> model output [B, ...]   (eps / sample / v, or the flow velocity;
+                                                                         t is the process's model_time)
   reward(x [B, ...], cond, t: None | int32 [B]) -> [B]  (higher is better, differentiable in x)
   decode(z [B, ...], cond) -> x (optional; e.g. a frozen VAE decoder latent -> motion features)
 
@@ -10,8 +14,9 @@ Model-agnostic: every builder takes apply functions, never concrete networks (co
 embeddings for the denoiser, lengths/mask for the decoder, reward-text features ...). For classifier-free
 guidance `uncond` must have `cond`'s structure (both go through one batched denoiser call).
 
-Notation: DDIM timesteps t_1 > ... > t_T, step i maps x_{t_i} -> x_{t_{i+1}} and gives
-x0_hat_i = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); guidance eps = eps_u + w (eps_c - eps_u).
+Notation: the process's grid t_1 > ... > t_T, step i maps x_{t_i} -> x_{t_{i+1}} and gives the one-step clean
+estimate x0_hat_i (DDIM: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); flow: x_t - t v); guidance
+out = out_u + w (out_c - out_u).
 
   EasyTune (K):  for i in the last K steps: loss_i(theta) = -R(decode(x0_hat_i(theta; sg(x_{t_i}))) [, t_i]);
                  g_i = grad loss_i is applied by the optimizer at once (K updates per trajectory); the chain
@@ -27,6 +32,8 @@ x0_hat_i = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); guidance eps = eps_u + w
                  official code); the gradient chains through every step's DDIM update to x_0.
   DRTune:        sg on every step's denoiser INPUT; K steps s + j * (T_train // K) (s random) run the
                  denoiser with gradient; i_min ~ U{T-M..T-1}; loss on x0_hat_{i_min}.
+  MotionRFT:     k ~ U{min_k..T}; chain without gradient to x_{t_k}; one step with gradient, loss on x0_hat_k
+                 (on a flow: the official one Euler jump x_k - t_k v to the end; k = T: zero gradient).
 
 One table, one executor: every method is a row of `METHODS` (a `StepPolicy`: which steps run the denoiser
 with gradient, where the input is stopped, which output is scored, per-step or per-trajectory updates) and
@@ -65,7 +72,7 @@ Example with your own denoiser and reward:
   params = {'w1': jnp.eye(D) * 0.5, 'w2': jnp.eye(D) * 0.5, 'tw': jnp.zeros(D)}
   cfg = finetune.FinetuneConfig(method='easytune', num_steps=10, guidance_scale=2.0,
                                 optim=OptimConfig(learning_rate=1e-3))
-  schedule = schedules.make_schedule()
+  schedule = schedules.make_schedule()     # DDIM; core.flow.make_flow() for a flow-matching (velocity) model
   tx = make_optimizer(cfg.optim)           # or make_optimizer(cfg.optim, trainable_mask)
   update = finetune.make_update_fn(cfg, denoise, reward, schedule, tx)   # jitted
   state = create_train_state(params, tx)

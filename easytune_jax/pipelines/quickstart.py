@@ -389,6 +389,7 @@ def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
   ev = stage("evaluate", stage_evaluate, cfg, root, data_dir, gen_dir, eval_dir, reward_dir)
   media = stage("media", stage_media, cfg, root, data_dir, gen_dir)
   summary = {
+    "generator": cfg.generator,
     "finetune": ft,
     "evaluate": ev,
     "media": media,
