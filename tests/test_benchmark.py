@@ -195,3 +195,30 @@ def test_variant_parsing_and_config_errors():
   with pytest.raises(ValueError, match="expected 'tiny' or 'paper', found 'huge'"):
     get_config("huge")
   assert get_config("paper").speed_steps == 50
+
+
+def test_every_method_is_at_or_above_its_floor(tiny_pipeline):
+  """The floor bounds: every method's measured trajectory time is at least its floor (one dispatch + its expected
+  work, counted from its row of the method table, times primitives timed alone), within 20% for timer noise."""
+  from easytune_jax import finetune
+
+  cfg = BenchmarkConfig(
+    speed_variants=tuple(finetune.METHODS) + ("draft-T",),
+    speed_steps=4,
+    batch_size=4,
+    speed_repeats=3,
+    budget_seconds=None,
+    budget_trajectories=2,
+    curve_points=1,
+    heldout_size=4,
+    eval_batch_size=4,
+  )
+  p = tiny_pipeline
+  res = run_benchmark(cfg, p.generator, p.reward, p.data, memory=False)
+  floor = res["base"]["floor"]
+  for prim in ("nograd_step", "grad_step", "reward_grad", "reward_eval", "optimizer_update"):
+    assert _finite(floor[f"{prim}_seconds"]) and floor[f"{prim}_seconds"] >= 0, prim
+  assert floor["grad_step_seconds"] > floor["nograd_step_seconds"] > 0
+  ratios = {r["variant"]: r["speed"]["floor"]["over_floor_with_optimizer"] for r in res["records"]}
+  assert set(ratios) == {finetune.METHODS[m].label for m in finetune.METHODS} | {"DRaFT-T"}, ratios
+  assert min(ratios.values()) >= 0.8, ratios

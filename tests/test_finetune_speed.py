@@ -319,10 +319,22 @@ def test_benchmark_chunk_variants_and_floor_record():
       parse_variant(bad)
   with pytest.raises(ValueError, match="grad_chunk"):
     BenchmarkConfig(grad_chunk=0)
-  floor = {"T": 10, "sampling_seconds": 1.0, "one_step_grad_seconds": 0.5, "optimizer_update_seconds": 0.1}
-  ft = finetune_config(BenchmarkConfig(), parse_variant("easytune"), 10)
-  r = floor_record(floor, ft, 12.0)
-  assert r["grad_steps"] == 10 and r["floor_seconds"] == 6.0 and r["floor_with_optimizer_seconds"] == 7.0
-  assert r["over_floor"] == 2.0
-  ft = finetune_config(BenchmarkConfig(), parse_variant("refl"), 10)
-  assert floor_record(floor, ft, 3.2)["floor_with_optimizer_seconds"] == pytest.approx(1.6)
+  # A floor is one dispatch + the method's expected work (from its row) x the primitives.
+  floor = {"T": 10, "dispatch_seconds": 0.01, "nograd_step_seconds": 0.1, "grad_step_seconds": 0.2}
+  floor.update(reward_grad_seconds=0.3, reward_eval_seconds=0.05, optimizer_update_seconds=0.02)
+  ft = finetune_config(BenchmarkConfig(), parse_variant("easytune-4"), 10)  # 6 no-grad, 4 x (grad + reward + update)
+  r = floor_record(floor, ft, 6.0)
+  assert r["work"] == {"nograd_step": 6, "grad_step": 4, "reward_grad": 4, "reward_eval": 0, "optimizer_update": 4}
+  assert r["floor_seconds"] == pytest.approx(0.01 + 0.6 + 0.8 + 1.2)
+  assert r["floor_with_optimizer_seconds"] == pytest.approx(2.61 + 0.08) and r["over_floor"] == pytest.approx(6 / 2.61)
+  ft = finetune_config(BenchmarkConfig(), parse_variant("draft-3"), 10)  # 7 no-grad, 3 grad, ONE reward + update
+  assert floor_record(floor, ft, 3.0)["floor_with_optimizer_seconds"] == pytest.approx(0.01 + 0.7 + 0.6 + 0.3 + 0.02)
+  # Random rows are counted from their draws: ReFL's loss step i ~ U{T-M..T-1} has i no-grad steps before it.
+  w = floor_record(floor, finetune_config(BenchmarkConfig(), parse_variant("refl"), 10), 1.0)["work"]
+  assert w["grad_step"] == 1 and w["nograd_step"] == pytest.approx(10 - 5.5, abs=0.1)
+  # AlignProp's non-empty Bernoulli(p) mask: p T / (1 - (1 - p)^T) gradient steps of T.
+  w = floor_record(floor, finetune_config(BenchmarkConfig(), parse_variant("alignprop"), 10), 1.0)["work"]
+  assert w["grad_step"] == pytest.approx(5 / (1 - 0.5**10), abs=0.1) and w["nograd_step"] + w["grad_step"] == 10
+  # MotionRFT: k ~ U{1..T}; k = T (prob 1/T) has no gradient step, only a reward evaluation.
+  w = floor_record(floor, finetune_config(BenchmarkConfig(), parse_variant("motionrft"), 10), 1.0)["work"]
+  assert w["reward_eval"] == pytest.approx(0.1, abs=0.02) and w["grad_step"] == pytest.approx(0.9, abs=0.02)

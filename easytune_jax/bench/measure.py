@@ -13,20 +13,25 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from easytune_jax import finetune
 from easytune_jax.bench.config import BenchmarkConfig, finetune_config
 from easytune_jax.bench.variants import Variant, parse_variant
 from easytune_jax.core import sampling
+from easytune_jax.core.machine import cpu_flags, cpu_model
 from easytune_jax.core.optim import apply_gradients, create_train_state, make_optimizer
 from easytune_jax.data import batching
 
 
 # --------------------------------------------------------------------------------------------- machine
 def machine_info() -> dict:
+  """The device, the CPU's model and instruction-set flags (`core.machine`), versions: what a timing depends on."""
   dev = jax.devices()[0]
   return {
+    "cpu_model": cpu_model(),
+    "cpu_flags": cpu_flags(),
     "jax_version": jax.__version__,
     "backend": jax.default_backend(),
     "device_kind": dev.device_kind,
@@ -166,59 +171,133 @@ def _median_seconds(fn, args, repeats: int) -> float:
   return statistics.median(times)
 
 
-def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
-  """The pieces of a trajectory update's floor at T steps, on the first training batch:
+def _min_seconds(fn, args, repeats: int) -> float:
+  """The fastest wall seconds of `fn(*args)` (blocked) over `repeats` calls after one warm-up (compile) call: the
+  primitives of a floor take the minimum, so that noise can only raise the floor's distance, never hide it."""
+  block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return min(times)
 
-  sampling_seconds: guided DDIM sampling of T steps + decode + reward, no gradient (jitted, median of
-  `speed_repeats`); one_step_grad_seconds: one `value_and_grad` of EasyTune's one-step loss at step T // 2
-  (guided denoiser forward + backward, x0 estimate, decode, reward); optimizer_update_seconds: one
-  `apply_gradients` (clip + AdamW, finiteness check) of a params-sized gradient. Memory: the
-  compiled totals of the sampling and of the one-step gradient (bytes). Per method, `floor_record` turns
-  them into sampling + K one-step gradients.
+
+PRIMITIVES = ("nograd_step", "grad_step", "reward_grad", "reward_eval", "optimizer_update")
+
+
+def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
+  """The primitives a trajectory update is made of, timed alone at step T // 2 on the first training batch (fastest
+  of `speed_repeats` calls each, the cost of one jitted call's dispatch subtracted):
+
+  nograd_step: the guided denoiser forward and the process's step, no gradient; grad_step: the guided denoiser
+  forward and its backward to the params (a lower bound of a differentiated step: the chain methods also need the
+  gradient to x); reward_grad: decode + reward forward and backward to the sample; reward_eval: decode + reward
+  forward; optimizer_update: one `apply_gradients` (clip + AdamW, finiteness check); dispatch: one jitted call of
+  a trivial function (a whole update pays it once). Also, for reference: sampling_seconds (a whole guided sampling
+  of T steps + decode + reward, no gradient) and the compiled memory of the sampling and of one one-step gradient.
+  `floor_record` composes a method's floor from these and its `expected_work`.
   """
   x_T, cond, uncond, _ = inputs(0)
   ft = finetune_config(cfg, Variant("easytune"), T)
-  run = jax.jit(_sampling_fn(task, T, cfg.guidance_scale))
-  timesteps = sampling.make_timesteps(task.gen.process, ft.sampler_config())
-  step_loss = finetune.make_step_loss(
-    task.denoise, task.reward, task.gen.process, timesteps, cfg.guidance_scale, decode=task.decode
-  )
-  vg = lambda p, x, c, u: jax.value_and_grad(step_loss, has_aux=True)(p, x, T // 2, c, u)
+  process, w, params = task.gen.process, cfg.guidance_scale, task.gen.params
+  ts = sampling.make_timesteps(process, ft.sampler_config())
+  i = T // 2
+  t, prev_t = ts.t[i], ts.prev_t[i]
+
+  def guided(p, x):
+    return sampling.guided_denoise(task.denoise, p, x, process.model_time(t), cond, uncond, w)
+
+  def reward_of(x):
+    return jnp.mean(task.reward(task.decode(x, cond), cond, None))
+
+  prims = {
+    "nograd_step": (jax.jit(lambda p, x: process.step(guided(p, x), x, t, prev_t)[0]), (params, x_T)),
+    "grad_step": (jax.jit(lambda p, x: jax.vjp(lambda q: guided(q, x), p)[1](jnp.ones_like(x))), (params, x_T)),
+    "reward_grad": (jax.jit(jax.value_and_grad(reward_of)), (x_T,)),
+    "reward_eval": (jax.jit(reward_of), (x_T,)),
+  }
   tx = make_tx(ft)
-  state = create_train_state(task.gen.params, tx)
-  grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), task.gen.params)
-  apply = jax.jit(lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0)))
-  params = task.gen.params
+  grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), params)
+  prims["optimizer_update"] = (
+    jax.jit(lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0))),
+    (create_train_state(params, tx), grads),
+  )
+  dispatch = _min_seconds(jax.jit(lambda x: x + 1.0), (jnp.zeros((8,)),), max(cfg.speed_repeats, 5))
+  out = {"T": T, "dispatch_seconds": dispatch}
+  for name, (fn, args) in prims.items():
+    out[f"{name}_seconds"] = max(_min_seconds(fn, args, cfg.speed_repeats) - dispatch, 0.0)
+  run = jax.jit(_sampling_fn(task, T, w))
+  step_loss = finetune.make_step_loss(task.denoise, task.reward, process, ts, w, decode=task.decode)
+  vg = lambda p, x, c, u: jax.value_and_grad(step_loss, has_aux=True)(p, x, i, c, u)
+  out["sampling_seconds"] = _median_seconds(run, (params, x_T, cond, uncond), cfg.speed_repeats)
+  out["sampling_memory"] = finetune.compiled_memory(run, params, x_T, cond, uncond)
+  out["one_step_grad_memory"] = finetune.compiled_memory(vg, params, x_T, cond, uncond)
+  return out
+
+
+def expected_work(ft: finetune.FinetuneConfig, draws: int = 4096) -> dict[str, float]:
+  """What one trajectory update of `ft`'s method does, in expectation over its random choices, counted in the
+  primitives of `measure_floor`: {nograd_step, grad_step, reward_grad, reward_eval, optimizer_update}.
+
+  Read from the method's row of `METHODS` (a new row needs nothing here): a per-step row runs T - K steps without
+  gradient, then K steps each with one denoiser gradient, one reward gradient and one update (+ K no-gradient
+  steps for a batched frozen chunk > 1). A trajectory row is counted from `draws` of its `choose` (fixed key): the
+  prefix before `start` runs without gradient; in the span, steps after a step-scored row's loss step are skipped,
+  steps off a masked row's grad_mask run without gradient, the others with; one reward gradient when any step carried
+  gradient (else one reward evaluation), one update."""
+  policy, T = ft.policy, ft.num_steps
+  if policy.per_step_updates:
+    K = policy.span(ft)
+    extra = K if ft.chunk_size > 1 else 0
+    return {
+      "nograd_step": float(T - K + extra),
+      "grad_step": float(K),
+      "reward_grad": float(K),
+      "reward_eval": 0.0,
+      "optimizer_update": float(K),
+    }
+  L = policy.span(ft)
+  keys = jax.random.split(jax.random.key(0), draws)
+  c = jax.vmap(lambda k: jax.tree.map(jnp.asarray, policy.choose(k, ft)))(keys)
+  start = np.broadcast_to(np.asarray(c.start), (draws,))
+  idx = start[:, None] + np.arange(L)[None]
+  active = idx <= np.asarray(c.loss_index)[:, None] if policy.scores == "step" else np.ones_like(idx, bool)
+  if policy.masked:
+    mask = np.broadcast_to(np.asarray(c.grad_mask), (draws, T))
+    with_grad = np.take_along_axis(mask, np.clip(idx, 0, T - 1), axis=1)
+  else:
+    with_grad = np.ones_like(idx, bool)
+  grad = np.sum(active & with_grad, axis=1)
+  nograd = start + np.sum(active & ~with_grad, axis=1)
   return {
-    "T": T,
-    "sampling_seconds": _median_seconds(run, (params, x_T, cond, uncond), cfg.speed_repeats),
-    "one_step_grad_seconds": _median_seconds(jax.jit(vg), (params, x_T, cond, uncond), cfg.speed_repeats),
-    "optimizer_update_seconds": _median_seconds(apply, (state, grads), cfg.speed_repeats),
-    "sampling_memory": finetune.compiled_memory(run, params, x_T, cond, uncond),
-    "one_step_grad_memory": finetune.compiled_memory(vg, params, x_T, cond, uncond),
+    "nograd_step": float(np.mean(nograd)),
+    "grad_step": float(np.mean(grad)),
+    "reward_grad": float(np.mean(grad > 0)),
+    "reward_eval": float(np.mean(grad == 0)),
+    "optimizer_update": 1.0,
   }
 
 
 def grad_steps(ft: finetune.FinetuneConfig) -> float:
-  """Differentiated denoiser steps per trajectory (the row's `grad_steps`, default K): K (EasyTune,
-  DRaFT-K, DRTune), 1 (ReFL), p * T expected (AlignProp)."""
-  g = ft.policy.grad_steps
-  return float(ft.num_grad_steps if g is None else g(ft))
+  """Differentiated denoiser steps per trajectory, in expectation (`expected_work`): K (EasyTune, DRaFT-K, DRTune
+  up to its loss step), 1 (ReFL), p T / (1 - (1 - p)^T) (AlignProp's non-empty mask)."""
+  return expected_work(ft)["grad_step"]
 
 
 def floor_record(floor: dict, ft: finetune.FinetuneConfig, seconds_per_trajectory: float) -> dict:
-  """The floor of one method at `floor['T']`: sampling + (differentiated steps) x one-step gradient, with and
-  without its optimizer updates, and the measured trajectory time over it (1.0 = at the floor). For the
-  trajectory baselines (one backward through several steps, one decode + reward) it is an upper-side estimate
-  of their floor; for EasyTune it is exactly the work of the batched path."""
-  k = grad_steps(ft)
-  base = floor["sampling_seconds"] + k * floor["one_step_grad_seconds"]
-  with_opt = base + ft.updates_per_trajectory * floor["optimizer_update_seconds"]
+  """The floor of one method at `floor['T']`: one dispatch plus its `expected_work` times the primitives of
+  `measure_floor` (floor_seconds without the optimizer updates, floor_with_optimizer_seconds with them), and the
+  measured trajectory time over each (>= 1 when the floor bounds; 1.0 = the method does nothing but its
+  primitives)."""
+  work = expected_work(ft)
+  base = floor["dispatch_seconds"] + sum(work[p] * floor[f"{p}_seconds"] for p in PRIMITIVES[:-1])
+  with_opt = base + work["optimizer_update"] * floor["optimizer_update_seconds"]
   return {
-    "grad_steps": k,
+    "work": work,
+    "grad_steps": work["grad_step"],
     "floor_seconds": base,
     "floor_with_optimizer_seconds": with_opt,
     "over_floor": seconds_per_trajectory / base,
     "over_floor_with_optimizer": seconds_per_trajectory / with_opt,
-    **{k2: floor[k2] for k2 in ("sampling_seconds", "one_step_grad_seconds", "optimizer_update_seconds")},
   }

@@ -8,6 +8,7 @@ import math
 import pathlib
 
 from easytune_jax import viz
+from easytune_jax.bench.measure import PRIMITIVES
 
 _MiB = 2.0**20
 
@@ -73,23 +74,29 @@ def _floor_table(result: dict, sp: list) -> list[str]:
   fl = [r for r in sp if "floor" in r["speed"]]
   if not fl:
     return []
-  f0 = fl[0]["speed"]["floor"]
+  f0 = result.get("base", {}).get("floor") or {}
+  prims = ", ".join(
+    f"{p.replace('_', ' ')} {f0[p + '_seconds'] * 1e3:.2f} ms" for p in PRIMITIVES if p + "_seconds" in f0
+  )
   lines = [
     "",
-    f"Floor at T={sp[0]['speed']['T']}: sampling alone {f0['sampling_seconds']:.4f} s, one one-step "
-    f"gradient {f0['one_step_grad_seconds']:.4f} s, one optimizer update "
-    f"{f0['optimizer_update_seconds']:.4f} s; floor = sampling + (differentiated steps) x one-step "
-    "gradient (+ the method's optimizer updates).",
+    f"Floor at T={sp[0]['speed']['T']} from primitives timed alone (fastest call, dispatch "
+    f"{f0.get('dispatch_seconds', 0.0) * 1e3:.2f} ms subtracted): {prims}. A method's floor is one dispatch plus "
+    "its expected work per trajectory (counted from its row of the method table) times these; / floor >= 1 when it "
+    "bounds.",
     "",
-    "| variant | C | differentiated steps | s/trajectory | floor s | / floor | floor+opt s | / floor+opt |",
-    "|---|---|---|---|---|---|---|---|",
+    "| variant | C | no-grad steps | grad steps | reward grads | updates | s/trajectory | floor s | / floor | "
+    "floor+opt s | / floor+opt |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in fl:
     f, s_ = r["speed"]["floor"], r["speed"]
+    w = f["work"]
     lines.append(
-      f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {f['grad_steps']:g} | "
-      f"{s_['seconds_per_trajectory']:.4f} | {f['floor_seconds']:.4f} | {f['over_floor']:.2f} | "
-      f"{f['floor_with_optimizer_seconds']:.4f} | {f['over_floor_with_optimizer']:.2f} |"
+      f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {w['nograd_step']:.3g} | {w['grad_step']:.3g} | "
+      f"{w['reward_grad']:.3g} | {w['optimizer_update']:.3g} | {s_['seconds_per_trajectory']:.4f} | "
+      f"{f['floor_seconds']:.4f} | {f['over_floor']:.2f} | {f['floor_with_optimizer_seconds']:.4f} | "
+      f"{f['over_floor_with_optimizer']:.2f} |"
     )
   bf = result.get("base", {}).get("floor")
   if bf:

@@ -48,8 +48,9 @@ class StepPolicy:
   scores: 'final' = R(decode(x_0)) (the span must end at step T-1); 'step' = R of the loss step's x0_hat
     (or x_prev, config.reward_input), step-aware; steps after the loss step are skipped.
   per_step_updates: each span step is its own one-step loss and optimizer update (EasyTune); else one
-    update per trajectory. default_k: K when config.k is None. grad_steps: expected differentiated steps
-    per trajectory (benchmark floor; None = K). uses: the FinetuneConfig hyper-parameters the row reads.
+    update per trajectory. default_k: K when config.k is None. uses: the FinetuneConfig hyper-parameters the
+    row reads. (The benchmark counts a row's work per trajectory from these fields and `choose`:
+    `bench.measure.expected_work`.)
   check: optional config validation raising ValueError.
   """
 
@@ -61,7 +62,6 @@ class StepPolicy:
   scores: str = "final"
   per_step_updates: bool = False
   default_k: Callable[[Any], int] = lambda c: 1
-  grad_steps: Callable[[Any], float] | None = None
   uses: tuple = ()
   check: Callable[[Any], None] | None = None
 
@@ -157,16 +157,13 @@ METHODS: dict[str, StepPolicy] = {
   # DRaFT-K: backprop through the last K steps into R(x_0).
   "draft": StepPolicy("DRaFT", span=lambda c: c.num_grad_steps, choose=_draft_choose, uses=("k",)),
   # ReFL: one step with gradient at i_stop ~ U{T-M..T-1}, scored at its x0_hat.
-  "refl": StepPolicy(
-    "ReFL", span=lambda c: 1, choose=_refl_choose, scores="step", grad_steps=lambda c: 1.0, uses=("m",)
-  ),
+  "refl": StepPolicy("ReFL", span=lambda c: 1, choose=_refl_choose, scores="step", uses=("m",)),
   # AlignProp: all T steps, a Bernoulli(p) mask of steps run the denoiser with gradient, R(x_0).
   "alignprop": StepPolicy(
     "AlignProp",
     span=lambda c: c.num_steps,
     choose=_alignprop_choose,
     masked=True,
-    grad_steps=lambda c: c.p * c.num_steps,
     uses=("p",),
   ),
   # DRTune: sg at every denoiser input, K evenly spaced training steps, scored at x0_hat of i_min.
@@ -190,7 +187,6 @@ METHODS: dict[str, StepPolicy] = {
     choose=_motionrft_choose,
     masked=True,
     scores="step",
-    grad_steps=lambda c: (c.num_steps - c.min_k) / (c.num_steps - c.min_k + 1),
     uses=("min_k",),
   ),
 }

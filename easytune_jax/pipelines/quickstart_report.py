@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from easytune_jax.core import rerun
+from easytune_jax.core.machine import cpu_model
 
 
 def summary_table(summary: dict) -> list[str]:
@@ -72,12 +73,6 @@ def machine_description() -> dict:
   import jaxlib
   import optax
 
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-  except OSError:
-    pass
   return {
     "jax": jax.__version__,
     "jaxlib": jaxlib.__version__,
@@ -86,7 +81,7 @@ def machine_description() -> dict:
     "numpy": np.__version__,
     "python": platform.python_version(),
     "backend": jax.default_backend(),
-    "cpu": cpu,
+    "cpu": cpu_model(),
     "cpu_count": os.cpu_count(),
   }
 
