@@ -222,3 +222,65 @@ def test_every_method_is_at_or_above_its_floor(tiny_pipeline):
   ratios = {r["variant"]: r["speed"]["floor"]["over_floor_with_optimizer"] for r in res["records"]}
   assert set(ratios) == {finetune.METHODS[m].label for m in finetune.METHODS} | {"DRaFT-T"}, ratios
   assert min(ratios.values()) >= 0.8, ratios
+
+
+def test_selection_keeps_the_best_checkpoint_made_within_each_budget():
+  """Selection: the best val score among the checkpoints offered up to a budget (the base included), fixed when the
+  run's clock reaches it; later, better checkpoints do not change an earlier budget's choice."""
+  import jax.numpy as jnp
+
+  from easytune_jax.bench.speed import Selection
+
+  score = lambda p: (float(p["s"]), {"R_precision_top_1": float(p["s"])})  # noqa: E731
+  sel = Selection(score, (3.0, 5.0, 8.0), {"s": jnp.float32(0.1)}, 0.70)
+  for t, s, reward in [(2.0, 0.5, 0.72), (3.1, 0.3, 0.75), (5.2, 0.4, 0.76), (7.0, 0.9, 0.8)]:
+    sel.offer({"s": jnp.float32(s)}, t, reward)
+    sel.close(t)
+  sel.close(float("inf"))
+  got = [(c["budget"], c["seconds"], c["val_score"], c["heldout_reward"], c["base"]) for c, _ in sel.chosen]
+  assert got == [(3.0, 2.0, 0.5, 0.72, False), (5.0, 2.0, 0.5, 0.72, False), (8.0, 7.0, pytest.approx(0.9), 0.8, False)]
+  assert [float(p["s"]) for _, p in sel.chosen] == [0.5, 0.5, pytest.approx(0.9)]
+  worse = Selection(score, (1.0,), {"s": jnp.float32(0.6)}, 0.70)
+  worse.offer({"s": jnp.float32(0.2)}, 1.5, 0.9)
+  worse.close(1.5)
+  assert worse.chosen[0][0]["base"] and worse.chosen[0][0]["seconds"] == 0.0  # the base was better on val
+  with pytest.raises(ValueError, match=r"select_budgets: expected seconds in \(0, budget_seconds=2.0\]"):
+    BenchmarkConfig(budget_seconds=2.0, select_budgets=(1.0, 3.0))
+  with pytest.raises(ValueError, match="select_metric: expected one of"):
+    BenchmarkConfig(select_metric="FID")
+
+
+def test_equal_time_val_selected_alignment(tiny_pipeline, tmp_path):
+  cfg = BenchmarkConfig(
+    speed_variants=("easytune", "draft-1@1e-4", "draft-1@4e-4"),
+    speed_steps=4,
+    batch_size=4,
+    speed_repeats=1,
+    budget_seconds=2.0,
+    select_budgets=(1.0, 2.0),
+    select_metric="MM_Dist",
+    curve_points=1,
+    speed_seeds=2,
+    heldout_size=4,
+    eval_batch_size=4,
+    floor=False,
+  )
+  p = tiny_pipeline
+  res = run_benchmark(cfg, p.generator, p.reward, p.data, p.evaluator, memory=False)
+  for r in res["records"]:
+    s = r["speed"]
+    assert [c["budget"] for c in s["selected"]] == [1.0, 2.0]
+    per_traj = max(s["timing_runs"])
+    for run in s["runs"]:
+      for c in run["selected"]:
+        assert c["seconds"] <= c["budget"] + 3 * per_traj  # kept within the budget (+ the crossing trajectory)
+        assert c["val_score"] == -c["val"]["MM_Dist"] and _finite(c["test"]["MM_Dist"])
+        assert c["seconds"] in run["curve"]["seconds"]  # one of the run's held-out evaluations
+      assert run["selected"][1]["val_score"] >= run["selected"][0]["val_score"]  # more time, more candidates
+    for c in s["selected"]:
+      vals = [run["selected"][[1.0, 2.0].index(c["budget"])]["test"]["MM_Dist"] for run in s["runs"]]
+      assert math.isclose(c["test"]["MM_Dist"], np.mean(vals)) and c["runs"] == 2
+  chosen = res["summary"]["selected_variant_per_method"]
+  assert set(chosen) == {"1.0", "2.0"} and set(chosen["1.0"]) == {"EasyTune", "DRaFT-1"}
+  md = open(write_outputs(res, str(tmp_path))["md"]).read()
+  assert "## Equal-time alignment, checkpoints chosen on the val split by MM_Dist" in md

@@ -72,6 +72,18 @@ def quick_eval(task, params, ft: finetune.FinetuneConfig, evaluator, test_datase
   }
 
 
+def selection_fns(task, ft: finetune.FinetuneConfig, evaluator, val_dataset, test_dataset, cfg: BenchmarkConfig):
+  """(select, test_eval) of the equal-time comparison: select(params) -> (score, val quick-evaluation), the score
+  cfg.select_metric signed so that higher is better (R@1, -MM-Dist); test_eval(params) -> the test quick-evaluation."""
+  sign = -1.0 if cfg.select_metric == "MM_Dist" else 1.0
+
+  def select(params):
+    m = quick_eval(task, params, ft, evaluator, val_dataset, cfg)
+    return sign * m[cfg.select_metric], m
+
+  return select, lambda params: quick_eval(task, params, ft, evaluator, test_dataset, cfg)
+
+
 # --------------------------------------------------------------------------------------------- driver
 def run_benchmark(
   cfg: BenchmarkConfig,
@@ -107,13 +119,19 @@ def run_benchmark(
       test = load_dataset(data_dir, "test")
       base_ft = finetune_config(cfg, Variant("easytune"), cfg.speed_steps)
       base_info["eval"] = quick_eval(task, task.gen.params, base_ft, evaluator, test, cfg)
+    elif cfg.select_metric is not None:
+      raise ValueError(f"BenchmarkConfig.select_metric={cfg.select_metric!r} needs an evaluator_workdir")
     floor = None
     for spec in cfg.speed_variants:
       v = parse_variant(spec)
       if not v.applies(cfg.speed_steps):
         continue
       logging.info("benchmark speed %s T=%d", v.name, cfg.speed_steps)
-      sp = measure_speed(task, cfg, v, streams, heldout, base_reward)
+      ft_v = finetune_config(cfg, v, cfg.speed_steps)
+      select = test_eval = None
+      if cfg.select_metric is not None:
+        select, test_eval = selection_fns(task, ft_v, evaluator, val, test, cfg)
+      sp = measure_speed(task, cfg, v, streams, heldout, base_reward, select, test_eval)
       params = sp.pop("params")
       if cfg.floor:
         if floor is None:

@@ -15,6 +15,10 @@ from easytune_jax.core.optim import OptimConfig
 _WHERE = __name__.replace(".", "/") + ".py"
 
 
+# Val-split metrics a checkpoint can be selected by (higher R@1, lower MM-Dist is better).
+SELECT_METRICS = (None, "R_precision_top_1", "MM_Dist")
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
   """What to measure. Defaults: the tiny CPU config (a few minutes on 2 cores).
@@ -27,7 +31,12 @@ class BenchmarkConfig:
   speed_seeds: independent budgeted runs per method (training batches and noise of seeds seed, seed + 1,
   ...; the held-out set is fixed): gains are reported as mean and standard deviation over them.
   grad_chunk: C of frozen EasyTune variants without their own '+chunk<C>' (1 = the sequential path).
-  floor: also time sampling alone and one one-step gradient at the speed T (`measure_floor`).
+  floor: also time the primitives of a trajectory update and each method's floor (`measure_floor`).
+  select_metric: with an evaluator, the equal-time comparison of checkpoints chosen on the val split
+  ('R_precision_top_1' or 'MM_Dist'; None = off): in every budgeted run the held-out evaluations (and one at each
+  of `select_budgets`) also score the val split with the evaluator; for each budget the checkpoint with the best
+  val score among those made within it (the base params included) is kept, and only those are evaluated on the
+  test split. select_budgets: training seconds (each <= budget_seconds; () = budget_seconds alone).
   """
 
   memory_variants: tuple = ALL_MEMORY_VARIANTS
@@ -49,6 +58,8 @@ class BenchmarkConfig:
   seed: int = 0
   grad_chunk: int = 1
   floor: bool = True
+  select_metric: str | None = None
+  select_budgets: tuple = ()
 
   def __post_init__(self):
     for v in tuple(self.memory_variants) + tuple(self.speed_variants):
@@ -71,6 +82,25 @@ class BenchmarkConfig:
       raise ValueError(
         f"{_WHERE}: BenchmarkConfig.budget_trajectories: expected >= 1, found {self.budget_trajectories}"
       )
+
+    if self.select_metric not in SELECT_METRICS:
+      raise ValueError(
+        f"{_WHERE}: BenchmarkConfig.select_metric: expected one of {SELECT_METRICS}, found {self.select_metric!r}"
+      )
+    if self.select_metric is not None and self.budget_seconds is None:
+      raise ValueError(f"{_WHERE}: BenchmarkConfig.select_metric: the equal-time selection needs budget_seconds")
+    if self.select_budgets and (
+      self.budget_seconds is None or not all(0 < b <= self.budget_seconds for b in self.select_budgets)
+    ):
+      raise ValueError(
+        f"{_WHERE}: BenchmarkConfig.select_budgets: expected seconds in (0, budget_seconds={self.budget_seconds}], "
+        f"found {self.select_budgets}"
+      )
+
+  @property
+  def budgets(self) -> tuple[float, ...]:
+    """The equal-time budgets of the val-selected comparison, ascending (budget_seconds when none are given)."""
+    return tuple(sorted(self.select_budgets)) if self.select_budgets else (self.budget_seconds,)
 
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))

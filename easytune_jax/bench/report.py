@@ -148,6 +148,44 @@ def _alignment_table(result: dict, recs: list) -> list[str]:
   return lines + [""]
 
 
+def _pm_test(t: dict, key: str, fmt: str) -> str:
+  std = t.get(key + "_std")
+  return f"{t[key]:{fmt}}" + ("" if std is None else f" ± {std:{fmt}}")
+
+
+def _selected_table(result: dict, recs: list) -> list[str]:
+  chosen = result["summary"].get("selected_variant_per_method")
+  if not chosen:
+    return []
+  by_name = {r["variant"]: r for r in recs}
+  b = result["base"]["eval"]
+  metric = result["config"]["select_metric"]
+  lines = [
+    f"## Equal-time alignment, checkpoints chosen on the val split by {metric}",
+    "",
+    "Each method trains from the base for the same seconds; among its held-out evaluations within each budget (the "
+    "base params included) the checkpoint with the best val-split score is kept, and only that one is evaluated on "
+    "the test split. Per method, the learning rate whose kept checkpoints score best on val. Mean ± std over the "
+    "runs (seeds); 'base kept': runs whose best checkpoint was the base itself.",
+    "",
+    "| budget s | variant | kept at s | base kept | held-out reward | R@1 | MM-Dist | MM-Dist rel. improvement | FID |",
+    "|---|---|---|---|---|---|---|---|---|",
+    f"| - | base | - | - | {result['base']['heldout_reward']:.4f} | {b['R_precision_top_1']:.3f} | "
+    f"{b['MM_Dist']:.3f} | - | {b['FID']:.3f} |",
+  ]
+  for j, (budget, fams) in enumerate(chosen.items()):
+    for variant in fams.values():
+      c = by_name[variant]["speed"]["selected"][j]
+      t = c["test"]
+      rel = (b["MM_Dist"] - t["MM_Dist"]) / b["MM_Dist"]
+      lines.append(
+        f"| {float(budget):g} | {variant} | {c['seconds']:.1f} | {c['base_kept']}/{c['runs']} | "
+        f"{c['heldout_reward']:.4f} | {_pm_test(t, 'R_precision_top_1', '.3f')} | {_pm_test(t, 'MM_Dist', '.3f')} | "
+        f"{rel:+.2%} | {_pm_test(t, 'FID', '.2f')} |"
+      )
+  return lines + [""]
+
+
 def _headline(s: dict) -> list[str]:
   return [
     "## Headline figures",
@@ -171,12 +209,16 @@ def markdown(result: dict) -> str:
   headline figures (each section only where the result has its records)."""
   recs = result["records"]
   m = result["machine"]
-  lines = [f"# Benchmark ({m['backend']}: {m['device_kind']}, {m['cpu_count']} CPUs, jax {m['jax_version']})", ""]
+  cpu = f", {m['cpu_model']}" if m.get("cpu_model") else ""
+  lines = [f"# Benchmark ({m['backend']}: {m['device_kind']}{cpu}, {m['cpu_count']} CPUs, jax {m['jax_version']})", ""]
+  if m.get("cpu_flags"):
+    lines += [f"CPU flags: {' '.join(m['cpu_flags'])}", ""]
   lines += _memory_table(recs)
   sp = [r for r in recs if "speed" in r]
   if sp:
     lines += _speed_table(result, sp) + _floor_table(result, sp) + _speed_notes(result, sp)
   lines += _alignment_table(result, recs)
+  lines += _selected_table(result, recs)
   lines += _headline(result["summary"])
   return "\n".join(lines)
 

@@ -1,13 +1,14 @@
 """The benchmark's speed and reward-gain runs: seconds per update after warm-up, then budgeted runs from the base
 params (training wall time or trajectories, compile and held-out evaluations excluded from the clock) with the
 held-out reward along the way -> gain per second, peak gain per second and the time to a target gain
-(`time_to_gain`)."""
+(`time_to_gain`); with a val-split `select` function, the checkpoint each equal-time budget would keep
+(`Selection`), evaluated once on the test split."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +22,22 @@ from easytune_jax.core.optim import create_train_state
 
 
 def measure_speed(
-  task, cfg: BenchmarkConfig, variant: Variant, inputs: Sequence[Inputs], heldout, base_reward: float
+  task,
+  cfg: BenchmarkConfig,
+  variant: Variant,
+  inputs: Sequence[Inputs],
+  heldout,
+  base_reward: float,
+  select: Callable | None = None,
+  test_eval: Callable | None = None,
 ) -> dict:
   """Timing after warm-up, then one budgeted run from the base params per entry of `inputs` (one training
   stream per seed; see the module docstring). Gains are averaged over the runs (with their standard
-  deviation); `runs` keeps each run, `curve` is the first run's; `params` are the first run's final params."""
+  deviation); `runs` keeps each run, `curve` is the first run's; `params` are the first run's final params.
+
+  select(params) -> (score, val metrics) and test_eval(params) -> test metrics (both or neither): the equal-time
+  comparison (`Selection`); `selected` then holds, per budget of `cfg.budgets`, the chosen checkpoints' test
+  metrics and held-out rewards (mean, std over the runs) and each run's choice."""
   T = cfg.speed_steps
   ft = finetune_config(cfg, variant, T)
   tx = make_tx(ft)
@@ -49,7 +61,10 @@ def measure_speed(
   per_traj = statistics.median(times)
   runs, params = [], None
   for r, inp in enumerate(inputs):
-    run, state = budgeted_run(cfg, update, fresh(), inp, heldout, base_reward)
+    sel = Selection(select, cfg.budgets, state0.params, base_reward) if select is not None else None
+    run, state = budgeted_run(cfg, update, fresh(), inp, heldout, base_reward, sel)
+    if sel is not None:
+      run["selected"] = [{**c, "test": test_eval(p)} for c, p in sel.chosen]
     runs.append({"seed": inp.seed, **run})
     params = state.params if r == 0 else params
     del state
@@ -77,6 +92,8 @@ def measure_speed(
     out[k] = float(np.mean([run[k] for run in runs])) if len(runs) > 1 else runs[0][k]
   for k in ("reward_gain", "reward_gain_per_second", "peak_gain_per_second"):
     out[k + "_std"] = float(np.std([run[k] for run in runs], ddof=1)) if len(runs) > 1 else None
+  if select is not None:
+    out["selected"] = _selected_summary(runs, cfg.budgets)
   out.update(
     curve=runs[0]["curve"],
     runs=runs,
@@ -87,13 +104,47 @@ def measure_speed(
   return out
 
 
-def budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, base_reward: float):
+class Selection:
+  """The checkpoint an equal-time budget keeps: the best val score (`select(params) -> (score, metrics)`, higher is
+  better) among the evaluations made within the budget, the base params (time 0) included. `offer` scores a
+  checkpoint (a copy is kept while it is the best); `close(t)` fixes every budget <= t (the run's clock) to the
+  best so far. `chosen`: [(record, params)] per budget, ascending; record = {budget, seconds, val_score, val,
+  heldout_reward, base: whether the base params were kept}."""
+
+  def __init__(self, select: Callable, budgets: Sequence[float], params0, reward0: float):
+    self.select, self.open, self.best, self.chosen = select, list(budgets), None, []
+    self.offer(params0, 0.0, reward0)
+
+  def offer(self, params, seconds: float, heldout_reward: float) -> None:
+    score, metrics = self.select(params)
+    if self.best is None or score > self.best[0]["val_score"]:
+      record = {"seconds": seconds, "val_score": float(score), "val": metrics, "heldout_reward": heldout_reward}
+      self.best = (record, jax.tree.map(jnp.copy, params))
+
+  def close(self, seconds: float) -> None:
+    while self.open and self.open[0] <= seconds:
+      record, params = self.best
+      self.chosen.append(({"budget": self.open.pop(0), **record, "base": record["seconds"] == 0.0}, params))
+
+
+def budgeted_run(
+  cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, base_reward: float, selection: Selection | None = None
+):
   """Updates from state0 until the budget is spent; the clock counts update calls only, held-out
-  evaluations happen with the clock stopped. Returns (run dict, final state)."""
+  evaluations happen with the clock stopped. With a `selection`, every evaluation is offered to it and one more
+  is made at the first update at or past each of its budgets. Returns (run dict, final state)."""
   state, train_s, it = state0, 0.0, 0
   curve_t, curve_r = [0.0], [base_reward]
   n_points = max(cfg.curve_points, 0)
   next_eval = _next_checkpoint(cfg, 1, n_points)
+
+  def evaluate():
+    curve_t.append(train_s)
+    curve_r.append(float(np.mean(heldout.rewards(state.params))))
+    if selection is not None:
+      selection.offer(state.params, train_s, curve_r[-1])
+      selection.close(train_s)
+
   while True:
     batch = inputs(it)
     t0 = time.perf_counter()
@@ -106,13 +157,15 @@ def budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, 
     )
     if done:
       break
-    if next_eval is not None and _progress(cfg, train_s, it) >= next_eval[0]:
-      curve_t.append(train_s)
-      curve_r.append(float(np.mean(heldout.rewards(state.params))))
+    on_curve = next_eval is not None and _progress(cfg, train_s, it) >= next_eval[0]
+    if on_curve or (selection is not None and selection.open and train_s >= selection.open[0]):
+      evaluate()
+    if on_curve:
       next_eval = _next_checkpoint(cfg, next_eval[1] + 1, n_points)
-  final = float(np.mean(heldout.rewards(state.params)))
-  curve_t.append(train_s)
-  curve_r.append(final)
+  evaluate()
+  if selection is not None:
+    selection.close(float("inf"))
+  final = curve_r[-1]
   gain = final - base_reward
   peak = max((r - base_reward) / t for t, r in zip(curve_t, curve_r) if t > 0)
   return {
@@ -126,6 +179,25 @@ def budgeted_run(cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, 
     "curve": {"seconds": curve_t, "reward": curve_r},
     "skipped_updates": int(state.skipped),
   }, state
+
+
+def _selected_summary(runs: list[dict], budgets: Sequence[float]) -> list[dict]:
+  """Per budget: the chosen checkpoints' mean (and std over runs) of the test metrics, held-out reward, val score
+  and time, and how many runs kept the base params."""
+  out = []
+  for j, budget in enumerate(budgets):
+    picks = [run["selected"][j] for run in runs]
+    rec = {"budget": budget, "runs": len(picks), "base_kept": sum(p["base"] for p in picks)}
+    for key in ("seconds", "val_score", "heldout_reward"):
+      rec[key] = float(np.mean([p[key] for p in picks]))
+    rec["heldout_reward_std"] = float(np.std([p["heldout_reward"] for p in picks], ddof=1)) if len(picks) > 1 else None
+    rec["test"] = {}
+    for m in picks[0]["test"]:
+      vals = [p["test"][m] for p in picks]
+      rec["test"][m] = float(np.mean(vals))
+      rec["test"][m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+    out.append(rec)
+  return out
 
 
 def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> float | None:

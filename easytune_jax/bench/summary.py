@@ -86,6 +86,19 @@ def summarize(result: dict) -> dict:
       if e and ttg.get(e):
         out["time_to_target_over_easytune"] = {v: _ratio(t, ttg[e]) for v, t in ttg.items() if v != e}
     out["peak_gain_per_second"] = {v: s.get("peak_gain_per_second") for v, s in sp.items()}
+  sel = {r["variant"]: r["speed"]["selected"] for r in recs if "speed" in r and "selected" in r["speed"]}
+  if sel:
+    # Per budget and method family, the variant (learning rate) whose kept checkpoints score best on the VAL split:
+    # the equal-time comparison never looks at the test split to choose.
+    out["selected_variant_per_method"] = {}
+    for j, budget in enumerate(result["config"]["select_budgets"] or [result["config"]["budget_seconds"]]):
+      fams: dict = {}
+      for r in recs:
+        if r["variant"] in sel:
+          fam = parse_variant(r["spec"]).family
+          if fam not in fams or sel[r["variant"]][j]["val_score"] > sel[fams[fam]][j]["val_score"]:
+            fams[fam] = r["variant"]
+      out["selected_variant_per_method"][str(budget)] = fams
   out["paper"] = {"easytune_memory_over_draft_50": 0.3116, "speedup_over_draft_50": 7.3}
   return out
 
