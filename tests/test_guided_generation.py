@@ -157,3 +157,41 @@ def test_library_entry_points_take_the_guidance_config(tiny_pipeline, tmp_path):
     export.generate_to_files(gen, TEXTS[:1], tmp_path / "gen2", export.GenerateConfig(guidance=GuidanceConfig(scale=1)))
   with pytest.raises(ValueError, match="needs a reward model folder"):
     evaluation.evaluate_generator(gen, None, None, evaluation.EvaluateConfig(guidance=GuidanceConfig(scale=1)))
+
+
+def test_quickstart_guidance_stage(tmp_path, monkeypatch, tiny_pipeline):
+  """The optional stage 'guidance': guided rows evaluated beside the plain ones, timed and their memory compiled,
+  written to <workdir>/guidance/ and report.md; off (the default) it does not run; a rerun skips it."""
+  from easytune_jax.pipelines import quickstart
+  from tests.test_quickstart_rerun import CFG, _reuse
+
+  for stage, src in (
+    ("stage_data", tiny_pipeline.data),
+    ("stage_base", tiny_pipeline.generator),
+    ("stage_reward", tiny_pipeline.reward),
+    ("stage_evaluator", tiny_pipeline.evaluator),
+  ):
+    monkeypatch.setattr(quickstart, stage, _reuse(src))
+  root = tmp_path / "qs"
+  plain = quickstart.run_quickstart(CFG, str(root))
+  assert "guidance" not in plain and not (root / "guidance").exists()
+  cfg = dataclasses.replace(CFG, guidance=GuidanceConfig(scale=100.0))
+  first = quickstart.run_quickstart(cfg, str(root))
+  assert first["skipped"] == ["data", "base", "reward", "evaluator", "finetune", "evaluate", "media"]
+  record = json.loads((root / "guidance" / "guidance.json").read_text())
+  assert [r["method"] for r in record["rows"]] == ["base", "base+guidance", "easytune", "easytune+guidance"]
+  recorded = {r["method"]: r for r in json.loads((root / "eval" / "eval.json").read_text())["results"]}
+  for row in record["rows"]:
+    t = row["timing"]
+    assert t["seconds_per_batch"] > 0 and len(t["all_s"]) == 10 and t["memory"]["total"] > 0
+    if row["method"] in recorded:  # the plain rows are the stage 'evaluate''s own results
+      assert row["metrics"] == recorded[row["method"]]["metrics"]
+  by = {r["method"]: r for r in record["rows"]}
+  assert by["base+guidance"]["timing"]["memory"]["total"] > by["base"]["timing"]["memory"]["total"]
+  assert by["base+guidance"]["reward"]["reward"][0] > by["base"]["reward"]["reward"][0]  # the guiding reward rose
+  report = pathlib.Path(first["report"]).read_text()
+  assert "## Reward-guided sampling (`guidance/guidance.md`)" in report and "| base+guidance |" in report
+  for name in ("guidance.json", "guidance.md", "eval.json", "eval.md"):
+    assert str(tmp_path) not in (root / "guidance" / name).read_text(), name
+  again = quickstart.run_quickstart(cfg, str(root))
+  assert "guidance" in again["skipped"]

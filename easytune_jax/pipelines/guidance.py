@@ -5,7 +5,7 @@ so the default quickstart and its checked table do not change). It evaluates the
 the stage 'evaluate' (same replications, seed and reward score; the plain rows are that stage's own results),
 times each row's sampler on one evaluation batch and compiles its memory, and writes `<workdir>/guidance/`:
 eval.json / eval.md of the guided rows, guidance.json (the four rows, timings, memory, machine) and guidance.md (the
-table). `measure_sampler` and `guidance_table` are usable on their own.
+table). `measure_samplers` and `guidance_table` are usable on their own.
 """
 
 from __future__ import annotations
@@ -43,31 +43,41 @@ def cpu_description() -> dict:
   return out
 
 
-def measure_sampler(gen, captions: list, length: int, num_steps: int, guidance_scale: float, repeats: int = 5) -> dict:
-  """Seconds per `gen.generate` call on the batch `captions` (all `length` frames), first call (with compilation)
-  apart, and the sampler's compiled memory (`bundles.guided.sampler_memory`). `gen`: a Generator or a
-  GuidedGenerator."""
+def measure_samplers(
+  gens: dict, captions: list, length: int, num_steps: int, guidance_scale: float, repeats: int = 10
+) -> dict:
+  """{name: timing}: seconds per `gen.generate` call on the batch `captions` (all `length` frames) for each of
+  `gens` (Generators or GuidedGenerators), the first call (with compilation) apart, then `repeats` rounds in which
+  every sampler runs once (round robin: a busy machine slows every row alike); plus each sampler's compiled memory
+  (`bundles.guided.sampler_memory`) and the load average around the timed rounds."""
   lengths = [length] * len(captions)
 
-  def call(i):
+  def call(gen, i):
     t0 = time.perf_counter()
     gen.generate(captions, lengths, jax.random.key(1000 + i), guidance_scale, num_steps, normalized=True)
     return time.perf_counter() - t0
 
+  first = {name: call(gen, 0) for name, gen in gens.items()}
   load = os.getloadavg()
-  first = call(0)
-  times = [call(i + 1) for i in range(repeats)]
+  times = {name: [] for name in gens}
+  for i in range(repeats):
+    for name, gen in gens.items():
+      times[name].append(call(gen, i + 1))
+  load_after = os.getloadavg()
   return {
-    "batch_size": len(captions),
-    "length": length,
-    "num_steps": num_steps,
-    "first_call_s": round(first, 4),
-    "seconds_per_batch": round(statistics.median(times), 4),
-    "min_s": round(min(times), 4),
-    "all_s": [round(t, 4) for t in times],
-    "loadavg_before": [round(v, 2) for v in load],
-    "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-    "memory": sampler_memory(gen, len(captions), num_steps, length),
+    name: {
+      "batch_size": len(captions),
+      "length": length,
+      "num_steps": num_steps,
+      "first_call_s": round(first[name], 4),
+      "seconds_per_batch": round(statistics.median(ts), 4),
+      "min_s": round(min(ts), 4),
+      "all_s": [round(t, 4) for t in ts],
+      "loadavg_before": [round(v, 2) for v in load],
+      "loadavg_after": [round(v, 2) for v in load_after],
+      "memory": sampler_memory(gens[name], len(captions), num_steps, length),
+    }
+    for name, ts in times.items()
   }
 
 
@@ -111,8 +121,10 @@ def guidance_markdown(record: dict) -> str:
     *guidance_table(record),
     "",
     f"Sampling time: median of {len(t0['all_s'])} calls of one batch of {t0['batch_size']} captions x "
-    f"{t0['length']} frames, {t0['num_steps']} steps, after a first call that compiles; compiled MiB: XLA's "
-    f"memory analysis of that sampler call (temp + arguments + output). CPU: {cpu['model']}.",
+    f"{t0['length']} frames, {t0['num_steps']} steps, after a first call that compiles, the rows called in turn "
+    f"(load average {t0['loadavg_before'][0]:.2f} before, {t0['loadavg_after'][0]:.2f} after, "
+    f"{record['cpu_count']} cores); compiled MiB: XLA's memory analysis of that sampler call (temp + arguments + "
+    f"output). CPU: {cpu['model']}.",
     "",
   ]
   return "\n".join(lines)
@@ -129,7 +141,7 @@ def run_guidance_comparison(
   guidance_scale: float,
   plain_results: dict,
   reward: str,
-  repeats: int = 5,
+  repeats: int = 10,
   root: pathlib.Path | None = None,
 ) -> dict:
   """Evaluates the guided rows, times every row and writes `out_dir`'s files (module docstring).
@@ -147,9 +159,7 @@ def run_guidance_comparison(
   guided_results = {name: evaluate_row(gen, name) for name, gen in guided.items()}
   written = list(guided_results.values())
   paths = write_results(written if root is None else rerun.relative_strings(written, root), str(out_dir))
-  timing = {}
-  for name, gen in [*plain.items(), *guided.items()]:  # back to back, plain rows first
-    timing[name] = measure_sampler(gen, captions, length, num_steps, guidance_scale, repeats)
+  timing = measure_samplers({**plain, **guided}, captions, length, num_steps, guidance_scale, repeats)
   rows = []
   for name, res in guidance_rows(plain_results, guided_results):
     rows.append({"method": name, "metrics": res["metrics"], "reward": res.get("reward") or {}, "timing": timing[name]})
