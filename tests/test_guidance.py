@@ -315,3 +315,21 @@ def test_stochastic_reward_gets_a_key_per_step():
   a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
   np.testing.assert_array_equal(a, b)
   assert np.max(np.abs(np.asarray(a) - np.asarray(c))) > 1e-4
+
+
+# --------------------------------------------------------------------------------------------- docs
+def test_committed_guidance_docs_hold_the_table_of_their_record():
+  """docs/guidance/guidance.json is what the quickstart's stage 'guidance' wrote; guidance.md, docs/guidance/README.md
+  and the README show its table as `guidance_table` renders it, digit for digit."""
+  import json
+  import pathlib
+
+  from easytune_jax.pipelines.guidance import guidance_markdown, guidance_table
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  record = json.loads((root / "docs" / "guidance" / "guidance.json").read_text())
+  assert [r["method"] for r in record["rows"]] == ["base", "base+guidance", "easytune", "easytune+guidance"]
+  assert (root / "docs" / "guidance" / "guidance.md").read_text() == guidance_markdown(record)
+  table = "\n".join(guidance_table(record))
+  for doc in ("docs/guidance/README.md", "README.md"):
+    assert table in (root / doc).read_text(), doc

@@ -146,13 +146,20 @@ def with_guidance(
 
 
 def sampler_memory(
-  gen: Generator | GuidedGenerator, batch_size: int, num_steps: int, length: int | None = None
+  gen: Generator | GuidedGenerator,
+  batch_size: int,
+  num_steps: int,
+  length: int | None = None,
+  captions: Sequence[str] | None = None,
 ) -> dict:
   """XLA's compiled memory of one sampler call on `batch_size` captions (`finetune.compiled_memory`: bytes of
   'temp', 'argument', 'output', 'alias', 'total'): the plain sampler of a `Generator`, the guided one of a
-  `GuidedGenerator` with guidance on. Compiled only, nothing runs."""
+  `GuidedGenerator` with guidance on. Compiled only, nothing runs. `captions` (default: one repeated) must be
+  known to a generator that looks captions up in precomputed embeddings."""
   length = gen.max_length if length is None else length
-  texts, lengths = ["a person walks forward"] * batch_size, [length] * batch_size
+  texts = list(captions) if captions is not None else ["a person walks forward"] * batch_size
+  lengths = [length] * len(texts)
+  batch_size = len(texts)
   rng = jax.random.key(0)
   if isinstance(gen, GuidedGenerator) and gen.guidance.enabled:
     cond, uncond, x_T, k_eta, reward_rng, weights = gen.sample_inputs(texts, lengths, rng, num_steps)
