@@ -192,7 +192,8 @@ def guided_sample(
   reward_rng: jax.Array | None = None,
   return_trajectory: bool = False,
 ) -> sampling.SampleOutput:
-  """`sampling.sample` with reward guidance (module docstring) as one `lax.scan`. Jit it from outside.
+  """`sampling.sample` with reward guidance (module docstring) as one `lax.scan` over the whole grid (no
+  start_index / stop_index). Jit it from outside.
 
   Args (beyond `sampling.sample`'s):
     score: `score(z [B, ...] model space, t int32 [B] | None, key | None) -> [B]`, differentiable in z (decode +
