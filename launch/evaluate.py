@@ -11,8 +11,13 @@ warning), so generators made for different samplers are each evaluated with thei
 --config.guidance_scale=<w> (or --config=paper / --config=tiny) set one sampler for all of them. The values used
 are logged and written to eval.json (results[i].settings.sampler) and eval.md.
 
+Reward-guided sampling (core/guidance.py; ReAlign's training-free alignment): --config.guidance.scale=<lambda> > 0
+samples every generator with the gradient of --config.reward (default 'spm': the reward model of --reward_workdir)
+added at the steps --config.guidance.* chooses; --config=realign is ReAlign's rule and scale with the paper's
+sampler. The rule is recorded in eval.json (results[i].settings.guidance) and eval.md.
+
 --config: the `EvaluateConfig` (eval/evaluation.py: split, replications, quick, mm, batch_size, guidance_scale,
-num_steps, seed): a preset of easytune_jax/configs/evaluate.py ('default': each generator's own sampler; 'paper':
+num_steps, seed, guidance, reward, reward_text): a preset of easytune_jax/configs/evaluate.py ('default': each generator's own sampler; 'paper':
 50 DDIM steps, w = 7.5 for all; 'tiny': the CPU sampler, 10 steps, w = 2.5, for all) or a .py file with
 get_config(); override any field with --config.<field>=<value>.
 
@@ -60,6 +65,9 @@ flags.DEFINE_string("evaluator_workdir", None, "Work directory of launch/train_e
 flags.DEFINE_string("t2m_dir", None, "Official evaluator: folder with text_mot_match/model/finest.tar.")
 flags.DEFINE_string("glove_dir", None, "Official evaluator: GloVe folder (our_vab_*).")
 flags.DEFINE_string("evaluator_stats_dir", None, "Official evaluator: meta mean.npy/std.npy folder.")
+flags.DEFINE_string(
+  "reward_workdir", None, "Reward model folder (launch/train_reward.py) of reward-guided sampling (--config.guidance)."
+)
 flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset folder.", required=True)
 flags.DEFINE_string("out_dir", None, "Output folder for eval.json / eval.md.", required=True)
 flags.DEFINE_bool(
@@ -92,11 +100,14 @@ def main(argv):
       "data_dir",
       "on_missing",
       "drop_nonfinite",
+      "reward_workdir",
     )
   }
   settings["config"] = config_to_dict(config)
   inputs = [*FLAGS.generator_workdir, FLAGS.data_dir] + [
-    d for d in (FLAGS.evaluator_workdir, FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir) if d
+    d
+    for d in (FLAGS.evaluator_workdir, FLAGS.t2m_dir, FLAGS.glove_dir, FLAGS.evaluator_stats_dir, FLAGS.reward_workdir)
+    if d
   ]
   key = rerun.settings_key(settings=settings, inputs=rerun.fingerprint(inputs))
   outputs = [os.path.join(FLAGS.out_dir, f) for f in ("eval.json", "eval.md")]
@@ -130,7 +141,9 @@ def main(argv):
   for name, workdir in zip(names, FLAGS.generator_workdir):
     gen = load_any_generator(workdir, FLAGS.finetune_which)
     evaluator.check_dataset_stats(gen.mean, gen.std, f"generator {workdir}")
-    res = E.evaluate_generator(gen, evaluator, test, config, method=name, progress=FLAGS.progress)
+    res = E.evaluate_generator(
+      gen, evaluator, test, config, method=name, progress=FLAGS.progress, reward_workdir=FLAGS.reward_workdir
+    )
     results.append(res)
     logging.info("%s: %s (%.1f s)", name, res["metrics"], res["seconds"])
   paths = write_results(results, FLAGS.out_dir)
@@ -143,5 +156,13 @@ if __name__ == "__main__":
   cli.run(
     main,
     outputs=("out_dir",),
-    inputs=("generator_workdir", "evaluator_workdir", "t2m_dir", "glove_dir", "evaluator_stats_dir", "data_dir"),
+    inputs=(
+      "generator_workdir",
+      "evaluator_workdir",
+      "t2m_dir",
+      "glove_dir",
+      "evaluator_stats_dir",
+      "data_dir",
+      "reward_workdir",
+    ),
   )

@@ -18,10 +18,16 @@ The values used are logged and written to generated.json ("sampler"). Motion len
 0: the generator's own, its max_length).
 
 --config: the `GenerateConfig` (bundles/export.py: guidance_scale, num_steps, seed, length, batch_size, gif, mp4,
-bvh, bvh_scale, animation_size): a preset of easytune_jax/configs/generate.py ('default': the generator's own
+bvh, bvh_scale, animation_size, guidance, reward, reward_text): a preset of easytune_jax/configs/generate.py ('default': the generator's own
 sampler; 'paper': 50 DDIM steps, w = 7.5; 'tiny': the CPU sampler, 10 steps, w = 2.5) or a .py file with
 get_config(); override any field with --config.<field>=<value>. --config.animation_size=<pixels> sets the GIF / MP4
 width and height (default 480).
+
+Reward-guided sampling (core/guidance.py; ReAlign's training-free alignment): --config.guidance.scale=<lambda> > 0
+adds the gradient of --config.reward (default 'spm': the reward model of --reward_workdir; any registry spec such as
+'spm:1.0,skating:0.2') at the steps --config.guidance.* chooses; --config=realign is ReAlign's rule and scale.
+  python launch/generate.py --generator_workdir=/tmp/quickstart/base --reward_workdir=/tmp/quickstart/reward \
+      --config.guidance.scale=1 --text="a person jumps" --out_dir=/tmp/gen_guided
 
 Per prompt i, `<out_dir>/<i:03d>_<slug>{_features.npy,_joints.npy,.gif,.mp4,.bvh}` and `<out_dir>/generated.json`
 (see easytune_jax/bundles/export.py). MP4 needs ffmpeg on PATH (otherwise generated.json notes that none was written).
@@ -52,6 +58,9 @@ flags.DEFINE_string(
   None,
   "Official MLD only: encode captions with this sentence-t5-large folder "
   "(instead of the one recorded at conversion, or the precomputed .npz).",
+)
+flags.DEFINE_string(
+  "reward_workdir", None, "Reward model folder (launch/train_reward.py) of reward-guided sampling (--config.guidance)."
 )
 flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 cli.define_config_flag(
@@ -97,7 +106,11 @@ def main(argv):
     gen = load_generator(FLAGS.generator_workdir)
   if FLAGS.sentence_t5_dir:
     gen = official_generator.with_sentence_t5(gen, FLAGS.sentence_t5_dir)
-  manifest = export.generate_to_files(gen, texts, FLAGS.out_dir, cfg, progress=FLAGS.progress)
+  if cfg.guidance.enabled:
+    logging.info("generate: %s, reward %r", cfg.guidance.describe(), cfg.reward)
+  manifest = export.generate_to_files(
+    gen, texts, FLAGS.out_dir, cfg, progress=FLAGS.progress, reward_workdir=FLAGS.reward_workdir
+  )
   for note in manifest["notes"]:
     logging.warning("%s", note)
   logging.info(
@@ -113,6 +126,6 @@ if __name__ == "__main__":
   cli.run(
     main,
     outputs=("out_dir",),
-    inputs=("generator_workdir", "finetune_workdir", "sentence_t5_dir"),
+    inputs=("generator_workdir", "finetune_workdir", "sentence_t5_dir", "reward_workdir"),
     files=("text_file",),
   )

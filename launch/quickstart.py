@@ -24,6 +24,12 @@ and CI checks that a fresh run still gives that table digit for digit:
 It fails (exit 1, naming the rows) when the tables differ on the CPU and library versions the summary was
 recorded with; on another CPU or other versions (which move the last digits by themselves) it prints both
 and warns instead.
+
+Reward-guided sampling rows (off by default; core/guidance.py): --config.guidance.scale=<lambda> adds the stage
+'guidance' (<workdir>/guidance/: base and EasyTune sampled with the reward's gradient, evaluated like the other rows,
+timed and their compiled memory measured) and a section of report.md; --export_guidance_docs=docs/guidance copies its
+table:
+  python -m launch.quickstart --workdir runs/quickstart --config.guidance.scale=1 --export_guidance_docs=docs/guidance
 """
 
 import dataclasses
@@ -35,7 +41,7 @@ from absl import flags, logging
 from easytune_jax import cli
 from easytune_jax.configs import quickstart as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
-from easytune_jax.pipelines import quickstart, quickstart_report
+from easytune_jax.pipelines import guidance, quickstart, quickstart_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/quickstart", "Output folder (every stage resumes from it).")
@@ -49,6 +55,11 @@ flags.DEFINE_string(
   "export_docs", None, "Copy the finished report (report.md, summary.json, curves, GIFs) into this folder."
 )
 flags.DEFINE_string("readme", None, "With --export_docs: rewrite this README's quickstart table from the run.")
+flags.DEFINE_string(
+  "export_guidance_docs",
+  None,
+  "Copy the stage 'guidance' (--config.guidance.scale > 0: guidance.json, guidance.md) into this folder.",
+)
 cli.define_config_flag(presets.PRESETS, "tiny", "The QuickstartConfig (easytune_jax/configs/quickstart.py).")
 cli.define_flags(dataset=True, progress=False)
 
@@ -64,6 +75,9 @@ def main(argv):
   print(quickstart_report.summary_screen(summary))
   if FLAGS.export_docs:
     for path in quickstart_report.export_docs(FLAGS.workdir, FLAGS.export_docs, FLAGS.readme):
+      logging.info("wrote %s", path)
+  if FLAGS.export_guidance_docs:
+    for path in guidance.export_guidance_docs(FLAGS.workdir, FLAGS.export_guidance_docs):
       logging.info("wrote %s", path)
   if FLAGS.check_against:
     with open(f"{FLAGS.workdir}/report/summary.json") as f:

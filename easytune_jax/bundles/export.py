@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 
 from easytune_jax import viz
 from easytune_jax.bundles.generator import Generator, resolve_sampler
+from easytune_jax.bundles.guided import GuidedGenerator, with_guidance
+from easytune_jax.core.guidance import GuidanceConfig
 from easytune_jax.data import bvh
 
 
@@ -50,6 +52,9 @@ class GenerateConfig:
     batch_size: captions per sampler call.
     gif / mp4 / bvh: which files besides the .npy arrays; bvh_scale: BVH length unit per metre (100: cm).
     animation_size: width and height of the GIF / MP4 in pixels (line widths scale with it).
+    guidance: reward-guided sampling (core/guidance.py; the default: off); reward: the guiding reward (a
+      `rewards.registry` spec; its 'spm' term needs a reward model folder), reward_text: the text encoder of an
+      embedding-input reward (`bundles.task.load_task`).
   """
 
   guidance_scale: float | None = None
@@ -62,6 +67,9 @@ class GenerateConfig:
   bvh: bool = True
   bvh_scale: float = 100.0
   animation_size: int = 480
+  guidance: GuidanceConfig = GuidanceConfig()
+  reward: str = "spm"
+  reward_text: str = ""
 
   def __post_init__(self):
     checks = (
@@ -136,6 +144,7 @@ def generate_to_files(
   params: Any = None,
   lengths: int | Sequence[int] | None = None,
   progress: bool = True,
+  reward_workdir: str | None = None,
 ) -> dict:
   """Samples one motion per caption and writes its files (see the module docstring).
 
@@ -146,14 +155,18 @@ def generate_to_files(
     params: denoiser params to sample with instead of `generator.params` (e.g. fine-tuned ones).
     lengths: frames per caption (an int or N ints); default `config.length`, or the generator's max_length.
     progress: show a tqdm bar over the captions.
+    reward_workdir: the reward model folder of `config.guidance` (reward-guided sampling; its 'spm' term); a
+      `GuidedGenerator` brings its own reward.
 
   Returns:
     The manifest written to `<out_dir>/generated.json`: {"config", "sampler" (the DDIM steps and guidance scale
     used and where each comes from: `SamplerChoice.to_dict`), "generator", "motions": [{"text", "length",
-    "files", "bvh_max_error_m"}], "notes", "timing": {"sample_s" per batch (the first includes compilation),
-    "write_s"}}.
+    "files", "bvh_max_error_m"}], "notes", "guidance" (what reward guidance did), "timing": {"sample_s" per
+    batch (the first includes compilation), "write_s"}}.
   """
   texts = check_captions(texts)
+  if not isinstance(generator, GuidedGenerator):
+    generator = with_guidance(generator, config.guidance, reward_workdir, config.reward, config.reward_text)
   n = len(texts)
   if lengths is None:
     lengths = config.length or generator.max_length
@@ -194,6 +207,7 @@ def generate_to_files(
     "config": dataclasses.asdict(config),
     "sampler": sampler.to_dict(),
     "generator": type(generator).__name__,
+    "guidance": generator.guidance.describe() if isinstance(generator, GuidedGenerator) else "no reward guidance",
     "fps": 20.0,
     "motions": records,
     "notes": notes,

@@ -264,17 +264,12 @@ class Generator:
       (features [B, L, D], joints [B, L, J, 3] in metres), numpy float32 with L = max_length and padded
       frames zero. Features are DE-NORMALISED (dataset units) unless `normalized`.
     """
-    own = self.sampler_defaults
-    if num_steps is None:
-      num_steps = own.num_steps if own is not None else sampling.NUM_STEPS
-    if guidance_scale is None:
-      guidance_scale = own.guidance_scale if own is not None else sampling.GUIDANCE_SCALE
+    num_steps, guidance_scale = self.sampler_settings(num_steps, guidance_scale)
     inputs, mask = self.text_inputs(texts)
     fm = self.frame_mask(lengths)
     if fm.shape[0] != inputs.shape[0]:
       raise ValueError(f"lengths: expected {inputs.shape[0]} values (one per text), found {fm.shape[0]}")
-    k_noise, k_eta = jax.random.split(rng)
-    x_T = jax.random.normal(k_noise, (len(texts),) + self.latent_shape)
+    x_T, k_eta = self.initial_noise(rng, len(texts))
     feats, joints = self.sampler(num_steps)(
       self.params if params is None else params,
       self.frozen,
@@ -285,10 +280,28 @@ class Generator:
       jnp.float32(guidance_scale),
       k_eta,
     )
+    return self.finish_samples(feats, joints, fm, normalized)
+
+  def sampler_settings(self, num_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+    """(DDIM steps, guidance scale): the given values, else the generator's own, else core/sampling.py's."""
+    own = self.sampler_defaults
+    if num_steps is None:
+      num_steps = own.num_steps if own is not None else sampling.NUM_STEPS
+    if guidance_scale is None:
+      guidance_scale = own.guidance_scale if own is not None else sampling.GUIDANCE_SCALE
+    return num_steps, guidance_scale
+
+  def initial_noise(self, rng: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """(x_T [B, *latent_shape], the key of the sampler's own noise) that `generate` draws from `rng`."""
+    k_noise, k_eta = jax.random.split(rng)
+    return jax.random.normal(k_noise, (batch_size,) + self.latent_shape), k_eta
+
+  def finish_samples(self, feats, joints, frame_mask: np.ndarray, normalized: bool) -> tuple[np.ndarray, np.ndarray]:
+    """numpy float32 (features, joints) with padded frames zero; features de-normalised unless `normalized`."""
     feats, joints = np.asarray(feats), np.asarray(joints)
-    joints = np.where(fm[..., None, None], joints, 0.0).astype(np.float32)
+    joints = np.where(frame_mask[..., None, None], joints, 0.0).astype(np.float32)
     if not normalized:
-      feats = np.where(fm[..., None], self.denormalize(feats), 0.0).astype(np.float32)
+      feats = np.where(frame_mask[..., None], self.denormalize(feats), 0.0).astype(np.float32)
     return feats, joints
 
 

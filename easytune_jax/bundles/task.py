@@ -72,6 +72,11 @@ class MotionTask:
     `cond`; ignored by a deterministic reward."""
     return self.reward_fn(x, self._reward_cond(cond, rng), t)
 
+  def score(self, z, cond, t=None, rng=None):
+    """The reward of a model-space sample z [B, *latent_shape]: `reward(decode(z, cond), cond, t, rng)` [B] (what
+    reward guidance differentiates, `core.guidance.guided_sample`'s `score`)."""
+    return self.reward(self.decode(z, cond), cond, t, rng=rng)
+
   def reward_terms(self, x, cond, t=None, rng=None) -> dict:
     """{term name: unweighted reward [B]} of `reward_fn`'s terms."""
     return self.reward_fn.term_values(x, self._reward_cond(cond, rng), t)
@@ -185,14 +190,23 @@ def load_task(
   'spm' or 'spm:1.0,skating:0.2'); the 'spm' term is the trained reward model of `reward_workdir`. A reward
   that reads text embeddings (the official SPM) gets them from `reward_text` (`bundles.task.reward_text_encoder`:
   a `.npz` of precomputed embeddings or a sentence-t5 folder)."""
-  gen = load_generator(generator_workdir)
+  return task_for(
+    load_generator(generator_workdir), reward_workdir, reward, reward_text, f"the generator {generator_workdir}"
+  )
+
+
+def task_for(
+  gen: Generator, reward_workdir: str | None, reward: str = "spm", reward_text: str = "", where: str = "the generator"
+) -> MotionTask:
+  """`load_task` for a generator already loaded (a fine-tuned one, a converted official MLD); `where` names it in
+  errors."""
   spm_fn, tokenizer, stochastic = None, None, False
   if reward_workdir:
     spm_fn, _, rcfg = load_reward(reward_workdir)
     if rcfg.model.dim_motion != gen.mean.shape[0]:
       raise ValueError(
-        f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but the generator "
-        f"{generator_workdir} produces {gen.mean.shape[0]}-dim features"
+        f"reward model {reward_workdir}: dim_motion={rcfg.model.dim_motion}, but {where} "
+        f"produces {gen.mean.shape[0]}-dim features"
       )
     tokenizer = load_reward_tokenizer(reward_workdir)
     stochastic = spm.is_stochastic(rcfg.model)

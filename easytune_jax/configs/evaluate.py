@@ -1,13 +1,15 @@
 """Presets of launch/evaluate.py: `EvaluateConfig` (eval/evaluation.py). 'default' = `EvaluateConfig()`, the default:
 the T2M protocol with each generator's own sampler (the DDIM steps and guidance scale its workdir records;
 bundles/generator.py `resolve_sampler`); 'paper' forces the paper's sampler (NUM_STEPS / GUIDANCE_SCALE) on every
-generator, 'tiny' the CPU setting (CPU_NUM_STEPS / CPU_GUIDANCE_SCALE)."""
+generator, 'tiny' the CPU setting (CPU_NUM_STEPS / CPU_GUIDANCE_SCALE); 'realign' is 'paper' with ReAlign's reward
+guidance (configs/generate.py `realign_guidance`)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from easytune_jax.configs import lookup
+from easytune_jax.configs.generate import realign_guidance
 from easytune_jax.core import sampling
 from easytune_jax.eval.evaluation import EvaluateConfig
 
@@ -22,7 +24,11 @@ def tiny() -> EvaluateConfig:
   )
 
 
-PRESETS = {"default": EvaluateConfig, "paper": paper, "tiny": tiny}
+def realign() -> EvaluateConfig:
+  return dataclasses.replace(paper(), guidance=realign_guidance(), reward="spm")
+
+
+PRESETS = {"default": EvaluateConfig, "paper": paper, "tiny": tiny, "realign": realign}
 
 
 def get_config(name: str = "default") -> EvaluateConfig:

@@ -51,6 +51,8 @@ from absl import logging
 from easytune_jax import metrics as M
 from easytune_jax.bundles.evaluator import Evaluator
 from easytune_jax.bundles.generator import Generator, generator_fn, resolve_sampler
+from easytune_jax.bundles.guided import GuidedGenerator, with_guidance
+from easytune_jax.core.guidance import GuidanceConfig
 from easytune_jax.data.humanml3d import MotionDataset
 from easytune_jax.eval.samples import GenerateFn, TestSamples, draw_test_samples, physical_metrics, run_generator
 
@@ -73,6 +75,9 @@ class EvaluateConfig:
     quick: few replications, no MultiModality; mm: run MultiModality; batch_size: generator batch size;
     guidance_scale, num_steps: CFG weight w and DDIM steps of every generator; None (the default): each
       generator's own (`Generator.sampler_defaults`, bundles/generator.py `resolve_sampler`); seed: evaluation seed.
+    guidance: reward-guided sampling of every generator (core/guidance.py; the default: off); reward: the guiding
+      reward (a `rewards.registry` spec; its 'spm' term needs a reward model folder); reward_text: the text encoder
+      of an embedding-input reward (`bundles.task.load_task`).
   """
 
   split: str = "test"
@@ -83,6 +88,9 @@ class EvaluateConfig:
   guidance_scale: float | None = None
   num_steps: int | None = None
   seed: int = 0
+  guidance: GuidanceConfig = GuidanceConfig()
+  reward: str = "spm"
+  reward_text: str = ""
 
   def __post_init__(self):
     checks = (
@@ -279,14 +287,20 @@ def evaluate_generator(
   config: EvaluateConfig = EvaluateConfig(),
   method: str = "generated",
   progress: bool = False,
+  reward_workdir: str | None = None,
   **kwargs,
 ) -> dict:
   """:func:`evaluate` of a Generator bundle with `config`'s protocol (what launch/evaluate.py runs per generator).
 
   The sampler is `config.num_steps` / `config.guidance_scale` where set, else the generator's own
   (bundles/generator.py `resolve_sampler`, logged); the values used and where they come from are recorded in
-  ``results["settings"]["sampler"]`` (eval.json) and in eval.md's counts. `kwargs` go to :func:`evaluate`.
+  ``results["settings"]["sampler"]`` (eval.json) and in eval.md's counts. With `config.guidance` on, the
+  generator is sampled with reward guidance by `config.reward` (its 'spm' term: the reward model of
+  `reward_workdir`), recorded in ``results["settings"]["guidance"]``; a `GuidedGenerator` brings its own.
+  `kwargs` go to :func:`evaluate`.
   """
+  if not isinstance(gen, GuidedGenerator):
+    gen = with_guidance(gen, config.guidance, reward_workdir, config.reward, config.reward_text, f"generator {method}")
   sampler = resolve_sampler(gen, config.num_steps, config.guidance_scale, name=method)
   res = evaluate(
     generator_fn(gen, sampler.guidance_scale, sampler.num_steps),
@@ -303,7 +317,13 @@ def evaluate_generator(
     **kwargs,
   )
   res["settings"]["sampler"] = sampler.to_dict()
+  if isinstance(gen, GuidedGenerator) and gen.guidance.enabled:
+    res["settings"]["guidance"] = {**dataclasses.asdict(gen.guidance), "reward": _reward_spec(gen)}
   return res
+
+
+def _reward_spec(gen: GuidedGenerator) -> str:
+  return ",".join(f"{name}:{weight:g}" for name, weight in zip(gen.task.reward_fn.names, gen.task.reward_fn.weights))
 
 
 def _multimodality(

@@ -64,6 +64,13 @@ def format_results(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> 
     if r["settings"].get("sampler"):
       sm = r["settings"]["sampler"]
       notes.append(f"  - sampler: {sm['num_steps']} DDIM steps, guidance scale {sm['guidance_scale']:g}")
+    if r["settings"].get("guidance"):
+      g = r["settings"]["guidance"]
+      notes.append(
+        f"  - reward guidance: scale {g['scale']:g} ({g['schedule']}, {g['position']}, {g['reward_input']}, "
+        f"timestep {g['reward_timestep']}, {g['reduction']}, normalize {g['normalize']}, clip {g['clip']:g}), "
+        f"reward {g['reward']}"
+      )
     notes += [f"  - warning: {w}" for w in r.get("warnings", [])]
   out += ["\n## Counts\n", "\n".join(notes) + "\n"]
   return "".join(out)

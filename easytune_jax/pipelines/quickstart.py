@@ -23,8 +23,10 @@ from easytune_jax import finetune, viz
 from easytune_jax.bundles import generator
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.bundles.finetuned import RunConfig, load_finetuned_generator
+from easytune_jax.bundles.guided import GuidedGenerator
 from easytune_jax.bundles.task import load_task
 from easytune_jax.core import rerun
+from easytune_jax.core.guidance import GuidanceConfig
 from easytune_jax.core.metric_writer import read_metrics
 from easytune_jax.core.optim import OptimConfig
 from easytune_jax.core.sampling import CPU_GUIDANCE_SCALE, CPU_NUM_STEPS
@@ -33,6 +35,7 @@ from easytune_jax.data.humanml3d import load_dataset
 from easytune_jax.eval import evaluation
 from easytune_jax.eval.report import write_results
 from easytune_jax.models.generator import GENERATORS
+from easytune_jax.pipelines.guidance import run_guidance_comparison
 from easytune_jax.pipelines.quickstart_report import summary_record, write_report
 from easytune_jax.rewards.spm_objective import RewardTrainConfig
 from easytune_jax.train import base
@@ -67,6 +70,8 @@ class QuickstartConfig:
   replications: int = 6
   num_animations: int = 3
   scale: float = 1.0
+  guidance: GuidanceConfig = GuidanceConfig()  # reward-guided sampling rows (stage 'guidance'); off by default
+  guided_rows: tuple = ("base", "easytune")  # rows sampled again with guidance: 'base' and fine-tuned methods
 
   def __post_init__(self):
     if self.generator not in GENERATORS:
@@ -74,6 +79,12 @@ class QuickstartConfig:
     unknown = [m for m in self.methods if m not in finetune.METHODS]
     if unknown:
       raise ValueError(f"QuickstartConfig.methods: unknown {unknown}; expected some of {list(finetune.METHODS)}")
+    bad_rows = [r for r in self.guided_rows if r != "base" and r not in self.methods]
+    if bad_rows:
+      raise ValueError(
+        f"QuickstartConfig.guided_rows: expected 'base' or methods of QuickstartConfig.methods {self.methods}, "
+        f"found {bad_rows}"
+      )
     if self.reward_objective not in ("official", "ours"):
       raise ValueError(
         f"QuickstartConfig.reward_objective: expected 'official' or 'ours', found {self.reward_objective!r}"
@@ -181,6 +192,25 @@ def reward_fn_for(cfg: QuickstartConfig, task, gen) -> Callable:
   return reward_fn
 
 
+def evaluate_row(cfg: QuickstartConfig, gen, name: str, evaluator, test, task) -> dict:
+  """The quickstart's evaluation protocol of one row (`gen`: a Generator or a GuidedGenerator)."""
+  return evaluation.evaluate(
+    generator.generator_fn(gen, cfg.guidance_scale, cfg.num_steps),
+    evaluator,
+    test,
+    replications=cfg.replications,
+    mm=True,
+    mm_num_samples=min(20, len(test)),
+    mm_num_repeats=5,
+    mm_num_times=3,
+    max_length=min(gen.max_length, evaluator.max_length),
+    seed=cfg.seed,
+    method=name,
+    reward_fn=reward_fn_for(cfg, task, gen),
+    progress=True,
+  )
+
+
 def stage_evaluate(
   cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str, eval_dir: str, reward_dir: str
 ) -> dict:
@@ -190,28 +220,45 @@ def stage_evaluate(
   rows = {"base": task.gen}
   for method in cfg.methods:
     rows[method] = load_finetuned_generator(str(root / f"finetune_{method}"))
-  results = []
-  for name, gen in rows.items():
-    results.append(
-      evaluation.evaluate(
-        generator.generator_fn(gen, cfg.guidance_scale, cfg.num_steps),
-        evaluator,
-        test,
-        replications=cfg.replications,
-        mm=True,
-        mm_num_samples=min(20, len(test)),
-        mm_num_repeats=5,
-        mm_num_times=3,
-        max_length=min(gen.max_length, evaluator.max_length),
-        seed=cfg.seed,
-        method=name,
-        reward_fn=reward_fn_for(cfg, task, gen),
-        progress=True,
-      )
-    )
+  results = [evaluate_row(cfg, gen, name, evaluator, test, task) for name, gen in rows.items()]
   # eval.json / eval.md name the workdir's evaluator and dataset relative to it (no machine path).
   paths = write_results(rerun.relative_strings(results, root), str(root / "eval"))
   return {"results": results, "paths": paths}
+
+
+def stage_guidance(
+  cfg: QuickstartConfig, root: pathlib.Path, data_dir: str, gen_dir: str, eval_dir: str, reward_dir: str
+) -> dict:
+  """Plain vs reward-guided sampling (`cfg.guidance`, the task's reward) of `cfg.guided_rows`: the guided rows
+  evaluated as the stage 'evaluate' does, every row timed and its memory compiled (pipelines/guidance.py);
+  writes `<workdir>/guidance/`."""
+  test = load_dataset(data_dir, "test")
+  evaluator = load_trained_evaluator(eval_dir).with_dataset_stats(test.mean, test.std)
+  task = load_task(gen_dir, reward_dir)
+  plain = {
+    name: task.gen if name == "base" else load_finetuned_generator(str(root / f"finetune_{name}"))
+    for name in cfg.guided_rows
+  }
+  guided = {
+    f"{name}+guidance": GuidedGenerator(dataclasses.replace(task, gen=gen), cfg.guidance) for name, gen in plain.items()
+  }
+  recorded = json.loads((root / "eval" / "eval.json").read_text())["results"]
+  plain_results = {r["method"]: r for r in recorded if r["method"] in plain}
+  captions = [e.captions[0][0] for e in test.entries[: evaluation.EvaluateConfig().batch_size]]
+  out = run_guidance_comparison(
+    plain,
+    guided,
+    lambda gen, name: evaluate_row(cfg, gen, name, evaluator, test, task),
+    root / "guidance",
+    captions,
+    task.gen.max_length,
+    cfg.num_steps,
+    cfg.guidance_scale,
+    plain_results,
+    reward="spm",
+    root=root,
+  )
+  return rerun.relative_strings(out, root)
 
 
 # Bumped when the media change (curves, animation size): media recorded by an older version are redone.
@@ -324,6 +371,23 @@ def _stage_plan(cfg: QuickstartConfig, root: pathlib.Path) -> dict:
     "evaluator": ({"steps": cfg.steps(cfg.evaluator_steps)}, [data], [ev]),
     "finetune": ({m: run_config(cfg, m).to_dict() for m in cfg.methods}, [data, base, *reward], ft_dirs),
     "evaluate": ({**gen, "replications": cfg.replications}, [data, base, *reward, ev, *ft_dirs], [str(root / "eval")]),
+    "guidance": (
+      {
+        **gen,
+        "replications": cfg.replications,
+        "guidance": dataclasses.asdict(cfg.guidance),
+        "guided_rows": cfg.guided_rows,
+      },
+      [
+        data,
+        base,
+        *reward,
+        ev,
+        str(root / "eval"),
+        *[str(root / f"finetune_{m}") for m in cfg.guided_rows if m != "base"],
+      ],
+      [str(root / "guidance")],
+    ),
     "media": (
       {**gen, "num_animations": cfg.num_animations, "media_version": MEDIA_VERSION},
       [data, base, *ft_dirs],
@@ -387,11 +451,15 @@ def run_quickstart(cfg: QuickstartConfig, workdir: str) -> dict:
   stage("evaluator", stage_evaluator, cfg, root, data_dir)
   ft = stage("finetune", stage_finetune, cfg, root, data_dir, gen_dir, reward_dir)
   ev = stage("evaluate", stage_evaluate, cfg, root, data_dir, gen_dir, eval_dir, reward_dir)
+  guided = None
+  if cfg.guidance.enabled:  # off by default: the default quickstart (and its checked table) has no guided rows
+    guided = stage("guidance", stage_guidance, cfg, root, data_dir, gen_dir, eval_dir, reward_dir)
   media = stage("media", stage_media, cfg, root, data_dir, gen_dir)
   summary = {
     "generator": cfg.generator,
     "finetune": ft,
     "evaluate": ev,
+    **({"guidance": guided} if guided else {}),
     "media": media,
     "timings": timings,
     "seconds": sum(timings.values()),

@@ -127,6 +127,11 @@ def write_report(root: pathlib.Path, summary: dict) -> str:
     "## Test-split evaluation in detail (`eval/eval.md`)",
     "",
     details,
+  ]
+  if summary.get("guidance"):  # the optional stage 'guidance' (QuickstartConfig.guidance)
+    guided = (root / summary["guidance"]["paths"]["markdown"]).read_text().splitlines()
+    lines += ["", "## Reward-guided sampling (`guidance/guidance.md`)", "", *guided[1:]]
+  lines += [
     "",
     "## Curves and animations",
     "",
@@ -166,6 +171,7 @@ def summary_screen(summary: dict) -> str:
     "files:",
     f"  report      {summary['report']}",
     f"  metrics     {root / summary['evaluate']['paths']['json']}",
+    *([f"  guidance    {root / summary['guidance']['paths']['markdown']}"] if summary.get("guidance") else []),
     f"  curves      {root / summary['media']['curves']}",
   ]
   lines += [f"  animation   {root / a['path']}" for a in summary["media"]["animations"]]
