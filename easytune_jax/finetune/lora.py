@@ -225,7 +225,7 @@ def merge(base: Any, adapter: dict, scale: float) -> Any:
 
 def adapt(denoise: Callable, base: Any, scale: float) -> Callable:
   """`denoise_lora(adapter, x_t, t, cond, **kw) = denoise(merge(base, adapter, scale), x_t, t, cond, **kw)`
-  (kw: the optional dropout `rng`). The base is held constant (stop_gradient); when the adapter arrives in
+  (kw: the optional dropout `rng`), the merged params behind an optimization barrier. The base is held constant (stop_gradient); when the adapter arrives in
   another floating dtype (compute_dtype='bfloat16' casts it), the base is cast to it, so the merged network
   runs in that dtype."""
   base = jax.lax.stop_gradient(base)
@@ -236,7 +236,10 @@ def adapt(denoise: Callable, base: Any, scale: float) -> Callable:
     if leaves and leaves[0].dtype != jnp.float32:
       dt = leaves[0].dtype
       b = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, base)
-    return denoise(merge(b, adapter, scale), x_t, t, cond, **kw)
+    # The barrier materialises the merged weights before the network reads them, as parameters are: XLA then
+    # compiles the network's products as for the base (fusing W + s A B into them changes their rounding), so
+    # B = 0 gives the base's outputs bit for bit.
+    return denoise(jax.lax.optimization_barrier(merge(b, adapter, scale)), x_t, t, cond, **kw)
 
   return denoise_lora
 
