@@ -150,7 +150,7 @@ def test_preset_by_name_and_by_file(tmp_path):
     cli.resolve_config(str(wrong), [], presets.PRESETS, "tiny")
   with pytest.raises(FileNotFoundError, match="config file does not exist"):
     cli.resolve_config(str(tmp_path / "none.py"), [], presets.PRESETS, "tiny")
-  with pytest.raises(app.UsageError, match=r"--config='huge': expected a preset \(tiny, paper\)"):
+  with pytest.raises(app.UsageError, match=r"--config='huge': expected a preset \(tiny, paper, quickstart\)"):
     cli.resolve_config("huge", [], presets.PRESETS, "tiny")
 
 

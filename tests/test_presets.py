@@ -23,6 +23,7 @@ DEFAULT_PRESET = {
   "benchmark": "tiny",
   "evaluate": "default",
   "evaluator": "tiny",
+  "export_merged": "default",
   "finetune": "tiny",
   "generate": "default",
   "gpu": "smoke",

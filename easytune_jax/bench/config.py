@@ -119,4 +119,5 @@ def finetune_config(cfg: BenchmarkConfig, variant: Variant, T: int) -> finetune.
     grad_chunk=chunk,
     guidance_scale=cfg.guidance_scale,
     optim=OptimConfig(learning_rate=variant.learning_rate or cfg.learning_rate, warmup_steps=cfg.warmup_steps),
+    lora=finetune.LoraConfig(rank=variant.lora_rank or 0),
   )

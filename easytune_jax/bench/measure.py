@@ -111,13 +111,32 @@ def sampling_memory(task, T: int, guidance_scale: float, x_T, cond, uncond) -> d
   return finetune.compiled_memory(_sampling_fn(task, T, guidance_scale), task.gen.params, x_T, cond, uncond)
 
 
+def train_state(task, ft: finetune.FinetuneConfig, tx):
+  """The update's state at the start: the task's base params, or the adapter of `ft.lora` on them."""
+  if ft.lora.enabled:
+    return create_train_state(finetune.lora.init_adapter(task.gen.params, ft.lora, jax.random.key(0)), tx)
+  return create_train_state(task.gen.params, tx)
+
+
 def update_memory(task, ft: finetune.FinetuneConfig, x_T, cond, uncond, rng) -> dict:
-  """compiled_memory of the (unrun) update of `ft` on the task's base params, with the state donated as
-  `make_update_fn` does (the new state is written over the old one: 'alias' bytes)."""
+  """compiled_memory of the (unrun) update of `ft` on the task's base params (an adapter update also takes the
+  frozen base as an argument), with the state donated as `make_update_fn` does (the new state is written over
+  the old one: 'alias' bytes)."""
   tx = make_tx(ft)
   update = finetune.make_update_fn(ft, task.denoise, task.reward, task.gen.process, tx, decode=task.decode, jit=False)
-  state = create_train_state(task.gen.params, tx)
-  return finetune.compiled_memory(update, state, x_T, cond, uncond, rng, donate_argnums=(0,))
+  state = train_state(task, ft, tx)
+  base = (None, task.gen.params) if ft.lora.enabled else ()
+  return finetune.compiled_memory(update, state, x_T, cond, uncond, rng, *base, donate_argnums=(0,))
+
+
+def state_bytes(task, ft: finetune.FinetuneConfig) -> dict:
+  """Bytes of the update's state at the start: trainable params (the base's or the adapter's) and optimizer
+  state (AdamW moments; none for frozen parameters)."""
+  state = jax.eval_shape(lambda: train_state(task, ft, make_tx(ft)))
+  return {
+    "trainable_params": finetune.lora.tree_bytes(state.params),
+    "opt_state": finetune.lora.tree_bytes(state.opt_state),
+  }
 
 
 def memory_record(task, cfg: BenchmarkConfig, spec: str, T: int, x_T, cond, uncond, rng, samp: dict) -> dict:
@@ -138,6 +157,7 @@ def memory_record(task, cfg: BenchmarkConfig, spec: str, T: int, x_T, cond, unco
     "memory": mem,
     "sampling_memory": samp,
     "additional_memory": {"temp": mem["temp"] - samp["temp"], "total": mem["total"] - samp["total"]},
+    "state_bytes": state_bytes(task, ft),
     "compile_seconds": time.time() - t0,
     "peak_rss_bytes": peak_rss_bytes(),
     "device_peak_bytes": device_peak_bytes(),

@@ -359,15 +359,17 @@ def markdown(result: dict) -> str:
     "",
     "## Official MLD + official SPM (GiB)",
     "",
-    "| variant | T | K | temp | argument | output | total | sampling total | additional (total) | compile s |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| variant | T | K | temp | argument | output | total | sampling total | additional (total) | trainable / "
+    "optimizer state MiB | compile s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in sorted(result["records"], key=lambda r: (r["T"], r["variant"])):
-    mem = r["memory"]
+    mem, sb = r["memory"], r.get("state_bytes")
+    state = f"{sb['trainable_params'] / 2**20:.2f} / {sb['opt_state'] / 2**20:.2f}" if sb else "-"
     lines.append(
       f"| {r['variant']} | {r['T']} | {r['K']} | {_g(mem['temp'])} | {_g(mem['argument'])} | "
       f"{_g(mem['output'])} | {_g(mem['total'])} | {_g(r['sampling_memory']['total'])} | "
-      f"{_g(r['additional_memory']['total'])} | {r['compile_seconds']:.0f} |"
+      f"{_g(r['additional_memory']['total'])} | {state} | {r['compile_seconds']:.0f} |"
     )
   samp = {r["T"]: r["sampling_memory"] for r in result["records"]}
   if samp:

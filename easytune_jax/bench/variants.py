@@ -16,7 +16,9 @@ class Variant:
   steps, None = the row's default); `learning_rate`: this variant's own rate (None = the config's), for
   per-method tuning; `online`: a per-step method with the 'online' sampler (trajectory and gradients at the
   latest params; default 'frozen'); `grad_chunk`: frozen per-step gradients batched C at a time
-  (`FinetuneConfig.grad_chunk`; None = the benchmark config's `grad_chunk`)."""
+  (`FinetuneConfig.grad_chunk`; None = the benchmark config's `grad_chunk`); `lora_rank`: train a LoRA adapter
+  of that rank on every dense / attention kernel (`FinetuneConfig.lora`, alpha = rank) instead of every
+  parameter (None = full fine-tuning)."""
 
   method: str
   k: int | str | None = None
@@ -24,6 +26,7 @@ class Variant:
   learning_rate: float | None = None
   online: bool = False
   grad_chunk: int | None = None
+  lora_rank: int | None = None
 
   @property
   def policy(self) -> finetune.StepPolicy:
@@ -37,6 +40,7 @@ class Variant:
       + ("+remat" if self.remat else "")
       + ("+online" if self.online else "")
       + (f"+chunk{self.grad_chunk}" if self.grad_chunk else "")
+      + (f"+lora{self.lora_rank}" if self.lora_rank else "")
       + (f"@{self.learning_rate:g}" if self.learning_rate else "")
     )
 
@@ -58,8 +62,9 @@ def parse_variant(spec: str) -> Variant:
   read k: EasyTune trains the last K steps, DRaFT backpropagates K deep, DRTune trains K steps), e.g.
   'easytune', 'easytune-10', 'draft-1', 'draft-T', 'refl', 'alignprop', 'drtune'; optionally suffixed
   '+remat' (trajectory rows) or '+online' (per-step rows) or '+chunk<C>' (frozen per-step rows: C
-  per-step gradients per vmapped call), then optionally '@<learning rate>' (e.g. 'draft-1@1e-4',
-  'easytune+online@2e-5', 'easytune+chunk10@1e-4')."""
+  per-step gradients per vmapped call), then optionally '+lora<r>' (a rank-r LoRA adapter instead of every
+  parameter), then optionally '@<learning rate>' (e.g. 'draft-1@1e-4', 'easytune+online@2e-5',
+  'easytune+chunk10@1e-4', 'easytune+lora16@1e-3')."""
   s, _, lr_text = spec.strip().partition("@")
   lr = None
   if lr_text:
@@ -69,6 +74,12 @@ def parse_variant(spec: str) -> Variant:
       lr = -1.0
     if not lr > 0:
       raise ValueError(f"{_WHERE}: variant {spec!r}: expected '@<learning rate>' with a rate > 0, found {lr_text!r}")
+  rank = None
+  head, plus, tail = s.rpartition("+")
+  if plus and tail.startswith("lora"):
+    if not tail[4:].isdigit() or int(tail[4:]) < 1:
+      raise ValueError(f"{_WHERE}: variant {spec!r}: expected '+lora<r>' with r >= 1, found {tail!r}")
+    rank, s = int(tail[4:]), head
   chunk = None
   head, plus, tail = s.rpartition("+")
   if plus and tail.startswith("chunk"):
@@ -102,7 +113,7 @@ def parse_variant(spec: str) -> Variant:
       f"{_WHERE}: variant {spec!r}: '+chunk<C>' batches frozen per-step gradients, "
       f"not for {s + ('+online' if online else '')!r}"
     )
-  return Variant(s, k, remat, lr, online, chunk)
+  return Variant(s, k, remat, lr, online, chunk, rank)
 
 
 ALL_MEMORY_VARIANTS = (

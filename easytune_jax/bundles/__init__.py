@@ -3,4 +3,4 @@
 Importing the package registers the converted-checkpoint generator kinds with `generator.load_generator`.
 """
 
-from easytune_jax.bundles import official_generator  # noqa: F401  (registers its workdir loader)
+from easytune_jax.bundles import adapter, official_generator  # noqa: F401  (register their workdir loaders)

@@ -1,7 +1,8 @@
 """A fine-tuning run's record and its generator: `RunConfig` (what `train.finetune_runner.run_finetune` runs and
 writes to `<run>/finetune.json`), the folders that file records (`record_path` / `recorded_path`: relative to the
-run and absolute), and the loaders of the fine-tuned generator (`load_finetuned_generator`, `load_any_generator`:
-what evaluation and generation take as a generator workdir).
+run and absolute), the loaders of the fine-tuned generator (`load_finetuned_generator`, `load_any_generator`:
+what evaluation and generation take as a generator workdir; an adapter run's adapter is merged onto its base,
+bundles/adapter.py) and the merged export of a run (`export_merged`, `ExportConfig`: launch/export_merged.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 
 from easytune_jax import finetune
+from easytune_jax.bundles import adapter as adapter_io
 from easytune_jax.bundles.generator import Generator, load_generator, recorded_sampler
 from easytune_jax.core.checkpoint import Checkpointer
 from easytune_jax.core.config import config_from_dict
@@ -62,6 +64,11 @@ class RunConfig:
       )
     if self.best_metric not in BEST_METRICS:
       raise ValueError(f"RunConfig.best_metric: expected one of {sorted(BEST_METRICS)}, found {self.best_metric!r}")
+    if self.finetune.lora.enabled and self.trainable not in ("", "all"):
+      raise ValueError(
+        f"RunConfig.trainable: expected 'all' with adapter fine-tuning (finetune.lora), found {self.trainable!r}; "
+        "train a subset of the base in full beside the adapter with finetune.lora.train_whole=<regexes>"
+      )
 
   def to_dict(self) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -110,25 +117,36 @@ def recorded_path(info: dict, name: str, workdir: str | os.PathLike) -> str:
   )
 
 
-def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
+def load_finetuned_generator(workdir: str, which: str = "final", base_workdir: str | None = None) -> Generator:
   """The base generator of a fine-tuning run with its fine-tuned denoiser params ('final' = latest
   checkpoint, 'best' = best by the run's `best_metric`, the base params if nothing beat them). Its
   `sampler_defaults` are the sampler it was fine-tuned with (`FinetuneConfig.num_steps` / `guidance_scale`; the
-  base generator's when the run records none)."""
+  base generator's when the run records none).
+
+  An adapter run (`finetune.lora`): its adapter is restored and merged onto the base (`base_workdir`, default the
+  recorded generator folder), refused (`adapter.AdapterBaseMismatch`, naming both) when that base's denoiser
+  params are not the ones the adapter was trained on."""
   workdir = pathlib.Path(workdir)
   info = read_json(workdir / "finetune.json", "fine-tuning run info")
-  gen = load_generator(recorded_path(info, "generator_workdir", workdir))
+  base_dir = base_workdir or recorded_path(info, "generator_workdir", workdir)
+  gen = load_generator(base_dir)
   run = run_config_from_dict(info["run"])
-  if which == "best" and (workdir / "best").is_dir():
+  lcfg = run.finetune.lora
+  if lcfg.enabled:
+    adapter_io.check_base(info.get("adapter"), gen.params, base_dir, str(workdir / "finetune.json"))
+    adapter = adapter_io.restore_adapter(workdir, gen.params, lcfg, run.finetune.optim, run.ema_decay > 0, which)
+    params = adapter_io.merge_jit(gen.params, adapter, lcfg.scale)
+  elif which == "best" and (workdir / "best").is_dir():
     ck = Checkpointer(workdir / "best", max_to_keep=1)
     params = ck.restore(gen.params)
+    ck.close()
   else:
     mask = trainable_mask(gen.params, run.trainable)
     tx = make_optimizer(run.finetune.optim, mask)
     ck = Checkpointer(workdir / "checkpoints")
     template = jax.eval_shape(lambda: create_train_state(gen.params, tx, use_ema=run.ema_decay > 0))
     params = ck.restore(template).params
-  ck.close()
+    ck.close()
   own = recorded_sampler(
     info["run"].get("finetune"),
     run.finetune.num_steps,
@@ -136,6 +154,46 @@ def load_finetuned_generator(workdir: str, which: str = "final") -> Generator:
     f"{workdir} (FinetuneConfig, the sampler it was fine-tuned with)",
   )
   return dataclasses.replace(gen, params=params, sampler_defaults=own or gen.sampler_defaults)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """launch/export_merged.py: which params of the run ('final' or 'best') and whether to also write
+  `denoiser.safetensors` (the merged denoiser under '/'-joined parameter paths, for tools outside JAX)."""
+
+  which: str = "final"
+  safetensors: bool = False
+
+  def __post_init__(self):
+    if self.which not in ("final", "best"):
+      raise ValueError(f"ExportConfig.which: expected 'final' or 'best', found {self.which!r}")
+
+
+def export_merged(
+  run_workdir: str, out_dir: str, config: ExportConfig = ExportConfig(), base_workdir: str | None = None
+) -> dict:
+  """Writes the run's merged denoiser params (adapter merged onto its base; a full run's params as they are) as
+  a generator folder `out_dir` (bundles/adapter.py `write_merged`; loads with `load_generator`). Returns its
+  paths and sizes (bytes of the params, of the folder, of the run's checkpoints)."""
+  run_dir = pathlib.Path(run_workdir)
+  info = read_json(run_dir / "finetune.json", "fine-tuning run info")
+  base_dir = base_workdir or recorded_path(info, "generator_workdir", run_dir)
+  gen = load_finetuned_generator(run_workdir, config.which, base_dir)
+  base_fp = (info.get("adapter") or {}).get("base_fingerprint") or finetune.lora.fingerprint(
+    load_generator(base_dir).params
+  )
+  record = {
+    "source_run": str(run_dir.absolute()),
+    "which": config.which,
+    "generator_workdir": base_dir,
+    "base_fingerprint": base_fp,
+    "lora": (info["run"].get("finetune") or {}).get("lora"),
+  }
+  out = adapter_io.write_merged(gen, out_dir, record, safetensors=config.safetensors)
+  out["run_checkpoint_bytes"] = {
+    d: adapter_io.folder_bytes(run_dir / d) for d in ("checkpoints", "best") if (run_dir / d).is_dir()
+  }
+  return out
 
 
 def load_any_generator(workdir: str, which: str = "final") -> Generator:

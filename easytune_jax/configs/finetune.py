@@ -6,6 +6,9 @@ T = NUM_STEPS DDIM steps (eta 0), w = GUIDANCE_SCALE, AdamW lr 1e-5 with 1000 wa
 batch 64, and the official code's randomness: the denoiser in training mode (dropout on at every step,
 `denoiser_dropout`) and fresh reward noise per scored step (`reward_noise='per_step'`); 'tiny' keeps the
 deterministic denoiser and the per-batch reward key (WORKSPACE.md, "Randomness of the paper setting").
+'quickstart' = the quickstart's EasyTune run (pipelines/quickstart.py `run_config`: lr 5e-5, 5 warm-up updates,
+24 trajectories of batch 16; tests/test_lora.py checks it is that run's config): the full fine-tuning that docs/lora compares LoRA with
+(`--config=quickstart --config.finetune.lora.rank=8 ...`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ def paper() -> RunConfig:
   )
 
 
-PRESETS = {"tiny": RunConfig, "paper": paper}
+def quickstart() -> RunConfig:
+  return dataclasses.replace(
+    RunConfig(),
+    finetune=ft.FinetuneConfig(optim=OptimConfig(learning_rate=5e-5, warmup_steps=5)),
+    trajectories=24,
+    eval_every=6,
+    heldout_size=64,
+  )
+
+
+PRESETS = {"tiny": RunConfig, "paper": paper, "quickstart": quickstart}
 
 
 def get_config(name: str = "tiny") -> RunConfig:

@@ -55,6 +55,11 @@ pass over those C steps, and applies them in step order (same updates; memory gr
 Every jitted update donates its state (`make_update_fn(donate=True)`). `compute_dtype='bfloat16'` runs the
 networks in bfloat16 with float32 master params and optimizer state.
 
+LoRA / partial-parameter fine-tuning (`FinetuneConfig.lora`, finetune/lora.py): every method then trains an
+adapter (low-rank factors of the targeted kernels, B = 0 at the start, and optionally leaves trained whole) on
+`denoise(merge(base, adapter), ...)`; the state holds only the adapter and its optimizer state, the frozen base
+is the update's `base_params`.
+
 Example with your own denoiser and reward:
 
   import jax, jax.numpy as jnp, optax
@@ -96,9 +101,12 @@ Modules (this package exports their public API; import it from `easytune_jax.fin
   per_step.py      per-step rows (EasyTune): `make_step_loss`, `make_per_step_update`
   trajectory.py    trajectory rows: `make_trajectory_loss`, `make_trajectory_update`
   regularizers.py  the 'diffusion' regulariser's loss (`diffusion_loss`) and the regularisers' input checks
+  lora.py          adapter fine-tuning (`LoraConfig`: LoRA factors and leaves trained whole) as a functional
+                   reparameterisation of the params: `init_adapter`, `merge`, `adapt`, `fingerprint`
   update.py        `make_update_fn` (every method's update) and `compiled_memory`
 """
 
+from easytune_jax.finetune import lora
 from easytune_jax.finetune.apply_fns import (
   COMPUTE_DTYPES,
   DROPOUT_STREAM,
@@ -117,6 +125,7 @@ from easytune_jax.finetune.config import (
   FinetuneConfig,
 )
 from easytune_jax.finetune.executor import StepAux, TrajectoryAux
+from easytune_jax.finetune.lora import LoraConfig
 from easytune_jax.finetune.methods import METHODS, Choice, StepPolicy, alignprop_mask, drtune_choices, motionrft_choices
 from easytune_jax.finetune.per_step import make_per_step_update, make_step_loss
 from easytune_jax.finetune.regularizers import diffusion_loss
@@ -135,6 +144,7 @@ __all__ = [
   "SAMPLER_VARIANTS",
   "Choice",
   "FinetuneConfig",
+  "LoraConfig",
   "StepAux",
   "StepPolicy",
   "TrajectoryAux",
@@ -149,6 +159,7 @@ __all__ = [
   "make_step_loss",
   "make_trajectory_loss",
   "make_trajectory_update",
+  "lora",
   "make_update_fn",
   "reward_key",
   "with_compute_dtype",

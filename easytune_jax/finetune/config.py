@@ -7,6 +7,7 @@ import dataclasses
 from easytune_jax.core import sampling
 from easytune_jax.core.optim import OptimConfig
 from easytune_jax.finetune.apply_fns import COMPUTE_DTYPES
+from easytune_jax.finetune.lora import LoraConfig
 from easytune_jax.finetune.methods import METHODS, StepPolicy
 
 SAMPLER_VARIANTS = ("frozen", "online")
@@ -53,6 +54,9 @@ class FinetuneConfig:
      by every scored step of the trajectory). 'per_step': `reward(x, cond, t, rng=reward_key(rng, i))` when
      it scores step i's output (a fresh draw per scored step, as the official reward draws per call); the
      reward must accept `rng` (a deterministic one may ignore it).
+  lora: adapter fine-tuning (`LoraConfig`, finetune/lora.py: rank, alpha, target patterns, leaves trained
+     whole); off by default (every parameter trains). When on, the update's state holds the adapter only and
+     the update takes the frozen base params as its `base_params` (`make_update_fn`).
   """
 
   method: str = "easytune"
@@ -78,6 +82,7 @@ class FinetuneConfig:
   denoiser_dropout: bool = False
   reward_noise: str = "per_batch"
   optim: OptimConfig = OptimConfig(learning_rate=2e-4, warmup_steps=10)
+  lora: LoraConfig = LoraConfig()
 
   def __post_init__(self):
     name = "FinetuneConfig"

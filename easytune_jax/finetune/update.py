@@ -9,6 +9,7 @@ import jax
 import optax
 
 from easytune_jax.core.sampling_process import SamplingProcess
+from easytune_jax.finetune import lora
 from easytune_jax.finetune.apply_fns import Decoder, Denoiser, Reward
 from easytune_jax.finetune.config import FinetuneConfig
 from easytune_jax.finetune.per_step import make_per_step_update
@@ -38,12 +39,39 @@ def make_update_fn(
   only the returned state; pass `jax.tree.map(jnp.copy, state)` where the same start state is needed again
   (timing repeats, tests), and build a fresh state from a copy of params that are still used elsewhere (the
   base params of the held-out score or the KL regulariser: `create_train_state` does not copy them).
+
+  Adapter fine-tuning (`config.lora.enabled`, finetune/lora.py): the state holds the adapter (its params and
+  optimizer state only) and `base_params` (required) is the frozen base the adapter applies to; the method
+  runs on `lora.adapt(denoise, base_params, scale)` and its KL regulariser compares with the base.
   """
   build = make_per_step_update if config.policy.per_step_updates else make_trajectory_update
-  fn = build(config, denoise, reward, process, tx, decode=decode, ema_decay=ema_decay)
+  if config.lora.enabled:
+    fn = _adapter_update(build, config, denoise, reward, process, tx, decode, ema_decay)
+  else:
+    fn = build(config, denoise, reward, process, tx, decode=decode, ema_decay=ema_decay)
   if jit:
     fn = jax.jit(fn, donate_argnums=(0,) if donate else ())
   return fn
+
+
+def _adapter_update(build, config, denoise, reward, process, tx, decode, ema_decay) -> Callable:
+  """The update of `build` on the adapter in `state.params`, the base passed as `base_params` (frozen: held
+  constant, no optimizer state). The method is built inside the traced call, around the base it receives."""
+  scale = config.lora.scale
+
+  def update(state, x_T, cond, uncond, rng, data_batch=None, base_params=None):
+    if base_params is None:
+      raise ValueError(
+        "finetune: FinetuneConfig.lora (adapter fine-tuning) needs `base_params`: the frozen base params the "
+        "adapter in the state applies to"
+      )
+    inner = build(
+      config, lora.adapt(denoise, base_params, scale), reward, process, tx, decode=decode, ema_decay=ema_decay
+    )
+    ref = lora.reference_adapter(state.params, base_params) if config.regularizer == "kl" else None
+    return inner(state, x_T, cond, uncond, rng, data_batch, ref)
+
+  return update
 
 
 def compiled_memory(fn: Callable, *args, donate_argnums: tuple = (), **kwargs) -> dict:

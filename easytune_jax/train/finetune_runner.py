@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from easytune_jax import finetune
+from easytune_jax.bundles import adapter as adapter_io
 from easytune_jax.bundles.evaluator import load_trained_evaluator
 from easytune_jax.bundles.finetuned import BEST_METRICS, RunConfig, run_config_from_dict, trainable_mask
 from easytune_jax.bundles.finetuned import record_path as _recorded_path
@@ -91,11 +92,13 @@ def run_finetune(
     **_recorded_path("data_dir", data_dir, workdir),
   }
   info_path = workdir / "finetune.json"
+  saved_info: dict = {}
   if info_path.exists():
     # A rerun may extend the run or change its logging cadence, nothing else.
     # Read through RunConfig, so a field added since the run was written takes its default (the behaviour the
     # run had: new options default to the old behaviour).
-    saved = run_config_from_dict(read_json(info_path, "fine-tuning run info")["run"]).to_dict()
+    saved_info = read_json(info_path, "fine-tuning run info")
+    saved = run_config_from_dict(saved_info["run"]).to_dict()
     # grad_chunk changes how the same updates are computed (batched or one by one), not the run.
     check_config_matches(
       saved,
@@ -103,10 +106,38 @@ def run_finetune(
       str(info_path),
       ignore=("trajectories", "eval_every", "checkpoint_every", "finetune.grad_chunk"),
     )
-  write_json(info_path, meta, indent=2)
 
   ft = cfg.finetune
-  mask = trainable_mask(task.gen.params, cfg.trainable)
+  # Adapter fine-tuning (finetune.lora): the state holds the adapter only (B = 0: the base at trajectory 0), the
+  # frozen base params go to every update as `base_params`, and the held-out / evaluator measures see the merge.
+  adapted = ft.lora.enabled
+  if adapted:
+    trained = finetune.lora.init_adapter(task.gen.params, ft.lora, adapter_key(cfg.seed))
+    record = adapter_io.adapter_record(task.gen.params, generator_workdir, ft.lora, trained)
+    if "adapter" in saved_info:  # a resumed adapter run continues on the base it was trained on
+      adapter_io.check_base(saved_info["adapter"], task.gen.params, generator_workdir, str(info_path))
+    meta["adapter"] = record
+    logging.info(
+      "finetune: adapter of %d parameters (%.2f MB: %d LoRA kernels rank %d, %d leaves whole) on a base of %d "
+      "(%.2f MB); optimizer state and checkpoints hold the adapter only",
+      record["adapter_params"],
+      record["adapter_bytes"] / 1e6,
+      record["lora_kernels"],
+      ft.lora.rank,
+      record["whole_leaves"],
+      record["base_params"],
+      record["base_bytes"] / 1e6,
+    )
+    merge = jax.jit(lambda base, a: finetune.lora.merge(base, a, ft.lora.scale))
+
+    def full_params(p):
+      return merge(task.gen.params, p)
+
+    mask = None
+  else:
+    trained, full_params = task.gen.params, lambda p: p
+    mask = trainable_mask(task.gen.params, cfg.trainable)
+  write_json(info_path, meta, indent=2)
   tx = make_optimizer(ft.optim, mask)
   update = finetune.make_update_fn(
     ft, task.denoise, task.reward, task.gen.process, tx, decode=task.decode, ema_decay=cfg.ema_decay, jit=mesh is None
@@ -117,9 +148,9 @@ def run_finetune(
     # reward keys from the replicated key; the per-batch reward key carried per row in cond) are drawn for
     # the global shapes, so a mesh run draws the numbers of the one-device run.
     update = parallel.jit_sharded(update, mesh, batch_argnums=(1, 2, 3, 5), donate_state=True)
-  base_params = task.gen.params if ft.regularizer == "kl" else None
+  base_params = task.gen.params if ft.regularizer == "kl" or adapted else None
   per_traj = ft.updates_per_trajectory
-  state = create_train_state(task.gen.params, tx, use_ema=cfg.ema_decay > 0)
+  state = create_train_state(trained, tx, use_ema=cfg.ema_decay > 0)
   heldout = HeldOut(task, val, cfg)
   base_rewards = heldout.rewards(task.gen.params)
   evaluator = None
@@ -134,7 +165,7 @@ def run_finetune(
 
   def quick_eval(params, dataset, seed):
     res = evaluation.evaluate(
-      generate_fn_for(task, params, ft),
+      generate_fn_for(task, full_params(params), ft),
       evaluator,
       dataset,
       quick=True,
@@ -152,11 +183,12 @@ def run_finetune(
     return vm[cfg.best_metric], {f"val/{k}": v for k, v in vm.items()}
 
   # `best/` starts as the base model (trajectory 0): a run that never improves keeps the base params.
+  ckpt_meta = {"adapter": meta["adapter"]} if adapted else {}  # an adapter checkpoint names its base
   best_ck = Checkpointer(workdir / "best", max_to_keep=1)
   if best_ck.latest_step() is not None:
     best = best_ck.metadata()["best"]
   else:
-    value, _ = criterion(task.gen.params, float(np.mean(base_rewards)))
+    value, _ = criterion(trained, float(np.mean(base_rewards)))
     best = {
       "metric": cfg.best_metric,
       "value": float(value),
@@ -165,7 +197,7 @@ def run_finetune(
     }
     # Every process saves (orbax writes collectively); on a mesh the base params, whole on every process, are
     # saved as one array replicated over it.
-    best_ck.save(0, task.gen.params if mesh is None else parallel.replicate(task.gen.params, mesh), {"best": best})
+    best_ck.save(0, trained if mesh is None else parallel.replicate(trained, mesh), {"best": best, **ckpt_meta})
   sign = BEST_METRICS[cfg.best_metric]
   key = jax.random.key(cfg.seed)
 
@@ -203,7 +235,7 @@ def run_finetune(
     # Held-out sampling and evaluation run on one device per process with a whole copy of the params (on a mesh
     # they are split or replicated over it): the same numbers as a one-device run.
     params = parallel.gathered(state.params)
-    terms = heldout.reward_terms(params)
+    terms = heldout.reward_terms(full_params(params))
     out = {"heldout_reward": float(np.mean(task.reward_fn.combine(terms)))}
     if len(terms) > 1:  # a composite reward: every term on its own
       out.update({f"heldout_reward_terms/{k}": float(np.mean(v)) for k, v in terms.items()})
@@ -211,7 +243,7 @@ def run_finetune(
     out.update(val_metrics)
     if sign * value > sign * best["value"]:
       best.update(value=float(value), trajectory=it, heldout_reward=out["heldout_reward"])
-      best_ck.save(it, state.params, {"best": best})
+      best_ck.save(it, state.params, {"best": best, **ckpt_meta})
     if evaluator is not None:  # test-split monitoring (not used for any choice)
       out.update({f"eval/{k}": v for k, v in quick_eval(params, test, it).items()})
     logging.info("finetune %s: trajectory %d held-out reward %.4f", ft.method, it, out["heldout_reward"])
@@ -233,7 +265,7 @@ def run_finetune(
         num_steps=cfg.trajectories,
         checkpointer=ck,
         writer=writer,
-        metadata={"run": meta["run"]},
+        metadata={"run": meta["run"], **ckpt_meta},
         log_every=1,
         checkpoint_every=cfg.checkpoint_every,
         eval_fn=eval_fn,
@@ -246,7 +278,7 @@ def run_finetune(
   finally:
     writer.close()
     ck.close()
-  final_rewards = heldout.rewards(parallel.gathered(loop.state.params))
+  final_rewards = heldout.rewards(full_params(parallel.gathered(loop.state.params)))
   summary = {
     "method": ft.method,
     "trajectories": loop.last_step,
@@ -259,9 +291,22 @@ def run_finetune(
     "preempted": loop.preempted,
     "nonfinite_steps": loop.nonfinite_steps,
   }
+  if adapted:  # what the adapter costs on disk against its base (sizes also logged at the start)
+    summary["adapter"] = {
+      **{k: meta["adapter"][k] for k in ("adapter_params", "adapter_bytes", "base_params", "base_bytes")},
+      "checkpoint_bytes": adapter_io.folder_bytes(workdir / "checkpoints"),
+      "best_bytes": adapter_io.folder_bytes(workdir / "best"),
+    }
+    logging.info("finetune: adapter checkpoints %s", summary["adapter"])
   write_json(workdir / "summary.json", summary, indent=2)
   best_ck.close()
   return summary
+
+
+def adapter_key(seed: int) -> jax.Array:
+  """The key of a run's adapter initialisation (A): a stream of its own, apart from the trajectories' keys
+  (`fold_in(key(seed), trajectory)`)."""
+  return jax.random.fold_in(jax.random.key(seed), finetune.lora.ADAPTER_STREAM)
 
 
 def _step_with_flat_metrics(update, state, batch, base_params=None):
