@@ -11,6 +11,11 @@ overridden with --config.<field>=<value>, e.g. --config.finetune.sampler_variant
 --config.finetune.reward_timestep=t (step-aware reward), --config.reward=spm:1.0,skating:0.2,
 --config.best_metric=R_precision_top_1 (needs --evaluator_workdir).
 
+LoRA: --config.finetune.lora.rank=8 [--config.finetune.lora.alpha=16 --config.finetune.lora.targets=query,value
+--config.finetune.lora.train_whole=bias] trains an adapter on the frozen base (any method, any generator); the
+checkpoints hold the adapter only (sizes in the log and summary.json); launch/generate.py and launch/evaluate.py
+merge it onto its base, launch/export_merged.py writes the merged params as a generator folder.
+
 Scale-out: --mesh=data=8 (or data=4,fsdp=2) splits the batch over the devices; multi-host with
 --coordinator_address/--num_processes/--process_id or --distributed (see easytune_jax/core/parallel.py).
 
