@@ -14,15 +14,19 @@ per method. Writes benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time
 'paper') or a .py file with get_config(); override any field with --config.<field>=<value>, e.g.
 --config.memory_steps=10,50 --config.speed_variants=easytune,draft-T --config.budget_seconds=60
 --config.target_gain=none --config.learning_rate=1e-4 --config.floor=false.
+
+--readme=README.md also rewrites the README's tables between the markers of --out_dir
+(`bench.report.readme_markers`; tests/test_docs.py checks they equal the JSON's).
 """
 
 import json
+import pathlib
 
 from absl import app, flags, logging
 
 from easytune_jax import cli
 from easytune_jax.bench.benchmark import run_benchmark
-from easytune_jax.bench.report import write_outputs
+from easytune_jax.bench.report import readme_with_tables, write_outputs
 from easytune_jax.configs import benchmark as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
 from easytune_jax.pipelines.tiny import build_tiny_pipeline
@@ -35,6 +39,7 @@ flags.DEFINE_string("data_dir", None, "HumanML3D-layout dataset (train batches, 
 flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator for R-precision / MM-Dist / FID.")
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
 flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
+flags.DEFINE_string("readme", None, "Rewrite this README's tables of --out_dir (between its markers).")
 cli.define_config_flag(presets.PRESETS, "tiny", "The BenchmarkConfig (easytune_jax/configs/benchmark.py).")
 cli.define_flags(dataset=True, progress=False)
 
@@ -55,6 +60,10 @@ def main(argv):
     gen, rew, data, ev = p.generator, p.reward, p.data, ev or p.evaluator
   result = run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed)
   paths = write_outputs(result, FLAGS.out_dir)
+  if FLAGS.readme:
+    readme = pathlib.Path(FLAGS.readme)
+    saved = json.loads(pathlib.Path(paths["json"]).read_text())  # what tests/test_docs.py reads
+    readme.write_text(readme_with_tables(readme.read_text(), saved, FLAGS.out_dir, str(readme)))
   print(json.dumps({"summary": result["summary"], "outputs": paths}, indent=2))
 
 

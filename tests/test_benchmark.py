@@ -197,11 +197,12 @@ def test_variant_parsing_and_config_errors():
   assert get_config("paper").speed_steps == 50
 
 
-def test_every_method_gets_a_floor_from_its_row(tiny_pipeline):
+def test_every_method_gets_a_floor_that_bounds_it(tiny_pipeline):
   """Every method gets a floor (one dispatch + its expected work, counted from its row of the method table, times
-  primitives timed alone) and its measured ratio. NOT asserted: that the floor bounds. In the fresh-clone CI of
-  2026-12-03 the ratios were EasyTune 0.57, DRaFT-1 0.79, MotionRFT 0.77, ReFL 1.75, AlignProp 1.15, DRTune 3.16,
-  DRaFT-T 1.07: primitives timed alone cost more than inside the fused update (issue 35, open)."""
+  primitives timed inside a compiled loop) and its trajectory takes at least that long. The tolerance (0.8) is
+  for timer noise on a 2-core CI machine: noise raises the measured median and lowers the floor's fastest loops,
+  so it can only widen the distance; a floor from primitives timed one jitted call each sat at 0.57 x EasyTune's
+  measured time (fresh-clone CI, 2026-12-03) and fails this test."""
   from easytune_jax import finetune
 
   cfg = BenchmarkConfig(
@@ -223,7 +224,7 @@ def test_every_method_gets_a_floor_from_its_row(tiny_pipeline):
   assert floor["grad_step_seconds"] > floor["nograd_step_seconds"] > 0
   ratios = {r["variant"]: r["speed"]["floor"]["over_floor_with_optimizer"] for r in res["records"]}
   assert set(ratios) == {finetune.METHODS[m].label for m in finetune.METHODS} | {"DRaFT-T"}, ratios
-  assert all(_finite(v) and v > 0 for v in ratios.values()), ratios
+  assert all(_finite(v) and v >= 0.8 for v in ratios.values()), ratios
 
 
 def test_selection_keeps_the_best_checkpoint_made_within_each_budget():

@@ -338,3 +338,47 @@ def test_benchmark_chunk_variants_and_floor_record():
   # MotionRFT: k ~ U{1..T}; k = T (prob 1/T) has no gradient step, only a reward evaluation.
   w = floor_record(floor, finetune_config(BenchmarkConfig(), parse_variant("motionrft"), 10), 1.0)["work"]
   assert w["reward_eval"] == pytest.approx(0.1, abs=0.02) and w["grad_step"] == pytest.approx(0.9, abs=0.02)
+
+
+def test_floor_loop_chains_every_iteration_and_uses_every_output():
+  """The floor's loop runs `fn` n times on a chained input: with a tiny fn whose output sum is known, the first
+  argument moves by 1e-30 x the sum per iteration (float64, where such steps are visible), and a train
+  state is carried through the optimizer update (its step counts the iterations)."""
+  from easytune_jax.bench.measure import _looped
+  from easytune_jax.core.optim import apply_gradients
+
+  with jax.enable_x64(True):
+    x, y = jnp.zeros((3,), jnp.float64), jnp.ones((2,), jnp.float64)
+    out = _looped(lambda x, y: {"a": x + 1.0, "b": y}, 4)(x, y)
+    # each iteration adds 1e-30 * (3 * (x + 1) + 2) to x; x stays ~0, so 4 * 5e-30
+    np.testing.assert_allclose(np.asarray(out[0]), 4 * 5e-30, rtol=1e-6)  # the step is summed in float32
+    np.testing.assert_array_equal(np.asarray(out[1]), np.ones(2))
+  tx = optax.sgd(0.1)
+  params = {"w": jnp.ones((2,))}
+  state = create_train_state(params, tx)
+  st, _ = _looped(lambda s, g: apply_gradients(s, g, tx, jnp.float32(0.0)), 5)(state, {"w": jnp.ones((2,))})
+  assert int(st.step) == 5
+  np.testing.assert_allclose(np.asarray(st.params["w"]), 1.0 - 5 * 0.1, rtol=1e-6)
+
+
+def test_reward_vs_val_and_readme_tables():
+  """The reward-vs-evaluator figures are the Pearson correlation over every evaluation of every run and the mean
+  change from the base to the last evaluation; README tables need their markers, named in the error."""
+  from easytune_jax.bench import report
+  from easytune_jax.bench.summary import reward_vs_val
+
+  runs = [
+    {"curve": {"reward": [0.7, 0.8, 0.9], "val": [{"R_precision_top_1": r, "MM_Dist": m} for r, m in vals]}}
+    for vals in ([(0.30, 7.0), (0.32, 6.9), (0.28, 7.3)], [(0.31, 7.1), (0.33, 6.8), (0.35, 6.7)])
+  ]
+  got = reward_vs_val({"runs": runs})
+  rewards = [0.7, 0.8, 0.9, 0.7, 0.8, 0.9]
+  r1 = [0.30, 0.32, 0.28, 0.31, 0.33, 0.35]
+  mm = [7.0, 6.9, 7.3, 7.1, 6.8, 6.7]
+  assert got["points"] == 6
+  assert got["corr_R_precision_top_1"] == pytest.approx(np.corrcoef(rewards, r1)[0, 1])
+  assert got["corr_MM_Dist"] == pytest.approx(np.corrcoef(rewards, mm)[0, 1])
+  assert got["last_minus_base_R_precision_top_1"] == pytest.approx(((0.28 - 0.30) + (0.35 - 0.31)) / 2)
+  assert got["last_minus_base_MM_Dist"] == pytest.approx(((7.3 - 7.0) + (6.7 - 7.1)) / 2)
+  with pytest.raises(ValueError, match="NOTES.md: expected the benchmark-tables markers once each"):
+    report.readme_with_tables("no markers here", {}, "docs/benchmark/t50", "NOTES.md")

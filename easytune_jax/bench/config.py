@@ -32,6 +32,7 @@ class BenchmarkConfig:
   ...; the held-out set is fixed): gains are reported as mean and standard deviation over them.
   grad_chunk: C of frozen EasyTune variants without their own '+chunk<C>' (1 = the sequential path).
   floor: also time the primitives of a trajectory update and each method's floor (`measure_floor`).
+  floor_iterations: n of the floor's loops (each primitive runs n and 2n times in one compiled loop).
   select_metric: with an evaluator, the equal-time comparison of checkpoints chosen on the val split
   ('R_precision_top_1' or 'MM_Dist'; None = off): in every budgeted run the held-out evaluations (and one at each
   of `select_budgets`) also score the val split with the evaluator; for each budget the checkpoint with the best
@@ -58,6 +59,7 @@ class BenchmarkConfig:
   seed: int = 0
   grad_chunk: int = 1
   floor: bool = True
+  floor_iterations: int = 8
   select_metric: str | None = None
   select_budgets: tuple = ()
 
@@ -68,7 +70,15 @@ class BenchmarkConfig:
       raise ValueError(f"{_WHERE}: BenchmarkConfig.memory_steps: expected T values >= 1, found {self.memory_steps}")
     counts = {
       k: getattr(self, k)
-      for k in ("speed_steps", "batch_size", "speed_repeats", "speed_seeds", "heldout_size", "grad_chunk")
+      for k in (
+        "speed_steps",
+        "batch_size",
+        "speed_repeats",
+        "speed_seeds",
+        "heldout_size",
+        "grad_chunk",
+        "floor_iterations",
+      )
     }
     if min(counts.values()) < 1:
       raise ValueError(f"{_WHERE}: BenchmarkConfig: expected {', '.join(counts)} >= 1, found {counts}")

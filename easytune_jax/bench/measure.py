@@ -1,6 +1,6 @@
 """The benchmark's measurements on one task: the machine and its process peaks, the fixed training inputs shared
 by every method (`Inputs`), XLA's compiled memory of an update and of plain sampling (`memory_record`,
-`measure_memory`), and the floor of a trajectory update (sampling + one-step gradients, `measure_floor`,
+`measure_memory`), and the floor of a trajectory update (its primitives timed inside a compiled loop, `measure_floor`,
 `floor_record`). The speed / reward-gain runs are in `bench/speed.py`."""
 
 from __future__ import annotations
@@ -192,8 +192,7 @@ def _median_seconds(fn, args, repeats: int) -> float:
 
 
 def _min_seconds(fn, args, repeats: int) -> float:
-  """The fastest wall seconds of `fn(*args)` (blocked) over `repeats` calls after one warm-up (compile) call: the
-  primitives of a floor take the minimum, so that noise can only raise the floor's distance, never hide it."""
+  """The fastest wall seconds of `fn(*args)` (blocked) over `repeats` calls after one warm-up (compile) call."""
   block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -203,18 +202,49 @@ def _min_seconds(fn, args, repeats: int) -> float:
   return min(times)
 
 
+def _looped(fn, n: int):
+  """`fn(*args)` run `n` times in one jitted `lax.scan`, as inside an update: each iteration's first argument
+  moves by 1e-30 x the sum of the previous output's leaves, so iterations are chained (nothing is hoisted out of
+  the loop) and every output is used (nothing is dead). A float first argument is a pytree of float arrays; an
+  argument that is a train state is carried as the new state (`fn` returns one)."""
+
+  def run(*args):
+    def body(carry, _):
+      out = fn(*carry)
+      if isinstance(out, tuple) and hasattr(out[0], "params"):  # (state, info): the state is the next input
+        return (out[0], *carry[1:]), None
+      s = sum(jnp.sum(leaf).astype(jnp.float32) for leaf in jax.tree.leaves(out))
+      first = jax.tree.map(lambda a: a + (1e-30 * s).astype(a.dtype), carry[0])
+      return (first, *carry[1:]), None
+
+    return jax.lax.scan(body, args, None, length=n)[0]
+
+  return jax.jit(run)
+
+
+def _seconds_per_iteration(fn, args, repeats: int, n: int) -> float:
+  """What one call of `fn` costs inside a compiled loop: (fastest time of 2n chained iterations - fastest of n) / n
+  (`_looped`), so one call's dispatch and the loop's entry cancel and the fused, warm steady state of an update
+  is what is measured. Clipped at 0 (timer noise on a primitive too small to see)."""
+  one, two = _min_seconds(_looped(fn, n), args, repeats), _min_seconds(_looped(fn, 2 * n), args, repeats)
+  return max(two - one, 0.0) / n
+
+
 PRIMITIVES = ("nograd_step", "grad_step", "reward_grad", "reward_eval", "optimizer_update")
 
 
 def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
-  """The primitives a trajectory update is made of, timed alone at step T // 2 on the first training batch (fastest
-  of `speed_repeats` calls each, the cost of one jitted call's dispatch subtracted):
+  """The primitives a trajectory update is made of, at step T // 2 on the first training batch, each timed inside
+  a compiled loop as an update runs it (`_seconds_per_iteration`: chained iterations, fastest of `speed_repeats`,
+  the loop's entry and one call's dispatch cancelled):
 
   nograd_step: the guided denoiser forward and the process's step, no gradient; grad_step: the guided denoiser
   forward and its backward to the params (a lower bound of a differentiated step: the chain methods also need the
   gradient to x); reward_grad: decode + reward forward and backward to the sample; reward_eval: decode + reward
   forward; optimizer_update: one `apply_gradients` (clip + AdamW, finiteness check); dispatch: one jitted call of
-  a trivial function (a whole update pays it once). Also, for reference: sampling_seconds (a whole guided sampling
+  a trivial function (a whole update pays it once). Timed alone, one jitted call each, the same primitives cost
+  up to 1.8x more than inside an update (each call starts cold and pays its own launch), and such a "floor" sat
+  above the measured updates. Also, for reference: sampling_seconds (a whole guided sampling
   of T steps + decode + reward, no gradient) and the compiled memory of the sampling and of one one-step gradient.
   `floor_record` composes a method's floor from these and its `expected_work`.
   """
@@ -232,21 +262,21 @@ def measure_floor(task, cfg: BenchmarkConfig, T: int, inputs: Inputs) -> dict:
     return jnp.mean(task.reward(task.decode(x, cond), cond, None))
 
   prims = {
-    "nograd_step": (jax.jit(lambda p, x: process.step(guided(p, x), x, t, prev_t)[0]), (params, x_T)),
-    "grad_step": (jax.jit(lambda p, x: jax.vjp(lambda q: guided(q, x), p)[1](jnp.ones_like(x))), (params, x_T)),
-    "reward_grad": (jax.jit(jax.value_and_grad(reward_of)), (x_T,)),
-    "reward_eval": (jax.jit(reward_of), (x_T,)),
+    "nograd_step": (lambda x, p: process.step(guided(p, x), x, t, prev_t)[0], (x_T, params)),
+    "grad_step": (lambda x, p: jax.vjp(lambda q: guided(q, x), p)[1](jnp.ones_like(x)), (x_T, params)),
+    "reward_grad": (jax.value_and_grad(reward_of), (x_T,)),
+    "reward_eval": (reward_of, (x_T,)),
   }
   tx = make_tx(ft)
   grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), params)
   prims["optimizer_update"] = (
-    jax.jit(lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0))),
+    lambda st, g: apply_gradients(st, g, tx, jnp.float32(0.0)),
     (create_train_state(params, tx), grads),
   )
   dispatch = _min_seconds(jax.jit(lambda x: x + 1.0), (jnp.zeros((8,)),), max(cfg.speed_repeats, 5))
-  out = {"T": T, "dispatch_seconds": dispatch}
+  out = {"T": T, "dispatch_seconds": dispatch, "loop_iterations": cfg.floor_iterations}
   for name, (fn, args) in prims.items():
-    out[f"{name}_seconds"] = max(_min_seconds(fn, args, cfg.speed_repeats) - dispatch, 0.0)
+    out[f"{name}_seconds"] = _seconds_per_iteration(fn, args, cfg.speed_repeats, cfg.floor_iterations)
   run = jax.jit(_sampling_fn(task, T, w))
   step_loss = finetune.make_step_loss(task.denoise, task.reward, process, ts, w, decode=task.decode)
   vg = lambda p, x, c, u: jax.value_and_grad(step_loss, has_aux=True)(p, x, i, c, u)
@@ -297,12 +327,6 @@ def expected_work(ft: finetune.FinetuneConfig, draws: int = 4096) -> dict[str, f
     "reward_eval": float(np.mean(grad == 0)),
     "optimizer_update": 1.0,
   }
-
-
-def grad_steps(ft: finetune.FinetuneConfig) -> float:
-  """Differentiated denoiser steps per trajectory, in expectation (`expected_work`): K (EasyTune, DRaFT-K, DRTune
-  up to its loss step), 1 (ReFL), p T / (1 - (1 - p)^T) (AlignProp's non-empty mask)."""
-  return expected_work(ft)["grad_step"]
 
 
 def floor_record(floor: dict, ft: finetune.FinetuneConfig, seconds_per_trajectory: float) -> dict:

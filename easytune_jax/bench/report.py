@@ -80,10 +80,11 @@ def _floor_table(result: dict, sp: list) -> list[str]:
   )
   lines = [
     "",
-    f"Floor at T={sp[0]['speed']['T']} from primitives timed alone (fastest call, dispatch "
-    f"{f0.get('dispatch_seconds', 0.0) * 1e3:.2f} ms subtracted): {prims}. A method's floor is one dispatch plus "
-    "its expected work per trajectory (counted from its row of the method table) times these; / floor >= 1 when it "
-    "bounds.",
+    f"Floor at T={sp[0]['speed']['T']} from primitives timed inside a compiled loop as an update runs them "
+    f"({f0.get('loop_iterations', '?')} and twice as many chained iterations, the difference): {prims}; one "
+    f"dispatch {f0.get('dispatch_seconds', 0.0) * 1e3:.2f} ms. A method's floor is one dispatch plus its expected "
+    "work per trajectory (counted from its row of the method table) times these; / floor >= 1 when it bounds, and "
+    "is how far the method is from doing nothing but its primitives.",
     "",
     "| variant | C | no-grad steps | grad steps | reward grads | updates | s/trajectory | floor s | / floor | "
     "floor+opt s | / floor+opt |",
@@ -154,13 +155,10 @@ def _pm_test(t: dict, key: str, fmt: str) -> str:
 
 
 def _selected_table(result: dict, recs: list) -> list[str]:
-  chosen = result["summary"].get("selected_variant_per_method")
-  if not chosen:
+  if not result["summary"].get("selected_variant_per_method"):
     return []
-  by_name = {r["variant"]: r for r in recs}
-  b = result["base"]["eval"]
   metric = result["config"]["select_metric"]
-  lines = [
+  return [
     f"## Equal-time alignment, checkpoints chosen on the val split by {metric}",
     "",
     "Each method trains from the base for the same seconds; among its held-out evaluations within each budget (the "
@@ -168,6 +166,17 @@ def _selected_table(result: dict, recs: list) -> list[str]:
     "the test split. Per method, the learning rate whose kept checkpoints score best on val. Mean ± std over the "
     "runs (seeds); 'base kept': runs whose best checkpoint was the base itself.",
     "",
+    *equal_time_rows(result),
+    "",
+  ]
+
+
+def equal_time_rows(result: dict) -> list[str]:
+  """The equal-time table (header + rows): per budget and method, the val-chosen checkpoints' test metrics."""
+  chosen = result["summary"]["selected_variant_per_method"]
+  by_name = {r["variant"]: r for r in result["records"]}
+  b = result["base"]["eval"]
+  lines = [
     "| budget s | variant | kept at s | base kept | held-out reward | R@1 | MM-Dist | MM-Dist rel. improvement | FID |",
     "|---|---|---|---|---|---|---|---|---|",
     f"| - | base | - | - | {result['base']['heldout_reward']:.4f} | {b['R_precision_top_1']:.3f} | "
@@ -183,6 +192,110 @@ def _selected_table(result: dict, recs: list) -> list[str]:
         f"{c['heldout_reward']:.4f} | {_pm_test(t, 'R_precision_top_1', '.3f')} | {_pm_test(t, 'MM_Dist', '.3f')} | "
         f"{rel:+.2%} | {_pm_test(t, 'FID', '.2f')} |"
       )
+  return lines
+
+
+def speed_rows(result: dict) -> list[str]:
+  """Per variant: seconds per trajectory, its distance to its floor, updates per second, reward gain per second
+  over the whole budget, time to the common target gain (header + rows)."""
+  ttg = result["summary"].get("seconds_to_target_gain", {})
+  target = result["summary"].get("target_gain")
+  lines = [
+    f"| variant | s / trajectory | / floor | updates / s | gain / s | s to +{_fmt(target, 2)} |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in result["records"]:
+    if "speed" not in r:
+      continue
+    s = r["speed"]
+    fl = s.get("floor", {}).get("over_floor_with_optimizer")
+    lines.append(
+      f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {_fmt(fl, 3)} | "
+      f"{s['updates_per_trajectory'] / s['seconds_per_trajectory']:.1f} | "
+      f"{_pm(s, 'reward_gain_per_second', '.5f')} | {_fmt(ttg.get(r['variant']), 3)} |"
+    )
+  return lines
+
+
+def readme_markers(docs_dir: str) -> tuple[str, str]:
+  """The README markers around the tables generated from `<docs_dir>/benchmark.json`."""
+  docs_dir = str(docs_dir).rstrip("/")
+  return (
+    f"<!-- benchmark-tables: generated from {docs_dir}/benchmark.json, do not edit -->",
+    f"<!-- end of benchmark-tables ({docs_dir}) -->",
+  )
+
+
+def memory_rows(result: dict) -> list[str]:
+  """Compiled update memory (total MiB) per variant and T, and sampling alone (header + rows)."""
+  mem = [r for r in result["records"] if "memory" in r]
+  Ts = sorted({r["T"] for r in mem})
+  by = {(r["variant"], r["T"]): r for r in mem}
+  lines = [
+    "| compiled update memory, total MiB | " + " | ".join(f"T = {T}" for T in Ts) + " |",
+    "|---" * (len(Ts) + 1) + "|",
+  ]
+  samp = {T: r["sampling_memory"]["total"] for (_, T), r in by.items()}
+  lines.append(
+    "| guided sampling + decode + reward (no gradient) | " + " | ".join(f"{samp[T] / _MiB:.2f}" for T in Ts) + " |"
+  )
+  for v in dict.fromkeys(r["variant"] for r in mem):
+    cells = [f"{by[v, T]['memory']['total'] / _MiB:.2f}" if (v, T) in by else "-" for T in Ts]
+    lines.append(f"| {v} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def readme_tables(result: dict) -> list[str]:
+  """What the README shows of one benchmark: the memory table where it swept memory; for speed runs their
+  setting, the speed table and (with a val selection) the equal-time table."""
+  c, m, base = result["config"], result["machine"], result["base"]
+  if not any("speed" in r for r in result["records"]):
+    return memory_rows(result)
+  budgets = c.get("select_budgets") or [c["budget_seconds"]]
+  seeds = c["speed_seeds"]
+  lines = [
+    f"T = {c['speed_steps']}, {seeds} seed{'s' * (seeds > 1)} per variant, budgets "
+    f"{' / '.join(f'{float(x):g}' for x in budgets)} s of training, base held-out reward "
+    f"{base['heldout_reward']:.4f} ({m.get('cpu_model') or m['device_kind']}, {m['cpu_count']} CPUs, jax "
+    f"{m['jax_version']}).",
+    "",
+    *speed_rows(result),
+  ]
+  if result["summary"].get("selected_variant_per_method"):
+    lines += ["", f"Checkpoints chosen on the val split by {c['select_metric']}, evaluated once on test:", ""]
+    lines += equal_time_rows(result)
+  return lines
+
+
+def readme_with_tables(readme: str, result: dict, docs_dir: str, readme_name: str = "README.md") -> str:
+  """`readme` with the text between `docs_dir`'s markers (`readme_markers`) replaced by `readme_tables(result)`."""
+  begin, end = readme_markers(docs_dir)
+  if readme.count(begin) != 1 or readme.count(end) != 1:
+    raise ValueError(f"{readme_name}: expected the benchmark-tables markers once each ({begin!r} ... {end!r})")
+  head, rest = readme.split(begin)
+  _, tail = rest.split(end)
+  return head + begin + "\n" + "\n".join(readme_tables(result)) + "\n" + end + tail
+
+
+def _reward_vs_val_table(result: dict) -> list[str]:
+  rv = result["summary"].get("reward_vs_val")
+  if not rv:
+    return []
+  lines = [
+    "## Does the reward track the evaluator during training?",
+    "",
+    "Over every held-out evaluation of every run (base included): the correlation of the held-out reward with the "
+    "val-split R@1 and MM-Dist (aligned: r > 0 for R@1, r < 0 for MM-Dist), and each metric's change from the base "
+    "to the run's last evaluation (mean over runs).",
+    "",
+    "| variant | points | r(reward, R@1) | r(reward, MM-Dist) | last - base R@1 | last - base MM-Dist |",
+    "|---|---|---|---|---|---|",
+  ]
+  for v, c in rv.items():
+    lines.append(
+      f"| {v} | {c['points']} | {_fmt(c['corr_R_precision_top_1'], 2)} | {_fmt(c['corr_MM_Dist'], 2)} | "
+      f"{c['last_minus_base_R_precision_top_1']:+.3f} | {c['last_minus_base_MM_Dist']:+.3f} |"
+    )
   return lines + [""]
 
 
@@ -219,6 +332,7 @@ def markdown(result: dict) -> str:
     lines += _speed_table(result, sp) + _floor_table(result, sp) + _speed_notes(result, sp)
   lines += _alignment_table(result, recs)
   lines += _selected_table(result, recs)
+  lines += _reward_vs_val_table(result)
   lines += _headline(result["summary"])
   return "\n".join(lines)
 

@@ -115,11 +115,13 @@ class Selection:
     self.select, self.open, self.best, self.chosen = select, list(budgets), None, []
     self.offer(params0, 0.0, reward0)
 
-  def offer(self, params, seconds: float, heldout_reward: float) -> None:
+  def offer(self, params, seconds: float, heldout_reward: float) -> dict:
+    """Scores `params` on val, keeps them if best so far; returns the val metrics."""
     score, metrics = self.select(params)
     if self.best is None or score > self.best[0]["val_score"]:
       record = {"seconds": seconds, "val_score": float(score), "val": metrics, "heldout_reward": heldout_reward}
       self.best = (record, jax.tree.map(jnp.copy, params))
+    return metrics
 
   def close(self, seconds: float) -> None:
     while self.open and self.open[0] <= seconds:
@@ -131,10 +133,12 @@ def budgeted_run(
   cfg: BenchmarkConfig, update, state0, inputs: Inputs, heldout, base_reward: float, selection: Selection | None = None
 ):
   """Updates from state0 until the budget is spent; the clock counts update calls only, held-out
-  evaluations happen with the clock stopped. With a `selection`, every evaluation is offered to it and one more
-  is made at the first update at or past each of its budgets. Returns (run dict, final state)."""
+  evaluations happen with the clock stopped. With a `selection`, every evaluation is offered to it (its val
+  metrics go on the curve as `val`, the base's first) and one more is made at the first update at or past each of
+  its budgets. Returns (run dict, final state)."""
   state, train_s, it = state0, 0.0, 0
   curve_t, curve_r = [0.0], [base_reward]
+  curve_v = [selection.best[0]["val"]] if selection is not None else None
   n_points = max(cfg.curve_points, 0)
   next_eval = _next_checkpoint(cfg, 1, n_points)
 
@@ -142,7 +146,7 @@ def budgeted_run(
     curve_t.append(train_s)
     curve_r.append(float(np.mean(heldout.rewards(state.params))))
     if selection is not None:
-      selection.offer(state.params, train_s, curve_r[-1])
+      curve_v.append(selection.offer(state.params, train_s, curve_r[-1]))
       selection.close(train_s)
 
   while True:
@@ -176,7 +180,7 @@ def budgeted_run(
     "reward_gain": gain,
     "reward_gain_per_second": gain / train_s,
     "peak_gain_per_second": peak,
-    "curve": {"seconds": curve_t, "reward": curve_r},
+    "curve": {"seconds": curve_t, "reward": curve_r, **({"val": curve_v} if curve_v is not None else {})},
     "skipped_updates": int(state.skipped),
   }, state
 

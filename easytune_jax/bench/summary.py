@@ -99,7 +99,24 @@ def summarize(result: dict) -> dict:
           if fam not in fams or sel[r["variant"]][j]["val_score"] > sel[fams[fam]][j]["val_score"]:
             fams[fam] = r["variant"]
       out["selected_variant_per_method"][str(budget)] = fams
+    out["reward_vs_val"] = {v: reward_vs_val(s) for v, s in sp.items() if "val" in s["runs"][0]["curve"]}
   out["paper"] = {"easytune_memory_over_draft_50": 0.3116, "speedup_over_draft_50": 7.3}
+  return out
+
+
+def reward_vs_val(speed: dict) -> dict:
+  """Does the reward track the evaluator while a method trains? Over every held-out evaluation of every run
+  (the base's included): the Pearson correlation of the held-out reward with each val metric (R@1 and MM-Dist;
+  aligned training gives r > 0 and r < 0), and the change of each from the base to the run's last evaluation
+  (mean over runs)."""
+  rewards = [r for run in speed["runs"] for r in run["curve"]["reward"]]
+  out: dict = {"points": len(rewards)}
+  for m in ("R_precision_top_1", "MM_Dist"):
+    vals = [v[m] for run in speed["runs"] for v in run["curve"]["val"]]
+    out[f"corr_{m}"] = float(np.corrcoef(rewards, vals)[0, 1]) if np.std(vals) > 0 and np.std(rewards) > 0 else None
+    out[f"last_minus_base_{m}"] = float(
+      np.mean([run["curve"]["val"][-1][m] - run["curve"]["val"][0][m] for run in speed["runs"]])
+    )
   return out
 
 
