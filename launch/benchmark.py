@@ -16,7 +16,9 @@ per method. Writes benchmark.json, benchmark.md, memory_vs_T.png, reward_vs_time
 --config.target_gain=none --config.learning_rate=1e-4 --config.floor=false.
 
 --readme=README.md also rewrites the README's tables between the markers of --out_dir
-(`bench.report.readme_markers`; tests/test_docs.py checks they equal the JSON's).
+(`bench.report.readme_markers`; tests/test_docs.py checks they equal the JSON's). --from_json=<benchmark.json>
+measures nothing: it recomputes what is derived from a stored run's measurements (floors, summary;
+`bench.benchmark.refresh`) and rewrites its outputs (and the README's tables) in --out_dir.
 """
 
 import json
@@ -25,7 +27,7 @@ import pathlib
 from absl import app, flags, logging
 
 from easytune_jax import cli
-from easytune_jax.bench.benchmark import run_benchmark
+from easytune_jax.bench.benchmark import refresh, run_benchmark
 from easytune_jax.bench.report import readme_with_tables, write_outputs
 from easytune_jax.configs import benchmark as presets
 from easytune_jax.core.metric_writer import quiet_library_logs
@@ -40,6 +42,7 @@ flags.DEFINE_string("evaluator_workdir", None, "Optional evaluator for R-precisi
 flags.DEFINE_bool("memory", True, "Run the memory sweep.")
 flags.DEFINE_bool("speed", True, "Run the speed / alignment runs.")
 flags.DEFINE_string("readme", None, "Rewrite this README's tables of --out_dir (between its markers).")
+flags.DEFINE_string("from_json", None, "Re-render a stored benchmark.json (nothing is measured).")
 cli.define_config_flag(presets.PRESETS, "tiny", "The BenchmarkConfig (easytune_jax/configs/benchmark.py).")
 cli.define_flags(dataset=True, progress=False)
 
@@ -47,6 +50,10 @@ cli.define_flags(dataset=True, progress=False)
 def main(argv):
   del argv
   quiet_library_logs()
+  if FLAGS.from_json:
+    result = refresh(json.loads(pathlib.Path(FLAGS.from_json).read_text()))
+    write(result)
+    return
   cfg = cli.get_config()
   gen, rew, data, ev = FLAGS.generator_workdir, FLAGS.reward_workdir, FLAGS.data_dir, FLAGS.evaluator_workdir
   given = [x is not None for x in (gen, rew, data)]
@@ -58,13 +65,17 @@ def main(argv):
     logging.info("no workdirs given: building the tiny pipeline under %s/pipeline", FLAGS.out_dir)
     p = build_tiny_pipeline(f"{FLAGS.out_dir}/pipeline")
     gen, rew, data, ev = p.generator, p.reward, p.data, ev or p.evaluator
-  result = run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed)
+  write(run_benchmark(cfg, gen, rew, data, ev, memory=FLAGS.memory, speed=FLAGS.speed))
+
+
+def write(result: dict) -> None:
+  """The outputs in --out_dir and, with --readme, the README's tables of --out_dir."""
   paths = write_outputs(result, FLAGS.out_dir)
   if FLAGS.readme:
     readme = pathlib.Path(FLAGS.readme)
     saved = json.loads(pathlib.Path(paths["json"]).read_text())  # what tests/test_docs.py reads
     readme.write_text(readme_with_tables(readme.read_text(), saved, FLAGS.out_dir, str(readme)))
-  print(json.dumps({"summary": result["summary"], "outputs": paths}, indent=2))
+  print(json.dumps({"summary": result["summary"], "outputs": {k: str(v) for k, v in paths.items()}}, indent=2))
 
 
 if __name__ == "__main__":

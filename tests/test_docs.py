@@ -2,6 +2,8 @@
 
 * The README's quickstart table is the table of the committed docs/quickstart/summary.json, character for
   character (CI reruns the quickstart and compares its table with that summary, .ci/run).
+* The README's benchmark tables (performance section) are those of the committed docs/benchmark/t50 and t10
+  benchmark.json files, character for character.
 * No committed document holds an absolute path of the machine it was made on.
 """
 
@@ -12,6 +14,7 @@ import re
 
 import pytest
 
+from easytune_jax.bench import report as bench_report
 from easytune_jax.pipelines import quickstart_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,6 +31,24 @@ def test_readme_table_is_the_committed_summary_table():
   table = "\n".join(quickstart_report.summary_table(summary))
   assert table in readme and "| base |" in table and "| easytune |" in table
   assert summary["machine"]["cpu"] and summary["machine"]["jax"]  # the run states what it was made with
+
+
+@pytest.mark.parametrize("docs_dir", ["docs/benchmark/t50", "docs/benchmark/t10", "docs/benchmark/memory"])
+def test_readme_benchmark_tables_are_the_committed_json(docs_dir):
+  """The performance section quotes its memory, speed and equal-time tables from the committed benchmark runs;
+  each states the CPU it ran on, and each speed run chose its checkpoints on the val split."""
+  result = json.loads((ROOT / docs_dir / "benchmark.json").read_text())
+  readme = (ROOT / "README.md").read_text()
+  assert bench_report.readme_with_tables(readme, result, docs_dir) == readme, (
+    f"README.md's tables of {docs_dir} differ from its benchmark.json: regenerate with the command in "
+    f"docs/benchmark/README.md and --readme=README.md"
+  )
+  assert result["machine"]["cpu_model"] and result["machine"]["cpu_flags"]
+  if docs_dir.endswith("memory"):
+    return
+  assert result["config"]["select_metric"] and result["summary"]["selected_variant_per_method"]
+  floors = [r["speed"]["floor"]["over_floor_with_optimizer"] for r in result["records"] if "speed" in r]
+  assert floors and min(floors) >= 0.95, floors  # the committed floors bound (timer noise aside)
 
 
 def test_readme_flow_table_is_the_committed_flow_summary():

@@ -16,7 +16,7 @@ import pytest
 
 from easytune_jax import finetune
 from easytune_jax.bench.config import BenchmarkConfig, finetune_config
-from easytune_jax.bench.measure import grad_steps
+from easytune_jax.bench.measure import expected_work
 from easytune_jax.bench.variants import parse_variant
 from easytune_jax.core.optim import create_train_state
 from tests.test_finetune import Ref, T, assert_tree_close, cfg, decode, denoise, reward, setup
@@ -94,7 +94,7 @@ def test_toy_row_runs_in_the_update_and_the_benchmark(window):
   v = parse_variant("window-3+remat@1e-3")
   assert v.name == "Window-3+remat@0.001" and v.applies(3) and not v.applies(2)
   ft = finetune_config(BenchmarkConfig(), v, 10)
-  assert (ft.method, ft.num_grad_steps, ft.remat, grad_steps(ft)) == ("window", 3, True, 3.0)
+  assert (ft.method, ft.num_grad_steps, ft.remat, expected_work(ft)["grad_step"]) == ("window", 3, True, 3.0)
   with pytest.raises(ValueError, match="'\\+online' is a per-step method's sampler variant, not for 'window'"):
     parse_variant("window+online")
 

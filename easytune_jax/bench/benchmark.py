@@ -137,7 +137,7 @@ def run_benchmark(
         if floor is None:
           floor = measure_floor(task, cfg, cfg.speed_steps, inputs)
           base_info["floor"] = floor
-        sp["floor"] = floor_record(floor, finetune_config(cfg, v, cfg.speed_steps), sp["seconds_per_trajectory"])
+        sp["floor"] = floor_record(floor, finetune_config(cfg, v, cfg.speed_steps), sp["mean_seconds_per_trajectory"])
       rec = find_record(records, v.name, cfg.speed_steps)
       if rec is None:
         rec = {
@@ -173,4 +173,24 @@ def run_benchmark(
   }
   result["summary"] = summarize(result)
   result["seconds"] = time.time() - t_start
+  return result
+
+
+def refresh(result: dict) -> dict:
+  """A stored result (benchmark.json) with what is derived from its measurements recomputed by this code: every
+  speed record's mean seconds per trajectory (from its runs) and floor record (from the stored primitives), and
+  the summary. Nothing is re-measured; `launch/benchmark.py --from_json` re-renders a run with it."""
+  cfg = BenchmarkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["config"].items()})
+  floor = result.get("base", {}).get("floor")
+  for r in result["records"]:
+    sp = r.get("speed")
+    if sp is None:
+      continue
+    sp["mean_seconds_per_trajectory"] = float(
+      np.mean([run["train_seconds"] / run["trajectories"] for run in sp["runs"]])
+    )
+    if floor is not None:
+      ft = finetune_config(cfg, parse_variant(r["spec"]), sp["T"])
+      sp["floor"] = floor_record(floor, ft, sp["mean_seconds_per_trajectory"])
+  result["summary"] = summarize(result)
   return result

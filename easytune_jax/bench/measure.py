@@ -333,7 +333,9 @@ def floor_record(floor: dict, ft: finetune.FinetuneConfig, seconds_per_trajector
   """The floor of one method at `floor['T']`: one dispatch plus its `expected_work` times the primitives of
   `measure_floor` (floor_seconds without the optimizer updates, floor_with_optimizer_seconds with them), and the
   measured trajectory time over each (>= 1 when the floor bounds; 1.0 = the method does nothing but its
-  primitives)."""
+  primitives). `seconds_per_trajectory` is to be an expectation like the work: the mean over the budgeted runs'
+  trajectories (`speed.measure_speed`'s mean_seconds_per_trajectory), not the timing calls, which repeat one draw
+  of a random method's choices (one MotionRFT k: 0.82x or 1.13x its floor at T = 50, 1.20x in the mean)."""
   work = expected_work(ft)
   base = floor["dispatch_seconds"] + sum(work[p] * floor[f"{p}_seconds"] for p in PRIMITIVES[:-1])
   with_opt = base + work["optimizer_update"] * floor["optimizer_update_seconds"]

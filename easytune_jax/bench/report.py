@@ -83,10 +83,11 @@ def _floor_table(result: dict, sp: list) -> list[str]:
     f"Floor at T={sp[0]['speed']['T']} from primitives timed inside a compiled loop as an update runs them "
     f"({f0.get('loop_iterations', '?')} and twice as many chained iterations, the difference): {prims}; one "
     f"dispatch {f0.get('dispatch_seconds', 0.0) * 1e3:.2f} ms. A method's floor is one dispatch plus its expected "
-    "work per trajectory (counted from its row of the method table) times these; / floor >= 1 when it bounds, and "
-    "is how far the method is from doing nothing but its primitives.",
+    "work per trajectory (counted from its row of the method table) times these; / floor is the mean seconds per "
+    "trajectory of the budgeted runs over it (an expectation, like the work): >= 1 when it bounds, and how far the "
+    "method is from doing nothing but its primitives.",
     "",
-    "| variant | C | no-grad steps | grad steps | reward grads | updates | s/trajectory | floor s | / floor | "
+    "| variant | C | no-grad steps | grad steps | reward grads | updates | mean s/trajectory | floor s | / floor | "
     "floor+opt s | / floor+opt |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -95,7 +96,7 @@ def _floor_table(result: dict, sp: list) -> list[str]:
     w = f["work"]
     lines.append(
       f"| {r['variant']} | {s_.get('grad_chunk', 1)} | {w['nograd_step']:.3g} | {w['grad_step']:.3g} | "
-      f"{w['reward_grad']:.3g} | {w['optimizer_update']:.3g} | {s_['seconds_per_trajectory']:.4f} | "
+      f"{w['reward_grad']:.3g} | {w['optimizer_update']:.3g} | {s_['mean_seconds_per_trajectory']:.4f} | "
       f"{f['floor_seconds']:.4f} | {f['over_floor']:.2f} | {f['floor_with_optimizer_seconds']:.4f} | "
       f"{f['over_floor_with_optimizer']:.2f} |"
     )
@@ -196,8 +197,8 @@ def equal_time_rows(result: dict) -> list[str]:
 
 
 def speed_rows(result: dict) -> list[str]:
-  """Per variant: seconds per trajectory, its distance to its floor, updates per second, reward gain per second
-  over the whole budget, time to the common target gain (header + rows)."""
+  """Per variant: seconds per trajectory (mean over the budgeted runs), its distance to its floor, updates per
+  second, reward gain per second over the whole budget, time to the common target gain (header + rows)."""
   ttg = result["summary"].get("seconds_to_target_gain", {})
   target = result["summary"].get("target_gain")
   lines = [
@@ -209,9 +210,10 @@ def speed_rows(result: dict) -> list[str]:
       continue
     s = r["speed"]
     fl = s.get("floor", {}).get("over_floor_with_optimizer")
+    per_traj = s["mean_seconds_per_trajectory"]
     lines.append(
-      f"| {r['variant']} | {s['seconds_per_trajectory']:.4f} | {_fmt(fl, 3)} | "
-      f"{s['updates_per_trajectory'] / s['seconds_per_trajectory']:.1f} | "
+      f"| {r['variant']} | {per_traj:.4f} | {'-' if fl is None else f'{fl:.2f}'} | "
+      f"{s['updates_per_trajectory'] / per_traj:.1f} | "
       f"{_pm(s, 'reward_gain_per_second', '.5f')} | {_fmt(ttg.get(r['variant']), 3)} |"
     )
   return lines

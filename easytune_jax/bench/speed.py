@@ -32,7 +32,9 @@ def measure_speed(
   test_eval: Callable | None = None,
 ) -> dict:
   """Timing after warm-up, then one budgeted run from the base params per entry of `inputs` (one training
-  stream per seed; see the module docstring). Gains are averaged over the runs (with their standard
+  stream per seed; see the module docstring). seconds_per_trajectory: the median of `speed_repeats` timing calls
+  on the first batch (one draw of a random method's choices); mean_seconds_per_trajectory: train seconds over
+  trajectories of the budgeted runs (mean over runs: an expectation over the draws). Gains are averaged over the runs (with their standard
   deviation); `runs` keeps each run, `curve` is the first run's; `params` are the first run's final params.
 
   select(params) -> (score, val metrics) and test_eval(params) -> test metrics (both or neither): the equal-time
@@ -74,6 +76,7 @@ def measure_speed(
     "grad_chunk": ft.chunk_size,
     "compile_seconds": compile_s,
     "seconds_per_trajectory": per_traj,
+    "mean_seconds_per_trajectory": float(np.mean([run["train_seconds"] / run["trajectories"] for run in runs])),
     "seconds_per_update": per_traj / ft.updates_per_trajectory,
     "updates_per_trajectory": ft.updates_per_trajectory,
     "timing_runs": times,
