@@ -40,7 +40,7 @@ from absl import logging
 from easytune_jax import finetune
 from easytune_jax.bench.config import BenchmarkConfig, finetune_config
 from easytune_jax.bench.measure import Inputs, floor_record, machine_info, measure_floor, measure_memory
-from easytune_jax.bench.speed import measure_speed
+from easytune_jax.bench.speed import mean_seconds_per_trajectory, measure_speed
 from easytune_jax.bench.summary import find_record, summarize
 from easytune_jax.bench.variants import Variant, parse_variant
 from easytune_jax.bundles.evaluator import load_trained_evaluator
@@ -186,9 +186,7 @@ def refresh(result: dict) -> dict:
     sp = r.get("speed")
     if sp is None:
       continue
-    sp["mean_seconds_per_trajectory"] = float(
-      np.mean([run["train_seconds"] / run["trajectories"] for run in sp["runs"]])
-    )
+    sp["mean_seconds_per_trajectory"] = mean_seconds_per_trajectory(sp["runs"])
     if floor is not None:
       ft = finetune_config(cfg, parse_variant(r["spec"]), sp["T"])
       sp["floor"] = floor_record(floor, ft, sp["mean_seconds_per_trajectory"])

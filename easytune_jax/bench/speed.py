@@ -76,7 +76,7 @@ def measure_speed(
     "grad_chunk": ft.chunk_size,
     "compile_seconds": compile_s,
     "seconds_per_trajectory": per_traj,
-    "mean_seconds_per_trajectory": float(np.mean([run["train_seconds"] / run["trajectories"] for run in runs])),
+    "mean_seconds_per_trajectory": mean_seconds_per_trajectory(runs),
     "seconds_per_update": per_traj / ft.updates_per_trajectory,
     "updates_per_trajectory": ft.updates_per_trajectory,
     "timing_runs": times,
@@ -205,6 +205,12 @@ def _selected_summary(runs: list[dict], budgets: Sequence[float]) -> list[dict]:
       rec["test"][m + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
     out.append(rec)
   return out
+
+
+def mean_seconds_per_trajectory(runs: Sequence[dict]) -> float:
+  """Train seconds over trajectories of each budgeted run, averaged over the runs: the expected cost of one
+  trajectory over many draws of a random method's choices (what its floor is compared with)."""
+  return float(np.mean([run["train_seconds"] / run["trajectories"] for run in runs]))
 
 
 def time_to_gain(seconds: Sequence[float], rewards: Sequence[float], target: float) -> float | None:
